@@ -1,0 +1,155 @@
+//! leasewire figures: `cargo bench -p leasewire --bench bench`.
+//!
+//! A plain `main` (the target has `harness = false`) that prints one `name: value` line per
+//! figure, so results can be grepped or diffed between runs. Each area has its own section
+//! function; add new areas as further `bench_*` functions called from `main`.
+//!
+//! Everything runs in temporary directories and sends no network traffic.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use ed25519_dalek::SigningKey;
+use leasewire::audit::{self, AuditKind, AuditLog};
+use serde::Serialize;
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench` (and any filter); every section runs regardless.
+    println!("# leasewire bench");
+    bench_audit().context("audit section")?;
+    Ok(())
+}
+
+/// Entries written by the sequential append run (and re-verified/exported).
+const AUDIT_ENTRIES: u64 = 2000;
+/// Threads and entries per thread for the concurrent append run.
+const AUDIT_THREADS: u64 = 4;
+const AUDIT_PER_THREAD: u64 = 500;
+
+/// A payload shaped like a real payment event, so entry sizes are realistic (~350 bytes stored).
+#[derive(Serialize)]
+struct PaymentEvent {
+    lease_id: String,
+    amount_msat: u64,
+    #[serde(with = "serde_bytes")]
+    payment_hash: [u8; 32],
+    peer: String,
+}
+
+fn payment_event(i: u64) -> PaymentEvent {
+    PaymentEvent {
+        lease_id: format!("lease-{i:08}"),
+        amount_msat: 21_000 + i,
+        payment_hash: [(i % 251) as u8; 32],
+        peer: "12D3KooWLeasewireBenchPeer000000000000000000000000000".to_owned(),
+    }
+}
+
+/// Audit log: durable append (one fsync per append), concurrent append, reopen, verify, export.
+fn bench_audit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("tempdir")?;
+    let path = dir.path().join("db");
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+
+    {
+        let db = sled::open(&path).context("open sled")?;
+        let log = AuditLog::open(&db, key.clone())?;
+
+        // Sequential durable appends, with per-append latency.
+        let mut latencies = Vec::with_capacity(AUDIT_ENTRIES as usize);
+        let start = Instant::now();
+        for i in 0..AUDIT_ENTRIES {
+            let t = Instant::now();
+            log.append(AuditKind::PaymentSucceeded, &payment_event(i))?;
+            latencies.push(t.elapsed());
+        }
+        let elapsed = start.elapsed();
+        println!("audit_entries: {AUDIT_ENTRIES}");
+        println!(
+            "audit_append_per_sec: {:.0}",
+            per_sec(AUDIT_ENTRIES, elapsed)
+        );
+        latencies.sort_unstable();
+        println!(
+            "audit_append_p50_us: {}",
+            percentile(&latencies, 50).as_micros()
+        );
+        println!(
+            "audit_append_p99_us: {}",
+            percentile(&latencies, 99).as_micros()
+        );
+        let size: u64 = log
+            .tree()
+            .iter()
+            .values()
+            .map(|v| v.map(|v| v.len() as u64))
+            .sum::<Result<u64, _>>()?;
+        println!("audit_entry_bytes_avg: {}", size / AUDIT_ENTRIES);
+
+        // Concurrent durable appends: flushes of parallel appenders overlap.
+        let total = AUDIT_THREADS * AUDIT_PER_THREAD;
+        let start = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let handles: Vec<_> = (0..AUDIT_THREADS)
+                .map(|t| {
+                    let log = log.clone();
+                    s.spawn(move || -> anyhow::Result<()> {
+                        for i in 0..AUDIT_PER_THREAD {
+                            log.append(AuditKind::OfferSeen, &payment_event(t * 1_000_000 + i))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("append thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        println!(
+            "audit_append_concurrent_per_sec: {:.0} ({AUDIT_THREADS} threads)",
+            per_sec(total, start.elapsed())
+        );
+        ensure!(log.len() == AUDIT_ENTRIES + total, "unexpected log length");
+    }
+
+    // Reopen: head recovery reads only the last entry.
+    let db = sled::open(&path).context("reopen sled")?;
+    let start = Instant::now();
+    let log = AuditLog::open(&db, key.clone())?;
+    println!("audit_open_us: {}", start.elapsed().as_micros());
+    let n = log.len();
+
+    let start = Instant::now();
+    let report = audit::verify(log.tree(), &key.verifying_key());
+    let elapsed = start.elapsed();
+    ensure!(
+        report.ok,
+        "bench log failed to verify: {:?}",
+        report.first_bad
+    );
+    ensure!(
+        report.entries == n,
+        "verify saw {} of {n} entries",
+        report.entries
+    );
+    println!("audit_verify_per_sec: {:.0}", per_sec(n, elapsed));
+
+    let start = Instant::now();
+    let written = audit::export_jsonl(log.tree(), std::io::sink())?;
+    let elapsed = start.elapsed();
+    ensure!(written == n, "export wrote {written} of {n} entries");
+    println!("audit_export_per_sec: {:.0}", per_sec(n, elapsed));
+    Ok(())
+}
+
+fn per_sec(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// The `pct`-th percentile of sorted, non-empty `samples`.
+fn percentile(samples: &[Duration], pct: usize) -> Duration {
+    let idx = (samples.len() * pct / 100).min(samples.len().saturating_sub(1));
+    samples.get(idx).copied().unwrap_or_default()
+}

@@ -1,0 +1,381 @@
+//! Locating the `leasewire` and `lnd-sim` binaries, and typed calls to the `leasewire` CLI.
+//!
+//! Every call passes `--json` and parses the one object the CLI prints on stdout. The structs
+//! below name only the fields simnet reads and ignore the rest, so the CLI may grow fields
+//! without breaking the runner.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::process::Command;
+
+use crate::procs::{Captured, run_capture};
+
+/// Paths of the two programs simnet drives.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    /// The `leasewire` CLI and daemon.
+    pub leasewire: PathBuf,
+    /// The LND-compatible simulator.
+    pub lnd_sim: PathBuf,
+}
+
+impl Bins {
+    /// Finds both programs: `$LEASEWIRE_BIN` / `$LND_SIM_BIN` when set, else next to the
+    /// running executable (and one level up when that is cargo's `deps/` directory, as for test
+    /// binaries).
+    ///
+    /// Errors: a program is missing; the message says how to build it.
+    pub fn locate() -> Result<Bins> {
+        let exe = std::env::current_exe().context("cannot find simnet's own executable")?;
+        let dirs = search_dirs(&exe);
+        Ok(Bins {
+            leasewire: find_bin("leasewire", "LEASEWIRE_BIN", &dirs)?,
+            lnd_sim: find_bin("lnd-sim", "LND_SIM_BIN", &dirs)?,
+        })
+    }
+}
+
+/// Directories to look in for sibling binaries of `exe`.
+fn search_dirs(exe: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = exe.parent() {
+        dirs.push(dir.to_owned());
+        if dir.file_name().is_some_and(|n| n == "deps")
+            && let Some(up) = dir.parent()
+        {
+            dirs.push(up.to_owned());
+        }
+    }
+    dirs
+}
+
+fn find_bin(name: &str, env: &str, dirs: &[PathBuf]) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("${env} is {}, which is not a file", p.display());
+        }
+        return Ok(p);
+    }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "cannot find the `{name}` binary (looked in {}; or set ${env}); \
+                 build with: cargo build --workspace",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// `leasewire init --json`.
+#[derive(Debug, Deserialize)]
+pub struct InitOut {
+    /// The new node's libp2p peer id.
+    pub peer_id: String,
+}
+
+/// `leasewire status --json`, the parts simnet reads.
+#[derive(Debug, Deserialize)]
+pub struct StatusOut {
+    /// The daemon's peer id.
+    pub peer_id: String,
+    /// Bound listen multiaddrs.
+    #[serde(default)]
+    pub listen_addrs: Vec<String>,
+    /// Market membership.
+    #[serde(default)]
+    pub net: NetStatus,
+}
+
+/// The `net` object of [`StatusOut`].
+#[derive(Debug, Default, Deserialize)]
+pub struct NetStatus {
+    /// Peers that refused our membership proof (a different market secret).
+    #[serde(default)]
+    pub refused_by: Vec<String>,
+}
+
+/// `leasewire offers --json`.
+#[derive(Debug, Deserialize)]
+pub struct OffersOut {
+    /// Offers the renter knows.
+    pub offers: Vec<OfferOut>,
+}
+
+/// One offer of [`OffersOut`].
+#[derive(Debug, Deserialize)]
+pub struct OfferOut {
+    /// Provider peer id.
+    pub provider: String,
+}
+
+/// `leasewire rent --json`, the parts simnet reports.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RentOut {
+    /// Provider peer id.
+    pub provider: String,
+    /// Leased IPv4 prefix, if any.
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    /// Leased IPv6 prefix, if any.
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// Satoshis paid for the lease.
+    pub paid_sat: u64,
+}
+
+/// `leasewire audit verify --json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AuditOut {
+    /// Whether the whole chain verified.
+    pub ok: bool,
+    /// Entries checked.
+    #[serde(default)]
+    pub entries: u64,
+    /// The first entry that failed, if any.
+    #[serde(default)]
+    pub first_bad: Option<BadEntry>,
+}
+
+/// The first failing entry of an audit log.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BadEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// Runs `leasewire` subcommands against data dirs.
+#[derive(Clone, Debug)]
+pub struct Cli {
+    bin: PathBuf,
+}
+
+impl Cli {
+    /// A runner for the `leasewire` binary at `bin`.
+    pub fn new(bin: PathBuf) -> Cli {
+        Cli { bin }
+    }
+
+    /// A `leasewire` command with `args`, for callers that manage the process themselves.
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = Command::new(&self.bin);
+        c.args(args);
+        c
+    }
+
+    /// `leasewire init --data-dir D --role ROLE --json`.
+    pub async fn init(&self, dir: &Path, role: &str) -> Result<InitOut> {
+        let args = ["init".as_ref(), "--data-dir".as_ref(), dir.as_os_str()];
+        self.json(
+            args.into_iter().chain(["--role".as_ref(), role.as_ref()]),
+            30,
+        )
+        .await
+    }
+
+    /// `leasewire status --data-dir D --json`; fails until the daemon answers.
+    pub async fn status(&self, dir: &Path) -> Result<StatusOut> {
+        self.json(data_dir_args("status", dir), 10).await
+    }
+
+    /// `leasewire offers --data-dir D --json`.
+    pub async fn offers(&self, dir: &Path) -> Result<OffersOut> {
+        self.json(data_dir_args("offers", dir), 10).await
+    }
+
+    /// `leasewire rent --data-dir D --auto --credit SAT --timeout-secs N --json`.
+    ///
+    /// The process gets 30 s beyond `timeout_secs` to report before it is killed.
+    pub async fn rent(&self, dir: &Path, credit_sat: u64, timeout_secs: u64) -> Result<RentOut> {
+        let extra = [
+            "--auto".to_owned(),
+            "--credit".to_owned(),
+            credit_sat.to_string(),
+            "--timeout-secs".to_owned(),
+            timeout_secs.to_string(),
+        ];
+        let args = data_dir_args("rent", dir)
+            .into_iter()
+            .map(|a| a.to_owned())
+            .chain(extra.into_iter().map(Into::into));
+        self.json(args, timeout_secs + 30).await
+    }
+
+    /// `leasewire audit verify --data-dir D --json`.
+    ///
+    /// A chain that fails to verify is an `Ok` with `ok: false`: the CLI exits non-zero but
+    /// still prints its verdict. Errors only when no verdict can be read.
+    pub async fn audit_verify(&self, dir: &Path) -> Result<AuditOut> {
+        let args = [
+            "audit".as_ref(),
+            "verify".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+            "--json".as_ref(),
+        ];
+        let out = run_capture(self.command(args), Duration::from_secs(60)).await?;
+        parse_json::<AuditOut>(&out.stdout).map_err(|e| failure("audit verify", &out, e))
+    }
+
+    /// Runs `leasewire ARGS --json` and parses stdout; non-zero exit is an error carrying the
+    /// CLI's stderr.
+    async fn json<T, I, S>(&self, args: I, timeout_secs: u64) -> Result<T>
+    where
+        T: DeserializeOwned,
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = self.command(args);
+        cmd.arg("--json");
+        let what = cmd
+            .as_std()
+            .get_args()
+            .next()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let out = run_capture(cmd, Duration::from_secs(timeout_secs)).await?;
+        if !out.status.success() {
+            return Err(failure(&what, &out, anyhow!("exited with {}", out.status)));
+        }
+        parse_json(&out.stdout).map_err(|e| failure(&what, &out, e))
+    }
+}
+
+fn data_dir_args<'a>(sub: &'a str, dir: &'a Path) -> [&'a std::ffi::OsStr; 3] {
+    [sub.as_ref(), "--data-dir".as_ref(), dir.as_os_str()]
+}
+
+/// Parses the single JSON object a `--json` command prints.
+pub fn parse_json<T: DeserializeOwned>(stdout: &str) -> Result<T> {
+    serde_json::from_str(stdout.trim()).with_context(|| {
+        format!(
+            "expected one JSON object on stdout, got {:?}",
+            truncate(stdout.trim(), 300)
+        )
+    })
+}
+
+fn failure(what: &str, out: &Captured, cause: anyhow::Error) -> anyhow::Error {
+    let stderr = out.stderr.trim();
+    if stderr.is_empty() {
+        cause.context(format!("leasewire {what} failed"))
+    } else {
+        cause.context(format!(
+            "leasewire {what} failed: {}",
+            truncate(stderr, 2000)
+        ))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deps_dir_also_searches_parent() {
+        let d = search_dirs(Path::new("/x/target/debug/deps/simnet_run-abc"));
+        assert_eq!(
+            d,
+            [
+                PathBuf::from("/x/target/debug/deps"),
+                PathBuf::from("/x/target/debug")
+            ]
+        );
+        let d = search_dirs(Path::new("/x/target/debug/simnet"));
+        assert_eq!(d, [PathBuf::from("/x/target/debug")]);
+    }
+
+    #[test]
+    fn find_bin_names_the_build_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = find_bin(
+            "leasewire",
+            "SIMNET_TEST_UNSET_VARIABLE",
+            &[dir.path().into()],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cargo build --workspace"), "{e}");
+        std::fs::write(dir.path().join("leasewire"), b"").unwrap();
+        let p = find_bin(
+            "leasewire",
+            "SIMNET_TEST_UNSET_VARIABLE",
+            &[PathBuf::from("/nonexistent"), dir.path().into()],
+        )
+        .unwrap();
+        assert_eq!(p, dir.path().join("leasewire"));
+    }
+
+    #[test]
+    fn status_parses_contract_shape_and_ignores_extras() {
+        let s: StatusOut = parse_json(
+            r#"{"peer_id":"12D3KooWA","roles":["provider"],"listen_addrs":["/ip4/127.0.0.1/tcp/4001"],
+                "net":{"connected":2,"members":["p"],"refused_by":["x","y"],"refused":[]},
+                "offers_known":3,"leases":[],"future_field":true}"#,
+        )
+        .unwrap();
+        assert_eq!(s.peer_id, "12D3KooWA");
+        assert_eq!(s.listen_addrs, ["/ip4/127.0.0.1/tcp/4001"]);
+        assert_eq!(s.net.refused_by.len(), 2);
+    }
+
+    #[test]
+    fn rent_and_audit_parse_with_nulls() {
+        let r: RentOut = parse_json(
+            r#"{"lease_id":"l","provider":"P","offer_id":"o","ipv4":"198.51.100.3/32","ipv6":null,
+                "paid_sat":3010,"credit_sat":3000,"paid_until":1,"conf_path":"/c"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.ipv4.as_deref(), Some("198.51.100.3/32"));
+        assert_eq!(r.ipv6, None);
+        assert_eq!(r.paid_sat, 3010);
+        let a: AuditOut =
+            parse_json(r#"{"ok":false,"entries":7,"first_bad":{"seq":4,"reason":"bad sig"}}"#)
+                .unwrap();
+        assert!(!a.ok);
+        assert_eq!(a.first_bad.unwrap().seq, 4);
+    }
+
+    #[test]
+    fn garbage_is_reported_with_a_sample() {
+        let e = parse_json::<AuditOut>("not json at all").unwrap_err();
+        assert!(format!("{e:#}").contains("not json at all"), "{e:#}");
+    }
+
+    #[tokio::test]
+    async fn failing_cli_error_carries_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("leasewire");
+        std::fs::write(&fake, "#!/bin/sh\necho 'no daemon running' >&2\nexit 2\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A child forked concurrently by another test may briefly hold our write fd; exec
+        // would then fail with ETXTBSY. Let any such child reach its exec first.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let e = Cli::new(fake).status(dir.path()).await.unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("no daemon running"), "{msg}");
+        assert!(msg.contains("status"), "{msg}");
+    }
+}

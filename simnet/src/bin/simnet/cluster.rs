@@ -1,0 +1,581 @@
+//! Bringing a cluster up: lnd-sim, then the bootstrap provider, then everyone else.
+//!
+//! Steps of [`Cluster::start`]:
+//!
+//! 1. start `lnd-sim` with one virtual Lightning node per leasewire node and wait for its
+//!    `lnd-sim.json`;
+//! 2. `leasewire init` every data dir;
+//! 3. write provider-0's `config.toml` (no bootstrap peers), start its daemon, and read its
+//!    listen address and peer id from `status`;
+//! 4. write every other node's `config.toml` pointing at provider-0, start them all, and wait
+//!    until each answers `status`.
+//!
+//! Every node's config is built as a [`leasewire::config::Config`] by [`node_config`] (a pure
+//! function) and validated before it is written, so a contract drift shows up here and not as
+//! a daemon that dies at start.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use leasewire::config::{Config, Role, TunnelBackendKind};
+use serde::Deserialize;
+use tokio::process::Command;
+
+use crate::cli::{Bins, Cli};
+use crate::procs::Procs;
+
+/// Seconds between discovery rounds in every simnet node; short so a run takes seconds.
+pub const DISCOVERY_INTERVAL_SECS: u64 = 2;
+/// Satoshis each paying node (renters, the intruder) starts with in lnd-sim.
+pub const PAYER_BALANCE_SAT: u64 = 1_000_000;
+/// Most providers a cluster can have: each gets its own /28 of 198.51.100.0/24.
+pub const MAX_PROVIDERS: usize = 16;
+/// Registry name of the lnd-sim process.
+pub const LND_SIM: &str = "lnd-sim";
+/// How long a daemon may take to answer its first `status`.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long lnd-sim may take to write `lnd-sim.json`.
+const LND_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a node is for in the scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Sells addresses; provider 0 is also the bootstrap peer.
+    Provider,
+    /// Rents one lease.
+    Renter,
+    /// A renter on another market secret, which must see nothing.
+    Intruder,
+}
+
+impl Kind {
+    /// The leasewire role the node runs.
+    pub fn role(self) -> Role {
+        match self {
+            Kind::Provider => Role::Provider,
+            Kind::Renter | Kind::Intruder => Role::Renter,
+        }
+    }
+
+    /// The role as the CLI and the report spell it.
+    pub fn role_name(self) -> &'static str {
+        match self.role() {
+            Role::Provider => "provider",
+            Role::Renter => "renter",
+        }
+    }
+
+    /// The node's name: `provider-1`, `renter-0`, `intruder`.
+    pub fn name(self, index: usize) -> String {
+        match self {
+            Kind::Provider => format!("provider-{index}"),
+            Kind::Renter => format!("renter-{index}"),
+            Kind::Intruder => "intruder".to_owned(),
+        }
+    }
+
+    /// Its WireGuard interface name, unique in the cluster and at most 15 bytes.
+    fn interface(self, index: usize) -> String {
+        match self {
+            Kind::Provider => format!("lwp{index}"),
+            Kind::Renter => format!("lwr{index}"),
+            Kind::Intruder => format!("lwx{index}"),
+        }
+    }
+
+    /// Starting balance in lnd-sim: providers only receive.
+    fn balance_sat(self) -> u64 {
+        match self {
+            Kind::Provider => 0,
+            Kind::Renter | Kind::Intruder => PAYER_BALANCE_SAT,
+        }
+    }
+}
+
+/// One leasewire node of the cluster.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// `provider-0`, `renter-3`, `intruder`.
+    pub name: String,
+    /// Its part in the scenario.
+    pub kind: Kind,
+    /// Index among nodes of its kind.
+    pub index: usize,
+    /// Its data dir (absolute).
+    pub data_dir: PathBuf,
+    /// libp2p peer id, from `leasewire init`.
+    pub peer_id: String,
+    /// When its daemon first answered `status`.
+    pub ready_at: Option<Instant>,
+}
+
+/// `lnd-sim.json`, written by lnd-sim once it listens.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LndSimInfo {
+    /// gRPC `host:port`.
+    pub address: String,
+    /// Its TLS certificate.
+    pub tls_cert_path: PathBuf,
+    /// The virtual nodes.
+    pub nodes: Vec<LndNode>,
+}
+
+/// One virtual Lightning node of [`LndSimInfo`].
+#[derive(Clone, Debug, Deserialize)]
+pub struct LndNode {
+    /// Name, equal to the leasewire node's name.
+    pub name: String,
+    /// Macaroon selecting this node.
+    pub macaroon_path: PathBuf,
+}
+
+impl LndSimInfo {
+    /// Makes every path absolute, resolving relative ones against `dir` (where the file is).
+    fn absolutize(&mut self, dir: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        abs(&mut self.tls_cert_path);
+        for n in &mut self.nodes {
+            abs(&mut n.macaroon_path);
+        }
+    }
+
+    fn node(&self, name: &str) -> Result<&LndNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("lnd-sim.json has no node named {name}"))
+    }
+}
+
+/// Everything [`node_config`] needs about one node.
+#[derive(Clone, Copy, Debug)]
+pub struct ConfigInput<'a> {
+    /// Kind of node.
+    pub kind: Kind,
+    /// Index among its kind.
+    pub index: usize,
+    /// Market secret.
+    pub secret: &'a str,
+    /// Bootstrap multiaddr with `/p2p/<id>`; `None` for the bootstrap node itself.
+    pub bootstrap: Option<&'a str>,
+    /// lnd-sim endpoint and certificate.
+    pub lnd: &'a LndSimInfo,
+    /// This node's macaroon.
+    pub macaroon_path: &'a Path,
+    /// A UDP port no other node of the cluster uses.
+    pub udp_port: u16,
+}
+
+/// The `config.toml` of one simnet node, validated.
+///
+/// Providers get their own /28 of 198.51.100.0/24 and /48 under 2001:db8::/32 (documentation
+/// prefixes), and advertise a loopback WireGuard endpoint on `udp_port`.
+///
+/// Errors: the index is out of range for the address plan, or the result fails
+/// [`Config::validate`].
+pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
+    let mut cfg = Config::default();
+    cfg.node.roles = vec![input.kind.role()];
+    cfg.node.listen = vec!["/ip4/127.0.0.1/tcp/0".to_owned()];
+    cfg.node.bootstrap = input.bootstrap.map(str::to_owned).into_iter().collect();
+    cfg.node.secret = input.secret.to_owned();
+    cfg.node.discovery_interval_secs = DISCOVERY_INTERVAL_SECS;
+
+    cfg.lightning.network = "regtest".to_owned();
+    cfg.lightning.address = input.lnd.address.clone();
+    cfg.lightning.tls_cert_path = input.lnd.tls_cert_path.clone();
+    cfg.lightning.macaroon_path = input.macaroon_path.to_owned();
+
+    cfg.tunnel.backend = TunnelBackendKind::File;
+    cfg.tunnel.interface = input.kind.interface(input.index);
+    cfg.tunnel.listen_port = input.udp_port;
+
+    if input.kind == Kind::Provider {
+        if input.index >= MAX_PROVIDERS {
+            bail!("at most {MAX_PROVIDERS} providers fit in 198.51.100.0/24");
+        }
+        cfg.provider.endpoint = format!("127.0.0.1:{}", input.udp_port);
+        cfg.provider.ipv4_pools = vec![format!("198.51.100.{}/28", 16 * input.index)];
+        cfg.provider.ipv6_pools = vec![format!("2001:db8:{}::/48", 100 + input.index)];
+    }
+    cfg.validate()
+        .with_context(|| format!("config for {}", input.kind.name(input.index)))?;
+    Ok(cfg)
+}
+
+/// The multiaddr other nodes bootstrap from: a loopback TCP listen address of `status`, with
+/// `/p2p/<peer_id>` appended unless already there.
+///
+/// Errors: no `/ip4/127.0.0.1/tcp/` address is listed.
+pub fn bootstrap_addr(listen_addrs: &[String], peer_id: &str) -> Result<String> {
+    let addr = listen_addrs
+        .iter()
+        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+        .ok_or_else(|| anyhow!("bootstrap node lists no loopback TCP address: {listen_addrs:?}"))?;
+    let base = match addr.find("/p2p/") {
+        Some(i) => &addr[..i],
+        None => addr.as_str(),
+    };
+    Ok(format!("{base}/p2p/{peer_id}"))
+}
+
+/// A fresh random market secret with a readable prefix.
+pub fn random_secret(prefix: &str) -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("no randomness for the market secret: {e}"))?;
+    Ok(format!("{prefix}-{}", hex::encode(b)))
+}
+
+/// `n` distinct UDP ports that were free on 127.0.0.1 a moment ago.
+///
+/// The file tunnel backend never binds them; they are real free ports anyway so the configs
+/// stay usable with a backend that does.
+fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
+    // Hold every socket until all are chosen, so the kernel cannot hand out one port twice.
+    let socks = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot reserve UDP ports")?;
+    socks
+        .iter()
+        .map(|s| Ok(s.local_addr()?.port()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot read reserved UDP ports")
+}
+
+/// A running cluster.
+pub struct Cluster {
+    /// CLI runner.
+    pub cli: Cli,
+    /// Nodes: providers, then renters, then the intruder.
+    pub nodes: Vec<Node>,
+    procs: Arc<Procs>,
+}
+
+impl Cluster {
+    /// Starts lnd-sim and every daemon under `root`; see the module doc for the steps.
+    ///
+    /// Every process goes into `procs`, so the caller can stop them whether this succeeds or
+    /// not. Errors: a program fails to start or does not become ready in time (the message
+    /// carries the end of its log).
+    pub async fn start(
+        root: &Path,
+        bins: &Bins,
+        procs: Arc<Procs>,
+        providers: usize,
+        renters: usize,
+        intruder: bool,
+    ) -> Result<Cluster> {
+        if providers == 0 || providers > MAX_PROVIDERS {
+            bail!("--providers must be 1..={MAX_PROVIDERS}");
+        }
+        let cli = Cli::new(bins.leasewire.clone());
+        let plan: Vec<(Kind, usize)> = (0..providers)
+            .map(|i| (Kind::Provider, i))
+            .chain((0..renters).map(|i| (Kind::Renter, i)))
+            .chain(intruder.then_some((Kind::Intruder, 0)))
+            .collect();
+
+        let lnd = start_lnd_sim(root, bins, &procs, &plan).await?;
+        tracing::info!(address = %lnd.address, nodes = lnd.nodes.len(), "lnd-sim ready");
+
+        // init is independent per node: do them all at once.
+        let inits = plan.iter().map(|&(kind, index)| {
+            let cli = cli.clone();
+            let data_dir = root.join(kind.name(index));
+            async move {
+                let out = cli
+                    .init(&data_dir, kind.role_name())
+                    .await
+                    .with_context(|| format!("init {}", kind.name(index)))?;
+                anyhow::Ok(Node {
+                    name: kind.name(index),
+                    kind,
+                    index,
+                    data_dir,
+                    peer_id: out.peer_id,
+                    ready_at: None,
+                })
+            }
+        });
+        let mut nodes = futures::future::try_join_all(inits).await?;
+
+        let secret = random_secret("simnet-cluster")?;
+        let intruder_secret = random_secret("simnet-intruder")?;
+        let ports = free_udp_ports(nodes.len())?;
+        let write_config = |node: &Node, port: u16, bootstrap: Option<&str>| -> Result<()> {
+            let cfg = node_config(ConfigInput {
+                kind: node.kind,
+                index: node.index,
+                secret: if node.kind == Kind::Intruder {
+                    &intruder_secret
+                } else {
+                    &secret
+                },
+                bootstrap,
+                lnd: &lnd,
+                macaroon_path: &lnd.node(&node.name)?.macaroon_path,
+                udp_port: port,
+            })?;
+            let path = node.data_dir.join("config.toml");
+            std::fs::write(&path, cfg.to_toml())
+                .with_context(|| format!("cannot write {}", path.display()))
+        };
+
+        // The bootstrap node first: everyone else needs its address.
+        let (boot, rest) = nodes
+            .split_first_mut()
+            .expect("the plan to start with provider-0");
+        write_config(boot, ports[0], None)?;
+        start_daemon(&procs, &cli, boot)?;
+        let status = wait_ready(&procs, &cli, boot).await?;
+        let bootstrap = bootstrap_addr(&status.listen_addrs, &status.peer_id)?;
+        tracing::info!(%bootstrap, "bootstrap provider ready");
+
+        for (node, &port) in rest.iter().zip(&ports[1..]) {
+            write_config(node, port, Some(&bootstrap))?;
+            start_daemon(&procs, &cli, node)?;
+        }
+        let ready = rest.iter_mut().map(|node| {
+            let (procs, cli) = (&procs, &cli);
+            async move { wait_ready(procs, cli, node).await.map(|_| ()) }
+        });
+        futures::future::try_join_all(ready).await?;
+        tracing::info!(nodes = nodes.len(), "all daemons ready");
+        Ok(Cluster { cli, nodes, procs })
+    }
+
+    /// Nodes of one kind, in index order.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(move |n| n.kind == kind)
+    }
+
+    /// Provider peer id → provider name.
+    pub fn provider_names(&self) -> HashMap<String, String> {
+        self.of_kind(Kind::Provider)
+            .map(|n| (n.peer_id.clone(), n.name.clone()))
+            .collect()
+    }
+
+    /// Stops every daemon (SIGTERM, up to `grace`, SIGKILL), leaving lnd-sim running.
+    /// Returns the names of daemons that did not exit cleanly.
+    pub async fn stop_daemons(&self, grace: Duration) -> Vec<String> {
+        let stopped = self.procs.stop_matching(grace, |n| n != LND_SIM).await;
+        stopped
+            .into_iter()
+            .filter(|(_, how)| !how.is_clean())
+            .map(|(name, how)| {
+                tracing::warn!(%name, %how, "daemon did not exit cleanly");
+                name
+            })
+            .collect()
+    }
+}
+
+async fn start_lnd_sim(
+    root: &Path,
+    bins: &Bins,
+    procs: &Procs,
+    plan: &[(Kind, usize)],
+) -> Result<LndSimInfo> {
+    let dir = root.join("lnd");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cmd = Command::new(&bins.lnd_sim);
+    cmd.arg("--dir").arg(&dir).args(["--listen", "127.0.0.1:0"]);
+    for &(kind, index) in plan {
+        cmd.arg("--node")
+            .arg(format!("{}:{}", kind.name(index), kind.balance_sat()));
+    }
+    procs.spawn(LND_SIM, cmd, &dir.join("lnd-sim.log"))?;
+
+    let info_path = dir.join("lnd-sim.json");
+    let deadline = Instant::now() + LND_READY_TIMEOUT;
+    loop {
+        procs.ensure_running(LND_SIM)?;
+        // lnd-sim writes the file atomically (rename), so a parse never sees half of it.
+        if let Ok(text) = std::fs::read_to_string(&info_path) {
+            let mut info: LndSimInfo = serde_json::from_str(&text)
+                .with_context(|| format!("invalid {}", info_path.display()))?;
+            info.absolutize(&dir);
+            return Ok(info);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "lnd-sim did not write {} within {LND_READY_TIMEOUT:?}",
+                info_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn start_daemon(procs: &Procs, cli: &Cli, node: &Node) -> Result<()> {
+    let cmd = cli.command([
+        "daemon".as_ref(),
+        "--data-dir".as_ref(),
+        node.data_dir.as_os_str(),
+    ]);
+    let pid = procs.spawn(&node.name, cmd, &node.data_dir.join("daemon.log"))?;
+    tracing::debug!(name = %node.name, pid, "daemon started");
+    Ok(())
+}
+
+/// Polls `status` until the daemon answers, failing early if it exits.
+async fn wait_ready(procs: &Procs, cli: &Cli, node: &mut Node) -> Result<crate::cli::StatusOut> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        procs.ensure_running(&node.name)?;
+        match cli.status(&node.data_dir).await {
+            Ok(status) => {
+                if status.peer_id != node.peer_id {
+                    bail!(
+                        "{} reports peer id {} but init said {}",
+                        node.name,
+                        status.peer_id,
+                        node.peer_id
+                    );
+                }
+                node.ready_at = Some(Instant::now());
+                tracing::info!(name = %node.name, peer_id = %node.peer_id, "daemon ready");
+                return Ok(status);
+            }
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!(
+                    "{} did not answer status within {READY_TIMEOUT:?}; see {}",
+                    node.name,
+                    node.data_dir.join("daemon.log").display()
+                )));
+            }
+            Err(e) => tracing::trace!(name = %node.name, "not ready yet: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lnd() -> LndSimInfo {
+        LndSimInfo {
+            address: "127.0.0.1:10009".into(),
+            tls_cert_path: "tls.cert".into(),
+            nodes: vec![LndNode {
+                name: "provider-0".into(),
+                macaroon_path: "provider-0/admin.macaroon".into(),
+            }],
+        }
+    }
+
+    fn input<'a>(kind: Kind, index: usize, lnd: &'a LndSimInfo) -> ConfigInput<'a> {
+        ConfigInput {
+            kind,
+            index,
+            secret: "simnet-cluster-x",
+            bootstrap: Some(
+                "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+            ),
+            lnd,
+            macaroon_path: Path::new("/m/admin.macaroon"),
+            udp_port: 40000 + index as u16,
+        }
+    }
+
+    #[test]
+    fn provider_config_uses_documentation_prefixes_and_round_trips() {
+        let lnd = lnd();
+        let cfg = node_config(input(Kind::Provider, 3, &lnd)).unwrap();
+        assert_eq!(cfg.node.roles, [Role::Provider]);
+        assert_eq!(cfg.provider.ipv4_pools, ["198.51.100.48/28"]);
+        assert_eq!(cfg.provider.ipv6_pools, ["2001:db8:103::/48"]);
+        assert_eq!(cfg.provider.endpoint, "127.0.0.1:40003");
+        assert_eq!(cfg.tunnel.interface, "lwp3");
+        assert_eq!(cfg.tunnel.listen_port, 40003);
+        assert_eq!(cfg.node.discovery_interval_secs, DISCOVERY_INTERVAL_SECS);
+        assert_eq!(cfg.lightning.address, "127.0.0.1:10009");
+        assert_eq!(cfg.lightning.macaroon_path, Path::new("/m/admin.macaroon"));
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn every_provider_pool_is_distinct_and_inside_the_plan() {
+        let lnd = lnd();
+        let mut v4 = std::collections::HashSet::new();
+        for i in 0..MAX_PROVIDERS {
+            let cfg = node_config(input(Kind::Provider, i, &lnd)).unwrap();
+            let (addr, len) = cfg.provider.ipv4_pools[0].split_once('/').unwrap();
+            let addr: std::net::Ipv4Addr = addr.parse().unwrap();
+            assert_eq!(len, "28");
+            assert_eq!(addr.octets()[..3], [198, 51, 100]);
+            assert_eq!(addr.octets()[3] % 16, 0);
+            assert!(v4.insert(addr));
+        }
+        let e = node_config(input(Kind::Provider, MAX_PROVIDERS, &lnd)).unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn renter_and_intruder_configs() {
+        let lnd = lnd();
+        let r = node_config(input(Kind::Renter, 4, &lnd)).unwrap();
+        assert_eq!(r.node.roles, [Role::Renter]);
+        assert_eq!(r.tunnel.interface, "lwr4");
+        assert_eq!(r.node.bootstrap.len(), 1);
+        let mut i = input(Kind::Intruder, 0, &lnd);
+        i.secret = "other";
+        let x = node_config(i).unwrap();
+        assert_eq!(x.node.roles, [Role::Renter]);
+        assert_eq!(x.node.secret, "other");
+        assert_eq!(x.tunnel.interface, "lwx0");
+        let mut b = input(Kind::Provider, 0, &lnd);
+        b.bootstrap = None;
+        assert!(node_config(b).unwrap().node.bootstrap.is_empty());
+    }
+
+    #[test]
+    fn bootstrap_addr_picks_loopback_and_appends_peer_once() {
+        let addrs = vec![
+            "/ip6/::1/tcp/9".to_owned(),
+            "/ip4/127.0.0.1/tcp/4001".to_owned(),
+        ];
+        assert_eq!(
+            bootstrap_addr(&addrs, "PEER").unwrap(),
+            "/ip4/127.0.0.1/tcp/4001/p2p/PEER"
+        );
+        let with = vec!["/ip4/127.0.0.1/tcp/4001/p2p/PEER".to_owned()];
+        assert_eq!(
+            bootstrap_addr(&with, "PEER").unwrap(),
+            "/ip4/127.0.0.1/tcp/4001/p2p/PEER"
+        );
+        assert!(bootstrap_addr(&["/ip6/::1/tcp/9".to_owned()], "P").is_err());
+    }
+
+    #[test]
+    fn lnd_info_paths_become_absolute() {
+        let mut info = lnd();
+        info.absolutize(Path::new("/run/lnd"));
+        assert_eq!(info.tls_cert_path, Path::new("/run/lnd/tls.cert"));
+        assert_eq!(
+            info.node("provider-0").unwrap().macaroon_path,
+            Path::new("/run/lnd/provider-0/admin.macaroon")
+        );
+        assert!(info.node("renter-9").is_err());
+    }
+
+    #[test]
+    fn secrets_differ_and_ports_are_distinct() {
+        let a = random_secret("simnet-cluster").unwrap();
+        let b = random_secret("simnet-cluster").unwrap();
+        assert!(a.starts_with("simnet-cluster-") && a != b);
+        let ports = free_udp_ports(8).unwrap();
+        let set: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(set.len(), 8);
+    }
+}

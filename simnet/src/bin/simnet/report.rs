@@ -1,0 +1,422 @@
+//! The run's result: the JSON object of `--json`, the human table, and the pass/fail verdict.
+//!
+//! [`Report`] serializes to exactly the documented object (`rentals`, `nodes`, `audit_ok`, and
+//! `intruder` with `--intruder`); a renter that got no lease still appears in `rentals`, with
+//! nulls and an `error`. Per-node audit details and daemon stop results are kept out of the
+//! JSON but feed [`Report::failures`] and the table.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cli::AuditOut;
+
+/// Everything a run found out.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// One entry per renter, in renter order.
+    pub rentals: Vec<Rental>,
+    /// Every leasewire node of the cluster.
+    pub nodes: Vec<NodeEntry>,
+    /// Whether every node's audit log verified.
+    pub audit_ok: bool,
+    /// The intruder's view, with `--intruder` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intruder: Option<IntruderReport>,
+    /// Per-node audit verdicts behind `audit_ok`.
+    #[serde(skip)]
+    pub audits: Vec<NodeAudit>,
+    /// Daemons that did not exit with status 0 on SIGTERM (a warning, not a failure).
+    #[serde(skip)]
+    pub unclean_stops: Vec<String>,
+    /// Number of providers, for the summary.
+    #[serde(skip)]
+    pub providers: usize,
+}
+
+/// One renter's lease, or why it has none.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rental {
+    /// `renter-N`.
+    pub renter: String,
+    /// `provider-N` (the peer id if the provider is not one of ours).
+    pub provider: Option<String>,
+    /// Leased IPv4 prefix.
+    pub ipv4: Option<String>,
+    /// Leased IPv6 prefix.
+    pub ipv6: Option<String>,
+    /// Satoshis paid.
+    pub paid_sat: Option<u64>,
+    /// Milliseconds from starting `rent` to holding the lease.
+    pub lease_ms: Option<u64>,
+    /// Milliseconds from starting `rent` until `offers` listed every provider; null when
+    /// `rent` finished first.
+    pub discovery_ms: Option<u64>,
+    /// Why the renter has no lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Rental {
+    /// Whether the renter holds a lease.
+    pub fn leased(&self) -> bool {
+        self.error.is_none() && self.provider.is_some()
+    }
+}
+
+/// A node of the cluster.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeEntry {
+    /// `provider-0`, `renter-1`, `intruder`.
+    pub name: String,
+    /// `provider` or `renter`.
+    pub role: String,
+    /// Its data dir (valid after the run only with `--keep`).
+    pub data_dir: PathBuf,
+}
+
+/// What the node on the wrong secret saw.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IntruderReport {
+    /// Offers it learned (must be 0).
+    pub offers_seen: usize,
+    /// Peers that refused its membership proof (must be at least 1).
+    pub refused_by: usize,
+    /// Why the check could not be made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One node's `audit verify` result, or why there is none.
+#[derive(Clone, Debug)]
+pub struct NodeAudit {
+    /// Node name.
+    pub name: String,
+    /// The verdict, or the error running the check.
+    pub result: Result<AuditOut, String>,
+}
+
+impl NodeAudit {
+    /// Whether the log verified.
+    pub fn ok(&self) -> bool {
+        matches!(&self.result, Ok(a) if a.ok)
+    }
+}
+
+impl Report {
+    /// Every reason the run failed; empty means it passed.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        for r in &self.rentals {
+            if !r.leased() {
+                f.push(format!(
+                    "{} got no lease: {}",
+                    r.renter,
+                    r.error.as_deref().unwrap_or("no provider in the reply")
+                ));
+            }
+        }
+        for a in &self.audits {
+            match &a.result {
+                Ok(v) if v.ok => {}
+                Ok(v) => f.push(match &v.first_bad {
+                    Some(b) => format!(
+                        "audit log of {} is broken at seq {}: {}",
+                        a.name, b.seq, b.reason
+                    ),
+                    None => format!("audit log of {} does not verify", a.name),
+                }),
+                Err(e) => f.push(format!("cannot audit {}: {e}", a.name)),
+            }
+        }
+        if !self.audit_ok && self.audits.iter().all(NodeAudit::ok) {
+            f.push("audit was not run".to_owned());
+        }
+        if let Some(i) = &self.intruder {
+            if let Some(e) = &i.error {
+                f.push(format!("intruder check failed: {e}"));
+            }
+            if i.offers_seen != 0 {
+                f.push(format!(
+                    "intruder saw {} offers through another market secret",
+                    i.offers_seen
+                ));
+            }
+            if i.refused_by == 0 {
+                f.push("no peer refused the intruder".to_owned());
+            }
+        }
+        f
+    }
+
+    /// The single JSON object printed with `--json`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a Report of plain strings and numbers")
+    }
+
+    /// The human-readable table and summary.
+    pub fn table(&self) -> String {
+        let dash = || "-".to_owned();
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(dash);
+        let num = |v: Option<u64>| v.map_or_else(dash, |n| n.to_string());
+        let header = [
+            "RENTER", "PROVIDER", "IPV4", "IPV6", "PAID SAT", "LEASE MS", "DISC MS",
+        ]
+        .map(str::to_owned);
+        let rows: Vec<[String; 7]> = self
+            .rentals
+            .iter()
+            .map(|r| {
+                [
+                    r.renter.clone(),
+                    opt(&r.provider),
+                    opt(&r.ipv4),
+                    opt(&r.ipv6),
+                    num(r.paid_sat),
+                    num(r.lease_ms),
+                    num(r.discovery_ms),
+                ]
+            })
+            .collect();
+        let mut widths = header.clone().map(|h| h.len());
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&header).chain(&rows) {
+            let line: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        }
+        out.push('\n');
+
+        let leased = self.rentals.iter().filter(|r| r.leased()).count();
+        let _ = writeln!(out, "leases:    {leased}/{} renters", self.rentals.len());
+        let mut disc: Vec<u64> = self.rentals.iter().filter_map(|r| r.discovery_ms).collect();
+        disc.sort_unstable();
+        if let (Some(median), Some(max)) = (disc.get(disc.len() / 2), disc.last()) {
+            let _ = writeln!(
+                out,
+                "discovery: {}/{} renters listed all {} providers; median {median} ms, max {max} ms",
+                disc.len(),
+                self.rentals.len(),
+                self.providers
+            );
+        }
+        let bad_audits = self.audits.iter().filter(|a| !a.ok()).count();
+        let entries: u64 = self
+            .audits
+            .iter()
+            .filter_map(|a| a.result.as_ref().ok().map(|v| v.entries))
+            .sum();
+        let _ = writeln!(
+            out,
+            "audit:     {} ({} nodes, {entries} entries{})",
+            if self.audit_ok { "ok" } else { "FAILED" },
+            self.audits.len(),
+            if bad_audits > 0 {
+                format!(", {bad_audits} failed")
+            } else {
+                String::new()
+            }
+        );
+        if let Some(i) = &self.intruder {
+            let _ = writeln!(
+                out,
+                "intruder:  saw {} offers, refused by {} peers",
+                i.offers_seen, i.refused_by
+            );
+        }
+        if !self.unclean_stops.is_empty() {
+            let _ = writeln!(
+                out,
+                "warning:   did not exit cleanly on SIGTERM: {}",
+                self.unclean_stops.join(", ")
+            );
+        }
+        let failures = self.failures();
+        for f in &failures {
+            let _ = writeln!(out, "FAIL:      {f}");
+        }
+        let _ = writeln!(
+            out,
+            "result:    {}",
+            if failures.is_empty() { "PASS" } else { "FAIL" }
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::BadEntry;
+
+    fn rental(i: usize, provider: &str) -> Rental {
+        Rental {
+            renter: format!("renter-{i}"),
+            provider: Some(provider.to_owned()),
+            ipv4: Some(format!("198.51.100.{}/32", i + 1)),
+            ipv6: Some(format!("2001:db8:100:{i}::/64")),
+            paid_sat: Some(4_000),
+            lease_ms: Some(1_500 + i as u64),
+            discovery_ms: Some(700 + i as u64),
+            error: None,
+        }
+    }
+
+    fn audit(name: &str, ok: bool) -> NodeAudit {
+        NodeAudit {
+            name: name.to_owned(),
+            result: Ok(AuditOut {
+                ok,
+                entries: 5,
+                first_bad: (!ok).then(|| BadEntry {
+                    seq: 2,
+                    reason: "hash mismatch".to_owned(),
+                }),
+            }),
+        }
+    }
+
+    fn passing() -> Report {
+        Report {
+            rentals: vec![rental(0, "provider-0"), rental(1, "provider-1")],
+            nodes: vec![NodeEntry {
+                name: "provider-0".into(),
+                role: "provider".into(),
+                data_dir: "/tmp/x/provider-0".into(),
+            }],
+            audit_ok: true,
+            intruder: Some(IntruderReport {
+                offers_seen: 0,
+                refused_by: 2,
+                error: None,
+            }),
+            audits: vec![audit("provider-0", true), audit("renter-0", true)],
+            unclean_stops: Vec::new(),
+            providers: 2,
+        }
+    }
+
+    #[test]
+    fn json_has_exactly_the_documented_shape() {
+        let v: serde_json::Value = serde_json::from_str(&passing().to_json()).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["audit_ok", "intruder", "nodes", "rentals"]);
+        let r = &v["rentals"][1];
+        let mut rk: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        rk.sort_unstable();
+        assert_eq!(
+            rk,
+            [
+                "discovery_ms",
+                "ipv4",
+                "ipv6",
+                "lease_ms",
+                "paid_sat",
+                "provider",
+                "renter"
+            ]
+        );
+        assert_eq!(r["provider"], "provider-1");
+        assert_eq!(r["paid_sat"], 4000);
+        assert_eq!(v["intruder"]["refused_by"], 2);
+        assert_eq!(v["nodes"][0]["data_dir"], "/tmp/x/provider-0");
+    }
+
+    #[test]
+    fn intruder_key_absent_without_flag() {
+        let mut r = passing();
+        r.intruder = None;
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert!(v.get("intruder").is_none());
+        assert!(r.failures().is_empty());
+    }
+
+    #[test]
+    fn passing_run_has_no_failures_and_says_pass() {
+        let r = passing();
+        assert!(r.failures().is_empty(), "{:?}", r.failures());
+        let t = r.table();
+        assert!(t.contains("198.51.100.2/32"), "{t}");
+        assert!(t.contains("leases:    2/2"), "{t}");
+        assert!(t.contains("median 701 ms, max 701 ms"), "{t}");
+        assert!(t.contains("result:    PASS"), "{t}");
+    }
+
+    #[test]
+    fn every_kind_of_failure_is_named() {
+        let mut r = passing();
+        r.rentals[1] = Rental {
+            renter: "renter-1".into(),
+            error: Some("no offers within 60 s".into()),
+            ..Rental::default()
+        };
+        r.audits[1] = audit("renter-0", false);
+        r.audit_ok = false;
+        r.intruder = Some(IntruderReport {
+            offers_seen: 3,
+            refused_by: 0,
+            error: None,
+        });
+        let f = r.failures().join("\n");
+        assert!(
+            f.contains("renter-1 got no lease: no offers within 60 s"),
+            "{f}"
+        );
+        assert!(
+            f.contains("renter-0 is broken at seq 2: hash mismatch"),
+            "{f}"
+        );
+        assert!(f.contains("saw 3 offers"), "{f}");
+        assert!(f.contains("no peer refused"), "{f}");
+        assert!(!r.failures().is_empty());
+        let t = r.table();
+        assert!(t.contains("result:    FAIL"), "{t}");
+        assert!(t.contains("audit:     FAILED"), "{t}");
+        // The failed renter's row still lines up, with dashes.
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("renter-1") && l.contains(" -")),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["rentals"][1]["error"], "no offers within 60 s");
+        assert!(v["rentals"][1]["provider"].is_null());
+    }
+
+    #[test]
+    fn audit_errors_and_missing_audits_fail() {
+        let mut r = passing();
+        r.audits.push(NodeAudit {
+            name: "intruder".into(),
+            result: Err("cannot start".into()),
+        });
+        assert!(
+            r.failures()
+                .iter()
+                .any(|f| f.contains("cannot audit intruder"))
+        );
+        let mut r = passing();
+        r.audit_ok = false;
+        r.audits.clear();
+        assert!(!r.failures().is_empty());
+    }
+
+    #[test]
+    fn table_columns_align() {
+        let t = passing().table();
+        let lines: Vec<&str> = t.lines().take(3).collect();
+        let col = lines[0].find("IPV4").unwrap();
+        assert_eq!(lines[1].find("198.51.100.1/32"), Some(col));
+        assert_eq!(lines[2].find("198.51.100.2/32"), Some(col));
+    }
+}

@@ -1,0 +1,339 @@
+//! The scenario: bring the cluster up, rent in parallel, probe the intruder, stop, audit.
+//!
+//! Steps of [`run`]:
+//!
+//! 1. [`Cluster::start`] (lnd-sim, bootstrap provider, everyone else);
+//! 2. every renter runs `rent --auto` at once; beside each `rent`, `offers` is polled to time
+//!    how long discovery of all providers takes;
+//! 3. with an intruder: once the renters are done and it has had at least two discovery
+//!    rounds, read how many offers it saw and how many peers refused it;
+//! 4. stop every daemon (so their stores are closed), then `audit verify` every data dir.
+//!
+//! Failures of individual renters or checks are recorded in the [`Report`]; only a cluster
+//! that cannot be brought up is an `Err`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::cli::{Bins, Cli};
+use crate::cluster::{Cluster, DISCOVERY_INTERVAL_SECS, Kind, Node};
+use crate::procs::Procs;
+use crate::report::{IntruderReport, NodeAudit, NodeEntry, Rental, Report};
+
+/// How long each renter's `rent` waits for offers.
+const RENT_TIMEOUT_SECS: u64 = 60;
+/// Pause between `offers` polls while timing discovery.
+const DISCOVERY_POLL: Duration = Duration::from_millis(300);
+/// Grace period between SIGTERM and SIGKILL for each daemon.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// After the minimum wait, how long to keep asking the intruder for a refusal.
+const INTRUDER_EXTRA_WAIT: Duration = Duration::from_secs(15);
+
+/// What to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// Number of providers (1..=16).
+    pub providers: usize,
+    /// Number of renters.
+    pub renters: usize,
+    /// Whether to add a node on another market secret.
+    pub intruder: bool,
+    /// Credit each renter buys, in satoshis.
+    pub credit_sat: u64,
+}
+
+/// Runs the scenario under `root`, registering every process in `procs`.
+///
+/// Leaves lnd-sim running (the caller stops everything left in `procs`). Errors: the cluster
+/// could not be brought up.
+pub async fn run(root: &Path, bins: &Bins, procs: Arc<Procs>, plan: Plan) -> Result<Report> {
+    let cluster = Cluster::start(
+        root,
+        bins,
+        procs,
+        plan.providers,
+        plan.renters,
+        plan.intruder,
+    )
+    .await?;
+    let names = cluster.provider_names();
+    let all: HashSet<String> = names.keys().cloned().collect();
+
+    tracing::info!(
+        renters = plan.renters,
+        credit_sat = plan.credit_sat,
+        "renting"
+    );
+    let rentals = futures::future::join_all(
+        cluster
+            .of_kind(Kind::Renter)
+            .map(|n| rent_one(&cluster.cli, n, plan.credit_sat, &all, &names)),
+    )
+    .await;
+
+    let intruder = match cluster.of_kind(Kind::Intruder).next() {
+        Some(node) => Some(probe_intruder(&cluster.cli, node).await),
+        None => None,
+    };
+
+    tracing::info!("stopping daemons");
+    let unclean_stops = cluster.stop_daemons(STOP_GRACE).await;
+
+    tracing::info!("verifying audit logs");
+    let audits =
+        futures::future::join_all(cluster.nodes.iter().map(|n| audit_one(&cluster.cli, n))).await;
+    let audit_ok = !audits.is_empty() && audits.iter().all(NodeAudit::ok);
+
+    Ok(Report {
+        rentals,
+        nodes: cluster
+            .nodes
+            .iter()
+            .map(|n| NodeEntry {
+                name: n.name.clone(),
+                role: n.kind.role_name().to_owned(),
+                data_dir: n.data_dir.clone(),
+            })
+            .collect(),
+        audit_ok,
+        intruder,
+        audits,
+        unclean_stops,
+        providers: plan.providers,
+    })
+}
+
+/// One renter's `rent`, timed, with discovery timed alongside.
+async fn rent_one(
+    cli: &Cli,
+    node: &Node,
+    credit_sat: u64,
+    providers: &HashSet<String>,
+    names: &HashMap<String, String>,
+) -> Rental {
+    let start = Instant::now();
+    let rent = cli.rent(&node.data_dir, credit_sat, RENT_TIMEOUT_SECS);
+    let discovery = discover_all(cli, &node.data_dir, providers, start);
+    tokio::pin!(rent, discovery);
+    let mut discovery_ms = None;
+    // Poll discovery only until it completes; the loop ends with rent either way.
+    let result = loop {
+        tokio::select! {
+            r = &mut rent => break r,
+            ms = &mut discovery, if discovery_ms.is_none() => discovery_ms = Some(ms),
+        }
+    };
+    let lease_ms = millis(start.elapsed());
+    match result {
+        Ok(out) => {
+            let provider = names
+                .get(&out.provider)
+                .cloned()
+                .unwrap_or_else(|| out.provider.clone());
+            tracing::info!(
+                renter = %node.name, %provider, ipv4 = ?out.ipv4, ipv6 = ?out.ipv6,
+                paid_sat = out.paid_sat, lease_ms, ?discovery_ms, "leased"
+            );
+            Rental {
+                renter: node.name.clone(),
+                provider: Some(provider),
+                ipv4: out.ipv4,
+                ipv6: out.ipv6,
+                paid_sat: Some(out.paid_sat),
+                lease_ms: Some(lease_ms),
+                discovery_ms,
+                error: None,
+            }
+        }
+        Err(e) => {
+            tracing::error!(renter = %node.name, "rent failed: {e:#}");
+            Rental {
+                renter: node.name.clone(),
+                discovery_ms,
+                error: Some(format!("{e:#}")),
+                ..Rental::default()
+            }
+        }
+    }
+}
+
+/// Polls `offers` until every provider in `want` is listed; returns ms since `start`.
+/// Never returns otherwise: the caller stops polling when `rent` finishes.
+async fn discover_all(cli: &Cli, dir: &Path, want: &HashSet<String>, start: Instant) -> u64 {
+    loop {
+        match cli.offers(dir).await {
+            Ok(out) => {
+                let seen: HashSet<&str> = out.offers.iter().map(|o| o.provider.as_str()).collect();
+                if want.iter().all(|p| seen.contains(p.as_str())) {
+                    return millis(start.elapsed());
+                }
+            }
+            // The daemon may be busy renting; a failed poll just means "not yet".
+            Err(e) => tracing::debug!(dir = %dir.display(), "offers poll failed: {e:#}"),
+        }
+        tokio::time::sleep(DISCOVERY_POLL).await;
+    }
+}
+
+/// Reads what the intruder saw, after at least two discovery rounds of its own.
+async fn probe_intruder(cli: &Cli, node: &Node) -> IntruderReport {
+    let min_wait = Duration::from_secs(2 * DISCOVERY_INTERVAL_SECS + 1);
+    let ready = node.ready_at.unwrap_or_else(Instant::now);
+    tokio::time::sleep_until((ready + min_wait).into()).await;
+
+    // A refusal needs a handshake round trip; give it a little beyond the minimum.
+    let deadline = Instant::now() + INTRUDER_EXTRA_WAIT;
+    let mut report = IntruderReport::default();
+    loop {
+        match cli.status(&node.data_dir).await {
+            Ok(s) => {
+                report.refused_by = s.net.refused_by.len();
+                report.error = None;
+            }
+            Err(e) => report.error = Some(format!("status: {e:#}")),
+        }
+        if report.refused_by > 0 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Offers last, so they cover the whole time the intruder was up.
+    match cli.offers(&node.data_dir).await {
+        Ok(o) => report.offers_seen = o.offers.len(),
+        Err(e) => {
+            let prev = report
+                .error
+                .take()
+                .map(|p| format!("{p}; "))
+                .unwrap_or_default();
+            report.error = Some(format!("{prev}offers: {e:#}"));
+        }
+    }
+    tracing::info!(
+        offers_seen = report.offers_seen,
+        refused_by = report.refused_by,
+        "intruder probed"
+    );
+    report
+}
+
+async fn audit_one(cli: &Cli, node: &Node) -> NodeAudit {
+    let result = cli
+        .audit_verify(&node.data_dir)
+        .await
+        .map_err(|e| format!("{e:#}"));
+    match &result {
+        Ok(a) if a.ok => tracing::debug!(name = %node.name, entries = a.entries, "audit ok"),
+        Ok(a) => tracing::error!(name = %node.name, first_bad = ?a.first_bad, "audit FAILED"),
+        Err(e) => tracing::error!(name = %node.name, "audit could not run: {e}"),
+    }
+    NodeAudit {
+        name: node.name.clone(),
+        result,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fake `leasewire` that answers `offers` with the providers listed in a file and
+    /// `rent` after a delay.
+    fn fake_cli(dir: &Path, rent_script: &str) -> Cli {
+        let bin = dir.join("leasewire");
+        let script = format!(
+            "#!/bin/sh\ncase \"$1\" in\n\
+             offers) printf '{{\"offers\":[%s]}}' \"$(cat {dir}/offers 2>/dev/null)\" ;;\n\
+             rent) {rent_script} ;;\n\
+             status) echo '{{\"peer_id\":\"X\",\"net\":{{\"refused_by\":[\"P0\"]}}}}' ;;\n\
+             *) exit 9 ;;\nesac\n",
+            dir = dir.display()
+        );
+        std::fs::write(&bin, script).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Avoid ETXTBSY from a child forked by a concurrent test while our write fd was open.
+        std::thread::sleep(Duration::from_millis(50));
+        Cli::new(bin)
+    }
+
+    fn node(dir: &Path, kind: Kind) -> Node {
+        Node {
+            name: kind.name(0),
+            kind,
+            index: 0,
+            data_dir: dir.to_owned(),
+            peer_id: "X".into(),
+            ready_at: Some(Instant::now() - Duration::from_secs(60)),
+        }
+    }
+
+    #[tokio::test]
+    async fn rent_records_lease_and_discovery() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("offers"),
+            r#"{"provider":"P0"},{"provider":"P1"}"#,
+        )
+        .unwrap();
+        let cli = fake_cli(
+            dir.path(),
+            r#"sleep 1; echo '{"provider":"P1","ipv4":"198.51.100.17/32","ipv6":null,"paid_sat":4000}'"#,
+        );
+        let want: HashSet<String> = ["P0".into(), "P1".into()].into();
+        let names: HashMap<String, String> = [("P1".into(), "provider-1".into())].into();
+        let r = rent_one(&cli, &node(dir.path(), Kind::Renter), 3000, &want, &names).await;
+        assert!(r.leased(), "{r:?}");
+        assert_eq!(r.provider.as_deref(), Some("provider-1"));
+        assert_eq!(r.ipv4.as_deref(), Some("198.51.100.17/32"));
+        assert_eq!(r.paid_sat, Some(4000));
+        assert!(r.lease_ms.unwrap() >= 1000);
+        let d = r
+            .discovery_ms
+            .expect("both providers were listed before rent returned");
+        assert!(d < r.lease_ms.unwrap());
+    }
+
+    #[tokio::test]
+    async fn failed_rent_keeps_the_message_and_no_discovery() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("offers"), r#"{"provider":"P0"}"#).unwrap();
+        let cli = fake_cli(dir.path(), "echo 'no offers found' >&2; exit 1");
+        let want: HashSet<String> = ["P0".into(), "P1".into()].into();
+        let r = rent_one(
+            &cli,
+            &node(dir.path(), Kind::Renter),
+            3000,
+            &want,
+            &HashMap::new(),
+        )
+        .await;
+        assert!(!r.leased());
+        assert!(
+            r.error.as_deref().unwrap().contains("no offers found"),
+            "{r:?}"
+        );
+        assert_eq!(r.discovery_ms, None);
+    }
+
+    #[tokio::test]
+    async fn intruder_probe_counts_refusals_and_offers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = fake_cli(dir.path(), "exit 1");
+        let r = probe_intruder(&cli, &node(dir.path(), Kind::Intruder)).await;
+        assert_eq!(r.refused_by, 1);
+        assert_eq!(r.offers_seen, 0);
+        assert_eq!(r.error, None);
+        std::fs::write(dir.path().join("offers"), r#"{"provider":"P0"}"#).unwrap();
+        let r = probe_intruder(&cli, &node(dir.path(), Kind::Intruder)).await;
+        assert_eq!(r.offers_seen, 1);
+    }
+}

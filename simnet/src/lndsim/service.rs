@@ -1,0 +1,341 @@
+//! gRPC front of the simulator: LND's `lnrpc.Lightning` and `routerrpc.Router` services
+//! (the subset in `proto/lnd/`) over the shared [`Ledger`].
+//!
+//! Every call first selects the virtual node from the hex `macaroon` metadata header, as LND
+//! authenticates with it; a missing or unknown macaroon is `Unauthenticated`.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use leasewire::lightning::proto::lnrpc::{
+    self, lightning_server::Lightning, payment::PaymentStatus,
+};
+use leasewire::lightning::proto::routerrpc::{self, router_server::Router};
+use tokio::sync::broadcast;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use super::ledger::{Ledger, LedgerError, NewInvoice, NodeId, SIM_BLOCK_HEIGHT};
+
+/// A boxed server stream, as the generated traits require a nameable type.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Both services, sharing one ledger. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SimService {
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// The gRPC status LND uses for each ledger refusal.
+fn status(e: LedgerError) -> Status {
+    match e {
+        LedgerError::InvalidArgument(m) => Status::invalid_argument(m),
+        LedgerError::AlreadyPaid | LedgerError::DuplicateInvoice => {
+            Status::already_exists(e.to_string())
+        }
+        LedgerError::NotFound(m) => Status::not_found(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32], Status> {
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| Status::invalid_argument(format!("{what} must be exactly 32 bytes")))
+}
+
+fn non_negative(v: i64, what: &str) -> Result<u64, Status> {
+    u64::try_from(v).map_err(|_| Status::invalid_argument(format!("{what} must not be negative")))
+}
+
+impl SimService {
+    /// Wraps a shared ledger.
+    pub fn new(ledger: Arc<Mutex<Ledger>>) -> SimService {
+        SimService { ledger }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
+        // A panic while holding the lock would be a simulator bug; the state is still
+        // consistent (each operation mutates only after all checks), so keep serving.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Selects the node named by the request's macaroon header.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
+        let values: Vec<_> = req.metadata().get_all("macaroon").iter().collect();
+        let [value] = values.as_slice() else {
+            return Err(Status::unauthenticated(format!(
+                "expected 1 macaroon, got {}",
+                values.len()
+            )));
+        };
+        let bytes = value
+            .to_str()
+            .ok()
+            .and_then(|s| hex::decode(s).ok())
+            .ok_or_else(|| Status::unauthenticated("macaroon is not hex"))?;
+        self.lock().node_by_macaroon(&bytes).ok_or_else(|| {
+            Status::unauthenticated(
+                "verification failed: signature mismatch after caveat verification",
+            )
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Lightning for SimService {
+    async fn get_info(
+        &self,
+        request: Request<lnrpc::GetInfoRequest>,
+    ) -> Result<Response<lnrpc::GetInfoResponse>, Status> {
+        let node = self.authenticate(&request)?;
+        let ledger = self.lock();
+        let n = ledger.node(node);
+        let peers = u32::try_from(ledger.nodes().len() - 1).unwrap_or(u32::MAX);
+        Ok(Response::new(lnrpc::GetInfoResponse {
+            version: concat!("lnd-sim ", env!("CARGO_PKG_VERSION")).into(),
+            identity_pubkey: hex::encode(n.pubkey.serialize()),
+            alias: n.name.clone(),
+            color: "#3399ff".into(),
+            num_active_channels: peers,
+            num_peers: peers,
+            block_height: SIM_BLOCK_HEIGHT,
+            synced_to_chain: true,
+            synced_to_graph: true,
+            chains: vec![lnrpc::Chain {
+                chain: "bitcoin".into(),
+                network: "regtest".into(),
+            }],
+            ..Default::default()
+        }))
+    }
+
+    async fn add_invoice(
+        &self,
+        request: Request<lnrpc::Invoice>,
+    ) -> Result<Response<lnrpc::AddInvoiceResponse>, Status> {
+        let node = self.authenticate(&request)?;
+        let inv = request.into_inner();
+        if inv.value != 0 && inv.value_msat != 0 {
+            return Err(Status::invalid_argument(
+                "value and value_msat are mutually exclusive",
+            ));
+        }
+        let value_msat = if inv.value != 0 {
+            non_negative(inv.value, "value")?
+                .checked_mul(1000)
+                .ok_or_else(|| Status::invalid_argument("value too large"))?
+        } else {
+            non_negative(inv.value_msat, "value_msat")?
+        };
+        let description_hash = if inv.description_hash.is_empty() {
+            None
+        } else {
+            Some(hash32(&inv.description_hash, "description_hash")?)
+        };
+        let preimage = if inv.r_preimage.is_empty() {
+            None
+        } else {
+            Some(hash32(&inv.r_preimage, "r_preimage")?)
+        };
+        let rec = self
+            .lock()
+            .add_invoice(
+                node,
+                NewInvoice {
+                    value_msat,
+                    memo: inv.memo,
+                    description_hash,
+                    expiry: non_negative(inv.expiry, "expiry")?,
+                    cltv_expiry: inv.cltv_expiry,
+                    preimage,
+                },
+                now(),
+            )
+            .map_err(status)?;
+        debug!(node, add_index = rec.add_index, value_msat, "invoice added");
+        Ok(Response::new(lnrpc::AddInvoiceResponse {
+            r_hash: rec.payment_hash.to_vec(),
+            payment_request: rec.bolt11,
+            add_index: rec.add_index,
+            payment_addr: rec.payment_addr.to_vec(),
+        }))
+    }
+
+    async fn lookup_invoice(
+        &self,
+        request: Request<lnrpc::PaymentHash>,
+    ) -> Result<Response<lnrpc::Invoice>, Status> {
+        let node = self.authenticate(&request)?;
+        let req = request.into_inner();
+        #[allow(deprecated)] // r_hash_str is deprecated in LND but still accepted there.
+        let hash = if !req.r_hash.is_empty() {
+            hash32(&req.r_hash, "payment hash")?
+        } else {
+            let bytes = hex::decode(&req.r_hash_str)
+                .map_err(|_| Status::invalid_argument("r_hash_str is not hex"))?;
+            hash32(&bytes, "payment hash")?
+        };
+        self.lock()
+            .lookup_invoice(node, &hash)
+            .map(|inv| Response::new(inv.to_proto()))
+            .ok_or_else(|| Status::not_found("unable to locate invoice"))
+    }
+
+    type SubscribeInvoicesStream = BoxStream<lnrpc::Invoice>;
+
+    async fn subscribe_invoices(
+        &self,
+        request: Request<lnrpc::InvoiceSubscription>,
+    ) -> Result<Response<Self::SubscribeInvoicesStream>, Status> {
+        let node = self.authenticate(&request)?;
+        let req = request.into_inner();
+        // Backlog and live receiver are taken under one lock so no event falls in between.
+        let (backlog, rx) = self.lock().subscribe(node, req.add_index, req.settle_index);
+        let backlog = futures::stream::iter(backlog.into_iter().map(|i| Ok(i.to_proto())));
+        let live = futures::stream::unfold(rx, move |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) if ev.node == node => return Some((Ok(ev.invoice.to_proto()), rx)),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(
+                            node,
+                            missed = n,
+                            "invoice subscriber lagged; ending its stream"
+                        );
+                        return None;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        use futures::StreamExt as _;
+        Ok(Response::new(Box::pin(backlog.chain(live))))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<lnrpc::ListPaymentsRequest>,
+    ) -> Result<Response<lnrpc::ListPaymentsResponse>, Status> {
+        let node = self.authenticate(&request)?;
+        let req = request.into_inner();
+        let ledger = self.lock();
+        let all: Vec<_> = ledger
+            .payments_of(node)
+            .filter(|p| req.include_incomplete || p.status == PaymentStatus::Succeeded)
+            .collect();
+        let max = if req.max_payments == 0 {
+            usize::MAX
+        } else {
+            usize::try_from(req.max_payments).unwrap_or(usize::MAX)
+        };
+        // index_offset is exclusive; 0 means "from the start" (or "from the end" reversed).
+        let page: Vec<_> = if req.reversed {
+            let before: Vec<_> = all
+                .iter()
+                .filter(|p| req.index_offset == 0 || p.payment_index < req.index_offset)
+                .collect();
+            let skip = before.len().saturating_sub(max);
+            before
+                .into_iter()
+                .skip(skip)
+                .map(|p| p.to_proto())
+                .collect()
+        } else {
+            all.iter()
+                .filter(|p| p.payment_index > req.index_offset)
+                .take(max)
+                .map(|p| p.to_proto())
+                .collect()
+        };
+        Ok(Response::new(lnrpc::ListPaymentsResponse {
+            first_index_offset: page.first().map_or(0, |p| p.payment_index),
+            last_index_offset: page.last().map_or(0, |p| p.payment_index),
+            total_num_payments: if req.count_total_payments {
+                ledger.payments_of(node).count() as u64
+            } else {
+                0
+            },
+            payments: page,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Router for SimService {
+    type SendPaymentV2Stream = BoxStream<lnrpc::Payment>;
+
+    async fn send_payment_v2(
+        &self,
+        request: Request<routerrpc::SendPaymentRequest>,
+    ) -> Result<Response<Self::SendPaymentV2Stream>, Status> {
+        let node = self.authenticate(&request)?;
+        let req = request.into_inner();
+        if req.payment_request.is_empty() {
+            return Err(Status::invalid_argument(
+                "lnd-sim only supports paying a payment_request",
+            ));
+        }
+        if req.timeout_seconds <= 0 {
+            return Err(Status::invalid_argument(
+                "timeout_seconds must be specified",
+            ));
+        }
+        if req.fee_limit_sat != 0 && req.fee_limit_msat != 0 {
+            return Err(Status::invalid_argument(
+                "fee_limit_sat and fee_limit_msat are mutually exclusive",
+            ));
+        }
+        let record = self
+            .lock()
+            .pay(node, &req.payment_request, now())
+            .map_err(status)?;
+        let hash = hex::encode(record.payment_hash);
+        match record.status {
+            PaymentStatus::Succeeded => {
+                info!(node, payment_hash = %hash, msat = record.value_msat, "payment succeeded")
+            }
+            _ => {
+                info!(node, payment_hash = %hash, reason = record.failure_reason.as_str_name(), "payment failed")
+            }
+        }
+        let final_update = record.to_proto();
+        let mut updates = Vec::with_capacity(2);
+        if !req.no_inflight_updates {
+            // LND first reports the payment in flight; mimic that so clients skip it properly.
+            updates.push(Ok(lnrpc::Payment {
+                status: PaymentStatus::InFlight as i32,
+                payment_preimage: String::new(),
+                failure_reason: lnrpc::PaymentFailureReason::FailureReasonNone as i32,
+                ..final_update.clone()
+            }));
+        }
+        updates.push(Ok(final_update));
+        Ok(Response::new(Box::pin(futures::stream::iter(updates))))
+    }
+
+    type TrackPaymentV2Stream = BoxStream<lnrpc::Payment>;
+
+    async fn track_payment_v2(
+        &self,
+        request: Request<routerrpc::TrackPaymentRequest>,
+    ) -> Result<Response<Self::TrackPaymentV2Stream>, Status> {
+        let node = self.authenticate(&request)?;
+        let hash = hash32(&request.get_ref().payment_hash, "payment_hash")?;
+        // Payments complete atomically here, so the latest attempt is already final.
+        let update = self
+            .lock()
+            .latest_payment(node, &hash)
+            .map(|p| p.to_proto())
+            .ok_or_else(|| Status::not_found("payment isn't initiated"))?;
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(update)]))))
+    }
+}

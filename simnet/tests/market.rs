@@ -1,0 +1,404 @@
+//! Provider and renter logic end to end in one process: real lnd-sim over TLS gRPC, the real
+//! `LndClient`, file tunnels and sled audit logs; only the libp2p hop is replaced by a direct
+//! call, which lets a test play a dishonest provider and tamper with its invoices.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use leasewire::audit::AuditLog;
+use leasewire::config::{ProviderConfig, RenterConfig};
+use leasewire::lightning::lnd::LndClient;
+use leasewire::lightning::{InvoiceRequest, LightningNode};
+use leasewire::market::provider::{Provider, ProviderParams};
+use leasewire::market::renter::{RentArgs, Renter, RenterParams};
+use leasewire::market::{MarketError, Peers};
+use leasewire::tunnel::Tunnel;
+use leasewire::tunnel::file::FileTunnel;
+use leasewire::types::WgKey;
+use leasewire::wire::signed::peer_id_of;
+use leasewire::wire::{ErrorCode, Message, PaymentResult, RentRequest};
+use leasewire_simnet::lndsim::{SimHandle, SimServer};
+use libp2p::PeerId;
+use tempfile::TempDir;
+
+/// How the fake network changes the provider's invoice before the renter sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tamper {
+    None,
+    /// Same invoice terms but one sat more.
+    Amount,
+    /// Issued by another Lightning node.
+    Payee,
+    /// Expires in one second (and the renter looks after it expired).
+    Expired,
+    /// Commits to other terms.
+    DescriptionHash,
+}
+
+struct Direct {
+    provider: Provider,
+    provider_peer: PeerId,
+    renter_peer: PeerId,
+    tamper: Tamper,
+    provider_ln: LndClient,
+    mallory_ln: LndClient,
+}
+
+#[async_trait::async_trait]
+impl Peers for Direct {
+    async fn find_providers(&self) -> Result<Vec<PeerId>, MarketError> {
+        Ok(vec![self.provider_peer])
+    }
+
+    async fn request(
+        &self,
+        peer: PeerId,
+        msg: Message,
+    ) -> Result<(Message, Duration), MarketError> {
+        assert_eq!(peer, self.provider_peer);
+        let reply = self.provider.handle(self.renter_peer, msg).await;
+        let Message::PayInvoice(mut pay) = reply else {
+            return Ok((reply, Duration::from_millis(3)));
+        };
+        let orig: lightning_invoice::Bolt11Invoice =
+            pay.bolt11.parse().expect("provider invoice parses");
+        let amount_msat = orig.amount_milli_satoshis().expect("amount");
+        let hash = match orig.description() {
+            lightning_invoice::Bolt11InvoiceDescriptionRef::Hash(h) => h.0.to_byte_array(),
+            _ => panic!("provider invoices commit with a description hash"),
+        };
+        let forged = |ln: &LndClient, amount_msat, description_hash, expiry_secs| {
+            let ln = ln.clone();
+            async move {
+                ln.add_invoice(InvoiceRequest {
+                    amount_msat,
+                    description_hash,
+                    expiry_secs,
+                })
+                .await
+                .expect("forged invoice")
+                .bolt11
+            }
+        };
+        pay.bolt11 = match self.tamper {
+            Tamper::None => pay.bolt11,
+            Tamper::Amount => forged(&self.provider_ln, amount_msat + 1000, hash, 600).await,
+            Tamper::Payee => forged(&self.mallory_ln, amount_msat, hash, 600).await,
+            Tamper::Expired => {
+                let b = forged(&self.provider_ln, amount_msat, hash, 1).await;
+                tokio::time::sleep(Duration::from_millis(2100)).await;
+                b
+            }
+            Tamper::DescriptionHash => forged(&self.provider_ln, amount_msat, [7u8; 32], 600).await,
+        };
+        Ok((Message::PayInvoice(pay), Duration::from_millis(3)))
+    }
+}
+
+use bitcoin::hashes::Hash as _;
+
+struct World {
+    _dir: TempDir,
+    sim: SimHandle,
+    provider: Provider,
+    provider_audit: AuditLog,
+    renter: Renter,
+    renter_audit: AuditLog,
+    renter_ln: LndClient,
+    provider_tunnel: Arc<FileTunnel>,
+    provider_peer: PeerId,
+    renter_peer: PeerId,
+}
+
+async fn world(tamper: Tamper) -> World {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimServer::start(
+        &dir.path().join("lnd"),
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            ("provider".into(), 0),
+            ("renter".into(), 1_000_000),
+            ("mallory".into(), 0),
+        ],
+    )
+    .await
+    .unwrap();
+    let m = sim.manifest();
+    let ln = |n: &str| {
+        let cfg = m.lnd_config(n).unwrap();
+        async move { LndClient::connect(&cfg).await.unwrap() }
+    };
+    let (provider_ln, renter_ln, mallory_ln) = (
+        ln("provider").await,
+        ln("renter").await,
+        ln("mallory").await,
+    );
+    let provider_info = provider_ln.get_info().await.unwrap();
+
+    let pkey = SigningKey::from_bytes(&[11; 32]);
+    let rkey = SigningKey::from_bytes(&[22; 32]);
+    let (provider_peer, renter_peer) = (
+        peer_id_of(&pkey.verifying_key()),
+        peer_id_of(&rkey.verifying_key()),
+    );
+    let pdb = sled::open(dir.path().join("pdb")).unwrap();
+    let rdb = sled::open(dir.path().join("rdb")).unwrap();
+    let provider_audit = AuditLog::open(&pdb, pkey.clone()).unwrap();
+    let renter_audit = AuditLog::open(&rdb, rkey.clone()).unwrap();
+    let provider_tunnel = Arc::new(FileTunnel::new(dir.path().join("ptunnel")).unwrap());
+    let renter_tunnel = Arc::new(FileTunnel::new(dir.path().join("rtunnel")).unwrap());
+
+    let provider = Provider::new(ProviderParams {
+        key: pkey,
+        cfg: ProviderConfig {
+            endpoint: "127.0.0.1:51820".into(),
+            ipv4_pools: vec!["198.51.100.0/30".into()],
+            ipv6_pools: vec!["2001:db8:100::/62".into()],
+            ..ProviderConfig::default()
+        },
+        network: "regtest".into(),
+        ln_pubkey: provider_info.pubkey,
+        wg_private: WgKey([1; 32]),
+        wg_public: WgKey([2; 32]),
+        iface: "lwp0".into(),
+        listen_port: 51820,
+        ln: Arc::new(provider_ln.clone()),
+        tunnel: provider_tunnel.clone(),
+        audit: provider_audit.clone(),
+        db: pdb,
+    })
+    .unwrap();
+    provider.start().await.unwrap();
+    let peers = Arc::new(Direct {
+        provider: provider.clone(),
+        provider_peer,
+        renter_peer,
+        tamper,
+        provider_ln,
+        mallory_ln,
+    });
+    let renter = Renter::new(RenterParams {
+        key: rkey,
+        cfg: RenterConfig::default(),
+        network: "regtest".into(),
+        fee_limit_sat: 10,
+        payment_timeout_secs: 30,
+        wg_private: WgKey([3; 32]),
+        wg_public: WgKey([4; 32]),
+        iface: "lwr0".into(),
+        keepalive: 25,
+        conf_dir: dir.path().join("wireguard"),
+        ln: Arc::new(renter_ln.clone()),
+        tunnel: renter_tunnel,
+        audit: renter_audit.clone(),
+        peers,
+        db: rdb,
+    })
+    .unwrap();
+    World {
+        _dir: dir,
+        sim,
+        provider,
+        provider_audit,
+        renter,
+        renter_audit,
+        renter_ln,
+        provider_tunnel,
+        provider_peer,
+        renter_peer,
+    }
+}
+
+fn kinds(audit: &AuditLog) -> Vec<String> {
+    audit.entries(0).map(|e| e.unwrap().kind).collect()
+}
+
+#[tokio::test]
+async fn renter_rents_pays_exactly_and_gets_a_verified_lease() {
+    let w = world(Tamper::None).await;
+    assert_eq!(w.renter.discover().await.unwrap(), 1);
+    let rental = w
+        .renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(3000),
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    let lease = &rental.lease;
+    assert_eq!(lease.ipv4.as_deref(), Some("198.51.100.0/32"));
+    assert_eq!(lease.ipv6.as_deref(), Some("2001:db8:100::/64"));
+    assert_eq!(rental.paid_sat, 1000 + 3000, "activation fee + credit");
+    assert_eq!(lease.provider, w.provider_peer.to_string());
+    assert_eq!(lease.renter, w.renter_peer.to_string());
+    // 3000 sat at 100 sat/day buys 30 days.
+    assert_eq!(lease.paid_until - lease.activated_at, 30 * 86_400);
+
+    // The provider recorded it and put the renter's key on its interface with the prefixes.
+    let leases = w.provider.leases().unwrap();
+    assert_eq!(leases.len(), 1);
+    let stats = w.provider_tunnel.peer_stats("lwp0").await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].public_key, WgKey([4; 32]));
+    let allowed: Vec<String> = stats[0].allowed_ips.iter().map(|n| n.to_string()).collect();
+    assert_eq!(allowed, ["198.51.100.0/32", "2001:db8:100::/64"]);
+
+    // The renter's wg-quick file carries the leased addresses and the provider as peer.
+    let (path, text) = w.renter.conf("").unwrap();
+    assert!(path.ends_with("lwr0.conf"));
+    assert!(text.contains("198.51.100.0/32"), "{text}");
+    assert!(text.contains("2001:db8:100::1/128"), "{text}");
+    assert!(text.contains(&WgKey([2; 32]).to_base64()), "{text}");
+    assert!(text.contains("127.0.0.1:51820"), "{text}");
+
+    let rk = kinds(&w.renter_audit);
+    for k in [
+        "peer_discovered",
+        "offer_seen",
+        "payment_attempt",
+        "payment_succeeded",
+        "lease_received",
+        "lease_applied",
+    ] {
+        assert!(rk.iter().any(|x| x == k), "renter audit lacks {k}: {rk:?}");
+    }
+    let pk = kinds(&w.provider_audit);
+    for k in [
+        "offer_published",
+        "hello",
+        "invoice_created",
+        "invoice_settled",
+        "lease_issued",
+    ] {
+        assert!(
+            pk.iter().any(|x| x == k),
+            "provider audit lacks {k}: {pk:?}"
+        );
+    }
+    assert!(w.renter_audit.verify().ok && w.provider_audit.verify().ok);
+    // lnd-sim's own ledger: exactly the invoice amount moved.
+    assert_eq!(
+        w.sim.balance_msat("renter"),
+        Some(1_000_000_000 - 4_000_000)
+    );
+    assert_eq!(w.sim.balance_msat("provider"), Some(4_000_000));
+
+    // Top-up: one ledger at the provider, confirmed by a re-signed lease.
+    let topped = w.renter.add_credit("", 500).await.unwrap();
+    assert_eq!(topped.lease.credit_sat, 3500);
+    assert_eq!(topped.lease.revision, 2);
+    assert_eq!(topped.lease.paid_until, lease.paid_until + 5 * 86_400);
+    assert_eq!(topped.paid_sat, 4500);
+    assert_eq!(w.provider.leases().unwrap()[0].lease.credit_sat, 3500);
+}
+
+#[tokio::test]
+async fn provider_issues_no_lease_before_its_node_shows_settlement() {
+    let w = world(Tamper::None).await;
+    let offer_id = w.provider.offer().id();
+    let reply = w
+        .provider
+        .handle(
+            w.renter_peer,
+            Message::RentRequest(RentRequest {
+                request_id: "00".repeat(16),
+                offer_id,
+                credit_sat: 1000,
+                ipv4_prefix_len: Some(32),
+                ipv6_prefix_len: Some(64),
+                wg_pubkey: WgKey([9; 32]),
+            }),
+        )
+        .await;
+    let Message::PayInvoice(pay) = reply else {
+        panic!("wanted payInvoice, got {reply:?}")
+    };
+    // The renter claims it paid, with an invented preimage. Nothing was paid.
+    let claim = Message::PaymentResult(PaymentResult {
+        request_id: pay.request_id.clone(),
+        payment_hash: "11".repeat(32),
+        preimage: "22".repeat(32),
+    });
+    match w.provider.handle(w.renter_peer, claim).await {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::NotSettled),
+        other => panic!("a claim alone must not issue a lease, got {other:?}"),
+    }
+    assert!(w.provider.leases().unwrap().is_empty());
+    w.provider.tick().await.unwrap();
+    assert!(
+        w.provider.leases().unwrap().is_empty(),
+        "the watcher must not issue either"
+    );
+
+    // Once really paid, the watcher issues the lease even without a paymentResult.
+    w.renter_ln
+        .pay_invoice(leasewire::lightning::PayRequest {
+            bolt11: pay.bolt11,
+            fee_limit_sat: 10,
+            timeout_secs: 30,
+        })
+        .await
+        .unwrap();
+    w.provider.tick().await.unwrap();
+    let leases = w.provider.leases().unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].lease.lease_id, pay.lease_id);
+}
+
+async fn refused_before_paying(tamper: Tamper, expect_in_reason: &str) {
+    let w = world(tamper).await;
+    w.renter.discover().await.unwrap();
+    let err = w
+        .renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(1000),
+            timeout: Duration::from_millis(100),
+        })
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, MarketError::InvoiceRejected(_)),
+        "{tamper:?}: {msg}"
+    );
+    assert!(
+        msg.to_lowercase().contains(expect_in_reason),
+        "{tamper:?}: {msg}"
+    );
+    let rk = kinds(&w.renter_audit);
+    assert!(rk.iter().any(|k| k == "invoice_rejected"), "{rk:?}");
+    assert!(
+        !rk.iter().any(|k| k == "payment_attempt"),
+        "{tamper:?}: a payment was attempted: {rk:?}"
+    );
+    assert!(w.provider.leases().unwrap().is_empty());
+    assert_eq!(
+        w.sim.balance_msat("renter"),
+        Some(1_000_000_000),
+        "{tamper:?}: money moved"
+    );
+}
+
+#[tokio::test]
+async fn invoice_with_wrong_amount_is_refused_before_paying() {
+    refused_before_paying(Tamper::Amount, "amount").await;
+}
+
+#[tokio::test]
+async fn invoice_from_another_node_is_refused_before_paying() {
+    refused_before_paying(Tamper::Payee, "payee").await;
+}
+
+#[tokio::test]
+async fn expired_invoice_is_refused_before_paying() {
+    refused_before_paying(Tamper::Expired, "expire").await;
+}
+
+#[tokio::test]
+async fn invoice_committing_to_other_terms_is_refused_before_paying() {
+    refused_before_paying(Tamper::DescriptionHash, "description").await;
+}

@@ -1,0 +1,989 @@
+//! Append-only, signed, hash-chained audit log on sled.
+//!
+//! Every event and payment a node takes part in is appended here, so that an operator (or a
+//! dispute) can later prove what the node saw and did, in which order, and that nothing was
+//! rewritten afterwards.
+//!
+//! # Format (v1)
+//!
+//! The log lives in the sled tree `"audit"`. Each entry is stored under the key
+//! `seq.to_be_bytes()` (8 bytes, big-endian `u64`, so sled's byte order is log order) and its
+//! value is the CBOR encoding (a map with text keys) of:
+//!
+//! | field       | type          | meaning                                                  |
+//! |-------------|---------------|----------------------------------------------------------|
+//! | `seq`       | `u64`         | position in the log; 0 for the first entry, no gaps      |
+//! | `time_ms`   | `u64`         | wall-clock time of the append, ms since the Unix epoch   |
+//! | `kind`      | text          | event kind, a snake_case [`AuditKind`] name              |
+//! | `payload`   | byte string   | the event body, itself CBOR-encoded                      |
+//! | `prev_hash` | 32-byte bstr  | `hash` of entry `seq - 1`; 32 zero bytes for `seq == 0`  |
+//! | `hash`      | 32-byte bstr  | see below                                                |
+//! | `sig`       | 64-byte bstr  | see below                                                |
+//!
+//! ```text
+//! hash = SHA-256( "leasewire/audit/v1\0"
+//!               || seq      (u64 big-endian)
+//!               || time_ms  (u64 big-endian)
+//!               || len(kind)    (u32 big-endian) || kind    (UTF-8 bytes)
+//!               || len(payload) (u32 big-endian) || payload (CBOR bytes)
+//!               || prev_hash (32 bytes) )
+//! sig  = Ed25519-Sign(node signing key, "leasewire/audit-sig/v1\0" || hash)
+//! ```
+//!
+//! The `\0` is a single zero byte that ends each domain-separation tag. The genesis entry
+//! (`seq == 0`) has `prev_hash` = 32 zero bytes. The signer's 32-byte Ed25519 public key is
+//! kept in the tree `"audit_meta"` under the key `"signer"`.
+//!
+//! A log verifies (see [`verify()`]) when every entry decodes, the seqs run 0, 1, 2, … with no
+//! gap, every `prev_hash` equals the previous entry's `hash`, every `hash` recomputes, and
+//! every `sig` verifies (strictly) against the expected signer. Because each entry commits to
+//! its predecessor, changing, removing or reordering any entry breaks verification at that
+//! entry. Dropping entries from the *end* of the log cannot be detected from the log alone;
+//! compare against a head ([`AuditLog::head`]) recorded elsewhere for that.
+//!
+//! # API
+//!
+//! [`AuditLog`] is the only writer and only appends: there is no update or delete. Reading is
+//! done with [`AuditLog::entries`], [`verify()`], [`export_jsonl`] and [`show`], all of which
+//! also work on a bare `sled::Tree` so the CLI can inspect a log without the node's key.
+
+mod export;
+mod verify;
+
+pub use export::{export_jsonl, show};
+pub use verify::{BadEntry, VerifyReport, verify};
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Name of the sled tree holding the entries.
+pub const TREE_NAME: &str = "audit";
+/// Name of the sled tree holding log metadata (the signer's public key).
+pub const META_TREE_NAME: &str = "audit_meta";
+/// Key in [`META_TREE_NAME`] under which the signer's 32-byte public key is stored.
+pub const META_SIGNER_KEY: &[u8] = b"signer";
+/// Domain-separation tag that starts the bytes hashed for each entry.
+pub const HASH_DOMAIN: &[u8] = b"leasewire/audit/v1\0";
+/// Domain-separation tag that starts the bytes signed for each entry.
+pub const SIG_DOMAIN: &[u8] = b"leasewire/audit-sig/v1\0";
+/// `prev_hash` of the genesis entry.
+pub const GENESIS_PREV_HASH: [u8; 32] = [0u8; 32];
+
+/// Errors of the audit log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The sled store failed (I/O error, corruption detected by sled, …).
+    #[error("audit store error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A value could not be encoded (CBOR payload or JSON output).
+    #[error("cannot encode audit {what}: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's message.
+        reason: String,
+    },
+    /// A stored value could not be decoded.
+    #[error("cannot decode audit {what}: {reason}")]
+    Decode {
+        /// What was being decoded.
+        what: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// Writing exported output failed.
+    #[error("audit output error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The log on disk was started by a different key than the one given to
+    /// [`AuditLog::open`]; appending would produce a log that cannot verify.
+    #[error("audit log is signed by key {stored}, not by the given key {given}")]
+    SignerMismatch {
+        /// Hex of the public key stored in `audit_meta`.
+        stored: String,
+        /// Hex of the public key of the key passed to `open`.
+        given: String,
+    },
+    /// The last entry on disk is unreadable or inconsistent, so new entries cannot be chained
+    /// onto it. Run `verify` to find the first damaged entry.
+    #[error("audit log head at seq {seq} is corrupt: {reason}")]
+    CorruptHead {
+        /// Seq (storage key) of the damaged last entry.
+        seq: u64,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A string did not name any [`AuditKind`].
+    #[error("unknown audit kind {0:?}")]
+    UnknownKind(String),
+    /// The blocking task of [`AuditLog::append_async`] was cancelled (runtime shutdown);
+    /// the entry may or may not have been written.
+    #[error("audit append task did not complete: {0}")]
+    Task(String),
+    /// A kind or payload is too large for the `u32` length prefixes of the hash input.
+    #[error("audit {0} is longer than u32::MAX bytes")]
+    TooLarge(&'static str),
+}
+
+macro_rules! audit_kinds {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// The kind of an audit entry; stored as its snake_case name (see [`AuditKind::as_str`]).
+        ///
+        /// New kinds may be added in later versions; readers treat the stored string as
+        /// authoritative and do not fail on unknown names (see [`AuditEntry::audit_kind`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[non_exhaustive]
+        pub enum AuditKind {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl AuditKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [AuditKind] = &[$(AuditKind::$variant,)+];
+
+            /// The snake_case name stored in entries and hashed (e.g. `"lease_issued"`).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(AuditKind::$variant => $name,)+
+                }
+            }
+        }
+
+        impl FromStr for AuditKind {
+            type Err = AuditError;
+
+            /// Parses a snake_case name as produced by [`AuditKind::as_str`].
+            ///
+            /// # Errors
+            /// [`AuditError::UnknownKind`] when the name is not a known kind.
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($name => Ok(AuditKind::$variant),)+
+                    other => Err(AuditError::UnknownKind(other.to_owned())),
+                }
+            }
+        }
+    };
+}
+
+audit_kinds! {
+    /// The daemon started.
+    NodeStarted => "node_started",
+    /// The daemon is shutting down.
+    NodeStopped => "node_stopped",
+    /// A peer was found (mDNS, DHT, bootstrap).
+    PeerDiscovered => "peer_discovered",
+    /// A membership hello was exchanged with a peer.
+    Hello => "hello",
+    /// An offer from a provider was seen.
+    OfferSeen => "offer_seen",
+    /// This node published an offer.
+    OfferPublished => "offer_published",
+    /// A peer proved membership of the marketplace topic.
+    MembershipOk => "membership_ok",
+    /// A peer failed the membership check.
+    MembershipRefused => "membership_refused",
+    /// A rent request was sent or received.
+    RentRequested => "rent_requested",
+    /// A provider created an invoice for a rent request.
+    InvoiceCreated => "invoice_created",
+    /// A renter rejected an invoice (amount, expiry, payee, … did not match).
+    InvoiceRejected => "invoice_rejected",
+    /// A renter started paying an invoice.
+    PaymentAttempt => "payment_attempt",
+    /// A payment completed; the preimage is known.
+    PaymentSucceeded => "payment_succeeded",
+    /// A payment failed.
+    PaymentFailed => "payment_failed",
+    /// A provider saw its invoice settled.
+    InvoiceSettled => "invoice_settled",
+    /// A provider issued a lease.
+    LeaseIssued => "lease_issued",
+    /// A renter received a lease.
+    LeaseReceived => "lease_received",
+    /// A lease was applied to the tunnel backend.
+    LeaseApplied => "lease_applied",
+    /// A lease was suspended (credit exhausted, policy).
+    LeaseSuspended => "lease_suspended",
+    /// A suspended lease was reactivated.
+    LeaseReactivated => "lease_reactivated",
+    /// A lease ended and its addresses were released.
+    LeaseReleased => "lease_released",
+    /// Credit was added to a lease.
+    CreditAdded => "credit_added",
+    /// A peer was refused (rate limit, bad signature, policy).
+    PeerRefused => "peer_refused",
+    /// An error worth keeping a record of.
+    Error => "error",
+}
+
+impl fmt::Display for AuditKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of the log, exactly as stored (see the module docs for the format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// Position in the log, from 0.
+    pub seq: u64,
+    /// Wall-clock time of the append, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Snake_case kind name; normally one of [`AuditKind`].
+    pub kind: String,
+    /// CBOR encoding of the event body.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Hash of the previous entry ([`GENESIS_PREV_HASH`] for seq 0).
+    #[serde(with = "serde_bytes")]
+    pub prev_hash: [u8; 32],
+    /// [`entry_hash`] of this entry's fields.
+    #[serde(with = "serde_bytes")]
+    pub hash: [u8; 32],
+    /// Ed25519 signature over [`SIG_DOMAIN`] `||` `hash`.
+    #[serde(with = "serde_bytes")]
+    pub sig: [u8; 64],
+}
+
+impl AuditEntry {
+    /// The kind as an [`AuditKind`], or `None` for a name this version does not know.
+    pub fn audit_kind(&self) -> Option<AuditKind> {
+        self.kind.parse().ok()
+    }
+
+    /// Decodes the CBOR payload into `T`.
+    ///
+    /// # Errors
+    /// [`AuditError::Decode`] when the payload is not valid CBOR for `T`.
+    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, AuditError> {
+        ciborium::from_reader(self.payload.as_slice()).map_err(|e| AuditError::Decode {
+            what: format!("payload of entry {}", self.seq),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Recomputes the hash from the entry's fields (it does not read `self.hash`).
+    ///
+    /// # Errors
+    /// [`AuditError::TooLarge`] if `kind` or `payload` exceed `u32::MAX` bytes.
+    pub fn compute_hash(&self) -> Result<[u8; 32], AuditError> {
+        entry_hash(
+            self.seq,
+            self.time_ms,
+            &self.kind,
+            &self.payload,
+            &self.prev_hash,
+        )
+    }
+
+    /// Checks `sig` against `signer` (strict Ed25519 verification). It does not recompute
+    /// the hash; callers check that separately.
+    pub fn signature_valid(&self, signer: &VerifyingKey) -> bool {
+        let sig = ed25519_dalek::Signature::from_bytes(&self.sig);
+        signer.verify_strict(&sig_message(&self.hash), &sig).is_ok()
+    }
+
+    /// Builds and signs an entry. Private because only [`AuditLog`] may mint entries (tests
+    /// also use it to forge entries with other keys).
+    fn sign(
+        seq: u64,
+        time_ms: u64,
+        kind: &str,
+        payload: Vec<u8>,
+        prev_hash: [u8; 32],
+        key: &SigningKey,
+    ) -> Result<Self, AuditError> {
+        let hash = entry_hash(seq, time_ms, kind, &payload, &prev_hash)?;
+        let sig = key.sign(&sig_message(&hash)).to_bytes();
+        Ok(AuditEntry {
+            seq,
+            time_ms,
+            kind: kind.to_owned(),
+            payload,
+            prev_hash,
+            hash,
+            sig,
+        })
+    }
+
+    /// CBOR bytes as stored in sled.
+    fn encode(&self) -> Result<Vec<u8>, AuditError> {
+        let mut out = Vec::with_capacity(160 + self.kind.len() + self.payload.len());
+        ciborium::into_writer(self, &mut out).map_err(|e| AuditError::Encode {
+            what: "entry",
+            reason: e.to_string(),
+        })?;
+        Ok(out)
+    }
+
+    /// Decodes a stored value. Trailing bytes after the CBOR item are rejected so that a
+    /// stored value has exactly one meaning.
+    ///
+    /// # Errors
+    /// [`AuditError::Decode`] naming `key_seq` (the storage key) when the bytes are not one
+    /// well-formed entry.
+    pub fn decode(key_seq: u64, bytes: &[u8]) -> Result<Self, AuditError> {
+        let mut cursor = std::io::Cursor::new(bytes);
+        let entry: AuditEntry =
+            ciborium::from_reader(&mut cursor).map_err(|e| AuditError::Decode {
+                what: format!("entry at key {key_seq}"),
+                reason: e.to_string(),
+            })?;
+        let used = cursor.position();
+        if used != bytes.len() as u64 {
+            return Err(AuditError::Decode {
+                what: format!("entry at key {key_seq}"),
+                reason: format!("{} trailing bytes", bytes.len() as u64 - used),
+            });
+        }
+        Ok(entry)
+    }
+}
+
+/// Computes an entry hash exactly as specified in the module docs.
+///
+/// # Errors
+/// [`AuditError::TooLarge`] if `kind` or `payload` exceed `u32::MAX` bytes (their length
+/// prefixes are `u32`).
+pub fn entry_hash(
+    seq: u64,
+    time_ms: u64,
+    kind: &str,
+    payload: &[u8],
+    prev_hash: &[u8; 32],
+) -> Result<[u8; 32], AuditError> {
+    let kind_len = u32::try_from(kind.len()).map_err(|_| AuditError::TooLarge("kind"))?;
+    let payload_len = u32::try_from(payload.len()).map_err(|_| AuditError::TooLarge("payload"))?;
+    let mut h = Sha256::new();
+    h.update(HASH_DOMAIN);
+    h.update(seq.to_be_bytes());
+    h.update(time_ms.to_be_bytes());
+    h.update(kind_len.to_be_bytes());
+    h.update(kind.as_bytes());
+    h.update(payload_len.to_be_bytes());
+    h.update(payload);
+    h.update(prev_hash);
+    Ok(h.finalize().into())
+}
+
+/// CBOR-encodes an entry payload.
+fn encode_payload<T: Serialize + ?Sized>(payload: &T) -> Result<Vec<u8>, AuditError> {
+    let mut body = Vec::new();
+    ciborium::into_writer(payload, &mut body).map_err(|e| AuditError::Encode {
+        what: "payload",
+        reason: e.to_string(),
+    })?;
+    Ok(body)
+}
+
+/// The bytes an entry signature covers: [`SIG_DOMAIN`] `||` `hash`.
+fn sig_message(hash: &[u8; 32]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(SIG_DOMAIN.len() + hash.len());
+    msg.extend_from_slice(SIG_DOMAIN);
+    msg.extend_from_slice(hash);
+    msg
+}
+
+/// Storage key of entry `seq`.
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// Parses a storage key back into a seq; `None` if it is not 8 bytes.
+fn key_seq(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+fn now_ms() -> u64 {
+    // A clock before 1970 is a broken host; record 0 rather than refuse to log.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Reads the signer public key recorded in the `audit_meta` tree of `db`, if any.
+///
+/// This is what the log *claims* as its signer; a verifier that must not trust the disk
+/// should compare it with the node identity it expects.
+///
+/// # Errors
+/// [`AuditError::Sled`] on store failure, [`AuditError::Decode`] if the stored bytes are not a
+/// valid Ed25519 public key.
+pub fn stored_signer(db: &sled::Db) -> Result<Option<VerifyingKey>, AuditError> {
+    let meta = db.open_tree(META_TREE_NAME)?;
+    let Some(raw) = meta.get(META_SIGNER_KEY)? else {
+        return Ok(None);
+    };
+    let bytes = <[u8; 32]>::try_from(raw.as_ref()).map_err(|_| AuditError::Decode {
+        what: "signer key".into(),
+        reason: format!("expected 32 bytes, found {}", raw.len()),
+    })?;
+    VerifyingKey::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|e| AuditError::Decode {
+            what: "signer key".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// The mutable end of the chain. Guarded by a mutex so that concurrent appends get distinct,
+/// contiguous seqs and each links to the entry actually written before it.
+#[derive(Debug)]
+struct ChainState {
+    next_seq: u64,
+    last_hash: [u8; 32],
+}
+
+struct Inner {
+    tree: sled::Tree,
+    key: SigningKey,
+    state: Mutex<ChainState>,
+}
+
+/// Handle to the audit log: cheap to clone, `Send + Sync`, shared by all tasks of a node.
+///
+/// Appends are serialized internally; every successful [`append`](AuditLog::append) is on disk
+/// before it returns.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for AuditLog {
+    // Hand-written so the signing key never ends up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (next_seq, last_hash) = self.head();
+        f.debug_struct("AuditLog")
+            .field(
+                "signer",
+                &hex::encode(self.inner.key.verifying_key().as_bytes()),
+            )
+            .field("next_seq", &next_seq)
+            .field("last_hash", &hex::encode(last_hash))
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating if needed) the tree `"audit"` in `db`, signing new entries with `key`.
+    ///
+    /// Recovers the head (next seq and last hash) from the last stored entry, and records the
+    /// signer's public key in `"audit_meta"` on first use so [`verify()`] can later be run
+    /// against it. Only the last entry is checked here; run [`verify()`] for a full check.
+    ///
+    /// Open each database once and clone the returned handle: two handles opened separately
+    /// on the same tree would each track their own head and fork the chain.
+    ///
+    /// # Errors
+    /// - [`AuditError::SignerMismatch`] if the log was started by a different key.
+    /// - [`AuditError::CorruptHead`] if the last entry cannot be decoded or does not match
+    ///   its storage key, or its hash does not recompute (appending would chain onto garbage).
+    /// - [`AuditError::Sled`] on store failure.
+    pub fn open(db: &sled::Db, key: SigningKey) -> Result<Self, AuditError> {
+        let tree = db.open_tree(TREE_NAME)?;
+        let meta = db.open_tree(META_TREE_NAME)?;
+        let public = key.verifying_key();
+
+        match meta.get(META_SIGNER_KEY)? {
+            Some(stored) if stored.as_ref() != public.as_bytes() => {
+                return Err(AuditError::SignerMismatch {
+                    stored: hex::encode(&stored),
+                    given: hex::encode(public.as_bytes()),
+                });
+            }
+            Some(_) => {}
+            None => {
+                // A non-empty log without a recorded signer has been tampered with or was
+                // written by something else: do not silently adopt it.
+                if let Some((k, _)) = tree.first()? {
+                    return Err(AuditError::CorruptHead {
+                        seq: key_seq(&k).unwrap_or(0),
+                        reason: "log has entries but no recorded signer".into(),
+                    });
+                }
+                meta.insert(META_SIGNER_KEY, public.as_bytes().as_slice())?;
+                meta.flush()?;
+            }
+        }
+
+        let state = match tree.last()? {
+            None => ChainState {
+                next_seq: 0,
+                last_hash: GENESIS_PREV_HASH,
+            },
+            Some((k, v)) => {
+                let seq = key_seq(&k).ok_or_else(|| AuditError::CorruptHead {
+                    seq: 0,
+                    reason: format!("storage key of {} bytes, expected 8", k.len()),
+                })?;
+                let corrupt = |reason: String| AuditError::CorruptHead { seq, reason };
+                let entry = AuditEntry::decode(seq, &v).map_err(|e| corrupt(e.to_string()))?;
+                if entry.seq != seq {
+                    return Err(corrupt(format!("entry claims seq {}", entry.seq)));
+                }
+                if entry.compute_hash()? != entry.hash {
+                    return Err(corrupt("hash does not recompute".into()));
+                }
+                let next_seq = seq
+                    .checked_add(1)
+                    .ok_or_else(|| corrupt("seq space exhausted".into()))?;
+                ChainState {
+                    next_seq,
+                    last_hash: entry.hash,
+                }
+            }
+        };
+        tracing::info!(
+            next_seq = state.next_seq,
+            signer = %hex::encode(public.as_bytes()),
+            "audit log opened"
+        );
+
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                tree,
+                key,
+                state: Mutex::new(state),
+            }),
+        })
+    }
+
+    /// Appends one entry with `payload` CBOR-encoded, and returns its seq.
+    ///
+    /// Durable: the entry is flushed to disk before this returns, so a crash after `Ok` never
+    /// loses it. This blocks on an fsync (typically well under a millisecond on SSDs, tens of
+    /// milliseconds on spinning disks); async code should prefer
+    /// [`append_async`](AuditLog::append_async).
+    ///
+    /// # Errors
+    /// - [`AuditError::Encode`] if `payload` cannot be CBOR-encoded (nothing is written).
+    /// - [`AuditError::TooLarge`] if the payload exceeds `u32::MAX` bytes (nothing is written).
+    /// - [`AuditError::Sled`] if the write or the flush fails. If the flush failed the entry
+    ///   may still reach disk later and stays part of the in-memory chain.
+    pub fn append<T: Serialize + ?Sized>(
+        &self,
+        kind: AuditKind,
+        payload: &T,
+    ) -> Result<u64, AuditError> {
+        self.append_encoded(kind, encode_payload(payload)?)
+    }
+
+    /// Like [`append`](AuditLog::append), but runs the write and its fsync on Tokio's
+    /// blocking pool so an async task (e.g. the swarm event loop) never stalls on the disk.
+    /// The payload is encoded before the call suspends, so it need not be `Send`.
+    ///
+    /// Must be called from within a Tokio runtime.
+    ///
+    /// # Errors
+    /// As [`append`](AuditLog::append), plus [`AuditError::Task`] if the runtime is shutting
+    /// down and the write could not run to completion.
+    pub async fn append_async<T: Serialize + ?Sized>(
+        &self,
+        kind: AuditKind,
+        payload: &T,
+    ) -> Result<u64, AuditError> {
+        let body = encode_payload(payload)?;
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.append_encoded(kind, body)).await {
+            Ok(result) => result,
+            // A panic inside the append is a bug; surface it as one instead of hiding it.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(AuditError::Task(e.to_string())),
+        }
+    }
+
+    /// Signs, stores and flushes an entry whose payload is already CBOR-encoded.
+    fn append_encoded(&self, kind: AuditKind, body: Vec<u8>) -> Result<u64, AuditError> {
+        let seq = {
+            let mut state = self.lock_state();
+            let seq = state.next_seq;
+            let entry = AuditEntry::sign(
+                seq,
+                now_ms(),
+                kind.as_str(),
+                body,
+                state.last_hash,
+                &self.inner.key,
+            )?;
+            let bytes = entry.encode()?;
+            // Insert under the lock: the seq and prev_hash are only claimed once the entry is
+            // really in the tree, so a failed insert leaves the chain unchanged.
+            self.inner.tree.insert(seq_key(seq), bytes)?;
+            state.next_seq = seq + 1;
+            state.last_hash = entry.hash;
+            seq
+        };
+
+        // Flush outside the lock: sled persists everything inserted before the flush began,
+        // so concurrent appenders share fsyncs instead of queueing behind each other. sled
+        // recovers a prefix of its log, so a later entry cannot survive a crash without its
+        // predecessors.
+        self.inner.tree.flush()?;
+        tracing::debug!(seq, kind = kind.as_str(), "audit entry appended");
+        Ok(seq)
+    }
+
+    /// Flushes all appended entries to disk. [`append`](AuditLog::append) already does this;
+    /// it is exposed for shutdown paths that want an explicit barrier.
+    ///
+    /// # Errors
+    /// [`AuditError::Sled`] if the flush fails.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        self.inner.tree.flush()?;
+        Ok(())
+    }
+
+    /// Number of entries in the log (equal to the next seq to be assigned).
+    pub fn len(&self) -> u64 {
+        self.lock_state().next_seq
+    }
+
+    /// Whether the log has no entries yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The head of the chain: `(next_seq, last_hash)`. `next_seq` is the seq the next append
+    /// will get (== [`len`](AuditLog::len)); `last_hash` is the hash of entry `next_seq - 1`,
+    /// or [`GENESIS_PREV_HASH`] for an empty log. Recording it elsewhere lets a later
+    /// [`verify()`] also detect truncation.
+    pub fn head(&self) -> (u64, [u8; 32]) {
+        let state = self.lock_state();
+        (state.next_seq, state.last_hash)
+    }
+
+    /// Iterates over the stored entries with `seq >= from_seq`, in order.
+    ///
+    /// The iterator is a snapshot-free scan of sled: entries appended while iterating may or
+    /// may not be seen. Each item is an error if the store fails or a value does not decode;
+    /// iteration continues past decode errors.
+    pub fn entries(
+        &self,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<AuditEntry, AuditError>> + Send + 'static {
+        entries_in(&self.inner.tree, from_seq)
+    }
+
+    /// The public key entries are signed with.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.inner.key.verifying_key()
+    }
+
+    /// The underlying sled tree (read it with [`verify()`], [`export_jsonl`], [`show`]).
+    pub fn tree(&self) -> &sled::Tree {
+        &self.inner.tree
+    }
+
+    /// Verifies the whole log against this handle's own key. See [`verify()`].
+    pub fn verify(&self) -> VerifyReport {
+        verify(&self.inner.tree, &self.verifying_key())
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, ChainState> {
+        // The state is only modified after a successful insert, in two plain assignments, so
+        // a panic elsewhere while holding the lock cannot leave it half-updated.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Iterates over the entries of a bare audit tree with `seq >= from_seq`, in key order.
+///
+/// Same contract as [`AuditLog::entries`]; for readers that have the tree but no key.
+pub fn entries_in(
+    tree: &sled::Tree,
+    from_seq: u64,
+) -> impl Iterator<Item = Result<AuditEntry, AuditError>> + Send + 'static {
+    tree.range(seq_key(from_seq)..).map(|item| {
+        let (k, v) = item?;
+        let seq = key_seq(&k).ok_or_else(|| AuditError::Decode {
+            what: "storage key".into(),
+            reason: format!("{} bytes, expected 8", k.len()),
+        })?;
+        AuditEntry::decode(seq, &v)
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    /// A deterministic test key; distinct `n` give distinct keys.
+    pub(crate) fn test_key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    /// A fresh sled database in a temporary directory (kept alive by the returned guard).
+    pub(crate) fn temp_db() -> (tempfile::TempDir, sled::Db) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path().join("db")).expect("open sled");
+        (dir, db)
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    pub(crate) struct Payment {
+        pub(crate) lease_id: String,
+        pub(crate) amount_msat: u64,
+        #[serde(with = "serde_bytes")]
+        pub(crate) hash: Vec<u8>,
+    }
+
+    pub(crate) fn payment(i: u64) -> Payment {
+        Payment {
+            lease_id: format!("lease-{i}"),
+            amount_msat: 1_000 * i,
+            hash: vec![i as u8; 4],
+        }
+    }
+
+    /// A log with `n` PaymentSucceeded entries, signed by `test_key(1)`.
+    pub(crate) fn filled_log(n: u64) -> (tempfile::TempDir, sled::Db, AuditLog) {
+        let (dir, db) = temp_db();
+        let log = AuditLog::open(&db, test_key(1)).expect("open log");
+        for i in 0..n {
+            assert_eq!(
+                log.append(AuditKind::PaymentSucceeded, &payment(i))
+                    .unwrap(),
+                i
+            );
+        }
+        (dir, db, log)
+    }
+
+    #[test]
+    fn kind_names_round_trip_and_match_serde() {
+        for kind in AuditKind::ALL {
+            let name = kind.as_str();
+            assert_eq!(name.parse::<AuditKind>().unwrap(), *kind);
+            assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
+            assert_eq!(kind.to_string(), name);
+        }
+        assert_eq!(AuditKind::ALL.len(), 24);
+        assert_eq!(AuditKind::LeaseReactivated.as_str(), "lease_reactivated");
+        assert!(matches!(
+            "LeaseIssued".parse::<AuditKind>(),
+            Err(AuditError::UnknownKind(s)) if s == "LeaseIssued"
+        ));
+    }
+
+    #[test]
+    fn hash_follows_the_documented_layout() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"leasewire/audit/v1\0");
+        bytes.extend_from_slice(&7u64.to_be_bytes());
+        bytes.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+        bytes.extend_from_slice(&5u32.to_be_bytes());
+        bytes.extend_from_slice(b"hello");
+        bytes.extend_from_slice(&3u32.to_be_bytes());
+        bytes.extend_from_slice(&[1, 2, 3]);
+        bytes.extend_from_slice(&[9u8; 32]);
+        let expected: [u8; 32] = Sha256::digest(&bytes).into();
+        assert_eq!(
+            entry_hash(7, 1_700_000_000_000, "hello", &[1, 2, 3], &[9u8; 32]).unwrap(),
+            expected
+        );
+    }
+
+    #[test]
+    fn append_and_read_back() {
+        let (_dir, _db, log) = filled_log(5);
+        assert_eq!(log.len(), 5);
+        let entries: Vec<AuditEntry> = log.entries(0).map(|e| e.unwrap()).collect();
+        assert_eq!(entries.len(), 5);
+        let mut prev = GENESIS_PREV_HASH;
+        for (i, e) in entries.iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(e.seq, i);
+            assert_eq!(e.kind, "payment_succeeded");
+            assert_eq!(e.audit_kind(), Some(AuditKind::PaymentSucceeded));
+            assert_eq!(e.payload_as::<Payment>().unwrap(), payment(i));
+            assert_eq!(e.prev_hash, prev);
+            assert_eq!(e.compute_hash().unwrap(), e.hash);
+            assert!(e.signature_valid(&test_key(1).verifying_key()));
+            assert!(!e.signature_valid(&test_key(2).verifying_key()));
+            assert!(e.time_ms > 1_600_000_000_000, "wall-clock ms expected");
+            prev = e.hash;
+        }
+        assert_eq!(log.head(), (5, prev));
+        // Reading from the middle starts at that seq.
+        let tail: Vec<u64> = log.entries(3).map(|e| e.unwrap().seq).collect();
+        assert_eq!(tail, vec![3, 4]);
+        assert_eq!(log.entries(99).count(), 0);
+    }
+
+    #[test]
+    fn stored_value_is_cbor_with_byte_strings() {
+        let (_dir, _db, log) = filled_log(1);
+        let raw = log.tree().get(0u64.to_be_bytes()).unwrap().unwrap();
+        let value: ciborium::Value = ciborium::from_reader(raw.as_ref()).unwrap();
+        let map = value.as_map().expect("entry is a CBOR map");
+        let field = |name: &str| {
+            map.iter()
+                .find(|(k, _)| k.as_text() == Some(name))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("field {name} missing"))
+        };
+        assert_eq!(field("kind").as_text(), Some("payment_succeeded"));
+        assert_eq!(field("hash").as_bytes().map(Vec::len), Some(32));
+        assert_eq!(field("prev_hash").as_bytes().map(Vec::len), Some(32));
+        assert_eq!(field("sig").as_bytes().map(Vec::len), Some(64));
+        assert!(field("payload").is_bytes());
+    }
+
+    #[test]
+    fn empty_log_head_is_genesis() {
+        let (_dir, db) = temp_db();
+        let log = AuditLog::open(&db, test_key(1)).unwrap();
+        assert!(log.is_empty());
+        assert_eq!(log.head(), (0, GENESIS_PREV_HASH));
+        assert!(log.verify().ok);
+        assert_eq!(
+            stored_signer(&db).unwrap(),
+            Some(test_key(1).verifying_key())
+        );
+    }
+
+    #[test]
+    fn chain_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let head_before = {
+            let db = sled::open(&path).unwrap();
+            let log = AuditLog::open(&db, test_key(1)).unwrap();
+            for i in 0..4 {
+                log.append(AuditKind::LeaseIssued, &payment(i)).unwrap();
+            }
+            log.head()
+        };
+        // The sled::Db above is dropped, releasing its file lock.
+        let db = sled::open(&path).unwrap();
+        let log = AuditLog::open(&db, test_key(1)).unwrap();
+        assert_eq!(log.head(), head_before);
+        assert_eq!(log.len(), 4);
+        assert_eq!(log.append(AuditKind::LeaseReleased, &"bye").unwrap(), 4);
+        let last = log.entries(4).next().unwrap().unwrap();
+        assert_eq!(last.prev_hash, head_before.1);
+        assert_eq!(last.payload_as::<String>().unwrap(), "bye");
+        let report = log.verify();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.entries, 5);
+    }
+
+    #[test]
+    fn reopen_with_another_key_is_refused() {
+        let (_dir, db, _log) = filled_log(2);
+        let err = AuditLog::open(&db, test_key(2)).unwrap_err();
+        assert!(matches!(err, AuditError::SignerMismatch { .. }), "{err}");
+        // The right key still opens it.
+        assert_eq!(AuditLog::open(&db, test_key(1)).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn corrupt_head_is_refused_on_open() {
+        let (_dir, db, log) = filled_log(3);
+        log.tree()
+            .insert(2u64.to_be_bytes(), &b"garbage"[..])
+            .unwrap();
+        let err = AuditLog::open(&db, test_key(1)).unwrap_err();
+        assert!(
+            matches!(err, AuditError::CorruptHead { seq: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn entries_without_recorded_signer_are_refused() {
+        let (_dir, db, _log) = filled_log(1);
+        db.open_tree(META_TREE_NAME).unwrap().clear().unwrap();
+        let err = AuditLog::open(&db, test_key(1)).unwrap_err();
+        assert!(matches!(err, AuditError::CorruptHead { .. }), "{err}");
+    }
+
+    #[test]
+    fn concurrent_appends_get_unique_contiguous_seqs() {
+        let (_dir, _db) = temp_db();
+        let log = AuditLog::open(&_db, test_key(1)).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|i| log.append(AuditKind::OfferSeen, &(t, i)).unwrap())
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..200).collect::<Vec<u64>>());
+        let report = log.verify();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.entries, 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_appends_chain_like_sync_ones() {
+        let (_dir, _db, log) = filled_log(2);
+        let tasks: Vec<_> = (0..10u64)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append_async(AuditKind::Hello, &i).await })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap().unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (2..12).collect::<Vec<u64>>());
+        let mut payloads: Vec<u64> = log
+            .entries(2)
+            .map(|e| e.unwrap().payload_as::<u64>().unwrap())
+            .collect();
+        payloads.sort_unstable();
+        assert_eq!(payloads, (0..10).collect::<Vec<u64>>());
+        assert!(log.verify().ok);
+    }
+
+    #[test]
+    fn unencodable_payload_writes_nothing() {
+        struct Bad;
+        impl Serialize for Bad {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("refuse"))
+            }
+        }
+        let (_dir, _db, log) = filled_log(1);
+        let err = log.append(AuditKind::Error, &Bad).unwrap_err();
+        assert!(matches!(err, AuditError::Encode { .. }), "{err}");
+        assert_eq!(log.len(), 1);
+        assert_eq!(log.append(AuditKind::Error, &"fine").unwrap(), 1);
+        assert!(log.verify().ok);
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let e =
+            AuditEntry::sign(0, 1, "hello", vec![0xf6], GENESIS_PREV_HASH, &test_key(1)).unwrap();
+        let mut bytes = e.encode().unwrap();
+        assert_eq!(AuditEntry::decode(0, &bytes).unwrap(), e);
+        bytes.push(0);
+        assert!(AuditEntry::decode(0, &bytes).is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! `leasewire daemon`: logging setup, then [`crate::node::run_daemon`] in the foreground.
+
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, fmt};
+
+/// Debug log file inside the data dir.
+const DEBUG_LOG: &str = "debug.log";
+
+/// Filter of the debug log: everything at debug, except transport internals whose debug
+/// output (every HTTP/2 frame, every sled flush) would drown the node's own events.
+const FILE_FILTER: &str = "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,\
+                           sled=info,multistream_select=info,yamux=info,libp2p_noise=info";
+
+pub(super) fn run(data_dir: &Path) -> anyhow::Result<()> {
+    if !data_dir.is_dir() {
+        bail!(
+            "data dir {} does not exist; run `leasewire --data-dir {} init --role provider|renter` first",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    // Keep the guard until the daemon returns: dropping it flushes the file writer.
+    let _guard = init_tracing(data_dir)?;
+    // tonic's tls-ring and libp2p can both pull a rustls provider in; with two present rustls
+    // refuses to pick one, so pick ring explicitly. An error only means one is already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("leasewire")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(crate::node::run_daemon(data_dir));
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "daemon stopped with an error");
+    }
+    result.map_err(anyhow::Error::from)
+}
+
+/// Info and above (or `RUST_LOG`) to stderr; debug and above to `D/debug.log` (mode 0600: it
+/// names peers, leases and payment hashes).
+fn init_tracing(data_dir: &Path) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+    let path = data_dir.join(DEBUG_LOG);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let (writer, guard) = tracing_appender::non_blocking(file);
+
+    let stderr_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            fmt::layer()
+                .with_writer(io::stderr)
+                .with_filter(stderr_filter),
+        )
+        .with(
+            fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer)
+                .with_filter(EnvFilter::new(FILE_FILTER)),
+        )
+        .try_init()
+        .context("cannot install the log subscriber")?;
+    Ok(guard)
+}

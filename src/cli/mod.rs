@@ -1,0 +1,339 @@
+//! The `leasewire` command line: argument parsing, dispatch and exit codes.
+//!
+//! `src/main.rs` only calls [`run`]. Every subcommand but `init`, `daemon` and `audit` is a thin
+//! client of the daemon's control API ([`crate::control`]); `audit` reads the sled database
+//! directly so it works while no daemon runs (and falls back to the API for `verify` when the
+//! daemon holds the database).
+//!
+//! Output contract: human-readable text on stdout by default; with `--json`, exactly one line of
+//! JSON on stdout. Errors go to stderr as `error: …`. Exit codes: 0 success, 1 operational
+//! error (including a broken audit log), 2 usage error.
+
+mod audit;
+mod daemon;
+mod init;
+mod render;
+mod rpc;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Command-line options (clap derive).
+#[derive(Debug, Parser)]
+#[command(
+    name = "leasewire",
+    version,
+    about = "Rent and lease public static IPs over WireGuard, paid with Lightning",
+    propagate_version = true
+)]
+struct Opts {
+    /// Data directory holding node.key, config.toml, the database and the control socket
+    /// [default: $HOME/.leasewire]
+    #[arg(long, global = true, env = "LEASEWIRE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `--json` switch shared by the subcommands that print a result.
+#[derive(Debug, Clone, Copy, Args)]
+struct Output {
+    /// Print the result as one line of JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+/// Role chosen at `init`: selects the config template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RoleArg {
+    /// Lease out addresses routed to this host
+    Provider,
+    /// Rent addresses from providers
+    Renter,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the node key and a commented config.toml for a role
+    Init {
+        /// Which config template to write
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Overwrite an existing node.key and config.toml (the node gets a new identity)
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Run the node in the foreground until SIGINT/SIGTERM
+    Daemon,
+    /// List the offers the daemon has discovered, best first
+    Offers {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Rent an address: pay the provider's invoice and set up the tunnel
+    Rent(RentArgs),
+    /// Show the node's identity, network and leases
+    Status {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Print the wg-quick configuration of a lease
+    Conf {
+        /// Lease id [default: the only (or latest) lease]
+        #[arg(long, value_name = "ID")]
+        lease: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Buy more credit for a lease
+    AddCredit {
+        /// Amount of credit to buy, in satoshis
+        #[arg(long, value_name = "SAT", value_parser = clap::value_parser!(u64).range(1..))]
+        amount: u64,
+        /// Lease id [default: the only (or latest) lease]
+        #[arg(long, value_name = "ID")]
+        lease: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Provider view: every lease this node has issued
+    Leases {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Inspect the signed, hash-chained audit log
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// `rent` arguments; exactly one of `--offer` and `--auto`.
+#[derive(Debug, Args)]
+#[group(id = "target", required = true, multiple = false, args = ["offer", "auto"])]
+struct RentArgs {
+    /// Rent under this offer id (see `leasewire offers`)
+    #[arg(long, value_name = "ID")]
+    offer: Option<String>,
+    /// Rent under the best offer discovered
+    #[arg(long)]
+    auto: bool,
+    /// Credit to buy on top of the activation fee, in satoshis [default: renter.default_credit_sat]
+    #[arg(long, value_name = "SAT", value_parser = clap::value_parser!(u64).range(1..))]
+    credit: Option<u64>,
+    /// How long to wait for offers to be discovered [default: 60]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    timeout_secs: Option<u32>,
+    #[command(flatten)]
+    out: Output,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every entry's hash chain and signature; exit 1 at the first bad entry
+    Verify {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// List entries (the daemon must be stopped)
+    Show {
+        /// First seq to list
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        from: u64,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Write every entry as JSON lines to stdout (the daemon must be stopped)
+    Export {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+    },
+}
+
+/// Formats of `audit export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExportFormat {
+    /// One JSON object per line
+    Jsonl,
+}
+
+/// Parses the process arguments, runs the subcommand and returns the process exit code:
+/// 0 on success, 1 on an operational error (printed to stderr as `error: …`), 2 on a usage
+/// error (printed by clap). `--help` and `--version` exit 0.
+pub fn run() -> ExitCode {
+    let opts = match Opts::try_parse() {
+        Ok(o) => o,
+        Err(e) => {
+            // clap knows whether this is help/version (stdout, 0) or a usage error (stderr, 2).
+            let code = e.exit_code();
+            // Nothing useful can be done if printing the usage text itself fails.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(code).unwrap_or(2));
+        }
+    };
+    match dispatch(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => {
+            // `leasewire audit export | head` closing the pipe early is not a failure
+            // (ripgrep does the same).
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn dispatch(opts: Opts) -> anyhow::Result<()> {
+    let data_dir = resolve_data_dir(opts.data_dir)?;
+    match opts.command {
+        Command::Init { role, force, out } => init::run(&data_dir, role, force, out.json),
+        Command::Daemon => daemon::run(&data_dir),
+        Command::Audit { command } => {
+            client_logging();
+            match command {
+                AuditCommand::Verify { out } => audit::verify(&data_dir, out.json),
+                AuditCommand::Show { from, out } => audit::show(&data_dir, from, out.json),
+                AuditCommand::Export {
+                    format: ExportFormat::Jsonl,
+                } => audit::export(&data_dir),
+            }
+        }
+        Command::Offers { out } => rpc::block_on(rpc::offers(&data_dir, out.json)),
+        Command::Rent(args) => rpc::block_on(rpc::rent(
+            &data_dir,
+            crate::control::pb::RentRequest {
+                offer_id: args.offer.unwrap_or_default(),
+                auto: args.auto,
+                credit_sat: args.credit.unwrap_or(0),
+                timeout_secs: args.timeout_secs.unwrap_or(0),
+            },
+            args.out.json,
+        )),
+        Command::Status { out } => rpc::block_on(rpc::status(&data_dir, out.json)),
+        Command::Conf { lease, out } => {
+            rpc::block_on(rpc::conf(&data_dir, lease.unwrap_or_default(), out.json))
+        }
+        Command::AddCredit { amount, lease, out } => rpc::block_on(rpc::add_credit(
+            &data_dir,
+            crate::control::pb::AddCreditRequest {
+                lease_id: lease.unwrap_or_default(),
+                amount_sat: amount,
+            },
+            out.json,
+        )),
+        Command::Leases { out } => rpc::block_on(rpc::leases(&data_dir, out.json)),
+    }
+}
+
+/// `--data-dir`, else `$LEASEWIRE_DATA_DIR` (via clap), else `$HOME/.leasewire`; made
+/// absolute so messages and the daemon's paths do not depend on the working directory.
+fn resolve_data_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = match flag {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => {
+            let home = std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .context("$HOME is not set; pass --data-dir or set LEASEWIRE_DATA_DIR")?;
+            Path::new(&home).join(".leasewire")
+        }
+    };
+    std::path::absolute(&dir).with_context(|| format!("cannot resolve data dir {}", dir.display()))
+}
+
+/// Client commands log nothing unless `RUST_LOG` asks for it: their output is the result.
+fn client_logging() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        // Fails only if a subscriber is already installed, which is then used instead.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(io::stderr)
+            .try_init();
+    }
+}
+
+/// Writes `value` as one line of JSON to `w`.
+fn print_json<T: serde::Serialize + ?Sized>(w: &mut dyn Write, value: &T) -> anyhow::Result<()> {
+    let line = serde_json::to_string(value).context("cannot encode JSON output")?;
+    writeln!(w, "{line}")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Opts, clap::Error> {
+        Opts::try_parse_from(std::iter::once("leasewire").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Opts::command().debug_assert();
+    }
+
+    #[test]
+    fn rent_needs_exactly_one_target() {
+        assert!(parse(&["rent"]).is_err());
+        let e = parse(&["rent", "--auto", "--offer", "x"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert_eq!(e.exit_code(), 2);
+        let opts = parse(&["rent", "--offer", "o1", "--credit", "500", "--json"]).unwrap();
+        match opts.command {
+            Command::Rent(a) => {
+                assert_eq!(a.offer.as_deref(), Some("o1"));
+                assert!(!a.auto);
+                assert_eq!(a.credit, Some(500));
+                assert!(a.out.json);
+            }
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_dir_is_global_and_amounts_are_checked() {
+        let opts = parse(&["status", "--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(opts.data_dir.as_deref(), Some(Path::new("/tmp/x")));
+        assert!(parse(&["add-credit", "--amount", "0"]).is_err());
+        assert!(parse(&["add-credit", "--amount", "-5"]).is_err());
+        assert!(parse(&["init", "--role", "admin"]).is_err());
+        let opts = parse(&["audit", "show", "--from", "7"]).unwrap();
+        assert!(matches!(
+            opts.command,
+            Command::Audit {
+                command: AuditCommand::Show { from: 7, .. }
+            }
+        ));
+    }
+
+    #[test]
+    fn relative_data_dir_becomes_absolute() {
+        let d = resolve_data_dir(Some(PathBuf::from("rel/dir"))).unwrap();
+        assert!(d.is_absolute());
+        assert!(d.ends_with("rel/dir"));
+    }
+
+    #[test]
+    fn broken_pipe_is_detected_through_context() {
+        let e = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing");
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

@@ -1,0 +1,400 @@
+//! Human-readable rendering of control API replies: aligned tables and `key: value` lines.
+//! Pure functions over a writer, so they are unit-tested without a daemon.
+
+use std::io::{self, Write};
+
+use crate::control::pb;
+
+/// A left-aligned text table; columns are as wide as their widest cell, two spaces apart.
+pub(super) struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub(super) fn new(header: Vec<&'static str>) -> Self {
+        Table {
+            header,
+            rows: Vec::new(),
+        }
+    }
+
+    pub(super) fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(
+            cells.len(),
+            self.header.len(),
+            "row width must match header"
+        );
+        self.rows.push(cells);
+    }
+
+    pub(super) fn write(&self, w: &mut dyn Write) -> io::Result<()> {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let header: Vec<String> = self.header.iter().map(|h| (*h).to_owned()).collect();
+        for cells in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+                if i + 1 == cells.len() {
+                    // No padding after the last column: no trailing whitespace.
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', width - cell.chars().count() + 2));
+                }
+            }
+            writeln!(w, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `-` for an empty string, so table columns never look shifted.
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Shortens a libp2p peer id for tables: every id starts with the same `12D3KooW`, so the
+/// tail is what tells peers apart.
+pub(super) fn short_peer(id: &str) -> String {
+    let n = id.chars().count();
+    if n <= 14 {
+        return or_dash(id);
+    }
+    let tail: String = id.chars().skip(n - 8).collect();
+    let head: String = id.chars().take(4).collect();
+    format!("{head}…{tail}")
+}
+
+/// `1234 sat`.
+pub(super) fn sat(v: u64) -> String {
+    format!("{v} sat")
+}
+
+/// A Unix time relative to `now`, e.g. `in 6d 23h` or `3h 5m ago`; `-` for 0 (unset).
+pub(super) fn relative_time(at: u64, now: u64) -> String {
+    if at == 0 {
+        return "-".to_owned();
+    }
+    if at >= now {
+        format!("in {}", span(at - now))
+    } else {
+        format!("{} ago", span(now - at))
+    }
+}
+
+/// Two most significant units of a duration in seconds.
+fn span(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        (secs % 86_400) / 3600,
+        (secs % 3600) / 60,
+        secs % 60,
+    );
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// `key: value` lines with the values aligned.
+fn kv(w: &mut dyn Write, pairs: &[(&str, String)]) -> io::Result<()> {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in pairs {
+        writeln!(w, "{:<width$} {v}", format!("{k}:"))?;
+    }
+    Ok(())
+}
+
+/// One lease in detail (after `rent` or `add-credit`).
+pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io::Result<()> {
+    let mut pairs = vec![
+        ("lease", l.lease_id.clone()),
+        ("state", or_dash(&l.state)),
+        ("provider", or_dash(&l.provider)),
+    ];
+    if !l.renter.is_empty() {
+        pairs.push(("renter", l.renter.clone()));
+    }
+    pairs.extend([
+        ("ipv4", or_dash(&l.ipv4)),
+        ("ipv6", or_dash(&l.ipv6)),
+        ("endpoint", or_dash(&l.endpoint)),
+        ("paid", sat(l.paid_sat)),
+        (
+            "credit",
+            format!(
+                "{} bought, {} left",
+                sat(l.credit_sat),
+                sat(l.remaining_credit_sat)
+            ),
+        ),
+        ("rate", format!("{}/day", sat(l.rate_sat_per_day))),
+        ("paid until", relative_time(l.paid_until, now)),
+    ]);
+    if !l.conf_path.is_empty() {
+        pairs.push(("wg-quick file", l.conf_path.clone()));
+    }
+    kv(w, &pairs)
+}
+
+/// Renter leases as a table (used by `status`).
+fn renter_leases(w: &mut dyn Write, leases: &[pb::LeaseInfo], now: u64) -> io::Result<()> {
+    let mut t = Table::new(vec![
+        "LEASE",
+        "STATE",
+        "PROVIDER",
+        "IPV4",
+        "IPV6",
+        "CREDIT LEFT",
+        "PAID UNTIL",
+    ]);
+    for l in leases {
+        t.row(vec![
+            l.lease_id.clone(),
+            or_dash(&l.state),
+            short_peer(&l.provider),
+            or_dash(&l.ipv4),
+            or_dash(&l.ipv6),
+            sat(l.remaining_credit_sat),
+            relative_time(l.paid_until, now),
+        ]);
+    }
+    t.write(w)
+}
+
+/// `leasewire status`.
+pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Result<()> {
+    let net = s.net.clone().unwrap_or_default();
+    let join = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut pairs = vec![
+        ("peer id", s.peer_id.clone()),
+        ("roles", join(&s.roles)),
+        ("network", or_dash(&s.network)),
+        (
+            "market",
+            if s.public_market {
+                "public".to_owned()
+            } else {
+                "private (shared secret)".to_owned()
+            },
+        ),
+        ("lightning node", or_dash(&s.ln_pubkey)),
+        ("listening on", join(&s.listen_addrs)),
+        (
+            "peers",
+            format!(
+                "{} connected, {} market members",
+                net.connected,
+                net.members.len()
+            ),
+        ),
+    ];
+    if !net.refused_by.is_empty() {
+        pairs.push(("refused by", join(&net.refused_by)));
+    }
+    if !net.refused.is_empty() {
+        pairs.push(("refused", join(&net.refused)));
+    }
+    pairs.push(("offers known", s.offers_known.to_string()));
+    pairs.push(("leases", s.leases.len().to_string()));
+    kv(w, &pairs)?;
+    if !s.leases.is_empty() {
+        writeln!(w)?;
+        renter_leases(w, &s.leases, now)?;
+    }
+    Ok(())
+}
+
+/// `leasewire offers`.
+pub(super) fn offers(w: &mut dyn Write, o: &pb::OffersReply) -> io::Result<()> {
+    if o.offers.is_empty() {
+        writeln!(
+            w,
+            "no offers discovered yet (the daemon looks for them every few seconds)"
+        )?;
+        return Ok(());
+    }
+    let mut t = Table::new(vec![
+        "OFFER",
+        "PROVIDER",
+        "ENDPOINT",
+        "FEE",
+        "RATE/DAY",
+        "MIN CREDIT",
+        "FREE V4/V6",
+        "RTT",
+        "PRICE",
+    ]);
+    for x in &o.offers {
+        t.row(vec![
+            x.offer_id.clone(),
+            short_peer(&x.provider),
+            or_dash(&x.endpoint),
+            sat(x.activation_fee_sat),
+            sat(x.rate_sat_per_day),
+            sat(x.min_initial_credit_sat),
+            format!("{}/{}", x.ipv4_available, x.ipv6_available),
+            if x.rtt_ms > 0.0 {
+                format!("{:.0} ms", x.rtt_ms)
+            } else {
+                "-".to_owned()
+            },
+            sat(x.price_sat),
+        ]);
+    }
+    t.write(w)
+}
+
+/// `leasewire leases` (provider view).
+pub(super) fn provider_leases(w: &mut dyn Write, r: &pb::LeasesReply, now: u64) -> io::Result<()> {
+    if r.leases.is_empty() {
+        writeln!(w, "no leases issued")?;
+        return Ok(());
+    }
+    let mut t = Table::new(vec![
+        "LEASE",
+        "STATE",
+        "RENTER",
+        "IPV4",
+        "IPV6",
+        "PAID",
+        "CREDIT LEFT",
+        "PAID UNTIL",
+    ]);
+    for l in &r.leases {
+        t.row(vec![
+            l.lease_id.clone(),
+            or_dash(&l.state),
+            short_peer(&l.renter),
+            or_dash(&l.ipv4),
+            or_dash(&l.ipv6),
+            sat(l.paid_sat),
+            sat(l.remaining_credit_sat),
+            relative_time(l.paid_until, now),
+        ]);
+    }
+    t.write(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> String {
+        let mut buf = Vec::new();
+        f(&mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    fn lease(id: &str) -> pb::LeaseInfo {
+        pb::LeaseInfo {
+            lease_id: id.into(),
+            provider: "12D3KooWProviderPeerIdXYZ12345678".into(),
+            renter: String::new(),
+            state: "active".into(),
+            ipv4: "198.51.100.3/32".into(),
+            ipv6: "2001:db8:100::/64".into(),
+            paid_sat: 4000,
+            credit_sat: 3000,
+            remaining_credit_sat: 2900,
+            paid_until: 1_000 + 2 * 86_400 + 3600,
+            endpoint: "203.0.113.10:51820".into(),
+            offer_id: "off1".into(),
+            conf_path: "/d/wireguard/lw0.conf".into(),
+            activated_at: 900,
+            rate_sat_per_day: 100,
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns_without_trailing_space() {
+        let mut t = Table::new(vec!["A", "LONG HEADER", "C"]);
+        t.row(vec!["xxxx".into(), "y".into(), "z".into()]);
+        let out = text(|w| t.write(w));
+        assert_eq!(out, "A     LONG HEADER  C\nxxxx  y            z\n");
+    }
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(relative_time(0, 100), "-");
+        assert_eq!(relative_time(100 + 2 * 86_400 + 7200, 100), "in 2d 2h");
+        assert_eq!(relative_time(100, 100 + 3 * 3600 + 300), "3h 5m ago");
+        assert_eq!(relative_time(130, 100), "in 30s");
+    }
+
+    #[test]
+    fn peer_ids_are_shortened_to_their_distinct_tail() {
+        assert_eq!(short_peer("12D3KooWAbcdefghijklmnop"), "12D3…ijklmnop");
+        assert_eq!(short_peer("short"), "short");
+        assert_eq!(short_peer(""), "-");
+    }
+
+    #[test]
+    fn lease_detail_lists_addresses_credit_and_file() {
+        let out = text(|w| lease_detail(w, &lease("L1"), 1_000));
+        assert!(out.starts_with("lease:"), "{out}");
+        assert!(out.contains("ipv4:"));
+        assert!(out.contains("198.51.100.3/32"));
+        assert!(out.contains("3000 sat bought, 2900 sat left"));
+        assert!(out.contains("in 2d 1h"));
+        assert!(out.contains("/d/wireguard/lw0.conf"));
+        // No renter line on the renter's own view.
+        assert!(!out.contains("renter:"));
+    }
+
+    #[test]
+    fn status_shows_counts_and_lease_table() {
+        let s = pb::StatusReply {
+            peer_id: "12D3KooWMe".into(),
+            roles: vec!["renter".into()],
+            listen_addrs: vec![],
+            net: Some(pb::NetInfo {
+                connected: 3,
+                members: vec!["a".into(), "b".into()],
+                refused_by: vec!["c".into()],
+                refused: vec![],
+            }),
+            offers_known: 4,
+            leases: vec![lease("L1"), lease("L2")],
+            public_market: false,
+            ln_pubkey: String::new(),
+            network: "regtest".into(),
+        };
+        let out = text(|w| status(w, &s, 1_000));
+        assert!(out.contains("3 connected, 2 market members"), "{out}");
+        assert!(out.contains("refused by:"));
+        assert!(!out.contains("refused:  "), "empty list omitted: {out}");
+        assert!(out.contains("private"));
+        assert!(out.contains("LEASE"));
+        assert_eq!(out.lines().filter(|l| l.starts_with("L")).count(), 3);
+    }
+
+    #[test]
+    fn empty_lists_say_so() {
+        assert!(text(|w| offers(w, &pb::OffersReply::default())).contains("no offers"));
+        assert!(
+            text(|w| provider_leases(w, &pb::LeasesReply::default(), 0))
+                .contains("no leases issued")
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! Subcommands that are plain control API calls: `offers`, `rent`, `status`, `conf`,
+//! `add-credit`, `leases`. Each connects, makes one call and prints the reply.
+
+use std::future::Future;
+use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::{print_json, render};
+use crate::control::{ControlClient, pb};
+use crate::types::now_unix;
+
+/// Runs a client command on a small single-threaded runtime (one request in flight).
+pub(super) fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(fut)
+}
+
+/// Connects to the daemon of `data_dir`. The error already says "no daemon is running for …"
+/// when there is none, so no context is added.
+pub(super) async fn connect(data_dir: &Path) -> anyhow::Result<ControlClient> {
+    Ok(ControlClient::connect(&crate::node::socket_path(data_dir)).await?)
+}
+
+pub(super) async fn status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let reply = connect(data_dir).await?.status().await?;
+    let mut out = io::stdout().lock();
+    if json {
+        return print_json(&mut out, &reply);
+    }
+    render::status(&mut out, &reply, now_unix())?;
+    Ok(())
+}
+
+pub(super) async fn offers(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let reply = connect(data_dir).await?.offers().await?;
+    let mut out = io::stdout().lock();
+    if json {
+        return print_json(&mut out, &reply);
+    }
+    render::offers(&mut out, &reply)?;
+    Ok(())
+}
+
+pub(super) async fn rent(data_dir: &Path, req: pb::RentRequest, json: bool) -> anyhow::Result<()> {
+    let client = connect(data_dir).await?;
+    if !json {
+        // Renting waits for discovery and a Lightning payment; say so before going quiet.
+        let what = if req.auto {
+            "the best offer".to_owned()
+        } else {
+            format!("offer {}", req.offer_id)
+        };
+        writeln!(
+            io::stderr(),
+            "renting under {what}; this waits for the payment and the provider's lease..."
+        )?;
+    }
+    let lease = client.rent(req).await?;
+    let mut out = io::stdout().lock();
+    if json {
+        return print_json(&mut out, &lease);
+    }
+    render::lease_detail(&mut out, &lease, now_unix())?;
+    writeln!(
+        out,
+        "\nbring the tunnel up with the wg-quick file above, or print it: leasewire conf --lease {}",
+        lease.lease_id
+    )?;
+    Ok(())
+}
+
+pub(super) async fn conf(data_dir: &Path, lease_id: String, json: bool) -> anyhow::Result<()> {
+    let reply = connect(data_dir)
+        .await?
+        .conf(pb::ConfRequest { lease_id })
+        .await?;
+    let mut out = io::stdout().lock();
+    if json {
+        return print_json(&mut out, &reply);
+    }
+    // The text itself, unchanged, so `leasewire conf > lw0.conf` works.
+    out.write_all(reply.text.as_bytes())?;
+    if !reply.text.ends_with('\n') {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+pub(super) async fn add_credit(
+    data_dir: &Path,
+    req: pb::AddCreditRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    let lease = connect(data_dir).await?.add_credit(req).await?;
+    let mut out = io::stdout().lock();
+    if json {
+        return print_json(&mut out, &lease);
+    }
+    render::lease_detail(&mut out, &lease, now_unix())?;
+    Ok(())
+}
+
+pub(super) async fn leases(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let reply = connect(data_dir).await?.leases().await?;
+    let mut out = io::stdout().lock();
+    if json {
+        return print_json(&mut out, &reply);
+    }
+    render::provider_leases(&mut out, &reply, now_unix())?;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! Lightning payments: the [`LightningNode`] trait the market logic sees, its LND backend
+//! ([`lnd::LndClient`], gRPC over a pinned TLS certificate), and the payer-side BOLT11 checks
+//! ([`invoice::check_invoice`]) a renter runs before paying a provider's invoice.
+//!
+//! The trait is deliberately small: a provider creates invoices and looks them up, a renter
+//! pays them. Everything is keyed by the 32-byte payment hash, which both sides can derive from
+//! the BOLT11 string, so no backend-specific identifiers leak into the market code.
+//!
+//! [`sim`] models a whole Lightning network in memory (the engine of `lnd-sim`), and
+//! [`testing::MemNode`] exposes it directly as a [`LightningNode`] for tests.
+
+pub mod invoice;
+pub mod lnd;
+pub mod sim;
+pub mod testing;
+
+use std::sync::Arc;
+
+/// Code generated from the LND API subset in `proto/lnd/` (see the comment at the top of each
+/// `.proto` file). Both the clients ([`lnd::LndClient`]) and the servers (`lnd-sim`) use it.
+pub mod proto {
+    /// LND's `lnrpc` package: the `Lightning` service and the shared messages.
+    #[allow(clippy::all, missing_docs)]
+    pub mod lnrpc {
+        tonic::include_proto!("lnrpc");
+    }
+    /// LND's `routerrpc` package: the `Router` service (`SendPaymentV2`, `TrackPaymentV2`).
+    #[allow(clippy::all, missing_docs)]
+    pub mod routerrpc {
+        tonic::include_proto!("routerrpc");
+    }
+}
+
+/// Identity and chain position of a Lightning node, as reported by the node itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Hex-encoded 33-byte compressed secp256k1 identity key.
+    pub pubkey: String,
+    /// The node's alias (may be empty).
+    pub alias: String,
+    /// Bitcoin network the node runs on: `"mainnet"`, `"testnet"`, `"signet"`, `"regtest"`, ...
+    pub network: String,
+    /// Height of the best block the node knows.
+    pub block_height: u32,
+}
+
+/// What a payee asks its node to invoice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceRequest {
+    /// Amount to request, in millisatoshis. Must be non-zero: leasewire never issues
+    /// open-amount invoices.
+    pub amount_msat: u64,
+    /// SHA-256 of the terms being paid for; committed in the invoice's `h` field so the payer
+    /// can check the invoice is for exactly these terms.
+    pub description_hash: [u8; 32],
+    /// Seconds until the invoice expires.
+    pub expiry_secs: u64,
+}
+
+/// An invoice the node has created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedInvoice {
+    /// The BOLT11 payment request to hand to the payer.
+    pub bolt11: String,
+    /// Payment hash; the key for [`LightningNode::lookup_invoice`].
+    pub payment_hash: [u8; 32],
+    /// The node's monotonically increasing invoice index.
+    pub add_index: u64,
+}
+
+/// Lifecycle state of an invoice (LND's `Invoice.InvoiceState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InvoiceState {
+    /// Created, not yet paid.
+    Open,
+    /// Paid in full; the preimage has been released.
+    Settled,
+    /// Canceled (or expired and garbage-collected); can no longer be paid.
+    Canceled,
+    /// HTLCs accepted but not yet settled (hold invoices only).
+    Accepted,
+}
+
+/// Payee-side view of an invoice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceStatus {
+    /// Current state.
+    pub state: InvoiceState,
+    /// Amount received so far, in millisatoshis (zero unless settled or accepted).
+    pub amount_paid_msat: u64,
+    /// Unix time (seconds) of settlement, when settled.
+    pub settled_at: Option<u64>,
+}
+
+/// A payment the payer's node should make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayRequest {
+    /// The BOLT11 invoice to pay. Callers should run [`invoice::check_invoice`] first.
+    pub bolt11: String,
+    /// Maximum routing fee, in satoshis. Zero allows only zero-fee (direct) routes.
+    pub fee_limit_sat: u64,
+    /// Give up after this many seconds. Must be positive (LND rejects zero).
+    pub timeout_secs: i32,
+}
+
+/// Result of a successful payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentOutcome {
+    /// The payment hash that was paid.
+    pub payment_hash: [u8; 32],
+    /// The preimage released by the payee: proof of payment (`sha256(preimage) == payment_hash`).
+    pub preimage: [u8; 32],
+    /// Amount delivered to the payee, in millisatoshis (excluding fees).
+    pub amount_msat: u64,
+    /// Routing fee paid, in millisatoshis.
+    pub fee_msat: u64,
+}
+
+/// Errors from a [`LightningNode`] backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LightningError {
+    /// Reading the TLS certificate or macaroon failed.
+    #[error("cannot read {what} at {path}: {source}")]
+    Io {
+        /// Which file ("TLS certificate", "macaroon").
+        what: &'static str,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built (bad certificate file, bad address).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The node could not be reached, or the TLS handshake failed (for example because it
+    /// presented a certificate other than the pinned one).
+    #[error("cannot connect to the Lightning node at {address}: {reason}")]
+    Connect {
+        /// `host:port` we tried.
+        address: String,
+        /// What went wrong, including the error's source chain.
+        reason: String,
+    },
+    /// The node answered a call with a gRPC error status.
+    #[error("{method} failed: {code:?}: {message}")]
+    Rpc {
+        /// The RPC method, e.g. `"AddInvoice"`.
+        method: &'static str,
+        /// gRPC status code (e.g. `Unauthenticated` for a bad macaroon).
+        code: tonic::Code,
+        /// The node's error message.
+        message: String,
+    },
+    /// The payment reached a final FAILED state.
+    #[error("payment failed: {reason}")]
+    PaymentFailed {
+        /// LND's `PaymentFailureReason` name, e.g. `FAILURE_REASON_INSUFFICIENT_BALANCE`.
+        reason: String,
+    },
+    /// The node's answer violated the API contract (wrong lengths, missing fields, stream ended
+    /// without a final status).
+    #[error("invalid response from the Lightning node: {0}")]
+    InvalidResponse(String),
+    /// No final answer arrived in time. For a payment this does NOT mean it failed: it may
+    /// still complete, and paying the same invoice again is refused by the node.
+    #[error("timed out after {secs}s waiting for {what}")]
+    Timeout {
+        /// What we were waiting for.
+        what: &'static str,
+        /// How long we waited.
+        secs: u64,
+    },
+    /// The caller's request cannot be expressed to the node (e.g. amount overflows `i64`).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+impl LightningError {
+    /// True when the failure is a gRPC status with this code.
+    pub fn is_rpc_code(&self, expected: tonic::Code) -> bool {
+        matches!(self, LightningError::Rpc { code, .. } if *code == expected)
+    }
+
+    /// True when the node refused to pay because this node already paid the invoice (LND:
+    /// `AlreadyExists`, "invoice is already paid"). The payment succeeded earlier; its
+    /// preimage can be fetched with `TrackPaymentV2`.
+    pub fn is_already_paid(&self) -> bool {
+        matches!(self, LightningError::Rpc { code: tonic::Code::AlreadyExists, message, .. }
+            if message.contains("already paid"))
+    }
+}
+
+/// A Lightning node leasewire can invoice and pay through.
+///
+/// Implementations must be cheap to share across tasks (`Send + Sync`); all methods may be
+/// called concurrently. Errors are returned, never panicked: a failing node must not take the
+/// daemon down.
+#[async_trait::async_trait]
+pub trait LightningNode: Send + Sync + 'static {
+    /// The node's identity, network and block height.
+    ///
+    /// # Errors
+    /// [`LightningError::Rpc`] / [`LightningError::Connect`] when the node cannot answer;
+    /// [`LightningError::InvalidResponse`] when it reports no chain.
+    async fn get_info(&self) -> Result<NodeInfo, LightningError>;
+
+    /// Creates an invoice for `req.amount_msat` committing to `req.description_hash`.
+    ///
+    /// # Errors
+    /// [`LightningError::InvalidRequest`] for a zero or oversized amount or expiry;
+    /// [`LightningError::Rpc`] when the node refuses.
+    async fn add_invoice(&self, req: InvoiceRequest) -> Result<CreatedInvoice, LightningError>;
+
+    /// Looks up one of this node's own invoices by payment hash.
+    ///
+    /// # Errors
+    /// [`LightningError::Rpc`] with `NotFound` (LND) when the node has no such invoice.
+    async fn lookup_invoice(&self, payment_hash: [u8; 32])
+    -> Result<InvoiceStatus, LightningError>;
+
+    /// Pays a BOLT11 invoice and waits for the final outcome.
+    ///
+    /// # Errors
+    /// [`LightningError::PaymentFailed`] when the payment failed (no route, insufficient
+    /// balance, timeout...); [`LightningError::Rpc`] when the node refused to start it, e.g.
+    /// `AlreadyExists` for an invoice that is already paid.
+    async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError>;
+}
+
+#[async_trait::async_trait]
+impl<T: LightningNode + ?Sized> LightningNode for Arc<T> {
+    async fn get_info(&self) -> Result<NodeInfo, LightningError> {
+        (**self).get_info().await
+    }
+
+    async fn add_invoice(&self, req: InvoiceRequest) -> Result<CreatedInvoice, LightningError> {
+        (**self).add_invoice(req).await
+    }
+
+    async fn lookup_invoice(
+        &self,
+        payment_hash: [u8; 32],
+    ) -> Result<InvoiceStatus, LightningError> {
+        (**self).lookup_invoice(payment_hash).await
+    }
+
+    async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError> {
+        (**self).pay_invoice(req).await
+    }
+}

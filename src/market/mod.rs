@@ -1,0 +1,88 @@
+//! Provider and renter logic. Sees only traits: [`Peers`] for the network,
+//! [`crate::lightning::LightningNode`], [`crate::tunnel::Tunnel`], and the audit log.
+
+pub mod pool;
+pub mod provider;
+pub mod renter;
+pub mod select;
+pub mod store;
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+
+use crate::wire::{ErrorCode, Message};
+
+/// How the market reaches other nodes. Implemented over libp2p by the node, and in memory by
+/// tests.
+#[async_trait::async_trait]
+pub trait Peers: Send + Sync + 'static {
+    /// Peers announcing themselves as providers on our topic.
+    async fn find_providers(&self) -> Result<Vec<PeerId>, MarketError>;
+    /// Sends a request and returns the verified response and the round-trip time.
+    async fn request(&self, peer: PeerId, msg: Message)
+    -> Result<(Message, Duration), MarketError>;
+}
+
+/// Errors of the market layer. Every variant's message is fit for a user.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MarketError {
+    /// The network failed to deliver a request.
+    #[error("network: {0}")]
+    Net(String),
+    /// The peer answered with an error.
+    #[error("peer refused ({code:?}): {message}")]
+    Refused {
+        /// Reason code.
+        code: ErrorCode,
+        /// Peer's explanation.
+        message: String,
+    },
+    /// The peer answered with the wrong message.
+    #[error("unexpected answer: wanted {expected}, got {got}")]
+    Unexpected {
+        /// Message wanted.
+        expected: &'static str,
+        /// Message received.
+        got: &'static str,
+    },
+    /// An invoice failed the payer's checks; nothing was paid.
+    #[error("invoice refused before paying: {0}")]
+    InvoiceRejected(String),
+    /// The Lightning node failed.
+    #[error("lightning: {0}")]
+    Lightning(#[from] crate::lightning::LightningError),
+    /// The tunnel backend failed.
+    #[error("tunnel: {0}")]
+    Tunnel(#[from] crate::tunnel::TunnelError),
+    /// The audit log failed.
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// Local storage failed.
+    #[error("storage: {0}")]
+    Store(String),
+    /// No offer matches.
+    #[error("{0}")]
+    NoOffer(String),
+    /// A lease or request is unknown.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A signed object failed verification or does not match what was asked.
+    #[error("bad {what} from provider: {reason}")]
+    BadSigned {
+        /// Object.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<sled::Error> for MarketError {
+    fn from(e: sled::Error) -> Self {
+        MarketError::Store(e.to_string())
+    }
+}

@@ -1,0 +1,115 @@
+//! DHT side of the event loop: provider records under the topic key, provider lookups, and
+//! the addresses Kademlia and identify teach us.
+//!
+//! Only members enter the routing table (`BucketInserts::Manual`, see [`super::behaviour`]);
+//! addresses of other peers are kept in the address book so a request can dial them.
+
+use std::collections::HashSet;
+
+use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
+use libp2p::{PeerId, identify};
+
+use super::NetError;
+use super::event_loop::{EventLoop, Reply};
+
+impl EventLoop {
+    /// Publishes our provider record; answered when the query completes.
+    pub(crate) fn start_providing(&mut self, reply: Reply<()>) {
+        let key = RecordKey::new(&self.topic.dht_key);
+        match self.swarm.behaviour_mut().kad.start_providing(key) {
+            Ok(id) => {
+                self.pending_providing.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NetError::Dht(e.to_string())));
+            }
+        }
+    }
+
+    /// Looks up the topic's providers; answered when the query completes.
+    pub(crate) fn find_providers(&mut self, reply: Reply<HashSet<PeerId>>) {
+        let key = RecordKey::new(&self.topic.dht_key);
+        let id = self.swarm.behaviour_mut().kad.get_providers(key);
+        self.pending_find.insert(id, (HashSet::new(), reply));
+    }
+
+    pub(crate) fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                QueryResult::StartProviding(res) => {
+                    if let Some(reply) = self.pending_providing.remove(&id) {
+                        tracing::debug!(?res, "start providing finished");
+                        let _ = reply.send(res.map(|_| ()).map_err(|_| NetError::Timeout));
+                    }
+                }
+                QueryResult::GetProviders(res) => {
+                    let Some((found, _)) = self.pending_find.get_mut(&id) else {
+                        return;
+                    };
+                    // Kademlia reports providers as it meets them; answer once the query is
+                    // over, with everything found.
+                    let (done, timed_out) = match res {
+                        Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                            found.extend(providers);
+                            (step.last, false)
+                        }
+                        Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => (true, false),
+                        Err(e) => {
+                            tracing::debug!("provider lookup: {e}");
+                            (true, true)
+                        }
+                    };
+                    if !(done || step.last) {
+                        return;
+                    }
+                    let Some((mut found, reply)) = self.pending_find.remove(&id) else {
+                        return;
+                    };
+                    found.retain(|p| *p != self.local && !self.is_refused(p));
+                    let answer = if timed_out && found.is_empty() {
+                        Err(NetError::Timeout)
+                    } else {
+                        Ok(found)
+                    };
+                    let _ = reply.send(answer);
+                }
+                other => tracing::debug!(?other, "kademlia query progressed"),
+            },
+            kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            } => {
+                for addr in addresses.iter() {
+                    self.book.add(peer, addr.clone());
+                }
+            }
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address } => {
+                if self.is_refused(&peer) {
+                    return;
+                }
+                self.book.add(peer, address.clone());
+                if self.members.contains(&peer) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, address);
+                }
+            }
+            other => tracing::debug!(?other, "kademlia event"),
+        }
+    }
+
+    pub(crate) fn on_identify(&mut self, event: identify::Event) {
+        if let identify::Event::Received { peer_id, info, .. } = event {
+            if self.is_refused(&peer_id) {
+                return;
+            }
+            tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+            let member = self.members.contains(&peer_id);
+            for addr in info.listen_addrs {
+                if self.book.add(peer_id, addr.clone()) && member {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! [`EventLoop`]: owns the swarm and serves [`super::NetClient`] commands.
+//!
+//! Steps of [`EventLoop::run`], repeated until the token fires or every client is dropped:
+//! 1. a swarm event: connections (dialers start the membership handshake, see
+//!    [`super::peers`]), addresses, DHT query progress, handshake and message traffic;
+//! 2. a command: answered at once, or parked in a `pending_*` map keyed by the libp2p query or
+//!    request id until the matching swarm event arrives;
+//! 3. a periodic sweep failing requests whose membership handshake did not come in time.
+//!
+//! When the loop ends, every parked reply is dropped, so waiting callers get `Closed`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::kad::QueryId;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::membership::Initiator;
+use super::peers::{AddressBook, RefusedSet, Waiting};
+use super::{InboundChannel, NetConfig, NetError, NetEvent, NetStatus, Topic};
+use crate::wire::envelope::ReplayGuard;
+use crate::wire::messages::Message;
+
+/// Where a command's answer goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
+
+/// How often requests waiting for a membership handshake are checked for their deadline.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A client's request to the loop.
+pub(crate) enum Command {
+    ListenAddrs {
+        reply: Reply<Vec<Multiaddr>>,
+    },
+    StartProviding {
+        reply: Reply<()>,
+    },
+    FindProviders {
+        reply: Reply<HashSet<PeerId>>,
+    },
+    Request {
+        peer: PeerId,
+        envelope: Vec<u8>,
+        reply: Reply<(Message, Duration)>,
+    },
+    Respond {
+        channel: InboundChannel,
+        envelope: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Status {
+        reply: oneshot::Sender<NetStatus>,
+    },
+}
+
+/// An outbound message request in flight.
+pub(crate) struct PendingRequest {
+    pub(crate) peer: PeerId,
+    pub(crate) sent_at: Instant,
+    pub(crate) reply: Reply<(Message, Duration)>,
+}
+
+/// The network actor; see the module documentation. Built by [`super::new`].
+pub struct EventLoop {
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) local: PeerId,
+    pub(crate) topic: Topic,
+    pub(crate) request_timeout: Duration,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    pub(crate) replay: ReplayGuard,
+    /// Announce listen addresses as external ones (no `external` configured).
+    announce_listen_addrs: bool,
+    /// Listeners not yet closed; when none is left, `listen_addrs` callers get an error.
+    open_listeners: usize,
+    pub(crate) book: AddressBook,
+    pub(crate) members: HashSet<PeerId>,
+    pub(crate) refused: RefusedSet,
+    pub(crate) refused_by: RefusedSet,
+    /// Configured bootstrap peers: their addresses stay in the book.
+    pub(crate) bootstrap_peers: HashSet<PeerId>,
+    /// Peers with a handshake of ours in flight.
+    pub(crate) handshaking: HashSet<PeerId>,
+    pub(crate) bootstrapped: bool,
+    pub(crate) pending_handshakes: HashMap<OutboundRequestId, (PeerId, Initiator)>,
+    pub(crate) waiting: HashMap<PeerId, Vec<Waiting>>,
+    pub(crate) pending_requests: HashMap<OutboundRequestId, PendingRequest>,
+    pending_listen: Vec<Reply<Vec<Multiaddr>>>,
+    pub(crate) pending_providing: HashMap<QueryId, Reply<()>>,
+    pub(crate) pending_find: HashMap<QueryId, (HashSet<PeerId>, Reply<HashSet<PeerId>>)>,
+}
+
+impl EventLoop {
+    /// Binds the listeners, records the external addresses and dials the bootstrap peers.
+    pub(crate) fn new(
+        mut swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        cfg: NetConfig,
+        replay: ReplayGuard,
+    ) -> Result<Self, NetError> {
+        // The tokio TCP transport registers listeners with the current runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(NetError::Transport(
+                "net::new must be called within a tokio runtime".into(),
+            ));
+        }
+        // Check the configuration before binding anything.
+        let mut bootstrap = Vec::with_capacity(cfg.bootstrap.len());
+        for addr in &cfg.bootstrap {
+            let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+                return Err(NetError::BadAddress {
+                    addr: addr.to_string(),
+                    reason: "bootstrap address must end with /p2p/<PeerId>".into(),
+                });
+            };
+            bootstrap.push((peer, addr));
+        }
+        for addr in &cfg.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Transport(format!("cannot listen on {addr}: {e}")))?;
+        }
+        for addr in &cfg.external {
+            swarm.add_external_address(addr.clone());
+        }
+        let local = *swarm.local_peer_id();
+        let mut el = EventLoop {
+            swarm,
+            local,
+            topic: cfg.topic,
+            request_timeout: cfg.request_timeout,
+            commands,
+            events,
+            replay,
+            announce_listen_addrs: cfg.external.is_empty(),
+            open_listeners: cfg.listen.len(),
+            book: AddressBook::default(),
+            members: HashSet::new(),
+            refused: RefusedSet::default(),
+            refused_by: RefusedSet::default(),
+            bootstrap_peers: HashSet::new(),
+            handshaking: HashSet::new(),
+            bootstrapped: false,
+            pending_handshakes: HashMap::new(),
+            waiting: HashMap::new(),
+            pending_requests: HashMap::new(),
+            pending_listen: Vec::new(),
+            pending_providing: HashMap::new(),
+            pending_find: HashMap::new(),
+        };
+        for (peer, addr) in bootstrap {
+            if peer == local {
+                continue;
+            }
+            el.bootstrap_peers.insert(peer);
+            el.book.add(peer, addr.clone());
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(el.book.get(&peer))
+                .build();
+            // A bootstrap peer that is down must not keep the node from starting.
+            if let Err(e) = el.swarm.dial(opts) {
+                tracing::warn!(%peer, %addr, "cannot dial bootstrap peer: {e}");
+            }
+        }
+        Ok(el)
+    }
+
+    /// Runs until `shutdown` fires or every [`super::NetClient`] is dropped.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                _ = sweep.tick() => self.sweep_waiting(),
+            }
+        }
+        tracing::debug!("network event loop stopped");
+    }
+
+    /// Hands an event to the application without ever blocking the swarm.
+    pub(crate) fn emit(&self, event: NetEvent) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                tracing::warn!(?event, "network event queue full; event dropped")
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::ListenAddrs { reply } => {
+                let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+                if !addrs.is_empty() || self.open_listeners == 0 {
+                    let _ = reply.send(Ok(addrs));
+                } else {
+                    self.pending_listen.push(reply);
+                }
+            }
+            Command::StartProviding { reply } => self.start_providing(reply),
+            Command::FindProviders { reply } => self.find_providers(reply),
+            Command::Request {
+                peer,
+                envelope,
+                reply,
+            } => {
+                if peer == self.local {
+                    let _ = reply.send(Err(NetError::SelfRequest));
+                } else if self.is_refused(&peer) {
+                    let _ = reply.send(Err(NetError::NotMember { peer }));
+                } else if self.members.contains(&peer) {
+                    self.send_msg_request(peer, envelope, reply);
+                } else {
+                    self.wait_for_membership(peer, envelope, reply);
+                }
+            }
+            Command::Respond {
+                channel,
+                envelope,
+                reply,
+            } => {
+                let sent = self
+                    .swarm
+                    .behaviour_mut()
+                    .msg
+                    .send_response(channel.0, envelope);
+                let _ = reply.send(sent.map_err(|_| NetError::ResponseChannelClosed));
+            }
+            Command::Status { reply } => {
+                let mut members: Vec<PeerId> = self.members.iter().copied().collect();
+                members.sort();
+                let _ = reply.send(NetStatus {
+                    peer_id: self.local,
+                    listen_addrs: self.swarm.listeners().cloned().collect(),
+                    connected: self.swarm.connected_peers().count(),
+                    members,
+                    refused_by: self.refused_by.sorted(),
+                    refused: self.refused.sorted(),
+                });
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Membership(e)) => self.on_membership(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Msg(e)) => self.on_msg(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Blocked(never)) => match never {},
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if self.is_refused(&peer_id) {
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
+                tracing::debug!(peer = %peer_id, ?endpoint, "connection established");
+                if endpoint.is_dialer() {
+                    self.book
+                        .add(peer_id, endpoint.get_remote_address().clone());
+                    if !self.members.contains(&peer_id) {
+                        self.start_handshake(peer_id);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                if num_established == 0 {
+                    self.on_last_connection_closed(peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, "dial failed: {error}");
+                if !self.swarm.is_connected(&peer) && self.waiting.contains_key(&peer) {
+                    let reason = error.to_string();
+                    self.fail_waiting(peer, |peer| NetError::Dial {
+                        peer,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if self.announce_listen_addrs {
+                    self.swarm.add_external_address(address);
+                }
+                let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+                for reply in self.pending_listen.drain(..) {
+                    let _ = reply.send(Ok(addrs.clone()));
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                tracing::warn!(?addresses, ?reason, "listener closed");
+                self.open_listeners = self.open_listeners.saturating_sub(1);
+                if self.open_listeners == 0 {
+                    for reply in self.pending_listen.drain(..) {
+                        let _ =
+                            reply.send(Err(NetError::Transport("every listener closed".into())));
+                    }
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!("listener error: {error}"),
+            SwarmEvent::NewExternalAddrOfPeer { peer_id, address } => {
+                if !self.is_refused(&peer_id) {
+                    self.book.add(peer_id, address);
+                }
+            }
+            other => tracing::trace!(?other, "swarm event"),
+        }
+    }
+
+    fn on_membership(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_membership_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_membership_response(request_id, response),
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => self.on_membership_failure(request_id, error.to_string()),
+            other => tracing::debug!(?other, "membership protocol event"),
+        }
+    }
+}

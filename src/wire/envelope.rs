@@ -1,0 +1,811 @@
+//! Signed envelopes: every [`Message`] travels inside one.
+//!
+//! An envelope binds a message to its sender's ed25519 node key, a timestamp and a random
+//! nonce, so a receiver can check who sent it (and that this is the peer at the other end of
+//! the authenticated connection), that it is fresh, and that it is not a replay.
+//!
+//! Wire form: a CBOR map `{v, from, ts, nonce, body, sig}` (see [`Envelope`]). The signature
+//! covers [`Envelope::signed_bytes`]:
+//!
+//! ```text
+//! "leasewire/envelope/v1" || 0x00 || v (1 byte) || from (32) || ts (u64 BE) || nonce (u64 BE) || body
+//! ```
+//!
+//! The signed bytes are built from the decoded fields, never from the CBOR map itself, so two
+//! implementations need only agree on the field values, not on CBOR encoding details. The body
+//! is decoded only after every other check passed: an unauthenticated peer never reaches the
+//! message decoder.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+use super::messages::Message;
+use super::signed::{WireError, peer_id_of};
+
+/// Envelope format version carried in `v`; anything else is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest accepted difference, in seconds, between an envelope's `ts` and the local clock
+/// (both directions). Use it as the window of the [`ReplayGuard`] passed to [`open`].
+pub const TIME_WINDOW_SECS: u64 = 120;
+
+/// Domain-separation prefix of the envelope's signed bytes (followed by a 0x00 byte).
+pub const ENVELOPE_DOMAIN: &str = "leasewire/envelope/v1";
+
+/// Most nonces remembered per sender within the window. A sender that exceeds it loses its
+/// oldest entries, and envelopes no newer than the evicted ones are refused from then on
+/// (fail closed: an evicted nonce could otherwise be replayed).
+pub const REPLAY_MAX_PER_SENDER: usize = 4096;
+
+/// Most nonces remembered in total (all senders). Past it the globally oldest entries are
+/// evicted with the same fail-closed rule, for every sender. At roughly 100 bytes an entry
+/// this bounds the cache to a few megabytes.
+pub const REPLAY_MAX_TOTAL: usize = 65_536;
+
+/// Envelope on the wire (a CBOR map with these text keys, in this order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Format version, [`PROTOCOL_VERSION`].
+    pub v: u8,
+    /// Sender's ed25519 public key (32 bytes); its libp2p PeerId names the sender.
+    #[serde(with = "serde_bytes")]
+    pub from: Vec<u8>,
+    /// Sender's clock when sealing, Unix seconds.
+    pub ts: u64,
+    /// Random per-message value; (sender, nonce) is never accepted twice within the window.
+    pub nonce: u64,
+    /// CBOR encoding of the [`Message`].
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// ed25519 signature (64 bytes) over [`Envelope::signed_bytes`].
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+impl Envelope {
+    /// The bytes the signature covers:
+    /// `ENVELOPE_DOMAIN || 0x00 || v || from || ts (u64 BE) || nonce (u64 BE) || body`.
+    ///
+    /// `from` is copied as received; [`open`] refuses envelopes whose `from` is not 32 bytes
+    /// before it gets here, so the layout is unambiguous.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            ENVELOPE_DOMAIN.len() + 1 + 1 + self.from.len() + 16 + self.body.len(),
+        );
+        out.extend_from_slice(ENVELOPE_DOMAIN.as_bytes());
+        out.push(0);
+        out.push(self.v);
+        out.extend_from_slice(&self.from);
+        out.extend_from_slice(&self.ts.to_be_bytes());
+        out.extend_from_slice(&self.nonce.to_be_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Encodes the envelope as CBOR.
+    ///
+    /// # Errors
+    /// [`WireError::Encode`] if the encoder fails (it does not for in-memory buffers).
+    pub fn to_cbor(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::with_capacity(self.body.len() + 160);
+        ciborium::into_writer(self, &mut out).map_err(|e| WireError::Encode {
+            what: "envelope",
+            reason: e.to_string(),
+        })?;
+        Ok(out)
+    }
+
+    /// Decodes a CBOR envelope. Does not check anything but the structure: use [`open`].
+    ///
+    /// # Errors
+    /// [`WireError::Decode`] if `bytes` is not exactly one envelope map (trailing bytes are
+    /// refused, so one frame carries one envelope and nothing else).
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut cursor = std::io::Cursor::new(bytes);
+        let env: Envelope = ciborium::from_reader(&mut cursor).map_err(|e| WireError::Decode {
+            what: "envelope",
+            reason: e.to_string(),
+        })?;
+        let used = cursor.position();
+        if used != bytes.len() as u64 {
+            return Err(WireError::Decode {
+                what: "envelope",
+                reason: format!("{} trailing bytes", bytes.len() as u64 - used),
+            });
+        }
+        Ok(env)
+    }
+
+    /// The sender's public key.
+    ///
+    /// # Errors
+    /// [`WireError::BadKey`] if `from` is not a valid 32-byte ed25519 public key.
+    pub fn sender_key(&self) -> Result<VerifyingKey, WireError> {
+        let bytes: [u8; 32] = self
+            .from
+            .as_slice()
+            .try_into()
+            .map_err(|_| WireError::BadKey)?;
+        VerifyingKey::from_bytes(&bytes).map_err(|_| WireError::BadKey)
+    }
+}
+
+/// A checked envelope's content.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opened {
+    /// The message.
+    pub message: Message,
+    /// Its sender (equal to the `expected_sender` given to [`open`]).
+    pub sender: PeerId,
+    /// The sender's timestamp.
+    pub ts: u64,
+    /// The envelope nonce.
+    pub nonce: u64,
+}
+
+/// Signs `msg` with `key`, the current time and a fresh random nonce; returns the CBOR-encoded
+/// envelope, ready for [`super::framing::write_frame`].
+///
+/// # Errors
+/// [`WireError::Encode`] if the message cannot be encoded.
+pub fn seal(key: &SigningKey, msg: &Message) -> Result<Vec<u8>, WireError> {
+    // A nonce only needs to be unpredictable and unique per sender within the window; 64
+    // random bits make a collision across even millions of messages negligible.
+    let nonce = getrandom::u64().expect("the OS random number generator to work");
+    seal_at(key, msg, crate::types::now_unix(), nonce)
+}
+
+/// Like [`seal`] with a caller-chosen timestamp and nonce: deterministic, for test vectors and
+/// tests. Never reuse a nonce in production; use [`seal`].
+///
+/// # Errors
+/// [`WireError::Encode`] if the message cannot be encoded.
+pub fn seal_at(key: &SigningKey, msg: &Message, ts: u64, nonce: u64) -> Result<Vec<u8>, WireError> {
+    let mut body = Vec::new();
+    ciborium::into_writer(msg, &mut body).map_err(|e| WireError::Encode {
+        what: "message",
+        reason: e.to_string(),
+    })?;
+    let mut env = Envelope {
+        v: PROTOCOL_VERSION,
+        from: key.verifying_key().to_bytes().to_vec(),
+        ts,
+        nonce,
+        body,
+        sig: Vec::new(),
+    };
+    env.sig = key.sign(&env.signed_bytes()).to_bytes().to_vec();
+    env.to_cbor()
+}
+
+/// Decodes and checks an envelope received from `expected_sender` (the PeerId the transport
+/// authenticated for this connection), in this order, stopping at the first failure:
+///
+/// 1. structure ([`WireError::Decode`]), 2. version ([`WireError::Version`]),
+/// 3. `from` is a valid key ([`WireError::BadKey`]) whose PeerId is `expected_sender`
+///    ([`WireError::WrongSigner`]), 4. signature ([`WireError::BadSignature`]),
+/// 5. `|now_secs - ts| <= guard window` ([`WireError::Stale`]),
+/// 6. (sender, nonce) not seen before ([`WireError::Replay`], or
+///    [`WireError::ReplayUndecidable`] when the bounded cache had to forget that far back),
+/// 7. the body decodes as a [`Message`] ([`WireError::Decode`]).
+///
+/// The nonce is recorded only once steps 1–5 passed, so forged or stale envelopes cannot fill
+/// the cache. A body that fails step 7 still consumes its nonce: it was genuinely sent.
+pub fn open(
+    bytes: &[u8],
+    expected_sender: &PeerId,
+    guard: &ReplayGuard,
+    now_secs: u64,
+) -> Result<Opened, WireError> {
+    let env = Envelope::from_cbor(bytes)?;
+    if env.v != PROTOCOL_VERSION {
+        return Err(WireError::Version(env.v));
+    }
+    let key = env.sender_key()?;
+    let sender = peer_id_of(&key);
+    if &sender != expected_sender {
+        return Err(WireError::WrongSigner {
+            expected: expected_sender.to_string(),
+            got: sender.to_string(),
+        });
+    }
+    let sig = Signature::from_slice(&env.sig).map_err(|_| WireError::BadSignature)?;
+    // verify_strict also refuses small-order keys and malleable signatures: an envelope has
+    // exactly one valid signature, which keeps (sender, nonce) a meaningful replay key.
+    key.verify_strict(&env.signed_bytes(), &sig)
+        .map_err(|_| WireError::BadSignature)?;
+    guard.check_and_record(sender, env.ts, env.nonce, now_secs)?;
+    let message: Message =
+        ciborium::from_reader(env.body.as_slice()).map_err(|e| WireError::Decode {
+            what: "message",
+            reason: e.to_string(),
+        })?;
+    Ok(Opened {
+        message,
+        sender,
+        ts: env.ts,
+        nonce: env.nonce,
+    })
+}
+
+/// Thread-safe replay cache shared by every connection of a node (cheap to clone: the clones
+/// share one cache).
+///
+/// Remembers `(sender, nonce)` with the envelope's own timestamp and forgets an entry once that
+/// timestamp falls out of the window, because [`open`] refuses such envelopes as stale anyway.
+/// Memory is bounded by [`REPLAY_MAX_PER_SENDER`] and [`REPLAY_MAX_TOTAL`]; when a bound is
+/// reached the oldest entries are evicted and a floor is raised so that envelopes no newer than
+/// an evicted one are refused ([`WireError::ReplayUndecidable`]) rather than risk a replay.
+/// Honest peers send fresh timestamps, so they stay above the floor.
+#[derive(Clone, Debug)]
+pub struct ReplayGuard {
+    inner: Arc<Mutex<ReplayInner>>,
+}
+
+#[derive(Debug)]
+struct ReplayInner {
+    window: u64,
+    per_sender_cap: usize,
+    total_cap: usize,
+    /// Largest `now` seen: pruning follows it, so the stale check must too (see `check`).
+    high_water: u64,
+    senders: HashMap<PeerId, SenderLog>,
+    /// Every entry ordered by timestamp, for pruning and global eviction.
+    order: BTreeSet<(u64, PeerId, u64)>,
+    /// Envelopes with `ts <= global_floor` are refused (entries that old were evicted).
+    global_floor: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct SenderLog {
+    /// (ts, nonce), ordered by time.
+    entries: BTreeSet<(u64, u64)>,
+    /// nonce -> ts, for the lookup.
+    nonces: HashMap<u64, u64>,
+    /// Envelopes with `ts <= floor` are refused (this sender's entries that old were evicted).
+    floor: Option<u64>,
+}
+
+impl ReplayGuard {
+    /// A cache whose entries live `window_secs` past their timestamp; [`open`] also accepts
+    /// only timestamps within `window_secs` of the local clock. Use [`TIME_WINDOW_SECS`].
+    pub fn new(window_secs: u64) -> Self {
+        Self::with_caps(window_secs, REPLAY_MAX_PER_SENDER, REPLAY_MAX_TOTAL)
+    }
+
+    fn with_caps(window_secs: u64, per_sender_cap: usize, total_cap: usize) -> Self {
+        ReplayGuard {
+            inner: Arc::new(Mutex::new(ReplayInner {
+                window: window_secs,
+                per_sender_cap: per_sender_cap.max(1),
+                total_cap: total_cap.max(1),
+                high_water: 0,
+                senders: HashMap::new(),
+                order: BTreeSet::new(),
+                global_floor: None,
+            })),
+        }
+    }
+
+    /// The accepted clock difference, in seconds.
+    pub fn window_secs(&self) -> u64 {
+        self.lock().window
+    }
+
+    /// Number of remembered nonces (all senders).
+    pub fn len(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    /// True when no nonce is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayInner> {
+        // The cache's invariants hold between statements that can panic (none do), so a
+        // poisoned lock still guards consistent data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks the time window and the nonce, and records the nonce if both pass.
+    fn check_and_record(
+        &self,
+        sender: PeerId,
+        ts: u64,
+        nonce: u64,
+        now: u64,
+    ) -> Result<(), WireError> {
+        self.lock().check_and_record(sender, ts, nonce, now)
+    }
+}
+
+impl ReplayInner {
+    fn check_and_record(
+        &mut self,
+        sender: PeerId,
+        ts: u64,
+        nonce: u64,
+        now: u64,
+    ) -> Result<(), WireError> {
+        let stale = WireError::Stale {
+            ts,
+            now,
+            window: self.window,
+        };
+        if ts.abs_diff(now) > self.window {
+            return Err(stale);
+        }
+        // Callers may pass slightly different clocks; entries were pruned against the largest
+        // one, so anything older than that cutoff can no longer be checked for replay.
+        self.high_water = self.high_water.max(now);
+        let cutoff = self.high_water.saturating_sub(self.window);
+        if ts < cutoff {
+            return Err(stale);
+        }
+        self.prune(cutoff);
+
+        if self.global_floor.is_some_and(|f| ts <= f) {
+            return Err(WireError::ReplayUndecidable(nonce));
+        }
+        let per_sender_cap = self.per_sender_cap;
+        let log = self.senders.entry(sender).or_default();
+        if log.nonces.contains_key(&nonce) {
+            return Err(WireError::Replay(nonce));
+        }
+        if log.floor.is_some_and(|f| ts <= f) {
+            return Err(WireError::ReplayUndecidable(nonce));
+        }
+        if log.nonces.len() >= per_sender_cap {
+            let &(old_ts, old_nonce) = log
+                .entries
+                .first()
+                .expect("a sender at its cap to have entries");
+            if ts <= old_ts {
+                // The new envelope would be the oldest entry: refusing it keeps the floor rule.
+                return Err(WireError::ReplayUndecidable(nonce));
+            }
+            log.entries.remove(&(old_ts, old_nonce));
+            log.nonces.remove(&old_nonce);
+            log.floor = Some(old_ts);
+            self.order.remove(&(old_ts, sender, old_nonce));
+        }
+        if self.order.len() >= self.total_cap {
+            let &(old_ts, old_sender, old_nonce) = self
+                .order
+                .first()
+                .expect("a cache at its cap to have entries");
+            if ts <= old_ts {
+                return Err(WireError::ReplayUndecidable(nonce));
+            }
+            self.order.remove(&(old_ts, old_sender, old_nonce));
+            self.global_floor = Some(old_ts);
+            self.forget(old_sender, old_ts, old_nonce);
+        }
+        let log = self.senders.entry(sender).or_default();
+        log.entries.insert((ts, nonce));
+        log.nonces.insert(nonce, ts);
+        self.order.insert((ts, sender, nonce));
+        Ok(())
+    }
+
+    /// Drops every entry with a timestamp below `cutoff`: such envelopes are refused as stale.
+    fn prune(&mut self, cutoff: u64) {
+        while let Some(&(ts, sender, nonce)) = self.order.first() {
+            if ts >= cutoff {
+                break;
+            }
+            self.order.pop_first();
+            self.forget(sender, ts, nonce);
+        }
+        if self.global_floor.is_some_and(|f| f < cutoff) {
+            self.global_floor = None;
+        }
+    }
+
+    /// Removes one entry from its sender's log, and the log itself once it holds nothing that
+    /// still matters (an emptied log's floor lies below every entry it had, all of which are
+    /// gone to pruning or covered by the global floor).
+    fn forget(&mut self, sender: PeerId, ts: u64, nonce: u64) {
+        if let Some(log) = self.senders.get_mut(&sender) {
+            log.entries.remove(&(ts, nonce));
+            log.nonces.remove(&nonce);
+            if log.entries.is_empty() {
+                self.senders.remove(&sender);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::messages::Hello;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn key(b: u8) -> SigningKey {
+        SigningKey::from_bytes(&[b; 32])
+    }
+
+    fn pid(b: u8) -> PeerId {
+        peer_id_of(&key(b).verifying_key())
+    }
+
+    fn hello() -> Message {
+        Message::Hello(Hello {
+            agent: "leasewire/0.1.0".into(),
+            provider: true,
+            renter: false,
+            network: "regtest".into(),
+        })
+    }
+
+    fn guard() -> ReplayGuard {
+        ReplayGuard::new(TIME_WINDOW_SECS)
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = seal_at(&key(1), &hello(), NOW, 42).unwrap();
+        let opened = open(&bytes, &pid(1), &guard(), NOW).unwrap();
+        assert_eq!(opened.message, hello());
+        assert_eq!(opened.sender, pid(1));
+        assert_eq!(opened.ts, NOW);
+        assert_eq!(opened.nonce, 42);
+    }
+
+    /// One message of every kind, with every optional field set somewhere.
+    fn every_message() -> Vec<Message> {
+        use crate::types::{Terms, WgKey};
+        use crate::wire::messages::*;
+        use crate::wire::signed::Signed;
+        let terms = Terms {
+            activation_fee_sat: 1000,
+            rate_sat_per_day: 100,
+            min_initial_credit_sat: 700,
+            min_topup_sat: 100,
+            max_credit_sat: 100_000,
+            reserve_days: 7,
+        };
+        let offer = Offer {
+            provider: pid(1).to_string(),
+            seq: 3,
+            created_at: NOW,
+            expires_at: NOW + 3600,
+            network: "regtest".into(),
+            ln_pubkey: "02".repeat(33),
+            wg_pubkey: WgKey([8; 32]),
+            endpoint: "203.0.113.7:51820".into(),
+            ipv4: vec![PrefixAvailability {
+                prefix_len: 32,
+                available: 3,
+            }],
+            ipv6: vec![],
+            terms: terms.clone(),
+        };
+        let lease = Lease {
+            lease_id: "ab".repeat(16),
+            provider: pid(1).to_string(),
+            renter: pid(2).to_string(),
+            offer_id: "cd".repeat(16),
+            renter_wg_pubkey: WgKey([7; 32]),
+            provider_wg_pubkey: WgKey([8; 32]),
+            endpoint: "[2001:db8::1]:51820".into(),
+            ipv4: Some("198.51.100.3/32".into()),
+            ipv6: Some("2001:db8:100::/64".into()),
+            allowed_ips: vec!["198.51.100.3/32".into(), "2001:db8:100::/64".into()],
+            terms,
+            credit_sat: 3000,
+            activated_at: NOW,
+            paid_until: NOW + 30 * 86_400,
+            payment_hash: "ef".repeat(32),
+            revision: 2,
+        };
+        let signed_lease = Signed::sign(&key(1), &lease).unwrap();
+        vec![
+            hello(),
+            Message::Offer(Signed::sign(&key(1), &offer).unwrap()),
+            Message::RentRequest(RentRequest {
+                request_id: "01".repeat(16),
+                offer_id: "cd".repeat(16),
+                credit_sat: 3000,
+                ipv4_prefix_len: Some(32),
+                ipv6_prefix_len: None,
+                wg_pubkey: WgKey([7; 32]),
+            }),
+            Message::PayInvoice(PayInvoice {
+                request_id: "01".repeat(16),
+                lease_id: "ab".repeat(16),
+                bolt11: "lnbcrt40u1...".into(),
+                amount_sat: 4000,
+            }),
+            Message::PaymentResult(PaymentResult {
+                request_id: "01".repeat(16),
+                payment_hash: "ef".repeat(32),
+                preimage: "12".repeat(32),
+            }),
+            Message::Lease(signed_lease.clone()),
+            Message::StatusRequest(StatusRequest {
+                lease_id: "ab".repeat(16),
+            }),
+            Message::Status(Status {
+                lease_id: "ab".repeat(16),
+                state: LeaseState::Suspended,
+                remaining_credit_sat: 0,
+                paid_until: NOW,
+                now: NOW + 5,
+                lease: Some(signed_lease),
+            }),
+            Message::TopUpRequest(TopUpRequest {
+                request_id: "02".repeat(16),
+                lease_id: "ab".repeat(16),
+                amount_sat: 500,
+            }),
+            Message::Error(ErrorMsg::new(ErrorCode::NotSettled, "not yet")),
+        ]
+    }
+
+    #[test]
+    fn every_message_kind_round_trips_under_its_wire_name() {
+        let g = guard();
+        for (n, msg) in every_message().into_iter().enumerate() {
+            let bytes = seal_at(&key(1), &msg, NOW, n as u64).unwrap();
+            let env = Envelope::from_cbor(&bytes).unwrap();
+            // Externally tagged: a one-entry map keyed by the camelCase name (PROTOCOL.md §9).
+            let value: ciborium::Value = ciborium::from_reader(env.body.as_slice()).unwrap();
+            let map = value.as_map().expect("a message to be a CBOR map");
+            assert_eq!(map.len(), 1);
+            assert_eq!(map[0].0.as_text(), Some(msg.name()));
+            let opened = open(&bytes, &pid(1), &g, NOW).unwrap();
+            assert_eq!(opened.message, msg);
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused_without_panicking() {
+        // Deterministic pseudo-random inputs (xorshift): arbitrary bytes, and real envelopes
+        // with random splices, must all come back as errors.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let real = seal_at(&key(1), &hello(), NOW, 42).unwrap();
+        for _ in 0..2000 {
+            let len = (next() % 300) as usize;
+            let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            assert!(open(&junk, &pid(1), &guard(), NOW).is_err());
+            let mut spliced = real.clone();
+            let at = (next() as usize) % spliced.len();
+            let n = 1 + (next() as usize) % 8;
+            for i in at..(at + n).min(spliced.len()) {
+                spliced[i] = next() as u8;
+            }
+            if spliced != real {
+                assert!(open(&spliced, &pid(1), &guard(), NOW).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn seal_uses_now_and_random_nonces() {
+        let g = guard();
+        let a = seal(&key(1), &hello()).unwrap();
+        let b = seal(&key(1), &hello()).unwrap();
+        let now = crate::types::now_unix();
+        let a = open(&a, &pid(1), &g, now).unwrap();
+        let b = open(&b, &pid(1), &g, now).unwrap();
+        assert_ne!(a.nonce, b.nonce);
+        assert!(a.ts.abs_diff(now) <= 1);
+    }
+
+    #[test]
+    fn seal_at_is_deterministic() {
+        assert_eq!(
+            seal_at(&key(1), &hello(), NOW, 42).unwrap(),
+            seal_at(&key(1), &hello(), NOW, 42).unwrap()
+        );
+    }
+
+    #[test]
+    fn every_changed_byte_is_refused() {
+        let bytes = seal_at(&key(1), &hello(), NOW, 42).unwrap();
+        for i in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut t = bytes.clone();
+                t[i] ^= flip;
+                // A fresh guard each time: only the tampering may cause the refusal.
+                assert!(
+                    open(&t, &pid(1), &guard(), NOW).is_err(),
+                    "byte {i} ^ {flip:#04x} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_or_extended_envelope_is_refused() {
+        let bytes = seal_at(&key(1), &hello(), NOW, 42).unwrap();
+        for n in 0..bytes.len() {
+            assert!(open(&bytes[..n], &pid(1), &guard(), NOW).is_err());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            open(&longer, &pid(1), &guard(), NOW),
+            Err(WireError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_signer_is_refused() {
+        let bytes = seal_at(&key(1), &hello(), NOW, 42).unwrap();
+        assert!(matches!(
+            open(&bytes, &pid(2), &guard(), NOW),
+            Err(WireError::WrongSigner { .. })
+        ));
+        // A valid signature by key 1 relabelled as coming from key 2.
+        let mut env = Envelope::from_cbor(&bytes).unwrap();
+        env.from = key(2).verifying_key().to_bytes().to_vec();
+        let relabelled = env.to_cbor().unwrap();
+        assert!(matches!(
+            open(&relabelled, &pid(2), &guard(), NOW),
+            Err(WireError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn replay_is_refused() {
+        let g = guard();
+        let bytes = seal_at(&key(1), &hello(), NOW, 42).unwrap();
+        open(&bytes, &pid(1), &g, NOW).unwrap();
+        assert!(matches!(
+            open(&bytes, &pid(1), &g, NOW + 5),
+            Err(WireError::Replay(42))
+        ));
+        // The same nonce from another sender is a different message.
+        let other = seal_at(&key(2), &hello(), NOW, 42).unwrap();
+        open(&other, &pid(2), &g, NOW).unwrap();
+        // Clones share the cache.
+        assert!(matches!(
+            open(&bytes, &pid(1), &g.clone(), NOW),
+            Err(WireError::Replay(42))
+        ));
+    }
+
+    #[test]
+    fn stale_and_future_timestamps_are_refused() {
+        let g = guard();
+        let old = seal_at(&key(1), &hello(), NOW - TIME_WINDOW_SECS - 1, 1).unwrap();
+        assert!(matches!(
+            open(&old, &pid(1), &g, NOW),
+            Err(WireError::Stale { .. })
+        ));
+        let future = seal_at(&key(1), &hello(), NOW + TIME_WINDOW_SECS + 1, 2).unwrap();
+        assert!(matches!(
+            open(&future, &pid(1), &g, NOW),
+            Err(WireError::Stale { .. })
+        ));
+        // The window's edges are inside.
+        let edge_old = seal_at(&key(1), &hello(), NOW - TIME_WINDOW_SECS, 3).unwrap();
+        let edge_new = seal_at(&key(1), &hello(), NOW + TIME_WINDOW_SECS, 4).unwrap();
+        open(&edge_old, &pid(1), &g, NOW).unwrap();
+        open(&edge_new, &pid(1), &g, NOW).unwrap();
+        assert_eq!(g.len(), 2);
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let bytes = seal_at(&key(1), &hello(), NOW, 42).unwrap();
+        let mut env = Envelope::from_cbor(&bytes).unwrap();
+        env.v = 2;
+        // Re-sign so only the version is wrong.
+        env.sig = key(1).sign(&env.signed_bytes()).to_bytes().to_vec();
+        assert!(matches!(
+            open(&env.to_cbor().unwrap(), &pid(1), &guard(), NOW),
+            Err(WireError::Version(2))
+        ));
+    }
+
+    #[test]
+    fn undecodable_body_is_refused_after_authentication() {
+        let mut env = Envelope {
+            v: PROTOCOL_VERSION,
+            from: key(1).verifying_key().to_bytes().to_vec(),
+            ts: NOW,
+            nonce: 9,
+            body: vec![0xa1, 0x63, b'f', b'o', b'o', 0x00],
+            sig: Vec::new(),
+        };
+        env.sig = key(1).sign(&env.signed_bytes()).to_bytes().to_vec();
+        let g = guard();
+        assert!(matches!(
+            open(&env.to_cbor().unwrap(), &pid(1), &g, NOW),
+            Err(WireError::Decode {
+                what: "message",
+                ..
+            })
+        ));
+        assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn forged_envelopes_do_not_fill_the_cache() {
+        let g = guard();
+        let bytes = seal_at(&key(1), &hello(), NOW, 42).unwrap();
+        let mut env = Envelope::from_cbor(&bytes).unwrap();
+        env.nonce = 43;
+        assert!(open(&env.to_cbor().unwrap(), &pid(1), &g, NOW).is_err());
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn old_entries_are_pruned() {
+        let g = guard();
+        for n in 0..10 {
+            let b = seal_at(&key(1), &hello(), NOW, n).unwrap();
+            open(&b, &pid(1), &g, NOW).unwrap();
+        }
+        assert_eq!(g.len(), 10);
+        let later = NOW + TIME_WINDOW_SECS + 1;
+        let b = seal_at(&key(1), &hello(), later, 100).unwrap();
+        open(&b, &pid(1), &g, later).unwrap();
+        assert_eq!(g.len(), 1);
+        // A caller with a lagging clock cannot slip past the pruned entries.
+        let replay = seal_at(&key(1), &hello(), NOW, 0).unwrap();
+        assert!(matches!(
+            open(&replay, &pid(1), &g, NOW),
+            Err(WireError::Stale { .. })
+        ));
+    }
+
+    #[test]
+    fn per_sender_cap_evicts_oldest_and_fails_closed() {
+        let g = ReplayGuard::with_caps(TIME_WINDOW_SECS, 3, 100);
+        for n in 0..3 {
+            let b = seal_at(&key(1), &hello(), NOW + n, n).unwrap();
+            open(&b, &pid(1), &g, NOW).unwrap();
+        }
+        // A fourth, newer envelope evicts nonce 0 (ts NOW) and raises the floor to NOW.
+        let b = seal_at(&key(1), &hello(), NOW + 3, 3).unwrap();
+        open(&b, &pid(1), &g, NOW).unwrap();
+        assert_eq!(g.len(), 3);
+        // Replaying the evicted envelope is still refused.
+        let replay = seal_at(&key(1), &hello(), NOW, 0).unwrap();
+        assert!(matches!(
+            open(&replay, &pid(1), &g, NOW),
+            Err(WireError::ReplayUndecidable(0))
+        ));
+        // Other senders are unaffected.
+        let other = seal_at(&key(2), &hello(), NOW, 0).unwrap();
+        open(&other, &pid(2), &g, NOW).unwrap();
+    }
+
+    #[test]
+    fn total_cap_bounds_memory_and_fails_closed() {
+        let g = ReplayGuard::with_caps(TIME_WINDOW_SECS, 100, 4);
+        for b in 1..=4u8 {
+            let m = seal_at(&key(b), &hello(), NOW + u64::from(b), 7).unwrap();
+            open(&m, &pid(b), &g, NOW).unwrap();
+        }
+        let m = seal_at(&key(5), &hello(), NOW + 5, 7).unwrap();
+        open(&m, &pid(5), &g, NOW).unwrap();
+        assert_eq!(g.len(), 4);
+        // Key 1's entry (ts NOW+1) was evicted: its replay must not pass.
+        let replay = seal_at(&key(1), &hello(), NOW + 1, 7).unwrap();
+        assert!(matches!(
+            open(&replay, &pid(1), &g, NOW),
+            Err(WireError::ReplayUndecidable(7))
+        ));
+        // Fresh traffic still passes.
+        let fresh = seal_at(&key(1), &hello(), NOW + 6, 8).unwrap();
+        open(&fresh, &pid(1), &g, NOW).unwrap();
+    }
+}

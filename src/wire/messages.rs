@@ -1,0 +1,352 @@
+//! Protocol messages. Each is carried CBOR-encoded inside a signed [`super::envelope`].
+//!
+//! Field order is part of the protocol (it fixes the CBOR encoding that is hashed or signed);
+//! docs/PROTOCOL.md describes every message. Amounts are satoshis, times Unix seconds, peer ids
+//! libp2p PeerIds in base58, LN pubkeys 33-byte compressed secp256k1 in hex, WireGuard keys
+//! base64, prefixes in CIDR text.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::signed::{Signed, SignedKind};
+use crate::types::{Sats, Terms, WgKey};
+
+/// One protocol message. Requests and the responses they expect:
+///
+/// | request | response |
+/// |---|---|
+/// | `hello` | `offer` (provider) or `hello` |
+/// | `rentRequest` | `payInvoice` |
+/// | `paymentResult` | `lease` |
+/// | `topUpRequest` | `payInvoice` |
+/// | `statusRequest` | `status` |
+///
+/// Any request may be answered with `error`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Message {
+    /// First message on a connection: who we are and what we do.
+    Hello(Hello),
+    /// A provider's signed offer.
+    Offer(Signed<Offer>),
+    /// A renter asks to rent prefixes under an offer.
+    RentRequest(RentRequest),
+    /// The provider's invoice for a rent or top-up request.
+    PayInvoice(PayInvoice),
+    /// The renter reports a payment (the provider trusts only its own LN node).
+    PaymentResult(PaymentResult),
+    /// A provider-signed lease.
+    Lease(Signed<Lease>),
+    /// Ask for a lease's state.
+    StatusRequest(StatusRequest),
+    /// A lease's state as the provider's ledger has it.
+    Status(Status),
+    /// A renter asks to add credit to a lease.
+    TopUpRequest(TopUpRequest),
+    /// A request was refused.
+    Error(ErrorMsg),
+}
+
+impl Message {
+    /// The message's wire name (the CBOR map key), for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Offer(_) => "offer",
+            Message::RentRequest(_) => "rentRequest",
+            Message::PayInvoice(_) => "payInvoice",
+            Message::PaymentResult(_) => "paymentResult",
+            Message::Lease(_) => "lease",
+            Message::StatusRequest(_) => "statusRequest",
+            Message::Status(_) => "status",
+            Message::TopUpRequest(_) => "topUpRequest",
+            Message::Error(_) => "error",
+        }
+    }
+}
+
+/// Introduces a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Software name and version, e.g. "leasewire/0.1.0".
+    pub agent: String,
+    /// The node offers addresses.
+    pub provider: bool,
+    /// The node rents addresses.
+    pub renter: bool,
+    /// Lightning network the node pays or is paid on ("regtest", "mainnet", ...).
+    pub network: String,
+}
+
+/// How many prefixes of one size an offer has available.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixAvailability {
+    /// Prefix length, e.g. 32 for one IPv4 address or 64 for an IPv6 /64.
+    pub prefix_len: u8,
+    /// How many such prefixes can still be leased.
+    pub available: u32,
+}
+
+/// A provider's offer. Published signed; its id is derived from the signed bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The provider's PeerId (base58); must equal the signer.
+    pub provider: String,
+    /// Increases every time the provider changes its offer.
+    pub seq: u64,
+    /// When this version was made.
+    pub created_at: u64,
+    /// After this time the offer must not be accepted.
+    pub expires_at: u64,
+    /// Lightning network of the provider's node.
+    pub network: String,
+    /// The provider's Lightning node public key (hex); invoices must be signed by it.
+    pub ln_pubkey: String,
+    /// The provider's WireGuard public key.
+    pub wg_pubkey: WgKey,
+    /// WireGuard endpoint: "ip:port", "[ipv6]:port" or "dns-name:port".
+    pub endpoint: String,
+    /// IPv4 prefix sizes on offer.
+    pub ipv4: Vec<PrefixAvailability>,
+    /// IPv6 prefix sizes on offer.
+    pub ipv6: Vec<PrefixAvailability>,
+    /// Terms of sale.
+    pub terms: Terms,
+}
+
+impl SignedKind for Offer {
+    const DOMAIN: &'static str = "leasewire/offer/v1";
+}
+
+/// A renter asks to rent under a specific offer version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RentRequest {
+    /// Random id chosen by the renter (32 hex chars); names the rental until a lease exists.
+    pub request_id: String,
+    /// Id of the signed offer the renter accepts.
+    pub offer_id: String,
+    /// Prepaid credit the renter wants, on top of the activation fee.
+    pub credit_sat: Sats,
+    /// IPv4 prefix length wanted (None: no IPv4).
+    pub ipv4_prefix_len: Option<u8>,
+    /// IPv6 prefix length wanted (None: no IPv6).
+    pub ipv6_prefix_len: Option<u8>,
+    /// The renter's WireGuard public key: its identity for the tunnel.
+    pub wg_pubkey: WgKey,
+}
+
+/// What an invoice is for. Its description hash commits to every field, so the payer can
+/// check it pays for exactly what it asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceCommitment {
+    /// "activation" for a new lease, "topup" for added credit.
+    pub purpose: String,
+    /// The request this invoice answers.
+    pub request_id: String,
+    /// Provider PeerId.
+    pub provider: String,
+    /// Renter PeerId.
+    pub renter: String,
+    /// Offer the rental is under.
+    pub offer_id: String,
+    /// Lease being topped up (None for activation).
+    pub lease_id: Option<String>,
+    /// Terms in force.
+    pub terms: Terms,
+    /// Credit bought.
+    pub credit_sat: Sats,
+    /// Invoice amount: credit plus activation fee for activation, credit for a top-up.
+    pub amount_sat: Sats,
+    /// IPv4 prefix length (activation only).
+    pub ipv4_prefix_len: Option<u8>,
+    /// IPv6 prefix length (activation only).
+    pub ipv6_prefix_len: Option<u8>,
+    /// Renter's WireGuard key.
+    pub renter_wg_pubkey: WgKey,
+}
+
+/// Purpose string of an activation invoice.
+pub const PURPOSE_ACTIVATION: &str = "activation";
+/// Purpose string of a top-up invoice.
+pub const PURPOSE_TOPUP: &str = "topup";
+const COMMITMENT_DOMAIN: &[u8] = b"leasewire/invoice-commitment/v1\0";
+
+impl InvoiceCommitment {
+    /// SHA-256 over the domain string and the commitment's CBOR encoding: the BOLT11
+    /// description hash (`h` field) of the invoice that pays for it.
+    pub fn description_hash(&self) -> [u8; 32] {
+        let mut cbor = Vec::new();
+        ciborium::into_writer(self, &mut cbor)
+            .expect("CBOR encoding into a Vec not to fail for plain data");
+        let mut h = Sha256::new();
+        h.update(COMMITMENT_DOMAIN);
+        h.update(&cbor);
+        h.finalize().into()
+    }
+}
+
+/// The provider's invoice for a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayInvoice {
+    /// The request answered.
+    pub request_id: String,
+    /// Lease id the provider assigned (new lease) or the lease topped up.
+    pub lease_id: String,
+    /// BOLT11 invoice.
+    pub bolt11: String,
+    /// Amount the provider says it charges; the payer checks it against its own figure.
+    pub amount_sat: Sats,
+}
+
+/// The renter reports its payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentResult {
+    /// The request paid.
+    pub request_id: String,
+    /// Payment hash (hex).
+    pub payment_hash: String,
+    /// Preimage (hex), proof of payment.
+    pub preimage: String,
+}
+
+/// A provider-signed lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Lease id (32 hex chars).
+    pub lease_id: String,
+    /// Provider PeerId; must equal the signer.
+    pub provider: String,
+    /// Renter PeerId.
+    pub renter: String,
+    /// Offer the lease was made under.
+    pub offer_id: String,
+    /// Renter WireGuard key (the tunnel peer).
+    pub renter_wg_pubkey: WgKey,
+    /// Provider WireGuard key.
+    pub provider_wg_pubkey: WgKey,
+    /// Provider WireGuard endpoint.
+    pub endpoint: String,
+    /// Leased IPv4 prefix in CIDR form, e.g. "198.51.100.3/32".
+    pub ipv4: Option<String>,
+    /// Leased IPv6 prefix in CIDR form, e.g. "2001:db8:100::/64".
+    pub ipv6: Option<String>,
+    /// Allowed IPs of the renter's peer entry at the provider: the leased prefixes.
+    pub allowed_ips: Vec<String>,
+    /// Terms in force.
+    pub terms: Terms,
+    /// Total credit bought over the lease's life.
+    pub credit_sat: Sats,
+    /// When the lease first became active.
+    pub activated_at: u64,
+    /// Service is paid up to this time.
+    pub paid_until: u64,
+    /// Payment hash (hex) of the activation invoice.
+    pub payment_hash: String,
+    /// Incremented each time the provider re-issues the lease (top-ups).
+    pub revision: u64,
+}
+
+impl SignedKind for Lease {
+    const DOMAIN: &'static str = "leasewire/lease/v1";
+}
+
+/// Ask for a lease's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// Lease asked about.
+    pub lease_id: String,
+}
+
+/// Lifecycle state of a lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    /// Invoice issued, not yet paid.
+    Pending,
+    /// Paid up; the tunnel carries the prefixes.
+    Active,
+    /// Credit ran out; the tunnel is off, the prefixes are held.
+    Suspended,
+    /// The prefixes went back to the pool.
+    Released,
+}
+
+impl LeaseState {
+    /// Lowercase name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LeaseState::Pending => "pending",
+            LeaseState::Active => "active",
+            LeaseState::Suspended => "suspended",
+            LeaseState::Released => "released",
+        }
+    }
+}
+
+/// A lease's state, from the provider's ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The lease.
+    pub lease_id: String,
+    /// Its state.
+    pub state: LeaseState,
+    /// Credit left now.
+    pub remaining_credit_sat: Sats,
+    /// Paid up to.
+    pub paid_until: u64,
+    /// The provider's clock when answering.
+    pub now: u64,
+    /// Latest signed lease.
+    pub lease: Option<Signed<Lease>>,
+}
+
+/// A renter asks to add credit to a lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUpRequest {
+    /// Random id chosen by the renter.
+    pub request_id: String,
+    /// Lease to credit.
+    pub lease_id: String,
+    /// Credit to add.
+    pub amount_sat: Sats,
+}
+
+/// Machine-readable reason of an [`ErrorMsg`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request was malformed or violates the terms.
+    BadRequest,
+    /// Unknown lease, request or offer.
+    NotFound,
+    /// The offer changed or expired; fetch it again.
+    OfferChanged,
+    /// No prefix of the requested size is free.
+    PoolExhausted,
+    /// The invoice is not settled on the provider's node (yet).
+    NotSettled,
+    /// The node does not serve this request (e.g. not a provider).
+    Unsupported,
+    /// Temporary failure on the provider's side.
+    Unavailable,
+}
+
+/// A refusal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// Why, for programs.
+    pub code: ErrorCode,
+    /// Why, for people.
+    pub message: String,
+}
+
+impl ErrorMsg {
+    /// Builds an error message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorMsg {
+            code,
+            message: message.into(),
+        }
+    }
+}

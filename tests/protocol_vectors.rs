@@ -1,0 +1,264 @@
+//! Checks the test vectors of docs/PROTOCOL.md against the code.
+//!
+//! The vectors are parsed out of the document itself (the fenced block tagged `vectors`, one
+//! `name: value` per line), so the specification and the implementation cannot drift apart:
+//! changing either without the other fails this test.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::SigningKey;
+use hkdf::Hkdf;
+use leasewire::net::membership;
+use leasewire::net::topic::{self, DEFAULT_PUBLIC_SECRET};
+use leasewire::types::{Terms, WgKey};
+use leasewire::wire::envelope::{self, Envelope, ReplayGuard, TIME_WINDOW_SECS};
+use leasewire::wire::messages::{
+    Hello, InvoiceCommitment, Message, Offer, PURPOSE_ACTIVATION, PrefixAvailability,
+};
+use leasewire::wire::signed::{Signed, peer_id_of};
+use sha2::Sha256;
+
+const TS: u64 = 1_700_000_000;
+const NONCE: u64 = 42;
+
+/// The `name: value` lines of the ```vectors block of docs/PROTOCOL.md.
+fn vectors() -> BTreeMap<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(path).expect("docs/PROTOCOL.md to be readable");
+    let mut lines = doc.lines().skip_while(|l| l.trim() != "```vectors").skip(1);
+    let mut out = BTreeMap::new();
+    for line in lines.by_ref() {
+        if line.trim() == "```" {
+            assert!(!out.is_empty(), "empty vectors block");
+            return out;
+        }
+        let (name, value) = line
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("vector line without `: `: {line}"));
+        let old = out.insert(name.trim().to_owned(), value.trim().to_owned());
+        assert!(old.is_none(), "vector {name} defined twice");
+    }
+    panic!("no closed ```vectors block in {path}");
+}
+
+fn get<'a>(v: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+    v.get(name)
+        .unwrap_or_else(|| panic!("vector {name} missing from docs/PROTOCOL.md"))
+}
+
+fn key(b: u8) -> SigningKey {
+    SigningKey::from_bytes(&[b; 32])
+}
+
+fn terms() -> Terms {
+    Terms {
+        activation_fee_sat: 1000,
+        rate_sat_per_day: 100,
+        min_initial_credit_sat: 700,
+        min_topup_sat: 100,
+        max_credit_sat: 100_000,
+        reserve_days: 7,
+    }
+}
+
+fn hello() -> Message {
+    Message::Hello(Hello {
+        agent: "leasewire/0.1.0".into(),
+        provider: true,
+        renter: false,
+        network: "regtest".into(),
+    })
+}
+
+fn hkdf32(root: &[u8], info: &[u8]) -> Vec<u8> {
+    let mut out = [0u8; 32];
+    Hkdf::<Sha256>::new(None, root)
+        .expand(info, &mut out)
+        .expect("32 bytes to be a valid HKDF output length");
+    out.to_vec()
+}
+
+#[test]
+fn topic_vectors() {
+    let v = vectors();
+    for (name, secret) in [
+        ("public", DEFAULT_PUBLIC_SECRET),
+        ("cluster", "test-cluster-secret"),
+    ] {
+        let t = topic::derive(secret).unwrap();
+        assert_eq!(t.is_public, name == "public");
+        assert_eq!(
+            t.dht_key_hex(),
+            get(&v, &format!("topic.{name}.dht_key")),
+            "{name} dht_key"
+        );
+        assert_eq!(
+            hex::encode(t.membership_key),
+            get(&v, &format!("topic.{name}.membership_key")),
+            "{name} membership_key"
+        );
+        // The root is private to the crate (its unit tests compare it directly); here, check
+        // that the documented root yields the documented keys through the documented HKDF
+        // steps, which ties it to the code's output.
+        let root = hex::decode(get(&v, &format!("topic.{name}.root"))).unwrap();
+        let mut dht = vec![0x12, 0x20];
+        dht.extend(hkdf32(&root, topic::DHT_KEY_INFO));
+        assert_eq!(dht, t.dht_key, "{name} root -> dht_key");
+        assert_eq!(
+            hkdf32(&root, topic::MEMBERSHIP_INFO),
+            t.membership_key.to_vec(),
+            "{name} root -> membership_key"
+        );
+    }
+}
+
+#[test]
+fn envelope_vectors() {
+    let v = vectors();
+    let k = key(1);
+    let pk = k.verifying_key();
+    assert_eq!(hex::encode(pk.as_bytes()), get(&v, "envelope.public_key"));
+    let peer = peer_id_of(&pk);
+    assert_eq!(peer.to_string(), get(&v, "envelope.peer_id"));
+
+    let sealed = envelope::seal_at(&k, &hello(), TS, NONCE).unwrap();
+    assert_eq!(hex::encode(&sealed), get(&v, "envelope.cbor"));
+    let env = Envelope::from_cbor(&sealed).unwrap();
+    assert_eq!(hex::encode(&env.body), get(&v, "envelope.body"));
+    assert_eq!(
+        hex::encode(env.signed_bytes()),
+        get(&v, "envelope.signed_bytes")
+    );
+
+    // The documented bytes open as the documented message.
+    let doc_bytes = hex::decode(get(&v, "envelope.cbor")).unwrap();
+    let opened = envelope::open(
+        &doc_bytes,
+        &peer,
+        &ReplayGuard::new(TIME_WINDOW_SECS),
+        TS + 1,
+    )
+    .unwrap();
+    assert_eq!(opened.message, hello());
+    assert_eq!((opened.sender, opened.ts, opened.nonce), (peer, TS, NONCE));
+}
+
+#[test]
+fn commitment_vectors() {
+    let v = vectors();
+    let renter = peer_id_of(&key(2).verifying_key());
+    assert_eq!(renter.to_string(), get(&v, "commitment.renter_peer_id"));
+    let c = InvoiceCommitment {
+        purpose: PURPOSE_ACTIVATION.into(),
+        request_id: "00112233445566778899aabbccddeeff".into(),
+        provider: peer_id_of(&key(1).verifying_key()).to_string(),
+        renter: renter.to_string(),
+        offer_id: "0123456789abcdef0123456789abcdef".into(),
+        lease_id: None,
+        terms: terms(),
+        credit_sat: 3000,
+        amount_sat: 4000,
+        ipv4_prefix_len: Some(32),
+        ipv6_prefix_len: None,
+        renter_wg_pubkey: WgKey([7; 32]),
+    };
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&c, &mut cbor).unwrap();
+    assert_eq!(hex::encode(&cbor), get(&v, "commitment.cbor"));
+    assert_eq!(
+        hex::encode(c.description_hash()),
+        get(&v, "commitment.description_hash")
+    );
+}
+
+#[test]
+fn offer_vectors() {
+    let v = vectors();
+    let k = key(1);
+    let offer = Offer {
+        provider: peer_id_of(&k.verifying_key()).to_string(),
+        seq: 1,
+        created_at: TS,
+        expires_at: TS + 86_400,
+        network: "regtest".into(),
+        ln_pubkey: "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
+        wg_pubkey: WgKey([8; 32]),
+        endpoint: "203.0.113.7:51820".into(),
+        ipv4: vec![PrefixAvailability {
+            prefix_len: 32,
+            available: 3,
+        }],
+        ipv6: vec![PrefixAvailability {
+            prefix_len: 64,
+            available: 10,
+        }],
+        terms: terms(),
+    };
+    let signed = Signed::sign(&k, &offer).unwrap();
+    assert_eq!(hex::encode(&signed.body), get(&v, "offer.body"));
+    assert_eq!(hex::encode(&signed.sig), get(&v, "offer.sig"));
+    assert_eq!(signed.id(), get(&v, "offer.id"));
+
+    let msg = Message::Offer(signed);
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&msg, &mut cbor).unwrap();
+    assert_eq!(hex::encode(&cbor), get(&v, "offer.message"));
+    // And the documented message decodes and verifies to the same offer.
+    let doc = hex::decode(get(&v, "offer.message")).unwrap();
+    let Message::Offer(decoded) = ciborium::from_reader::<Message, _>(doc.as_slice()).unwrap()
+    else {
+        panic!("offer.message is not an offer message");
+    };
+    assert_eq!(
+        decoded
+            .verify_from(&peer_id_of(&k.verifying_key()))
+            .unwrap(),
+        offer
+    );
+}
+
+#[test]
+fn membership_prologue_vector() {
+    let v = vectors();
+    let a = peer_id_of(&key(1).verifying_key());
+    let b = peer_id_of(&key(2).verifying_key());
+    assert_eq!(
+        hex::encode(a.to_bytes()),
+        get(&v, "membership.initiator_peer_id_bytes")
+    );
+    assert_eq!(
+        hex::encode(membership::prologue(&a, &b)),
+        get(&v, "membership.prologue")
+    );
+}
+
+#[test]
+fn every_documented_vector_is_checked() {
+    // Guards against a vector added to the document but forgotten here.
+    let checked = [
+        "topic.public.root",
+        "topic.public.dht_key",
+        "topic.public.membership_key",
+        "topic.cluster.root",
+        "topic.cluster.dht_key",
+        "topic.cluster.membership_key",
+        "envelope.public_key",
+        "envelope.peer_id",
+        "envelope.body",
+        "envelope.signed_bytes",
+        "envelope.cbor",
+        "commitment.renter_peer_id",
+        "commitment.cbor",
+        "commitment.description_hash",
+        "offer.body",
+        "offer.sig",
+        "offer.id",
+        "offer.message",
+        "membership.initiator_peer_id_bytes",
+        "membership.prologue",
+    ];
+    let documented: Vec<String> = vectors().into_keys().collect();
+    let mut expected: Vec<String> = checked.iter().map(|s| s.to_string()).collect();
+    expected.sort_unstable();
+    assert_eq!(documented, expected);
+}
