@@ -380,6 +380,7 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
         public_market,
         ln_pubkey: info.pubkey.clone(),
         network: cfg.lightning.network.clone(),
+        default_credit_sat: cfg.renter.default_credit_sat,
     });
     let socket = socket_path(data_dir);
     let control_task = {
@@ -507,6 +508,8 @@ struct Control {
     public_market: bool,
     ln_pubkey: String,
     network: String,
+    /// Credit a `rent` without `--credit` buys; offers are priced for it.
+    default_credit_sat: u64,
 }
 
 fn market_err(e: MarketError) -> ControlError {
@@ -647,7 +650,7 @@ impl ControlHandler for Control {
                     ipv6_available: avail(&o.offer.ipv6),
                     expires_at: o.offer.expires_at,
                     rtt_ms: o.rtt.as_secs_f64() * 1000.0,
-                    price_sat: crate::market::select::price(t, 0)
+                    price_sat: crate::market::select::price(t, self.default_credit_sat)
                         .map(|(_, p)| p)
                         .unwrap_or(0),
                 }
@@ -658,7 +661,7 @@ impl ControlHandler for Control {
 
     async fn rent(&self, req: pb::RentRequest) -> Result<pb::LeaseInfo, ControlError> {
         let r = self.renter()?;
-        if req.auto == !req.offer_id.is_empty() {
+        if req.auto != req.offer_id.is_empty() {
             return Err(ControlError::InvalidArgument(
                 "give exactly one of an offer id or auto".into(),
             ));

@@ -141,8 +141,11 @@ impl fmt::Display for WgKey {
 
 impl fmt::Debug for WgKey {
     // Private keys share this type, so Debug never prints the key material.
+    // Shows a SHA-256 fingerprint, which reveals nothing about the key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WgKey({}…)", &self.to_base64()[..8])
+        use sha2::Digest;
+        let fp = sha2::Sha256::digest(self.0);
+        write!(f, "WgKey(sha256:{})", hex::encode(&fp[..6]))
     }
 }
 

@@ -38,7 +38,8 @@ pub(super) fn run(data_dir: &Path) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(crate::node::run_daemon(data_dir));
     if let Err(e) = &result {
-        tracing::error!(error = %e, "daemon stopped with an error");
+        // Recorded in debug.log only: `run` prints the same error on stderr as `error: …`.
+        tracing::debug!(error = %e, "daemon stopped with an error");
     }
     result.map_err(anyhow::Error::from)
 }

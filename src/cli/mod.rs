@@ -187,10 +187,25 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let _ = writeln!(io::stderr(), "error: {e:#}");
+            let _ = writeln!(io::stderr(), "error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined with `: `, skipping a cause whose text the message already
+/// contains: many error types both print their source and return it from `source()`, and
+/// anyhow's `{:#}` would then repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -328,6 +343,17 @@ mod tests {
         let d = resolve_data_dir(Some(PathBuf::from("rel/dir"))).unwrap();
         assert!(d.is_absolute());
         assert!(d.ends_with("rel/dir"));
+    }
+
+    #[test]
+    fn error_text_does_not_repeat_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("lightning node: {0}")]
+        struct Wrapping(#[source] io::Error);
+        let e = anyhow::Error::from(Wrapping(io::Error::other("no cert"))).context("starting");
+        assert_eq!(error_text(&e), "starting: lightning node: no cert");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&plain), "outer: inner");
     }
 
     #[test]

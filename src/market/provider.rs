@@ -712,9 +712,12 @@ impl Provider {
             .ok_or_else(|| MarketError::NotFound(p.lease_id.clone()))?;
         let now = now_unix();
         let add = p.commitment.credit_sat;
-        // Credit extends from the old paid_until even when that is past: back rent is paid first.
-        rec.lease.paid_until += rec.lease.terms.credit_secs(add);
+        // Credit is one continuous ledger from activation: paid_until extends from the old
+        // paid_until even when that is past, so back rent is paid first. Recomputing from the
+        // total (docs/PROTOCOL.md) avoids a rounding loss per top-up.
         rec.lease.credit_sat += add;
+        rec.lease.paid_until =
+            rec.lease.activated_at + rec.lease.terms.credit_secs(rec.lease.credit_sat);
         rec.lease.revision += 1;
         rec.paid_sat += add;
         rec.signed =

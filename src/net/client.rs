@@ -139,3 +139,115 @@ impl NetClient {
         self.call(|reply| Command::Status { reply }).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{NetConfig, NetEvent, NetStatus};
+    use crate::wire::messages::Hello;
+    use libp2p::multiaddr::Protocol;
+    use tokio_util::sync::CancellationToken;
+
+    fn hello(agent: &str) -> Message {
+        Message::Hello(Hello {
+            agent: agent.into(),
+            provider: true,
+            renter: true,
+            network: "regtest".into(),
+        })
+    }
+
+    async fn wait(client: &NetClient, cond: impl Fn(&NetStatus) -> bool) {
+        for _ in 0..200 {
+            if cond(&client.status().await.unwrap()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("condition not reached: {:?}", client.status().await);
+    }
+
+    /// A member that sends a forged or replayed envelope is disconnected and reported, and
+    /// the receiving loop keeps serving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forged_and_replayed_envelopes_are_dropped() {
+        let topic = tokio::task::spawn_blocking(|| crate::net::topic::derive("client-test"))
+            .await
+            .unwrap()
+            .unwrap();
+        let token = CancellationToken::new();
+        let cfg = |bootstrap| NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap,
+            external: Vec::new(),
+            topic: topic.clone(),
+            request_timeout: Duration::from_secs(5),
+        };
+        let key_a = SigningKey::from_bytes(&[21; 32]);
+        let (a, _a_events, a_loop) = crate::net::new(&key_a, cfg(vec![])).unwrap();
+        tokio::spawn(a_loop.run(token.clone()));
+        let a_addr = a.listen_addrs().await.unwrap()[0]
+            .clone()
+            .with(Protocol::P2p(a.local_peer_id()));
+        let key_b = SigningKey::from_bytes(&[22; 32]);
+        let (b, mut b_events, b_loop) = crate::net::new(&key_b, cfg(vec![a_addr])).unwrap();
+        tokio::spawn(b_loop.run(token.clone()));
+        let (bad_tx, mut bad_rx) = tokio::sync::mpsc::unbounded_channel();
+        let responder = b.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = b_events.recv().await {
+                match ev {
+                    NetEvent::InboundRequest { channel, .. } => {
+                        let _ = responder.respond(channel, hello("b")).await;
+                    }
+                    NetEvent::BadMessage { peer, reason } => {
+                        let _ = bad_tx.send((peer, reason));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let (a_id, b_id) = (a.local_peer_id(), b.local_peer_id());
+        wait(&a, |s| s.members.contains(&b_id)).await;
+        wait(&b, |s| s.members.contains(&a_id)).await;
+
+        // Signed by a third key: the signer is not the connection's peer.
+        let forged = envelope::seal(&SigningKey::from_bytes(&[23; 32]), &hello("a")).unwrap();
+        let res = a
+            .call(|reply| Command::Request {
+                peer: b_id,
+                envelope: forged,
+                reply,
+            })
+            .await
+            .unwrap();
+        assert!(res.is_err(), "forged envelope answered: {res:?}");
+        let (peer, reason) = bad_rx.recv().await.unwrap();
+        assert_eq!(peer, a_id);
+        assert!(reason.contains("signed by"), "reason: {reason}");
+
+        // B still serves A (A redials: they stay members).
+        let genuine = envelope::seal(&key_a, &hello("a")).unwrap();
+        let send = |envelope: Vec<u8>| {
+            a.call(move |reply| Command::Request {
+                peer: b_id,
+                envelope,
+                reply,
+            })
+        };
+        let (resp, _) = send(genuine.clone()).await.unwrap().unwrap();
+        assert_eq!(resp, hello("b"));
+
+        // The same envelope again is a replay.
+        assert!(send(genuine).await.unwrap().is_err());
+        let (peer, reason) = bad_rx.recv().await.unwrap();
+        assert_eq!(peer, a_id);
+        assert!(reason.contains("replayed"), "reason: {reason}");
+
+        // And A can still talk to B with fresh envelopes.
+        let (resp, rtt) = a.request(b_id, hello("a")).await.unwrap();
+        assert_eq!(resp, hello("b"));
+        assert!(rtt < Duration::from_secs(5));
+        token.cancel();
+    }
+}

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{PeerId, identify};
 
 use super::NetError;
@@ -33,6 +34,25 @@ impl EventLoop {
         self.pending_find.insert(id, (HashSet::new(), reply));
     }
 
+    /// Dials newly found providers while their lookup is still running: Kademlia knows their
+    /// addresses (from the provider records) only for the life of the query, and the caller
+    /// will want to talk to them anyway. The connection also runs the membership handshake.
+    fn connect_to_providers(&mut self, providers: HashSet<PeerId>) {
+        for peer in providers {
+            if peer == self.local || self.is_refused(&peer) || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(self.book.get(&peer))
+                .extend_addresses_through_behaviour()
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) => tracing::debug!(%peer, "dialing provider"),
+                Err(e) => tracing::debug!(%peer, "cannot dial provider: {e}"),
+            }
+        }
+    }
+
     pub(crate) fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
@@ -52,7 +72,8 @@ impl EventLoop {
                     // over, with everything found.
                     let (done, timed_out) = match res {
                         Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
-                            found.extend(providers);
+                            found.extend(providers.iter().copied());
+                            self.connect_to_providers(providers);
                             (step.last, false)
                         }
                         Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => (true, false),

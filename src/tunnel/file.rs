@@ -121,6 +121,10 @@ impl FileTunnel {
 
     /// Applies `change` to a copy of `iface`'s state and, if the copy differs, persists it and
     /// only then makes it current, so a failed write leaves memory and disk agreeing.
+    ///
+    /// If the caller's future is dropped while the write runs, the blocking write still
+    /// finishes and memory lags the disk; the next change is computed from memory and rewrites
+    /// both files, and a restart loads the disk state, so the two never stay apart.
     async fn update<F>(&self, iface: &str, change: F) -> Result<(), TunnelError>
     where
         F: FnOnce(&mut IfaceState) -> Result<(), TunnelError>,
