@@ -56,11 +56,15 @@ fn init_tracing(data_dir: &Path) -> anyhow::Result<tracing_appender::non_blockin
         .with_context(|| format!("cannot open {}", path.display()))?;
     let (writer, guard) = tracing_appender::non_blocking(file);
 
-    let stderr_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // libp2p-kad warns "Failed to trigger bootstrap: No known peers" on every bootstrap tick
+    // of a node that is the first of its network; that is normal here, not worth a warning.
+    let stderr_filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,libp2p_kad::behaviour=error"));
     tracing_subscriber::registry()
         .with(
             fmt::layer()
+                // Colour only on a terminal: logs redirected to files stay plain text.
+                .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
                 .with_writer(io::stderr)
                 .with_filter(stderr_filter),
         )

@@ -229,7 +229,7 @@ impl Cli {
             "--json".as_ref(),
         ];
         let out = run_capture(self.command(args), Duration::from_secs(60)).await?;
-        parse_json::<AuditOut>(&out.stdout).map_err(|e| failure("audit verify", &out, e))
+        parse_json::<AuditOut>(&out.stdout).map_err(|e| failure("audit verify", &out, Some(e)))
     }
 
     /// Runs `leasewire ARGS --json` and parses stdout; non-zero exit is an error carrying the
@@ -250,9 +250,9 @@ impl Cli {
             .unwrap_or_default();
         let out = run_capture(cmd, Duration::from_secs(timeout_secs)).await?;
         if !out.status.success() {
-            return Err(failure(&what, &out, anyhow!("exited with {}", out.status)));
+            return Err(failure(&what, &out, None));
         }
-        parse_json(&out.stdout).map_err(|e| failure(&what, &out, e))
+        parse_json(&out.stdout).map_err(|e| failure(&what, &out, Some(e)))
     }
 }
 
@@ -270,15 +270,18 @@ pub fn parse_json<T: DeserializeOwned>(stdout: &str) -> Result<T> {
     })
 }
 
-fn failure(what: &str, out: &Captured, cause: anyhow::Error) -> anyhow::Error {
+/// An error naming the subcommand, its exit status and what it wrote to stderr; `cause` is
+/// kept as the source (a JSON parse error, say) when there is one.
+fn failure(what: &str, out: &Captured, cause: Option<anyhow::Error>) -> anyhow::Error {
     let stderr = out.stderr.trim();
-    if stderr.is_empty() {
-        cause.context(format!("leasewire {what} failed"))
-    } else {
-        cause.context(format!(
-            "leasewire {what} failed: {}",
-            truncate(stderr, 2000)
-        ))
+    let mut msg = format!("leasewire {what} failed ({})", out.status);
+    if !stderr.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(truncate(stderr, 2000));
+    }
+    match cause {
+        Some(c) => c.context(msg),
+        None => anyhow!(msg),
     }
 }
 
@@ -376,6 +379,9 @@ mod tests {
         let e = Cli::new(fake).status(dir.path()).await.unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("no daemon running"), "{msg}");
-        assert!(msg.contains("status"), "{msg}");
+        assert!(
+            msg.starts_with("leasewire status failed (exit status: 2)"),
+            "{msg}"
+        );
     }
 }
