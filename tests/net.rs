@@ -78,8 +78,11 @@ async fn start(
                     message,
                     channel,
                 } => {
+                    // Log before answering: the requester may check the log once answered.
+                    let line = format!("request {peer} {}", message.name());
+                    sink.lock().expect("log lock").push(line);
                     let _ = responder.respond(channel, hello(agent, true)).await;
-                    format!("request {peer} {}", message.name())
+                    continue;
                 }
                 NetEvent::MemberJoined { peer } => format!("joined {peer}"),
                 NetEvent::MembershipRefused { peer, by_us, .. } => {

@@ -53,6 +53,7 @@ impl EventLoop {
         }
     }
 
+    /// Handles Kademlia events: query progress for parked commands, peer addresses.
     pub(crate) fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
@@ -119,6 +120,7 @@ impl EventLoop {
         }
     }
 
+    /// Records the listen addresses a peer announces (and routes members through them).
     pub(crate) fn on_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
             if self.is_refused(&peer_id) {

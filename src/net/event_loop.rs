@@ -338,6 +338,7 @@ impl EventLoop {
         }
     }
 
+    /// Routes `/leasewire/membership/1.0.0` traffic to the handshake state machine.
     fn on_membership(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {

@@ -47,6 +47,7 @@ impl EventLoop {
         self.emit(NetEvent::BadMessage { peer, reason });
     }
 
+    /// Handles `/leasewire/msg/1.0.0` traffic: inbound requests, responses, failures.
     pub(crate) fn on_msg(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
