@@ -4,7 +4,9 @@
 //! figure, so results can be grepped or diffed between runs. Each area has its own section
 //! function; add new areas as further `bench_*` functions called from `main`.
 //!
-//! Everything runs in temporary directories and sends no network traffic.
+//! Everything runs in temporary directories; the simnet section runs the real `simnet` binary,
+//! whose processes talk only over 127.0.0.1. Build it first (`cargo build --release
+//! --workspace`); `LEASEWIRE_BENCH_SIMNET_RUNS` sets the number of runs (default 3, 0 skips).
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,92 @@ fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench` (and any filter); every section runs regardless.
     println!("# leasewire bench");
     bench_audit().context("audit section")?;
+    bench_simnet().context("simnet section")?;
+    Ok(())
+}
+
+/// The `simnet` binary beside this bench's own (target/<profile>/deps/bench-* ->
+/// target/<profile>/simnet), or `LEASEWIRE_SIMNET_BIN`.
+fn simnet_binary() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("LEASEWIRE_SIMNET_BIN") {
+        return Some(p.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let candidate = dir.join("simnet");
+    candidate.is_file().then_some(candidate)
+}
+
+/// Discovery time and rent-to-lease time over whole simnet runs (3 providers, 5 renters):
+/// real daemons, real lnd-sim, libp2p over loopback.
+fn bench_simnet() -> anyhow::Result<()> {
+    let runs: usize = std::env::var("LEASEWIRE_BENCH_SIMNET_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    if runs == 0 {
+        println!("simnet: skipped (LEASEWIRE_BENCH_SIMNET_RUNS=0)");
+        return Ok(());
+    }
+    let Some(simnet) = simnet_binary() else {
+        println!(
+            "simnet: SKIPPED: no simnet binary next to the bench; run `cargo build --release --workspace` first"
+        );
+        return Ok(());
+    };
+    let (mut discovery, mut lease, mut walls) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let started = Instant::now();
+        let out = std::process::Command::new(&simnet)
+            .args(["--providers", "3", "--renters", "5", "--json"])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", simnet.display()))?;
+        walls.push(started.elapsed());
+        ensure!(
+            out.status.success(),
+            "simnet run {run} failed: {}",
+            out.status
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("simnet JSON")?;
+        for r in v["rentals"].as_array().context("rentals array")? {
+            if let Some(ms) = r["lease_ms"].as_u64() {
+                lease.push(Duration::from_millis(ms));
+            }
+            if let Some(ms) = r["discovery_ms"].as_u64() {
+                discovery.push(Duration::from_millis(ms));
+            }
+        }
+    }
+    discovery.sort();
+    lease.sort();
+    walls.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("simnet_runs: {runs} (3 providers, 5 renters each)");
+    println!("simnet_rentals: {}", lease.len());
+    println!(
+        "simnet_discovery_ms_p50: {:.0}",
+        ms(percentile(&discovery, 50))
+    );
+    println!(
+        "simnet_discovery_ms_p99: {:.0}",
+        ms(percentile(&discovery, 99))
+    );
+    println!(
+        "simnet_rent_to_lease_ms_p50: {:.0}",
+        ms(percentile(&lease, 50))
+    );
+    println!(
+        "simnet_rent_to_lease_ms_p99: {:.0}",
+        ms(percentile(&lease, 99))
+    );
+    println!(
+        "simnet_wall_s_p50: {:.2}",
+        percentile(&walls, 50).as_secs_f64()
+    );
     Ok(())
 }
 

@@ -112,6 +112,10 @@ struct World {
 }
 
 async fn world(tamper: Tamper) -> World {
+    world_with(tamper, ProviderConfig::default().terms).await
+}
+
+async fn world_with(tamper: Tamper, terms: leasewire::types::Terms) -> World {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let sim = SimServer::start(
@@ -154,8 +158,9 @@ async fn world(tamper: Tamper) -> World {
         key: pkey,
         cfg: ProviderConfig {
             endpoint: "127.0.0.1:51820".into(),
-            ipv4_pools: vec!["198.51.100.0/30".into()],
-            ipv6_pools: vec!["2001:db8:100::/62".into()],
+            ipv4_pools: vec!["198.51.100.0/29".into()],
+            ipv6_pools: vec!["2001:db8:100::/61".into()],
+            terms,
             ..ProviderConfig::default()
         },
         network: "regtest".into(),
@@ -401,4 +406,102 @@ async fn expired_invoice_is_refused_before_paying() {
 #[tokio::test]
 async fn invoice_committing_to_other_terms_is_refused_before_paying() {
     refused_before_paying(Tamper::DescriptionHash, "description").await;
+}
+
+#[tokio::test]
+async fn one_peer_cannot_reserve_the_whole_pool_with_unpaid_invoices() {
+    let w = world(Tamper::None).await;
+    let request = |n: u8| {
+        Message::RentRequest(RentRequest {
+            request_id: format!("{n:02x}").repeat(16),
+            offer_id: w.provider.offer().id(),
+            credit_sat: 1000,
+            ipv4_prefix_len: Some(32),
+            ipv6_prefix_len: Some(64),
+            wg_pubkey: WgKey([9; 32]),
+        })
+    };
+    let max = leasewire::market::provider::MAX_UNPAID_PER_PEER;
+    for n in 0..max as u8 {
+        let reply = w.provider.handle(w.renter_peer, request(n)).await;
+        assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
+        // The offer is re-signed when availability changes; ask under the current one.
+    }
+    match w.provider.handle(w.renter_peer, request(max as u8)).await {
+        Message::Error(e) => {
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(e.message.contains("unpaid"), "{}", e.message);
+        }
+        other => panic!("a peer over the unpaid-invoice cap was served: {other:?}"),
+    }
+    // Another peer is still served from what is left of the pool.
+    let other = peer_id_of(&SigningKey::from_bytes(&[33; 32]).verifying_key());
+    let reply = w.provider.handle(other, request(200)).await;
+    assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
+}
+
+#[tokio::test]
+async fn credit_runs_out_the_tunnel_goes_off_and_back_rent_restores_it() {
+    // 86 400 sat/day is one sat per second: 2 sat of credit lasts two seconds.
+    let terms = leasewire::types::Terms {
+        activation_fee_sat: 10,
+        rate_sat_per_day: 86_400,
+        min_initial_credit_sat: 2,
+        min_topup_sat: 1,
+        max_credit_sat: 1_000,
+        reserve_days: 1,
+    };
+    let w = world_with(Tamper::None, terms).await;
+    w.renter.discover().await.unwrap();
+    let rental = w
+        .renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(2),
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    assert_eq!(rental.lease.paid_until, rental.lease.activated_at + 2);
+    assert_eq!(w.provider_tunnel.peer_stats("lwp0").await.unwrap().len(), 1);
+
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    w.provider.tick().await.unwrap();
+    let rec = &w.provider.leases().unwrap()[0];
+    assert_eq!(rec.state, leasewire::wire::LeaseState::Suspended);
+    assert!(
+        w.provider_tunnel
+            .peer_stats("lwp0")
+            .await
+            .unwrap()
+            .is_empty(),
+        "peer not removed"
+    );
+    assert!(
+        kinds(&w.provider_audit)
+            .iter()
+            .any(|k| k == "lease_suspended")
+    );
+    // Addresses are held, not released, during the reserve period.
+    let offer = w.provider.offer().verify().unwrap();
+    assert_eq!(offer.ipv4[0].available, 7);
+
+    // Back rent first: 5 sat from a paid_until that is already past buys service until
+    // activation + 7 s, a few seconds from now, so the lease comes back on the same addresses.
+    let topped = w.renter.add_credit("", 5).await.unwrap();
+    assert_eq!(topped.lease.paid_until, rental.lease.activated_at + 7);
+    assert_eq!(topped.lease.ipv4, rental.lease.ipv4);
+    assert_eq!(topped.lease.ipv6, rental.lease.ipv6);
+    let rec = &w.provider.leases().unwrap()[0];
+    assert_eq!(rec.state, leasewire::wire::LeaseState::Active);
+    assert_eq!(
+        w.provider_tunnel.peer_stats("lwp0").await.unwrap().len(),
+        1,
+        "peer not restored"
+    );
+    assert!(
+        kinds(&w.provider_audit)
+            .iter()
+            .any(|k| k == "lease_reactivated")
+    );
 }

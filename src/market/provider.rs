@@ -34,6 +34,9 @@ use crate::wire::{
     Signed, Status, StatusRequest, TopUpRequest,
 };
 
+/// Unpaid invoices (with reserved prefixes) one peer may hold at once.
+pub const MAX_UNPAID_PER_PEER: usize = 4;
+
 /// How long a `paymentResult` waits for the provider's node to show the invoice settled.
 const SETTLE_WAIT: Duration = Duration::from_secs(10);
 
@@ -376,6 +379,25 @@ impl Provider {
         }
         if i.pending.get(&r.request_id).ok().flatten().is_some() {
             return err(ErrorCode::BadRequest, "request id already used");
+        }
+        // Each unpaid invoice holds prefixes until it expires; a cap per peer keeps one peer
+        // from reserving the whole pool.
+        let unpaid = match i.pending.all() {
+            Ok(all) => all
+                .iter()
+                .filter(|(_, p)| p.renter_peer == peer.to_string())
+                .count(),
+            Err(e) => {
+                tracing::error!(error = %e, "pending lookup failed");
+                return err(ErrorCode::Unavailable, "provider storage error");
+            }
+        };
+        if unpaid >= MAX_UNPAID_PER_PEER {
+            tracing::warn!(%peer, unpaid, "rent request refused: too many unpaid invoices");
+            return err(
+                ErrorCode::BadRequest,
+                format!("{unpaid} unpaid invoices already; pay them or let them expire"),
+            );
         }
         let lease_id = random_id();
         let reserve = || -> Result<(Option<String>, Option<String>), MarketError> {
