@@ -1,0 +1,252 @@
+//! Rent and top-up requests: validation, prefix reservation, invoices.
+
+use super::*;
+
+impl Provider {
+    pub(super) async fn on_rent_request(&self, peer: PeerId, r: RentRequest) -> Message {
+        let i = &self.inner;
+        let offer = self.offer();
+        if r.offer_id != offer.id() {
+            return err(
+                ErrorCode::OfferChanged,
+                format!(
+                    "offer {} is not current; current is {}",
+                    r.offer_id,
+                    offer.id()
+                ),
+            );
+        }
+        let terms = &i.cfg.terms;
+        if r.credit_sat < terms.min_initial_credit_sat || r.credit_sat > terms.max_credit_sat {
+            return err(
+                ErrorCode::BadRequest,
+                format!(
+                    "credit {} sat outside {}..={} sat",
+                    r.credit_sat, terms.min_initial_credit_sat, terms.max_credit_sat
+                ),
+            );
+        }
+        if r.ipv4_prefix_len.is_none() && r.ipv6_prefix_len.is_none() {
+            return err(ErrorCode::BadRequest, "ask for an IPv4 or IPv6 prefix");
+        }
+        let want_v4 = r.ipv4_prefix_len.is_some();
+        let want_v6 = r.ipv6_prefix_len.is_some();
+        if (want_v4
+            && (r.ipv4_prefix_len != Some(i.cfg.ipv4_prefix_len) || i.cfg.ipv4_pools.is_empty()))
+            || (want_v6
+                && (r.ipv6_prefix_len != Some(i.cfg.ipv6_prefix_len)
+                    || i.cfg.ipv6_pools.is_empty()))
+        {
+            return err(
+                ErrorCode::BadRequest,
+                format!(
+                    "this provider leases IPv4 /{} and IPv6 /{} only",
+                    i.cfg.ipv4_prefix_len, i.cfg.ipv6_prefix_len
+                ),
+            );
+        }
+        if i.pending.get(&r.request_id).ok().flatten().is_some() {
+            return err(ErrorCode::BadRequest, "request id already used");
+        }
+        // Each unpaid invoice holds prefixes until it expires; a cap per peer keeps one peer
+        // from reserving the whole pool.
+        let unpaid = match i.pending.all() {
+            Ok(all) => all
+                .iter()
+                .filter(|(_, p)| p.renter_peer == peer.to_string())
+                .count(),
+            Err(e) => {
+                tracing::error!(error = %e, "pending lookup failed");
+                return err(ErrorCode::Unavailable, "provider storage error");
+            }
+        };
+        if unpaid >= MAX_UNPAID_PER_PEER {
+            tracing::warn!(%peer, unpaid, "rent request refused: too many unpaid invoices");
+            return err(
+                ErrorCode::BadRequest,
+                format!("{unpaid} unpaid invoices already; pay them or let them expire"),
+            );
+        }
+        let lease_id = random_id();
+        let reserve = || -> Result<(Option<String>, Option<String>), MarketError> {
+            let v4 = if want_v4 {
+                match i.pool.allocate_v4(&lease_id)? {
+                    Some(n) => Some(n.to_string()),
+                    None => return Err(MarketError::NoOffer("no IPv4 prefix left".into())),
+                }
+            } else {
+                None
+            };
+            let v6 = if want_v6 {
+                match i.pool.allocate_v6(&lease_id)? {
+                    Some(n) => Some(n.to_string()),
+                    None => {
+                        if let Some(p) = &v4 {
+                            i.pool.release(p, &lease_id)?;
+                        }
+                        return Err(MarketError::NoOffer("no IPv6 prefix left".into()));
+                    }
+                }
+            } else {
+                None
+            };
+            Ok((v4, v6))
+        };
+        let (ipv4, ipv6) = match reserve() {
+            Ok(x) => x,
+            Err(MarketError::NoOffer(m)) => return err(ErrorCode::PoolExhausted, m),
+            Err(e) => {
+                tracing::error!(error = %e, "pool allocation failed");
+                return err(ErrorCode::Unavailable, "provider storage error");
+            }
+        };
+        let amount_sat = terms.activation_fee_sat + r.credit_sat;
+        let commitment = InvoiceCommitment {
+            purpose: PURPOSE_ACTIVATION.into(),
+            request_id: r.request_id.clone(),
+            provider: i.peer_id.to_string(),
+            renter: peer.to_string(),
+            offer_id: r.offer_id.clone(),
+            lease_id: None,
+            terms: terms.clone(),
+            credit_sat: r.credit_sat,
+            amount_sat,
+            ipv4_prefix_len: r.ipv4_prefix_len,
+            ipv6_prefix_len: r.ipv6_prefix_len,
+            renter_wg_pubkey: r.wg_pubkey,
+        };
+        let reply = self
+            .create_invoice(
+                peer,
+                &r.request_id,
+                &lease_id,
+                commitment,
+                ipv4.clone(),
+                ipv6.clone(),
+            )
+            .await;
+        if matches!(reply, Message::Error(_)) {
+            for p in ipv4.iter().chain(ipv6.iter()) {
+                let _ = i.pool.release(p, &lease_id);
+            }
+        } else {
+            self.audit(
+                AuditKind::RentRequested,
+                json!({"peer": peer.to_string(), "request_id": r.request_id, "lease_id": lease_id,
+                       "credit_sat": r.credit_sat, "ipv4": ipv4, "ipv6": ipv6}),
+            );
+            if let Err(e) = self.refresh_offer(false) {
+                tracing::warn!(error = %e, "offer refresh failed");
+            }
+        }
+        reply
+    }
+
+    pub(super) async fn create_invoice(
+        &self,
+        peer: PeerId,
+        request_id: &str,
+        lease_id: &str,
+        commitment: InvoiceCommitment,
+        ipv4: Option<String>,
+        ipv6: Option<String>,
+    ) -> Message {
+        let i = &self.inner;
+        let amount_sat = commitment.amount_sat;
+        let created = match i
+            .ln
+            .add_invoice(InvoiceRequest {
+                amount_msat: amount_sat * 1000,
+                description_hash: commitment.description_hash(),
+                expiry_secs: i.cfg.invoice_expiry_secs,
+            })
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create invoice");
+                return err(
+                    ErrorCode::Unavailable,
+                    "provider cannot create an invoice now",
+                );
+            }
+        };
+        let payment_hash = hex::encode(created.payment_hash);
+        let pending = PendingInvoice {
+            lease_id: lease_id.to_owned(),
+            renter_peer: peer.to_string(),
+            commitment,
+            payment_hash: payment_hash.clone(),
+            bolt11: created.bolt11.clone(),
+            expires_at: now_unix() + i.cfg.invoice_expiry_secs,
+            ipv4,
+            ipv6,
+        };
+        if let Err(e) = i.pending.put(request_id, &pending) {
+            tracing::error!(error = %e, "cannot persist pending invoice");
+            return err(ErrorCode::Unavailable, "provider storage error");
+        }
+        self.audit(
+            AuditKind::InvoiceCreated,
+            json!({"request_id": request_id, "lease_id": lease_id, "payment_hash": payment_hash,
+                   "amount_sat": amount_sat, "purpose": pending.commitment.purpose,
+                   "peer": peer.to_string()}),
+        );
+        Message::PayInvoice(PayInvoice {
+            request_id: request_id.to_owned(),
+            lease_id: lease_id.to_owned(),
+            bolt11: created.bolt11,
+            amount_sat,
+        })
+    }
+
+    pub(super) async fn on_topup_request(&self, peer: PeerId, r: TopUpRequest) -> Message {
+        let i = &self.inner;
+        let rec = match i.leases.get(&r.lease_id) {
+            Ok(Some(rec)) if rec.renter_peer == peer.to_string() => rec,
+            Ok(_) => {
+                return err(
+                    ErrorCode::NotFound,
+                    format!("no lease {} of yours", r.lease_id),
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "lease lookup failed");
+                return err(ErrorCode::Unavailable, "provider storage error");
+            }
+        };
+        if rec.state == LeaseState::Released {
+            return err(ErrorCode::NotFound, "lease released; rent again");
+        }
+        let terms = &rec.lease.terms;
+        let remaining = rec.remaining_credit(now_unix());
+        if r.amount_sat < terms.min_topup_sat || remaining + r.amount_sat > terms.max_credit_sat {
+            return err(
+                ErrorCode::BadRequest,
+                format!(
+                    "top-up must be at least {} sat and keep credit under {} sat (now {remaining} sat)",
+                    terms.min_topup_sat, terms.max_credit_sat
+                ),
+            );
+        }
+        if i.pending.get(&r.request_id).ok().flatten().is_some() {
+            return err(ErrorCode::BadRequest, "request id already used");
+        }
+        let commitment = InvoiceCommitment {
+            purpose: PURPOSE_TOPUP.into(),
+            request_id: r.request_id.clone(),
+            provider: i.peer_id.to_string(),
+            renter: peer.to_string(),
+            offer_id: rec.lease.offer_id.clone(),
+            lease_id: Some(r.lease_id.clone()),
+            terms: terms.clone(),
+            credit_sat: r.amount_sat,
+            amount_sat: r.amount_sat,
+            ipv4_prefix_len: None,
+            ipv6_prefix_len: None,
+            renter_wg_pubkey: rec.lease.renter_wg_pubkey,
+        };
+        self.create_invoice(peer, &r.request_id, &r.lease_id, commitment, None, None)
+            .await
+    }
+}

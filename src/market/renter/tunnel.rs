@@ -1,0 +1,79 @@
+//! Applying a lease to the tunnel and writing its wg-quick file.
+
+use super::*;
+
+impl Renter {
+    pub(super) fn free_iface(&self) -> Result<String, MarketError> {
+        let used: Vec<String> = self
+            .inner
+            .rentals
+            .all()?
+            .into_iter()
+            .filter(|(_, r)| r.state != LeaseState::Released)
+            .map(|(_, r)| r.iface)
+            .collect();
+        let base = &self.inner.iface;
+        if !used.contains(base) {
+            return Ok(base.clone());
+        }
+        (1..100)
+            .map(|n| format!("{}{n}", base.trim_end_matches(|c: char| c.is_ascii_digit())))
+            .find(|n| !used.contains(n) && n.len() <= 15)
+            .ok_or_else(|| MarketError::Invalid("no free interface name".into()))
+    }
+
+    /// Configures the tunnel for `lease` on `iface` and writes its wg-quick file.
+    pub(super) async fn apply_tunnel(
+        &self,
+        lease: &Lease,
+        iface: &str,
+    ) -> Result<PathBuf, MarketError> {
+        let i = &self.inner;
+        let mut addresses = Vec::new();
+        if let Some(v4) = &lease.ipv4 {
+            let net: ipnet::Ipv4Net = v4
+                .parse()
+                .map_err(|_| MarketError::Store(format!("bad prefix {v4}")))?;
+            addresses.push(IpNet::V4(
+                ipnet::Ipv4Net::new(net.network(), 32).expect("/32 to be valid"),
+            ));
+        }
+        if let Some(v6) = &lease.ipv6 {
+            let net: ipnet::Ipv6Net = v6
+                .parse()
+                .map_err(|_| MarketError::Store(format!("bad prefix {v6}")))?;
+            // The first host address of the prefix (::1), not the subnet-router anycast address.
+            let first = std::net::Ipv6Addr::from(u128::from(net.network()) + 1);
+            addresses.push(IpNet::V6(
+                ipnet::Ipv6Net::new(first, 128).expect("/128 to be valid"),
+            ));
+        }
+        let spec = InterfaceSpec {
+            name: iface.to_owned(),
+            private_key: i.wg_private,
+            listen_port: None,
+            addresses,
+            policy: RoutingPolicy::SourceOnly {
+                table: POLICY_TABLE,
+            },
+        };
+        let peer = PeerSpec {
+            public_key: lease.provider_wg_pubkey,
+            endpoint: Some(lease.endpoint.clone()),
+            allowed_ips: vec![
+                "0.0.0.0/0".parse().expect("valid"),
+                "::/0".parse().expect("valid"),
+            ],
+            persistent_keepalive: (i.keepalive > 0).then_some(i.keepalive),
+        };
+        i.tunnel.ensure_interface(&spec).await?;
+        i.tunnel.add_peer(iface, &peer).await?;
+        let path = i.conf_dir.join(format!("{iface}.conf"));
+        write_private(
+            &path,
+            render_wg_quick(&spec, std::slice::from_ref(&peer)).as_bytes(),
+        )
+        .map_err(|e| MarketError::Store(format!("cannot write {}: {e}", path.display())))?;
+        Ok(path)
+    }
+}

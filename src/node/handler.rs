@@ -1,0 +1,243 @@
+//! The control API as the daemon implements it: a thin mapping from RPCs to the provider and
+//! renter roles, and from their records to the API's messages.
+
+use libp2p::PeerId;
+
+use crate::audit::AuditLog;
+use crate::config::Role;
+use crate::control::{ControlError, ControlHandler, pb};
+use crate::market::MarketError;
+use crate::market::provider::{Provider, ProviderLease};
+use crate::market::renter::{RentArgs, Rental, Renter};
+use crate::net::NetClient;
+use crate::types::now_unix;
+use std::time::Duration;
+
+/// The control API's view of the node.
+pub(super) struct Control {
+    pub(super) peer_id: PeerId,
+    pub(super) roles: Vec<Role>,
+    pub(super) net: NetClient,
+    pub(super) provider: Option<Provider>,
+    pub(super) renter: Option<Renter>,
+    pub(super) audit: AuditLog,
+    pub(super) public_market: bool,
+    pub(super) ln_pubkey: String,
+    pub(super) network: String,
+    /// Credit a `rent` without `--credit` buys; offers are priced for it.
+    pub(super) default_credit_sat: u64,
+}
+
+fn market_err(e: MarketError) -> ControlError {
+    match e {
+        MarketError::NotFound(m) => ControlError::NotFound(m),
+        MarketError::Invalid(m) => ControlError::InvalidArgument(m),
+        e @ (MarketError::InvoiceRejected(_)
+        | MarketError::Refused { .. }
+        | MarketError::NoOffer(_)
+        | MarketError::BadSigned { .. }
+        | MarketError::Lightning(_)) => ControlError::FailedPrecondition(e.to_string()),
+        e @ MarketError::Net(_) => ControlError::Unavailable(e.to_string()),
+        e => ControlError::Internal(e.to_string()),
+    }
+}
+
+fn rental_info(r: &Rental) -> pb::LeaseInfo {
+    let l = &r.lease;
+    pb::LeaseInfo {
+        lease_id: l.lease_id.clone(),
+        provider: l.provider.clone(),
+        renter: l.renter.clone(),
+        state: r.state.as_str().into(),
+        ipv4: l.ipv4.clone().unwrap_or_default(),
+        ipv6: l.ipv6.clone().unwrap_or_default(),
+        paid_sat: r.paid_sat,
+        credit_sat: l.credit_sat,
+        remaining_credit_sat: r.remaining_credit(now_unix()),
+        paid_until: l.paid_until,
+        endpoint: l.endpoint.clone(),
+        offer_id: l.offer_id.clone(),
+        conf_path: r.conf_path.display().to_string(),
+        activated_at: l.activated_at,
+        rate_sat_per_day: l.terms.rate_sat_per_day,
+    }
+}
+
+fn provider_lease_info(r: &ProviderLease) -> pb::LeaseInfo {
+    let l = &r.lease;
+    pb::LeaseInfo {
+        lease_id: l.lease_id.clone(),
+        provider: l.provider.clone(),
+        renter: l.renter.clone(),
+        state: r.state.as_str().into(),
+        ipv4: l.ipv4.clone().unwrap_or_default(),
+        ipv6: l.ipv6.clone().unwrap_or_default(),
+        paid_sat: r.paid_sat,
+        credit_sat: l.credit_sat,
+        remaining_credit_sat: r.remaining_credit(now_unix()),
+        paid_until: l.paid_until,
+        endpoint: l.endpoint.clone(),
+        offer_id: l.offer_id.clone(),
+        conf_path: String::new(),
+        activated_at: l.activated_at,
+        rate_sat_per_day: l.terms.rate_sat_per_day,
+    }
+}
+
+impl Control {
+    fn renter(&self) -> Result<&Renter, ControlError> {
+        self.renter.as_ref().ok_or_else(|| {
+            ControlError::FailedPrecondition("this node does not have the renter role".into())
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ControlHandler for Control {
+    async fn status(&self) -> Result<pb::StatusReply, ControlError> {
+        let st = self
+            .net
+            .status()
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let s = |v: Vec<PeerId>| v.into_iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let leases = match &self.renter {
+            Some(r) => r
+                .rentals()
+                .map_err(market_err)?
+                .iter()
+                .map(rental_info)
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(pb::StatusReply {
+            peer_id: self.peer_id.to_string(),
+            roles: self
+                .roles
+                .iter()
+                .map(|r| match r {
+                    Role::Provider => "provider".to_owned(),
+                    Role::Renter => "renter".to_owned(),
+                })
+                .collect(),
+            listen_addrs: st.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            net: Some(pb::NetInfo {
+                connected: st.connected as u32,
+                members: s(st.members),
+                refused_by: s(st.refused_by),
+                refused: s(st.refused),
+            }),
+            offers_known: self
+                .renter
+                .as_ref()
+                .map(|r| r.offers(None).len() as u32)
+                .unwrap_or(0),
+            leases,
+            public_market: self.public_market,
+            ln_pubkey: self.ln_pubkey.clone(),
+            network: self.network.clone(),
+        })
+    }
+
+    async fn offers(&self) -> Result<pb::OffersReply, ControlError> {
+        let r = self.renter()?;
+        let offers = r
+            .offers(None)
+            .into_iter()
+            .map(|o| {
+                let t = &o.offer.terms;
+                let avail = |v: &[crate::wire::PrefixAvailability]| {
+                    v.iter().map(|a| a.available).max().unwrap_or(0)
+                };
+                pb::OfferInfo {
+                    offer_id: o.offer_id.clone(),
+                    provider: o.peer.clone(),
+                    seq: o.offer.seq,
+                    endpoint: o.offer.endpoint.clone(),
+                    ln_pubkey: o.offer.ln_pubkey.clone(),
+                    wg_pubkey: o.offer.wg_pubkey.to_base64(),
+                    activation_fee_sat: t.activation_fee_sat,
+                    rate_sat_per_day: t.rate_sat_per_day,
+                    min_initial_credit_sat: t.min_initial_credit_sat,
+                    min_topup_sat: t.min_topup_sat,
+                    max_credit_sat: t.max_credit_sat,
+                    reserve_days: t.reserve_days,
+                    ipv4_available: avail(&o.offer.ipv4),
+                    ipv6_available: avail(&o.offer.ipv6),
+                    expires_at: o.offer.expires_at,
+                    rtt_ms: o.rtt.as_secs_f64() * 1000.0,
+                    price_sat: crate::market::select::price(t, self.default_credit_sat)
+                        .map(|(_, p)| p)
+                        .unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(pb::OffersReply { offers })
+    }
+
+    async fn rent(&self, req: pb::RentRequest) -> Result<pb::LeaseInfo, ControlError> {
+        let r = self.renter()?;
+        if req.auto != req.offer_id.is_empty() {
+            return Err(ControlError::InvalidArgument(
+                "give exactly one of an offer id or auto".into(),
+            ));
+        }
+        let args = RentArgs {
+            offer_id: (!req.offer_id.is_empty()).then_some(req.offer_id),
+            credit_sat: (req.credit_sat > 0).then_some(req.credit_sat),
+            timeout: Duration::from_secs(if req.timeout_secs == 0 {
+                60
+            } else {
+                u64::from(req.timeout_secs)
+            }),
+        };
+        let rental = r.rent(args).await.map_err(market_err)?;
+        Ok(rental_info(&rental))
+    }
+
+    async fn conf(&self, req: pb::ConfRequest) -> Result<pb::ConfReply, ControlError> {
+        let (path, text) = self.renter()?.conf(&req.lease_id).map_err(market_err)?;
+        Ok(pb::ConfReply {
+            path: path.display().to_string(),
+            text,
+        })
+    }
+
+    async fn add_credit(&self, req: pb::AddCreditRequest) -> Result<pb::LeaseInfo, ControlError> {
+        if req.amount_sat == 0 {
+            return Err(ControlError::InvalidArgument(
+                "amount must be positive".into(),
+            ));
+        }
+        let rental = self
+            .renter()?
+            .add_credit(&req.lease_id, req.amount_sat)
+            .await
+            .map_err(market_err)?;
+        Ok(rental_info(&rental))
+    }
+
+    async fn leases(&self) -> Result<pb::LeasesReply, ControlError> {
+        let p = self.provider.as_ref().ok_or_else(|| {
+            ControlError::FailedPrecondition("this node does not have the provider role".into())
+        })?;
+        Ok(pb::LeasesReply {
+            leases: p
+                .leases()
+                .map_err(market_err)?
+                .iter()
+                .map(provider_lease_info)
+                .collect(),
+        })
+    }
+
+    async fn audit_verify(&self) -> Result<pb::AuditVerifyReply, ControlError> {
+        let report = self.audit.verify();
+        Ok(pb::AuditVerifyReply {
+            ok: report.ok,
+            entries: report.entries,
+            first_bad_seq: report.first_bad.as_ref().map(|b| b.seq),
+            reason: report.first_bad.map(|b| b.reason).unwrap_or_default(),
+        })
+    }
+}

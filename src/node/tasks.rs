@@ -1,0 +1,93 @@
+//! The daemon's long-running helpers: periodic work, DHT announcements, signals, and the
+//! secret lookup at start.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::NodeError;
+use crate::audit::{AuditKind, AuditLog};
+use crate::config::Config;
+use crate::market::provider::Provider;
+use crate::net::{self, NetClient};
+
+pub(super) fn log_audit(audit: &AuditLog, kind: AuditKind, payload: serde_json::Value) {
+    if let Err(e) = audit.append(kind, &payload) {
+        tracing::error!(error = %e, ?kind, "audit append failed");
+    }
+}
+
+pub(super) fn read_secret(data_dir: &Path, cfg: &Config) -> Result<String, NodeError> {
+    if let Some(file) = &cfg.node.secret_file {
+        let path = Config::resolve(data_dir, file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            NodeError::Other(format!(
+                "cannot read node.secret_file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let line = text.lines().next().unwrap_or("").trim().to_owned();
+        if line.is_empty() {
+            return Err(NodeError::Other(format!("{} is empty", path.display())));
+        }
+        return Ok(line);
+    }
+    if cfg.node.secret.is_empty() {
+        Ok(net::topic::DEFAULT_PUBLIC_SECRET.to_owned())
+    } else {
+        Ok(cfg.node.secret.clone())
+    }
+}
+
+pub(super) async fn wait_for_signal() -> Result<(), NodeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| NodeError::Other(format!("cannot install SIGTERM handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| NodeError::Other(format!("cannot install SIGINT handler: {e}")))?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// Runs `f` every `every` until cancelled.
+pub(super) async fn periodic<F, Fut>(every: Duration, shutdown: CancellationToken, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut timer = tokio::time::interval(every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => f().await,
+        }
+    }
+}
+
+/// Announces the provider on the DHT at start, whenever its offer changes, and periodically
+/// (records expire, and peers that joined later must be able to find it).
+pub(super) async fn announce_loop(
+    p: Provider,
+    net: NetClient,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut changes = p.subscribe_offer();
+    let mut timer = tokio::time::interval(every.max(Duration::from_secs(5)) * 3);
+    loop {
+        match net.start_providing().await {
+            Ok(()) => tracing::debug!(offer_id = %p.offer().id(), "announced on the DHT"),
+            Err(e) => tracing::debug!(error = %e, "DHT announce incomplete; will retry"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+            r = changes.changed() => if r.is_err() { return },
+        }
+    }
+}
