@@ -33,9 +33,9 @@ use crate::lightning::{InvoiceRequest, InvoiceState, LightningNode};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel};
 use crate::types::{DAY_SECS, Sats, WgKey, now_unix, random_id};
 use crate::wire::{
-    ErrorCode, ErrorMsg, Hello, InvoiceCommitment, Lease, LeaseState, Message, Offer,
-    PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest,
-    Signed, Status, StatusRequest, TopUpRequest,
+    ErrorCode, ErrorMsg, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
+    PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest, Signed, Status,
+    StatusRequest, TopUpRequest,
 };
 
 /// Unpaid invoices (with reserved prefixes) one peer may hold at once.
@@ -381,17 +381,5 @@ fn empty_offer(peer_id: &PeerId) -> Offer {
             max_credit_sat: 0,
             reserve_days: 0,
         },
-    }
-}
-
-impl Hello {
-    /// Our own hello.
-    pub fn ours(provider: bool, renter: bool, network: &str) -> Hello {
-        Hello {
-            agent: format!("leasewire/{}", env!("CARGO_PKG_VERSION")),
-            provider,
-            renter,
-            network: network.to_owned(),
-        }
     }
 }

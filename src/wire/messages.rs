@@ -78,6 +78,18 @@ pub struct Hello {
     pub network: String,
 }
 
+impl Hello {
+    /// Our own hello.
+    pub fn ours(provider: bool, renter: bool, network: &str) -> Hello {
+        Hello {
+            agent: format!("leasewire/{}", env!("CARGO_PKG_VERSION")),
+            provider,
+            renter,
+            network: network.to_owned(),
+        }
+    }
+}
+
 /// How many prefixes of one size an offer has available.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefixAvailability {
