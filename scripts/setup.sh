@@ -6,9 +6,9 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# Build: a C compiler and pkg-config for -sys crates. Data plane (next issues): wireguard-go,
-# wireguard-tools and iproute2 for the network-namespace simnet.
-PKGS="build-essential pkg-config ca-certificates iproute2 wireguard-tools wireguard-go"
+# Build: a C compiler and pkg-config for -sys crates. Data plane: wireguard-go,
+# wireguard-tools, iproute2 and ping for the network-namespace tests and simnet.
+PKGS="build-essential pkg-config ca-certificates iproute2 iputils-ping wireguard-tools wireguard-go"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

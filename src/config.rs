@@ -135,6 +135,8 @@ impl Default for LightningConfig {
 pub enum TunnelBackendKind {
     /// Write wg-quick files and record state only; no interface is touched.
     File,
+    /// Real WireGuard interfaces (kernel module, else `wireguard-go`); needs root (CAP_NET_ADMIN).
+    Wireguard,
 }
 
 /// `[tunnel]`

@@ -37,6 +37,7 @@ use crate::market::{MarketError, Peers};
 use crate::net::{self, NetClient, NetConfig, NetEvent};
 use crate::tunnel::Tunnel;
 use crate::tunnel::file::FileTunnel;
+use crate::tunnel::wireguard::WireGuardTunnel;
 use crate::wire::{ErrorCode, ErrorMsg, Hello, Message};
 
 /// Errors that stop the daemon (at start-up, mostly). Each names what to fix.
@@ -194,6 +195,11 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
     let tunnel: Arc<dyn Tunnel> = match cfg.tunnel.backend {
         TunnelBackendKind::File => Arc::new(
             FileTunnel::new(data_dir.join("tunnel"))
+                .map_err(|e| NodeError::Other(format!("tunnel backend: {e}")))?,
+        ),
+        TunnelBackendKind::Wireguard => Arc::new(
+            WireGuardTunnel::new()
+                .await
                 .map_err(|e| NodeError::Other(format!("tunnel backend: {e}")))?,
         ),
     };

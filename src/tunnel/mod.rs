@@ -4,7 +4,9 @@
 //! Backends:
 //! - [`file::FileTunnel`]: writes wg-quick files and persists state; touches no interface.
 //!   Used by tests and simnet, and by operators who bring interfaces up themselves.
-//! - a wireguard-control backend (later) that drives real interfaces.
+//! - [`wireguard::WireGuardTunnel`]: drives real interfaces through wireguard-control (kernel
+//!   WireGuard where the kernel has it, else userspace `wireguard-go`), with addresses, routes
+//!   and rules set natively over rtnetlink.
 //!
 //! [`testing::conformance`] is the behavioural contract: every backend must pass it.
 //!
@@ -22,8 +24,10 @@ use crate::types::WgKey;
 
 pub mod file;
 pub mod testing;
+pub mod wireguard;
 
 pub use file::{FileTunnel, render_wg_quick};
+pub use wireguard::{WgBackend, WireGuardTunnel};
 
 /// Longest interface name Linux accepts (`IFNAMSIZ` - 1).
 pub const MAX_IFACE_NAME_LEN: usize = 15;

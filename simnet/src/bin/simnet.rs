@@ -17,6 +17,9 @@
 mod cli;
 #[path = "simnet/cluster.rs"]
 mod cluster;
+#[allow(dead_code)]
+#[path = "simnet/netns.rs"]
+mod netns;
 #[path = "simnet/procs.rs"]
 mod procs;
 #[path = "simnet/report.rs"]
