@@ -90,8 +90,7 @@ pub struct ProviderLease {
 impl ProviderLease {
     /// Credit left at `now`.
     pub fn remaining_credit(&self, now: u64) -> Sats {
-        let secs = self.lease.paid_until.saturating_sub(now);
-        ((secs as u128 * self.lease.terms.rate_sat_per_day as u128) / DAY_SECS as u128) as Sats
+        self.lease.remaining_credit(now)
     }
 }
 

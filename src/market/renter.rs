@@ -33,7 +33,7 @@ use crate::config::RenterConfig;
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
-use crate::types::{DAY_SECS, Sats, WgKey, now_unix, random_id};
+use crate::types::{Sats, WgKey, now_unix, random_id};
 use crate::wire::{
     ErrorCode, Hello, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
     PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed, StatusRequest, TopUpRequest,
@@ -115,8 +115,7 @@ pub struct Rental {
 impl Rental {
     /// Credit left at `now`.
     pub fn remaining_credit(&self, now: u64) -> Sats {
-        let secs = self.lease.paid_until.saturating_sub(now);
-        ((secs as u128 * self.lease.terms.rate_sat_per_day as u128) / DAY_SECS as u128) as Sats
+        self.lease.remaining_credit(now)
     }
 }
 

@@ -11,6 +11,7 @@ use crate::market::provider::{Provider, ProviderLease};
 use crate::market::renter::{RentArgs, Rental, Renter};
 use crate::net::NetClient;
 use crate::types::now_unix;
+use crate::wire::{Lease, LeaseState};
 use std::time::Duration;
 
 /// The control API's view of the node.
@@ -42,46 +43,38 @@ fn market_err(e: MarketError) -> ControlError {
     }
 }
 
-fn rental_info(r: &Rental) -> pb::LeaseInfo {
-    let l = &r.lease;
+/// A lease as the control API shows it; `conf_path` is empty on the provider side.
+fn lease_info(l: &Lease, state: LeaseState, paid_sat: u64, conf_path: String) -> pb::LeaseInfo {
     pb::LeaseInfo {
         lease_id: l.lease_id.clone(),
         provider: l.provider.clone(),
         renter: l.renter.clone(),
-        state: r.state.as_str().into(),
+        state: state.as_str().into(),
         ipv4: l.ipv4.clone().unwrap_or_default(),
         ipv6: l.ipv6.clone().unwrap_or_default(),
-        paid_sat: r.paid_sat,
+        paid_sat,
         credit_sat: l.credit_sat,
-        remaining_credit_sat: r.remaining_credit(now_unix()),
+        remaining_credit_sat: l.remaining_credit(now_unix()),
         paid_until: l.paid_until,
         endpoint: l.endpoint.clone(),
         offer_id: l.offer_id.clone(),
-        conf_path: r.conf_path.display().to_string(),
+        conf_path,
         activated_at: l.activated_at,
         rate_sat_per_day: l.terms.rate_sat_per_day,
     }
 }
 
+fn rental_info(r: &Rental) -> pb::LeaseInfo {
+    lease_info(
+        &r.lease,
+        r.state,
+        r.paid_sat,
+        r.conf_path.display().to_string(),
+    )
+}
+
 fn provider_lease_info(r: &ProviderLease) -> pb::LeaseInfo {
-    let l = &r.lease;
-    pb::LeaseInfo {
-        lease_id: l.lease_id.clone(),
-        provider: l.provider.clone(),
-        renter: l.renter.clone(),
-        state: r.state.as_str().into(),
-        ipv4: l.ipv4.clone().unwrap_or_default(),
-        ipv6: l.ipv6.clone().unwrap_or_default(),
-        paid_sat: r.paid_sat,
-        credit_sat: l.credit_sat,
-        remaining_credit_sat: r.remaining_credit(now_unix()),
-        paid_until: l.paid_until,
-        endpoint: l.endpoint.clone(),
-        offer_id: l.offer_id.clone(),
-        conf_path: String::new(),
-        activated_at: l.activated_at,
-        rate_sat_per_day: l.terms.rate_sat_per_day,
-    }
+    lease_info(&r.lease, r.state, r.paid_sat, String::new())
 }
 
 impl Control {

@@ -258,6 +258,15 @@ pub struct Lease {
     pub revision: u64,
 }
 
+impl Lease {
+    /// Credit left at `now`: the unexpired part of `paid_until` at the lease's rate.
+    pub fn remaining_credit(&self, now: u64) -> Sats {
+        let secs = self.paid_until.saturating_sub(now);
+        ((secs as u128 * self.terms.rate_sat_per_day as u128) / crate::types::DAY_SECS as u128)
+            as Sats
+    }
+}
+
 impl SignedKind for Lease {
     const DOMAIN: &'static str = "leasewire/lease/v1";
 }
