@@ -505,3 +505,31 @@ async fn credit_runs_out_the_tunnel_goes_off_and_back_rent_restores_it() {
             .any(|k| k == "lease_reactivated")
     );
 }
+
+#[tokio::test]
+async fn a_second_lease_gets_its_own_interface_and_routing_table() {
+    let w = world(Tamper::None).await;
+    w.renter.discover().await.unwrap();
+    let args = || RentArgs {
+        offer_id: None,
+        credit_sat: Some(1000),
+        timeout: Duration::from_secs(10),
+    };
+    let first = w.renter.rent(args()).await.unwrap();
+    let second = w.renter.rent(args()).await.unwrap();
+    assert_eq!(
+        (first.iface.as_str(), second.iface.as_str()),
+        ("lwr0", "lwr1")
+    );
+    assert_ne!(first.lease.ipv4, second.lease.ipv4);
+    let (_, a) = w.renter.conf(&first.lease.lease_id).unwrap();
+    let (_, b) = w.renter.conf(&second.lease.lease_id).unwrap();
+    assert!(
+        a.contains("table 51820") && !a.contains("table 51821"),
+        "{a}"
+    );
+    assert!(
+        b.contains("table 51821") && !b.contains("table 51820"),
+        "{b}"
+    );
+}

@@ -22,6 +22,23 @@ impl Renter {
             .ok_or_else(|| MarketError::Invalid("no free interface name".into()))
     }
 
+    /// The policy-routing table of `iface`: each renter interface needs its own, or two leases
+    /// would share one default route and remove each other's `ip rule`s. The base interface
+    /// uses [`POLICY_TABLE`]; `<base-without-digits>N` (from [`Self::free_iface`]) uses
+    /// `POLICY_TABLE + N`.
+    pub(super) fn policy_table(&self, iface: &str) -> u32 {
+        let base = &self.inner.iface;
+        if iface == base {
+            return POLICY_TABLE;
+        }
+        let stem = base.trim_end_matches(|c: char| c.is_ascii_digit());
+        iface
+            .strip_prefix(stem)
+            .and_then(|n| n.parse::<u32>().ok())
+            .map(|n| POLICY_TABLE + n)
+            .unwrap_or(POLICY_TABLE)
+    }
+
     /// Configures the tunnel for `lease` on `iface` and writes its wg-quick file.
     pub(super) async fn apply_tunnel(
         &self,
@@ -54,7 +71,7 @@ impl Renter {
             listen_port: None,
             addresses,
             policy: RoutingPolicy::SourceOnly {
-                table: POLICY_TABLE,
+                table: self.policy_table(iface),
             },
         };
         let peer = PeerSpec {
