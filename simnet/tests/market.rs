@@ -533,3 +533,40 @@ async fn a_second_lease_gets_its_own_interface_and_routing_table() {
         "{b}"
     );
 }
+
+#[tokio::test]
+async fn recent_offer_versions_stay_acceptable_unknown_ones_do_not() {
+    let w = world(Tamper::None).await;
+    let first_id = w.provider.offer().id();
+    let request = |offer_id: String, n: u8| {
+        Message::RentRequest(RentRequest {
+            request_id: format!("{n:02x}").repeat(16),
+            offer_id,
+            credit_sat: 1000,
+            ipv4_prefix_len: Some(32),
+            ipv6_prefix_len: Some(64),
+            wg_pubkey: WgKey([9; 32]),
+        })
+    };
+    let reply = w
+        .provider
+        .handle(w.renter_peer, request(first_id.clone(), 1))
+        .await;
+    assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
+    assert_ne!(
+        w.provider.offer().id(),
+        first_id,
+        "a reservation re-signs the offer"
+    );
+    // A renter that fetched the offer before that change is still served.
+    let reply = w.provider.handle(w.renter_peer, request(first_id, 2)).await;
+    assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
+    match w
+        .provider
+        .handle(w.renter_peer, request("ab".repeat(16), 3))
+        .await
+    {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::OfferChanged),
+        other => panic!("an unknown offer id was accepted: {other:?}"),
+    }
+}

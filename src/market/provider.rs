@@ -41,6 +41,9 @@ use crate::wire::{
 /// Unpaid invoices (with reserved prefixes) one peer may hold at once.
 pub const MAX_UNPAID_PER_PEER: usize = 4;
 
+/// Recent offer versions a rent request may still name.
+const RECENT_OFFERS: usize = 64;
+
 /// How long a `paymentResult` waits for the provider's node to show the invoice settled.
 const SETTLE_WAIT: Duration = Duration::from_secs(10);
 
@@ -131,6 +134,8 @@ struct Inner {
     pending: Table<PendingInvoice>,
     meta: sled::Tree,
     offer: RwLock<Signed<Offer>>,
+    /// Offers signed by this run, newest last, for [`Provider::accepts_offer`].
+    recent_offers: std::sync::Mutex<std::collections::VecDeque<(String, Offer)>>,
     offer_tx: watch::Sender<u64>,
     /// Serialises settlement handling so each invoice issues or extends a lease exactly once.
     settle_lock: Mutex<()>,
@@ -175,6 +180,7 @@ impl Provider {
                 pool,
                 meta,
                 offer: RwLock::new(placeholder),
+                recent_offers: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 offer_tx,
                 settle_lock: Mutex::new(()),
             }),
@@ -218,6 +224,25 @@ impl Provider {
             .read()
             .expect("offer lock not to be poisoned")
             .clone()
+    }
+
+    /// Whether a rent request may name `offer_id`: the current offer, or a recent version of it
+    /// that has not expired and has the current terms. Offers are re-signed whenever
+    /// availability changes, so without this every lease would send concurrent renters back to
+    /// fetch the offer again for nothing.
+    pub fn accepts_offer(&self, offer_id: &str) -> bool {
+        if self.offer().id() == offer_id {
+            return true;
+        }
+        let now = now_unix();
+        let recent = self
+            .inner
+            .recent_offers
+            .lock()
+            .expect("recent offers lock not poisoned");
+        recent
+            .iter()
+            .any(|(id, o)| id == offer_id && o.expires_at > now && o.terms == self.inner.cfg.terms)
     }
 
     /// Fires (with the new seq) every time the offer is re-signed.
@@ -302,6 +327,16 @@ impl Provider {
         let signed = Signed::sign(&i.key, &offer).map_err(|e| MarketError::Store(e.to_string()))?;
         let id = signed.id();
         *i.offer.write().expect("offer lock not to be poisoned") = signed;
+        {
+            let mut recent = i
+                .recent_offers
+                .lock()
+                .expect("recent offers lock not poisoned");
+            recent.push_back((id.clone(), offer.clone()));
+            while recent.len() > RECENT_OFFERS {
+                recent.pop_front();
+            }
+        }
         self.audit(
             AuditKind::OfferPublished,
             json!({"offer_id": id, "seq": seq, "ipv4": offer.ipv4, "ipv6": offer.ipv6}),

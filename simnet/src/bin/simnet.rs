@@ -9,6 +9,12 @@
 //! run at all, 130 when interrupted. Every child process is stopped on every one of these
 //! paths (see `procs.rs`).
 //!
+//! With `--netns` (root, iproute2, wireguard-go) every daemon runs in its own network
+//! namespace behind a simulated internet, with real WireGuard tunnels, and each lease's data
+//! plane is checked with real packets: outbound and inbound over IPv4 and IPv6, the cut when
+//! the credit runs out and the resumption after `add-credit` (see dataplane.rs). The probes
+//! are this same binary, run through the hidden `probe-listen` / `probe-connect` subcommands.
+//!
 //! The `leasewire` and `lnd-sim` binaries must be built: `cargo build --workspace`.
 
 // A non-`main.rs` binary root resolves `mod x;` next to itself (src/bin/x.rs); the modules
@@ -17,9 +23,16 @@
 mod cli;
 #[path = "simnet/cluster.rs"]
 mod cluster;
+#[path = "simnet/dataplane.rs"]
+mod dataplane;
+#[path = "simnet/netenv.rs"]
+mod netenv;
+// Part of the topology API (gateways, ping, leftovers) is used only by its own tests.
 #[allow(dead_code)]
 #[path = "simnet/netns.rs"]
 mod netns;
+#[path = "simnet/probe.rs"]
+mod probe;
 #[path = "simnet/procs.rs"]
 mod procs;
 #[path = "simnet/report.rs"]
@@ -28,22 +41,28 @@ mod report;
 mod scenario;
 
 use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::Bins;
+use crate::cluster::Placement;
+use crate::netenv::NetEnv;
 use crate::procs::Procs;
 use crate::scenario::{Plan, STOP_GRACE};
 
 /// Runs a local leasewire market (lnd-sim + N providers + M renters) and checks it end to end.
 #[derive(Debug, Parser)]
-#[command(name = "simnet", version)]
+#[command(name = "simnet", version, args_conflicts_with_subcommands = true)]
 struct Opts {
+    /// Internal helpers run by simnet itself inside namespaces.
+    #[command(subcommand)]
+    helper: Option<Helper>,
     /// Number of provider daemons.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=cluster::MAX_PROVIDERS as i64))]
     providers: u16,
@@ -57,14 +76,70 @@ struct Opts {
     #[arg(long)]
     keep: bool,
     /// Add a renter on a different market secret; it must see no offers and be refused.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "netns")]
     intruder: bool,
-    /// Credit each renter buys, in satoshis.
-    #[arg(long = "credit", default_value_t = 3000)]
-    credit_sat: u64,
+    /// Run each daemon in its own network namespace with real WireGuard tunnels and check
+    /// every lease with real packets (needs root and wireguard-go).
+    #[arg(long)]
+    netns: bool,
+    /// Credit each renter buys, in satoshis [default: 3000; with --netns 40, which at the
+    /// netns price of 1 sat/s is 40 s of service before the suspension check].
+    #[arg(long = "credit")]
+    credit_sat: Option<u64>,
     /// Directory to create the run's temporary root in (default: the system temp dir).
     #[arg(long)]
     base_dir: Option<PathBuf>,
+}
+
+/// Credit per renter without `--netns`.
+const DEFAULT_CREDIT_SAT: u64 = 3000;
+/// Credit per renter with `--netns`: seconds of service (1 sat/s) covering the first checks.
+const NETNS_CREDIT_SAT: u64 = 40;
+
+/// Hidden subcommands: the probe helpers of `--netns` (see probe.rs).
+#[derive(Debug, Subcommand)]
+enum Helper {
+    /// Accept TCP connections on ADDR and answer each with the peer address it came from.
+    #[command(hide = true)]
+    ProbeListen {
+        /// Address to listen on.
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// Connect from BIND to TO and print the source address the listener saw.
+    #[command(hide = true)]
+    ProbeConnect {
+        /// Source address to bind (port 0).
+        #[arg(long)]
+        bind: IpAddr,
+        /// Listener to connect to.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Connect and read timeout in milliseconds.
+        #[arg(long, default_value_t = 1500)]
+        timeout_ms: u64,
+    },
+}
+
+/// Runs a helper subcommand; exit 0 on success, 1 with the error on stderr otherwise.
+fn run_helper(h: Helper) -> ExitCode {
+    let result = match h {
+        Helper::ProbeListen { addr } => probe::listen(addr),
+        Helper::ProbeConnect {
+            bind,
+            to,
+            timeout_ms,
+        } => probe::connect(bind, to, std::time::Duration::from_millis(timeout_ms)).map(|seen| {
+            println!("{seen}");
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// How a run ended, mapped to the exit status in `main`.
@@ -75,7 +150,10 @@ enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let opts = Opts::parse();
+    let mut opts = Opts::parse();
+    if let Some(h) = opts.helper.take() {
+        return run_helper(h);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal, so redirected logs stay greppable.
@@ -112,6 +190,10 @@ async fn run(opts: Opts) -> Result<Outcome> {
     // Install handlers before any child exists, so no signal can kill us mid-setup.
     let mut signals = Signals::new()?;
     let bins = Bins::locate()?;
+    if opts.netns {
+        // Before anything is created, so a machine that cannot run it says so at once.
+        netns::Topology::preflight()?;
+    }
     // Declared before `procs`: on unwind, children are killed first, then the dir removed.
     let tmp = make_root(opts.base_dir.as_deref())?;
     let root = tmp.path().to_owned();
@@ -121,11 +203,31 @@ async fn run(opts: Opts) -> Result<Outcome> {
         providers: usize::from(opts.providers),
         renters: usize::from(opts.renters),
         intruder: opts.intruder,
-        credit_sat: opts.credit_sat,
+        credit_sat: opts.credit_sat.unwrap_or(if opts.netns {
+            NETNS_CREDIT_SAT
+        } else {
+            DEFAULT_CREDIT_SAT
+        }),
+    };
+    // Built before any child starts, and removed only after every child has stopped.
+    let net = if opts.netns {
+        let pools = (0..plan.providers)
+            .map(cluster::provider_pools)
+            .collect::<Result<_>>()?;
+        Some(NetEnv::create(pools, plan.renters)?)
+    } else {
+        None
+    };
+    let placement = match &net {
+        Some(n) => Placement::Netns {
+            topo: &n.topo,
+            tag: &n.tag,
+        },
+        None => Placement::Host,
     };
 
     let result = tokio::select! {
-        r = scenario::run(&root, &bins, procs.clone(), plan) => Some(r),
+        r = scenario::run(&root, &bins, procs.clone(), plan, placement) => Some(r),
         sig = signals.recv() => {
             tracing::warn!("{sig} received; stopping every process");
             None
@@ -137,6 +239,13 @@ async fn run(opts: Opts) -> Result<Outcome> {
     tokio::select! {
         _ = procs.stop_all(STOP_GRACE) => {}
         sig = signals.recv() => tracing::warn!("{sig} received again; killing"),
+    }
+    let mut cleanup_failed = false;
+    if let Some(n) = net
+        && let Err(e) = n.cleanup().await
+    {
+        tracing::error!("netns cleanup: {e:#}");
+        cleanup_failed = true;
     }
 
     if opts.keep {
@@ -159,7 +268,10 @@ async fn run(opts: Opts) -> Result<Outcome> {
     } else {
         print!("{}", report.table());
     }
-    let failures = report.failures();
+    let mut failures = report.failures();
+    if cleanup_failed {
+        failures.push("the network namespaces were not all removed".to_owned());
+    }
     for f in &failures {
         tracing::error!("check failed: {f}");
     }
@@ -219,8 +331,9 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_ones() {
         let o = Opts::try_parse_from(["simnet"]).unwrap();
-        assert_eq!((o.providers, o.renters, o.credit_sat), (3, 5, 3000));
-        assert!(!o.json && !o.keep && !o.intruder && o.base_dir.is_none());
+        assert_eq!((o.providers, o.renters, o.credit_sat), (3, 5, None));
+        assert!(!o.json && !o.keep && !o.intruder && !o.netns && o.base_dir.is_none());
+        assert!(o.helper.is_none());
         let o = Opts::try_parse_from([
             "simnet",
             "--providers",
@@ -233,8 +346,45 @@ mod tests {
             "5000",
         ])
         .unwrap();
-        assert_eq!((o.providers, o.renters, o.credit_sat), (2, 2, 5000));
+        assert_eq!((o.providers, o.renters, o.credit_sat), (2, 2, Some(5000)));
         assert!(o.json && o.intruder);
+    }
+
+    #[test]
+    fn netns_flag_and_hidden_helpers_parse() {
+        let o = Opts::try_parse_from(["simnet", "--netns", "--renters", "2", "--keep"]).unwrap();
+        assert!(o.netns && o.keep && o.helper.is_none());
+        // The intruder needs a namespace of its own that the topology does not provide.
+        assert!(Opts::try_parse_from(["simnet", "--netns", "--intruder"]).is_err());
+        let o = Opts::try_parse_from([
+            "simnet",
+            "probe-connect",
+            "--bind",
+            "198.51.100.1",
+            "--to",
+            "203.0.113.1:7000",
+        ])
+        .unwrap();
+        match o.helper {
+            Some(Helper::ProbeConnect {
+                bind,
+                to,
+                timeout_ms,
+            }) => {
+                assert_eq!(bind.to_string(), "198.51.100.1");
+                assert_eq!(to.port(), 7000);
+                assert_eq!(timeout_ms, 1500);
+            }
+            other => panic!("{other:?}"),
+        }
+        let o = Opts::try_parse_from(["simnet", "probe-listen", "--addr", "[2001:db8::1]:7001"])
+            .unwrap();
+        assert!(matches!(o.helper, Some(Helper::ProbeListen { .. })));
+        // Helpers stay out of the help text.
+        let help = <Opts as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        assert!(!help.contains("probe-"), "{help}");
     }
 
     #[test]

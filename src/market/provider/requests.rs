@@ -6,7 +6,7 @@ impl Provider {
     pub(super) async fn on_rent_request(&self, peer: PeerId, r: RentRequest) -> Message {
         let i = &self.inner;
         let offer = self.offer();
-        if r.offer_id != offer.id() {
+        if !self.accepts_offer(&r.offer_id) {
             return err(
                 ErrorCode::OfferChanged,
                 format!(

@@ -131,6 +131,23 @@ pub struct RentOut {
     pub ipv6: Option<String>,
     /// Satoshis paid for the lease.
     pub paid_sat: u64,
+    /// Unix time the credit runs out.
+    #[serde(default)]
+    pub paid_until: Option<u64>,
+}
+
+/// `leasewire add-credit --json`, the parts simnet reads.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AddCreditOut {
+    /// Leased IPv4 prefix; empty or null when none.
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    /// Leased IPv6 prefix; empty or null when none.
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// Unix time the credit now runs out.
+    #[serde(default)]
+    pub paid_until: Option<u64>,
 }
 
 /// `leasewire audit verify --json`.
@@ -214,6 +231,17 @@ impl Cli {
             .map(|a| a.to_owned())
             .chain(extra.into_iter().map(Into::into));
         self.json(args, timeout_secs + 30).await
+    }
+
+    /// `leasewire add-credit --data-dir D --amount SAT --json` for the only lease.
+    ///
+    /// Errors: the CLI fails (no lease, payment refused, ...) or prints no JSON.
+    pub async fn add_credit(&self, dir: &Path, amount_sat: u64) -> Result<AddCreditOut> {
+        let amount = amount_sat.to_string();
+        let args = data_dir_args("add-credit", dir)
+            .into_iter()
+            .chain(["--amount".as_ref(), amount.as_ref()]);
+        self.json(args, 90).await
     }
 
     /// `leasewire audit verify --data-dir D --json`.
@@ -353,6 +381,12 @@ mod tests {
         assert_eq!(r.ipv4.as_deref(), Some("198.51.100.3/32"));
         assert_eq!(r.ipv6, None);
         assert_eq!(r.paid_sat, 3010);
+        assert_eq!(r.paid_until, Some(1));
+        let c: AddCreditOut =
+            parse_json(r#"{"lease_id":"l","ipv4":"198.51.100.3/32","ipv6":"","paid_until":9}"#)
+                .unwrap();
+        assert_eq!(c.ipv6.as_deref(), Some(""));
+        assert_eq!(c.paid_until, Some(9));
         let a: AuditOut =
             parse_json(r#"{"ok":false,"entries":7,"first_bad":{"seq":4,"reason":"bad sig"}}"#)
                 .unwrap();

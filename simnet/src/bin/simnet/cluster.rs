@@ -10,21 +10,29 @@
 //! 4. write every other node's `config.toml` pointing at provider-0, start them all, and wait
 //!    until each answers `status`.
 //!
+//! With `--netns` ([`Placement::Netns`]) lnd-sim runs in the internet namespace on the
+//! internet host's address, each daemon runs in its own namespace with libp2p on its underlay
+//! address and real WireGuard interfaces, and bootstrap goes through provider-0's underlay.
+//!
 //! Every node's config is built as a [`leasewire::config::Config`] by [`node_config`] (a pure
 //! function) and validated before it is written, so a contract drift shows up here and not as
 //! a daemon that dies at start.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use ipnet::IpNet;
 use leasewire::config::{Config, Role, TunnelBackendKind};
+use leasewire::types::Terms;
 use serde::Deserialize;
 use tokio::process::Command;
 
 use crate::cli::{Bins, Cli};
+use crate::netns::Topology;
 use crate::procs::Procs;
 
 /// Seconds between discovery rounds in every simnet node; short so a run takes seconds.
@@ -39,6 +47,79 @@ pub const LND_SIM: &str = "lnd-sim";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long lnd-sim may take to write `lnd-sim.json`.
 const LND_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// WireGuard UDP port of every provider with `--netns` (each has its own namespace).
+pub const NETNS_WG_PORT: u16 = 51820;
+/// Credit price with `--netns`: 86 400 sat/day is 1 sat/s, so credit in satoshis is seconds
+/// of service and a lease can be made to run out within a short run.
+pub const NETNS_RATE_SAT_PER_DAY: u64 = 86_400;
+
+/// Where the cluster's processes run.
+#[derive(Clone, Copy, Debug)]
+pub enum Placement<'a> {
+    /// Everything in the host's namespace on loopback, with the file tunnel backend.
+    Host,
+    /// One namespace per daemon (see netns.rs), real WireGuard interfaces.
+    Netns {
+        /// The live topology; provider `i` and renter `i` run in its namespaces.
+        topo: &'a Topology,
+        /// Short run tag that makes WireGuard interface names unique machine-wide.
+        tag: &'a str,
+    },
+}
+
+impl Placement<'_> {
+    /// The namespace node `kind`/`index` runs in; `None` on the host.
+    ///
+    /// Errors: an intruder with `--netns` (the topology has no namespace for it).
+    fn namespace(&self, kind: Kind, index: usize) -> Result<Option<String>> {
+        match self {
+            Placement::Host => Ok(None),
+            Placement::Netns { topo, .. } => match kind {
+                Kind::Provider => Ok(Some(topo.provider_ns(index).to_owned())),
+                Kind::Renter => Ok(Some(topo.renter_ns(index).to_owned())),
+                Kind::Intruder => bail!("--intruder cannot be combined with --netns"),
+            },
+        }
+    }
+
+    /// Node `kind`/`index`'s underlay address (netns only).
+    fn underlay(&self, kind: Kind, index: usize) -> Option<Ipv4Addr> {
+        match self {
+            Placement::Host => None,
+            Placement::Netns { topo, .. } => Some(match kind {
+                Kind::Provider => topo.provider_underlay_v4(index),
+                Kind::Renter | Kind::Intruder => topo.renter_underlay_v4(index),
+            }),
+        }
+    }
+
+    /// A command running `program args` where node `ns` lives.
+    fn command<I, S>(&self, ns: Option<&str>, program: &Path, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        match (self, ns) {
+            (Placement::Netns { topo, .. }, Some(ns)) => {
+                Command::from(topo.command(ns, program, args))
+            }
+            _ => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+        }
+    }
+}
+
+/// Netns-specific parts of one node's config.
+#[derive(Clone, Copy, Debug)]
+pub struct NetnsNode<'a> {
+    /// Run tag for interface names.
+    pub tag: &'a str,
+    /// The node's underlay IPv4 address: libp2p listens there, providers' WireGuard endpoint.
+    pub underlay: Ipv4Addr,
+}
 
 /// What a node is for in the scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,13 +158,15 @@ impl Kind {
         }
     }
 
-    /// Its WireGuard interface name, unique in the cluster and at most 15 bytes.
-    fn interface(self, index: usize) -> String {
-        match self {
-            Kind::Provider => format!("lwp{index}"),
-            Kind::Renter => format!("lwr{index}"),
-            Kind::Intruder => format!("lwx{index}"),
-        }
+    /// Its WireGuard interface name, unique in the cluster and at most 15 bytes; `tag` (a
+    /// run tag) makes it unique machine-wide, as userspace WireGuard needs.
+    fn interface(self, tag: &str, index: usize) -> String {
+        let k = match self {
+            Kind::Provider => 'p',
+            Kind::Renter => 'r',
+            Kind::Intruder => 'x',
+        };
+        format!("lw{tag}{k}{index}")
     }
 
     /// Starting balance in lnd-sim: providers only receive.
@@ -110,6 +193,8 @@ pub struct Node {
     pub peer_id: String,
     /// When its daemon first answered `status`.
     pub ready_at: Option<Instant>,
+    /// The network namespace its daemon runs in (`--netns` only).
+    pub ns: Option<String>,
 }
 
 /// `lnd-sim.json`, written by lnd-sim once it listens.
@@ -171,19 +256,28 @@ pub struct ConfigInput<'a> {
     pub macaroon_path: &'a Path,
     /// A UDP port no other node of the cluster uses.
     pub udp_port: u16,
+    /// Set with `--netns`: real WireGuard, underlay addresses, fast-expiring terms.
+    pub netns: Option<NetnsNode<'a>>,
 }
 
 /// The `config.toml` of one simnet node, validated.
 ///
 /// Providers get their own /28 of 198.51.100.0/24 and /48 under 2001:db8::/32 (documentation
-/// prefixes), and advertise a loopback WireGuard endpoint on `udp_port`.
+/// prefixes), and advertise a loopback WireGuard endpoint on `udp_port`. With
+/// [`ConfigInput::netns`], libp2p listens on the underlay address, the tunnel backend is
+/// WireGuard, providers advertise `underlay:udp_port`, meter every second and sell credit at
+/// [`NETNS_RATE_SAT_PER_DAY`] (1 sat per second).
 ///
 /// Errors: the index is out of range for the address plan, or the result fails
 /// [`Config::validate`].
 pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
     let mut cfg = Config::default();
     cfg.node.roles = vec![input.kind.role()];
-    cfg.node.listen = vec!["/ip4/127.0.0.1/tcp/0".to_owned()];
+    let host = input
+        .netns
+        .map_or(Ipv4Addr::LOCALHOST, |n| n.underlay)
+        .to_string();
+    cfg.node.listen = vec![format!("/ip4/{host}/tcp/0")];
     cfg.node.bootstrap = input.bootstrap.map(str::to_owned).into_iter().collect();
     cfg.node.secret = input.secret.to_owned();
     cfg.node.discovery_interval_secs = DISCOVERY_INTERVAL_SECS;
@@ -193,32 +287,74 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
     cfg.lightning.tls_cert_path = input.lnd.tls_cert_path.clone();
     cfg.lightning.macaroon_path = input.macaroon_path.to_owned();
 
-    cfg.tunnel.backend = TunnelBackendKind::File;
-    cfg.tunnel.interface = input.kind.interface(input.index);
+    cfg.tunnel.backend = match input.netns {
+        Some(_) => TunnelBackendKind::Wireguard,
+        None => TunnelBackendKind::File,
+    };
+    cfg.tunnel.interface = input
+        .kind
+        .interface(input.netns.map_or("", |n| n.tag), input.index);
     cfg.tunnel.listen_port = input.udp_port;
 
     if input.kind == Kind::Provider {
-        if input.index >= MAX_PROVIDERS {
-            bail!("at most {MAX_PROVIDERS} providers fit in 198.51.100.0/24");
+        let pools = provider_pools(input.index)?;
+        let of = |v4: bool| {
+            pools
+                .iter()
+                .filter(|p| matches!(p, IpNet::V4(_)) == v4)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        cfg.provider.ipv4_pools = of(true);
+        cfg.provider.ipv6_pools = of(false);
+        cfg.provider.endpoint = format!("{host}:{}", input.udp_port);
+        if input.netns.is_some() {
+            cfg.provider.metering_interval_secs = 1;
+            cfg.provider.terms = Terms {
+                activation_fee_sat: 10,
+                rate_sat_per_day: NETNS_RATE_SAT_PER_DAY,
+                min_initial_credit_sat: 10,
+                min_topup_sat: 10,
+                max_credit_sat: 1_000_000,
+                reserve_days: 1,
+            };
         }
-        cfg.provider.endpoint = format!("127.0.0.1:{}", input.udp_port);
-        cfg.provider.ipv4_pools = vec![format!("198.51.100.{}/28", 16 * input.index)];
-        cfg.provider.ipv6_pools = vec![format!("2001:db8:{}::/48", 100 + input.index)];
     }
     cfg.validate()
         .with_context(|| format!("config for {}", input.kind.name(input.index)))?;
     Ok(cfg)
 }
 
-/// The multiaddr other nodes bootstrap from: a loopback TCP listen address of `status`, with
-/// `/p2p/<peer_id>` appended unless already there.
+/// Provider `index`'s address pools: its own /28 of 198.51.100.0/24 and the /48
+/// `2001:db8:(100+index)::/48` (documentation prefixes). The `--netns` topology routes these
+/// to the provider.
 ///
-/// Errors: no `/ip4/127.0.0.1/tcp/` address is listed.
-pub fn bootstrap_addr(listen_addrs: &[String], peer_id: &str) -> Result<String> {
+/// Errors: `index` is not below [`MAX_PROVIDERS`].
+pub fn provider_pools(index: usize) -> Result<Vec<IpNet>> {
+    if index >= MAX_PROVIDERS {
+        bail!("at most {MAX_PROVIDERS} providers fit in 198.51.100.0/24");
+    }
+    let v4 = format!("198.51.100.{}/28", 16 * index);
+    let v6 = format!("2001:db8:{}::/48", 100 + index);
+    [v4, v6]
+        .iter()
+        .map(|p| p.parse().with_context(|| format!("pool {p}")))
+        .collect()
+}
+
+/// The multiaddr other nodes bootstrap from: a TCP listen address of `status` on `host`
+/// (loopback, or the underlay address with `--netns`), with `/p2p/<peer_id>` appended unless
+/// already there.
+///
+/// Errors: no `/ip4/<host>/tcp/` address is listed.
+pub fn bootstrap_addr(listen_addrs: &[String], peer_id: &str, host: Ipv4Addr) -> Result<String> {
+    let want = format!("/ip4/{host}/tcp/");
     let addr = listen_addrs
         .iter()
-        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
-        .ok_or_else(|| anyhow!("bootstrap node lists no loopback TCP address: {listen_addrs:?}"))?;
+        .find(|a| a.starts_with(&want))
+        .ok_or_else(|| {
+            anyhow!("bootstrap node lists no TCP address on {host}: {listen_addrs:?}")
+        })?;
     let base = match addr.find("/p2p/") {
         Some(i) => &addr[..i],
         None => addr.as_str(),
@@ -272,6 +408,7 @@ impl Cluster {
         providers: usize,
         renters: usize,
         intruder: bool,
+        placement: Placement<'_>,
     ) -> Result<Cluster> {
         if providers == 0 || providers > MAX_PROVIDERS {
             bail!("--providers must be 1..={MAX_PROVIDERS}");
@@ -283,14 +420,16 @@ impl Cluster {
             .chain(intruder.then_some((Kind::Intruder, 0)))
             .collect();
 
-        let lnd = start_lnd_sim(root, bins, &procs, &plan).await?;
+        let lnd = start_lnd_sim(root, bins, &procs, &plan, placement).await?;
         tracing::info!(address = %lnd.address, nodes = lnd.nodes.len(), "lnd-sim ready");
 
         // init is independent per node: do them all at once.
         let inits = plan.iter().map(|&(kind, index)| {
             let cli = cli.clone();
             let data_dir = root.join(kind.name(index));
+            let ns = placement.namespace(kind, index);
             async move {
+                let ns = ns?;
                 let out = cli
                     .init(&data_dir, kind.role_name())
                     .await
@@ -302,6 +441,7 @@ impl Cluster {
                     data_dir,
                     peer_id: out.peer_id,
                     ready_at: None,
+                    ns,
                 })
             }
         });
@@ -309,7 +449,15 @@ impl Cluster {
 
         let secret = random_secret("simnet-cluster")?;
         let intruder_secret = random_secret("simnet-intruder")?;
-        let ports = free_udp_ports(nodes.len())?;
+        let ports = match placement {
+            Placement::Host => free_udp_ports(nodes.len())?,
+            // Every daemon has a namespace to itself, so one well-known port serves all.
+            Placement::Netns { .. } => vec![NETNS_WG_PORT; nodes.len()],
+        };
+        let tag = match placement {
+            Placement::Host => "",
+            Placement::Netns { tag, .. } => tag,
+        };
         let write_config = |node: &Node, port: u16, bootstrap: Option<&str>| -> Result<()> {
             let cfg = node_config(ConfigInput {
                 kind: node.kind,
@@ -323,6 +471,9 @@ impl Cluster {
                 lnd: &lnd,
                 macaroon_path: &lnd.node(&node.name)?.macaroon_path,
                 udp_port: port,
+                netns: placement
+                    .underlay(node.kind, node.index)
+                    .map(|underlay| NetnsNode { tag, underlay }),
             })?;
             let path = node.data_dir.join("config.toml");
             std::fs::write(&path, cfg.to_toml())
@@ -334,14 +485,17 @@ impl Cluster {
             .split_first_mut()
             .expect("the plan to start with provider-0");
         write_config(boot, ports[0], None)?;
-        start_daemon(&procs, &cli, boot)?;
+        start_daemon(&procs, bins, placement, boot)?;
         let status = wait_ready(&procs, &cli, boot).await?;
-        let bootstrap = bootstrap_addr(&status.listen_addrs, &status.peer_id)?;
+        let boot_host = placement
+            .underlay(Kind::Provider, 0)
+            .unwrap_or(Ipv4Addr::LOCALHOST);
+        let bootstrap = bootstrap_addr(&status.listen_addrs, &status.peer_id, boot_host)?;
         tracing::info!(%bootstrap, "bootstrap provider ready");
 
         for (node, &port) in rest.iter().zip(&ports[1..]) {
             write_config(node, port, Some(&bootstrap))?;
-            start_daemon(&procs, &cli, node)?;
+            start_daemon(&procs, bins, placement, node)?;
         }
         let ready = rest.iter_mut().map(|node| {
             let (procs, cli) = (&procs, &cli);
@@ -384,15 +538,31 @@ async fn start_lnd_sim(
     bins: &Bins,
     procs: &Procs,
     plan: &[(Kind, usize)],
+    placement: Placement<'_>,
 ) -> Result<LndSimInfo> {
     let dir = root.join("lnd");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut cmd = Command::new(&bins.lnd_sim);
-    cmd.arg("--dir").arg(&dir).args(["--listen", "127.0.0.1:0"]);
+    // With --netns lnd-sim lives on the internet host, which every namespace routes to; its
+    // certificate names only loopback, which is fine: LndClient pins the exact certificate
+    // and does not check names.
+    let (ns, listen) = match placement {
+        Placement::Host => (None, "127.0.0.1:0".to_owned()),
+        Placement::Netns { topo, .. } => (
+            Some(topo.internet_ns()),
+            format!("{}:0", topo.internet_host_v4()),
+        ),
+    };
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--dir".into(),
+        dir.clone().into(),
+        "--listen".into(),
+        listen.into(),
+    ];
     for &(kind, index) in plan {
-        cmd.arg("--node")
-            .arg(format!("{}:{}", kind.name(index), kind.balance_sat()));
+        args.push("--node".into());
+        args.push(format!("{}:{}", kind.name(index), kind.balance_sat()).into());
     }
+    let cmd = placement.command(ns, &bins.lnd_sim, args);
     procs.spawn(LND_SIM, cmd, &dir.join("lnd-sim.log"))?;
 
     let info_path = dir.join("lnd-sim.json");
@@ -416,12 +586,16 @@ async fn start_lnd_sim(
     }
 }
 
-fn start_daemon(procs: &Procs, cli: &Cli, node: &Node) -> Result<()> {
-    let cmd = cli.command([
-        "daemon".as_ref(),
-        "--data-dir".as_ref(),
-        node.data_dir.as_os_str(),
-    ]);
+fn start_daemon(procs: &Procs, bins: &Bins, placement: Placement<'_>, node: &Node) -> Result<()> {
+    let cmd = placement.command(
+        node.ns.as_deref(),
+        &bins.leasewire,
+        [
+            "daemon".as_ref(),
+            "--data-dir".as_ref(),
+            node.data_dir.as_os_str(),
+        ],
+    );
     let pid = procs.spawn(&node.name, cmd, &node.data_dir.join("daemon.log"))?;
     tracing::debug!(name = %node.name, pid, "daemon started");
     Ok(())
@@ -485,6 +659,7 @@ mod tests {
             lnd,
             macaroon_path: Path::new("/m/admin.macaroon"),
             udp_port: 40000 + index as u16,
+            netns: None,
         }
     }
 
@@ -540,21 +715,57 @@ mod tests {
     }
 
     #[test]
+    fn netns_config_uses_underlay_wireguard_and_fast_terms() {
+        let lnd = lnd();
+        let mut i = input(Kind::Provider, 1, &lnd);
+        i.udp_port = NETNS_WG_PORT;
+        i.netns = Some(NetnsNode {
+            tag: "ab12",
+            underlay: Ipv4Addr::new(192, 0, 2, 6),
+        });
+        let p = node_config(i).unwrap();
+        assert_eq!(p.node.listen, ["/ip4/192.0.2.6/tcp/0"]);
+        assert_eq!(p.tunnel.backend, TunnelBackendKind::Wireguard);
+        assert_eq!(p.tunnel.interface, "lwab12p1");
+        assert_eq!(p.provider.endpoint, "192.0.2.6:51820");
+        assert_eq!(p.provider.metering_interval_secs, 1);
+        // 1 sat buys one second.
+        assert_eq!(p.provider.terms.credit_secs(40), 40);
+        let mut r = input(Kind::Renter, 12, &lnd);
+        r.netns = Some(NetnsNode {
+            tag: "ab12",
+            underlay: Ipv4Addr::new(192, 0, 2, 10),
+        });
+        let r = node_config(r).unwrap();
+        assert_eq!(r.tunnel.interface, "lwab12r12");
+        assert_eq!(r.node.listen, ["/ip4/192.0.2.10/tcp/0"]);
+        assert_eq!(Config::from_toml(&r.to_toml()).unwrap(), r);
+    }
+
+    #[test]
     fn bootstrap_addr_picks_loopback_and_appends_peer_once() {
         let addrs = vec![
             "/ip6/::1/tcp/9".to_owned(),
             "/ip4/127.0.0.1/tcp/4001".to_owned(),
         ];
         assert_eq!(
-            bootstrap_addr(&addrs, "PEER").unwrap(),
+            bootstrap_addr(&addrs, "PEER", Ipv4Addr::LOCALHOST).unwrap(),
             "/ip4/127.0.0.1/tcp/4001/p2p/PEER"
         );
         let with = vec!["/ip4/127.0.0.1/tcp/4001/p2p/PEER".to_owned()];
         assert_eq!(
-            bootstrap_addr(&with, "PEER").unwrap(),
+            bootstrap_addr(&with, "PEER", Ipv4Addr::LOCALHOST).unwrap(),
             "/ip4/127.0.0.1/tcp/4001/p2p/PEER"
         );
-        assert!(bootstrap_addr(&["/ip6/::1/tcp/9".to_owned()], "P").is_err());
+        assert!(bootstrap_addr(&["/ip6/::1/tcp/9".to_owned()], "P", Ipv4Addr::LOCALHOST).is_err());
+        let underlay = vec![
+            "/ip4/127.0.0.1/tcp/1".to_owned(),
+            "/ip4/192.0.2.2/tcp/4001".to_owned(),
+        ];
+        assert_eq!(
+            bootstrap_addr(&underlay, "PEER", Ipv4Addr::new(192, 0, 2, 2)).unwrap(),
+            "/ip4/192.0.2.2/tcp/4001/p2p/PEER"
+        );
     }
 
     #[test]

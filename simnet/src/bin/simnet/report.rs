@@ -3,7 +3,8 @@
 //! [`Report`] serializes to exactly the documented object (`rentals`, `nodes`, `audit_ok`, and
 //! `intruder` with `--intruder`); a renter that got no lease still appears in `rentals`, with
 //! nulls and an `error`. Per-node audit details and daemon stop results are kept out of the
-//! JSON but feed [`Report::failures`] and the table.
+//! JSON but feed [`Report::failures`] and the table. With `--netns` each rental also carries
+//! the data-plane verdicts of [`DataPlane`], flattened into its object.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -56,6 +57,58 @@ pub struct Rental {
     /// Why the renter has no lease.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Unix time the lease's credit runs out, as `rent` reported it.
+    #[serde(skip)]
+    pub paid_until: Option<u64>,
+    /// Real-packet checks through the tunnel (`--netns` only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<DataPlane>,
+}
+
+/// What real packets through one renter's tunnel showed (`--netns`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DataPlane {
+    /// A TCP connection from the leased IPv4 address reached the internet host.
+    pub out_v4: bool,
+    /// A TCP connection from the leased IPv6 address reached the internet host.
+    pub out_v6: bool,
+    /// The internet host reached a listener on the leased IPv4 address.
+    pub in_v4: bool,
+    /// The internet host reached a listener on the leased IPv6 address.
+    pub in_v6: bool,
+    /// Once the credit ran out, all four directions above failed.
+    pub suspend_cut: bool,
+    /// After `add-credit`, all four worked again, on the same addresses.
+    pub resume_ok: bool,
+    /// The internet host saw exactly the leased addresses as the sources of outbound
+    /// connections (both families), before suspension and after resumption.
+    pub source_ok: bool,
+    /// The source address the internet host reported for the outbound IPv4 connection.
+    pub source_seen: Option<String>,
+    /// The source address the internet host reported for the outbound IPv6 connection.
+    pub source_seen_v6: Option<String>,
+    /// Why a check failed, in order; empty when all held.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl DataPlane {
+    /// Names of the checks that did not hold.
+    pub fn failed_checks(&self) -> Vec<&'static str> {
+        [
+            ("out_v4", self.out_v4),
+            ("out_v6", self.out_v6),
+            ("in_v4", self.in_v4),
+            ("in_v6", self.in_v6),
+            ("suspend_cut", self.suspend_cut),
+            ("resume_ok", self.resume_ok),
+            ("source_ok", self.source_ok),
+        ]
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| name)
+        .collect()
+    }
 }
 
 impl Rental {
@@ -115,6 +168,17 @@ impl Report {
                     r.renter,
                     r.error.as_deref().unwrap_or("no provider in the reply")
                 ));
+            }
+            if let Some(d) = &r.dataplane {
+                let failed = d.failed_checks();
+                if !failed.is_empty() {
+                    f.push(format!(
+                        "{} data plane: {} failed ({})",
+                        r.renter,
+                        failed.join(", "),
+                        d.notes.join("; ")
+                    ));
+                }
             }
         }
         for a in &self.audits {
@@ -209,6 +273,22 @@ impl Report {
                 self.providers
             );
         }
+        let planes: Vec<(&str, &DataPlane)> = self
+            .rentals
+            .iter()
+            .filter_map(|r| r.dataplane.as_ref().map(|d| (r.renter.as_str(), d)))
+            .collect();
+        if !planes.is_empty() {
+            let good = planes
+                .iter()
+                .filter(|(_, d)| d.failed_checks().is_empty())
+                .count();
+            let _ = writeln!(
+                out,
+                "dataplane: {good}/{} leases passed out/in v4+v6, suspension cut and resume",
+                planes.len()
+            );
+        }
         let bad_audits = self.audits.iter().filter(|a| !a.ok()).count();
         let entries: u64 = self
             .audits
@@ -268,6 +348,8 @@ mod tests {
             lease_ms: Some(1_500 + i as u64),
             discovery_ms: Some(700 + i as u64),
             error: None,
+            paid_until: None,
+            dataplane: None,
         }
     }
 
@@ -350,6 +432,60 @@ mod tests {
         assert!(t.contains("leases:    2/2"), "{t}");
         assert!(t.contains("median 701 ms, max 701 ms"), "{t}");
         assert!(t.contains("result:    PASS"), "{t}");
+    }
+
+    #[test]
+    fn dataplane_is_flattened_and_judged() {
+        let mut r = passing();
+        let all = DataPlane {
+            out_v4: true,
+            out_v6: true,
+            in_v4: true,
+            in_v6: true,
+            suspend_cut: true,
+            resume_ok: true,
+            source_ok: true,
+            source_seen: Some("198.51.100.16".into()),
+            source_seen_v6: Some("2001:db8:101::1".into()),
+            notes: Vec::new(),
+        };
+        r.rentals[0].dataplane = Some(all.clone());
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let r0 = &v["rentals"][0];
+        for k in [
+            "out_v4",
+            "out_v6",
+            "in_v4",
+            "in_v6",
+            "suspend_cut",
+            "resume_ok",
+            "source_ok",
+        ] {
+            assert_eq!(r0[k], true, "{k}: {r0}");
+        }
+        assert_eq!(r0["source_seen"], "198.51.100.16", "{r0}");
+        assert_eq!(r0["source_seen_v6"], "2001:db8:101::1", "{r0}");
+        assert!(r0.get("notes").is_none(), "{r0}");
+        // Without --netns no data-plane keys appear.
+        assert!(v["rentals"][1].get("out_v4").is_none());
+        assert!(r.failures().is_empty(), "{:?}", r.failures());
+
+        r.rentals[0].dataplane = Some(DataPlane {
+            in_v6: false,
+            resume_ok: false,
+            notes: vec!["in_v6: timed out".into()],
+            ..all
+        });
+        assert!(
+            r.table().contains("dataplane: 0/1 leases passed"),
+            "{}",
+            r.table()
+        );
+        let f = r.failures().join("\n");
+        assert!(
+            f.contains("renter-0 data plane: in_v6, resume_ok failed (in_v6: timed out)"),
+            "{f}"
+        );
     }
 
     #[test]

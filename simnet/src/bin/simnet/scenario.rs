@@ -7,7 +7,9 @@
 //!    how long discovery of all providers takes;
 //! 3. with an intruder: once the renters are done and it has had at least two discovery
 //!    rounds, read how many offers it saw and how many peers refused it;
-//! 4. stop every daemon (so their stores are closed), then `audit verify` every data dir.
+//! 4. with `--netns`: the data-plane checks of every lease, all renters at once (see
+//!    dataplane.rs);
+//! 5. stop every daemon (so their stores are closed), then `audit verify` every data dir.
 //!
 //! Failures of individual renters or checks are recorded in the [`Report`]; only a cluster
 //! that cannot be brought up is an `Err`.
@@ -19,10 +21,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use anyhow::Context;
+
 use crate::cli::{Bins, Cli};
-use crate::cluster::{Cluster, DISCOVERY_INTERVAL_SECS, Kind, Node};
+use crate::cluster::{Cluster, DISCOVERY_INTERVAL_SECS, Kind, Node, Placement};
+use crate::dataplane::{self, Prober};
 use crate::procs::Procs;
-use crate::report::{IntruderReport, NodeAudit, NodeEntry, Rental, Report};
+use crate::report::{DataPlane, IntruderReport, NodeAudit, NodeEntry, Rental, Report};
 
 /// How long each renter's `rent` waits for offers.
 const RENT_TIMEOUT_SECS: u64 = 60;
@@ -46,20 +51,42 @@ pub struct Plan {
     pub credit_sat: u64,
 }
 
-/// Runs the scenario under `root`, registering every process in `procs`.
+/// Runs the scenario under `root`, registering every process in `procs`; with
+/// [`Placement::Netns`] the daemons run in the topology's namespaces and every lease's data
+/// plane is checked.
 ///
 /// Leaves lnd-sim running (the caller stops everything left in `procs`). Errors: the cluster
-/// could not be brought up.
-pub async fn run(root: &Path, bins: &Bins, procs: Arc<Procs>, plan: Plan) -> Result<Report> {
+/// could not be brought up, or (netns) the internet host's probe listeners did not start.
+pub async fn run(
+    root: &Path,
+    bins: &Bins,
+    procs: Arc<Procs>,
+    plan: Plan,
+    placement: Placement<'_>,
+) -> Result<Report> {
     let cluster = Cluster::start(
         root,
         bins,
-        procs,
+        procs.clone(),
         plan.providers,
         plan.renters,
         plan.intruder,
+        placement,
     )
     .await?;
+    let prober = match placement {
+        Placement::Host => None,
+        Placement::Netns { topo, .. } => {
+            let p = Prober {
+                topo,
+                exe: std::env::current_exe().context("cannot find simnet's own executable")?,
+                procs: procs.clone(),
+                log_dir: dataplane::log_dir(root)?,
+            };
+            dataplane::start_internet_listeners(&p).await?;
+            Some(p)
+        }
+    };
     let names = cluster.provider_names();
     let all: HashSet<String> = names.keys().cloned().collect();
 
@@ -68,12 +95,41 @@ pub async fn run(root: &Path, bins: &Bins, procs: Arc<Procs>, plan: Plan) -> Res
         credit_sat = plan.credit_sat,
         "renting"
     );
-    let rentals = futures::future::join_all(
+    let mut rentals = futures::future::join_all(
         cluster
             .of_kind(Kind::Renter)
             .map(|n| rent_one(&cluster.cli, n, plan.credit_sat, &all, &names)),
     )
     .await;
+
+    if let Some(p) = &prober {
+        tracing::info!("checking the data plane of every lease");
+        let checks = cluster.of_kind(Kind::Renter).zip(&rentals).map(|(n, r)| {
+            let cli = &cluster.cli;
+            async move {
+                if !r.leased() {
+                    return DataPlane {
+                        notes: vec!["no lease to check".into()],
+                        ..DataPlane::default()
+                    };
+                }
+                dataplane::check_rental(
+                    p,
+                    cli,
+                    n,
+                    r.ipv4.as_deref(),
+                    r.ipv6.as_deref(),
+                    r.paid_until,
+                )
+                .await
+            }
+        });
+        let planes = futures::future::join_all(checks).await;
+        for (r, d) in rentals.iter_mut().zip(planes) {
+            r.dataplane = Some(d);
+        }
+        dataplane::stop_listeners(&procs).await;
+    }
 
     let intruder = match cluster.of_kind(Kind::Intruder).next() {
         Some(node) => Some(probe_intruder(&cluster.cli, node).await),
@@ -147,6 +203,8 @@ async fn rent_one(
                 lease_ms: Some(lease_ms),
                 discovery_ms,
                 error: None,
+                paid_until: out.paid_until,
+                dataplane: None,
             }
         }
         Err(e) => {
@@ -273,6 +331,7 @@ mod tests {
             data_dir: dir.to_owned(),
             peer_id: "X".into(),
             ready_at: Some(Instant::now() - Duration::from_secs(60)),
+            ns: None,
         }
     }
 
