@@ -151,6 +151,9 @@ pub struct TunnelConfig {
     pub listen_port: u16,
     /// Keepalive the renter sets towards the provider (seconds; 0 = off).
     pub persistent_keepalive_secs: u16,
+    /// Link the renter's wg-quick files into /etc/wireguard when running as root and it is
+    /// writable, so `wg-quick up <iface>` works.
+    pub link_etc_wireguard: bool,
 }
 
 impl Default for TunnelConfig {
@@ -160,6 +163,7 @@ impl Default for TunnelConfig {
             interface: "lw0".into(),
             listen_port: 51820,
             persistent_keepalive_secs: 25,
+            link_etc_wireguard: true,
         }
     }
 }
@@ -225,6 +229,8 @@ pub struct RenterConfig {
     pub min_invoice_expiry_secs: u64,
     /// Never pay more than this for one invoice.
     pub max_invoice_sat: u64,
+    /// Send all traffic through the tunnel instead of only traffic from the leased addresses.
+    pub full_tunnel: bool,
 }
 
 impl Default for RenterConfig {
@@ -235,6 +241,7 @@ impl Default for RenterConfig {
             ipv6_prefix_len: Some(64),
             min_invoice_expiry_secs: 60,
             max_invoice_sat: 100_000,
+            full_tunnel: false,
         }
     }
 }

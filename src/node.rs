@@ -147,6 +147,16 @@ impl Peers for NetPeers {
     }
 }
 
+/// Where to link renter wg-quick files: /etc/wireguard when configured, running as root and
+/// the directory is writable.
+fn etc_wireguard(cfg: &Config) -> Option<PathBuf> {
+    let dir = Path::new("/etc/wireguard");
+    // SAFETY: geteuid and access have no preconditions; the path is a valid C string.
+    let root = unsafe { libc::geteuid() } == 0;
+    let writable = unsafe { libc::access(c"/etc/wireguard".as_ptr(), libc::W_OK) } == 0;
+    (cfg.tunnel.link_etc_wireguard && root && dir.is_dir() && writable).then(|| dir.to_owned())
+}
+
 /// Runs the daemon for `data_dir` until SIGINT/SIGTERM.
 pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
     let _lock = DirLock::take(data_dir)?;
@@ -266,6 +276,7 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
             iface: cfg.tunnel.interface.clone(),
             keepalive: cfg.tunnel.persistent_keepalive_secs,
             conf_dir: data_dir.join("wireguard"),
+            etc_wireguard: etc_wireguard(&cfg),
             ln: ln.clone(),
             tunnel: tunnel.clone(),
             audit: audit.clone(),
@@ -304,7 +315,7 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
                     Ok(n) => tracing::debug!(offers = n, "discovery pass"),
                     Err(e) => tracing::debug!(error = %e, "discovery pass failed"),
                 }
-                if let Err(e) = r.tick() {
+                if let Err(e) = r.tick().await {
                     tracing::warn!(error = %e, "renter tick failed");
                 }
             }
@@ -420,6 +431,11 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
         tracing::warn!("some tasks did not stop within 10 s");
     }
     let _ = std::fs::remove_file(&socket);
+    if let Some(r) = &renter
+        && let Err(e) = r.shutdown().await
+    {
+        tracing::warn!(error = %e, "could not remove the tunnels of suspended leases");
+    }
     audit.append(
         AuditKind::NodeStopped,
         &json!({"peer_id": identity.peer_id.to_string()}),

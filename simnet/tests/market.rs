@@ -107,6 +107,8 @@ struct World {
     renter_audit: AuditLog,
     renter_ln: LndClient,
     provider_tunnel: Arc<FileTunnel>,
+    renter_tunnel: Arc<FileTunnel>,
+    dir_path: std::path::PathBuf,
     provider_peer: PeerId,
     renter_peer: PeerId,
 }
@@ -116,6 +118,17 @@ async fn world(tamper: Tamper) -> World {
 }
 
 async fn world_with(tamper: Tamper, terms: leasewire::types::Terms) -> World {
+    world_full(tamper, terms, RenterConfig::default(), false).await
+}
+
+/// `link`: give the renter a scratch directory to link wg-quick files into (standing in for
+/// /etc/wireguard), at `<tempdir>/etc-wireguard`.
+async fn world_full(
+    tamper: Tamper,
+    terms: leasewire::types::Terms,
+    renter_cfg: RenterConfig,
+    link: bool,
+) -> World {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let sim = SimServer::start(
@@ -153,6 +166,7 @@ async fn world_with(tamper: Tamper, terms: leasewire::types::Terms) -> World {
     let renter_audit = AuditLog::open(&rdb, rkey.clone()).unwrap();
     let provider_tunnel = Arc::new(FileTunnel::new(dir.path().join("ptunnel")).unwrap());
     let renter_tunnel = Arc::new(FileTunnel::new(dir.path().join("rtunnel")).unwrap());
+    let renter_tunnel_probe = renter_tunnel.clone();
 
     let provider = Provider::new(ProviderParams {
         key: pkey,
@@ -186,7 +200,7 @@ async fn world_with(tamper: Tamper, terms: leasewire::types::Terms) -> World {
     });
     let renter = Renter::new(RenterParams {
         key: rkey,
-        cfg: RenterConfig::default(),
+        cfg: renter_cfg,
         network: "regtest".into(),
         fee_limit_sat: 10,
         payment_timeout_secs: 30,
@@ -195,6 +209,11 @@ async fn world_with(tamper: Tamper, terms: leasewire::types::Terms) -> World {
         iface: "lwr0".into(),
         keepalive: 25,
         conf_dir: dir.path().join("wireguard"),
+        etc_wireguard: link.then(|| {
+            let d = dir.path().join("etc-wireguard");
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        }),
         ln: Arc::new(renter_ln.clone()),
         tunnel: renter_tunnel,
         audit: renter_audit.clone(),
@@ -203,6 +222,8 @@ async fn world_with(tamper: Tamper, terms: leasewire::types::Terms) -> World {
     })
     .unwrap();
     World {
+        dir_path: dir.path().to_owned(),
+        renter_tunnel: renter_tunnel_probe,
         _dir: dir,
         sim,
         provider,
@@ -569,4 +590,68 @@ async fn recent_offer_versions_stay_acceptable_unknown_ones_do_not() {
         Message::Error(e) => assert_eq!(e.code, ErrorCode::OfferChanged),
         other => panic!("an unknown offer id was accepted: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn release_removes_the_tunnel_the_conf_and_its_link() {
+    let w = world_full(
+        Tamper::None,
+        ProviderConfig::default().terms,
+        RenterConfig::default(),
+        true,
+    )
+    .await;
+    w.renter.discover().await.unwrap();
+    let rental = w
+        .renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(1000),
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    let link = w.dir_path.join("etc-wireguard").join("lwr0.conf");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        rental.conf_path,
+        "wg-quick file linked"
+    );
+    assert_eq!(w.renter_tunnel.peer_stats("lwr0").await.unwrap().len(), 1);
+
+    let released = w.renter.release("").await.unwrap();
+    assert_eq!(released.state, leasewire::wire::LeaseState::Released);
+    assert!(
+        w.renter_tunnel.peer_stats("lwr0").await.is_err(),
+        "interface still there"
+    );
+    assert!(!rental.conf_path.exists(), "wg-quick file still there");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "link still there"
+    );
+    assert!(kinds(&w.renter_audit).iter().any(|k| k == "lease_released"));
+    assert!(w.renter.release("").await.is_err(), "released twice");
+}
+
+#[tokio::test]
+async fn full_tunnel_mode_routes_everything_through_the_tunnel() {
+    let cfg = RenterConfig {
+        full_tunnel: true,
+        ..RenterConfig::default()
+    };
+    let w = world_full(Tamper::None, ProviderConfig::default().terms, cfg, false).await;
+    w.renter.discover().await.unwrap();
+    w.renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(1000),
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    let (_, text) = w.renter.conf("").unwrap();
+    assert!(!text.contains("Table = off"), "{text}");
+    assert!(!text.contains("rule add from"), "{text}");
+    assert!(text.contains("AllowedIPs = 0.0.0.0/0, ::/0"), "{text}");
 }

@@ -92,6 +92,14 @@ enum Command {
         #[command(flatten)]
         out: Output,
     },
+    /// Give a lease up: remove its tunnel, routes, wg-quick file and link
+    Release {
+        /// Lease id [default: the only (or latest) lease]
+        #[arg(long, value_name = "ID")]
+        lease: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
     /// Buy more credit for a lease
     AddCredit {
         /// Amount of credit to buy, in satoshis
@@ -250,6 +258,13 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
             crate::control::pb::AddCreditRequest {
                 lease_id: lease.unwrap_or_default(),
                 amount_sat: amount,
+            },
+            out.json,
+        )),
+        Command::Release { lease, out } => rpc::block_on(rpc::release(
+            &data_dir,
+            crate::control::pb::ReleaseRequest {
+                lease_id: lease.unwrap_or_default(),
             },
             out.json,
         )),

@@ -105,6 +105,20 @@ pub(super) async fn add_credit(
     Ok(())
 }
 
+pub(super) async fn release(
+    data_dir: &Path,
+    req: pb::ReleaseRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    let lease = connect(data_dir).await?.release(req).await?;
+    let mut out = io::stdout().lock();
+    if json {
+        return print_json(&mut out, &lease);
+    }
+    render::lease_detail(&mut out, &lease, now_unix())?;
+    Ok(())
+}
+
 pub(super) async fn leases(data_dir: &Path, json: bool) -> anyhow::Result<()> {
     let reply = connect(data_dir).await?.leases().await?;
     let mut out = io::stdout().lock();

@@ -126,6 +126,8 @@ pub trait ControlHandler: Send + Sync + 'static {
     async fn conf(&self, req: pb::ConfRequest) -> Result<pb::ConfReply, ControlError>;
     /// Pays for more credit on a renter lease; returns the lease as the provider confirmed it.
     async fn add_credit(&self, req: pb::AddCreditRequest) -> Result<pb::LeaseInfo, ControlError>;
+    /// Gives a renter lease up.
+    async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError>;
     /// Provider view: every lease this node has issued.
     async fn leases(&self) -> Result<pb::LeasesReply, ControlError>;
     /// Verifies this node's audit log.
@@ -185,6 +187,13 @@ impl pb::control_server::Control for Service {
             "add_credit",
             self.handler.add_credit(req.into_inner()).await,
         )
+    }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::LeaseInfo>, Status> {
+        reply("release", self.handler.release(req.into_inner()).await)
     }
 
     async fn leases(
@@ -453,6 +462,14 @@ impl ControlClient {
         Ok(self.inner.clone().add_credit(req).await?.into_inner())
     }
 
+    /// Calls `Release`.
+    ///
+    /// # Errors
+    /// As [`ControlClient::status`].
+    pub async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError> {
+        Ok(self.inner.clone().release(req).await?.into_inner())
+    }
+
     /// Calls `Leases`.
     ///
     /// # Errors
@@ -512,6 +529,9 @@ mod tests {
             _req: pb::AddCreditRequest,
         ) -> Result<pb::LeaseInfo, ControlError> {
             Err(ControlError::Unavailable("LND is down".into()))
+        }
+        async fn release(&self, _req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError> {
+            Err(ControlError::NotFound("no lease yet".into()))
         }
         async fn leases(&self) -> Result<pb::LeasesReply, ControlError> {
             Err(ControlError::io("reading leases", io::Error::other("disk")))

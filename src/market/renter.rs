@@ -33,7 +33,7 @@ use crate::config::RenterConfig;
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
-use crate::types::{Sats, WgKey, now_unix, random_id};
+use crate::types::{DAY_SECS, Sats, WgKey, now_unix, random_id};
 use crate::wire::{
     ErrorCode, Hello, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
     PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed, StatusRequest, TopUpRequest,
@@ -64,6 +64,9 @@ pub struct RenterParams {
     pub keepalive: u16,
     /// Where wg-quick files go (D/wireguard).
     pub conf_dir: PathBuf,
+    /// Link wg-quick files into this directory (normally /etc/wireguard, when running as root
+    /// and it is writable); `None` links nothing.
+    pub etc_wireguard: Option<PathBuf>,
     /// Lightning backend.
     pub ln: Arc<dyn LightningNode>,
     /// Tunnel backend.
@@ -151,6 +154,7 @@ struct Inner {
     iface: String,
     keepalive: u16,
     conf_dir: PathBuf,
+    etc_wireguard: Option<PathBuf>,
     ln: Arc<dyn LightningNode>,
     tunnel: Arc<dyn Tunnel>,
     audit: AuditLog,
@@ -191,6 +195,7 @@ impl Renter {
                 iface: p.iface,
                 keepalive: p.keepalive,
                 conf_dir: p.conf_dir,
+                etc_wireguard: p.etc_wireguard,
                 ln: p.ln,
                 tunnel: p.tunnel,
                 audit: p.audit,
@@ -246,10 +251,16 @@ impl Renter {
         })
     }
 
-    /// Marks rentals whose credit ran out as suspended (the provider cuts the tunnel).
-    pub fn tick(&self) -> Result<(), MarketError> {
+    /// Follows the provider's metering locally: a rental whose credit ran out is suspended
+    /// (its tunnel stays configured, so back rent brings it back on the same addresses); once
+    /// the provider's reserve period is over too, everything set up for it is removed.
+    pub async fn tick(&self) -> Result<(), MarketError> {
         let now = now_unix();
         for (id, mut r) in self.inner.rentals.all()? {
+            let reserve_end = r
+                .lease
+                .paid_until
+                .saturating_add(u64::from(r.lease.terms.reserve_days) * DAY_SECS);
             if r.state == LeaseState::Active && r.lease.paid_until <= now {
                 r.state = LeaseState::Suspended;
                 self.inner.rentals.put(&id, &r)?;
@@ -257,6 +268,48 @@ impl Renter {
                     AuditKind::LeaseSuspended,
                     json!({"lease_id": id, "paid_until": r.lease.paid_until}),
                 );
+            } else if r.state == LeaseState::Suspended && reserve_end <= now {
+                self.teardown_tunnel(&r).await?;
+                r.state = LeaseState::Released;
+                self.inner.rentals.put(&id, &r)?;
+                self.audit(
+                    AuditKind::LeaseReleased,
+                    json!({"lease_id": id, "reason": "reserve period over"}),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a lease up: removes its interface, routes, rules, wg-quick file and link, and
+    /// marks it released. The provider is not told: it keeps metering the credit already paid
+    /// and frees the prefixes after its reserve period.
+    pub async fn release(&self, lease_id: &str) -> Result<Rental, MarketError> {
+        let _op = self.inner.op_lock.lock().await;
+        let mut r = self.rental(lease_id)?;
+        if r.state == LeaseState::Released {
+            return Err(MarketError::Invalid(format!(
+                "lease {} is already released",
+                r.lease.lease_id
+            )));
+        }
+        self.teardown_tunnel(&r).await?;
+        r.state = LeaseState::Released;
+        self.inner.rentals.put(&r.lease.lease_id, &r)?;
+        self.audit(
+            AuditKind::LeaseReleased,
+            json!({"lease_id": r.lease.lease_id, "reason": "released by the renter"}),
+        );
+        tracing::info!(lease_id = %r.lease.lease_id, iface = %r.iface, "lease released");
+        Ok(r)
+    }
+
+    /// On daemon shutdown: tunnels of active leases stay up (and are adopted on the next
+    /// start); those of suspended leases are removed, as nothing flows through them.
+    pub async fn shutdown(&self) -> Result<(), MarketError> {
+        for (_, r) in self.inner.rentals.all()? {
+            if r.state == LeaseState::Suspended {
+                self.teardown_tunnel(&r).await?;
             }
         }
         Ok(())

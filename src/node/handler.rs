@@ -210,6 +210,15 @@ impl ControlHandler for Control {
         Ok(rental_info(&rental))
     }
 
+    async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError> {
+        let rental = self
+            .renter()?
+            .release(&req.lease_id)
+            .await
+            .map_err(market_err)?;
+        Ok(rental_info(&rental))
+    }
+
     async fn leases(&self) -> Result<pb::LeasesReply, ControlError> {
         let p = self.provider.as_ref().ok_or_else(|| {
             ControlError::FailedPrecondition("this node does not have the provider role".into())

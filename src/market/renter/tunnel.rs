@@ -70,8 +70,12 @@ impl Renter {
             private_key: i.wg_private,
             listen_port: None,
             addresses,
-            policy: RoutingPolicy::SourceOnly {
-                table: self.policy_table(iface),
+            policy: if i.cfg.full_tunnel {
+                RoutingPolicy::FullTunnel
+            } else {
+                RoutingPolicy::SourceOnly {
+                    table: self.policy_table(iface),
+                }
             },
         };
         let peer = PeerSpec {
@@ -91,6 +95,59 @@ impl Renter {
             render_wg_quick(&spec, std::slice::from_ref(&peer)).as_bytes(),
         )
         .map_err(|e| MarketError::Store(format!("cannot write {}: {e}", path.display())))?;
+        if let Some(dir) = &i.etc_wireguard {
+            link_into(dir, iface, &path);
+        }
         Ok(path)
+    }
+
+    /// Removes everything the daemon set up for a rental: the interface (with its addresses,
+    /// routes and rules), the wg-quick file and its /etc/wireguard link.
+    pub(super) async fn teardown_tunnel(&self, rental: &Rental) -> Result<(), MarketError> {
+        let i = &self.inner;
+        i.tunnel.remove_interface(&rental.iface).await?;
+        if let Some(dir) = &i.etc_wireguard {
+            unlink_from(dir, &rental.iface, &rental.conf_path);
+        }
+        match std::fs::remove_file(&rental.conf_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(MarketError::Store(format!(
+                    "cannot remove {}: {e}",
+                    rental.conf_path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Links `dir/<iface>.conf` to our wg-quick file so `wg-quick up <iface>` finds it. An existing
+/// file that is not our link is left alone (and logged): it belongs to the operator.
+fn link_into(dir: &Path, iface: &str, target: &Path) {
+    let link = dir.join(format!("{iface}.conf"));
+    match std::fs::read_link(&link) {
+        Ok(existing) if existing == target => return,
+        Ok(_) => {
+            // A stale link of ours from an earlier lease on this interface name.
+            let _ = std::fs::remove_file(&link);
+        }
+        Err(_) if link.exists() => {
+            tracing::warn!(path = %link.display(), "not linking the wg-quick file: a file of that name exists");
+            return;
+        }
+        Err(_) => {}
+    }
+    if let Err(e) = std::os::unix::fs::symlink(target, &link) {
+        tracing::warn!(path = %link.display(), error = %e, "cannot link the wg-quick file");
+    }
+}
+
+/// Removes `dir/<iface>.conf` only if it is our link to `target`.
+fn unlink_from(dir: &Path, iface: &str, target: &Path) {
+    let link = dir.join(format!("{iface}.conf"));
+    if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+        let _ = std::fs::remove_file(&link);
     }
 }

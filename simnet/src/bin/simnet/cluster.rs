@@ -295,6 +295,8 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
         .kind
         .interface(input.netns.map_or("", |n| n.tag), input.index);
     cfg.tunnel.listen_port = input.udp_port;
+    // The simnet's data dirs are temporary: links in the host's /etc/wireguard would dangle.
+    cfg.tunnel.link_etc_wireguard = false;
 
     if input.kind == Kind::Provider {
         let pools = provider_pools(input.index)?;
