@@ -7,6 +7,8 @@
 //! Everything runs in temporary directories; the simnet section runs the real `simnet` binary,
 //! whose processes talk only over 127.0.0.1. Build it first (`cargo build --release
 //! --workspace`); `LEASEWIRE_BENCH_SIMNET_RUNS` sets the number of runs (default 3, 0 skips).
+//! The netns section (root and wireguard-go only) runs `simnet --netns`, whose traffic stays
+//! inside its own network namespaces; `LEASEWIRE_BENCH_NETNS_RUNS` sets its runs (default 2).
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,7 @@ fn main() -> anyhow::Result<()> {
     println!("# leasewire bench");
     bench_audit().context("audit section")?;
     bench_simnet().context("simnet section")?;
+    bench_netns().context("netns section")?;
     Ok(())
 }
 
@@ -104,6 +107,80 @@ fn bench_simnet() -> anyhow::Result<()> {
     println!(
         "simnet_wall_s_p50: {:.2}",
         percentile(&walls, 50).as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Whether `name` is an executable file in a `PATH` directory.
+fn on_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(name))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Rent-to-first-packet over whole `simnet --netns` runs (2 providers, 10 renters each): real
+/// WireGuard tunnels in network namespaces, timed from the start of `rent` to the first TCP
+/// connection from the leased IPv4 address through the tunnel. Needs root and wireguard-go;
+/// `LEASEWIRE_BENCH_NETNS_RUNS` sets the number of runs (default 2, 0 skips). Each run takes
+/// about a minute and a half: the runner also checks suspension, resumption and a provider
+/// restart of every lease.
+fn bench_netns() -> anyhow::Result<()> {
+    let runs: usize = std::env::var("LEASEWIRE_BENCH_NETNS_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    if runs == 0 {
+        println!("netns: skipped (LEASEWIRE_BENCH_NETNS_RUNS=0)");
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !on_path("wireguard-go") {
+        println!("netns: SKIPPED (needs root and wireguard-go)");
+        return Ok(());
+    }
+    let Some(simnet) = simnet_binary() else {
+        println!(
+            "netns: SKIPPED: no simnet binary next to the bench; run `cargo build --release --workspace` first"
+        );
+        return Ok(());
+    };
+    let mut first = Vec::new();
+    for run in 0..runs {
+        let out = std::process::Command::new(&simnet)
+            .args(["--netns", "--providers", "2", "--renters", "10", "--json"])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", simnet.display()))?;
+        ensure!(
+            out.status.success(),
+            "simnet --netns run {run} failed: {}",
+            out.status
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("simnet --netns JSON")?;
+        for r in v["rentals"].as_array().context("rentals array")? {
+            if let Some(ms) = r["first_packet_ms"].as_u64() {
+                first.push(Duration::from_millis(ms));
+            }
+        }
+    }
+    ensure!(!first.is_empty(), "no rental reported first_packet_ms");
+    first.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("netns_runs: {runs} (2 providers, 10 renters each)");
+    println!("netns_rentals: {}", first.len());
+    println!(
+        "netns_rent_to_first_packet_ms_p50: {:.0}",
+        ms(percentile(&first, 50))
+    );
+    println!(
+        "netns_rent_to_first_packet_ms_p99: {:.0}",
+        ms(percentile(&first, 99))
     );
     Ok(())
 }

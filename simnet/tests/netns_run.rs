@@ -1,6 +1,7 @@
 //! End to end with real packets: the built `simnet --netns` runs 1 provider and 2 renters, each
 //! daemon in its own network namespace with real (userspace) WireGuard tunnels, and every
-//! data-plane verdict it reports is asserted here, plus that it left no namespace, no
+//! data-plane verdict it reports is asserted here (including traffic after a restart of the
+//! provider daemon, and the rent-to-first-packet figure), plus that it left no namespace, no
 //! `wireguard-go`, no UAPI socket, no process and no directory behind.
 //!
 //! Needs root, iproute2 and wireguard-go. Without root it prints SKIPPED and passes, unless
@@ -13,11 +14,12 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Longest a run may take: cluster start, 40 s of credit, the cut, the resume, stop, audit.
-const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest a run may take: cluster start, 40 s of credit, the cut, the resume, the provider
+/// restart, stop, audit.
+const RUN_TIMEOUT: Duration = Duration::from_secs(420);
 
 /// The data-plane verdicts every rental must carry, all true.
-const CHECKS: [&str; 7] = [
+const CHECKS: [&str; 8] = [
     "out_v4",
     "out_v6",
     "in_v4",
@@ -25,6 +27,7 @@ const CHECKS: [&str; 7] = [
     "suspend_cut",
     "resume_ok",
     "source_ok",
+    "provider_restart_ok",
 ];
 
 #[test]
@@ -120,6 +123,13 @@ fn netns_one_provider_two_renters_real_packets() {
         // The internet host saw the leased address itself as the source.
         let leased_v4 = r["ipv4"].as_str().and_then(|p| p.split('/').next());
         assert_eq!(r["source_seen"].as_str(), leased_v4, "{r}");
+        // Traffic cannot flow before the lease exists.
+        let first = r["first_packet_ms"].as_u64();
+        let lease = r["lease_ms"].as_u64();
+        assert!(
+            first.zip(lease).is_some_and(|(f, l)| f >= l),
+            "first_packet_ms missing or before lease_ms: {r}"
+        );
     }
     assert_ne!(rentals[0]["ipv4"], rentals[1]["ipv4"], "{v:#}");
     assert_eq!(v["audit_ok"], true, "{v:#}");

@@ -520,6 +520,34 @@ impl Cluster {
             .collect()
     }
 
+    /// Restarts one daemon in place: SIGTERM (SIGKILL after `grace`), wait for it to exit,
+    /// start it again in the same namespace with the same data dir, and wait until it answers
+    /// `status` as the same peer. The new process replaces the old one in the registry, so
+    /// [`Cluster::stop_daemons`] and the caller's final cleanup cover it.
+    ///
+    /// Returns how the old process ended. Errors: `node` was not running, or the new process
+    /// cannot start or does not become ready (the message carries the end of its log).
+    pub async fn restart_daemon(
+        &self,
+        bins: &Bins,
+        placement: Placement<'_>,
+        node: &Node,
+        grace: Duration,
+    ) -> Result<crate::procs::Stopped> {
+        let stopped = self.procs.stop_matching(grace, |n| n == node.name).await;
+        let how = stopped
+            .into_iter()
+            .next()
+            .map(|(_, how)| how)
+            .ok_or_else(|| anyhow!("{} is not a running daemon", node.name))?;
+        tracing::info!(name = %node.name, %how, "daemon stopped for restart");
+        start_daemon(&self.procs, bins, placement, node)?;
+        // A copy: only `ready_at` changes, and the cluster's record keeps the first start.
+        let mut again = node.clone();
+        wait_ready(&self.procs, &self.cli, &mut again).await?;
+        Ok(how)
+    }
+
     /// Stops every daemon (SIGTERM, up to `grace`, SIGKILL), leaving lnd-sim running.
     /// Returns the names of daemons that did not exit cleanly.
     pub async fn stop_daemons(&self, grace: Duration) -> Vec<String> {

@@ -13,6 +13,11 @@
 //!    (`suspend_cut`): the provider's metering removed the peer;
 //! 5. `add-credit`, then until all four work again, on the same addresses (`resume_ok`).
 //!
+//! Two more probes live here, run by the scenario around [`check_rental`]: [`first_packet`]
+//! (right after `rent` returns, the time to the first outbound connection through the
+//! tunnel) and [`check_after_restart`] (every provider restarted, traffic must flow again
+//! without the renter doing anything).
+//!
 //! Every probe is a fresh process (`simnet probe-connect`) in a namespace, see probe.rs.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -52,6 +57,17 @@ const CUT_WINDOW: Duration = Duration::from_secs(20);
 const RESUME_WINDOW: Duration = Duration::from_secs(40);
 /// Pause between probe rounds.
 const ROUND_PAUSE: Duration = Duration::from_millis(500);
+/// How long after a provider restart its leases may take to carry traffic again: the daemon
+/// re-applies every active lease on start, and a renter whose handshake went unanswered
+/// retries every 5 s (WireGuard's REKEY_TIMEOUT).
+const RESTART_WINDOW: Duration = Duration::from_secs(45);
+/// Pause between first-packet probes: the resolution of `first_packet_ms`.
+const FIRST_PACKET_PAUSE: Duration = Duration::from_millis(20);
+/// Connect timeout of one first-packet probe. Short, so a SYN lost before the route or the
+/// handshake existed costs one probe and not a full TCP retransmission interval (1 s).
+const FIRST_PACKET_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long after `rent` returns the first-packet loop keeps trying.
+const FIRST_PACKET_WINDOW: Duration = Duration::from_secs(15);
 
 /// Everything the probes need: where they run and how to start them.
 #[derive(Clone)]
@@ -96,7 +112,20 @@ impl Prober<'_> {
     ///
     /// Errors: the connection failed (the message is the helper's stderr).
     pub async fn connect(&self, ns: &str, bind: IpAddr, to: SocketAddr) -> Result<SocketAddr> {
-        let ms = PROBE_TIMEOUT.as_millis().to_string();
+        self.connect_within(ns, bind, to, PROBE_TIMEOUT).await
+    }
+
+    /// [`Prober::connect`] with its own connect-and-read `timeout`.
+    ///
+    /// Errors: as [`Prober::connect`].
+    pub async fn connect_within(
+        &self,
+        ns: &str,
+        bind: IpAddr,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Result<SocketAddr> {
+        let ms = timeout.as_millis().to_string();
         let (bind_s, to_s) = (bind.to_string(), to.to_string());
         let args = [
             "probe-connect",
@@ -108,7 +137,7 @@ impl Prober<'_> {
             &ms,
         ];
         let cmd = self.topo.command(ns, &self.exe, args);
-        let out = run_capture(Command::from(cmd), PROBE_TIMEOUT + Duration::from_secs(5)).await?;
+        let out = run_capture(Command::from(cmd), timeout + Duration::from_secs(5)).await?;
         if !out.status.success() {
             bail!("{bind} -> {to}: {}", out.stderr.trim());
         }
@@ -302,7 +331,14 @@ pub async fn check_rental(
     if let Err(e) = check_inner(p, cli, node, ipv4, ipv6, paid_until, &mut d).await {
         d.notes.push(format!("{e:#}"));
     }
-    tracing::info!(renter = %node.name, failed = ?d.failed_checks(), "data plane checked");
+    // The restart and first-packet verdicts are filled in by the scenario later; leave them
+    // out here so this line names only what this function checked.
+    let failed: Vec<&str> = d
+        .failed_checks()
+        .into_iter()
+        .filter(|c| !matches!(*c, "provider_restart_ok" | "first_packet_ms"))
+        .collect();
+    tracing::info!(renter = %node.name, ?failed, "data plane checked");
     d
 }
 
@@ -397,6 +433,98 @@ async fn check_inner(
             .map(|e| format!("after add-credit: {e}")),
     );
     Ok(())
+}
+
+/// Rent-to-first-packet: right after `rent` returned, probes outbound TCP from the leased
+/// IPv4 address of `ipv4` to the internet host every [`FIRST_PACKET_PAUSE`], and returns the
+/// milliseconds from `rent_started` to the end of the first probe that got through from that
+/// address.
+///
+/// Errors: `node` runs in no namespace, `ipv4` is not an IPv4 prefix, or no probe got through
+/// within [`FIRST_PACKET_WINDOW`] (the message is the last probe's error).
+pub async fn first_packet(
+    p: &Prober<'_>,
+    node: &Node,
+    ipv4: &str,
+    rent_started: Instant,
+) -> Result<u64> {
+    let ns = node
+        .ns
+        .as_deref()
+        .ok_or_else(|| anyhow!("{} runs in no namespace", node.name))?;
+    let v4 = leased_v4(ipv4)?;
+    let to = SocketAddr::new(p.topo.internet_host_v4().into(), INTERNET_PORT);
+    let deadline = Instant::now() + FIRST_PACKET_WINDOW;
+    loop {
+        let last = match p
+            .connect_within(ns, IpAddr::V4(v4), to, FIRST_PACKET_PROBE_TIMEOUT)
+            .await
+        {
+            // Only a connection the internet host saw from the leased address went through
+            // the tunnel; anything else leaked out of the underlay.
+            Ok(seen) if seen.ip() == IpAddr::V4(v4) => {
+                let ms = u64::try_from(rent_started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(renter = %node.name, first_packet_ms = ms, "first packet through");
+                return Ok(ms);
+            }
+            Ok(seen) => anyhow!("the internet host saw source {seen}, expected {v4}"),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(last.context(format!(
+                "no outbound IPv4 connection within {}s of the lease",
+                FIRST_PACKET_WINDOW.as_secs()
+            )));
+        }
+        tokio::time::sleep(FIRST_PACKET_PAUSE).await;
+    }
+}
+
+/// After the provider of `node`'s lease restarted: repeats probe rounds (outbound and inbound,
+/// IPv4 and IPv6, from the leased sources) until all get through or [`RESTART_WINDOW`]
+/// passes. The renter does nothing in between: the provider alone must restore the tunnel.
+/// Uses the renter listeners [`check_rental`] started, so call it before [`stop_listeners`].
+///
+/// Returns whether traffic flowed again, and why not.
+pub async fn check_after_restart(
+    p: &Prober<'_>,
+    node: &Node,
+    ipv4: Option<&str>,
+    ipv6: Option<&str>,
+) -> (bool, Vec<String>) {
+    let target = || -> Result<Target<'_>> {
+        Ok(Target {
+            ns: node
+                .ns
+                .as_deref()
+                .ok_or_else(|| anyhow!("{} runs in no namespace", node.name))?,
+            v4: leased_v4(ipv4.ok_or_else(|| anyhow!("the lease has no IPv4 prefix"))?)?,
+            v6: leased_v6(ipv6.ok_or_else(|| anyhow!("the lease has no IPv6 prefix"))?)?,
+        })
+    };
+    let t = match target() {
+        Ok(t) => t,
+        Err(e) => return (false, vec![format!("after provider restart: {e:#}")]),
+    };
+    let started = Instant::now();
+    let r = rounds_until(p, t, RESTART_WINDOW, |r| r.good(t)).await;
+    let ok = r.good(t);
+    tracing::info!(
+        renter = %node.name, ok, secs = started.elapsed().as_secs_f32(),
+        "tunnel checked after provider restart"
+    );
+    let mut notes: Vec<String> = r
+        .errors()
+        .into_iter()
+        .map(|e| format!("after provider restart: {e}"))
+        .collect();
+    if r.all_ok() && !r.sources_ok(t) {
+        notes.push(format!(
+            "after provider restart the internet host saw {:?} / {:?}, not {} / {}",
+            r.out_v4, r.out_v6, t.v4, t.v6
+        ));
+    }
+    (ok, notes)
 }
 
 /// Stops every probe listener in `procs` (they run until killed).

@@ -87,6 +87,14 @@ pub struct DataPlane {
     pub source_seen: Option<String>,
     /// The source address the internet host reported for the outbound IPv6 connection.
     pub source_seen_v6: Option<String>,
+    /// After its provider daemon was stopped (SIGTERM) and started again on the same data
+    /// dir, all four directions above worked again, from the leased sources, with no action
+    /// by the renter.
+    pub provider_restart_ok: bool,
+    /// Milliseconds from the start of `rent` to the first outbound TCP connection through the
+    /// tunnel from the leased IPv4 address; null when none got through. A figure, judged only
+    /// in that it must be present when `out_v4` held.
+    pub first_packet_ms: Option<u64>,
     /// Why a check failed, in order; empty when all held.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -103,6 +111,12 @@ impl DataPlane {
             ("suspend_cut", self.suspend_cut),
             ("resume_ok", self.resume_ok),
             ("source_ok", self.source_ok),
+            ("provider_restart_ok", self.provider_restart_ok),
+            // Traffic flowed, so the first-packet loop should have seen it too.
+            (
+                "first_packet_ms",
+                !self.out_v4 || self.first_packet_ms.is_some(),
+            ),
         ]
         .into_iter()
         .filter(|(_, ok)| !ok)
@@ -285,9 +299,20 @@ impl Report {
                 .count();
             let _ = writeln!(
                 out,
-                "dataplane: {good}/{} leases passed out/in v4+v6, suspension cut and resume",
+                "dataplane: {good}/{} leases passed out/in v4+v6, suspension cut, resume and provider restart",
                 planes.len()
             );
+            let mut first: Vec<u64> = planes
+                .iter()
+                .filter_map(|(_, d)| d.first_packet_ms)
+                .collect();
+            first.sort_unstable();
+            if let (Some(median), Some(max)) = (first.get(first.len() / 2), first.last()) {
+                let _ = writeln!(
+                    out,
+                    "first pkt: rent to first packet through the tunnel: median {median} ms, max {max} ms"
+                );
+            }
         }
         let bad_audits = self.audits.iter().filter(|a| !a.ok()).count();
         let entries: u64 = self
@@ -447,6 +472,8 @@ mod tests {
             source_ok: true,
             source_seen: Some("198.51.100.16".into()),
             source_seen_v6: Some("2001:db8:101::1".into()),
+            provider_restart_ok: true,
+            first_packet_ms: Some(812),
             notes: Vec::new(),
         };
         r.rentals[0].dataplane = Some(all.clone());
@@ -460,9 +487,17 @@ mod tests {
             "suspend_cut",
             "resume_ok",
             "source_ok",
+            "provider_restart_ok",
         ] {
             assert_eq!(r0[k], true, "{k}: {r0}");
         }
+        assert_eq!(r0["first_packet_ms"], 812, "{r0}");
+        assert!(
+            r.table()
+                .contains("first pkt: rent to first packet through the tunnel: median 812 ms"),
+            "{}",
+            r.table()
+        );
         assert_eq!(r0["source_seen"], "198.51.100.16", "{r0}");
         assert_eq!(r0["source_seen_v6"], "2001:db8:101::1", "{r0}");
         assert!(r0.get("notes").is_none(), "{r0}");
@@ -474,7 +509,7 @@ mod tests {
             in_v6: false,
             resume_ok: false,
             notes: vec!["in_v6: timed out".into()],
-            ..all
+            ..all.clone()
         });
         assert!(
             r.table().contains("dataplane: 0/1 leases passed"),
@@ -486,6 +521,32 @@ mod tests {
             f.contains("renter-0 data plane: in_v6, resume_ok failed (in_v6: timed out)"),
             "{f}"
         );
+
+        // A provider restart that did not bring traffic back fails the lease.
+        r.rentals[0].dataplane = Some(DataPlane {
+            provider_restart_ok: false,
+            ..all.clone()
+        });
+        assert_eq!(
+            r.rentals[0].dataplane.as_ref().unwrap().failed_checks(),
+            ["provider_restart_ok"]
+        );
+        assert_eq!(r.failures().len(), 1, "{:?}", r.failures());
+
+        // first_packet_ms is a figure: required only when outbound IPv4 worked at all.
+        let no_first = DataPlane {
+            first_packet_ms: None,
+            ..all.clone()
+        };
+        assert_eq!(no_first.failed_checks(), ["first_packet_ms"]);
+        let v: serde_json::Value = serde_json::to_value(&no_first).unwrap();
+        assert!(v["first_packet_ms"].is_null(), "{v}");
+        let dead = DataPlane {
+            out_v4: false,
+            first_packet_ms: None,
+            ..all
+        };
+        assert_eq!(dead.failed_checks(), ["out_v4"]);
     }
 
     #[test]

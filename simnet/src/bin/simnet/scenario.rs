@@ -7,8 +7,10 @@
 //!    how long discovery of all providers takes;
 //! 3. with an intruder: once the renters are done and it has had at least two discovery
 //!    rounds, read how many offers it saw and how many peers refused it;
-//! 4. with `--netns`: the data-plane checks of every lease, all renters at once (see
-//!    dataplane.rs);
+//! 4. with `--netns`: right after each `rent` returns, the time to the first packet through
+//!    its tunnel; then the data-plane checks of every lease, all renters at once (see
+//!    dataplane.rs); then every provider daemon is restarted in place and each lease must
+//!    carry traffic again without its renter doing anything;
 //! 5. stop every daemon (so their stores are closed), then `audit verify` every data dir.
 //!
 //! Failures of individual renters or checks are recorded in the [`Report`]; only a cluster
@@ -26,7 +28,7 @@ use anyhow::Context;
 use crate::cli::{Bins, Cli};
 use crate::cluster::{Cluster, DISCOVERY_INTERVAL_SECS, Kind, Node, Placement};
 use crate::dataplane::{self, Prober};
-use crate::procs::Procs;
+use crate::procs::{Procs, Stopped};
 use crate::report::{DataPlane, IntruderReport, NodeAudit, NodeEntry, Rental, Report};
 
 /// How long each renter's `rent` waits for offers.
@@ -95,12 +97,25 @@ pub async fn run(
         credit_sat = plan.credit_sat,
         "renting"
     );
-    let mut rentals = futures::future::join_all(
-        cluster
-            .of_kind(Kind::Renter)
-            .map(|n| rent_one(&cluster.cli, n, plan.credit_sat, &all, &names)),
-    )
-    .await;
+    let rents = cluster.of_kind(Kind::Renter).map(|n| {
+        let (cli, all, names, prober) = (&cluster.cli, &all, &names, prober.as_ref());
+        async move {
+            let started = Instant::now();
+            let r = rent_one(cli, n, plan.credit_sat, all, names).await;
+            // Right after `rent` returns, in the same task, so the figure is not delayed by
+            // other renters still waiting for their leases.
+            let first = match (prober, r.ipv4.as_deref()) {
+                (Some(p), Some(v4)) if r.leased() => {
+                    Some(dataplane::first_packet(p, n, v4, started).await)
+                }
+                _ => None,
+            };
+            (r, first)
+        }
+    });
+    let (mut rentals, firsts): (Vec<Rental>, Vec<Option<Result<u64>>>) =
+        futures::future::join_all(rents).await.into_iter().unzip();
+    let mut restart_unclean = Vec::new();
 
     if let Some(p) = &prober {
         tracing::info!("checking the data plane of every lease");
@@ -125,9 +140,15 @@ pub async fn run(
             }
         });
         let planes = futures::future::join_all(checks).await;
-        for (r, d) in rentals.iter_mut().zip(planes) {
+        for ((r, mut d), first) in rentals.iter_mut().zip(planes).zip(firsts) {
+            match first {
+                Some(Ok(ms)) => d.first_packet_ms = Some(ms),
+                Some(Err(e)) => d.notes.push(format!("first packet: {e:#}")),
+                None => {}
+            }
             r.dataplane = Some(d);
         }
+        restart_unclean = restart_providers(&cluster, bins, placement, p, &mut rentals).await;
         dataplane::stop_listeners(&procs).await;
     }
 
@@ -137,7 +158,8 @@ pub async fn run(
     };
 
     tracing::info!("stopping daemons");
-    let unclean_stops = cluster.stop_daemons(STOP_GRACE).await;
+    let mut unclean_stops = restart_unclean;
+    unclean_stops.extend(cluster.stop_daemons(STOP_GRACE).await);
 
     tracing::info!("verifying audit logs");
     let audits =
@@ -161,6 +183,80 @@ pub async fn run(
         unclean_stops,
         providers: plan.providers,
     })
+}
+
+/// The provider-restart check (netns): every provider daemon is restarted in place, all at
+/// once, and then every leased rental is probed again until its traffic flows, with the
+/// renters left alone. Sets each rental's `provider_restart_ok` and notes.
+///
+/// Returns the providers whose old process did not exit cleanly on SIGTERM (a warning, as for
+/// the final stop). Never fails: a provider that cannot be restarted fails its rentals' check.
+async fn restart_providers(
+    cluster: &Cluster,
+    bins: &Bins,
+    placement: Placement<'_>,
+    p: &Prober<'_>,
+    rentals: &mut [Rental],
+) -> Vec<String> {
+    tracing::info!("restarting every provider daemon");
+    let started = Instant::now();
+    let restarts = cluster.of_kind(Kind::Provider).map(|n| async move {
+        let r = cluster.restart_daemon(bins, placement, n, STOP_GRACE).await;
+        (n.name.clone(), r)
+    });
+    let results: HashMap<String, Result<Stopped>> = futures::future::join_all(restarts)
+        .await
+        .into_iter()
+        .collect();
+    tracing::info!(
+        secs = started.elapsed().as_secs_f32(),
+        "providers restarted; probing their leases"
+    );
+    let mut unclean = Vec::new();
+    for (name, r) in &results {
+        match r {
+            Ok(how) if !how.is_clean() => {
+                tracing::warn!(%name, %how, "provider did not exit cleanly for its restart");
+                unclean.push(name.clone());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(%name, "provider restart failed: {e:#}"),
+        }
+    }
+    let checks = cluster
+        .of_kind(Kind::Renter)
+        .zip(rentals.iter())
+        .map(|(n, r)| {
+            let restarted = r
+                .provider
+                .as_ref()
+                .and_then(|prov| results.get(prov))
+                .map(|res| res.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+            async move {
+                if r.dataplane.is_none() || !r.leased() {
+                    return None;
+                }
+                Some(match restarted {
+                    Some(Ok(())) => {
+                        dataplane::check_after_restart(p, n, r.ipv4.as_deref(), r.ipv6.as_deref())
+                            .await
+                    }
+                    Some(Err(e)) => (false, vec![format!("provider restart: {e}")]),
+                    None => (
+                        false,
+                        vec![format!("provider {:?} is not in the cluster", r.provider)],
+                    ),
+                })
+            }
+        });
+    let verdicts = futures::future::join_all(checks).await;
+    for (r, v) in rentals.iter_mut().zip(verdicts) {
+        if let (Some(d), Some((ok, notes))) = (r.dataplane.as_mut(), v) {
+            d.provider_restart_ok = ok;
+            d.notes.extend(notes);
+        }
+    }
+    unclean
 }
 
 /// One renter's `rent`, timed, with discovery timed alongside.
