@@ -10,9 +10,12 @@
 //! It drives the real `leasewire` and `lnd-sim` binaries, found next to `simnet`; with
 //! `-p leasewire-simnet` alone, run `cargo build --workspace` first.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod util;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use util::{drain, processes_mentioning, wait_or_stop};
 
 /// Longest a run may take: cluster start, 40 s of credit, the cut, the resume, the provider
 /// restart, stop, audit.
@@ -55,7 +58,7 @@ fn netns_one_provider_two_renters_real_packets() {
         .expect("simnet to start");
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let status = wait_or_stop(&mut child, RUN_TIMEOUT);
+    let status = wait_or_stop(&mut child, RUN_TIMEOUT, Duration::from_secs(20));
     let stdout = stdout.join().expect("stdout reader");
     let stderr = stderr.join().expect("stderr reader");
     let status = status.unwrap_or_else(|| {
@@ -156,53 +159,6 @@ fn simnet_namespaces() -> Vec<String> {
         .filter(|n| n.starts_with("lw-"))
         .map(str::to_owned)
         .collect()
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        // A read error just truncates the captured text; the assertions report what we got.
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Waits for `child`; on timeout sends SIGTERM (so simnet cleans up), then SIGKILL.
-fn wait_or_stop(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    // SAFETY: kill(2) on our own unreaped child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_secs(20));
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-/// Live processes whose command line contains `needle` (zombies have an empty one).
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push(format!("{name}: {cmdline}"));
-        }
-    }
-    found
 }
 
 #[test]

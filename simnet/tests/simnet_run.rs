@@ -7,11 +7,13 @@
 //! package's integration tests, and the root package has some); with `-p leasewire-simnet`
 //! alone, run `cargo build --workspace` first so `target/debug/leasewire` is current.
 
-use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+mod util;
+
+use util::{drain, processes_mentioning, wait_or_stop};
 
 /// Longest a run may take: cluster start, 60 s rent timeout, intruder wait, stop and audit.
 const RUN_TIMEOUT: Duration = Duration::from_secs(420);
@@ -30,7 +32,7 @@ fn two_providers_two_renters_and_an_intruder() {
         .expect("simnet to start");
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let status = wait_or_stop(&mut child, RUN_TIMEOUT);
+    let status = wait_or_stop(&mut child, RUN_TIMEOUT, Duration::from_secs(15));
     let stdout = stdout.join().expect("stdout reader");
     let stderr = stderr.join().expect("stderr reader");
     let status = status.unwrap_or_else(|| {
@@ -38,7 +40,7 @@ fn two_providers_two_renters_and_an_intruder() {
     });
 
     // Checked before the verdict: a failing run must not leak processes either.
-    let leftovers = processes_mentioning(base.path());
+    let leftovers = processes_mentioning(&base.path().to_string_lossy());
     assert!(
         leftovers.is_empty(),
         "processes left behind: {leftovers:#?}"
@@ -102,52 +104,4 @@ fn two_providers_two_renters_and_an_intruder() {
 fn prefix(s: &str) -> (&str, u8) {
     let (a, l) = s.split_once('/').unwrap_or((s, "128"));
     (a, l.parse().expect("prefix length"))
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        // A read error just truncates the captured text; the assertions report what we got.
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Waits for `child`; on timeout sends SIGTERM (so simnet cleans up), then SIGKILL.
-fn wait_or_stop(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    // SAFETY: kill(2) on our own unreaped child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_secs(15));
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-/// Live processes whose command line mentions `dir` (zombies have an empty one).
-fn processes_mentioning(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            found.push(format!("{name}: {cmdline}"));
-        }
-    }
-    found
 }

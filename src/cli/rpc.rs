@@ -97,12 +97,7 @@ pub(super) async fn add_credit(
     json: bool,
 ) -> anyhow::Result<()> {
     let lease = connect(data_dir).await?.add_credit(req).await?;
-    let mut out = io::stdout().lock();
-    if json {
-        return print_json(&mut out, &lease);
-    }
-    render::lease_detail(&mut out, &lease, now_unix())?;
-    Ok(())
+    print_lease(&lease, json)
 }
 
 pub(super) async fn release(
@@ -111,11 +106,16 @@ pub(super) async fn release(
     json: bool,
 ) -> anyhow::Result<()> {
     let lease = connect(data_dir).await?.release(req).await?;
+    print_lease(&lease, json)
+}
+
+/// One lease on stdout: as JSON, or as `key: value` lines.
+fn print_lease(lease: &pb::LeaseInfo, json: bool) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     if json {
-        return print_json(&mut out, &lease);
+        return print_json(&mut out, lease);
     }
-    render::lease_detail(&mut out, &lease, now_unix())?;
+    render::lease_detail(&mut out, lease, now_unix())?;
     Ok(())
 }
 
