@@ -30,7 +30,6 @@ use crate::config::{Config, Role, TunnelBackendKind};
 use crate::control::{self, ControlError};
 use crate::identity::{Identity, WgKeyPair};
 use crate::lightning::LightningNode;
-use crate::lightning::lnd::{LndClient, LndConfig};
 use crate::market::provider::{Provider, ProviderParams};
 use crate::market::renter::{Renter, RenterParams};
 use crate::market::{MarketError, Peers};
@@ -186,12 +185,7 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
     }
     let public_market = topic.is_public;
 
-    let lnd_cfg = LndConfig {
-        address: cfg.lightning.address.clone(),
-        tls_cert_path: Config::resolve(data_dir, &cfg.lightning.tls_cert_path),
-        macaroon_path: Config::resolve(data_dir, &cfg.lightning.macaroon_path),
-    };
-    let ln = LndClient::connect(&lnd_cfg).await?;
+    let (ln, source) = crate::lightning::connect::connect_from_config(&cfg.lightning, data_dir).await?;
     let info = ln.get_info().await?;
     if info.network != cfg.lightning.network {
         return Err(NodeError::WrongNetwork {
@@ -199,7 +193,7 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
             got: info.network,
         });
     }
-    tracing::info!(ln_pubkey = %info.pubkey, network = %info.network, "connected to Lightning node");
+    tracing::info!(ln_pubkey = %info.pubkey, network = %info.network, %source, "connected to Lightning node");
     let ln: Arc<dyn LightningNode> = Arc::new(ln);
 
     let tunnel: Arc<dyn Tunnel> = match cfg.tunnel.backend {
@@ -270,6 +264,7 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
             cfg: cfg.renter.clone(),
             network: cfg.lightning.network.clone(),
             fee_limit_sat: cfg.lightning.fee_limit_sat,
+            fee_limit_ppm: cfg.lightning.fee_limit_ppm,
             payment_timeout_secs: cfg.lightning.payment_timeout_secs,
             wg_private: wg.private,
             wg_public: wg.public,
@@ -308,6 +303,7 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
         }));
     }
     if let Some(r) = renter.clone() {
+        let autopay_renter = r.clone();
         tasks.spawn(periodic(discovery, shutdown.clone(), move || {
             let r = r.clone();
             async move {
@@ -317,6 +313,19 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
                 }
                 if let Err(e) = r.tick().await {
                     tracing::warn!(error = %e, "renter tick failed");
+                }
+                // Payments a crash or an unreachable provider left open.
+                if let Err(e) = r.recover_payments().await {
+                    tracing::warn!(error = %e, "payment recovery pass failed");
+                }
+            }
+        }));
+        let every = cfg.renter.autopay.check_interval;
+        tasks.spawn(periodic(every, shutdown.clone(), move || {
+            let r = autopay_renter.clone();
+            async move {
+                if let Err(e) = r.autopay_tick().await {
+                    tracing::warn!(error = %e, "autopay pass failed");
                 }
             }
         }));

@@ -27,7 +27,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use leasewire::tunnel::wireguard::{WgBackend, WireGuardTunnel};
-use leasewire::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, TunnelError, testing};
+use leasewire::tunnel::{
+    InterfaceSpec, PeerSpec, ProbeSpec, RoutingPolicy, Tunnel, TunnelError, testing,
+};
 use leasewire::types::WgKey;
 
 const ROLE_ENV: &str = "LWT_WG_ROLE";
@@ -264,6 +266,35 @@ fn wireguard_tunnel_between_namespaces() {
     }
 }
 
+/// [`Tunnel::verify`] through the real backend: with the tunnel up it reports a fresh
+/// handshake and an ICMP round trip from the renter's leased address to the provider's
+/// endpoint address (192.0.2.1, on the provider's veth: only reachable from 198.51.100.2 back
+/// through the tunnel, since the provider routes that /32 into its WireGuard interface); once
+/// the provider drops the renter's peer, the probe gets no reply and the tunnel is not
+/// verified. Runs in its own pair of namespaces, so in parallel with the test above.
+#[test]
+fn verify_between_namespaces() {
+    if let Some(why) = missing_prerequisites() {
+        if std::env::var_os("CI").is_some() {
+            panic!("wireguard_netns cannot run in CI: {why}");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n***** SKIPPED verify_between_namespaces: {why} *****\n"
+        );
+        return;
+    }
+    // A suffix keeps these names apart from the other test's in the same process.
+    let id = format!("{}v", std::process::id());
+    let lab = Lab::new(Names::new(&id));
+    let n = &lab.names;
+
+    lab.child(&n.ns_a, "provider_up", &id);
+    lab.child(&n.ns_b, "verify_renter_up", &id);
+    lab.child(&n.ns_a, "verify_provider_drop", &id);
+    lab.child(&n.ns_b, "verify_renter_unverified", &id);
+}
+
 /// The child half: does nothing unless started by the test above with a role.
 #[test]
 #[ignore = "run by wireguard_tunnel_between_namespaces inside a network namespace"]
@@ -287,6 +318,9 @@ fn wg_netns_child() {
             "provider_up" => provider_up(&names).await,
             "renter" => renter(&names).await,
             "provider_check_and_down" => provider_check_and_down(&names).await,
+            "verify_renter_up" => verify_renter_up(&names).await,
+            "verify_provider_drop" => verify_provider_drop(&names).await,
+            "verify_renter_unverified" => verify_renter_unverified(&names).await,
             "conformance" => {
                 let t = WireGuardTunnel::new().await.expect("backend");
                 testing::conformance_on(&t, &names.wg_conf).await;
@@ -374,9 +408,8 @@ async fn probe(src: Option<SocketAddr>) -> std::io::Result<()> {
     }
 }
 
-async fn renter(n: &Names) {
-    let t = WireGuardTunnel::new().await.expect("backend");
-    let spec = InterfaceSpec {
+fn renter_spec(n: &Names) -> InterfaceSpec {
+    InterfaceSpec {
         name: n.wg_b.clone(),
         private_key: RENTER_KEY,
         listen_port: None,
@@ -384,13 +417,22 @@ async fn renter(n: &Names) {
         policy: RoutingPolicy::SourceOnly {
             table: RENTER_TABLE,
         },
-    };
-    let provider = PeerSpec {
+    }
+}
+
+fn provider_peer_on_renter() -> PeerSpec {
+    PeerSpec {
         public_key: public(PROVIDER_KEY),
         endpoint: Some(format!("192.0.2.1:{PROVIDER_PORT}")),
         allowed_ips: vec![net("0.0.0.0/0")],
         persistent_keepalive: Some(25),
-    };
+    }
+}
+
+async fn renter(n: &Names) {
+    let t = WireGuardTunnel::new().await.expect("backend");
+    let spec = renter_spec(n);
+    let provider = provider_peer_on_renter();
     t.ensure_interface(&spec).await.expect("ensure renter");
     t.add_peer(&n.wg_b, &provider).await.expect("add provider");
     // Idempotence: everything again, then exactly one rule and one route must exist.
@@ -551,4 +593,120 @@ async fn assert_gone(t: &WireGuardTunnel, iface: &str) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The renter's probe: from its leased address to the provider's endpoint address.
+fn renter_probe() -> ProbeSpec {
+    ProbeSpec {
+        source: "198.51.100.2".parse().expect("literal"),
+        target: "192.0.2.1".parse().expect("literal"),
+        timeout: Duration::from_secs(3),
+        attempts: 3,
+    }
+}
+
+/// How old a handshake may be for the tunnel to count as verified (WireGuard re-keys every
+/// 2 minutes while traffic flows).
+const MAX_HANDSHAKE_AGE: Duration = Duration::from_secs(180);
+
+/// Renter: brings its interface up and verifies the tunnel; leaves it up for the next roles.
+async fn verify_renter_up(n: &Names) {
+    let t = WireGuardTunnel::new().await.expect("backend");
+    t.ensure_interface(&renter_spec(n))
+        .await
+        .expect("ensure renter");
+    t.add_peer(&n.wg_b, &provider_peer_on_renter())
+        .await
+        .expect("add provider");
+
+    // Without the provider's peer on the interface there is nothing to verify.
+    let err = t
+        .verify(&n.wg_b, &public(RENTER_KEY), &renter_probe())
+        .await
+        .expect_err("unknown peer");
+    assert!(err.to_string().contains("not configured"), "{err}");
+
+    // The first echo also triggers the handshake; allow a few rounds for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let check = loop {
+        let check = t
+            .verify(&n.wg_b, &public(PROVIDER_KEY), &renter_probe())
+            .await
+            .expect("verify");
+        if check.verified(MAX_HANDSHAKE_AGE) {
+            break check;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tunnel never verified: {check:?}: {:?}",
+            check.reason(MAX_HANDSHAKE_AGE)
+        );
+        eprintln!("not verified yet: {check:?}");
+    };
+    let age = check.handshake_age_secs.expect("a handshake");
+    assert!(age <= 5, "handshake {age} s old right after it happened");
+    assert!(check.last_handshake.is_some(), "{check:?}");
+    assert_eq!(check.reason(MAX_HANDSHAKE_AGE), None);
+    eprintln!("verified: {check:?}");
+
+    // Once the session is up, a probe answers on the first echo.
+    let mut rtts = Vec::new();
+    for _ in 0..5 {
+        let check = t
+            .verify(&n.wg_b, &public(PROVIDER_KEY), &renter_probe())
+            .await
+            .expect("verify again");
+        rtts.push(check.probe_rtt.expect("a reply on an established tunnel"));
+    }
+    eprintln!("probe rtts through the tunnel: {rtts:?}");
+    assert!(rtts.iter().all(|r| *r < Duration::from_secs(1)), "{rtts:?}");
+}
+
+/// Provider, as a restarted daemon: drops the renter's peer (the lease ended).
+async fn verify_provider_drop(n: &Names) {
+    let t = WireGuardTunnel::new().await.expect("backend");
+    t.ensure_interface(&provider_spec(n))
+        .await
+        .expect("re-ensure provider");
+    t.remove_peer(&n.wg_a, &public(RENTER_KEY))
+        .await
+        .expect("remove renter peer");
+    assert!(
+        t.peer_stats(&n.wg_a).await.expect("stats").is_empty(),
+        "renter peer still there"
+    );
+}
+
+/// Renter, as a restarted daemon: its tunnel still has a recent handshake, but the provider no
+/// longer answers through it, so verify() reports no probe reply within the timeout.
+async fn verify_renter_unverified(n: &Names) {
+    let t = WireGuardTunnel::new().await.expect("backend");
+    t.ensure_interface(&renter_spec(n))
+        .await
+        .expect("re-ensure renter");
+    t.add_peer(&n.wg_b, &provider_peer_on_renter())
+        .await
+        .expect("re-add provider");
+    let probe = renter_probe();
+    let started = Instant::now();
+    let check = t
+        .verify(&n.wg_b, &public(PROVIDER_KEY), &probe)
+        .await
+        .expect("verify");
+    let took = started.elapsed();
+    eprintln!("after the provider dropped us: {check:?} in {took:?}");
+    assert_eq!(check.probe_rtt, None, "{check:?}");
+    assert!(!check.verified(MAX_HANDSHAKE_AGE), "{check:?}");
+    let reason = check.reason(MAX_HANDSHAKE_AGE).expect("a reason");
+    assert!(reason.contains("probe"), "{reason}");
+    assert!(
+        took >= probe.timeout && took < probe.timeout + Duration::from_secs(2),
+        "verify took {took:?} for a {:?} timeout",
+        probe.timeout
+    );
+    // The handshake made earlier is still on record: only the probe tells the tunnel is dead.
+    assert!(check.last_handshake.is_some(), "{check:?}");
+
+    t.remove_interface(&n.wg_b).await.expect("remove renter");
+    assert_gone(&t, &n.wg_b).await;
 }

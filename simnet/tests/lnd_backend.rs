@@ -58,7 +58,7 @@ fn invoice_req(amount_msat: u64) -> InvoiceRequest {
 fn pay_req(bolt11: &str) -> PayRequest {
     PayRequest {
         bolt11: bolt11.to_owned(),
-        fee_limit_sat: 10,
+        fee_limit_msat: 10_000,
         timeout_secs: 30,
     }
 }

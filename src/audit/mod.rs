@@ -202,6 +202,10 @@ audit_kinds! {
     PaymentSucceeded => "payment_succeeded",
     /// A payment failed.
     PaymentFailed => "payment_failed",
+    /// A spending limit or check refused a payment before any money moved.
+    PaymentRefused => "payment_refused",
+    /// Autopay did not top up a lease (tunnel unverified, terms changed, limits).
+    AutopayRefused => "autopay_refused",
     /// A provider saw its invoice settled.
     InvoiceSettled => "invoice_settled",
     /// A provider issued a lease.
@@ -218,6 +222,8 @@ audit_kinds! {
     LeaseReleased => "lease_released",
     /// Credit was added to a lease.
     CreditAdded => "credit_added",
+    /// A renter handed out an invoice for payment from another wallet (`add-credit --manual`).
+    ManualInvoice => "manual_invoice",
     /// A peer was refused (rate limit, bad signature, policy).
     PeerRefused => "peer_refused",
     /// An error worth keeping a record of.

@@ -12,6 +12,7 @@
 mod audit;
 mod daemon;
 mod init;
+mod pay;
 mod render;
 mod rpc;
 
@@ -105,6 +106,24 @@ enum Command {
         /// Amount of credit to buy, in satoshis
         #[arg(long, value_name = "SAT", value_parser = clap::value_parser!(u64).range(1..))]
         amount: u64,
+        /// Lease id [default: the only (or latest) lease]
+        #[arg(long, value_name = "ID")]
+        lease: Option<String>,
+        /// Do not pay from the daemon's node: print the invoice (text and QR code) to pay from
+        /// any wallet, then wait for the provider to confirm the credit
+        #[arg(long)]
+        manual: bool,
+        /// With --manual: seconds to wait for the payment
+        #[arg(long, value_name = "SECS", default_value_t = 600, requires = "manual")]
+        wait: u32,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Switch AutoPay on or off for a lease
+    Autopay {
+        /// on or off
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
         /// Lease id [default: the only (or latest) lease]
         #[arg(long, value_name = "ID")]
         lease: Option<String>,
@@ -253,11 +272,28 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
         Command::Conf { lease, out } => {
             rpc::block_on(rpc::conf(&data_dir, lease.unwrap_or_default(), out.json))
         }
-        Command::AddCredit { amount, lease, out } => rpc::block_on(rpc::add_credit(
-            &data_dir,
-            crate::control::pb::AddCreditRequest {
+        Command::AddCredit {
+            amount,
+            lease,
+            manual,
+            wait,
+            out,
+        } => {
+            let req = crate::control::pb::AddCreditRequest {
                 lease_id: lease.unwrap_or_default(),
                 amount_sat: amount,
+            };
+            if manual {
+                rpc::block_on(pay::manual(&data_dir, req, wait, out.json))
+            } else {
+                rpc::block_on(rpc::add_credit(&data_dir, req, out.json))
+            }
+        }
+        Command::Autopay { state, lease, out } => rpc::block_on(pay::set_autopay(
+            &data_dir,
+            crate::control::pb::SetAutopayRequest {
+                lease_id: lease.unwrap_or_default(),
+                on: state == "on",
             },
             out.json,
         )),

@@ -147,8 +147,27 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
     ]);
     if !l.conf_path.is_empty() {
         pairs.push(("wg-quick file", l.conf_path.clone()));
+        pairs.push(("autopay", autopay_line(l, now)));
+        pairs.push((
+            "payments",
+            format!("{} made, {} top-ups", l.payments, l.topups),
+        ));
     }
     kv(w, &pairs)
+}
+
+/// AutoPay's state for a renter lease: on/off, then what it last did or refused.
+fn autopay_line(l: &pb::LeaseInfo, now: u64) -> String {
+    let mut s = if l.autopay { "on" } else { "off" }.to_owned();
+    if l.autopay_note_at > 0 {
+        let verb = if l.autopay_note_paid { "paid" } else { "refused" };
+        s.push_str(&format!(
+            "; {verb} {}: {}",
+            relative_time(l.autopay_note_at, now),
+            l.autopay_note
+        ));
+    }
+    s
 }
 
 /// Renter leases as a table (used by `status`).
@@ -221,6 +240,9 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
     if !s.leases.is_empty() {
         writeln!(w)?;
         renter_leases(w, &s.leases, now)?;
+        for l in s.leases.iter().filter(|l| l.autopay_note_at > 0) {
+            writeln!(w, "autopay {}: {}", l.lease_id, autopay_line(l, now))?;
+        }
     }
     Ok(())
 }
@@ -323,6 +345,14 @@ mod tests {
             conf_path: "/d/wireguard/lw0.conf".into(),
             activated_at: 900,
             rate_sat_per_day: 100,
+            autopay: true,
+            payments: 2,
+            topups: 1,
+            autopay_topups: 1,
+            refused_unverified: 1,
+            autopay_note: "tunnel not verified: no reply to the probe".into(),
+            autopay_note_at: 940,
+            autopay_note_paid: false,
         }
     }
 
@@ -358,6 +388,11 @@ mod tests {
         assert!(out.contains("3000 sat bought, 2900 sat left"));
         assert!(out.contains("in 2d 1h"));
         assert!(out.contains("/d/wireguard/lw0.conf"));
+        assert!(
+            out.contains("autopay:") && out.contains("on; refused 1m 0s ago: tunnel not verified"),
+            "{out}"
+        );
+        assert!(out.contains("2 made, 1 top-ups"), "{out}");
         // No renter line on the renter's own view.
         assert!(!out.contains("renter:"));
     }

@@ -110,7 +110,7 @@ pub(super) async fn release(
 }
 
 /// One lease on stdout: as JSON, or as `key: value` lines.
-fn print_lease(lease: &pb::LeaseInfo, json: bool) -> anyhow::Result<()> {
+pub(super) fn print_lease(lease: &pb::LeaseInfo, json: bool) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     if json {
         return print_json(&mut out, lease);

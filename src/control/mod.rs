@@ -126,6 +126,16 @@ pub trait ControlHandler: Send + Sync + 'static {
     async fn conf(&self, req: pb::ConfRequest) -> Result<pb::ConfReply, ControlError>;
     /// Pays for more credit on a renter lease; returns the lease as the provider confirmed it.
     async fn add_credit(&self, req: pb::AddCreditRequest) -> Result<pb::LeaseInfo, ControlError>;
+    /// A checked top-up invoice for payment from another wallet.
+    async fn manual_invoice(
+        &self,
+        req: pb::AddCreditRequest,
+    ) -> Result<pb::ManualInvoiceReply, ControlError>;
+    /// Waits until the provider's signed lease shows a manual invoice's credit.
+    async fn await_credit(&self, req: pb::AwaitCreditRequest)
+    -> Result<pb::LeaseInfo, ControlError>;
+    /// Switches AutoPay on or off for a renter lease.
+    async fn set_autopay(&self, req: pb::SetAutopayRequest) -> Result<pb::LeaseInfo, ControlError>;
     /// Gives a renter lease up.
     async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError>;
     /// Provider view: every lease this node has issued.
@@ -187,6 +197,33 @@ impl pb::control_server::Control for Service {
             "add_credit",
             self.handler.add_credit(req.into_inner()).await,
         )
+    }
+
+    async fn manual_invoice(
+        &self,
+        req: Request<pb::AddCreditRequest>,
+    ) -> Result<Response<pb::ManualInvoiceReply>, Status> {
+        reply(
+            "manual_invoice",
+            self.handler.manual_invoice(req.into_inner()).await,
+        )
+    }
+
+    async fn await_credit(
+        &self,
+        req: Request<pb::AwaitCreditRequest>,
+    ) -> Result<Response<pb::LeaseInfo>, Status> {
+        reply(
+            "await_credit",
+            self.handler.await_credit(req.into_inner()).await,
+        )
+    }
+
+    async fn set_autopay(
+        &self,
+        req: Request<pb::SetAutopayRequest>,
+    ) -> Result<Response<pb::LeaseInfo>, Status> {
+        reply("set_autopay", self.handler.set_autopay(req.into_inner()).await)
     }
 
     async fn release(
@@ -462,6 +499,39 @@ impl ControlClient {
         Ok(self.inner.clone().add_credit(req).await?.into_inner())
     }
 
+    /// Calls `ManualInvoice`.
+    ///
+    /// # Errors
+    /// As [`ControlClient::status`].
+    pub async fn manual_invoice(
+        &self,
+        req: pb::AddCreditRequest,
+    ) -> Result<pb::ManualInvoiceReply, ControlError> {
+        Ok(self.inner.clone().manual_invoice(req).await?.into_inner())
+    }
+
+    /// Calls `AwaitCredit`.
+    ///
+    /// # Errors
+    /// As [`ControlClient::status`].
+    pub async fn await_credit(
+        &self,
+        req: pb::AwaitCreditRequest,
+    ) -> Result<pb::LeaseInfo, ControlError> {
+        Ok(self.inner.clone().await_credit(req).await?.into_inner())
+    }
+
+    /// Calls `SetAutopay`.
+    ///
+    /// # Errors
+    /// As [`ControlClient::status`].
+    pub async fn set_autopay(
+        &self,
+        req: pb::SetAutopayRequest,
+    ) -> Result<pb::LeaseInfo, ControlError> {
+        Ok(self.inner.clone().set_autopay(req).await?.into_inner())
+    }
+
     /// Calls `Release`.
     ///
     /// # Errors
@@ -529,6 +599,24 @@ mod tests {
             _req: pb::AddCreditRequest,
         ) -> Result<pb::LeaseInfo, ControlError> {
             Err(ControlError::Unavailable("LND is down".into()))
+        }
+        async fn manual_invoice(
+            &self,
+            _req: pb::AddCreditRequest,
+        ) -> Result<pb::ManualInvoiceReply, ControlError> {
+            Err(ControlError::NotFound("no lease yet".into()))
+        }
+        async fn await_credit(
+            &self,
+            _req: pb::AwaitCreditRequest,
+        ) -> Result<pb::LeaseInfo, ControlError> {
+            Err(ControlError::NotFound("no such invoice".into()))
+        }
+        async fn set_autopay(
+            &self,
+            _req: pb::SetAutopayRequest,
+        ) -> Result<pb::LeaseInfo, ControlError> {
+            Err(ControlError::NotFound("no lease yet".into()))
         }
         async fn release(&self, _req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError> {
             Err(ControlError::NotFound("no lease yet".into()))

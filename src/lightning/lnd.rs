@@ -32,12 +32,12 @@ use tracing::{debug, warn};
 
 use super::proto::lnrpc::{
     self, invoice::InvoiceState as LndInvoiceState, lightning_client::LightningClient,
-    payment::PaymentStatus,
+    payment::PaymentStatus as LndPaymentStatus,
 };
 use super::proto::routerrpc::{self, router_client::RouterClient};
 use super::{
     CreatedInvoice, InvoiceRequest, InvoiceState, InvoiceStatus, LightningError, LightningNode,
-    NodeInfo, PayRequest, PaymentOutcome,
+    NodeInfo, PayRequest, PaymentOutcome, PaymentStatus,
 };
 
 /// How long to wait for TCP + TLS + HTTP/2 setup.
@@ -112,10 +112,6 @@ impl LndClient {
     /// is not a valid TLS server name, [`LightningError::Connect`] if the node cannot be reached
     /// or the TLS handshake fails.
     pub async fn connect(config: &LndConfig) -> Result<LndClient, LightningError> {
-        // tonic (server side, elsewhere in the process) and rustls need one process-wide
-        // provider when several are compiled in; an "already installed" error is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-
         let pinned = read_pinned_cert(&config.tls_cert_path)?;
         let macaroon = read_file(&config.macaroon_path, "macaroon")?;
         if macaroon.is_empty() {
@@ -125,16 +121,48 @@ impl LndClient {
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, "file is empty"),
             });
         }
-        let header = MetadataValue::try_from(hex::encode(&macaroon))
-            .expect("hex is always a valid ASCII metadata value");
+        LndClient::connect_pinned_der(&config.address, pinned, &macaroon).await
+    }
 
-        let channel = connect_pinned(&config.address, pinned).await?;
+    /// Connects with an in-memory certificate and macaroon (e.g. from an lndconnect URI).
+    ///
+    /// `cert` is LND's `tls.cert`, PEM or DER (detected by the `-----BEGIN` marker);
+    /// `macaroon` is the raw macaroon bytes (not hex). Neither is ever logged or included in
+    /// an error message.
+    ///
+    /// # Errors
+    /// [`LightningError::Config`] for an empty macaroon, [`LightningError::Tls`] for a
+    /// certificate that is neither a PEM certificate nor DER-encoded, or a bad host;
+    /// [`LightningError::Connect`] if the node cannot be reached or the TLS handshake fails.
+    pub async fn connect_with(
+        address: &str,
+        cert: &[u8],
+        macaroon: &[u8],
+    ) -> Result<LndClient, LightningError> {
+        if macaroon.is_empty() {
+            return Err(LightningError::Config("the macaroon is empty".into()));
+        }
+        let pinned = parse_certificate(cert)?;
+        LndClient::connect_pinned_der(address, pinned, macaroon).await
+    }
+
+    async fn connect_pinned_der(
+        address: &str,
+        pinned: CertificateDer<'static>,
+        macaroon: &[u8],
+    ) -> Result<LndClient, LightningError> {
+        // tonic (server side, elsewhere in the process) and rustls need one process-wide
+        // provider when several are compiled in; an "already installed" error is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let header = MetadataValue::try_from(hex::encode(macaroon))
+            .expect("hex is always a valid ASCII metadata value");
+        let channel = connect_pinned(address, pinned).await?;
         let interceptor = MacaroonInterceptor { header };
-        debug!(address = %config.address, "connected to LND");
+        debug!(%address, "connected to LND");
         Ok(LndClient {
             lightning: LightningClient::with_interceptor(channel.clone(), interceptor.clone()),
             router: RouterClient::with_interceptor(channel, interceptor),
-            address: config.address.clone(),
+            address: address.to_owned(),
         })
     }
 
@@ -161,6 +189,60 @@ fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, LightningError>
         path: path.to_owned(),
         source,
     })
+}
+
+/// Parses a certificate given as PEM (the first certificate in it) or as raw DER.
+///
+/// DER input is only checked structurally (one complete ASN.1 SEQUENCE, the shape of an
+/// X.509 certificate): the pin compares exact bytes, so a wrong but well-formed certificate
+/// fails at the TLS handshake instead. Error messages never contain the input.
+///
+/// # Errors
+/// [`LightningError::Tls`] when the bytes are neither.
+pub fn parse_certificate(bytes: &[u8]) -> Result<CertificateDer<'static>, LightningError> {
+    let trimmed = bytes.trim_ascii_start();
+    if trimmed.starts_with(b"-----BEGIN") {
+        let mut reader = std::io::BufReader::new(trimmed);
+        return match rustls_pemfile::certs(&mut reader).next() {
+            Some(Ok(cert)) => Ok(cert),
+            Some(Err(e)) => Err(LightningError::Tls(format!("bad PEM certificate: {e}"))),
+            None => Err(LightningError::Tls("no certificate in the PEM data".into())),
+        };
+    }
+    if is_der_sequence(bytes) {
+        Ok(CertificateDer::from(bytes.to_vec()))
+    } else {
+        Err(LightningError::Tls(format!(
+            "certificate ({} bytes) is neither PEM nor DER",
+            bytes.len()
+        )))
+    }
+}
+
+/// True when `der` is exactly one DER SEQUENCE (tag 0x30, definite length covering the rest)
+/// whose content starts with another SEQUENCE (`tbsCertificate`).
+fn is_der_sequence(der: &[u8]) -> bool {
+    let Some((&0x30, rest)) = der.split_first() else {
+        return false;
+    };
+    let Some((&first, rest)) = rest.split_first() else {
+        return false;
+    };
+    let (len, content) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        // Long form: the low bits say how many length bytes follow (at most 4 here; a
+        // certificate over 4 GiB is not a certificate).
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return false;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    len == content.len() && content.first() == Some(&0x30)
 }
 
 /// Reads the first PEM certificate from `path`.
@@ -351,6 +433,76 @@ fn failure_reason_name(code: i32) -> String {
     }
 }
 
+/// Maps one `lnrpc.Payment` (from `TrackPaymentV2` or `ListPayments`) to our status.
+// `Unknown` is deprecated in the proto but old nodes still send it.
+#[allow(deprecated)]
+fn payment_status(p: &lnrpc::Payment) -> Result<PaymentStatus, LightningError> {
+    match LndPaymentStatus::try_from(p.status) {
+        Ok(LndPaymentStatus::Succeeded) => Ok(PaymentStatus::Succeeded(payment_outcome(p)?)),
+        Ok(LndPaymentStatus::Failed) => Ok(PaymentStatus::Failed {
+            reason: failure_reason_name(p.failure_reason),
+        }),
+        // UNKNOWN is only used by very old LND versions for legacy payments still pending;
+        // INITIATED means HTLCs may be dispatched at any moment. Neither is final.
+        Ok(
+            LndPaymentStatus::Unknown | LndPaymentStatus::InFlight | LndPaymentStatus::Initiated,
+        ) => Ok(PaymentStatus::InFlight),
+        Err(_) => Err(LightningError::InvalidResponse(format!(
+            "unknown payment status {}",
+            p.status
+        ))),
+    }
+}
+
+/// How many payments one `ListPayments` page asks for in the fallback scan.
+const LIST_PAYMENTS_PAGE: u64 = 500;
+/// Upper bound on pages scanned, so a huge payment history cannot stall a caller forever.
+const LIST_PAYMENTS_MAX_PAGES: usize = 200;
+
+impl LndClient {
+    /// `ListPayments` fallback of [`LightningNode::track_payment`]: scans the payment history
+    /// newest first and returns the latest payment with this hash.
+    async fn track_by_listing(
+        &self,
+        payment_hash: [u8; 32],
+    ) -> Result<Option<PaymentStatus>, LightningError> {
+        let wanted = hex::encode(payment_hash);
+        let mut index_offset = 0;
+        for _ in 0..LIST_PAYMENTS_MAX_PAGES {
+            let page = self
+                .lightning
+                .clone()
+                .list_payments(lnrpc::ListPaymentsRequest {
+                    include_incomplete: true,
+                    index_offset,
+                    max_payments: LIST_PAYMENTS_PAGE,
+                    reversed: true,
+                    count_total_payments: false,
+                })
+                .await
+                .map_err(rpc_error("ListPayments"))?
+                .into_inner();
+            // A reversed page is still in ascending index order: search it from the end.
+            if let Some(p) = page
+                .payments
+                .iter()
+                .rev()
+                .find(|p| p.payment_hash == wanted)
+            {
+                return payment_status(p).map(Some);
+            }
+            if page.payments.is_empty() || page.first_index_offset <= 1 {
+                return Ok(None);
+            }
+            index_offset = page.first_index_offset;
+        }
+        Err(LightningError::InvalidResponse(format!(
+            "payment not among the newest {} payments; use TrackPaymentV2",
+            LIST_PAYMENTS_PAGE * LIST_PAYMENTS_MAX_PAGES as u64
+        )))
+    }
+}
+
 #[async_trait::async_trait]
 impl LightningNode for LndClient {
     async fn get_info(&self) -> Result<NodeInfo, LightningError> {
@@ -452,7 +604,7 @@ impl LightningNode for LndClient {
                 "payment timeout must be positive".into(),
             ));
         }
-        let fee_limit_sat = i64::try_from(req.fee_limit_sat)
+        let fee_limit_msat = i64::try_from(req.fee_limit_msat)
             .map_err(|_| LightningError::InvalidRequest("fee limit too large".into()))?;
         let mut stream = self
             .router
@@ -460,7 +612,7 @@ impl LightningNode for LndClient {
             .send_payment_v2(routerrpc::SendPaymentRequest {
                 payment_request: req.bolt11,
                 timeout_seconds: req.timeout_secs,
-                fee_limit_sat,
+                fee_limit_msat,
                 no_inflight_updates: true,
                 ..Default::default()
             })
@@ -473,9 +625,9 @@ impl LightningNode for LndClient {
         let result = tokio::time::timeout(deadline, async {
             // Intermediate (IN_FLIGHT / INITIATED) updates are skipped; the last update is final.
             while let Some(update) = stream.message().await.map_err(rpc_error("SendPaymentV2"))? {
-                match PaymentStatus::try_from(update.status) {
-                    Ok(PaymentStatus::Succeeded) => return payment_outcome(&update),
-                    Ok(PaymentStatus::Failed) => {
+                match LndPaymentStatus::try_from(update.status) {
+                    Ok(LndPaymentStatus::Succeeded) => return payment_outcome(&update),
+                    Ok(LndPaymentStatus::Failed) => {
                         let reason = failure_reason_name(update.failure_reason);
                         warn!(payment_hash = %update.payment_hash, %reason, "payment failed");
                         return Err(LightningError::PaymentFailed { reason });
@@ -493,6 +645,45 @@ impl LightningNode for LndClient {
             Err(_) => Err(LightningError::Timeout {
                 what: "SendPaymentV2 final status",
                 secs: deadline.as_secs(),
+            }),
+        }
+    }
+
+    async fn track_payment(
+        &self,
+        payment_hash: [u8; 32],
+    ) -> Result<Option<PaymentStatus>, LightningError> {
+        let started = self
+            .router
+            .clone()
+            .track_payment_v2(routerrpc::TrackPaymentRequest {
+                payment_hash: payment_hash.to_vec(),
+                // The first update is the current state either way; in-flight updates are
+                // wanted so an unresolved payment answers at once instead of at resolution.
+                no_inflight_updates: false,
+            })
+            .await;
+        let mut stream = match started {
+            Ok(resp) => resp.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            // LND built without the router sub-server: the main service still lists payments.
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                debug!("TrackPaymentV2 unimplemented, falling back to ListPayments");
+                return self.track_by_listing(payment_hash).await;
+            }
+            Err(s) => return Err(rpc_error("TrackPaymentV2")(s)),
+        };
+        // LND sends the current state as the first message; only that one is needed. Some
+        // LND versions report NotFound as a stream error rather than on the call itself.
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, stream.message()).await;
+        match first {
+            Ok(Ok(Some(update))) => payment_status(&update).map(Some),
+            Ok(Ok(None)) => self.track_by_listing(payment_hash).await,
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(None),
+            Ok(Err(s)) => Err(rpc_error("TrackPaymentV2")(s)),
+            Err(_) => Err(LightningError::Timeout {
+                what: "TrackPaymentV2 first update",
+                secs: CONNECT_TIMEOUT.as_secs(),
             }),
         }
     }
@@ -519,7 +710,7 @@ mod tests {
             payment_preimage: hex::encode(preimage),
             value_msat: 1000,
             fee_msat: 2,
-            status: PaymentStatus::Succeeded as i32,
+            status: LndPaymentStatus::Succeeded as i32,
             ..Default::default()
         };
         let o = payment_outcome(&p).expect("valid");

@@ -9,6 +9,7 @@
 //! [`sim`] models a whole Lightning network in memory (the engine of `lnd-sim`), and
 //! [`testing::MemNode`] exposes it directly as a [`LightningNode`] for tests.
 
+pub mod connect;
 pub mod invoice;
 pub mod lnd;
 pub mod sim;
@@ -97,8 +98,8 @@ pub struct InvoiceStatus {
 pub struct PayRequest {
     /// The BOLT11 invoice to pay. Callers should run [`invoice::check_invoice`] first.
     pub bolt11: String,
-    /// Maximum routing fee, in satoshis. Zero allows only zero-fee (direct) routes.
-    pub fee_limit_sat: u64,
+    /// Maximum routing fee, in millisatoshis. Zero allows only fee-free (e.g. direct) routes.
+    pub fee_limit_msat: u64,
     /// Give up after this many seconds. Must be positive (LND rejects zero).
     pub timeout_secs: i32,
 }
@@ -114,6 +115,21 @@ pub struct PaymentOutcome {
     pub amount_msat: u64,
     /// Routing fee paid, in millisatoshis.
     pub fee_msat: u64,
+}
+
+/// What the payer's node knows of a payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// Started and not yet resolved: HTLCs may be pending. Paying again is refused by the node;
+    /// wait (or track again) instead.
+    InFlight,
+    /// Completed; the outcome carries the preimage (proof of payment) and the fee paid.
+    Succeeded(PaymentOutcome),
+    /// Every attempt failed; no money moved. Paying again is allowed.
+    Failed {
+        /// LND's `PaymentFailureReason` name, e.g. `FAILURE_REASON_NO_ROUTE`.
+        reason: String,
+    },
 }
 
 /// Errors from a [`LightningNode`] backend.
@@ -174,6 +190,11 @@ pub enum LightningError {
     /// The caller's request cannot be expressed to the node (e.g. amount overflows `i64`).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The connection settings are unusable: a malformed lndconnect URI, only one of the
+    /// certificate/macaroon paths set, files missing from the LND directory. The message
+    /// names what to change and never contains a macaroon or certificate.
+    #[error("Lightning configuration: {0}")]
+    Config(String),
 }
 
 impl LightningError {
@@ -226,6 +247,22 @@ pub trait LightningNode: Send + Sync + 'static {
     /// balance, timeout...); [`LightningError::Rpc`] when the node refused to start it, e.g.
     /// `AlreadyExists` for an invoice that is already paid.
     async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError>;
+
+    /// The payer-side state of the payment for `payment_hash`; `Ok(None)` when the node has
+    /// never seen a payment for it (LND's `TrackPaymentV2` answers `NotFound`). Returns the
+    /// CURRENT state at once (does not wait for a final state). With several attempts for the
+    /// same hash, this is the state of the payment as a whole (LND keeps one per hash).
+    ///
+    /// LND: the first update of `TrackPaymentV2`, falling back to `ListPayments` when the
+    /// router sub-server is not available.
+    ///
+    /// # Errors
+    /// [`LightningError::Rpc`] / [`LightningError::Connect`] when the node cannot answer;
+    /// [`LightningError::InvalidResponse`] when a succeeded payment carries no valid preimage.
+    async fn track_payment(
+        &self,
+        payment_hash: [u8; 32],
+    ) -> Result<Option<PaymentStatus>, LightningError>;
 }
 
 #[async_trait::async_trait]
@@ -247,5 +284,12 @@ impl<T: LightningNode + ?Sized> LightningNode for Arc<T> {
 
     async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError> {
         (**self).pay_invoice(req).await
+    }
+
+    async fn track_payment(
+        &self,
+        payment_hash: [u8; 32],
+    ) -> Result<Option<PaymentStatus>, LightningError> {
+        (**self).track_payment(payment_hash).await
     }
 }

@@ -17,7 +17,7 @@
 //!     .await
 //!     .unwrap();
 //! renter
-//!     .pay_invoice(PayRequest { bolt11: inv.bolt11, fee_limit_sat: 0, timeout_secs: 10 })
+//!     .pay_invoice(PayRequest { bolt11: inv.bolt11, fee_limit_msat: 0, timeout_secs: 10 })
 //!     .await
 //!     .unwrap();
 //! let status = provider.lookup_invoice(inv.payment_hash).await.unwrap();
@@ -29,11 +29,13 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use super::proto::lnrpc::{invoice::InvoiceState as LndInvoiceState, payment::PaymentStatus};
+use super::proto::lnrpc::{
+    invoice::InvoiceState as LndInvoiceState, payment::PaymentStatus as LndPaymentStatus,
+};
 use super::sim::{Ledger, LedgerError, NewInvoice, NodeId, SIM_BLOCK_HEIGHT};
 use super::{
     CreatedInvoice, InvoiceRequest, InvoiceState, InvoiceStatus, LightningError, LightningNode,
-    NodeInfo, PayRequest, PaymentOutcome,
+    NodeInfo, PayRequest, PaymentOutcome, PaymentStatus,
 };
 
 /// A set of in-memory Lightning nodes sharing one ledger. Cheap to clone.
@@ -197,7 +199,7 @@ impl LightningNode for MemNode {
                 rpc("SendPaymentV2", code, e)
             })?;
         match (record.status, record.preimage) {
-            (PaymentStatus::Succeeded, Some(preimage)) => Ok(PaymentOutcome {
+            (LndPaymentStatus::Succeeded, Some(preimage)) => Ok(PaymentOutcome {
                 payment_hash: record.payment_hash,
                 preimage,
                 amount_msat: record.value_msat,
@@ -207,6 +209,30 @@ impl LightningNode for MemNode {
                 reason: record.failure_reason.as_str_name().to_owned(),
             }),
         }
+    }
+
+    async fn track_payment(
+        &self,
+        payment_hash: [u8; 32],
+    ) -> Result<Option<PaymentStatus>, LightningError> {
+        let ledger = lock(&self.ledger);
+        let Some(p) = ledger.latest_payment(self.id, &payment_hash) else {
+            return Ok(None);
+        };
+        Ok(Some(match (p.status, p.preimage) {
+            (LndPaymentStatus::Succeeded, Some(preimage)) => {
+                PaymentStatus::Succeeded(PaymentOutcome {
+                    payment_hash: p.payment_hash,
+                    preimage,
+                    amount_msat: p.value_msat,
+                    fee_msat: 0,
+                })
+            }
+            (LndPaymentStatus::Failed, _) => PaymentStatus::Failed {
+                reason: p.failure_reason.as_str_name().to_owned(),
+            },
+            _ => PaymentStatus::InFlight,
+        }))
     }
 }
 
@@ -232,7 +258,7 @@ mod tests {
     fn pay(bolt11: &str) -> PayRequest {
         PayRequest {
             bolt11: bolt11.into(),
-            fee_limit_sat: 0,
+            fee_limit_msat: 0,
             timeout_secs: 10,
         }
     }
@@ -281,6 +307,41 @@ mod tests {
             .await
             .expect_err("twice");
         assert!(err.is_rpc_code(tonic::Code::AlreadyExists), "{err}");
+    }
+
+    #[tokio::test]
+    async fn track_payment_reports_latest_state() {
+        let net = net();
+        let provider = net.node("provider").expect("provider");
+        let renter = net.node("renter").expect("renter");
+        assert_eq!(renter.track_payment([9; 32]).await.expect("track"), None);
+
+        let big = provider.add_invoice(req(600_000)).await.expect("invoice");
+        renter
+            .pay_invoice(pay(&big.bolt11))
+            .await
+            .expect_err("too big");
+        assert_eq!(
+            renter.track_payment(big.payment_hash).await.expect("track"),
+            Some(PaymentStatus::Failed {
+                reason: "FAILURE_REASON_INSUFFICIENT_BALANCE".into()
+            })
+        );
+
+        let inv = provider.add_invoice(req(1_000)).await.expect("invoice");
+        let out = renter.pay_invoice(pay(&inv.bolt11)).await.expect("paid");
+        assert_eq!(
+            renter.track_payment(inv.payment_hash).await.expect("track"),
+            Some(PaymentStatus::Succeeded(out))
+        );
+        // The payee never paid it: unknown from its side.
+        assert_eq!(
+            provider
+                .track_payment(inv.payment_hash)
+                .await
+                .expect("track"),
+            None
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Provider and renter logic. Sees only traits: [`Peers`] for the network,
 //! [`crate::lightning::LightningNode`], [`crate::tunnel::Tunnel`], and the audit log.
 
+pub mod limits;
 pub mod pool;
 pub mod provider;
 pub mod renter;
@@ -79,6 +80,14 @@ pub enum MarketError {
     /// The request is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A spending limit refused the payment; nothing was paid.
+    #[error("payment refused by spending limit: {0}")]
+    LimitExceeded(String),
+    /// The payment went through (or may still be in flight) but the lease is not in hand yet.
+    /// The daemon keeps working on it: it tracks the payment with its node and asks the
+    /// provider for the lease until it gets it. Nothing should be paid again.
+    #[error("paid, lease not received yet (the daemon keeps asking the provider): {0}")]
+    AwaitingLease(String),
 }
 
 impl From<sled::Error> for MarketError {

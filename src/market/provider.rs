@@ -88,6 +88,11 @@ pub struct ProviderLease {
     pub renter_peer: String,
     /// Total received for this lease, sat.
     pub paid_sat: Sats,
+    /// Request ids whose payment this record already includes (activation and every top-up).
+    /// Settlement checks it, so a crash between updating the lease and clearing the pending
+    /// invoice can never credit the same payment twice.
+    #[serde(default)]
+    pub settled_requests: Vec<String>,
 }
 
 impl ProviderLease {

@@ -21,10 +21,18 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+mod autopay;
+mod complete;
 mod discovery;
+mod manual;
 mod payment;
 mod rent;
 mod tunnel;
+
+pub use autopay::{AutopayConfig, AutopayNote, RentalStats};
+pub use manual::ManualInvoice;
+use payment::PaymentRecord;
+use tunnel::lease_addresses;
 
 use super::store::Table;
 use super::{MarketError, Peers, select};
@@ -50,8 +58,11 @@ pub struct RenterParams {
     pub cfg: RenterConfig,
     /// Lightning network name.
     pub network: String,
-    /// Routing fee limit per payment.
+    /// Routing fee limit per payment, absolute.
     pub fee_limit_sat: u64,
+    /// Routing fee limit per payment, in millionths of the amount (0: none); the lower of the
+    /// two limits applies.
+    pub fee_limit_ppm: u64,
     /// Payment timeout.
     pub payment_timeout_secs: u32,
     /// Our WireGuard private key.
@@ -113,6 +124,12 @@ pub struct Rental {
     pub conf_path: PathBuf,
     /// LN node of the offer the lease was made under: top-up invoices must be signed by it.
     pub provider_ln_pubkey: String,
+    /// AutoPay keeps this lease's credit topped up.
+    #[serde(default)]
+    pub autopay: bool,
+    /// Payment and AutoPay counters.
+    #[serde(default)]
+    pub stats: RentalStats,
 }
 
 impl Rental {
@@ -120,21 +137,6 @@ impl Rental {
     pub fn remaining_credit(&self, now: u64) -> Sats {
         self.lease.remaining_credit(now)
     }
-}
-
-/// One payment as the payer records it, keyed by payment hash; a hash in this table is never
-/// paid again.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct PaymentRecord {
-    request_id: String,
-    lease_id: String,
-    provider: String,
-    amount_sat: Sats,
-    /// "attempting", "succeeded" or "failed".
-    state: String,
-    preimage: Option<String>,
-    reason: Option<String>,
-    at: u64,
 }
 
 /// The renter role. Cheap to clone.
@@ -148,6 +150,7 @@ struct Inner {
     cfg: RenterConfig,
     network: String,
     fee_limit_sat: u64,
+    fee_limit_ppm: u64,
     payment_timeout_secs: u32,
     wg_private: WgKey,
     wg_public: WgKey,
@@ -189,6 +192,7 @@ impl Renter {
                 cfg: p.cfg,
                 network: p.network,
                 fee_limit_sat: p.fee_limit_sat,
+                fee_limit_ppm: p.fee_limit_ppm,
                 payment_timeout_secs: p.payment_timeout_secs,
                 wg_private: p.wg_private,
                 wg_public: p.wg_public,

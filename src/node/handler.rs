@@ -37,7 +37,9 @@ fn market_err(e: MarketError) -> ControlError {
         | MarketError::Refused { .. }
         | MarketError::NoOffer(_)
         | MarketError::BadSigned { .. }
-        | MarketError::Lightning(_)) => ControlError::FailedPrecondition(e.to_string()),
+        | MarketError::Lightning(_)
+        | MarketError::LimitExceeded(_)
+        | MarketError::AwaitingLease(_)) => ControlError::FailedPrecondition(e.to_string()),
         e @ MarketError::Net(_) => ControlError::Unavailable(e.to_string()),
         e => ControlError::Internal(e.to_string()),
     }
@@ -61,16 +63,28 @@ fn lease_info(l: &Lease, state: LeaseState, paid_sat: u64, conf_path: String) ->
         conf_path,
         activated_at: l.activated_at,
         rate_sat_per_day: l.terms.rate_sat_per_day,
+        ..Default::default()
     }
 }
 
 fn rental_info(r: &Rental) -> pb::LeaseInfo {
-    lease_info(
-        &r.lease,
-        r.state,
-        r.paid_sat,
-        r.conf_path.display().to_string(),
-    )
+    let note = r.stats.last_autopay.clone().unwrap_or_default();
+    pb::LeaseInfo {
+        autopay: r.autopay,
+        payments: r.stats.payments,
+        topups: r.stats.topups,
+        autopay_topups: r.stats.autopay_topups,
+        refused_unverified: r.stats.refused_unverified,
+        autopay_note: note.message,
+        autopay_note_at: note.at,
+        autopay_note_paid: note.paid,
+        ..lease_info(
+            &r.lease,
+            r.state,
+            r.paid_sat,
+            r.conf_path.display().to_string(),
+        )
+    }
 }
 
 fn provider_lease_info(r: &ProviderLease) -> pb::LeaseInfo {
@@ -206,6 +220,50 @@ impl ControlHandler for Control {
             .renter()?
             .add_credit(&req.lease_id, req.amount_sat)
             .await
+            .map_err(market_err)?;
+        Ok(rental_info(&rental))
+    }
+
+    async fn manual_invoice(
+        &self,
+        req: pb::AddCreditRequest,
+    ) -> Result<pb::ManualInvoiceReply, ControlError> {
+        if req.amount_sat == 0 {
+            return Err(ControlError::InvalidArgument(
+                "amount must be positive".into(),
+            ));
+        }
+        let inv = self
+            .renter()?
+            .manual_invoice(&req.lease_id, req.amount_sat)
+            .await
+            .map_err(market_err)?;
+        Ok(pb::ManualInvoiceReply {
+            lease_id: inv.lease_id,
+            payment_hash: inv.payment_hash,
+            bolt11: inv.bolt11,
+            amount_sat: inv.amount_sat,
+            expires_at: inv.expires_at,
+        })
+    }
+
+    async fn await_credit(
+        &self,
+        req: pb::AwaitCreditRequest,
+    ) -> Result<pb::LeaseInfo, ControlError> {
+        let secs = if req.timeout_secs == 0 { 600 } else { req.timeout_secs };
+        let rental = self
+            .renter()?
+            .await_manual(&req.payment_hash, Duration::from_secs(u64::from(secs)))
+            .await
+            .map_err(market_err)?;
+        Ok(rental_info(&rental))
+    }
+
+    async fn set_autopay(&self, req: pb::SetAutopayRequest) -> Result<pb::LeaseInfo, ControlError> {
+        let rental = self
+            .renter()?
+            .set_autopay(&req.lease_id, req.on)
             .map_err(market_err)?;
         Ok(rental_info(&rental))
     }

@@ -16,6 +16,7 @@
 //! backends call them before acting.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::WgKey;
 
 pub mod file;
+pub mod probe;
 pub mod testing;
 pub mod wireguard;
 
@@ -82,6 +84,97 @@ pub trait Tunnel: Send + Sync + 'static {
     ///
     /// Errors: [`TunnelError::InvalidName`] or a backend failure.
     async fn remove_interface(&self, iface: &str) -> Result<(), TunnelError>;
+
+    /// Checks the tunnel to `peer` on `iface`: its last handshake (from
+    /// [`Tunnel::peer_stats`]) and an ICMP echo through it (see [`ProbeSpec`]).
+    ///
+    /// A missing reply is not an error: it is reported as `probe_rtt: None`, and
+    /// [`TunnelCheck::verified`] then says false.
+    ///
+    /// Backends that cannot observe a real tunnel (the file backend) keep this default and
+    /// return [`TunnelError::Unsupported`]; callers then treat the tunnel as unverified.
+    ///
+    /// Errors: [`TunnelError::Unsupported`], [`TunnelError::NoSuchInterface`],
+    /// [`TunnelError::InvalidSpec`] for a bad probe, or a socket/backend failure (for example a
+    /// raw socket refused without `CAP_NET_RAW`).
+    async fn verify(
+        &self,
+        iface: &str,
+        peer: &WgKey,
+        probe: &ProbeSpec,
+    ) -> Result<TunnelCheck, TunnelError> {
+        let _ = (iface, peer, probe);
+        Err(TunnelError::Unsupported(format!(
+            "the {} tunnel backend cannot verify tunnels",
+            self.kind()
+        )))
+    }
+}
+
+/// What to probe: an ICMP echo from `source` (a leased address on the renter's interface) to
+/// `target` (the provider's endpoint address), sent out through the interface
+/// (`SO_BINDTODEVICE`), so a reply proves the tunnel carries traffic both ways.
+///
+/// `source` and `target` must be of the same address family; `attempts` echoes (at least one)
+/// are spread across `timeout`, and the first matching reply ends the probe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    /// Address the echo is sent from: a leased address on the interface.
+    pub source: IpAddr,
+    /// Address the echo is sent to: the provider's endpoint address (reachable only back
+    /// through the tunnel when sent from `source` on the interface).
+    pub target: IpAddr,
+    /// Total time to wait for a reply, across all attempts.
+    pub timeout: Duration,
+    /// How many echoes to send, evenly spaced across `timeout` (0 is treated as 1).
+    pub attempts: u32,
+}
+
+/// Result of verifying a tunnel with [`Tunnel::verify`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelCheck {
+    /// Unix time (seconds) of the peer's last completed handshake; `None` if never.
+    pub last_handshake: Option<u64>,
+    /// Seconds between the last handshake and the check; `None` if never.
+    pub handshake_age_secs: Option<u64>,
+    /// Round-trip time of the first probe reply; `None` = no reply within the timeout.
+    pub probe_rtt: Option<Duration>,
+}
+
+impl TunnelCheck {
+    /// Builds a check from the peer's last handshake (unix seconds), the time of the check
+    /// (unix seconds) and the probe result. A handshake "in the future" (clock steps) counts
+    /// as age 0.
+    pub fn at(last_handshake: Option<u64>, now_unix: u64, probe_rtt: Option<Duration>) -> Self {
+        TunnelCheck {
+            last_handshake,
+            handshake_age_secs: last_handshake.map(|t| now_unix.saturating_sub(t)),
+            probe_rtt,
+        }
+    }
+
+    /// Verified = a handshake no older than `max_handshake_age` AND a probe reply.
+    pub fn verified(&self, max_handshake_age: Duration) -> bool {
+        self.reason(max_handshake_age).is_none()
+    }
+
+    /// Why the tunnel is not verified, as one sentence; `None` when [`TunnelCheck::verified`].
+    pub fn reason(&self, max_handshake_age: Duration) -> Option<String> {
+        let max = max_handshake_age.as_secs();
+        match self.handshake_age_secs {
+            None => return Some("no WireGuard handshake with the peer yet".to_owned()),
+            Some(age) if age > max => {
+                return Some(format!(
+                    "last WireGuard handshake was {age} s ago (more than {max} s)"
+                ));
+            }
+            Some(_) => {}
+        }
+        if self.probe_rtt.is_none() {
+            return Some("no reply to the ICMP probe through the tunnel".to_owned());
+        }
+        None
+    }
 }
 
 /// The desired state of one WireGuard interface (peers excluded).
@@ -182,6 +275,9 @@ pub enum TunnelError {
     /// The backend (kernel, userspace daemon, ...) refused or failed.
     #[error("tunnel backend: {0}")]
     Backend(String),
+    /// The backend cannot do this operation (the file backend cannot verify a tunnel).
+    #[error("unsupported by this tunnel backend: {0}")]
+    Unsupported(String),
 }
 
 impl TunnelError {
@@ -352,6 +448,56 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn check_verdicts_and_reasons() {
+        let max = Duration::from_secs(180);
+        let rtt = Some(Duration::from_millis(3));
+        let ok = TunnelCheck::at(Some(1_000), 1_100, rtt);
+        assert_eq!(ok.handshake_age_secs, Some(100));
+        assert!(ok.verified(max));
+        assert_eq!(ok.reason(max), None);
+
+        // Exactly at the limit still counts; one second more does not.
+        assert!(TunnelCheck::at(Some(1_000), 1_180, rtt).verified(max));
+        let stale = TunnelCheck::at(Some(1_000), 1_181, rtt);
+        assert!(!stale.verified(max));
+        assert!(stale.reason(max).unwrap().contains("181 s ago"));
+
+        let never = TunnelCheck::at(None, 1_100, rtt);
+        assert_eq!(never.handshake_age_secs, None);
+        assert!(
+            never
+                .reason(max)
+                .unwrap()
+                .contains("no WireGuard handshake")
+        );
+
+        let silent = TunnelCheck::at(Some(1_000), 1_001, None);
+        assert!(!silent.verified(max));
+        assert!(silent.reason(max).unwrap().contains("probe"));
+
+        // A clock that stepped back makes the handshake "from the future": age 0, not a wrap.
+        assert_eq!(
+            TunnelCheck::at(Some(2_000), 1_000, rtt).handshake_age_secs,
+            Some(0)
+        );
+    }
+
+    #[tokio::test]
+    async fn file_backend_cannot_verify() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = FileTunnel::new(tmp.path().join("wg")).unwrap();
+        let probe = ProbeSpec {
+            source: "198.51.100.2".parse().unwrap(),
+            target: "192.0.2.1".parse().unwrap(),
+            timeout: Duration::from_secs(1),
+            attempts: 1,
+        };
+        let err = t.verify("lw0", &WgKey([2; 32]), &probe).await.unwrap_err();
+        assert!(matches!(err, TunnelError::Unsupported(_)), "{err}");
+        assert!(err.to_string().contains("file"), "{err}");
     }
 
     #[test]

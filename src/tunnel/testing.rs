@@ -8,9 +8,11 @@
 //!
 //! Uses documentation prefixes (198.51.100.0/24, 2001:db8::/32) and loopback endpoints only.
 
+use std::time::Duration;
+
 use ipnet::IpNet;
 
-use super::{InterfaceSpec, PeerSpec, PeerStats, RoutingPolicy, Tunnel, TunnelError};
+use super::{InterfaceSpec, PeerSpec, PeerStats, ProbeSpec, RoutingPolicy, Tunnel, TunnelError};
 use crate::types::WgKey;
 
 /// Interface name used by [`conformance`].
@@ -189,6 +191,8 @@ pub async fn conformance_on(t: &dyn Tunnel, iface: &str) {
         );
     }
 
+    check_verify(t, iface, &a2).await;
+
     // Addresses can be replaced; re-ensuring the interface keeps its peers.
     let addrs = [net("198.51.100.2/24"), net("2001:db8::2/64")];
     t.set_addresses(iface, &addrs).await.expect("set_addresses");
@@ -223,4 +227,44 @@ pub async fn conformance_on(t: &dyn Tunnel, iface: &str) {
         "{kind}: a re-created interface has no peers"
     );
     t.remove_interface(iface).await.expect("final cleanup");
+}
+
+/// The [`Tunnel::verify`] part of the contract, on `iface` holding the provider-side peer
+/// `peer` whose endpoint nobody answers: a backend either cannot verify at all
+/// ([`TunnelError::Unsupported`]), or it fails for unknown interfaces and peers and never calls
+/// a tunnel without a handshake and a probe reply verified.
+async fn check_verify(t: &dyn Tunnel, iface: &str, peer: &PeerSpec) {
+    let kind = t.kind();
+    let probe = ProbeSpec {
+        source: "198.51.100.1".parse().expect("literal"),
+        target: peer.allowed_ips[0].addr(),
+        timeout: Duration::from_millis(300),
+        attempts: 2,
+    };
+    match t.verify("lwnosuch9", &peer.public_key, &probe).await {
+        Err(TunnelError::NoSuchInterface(_) | TunnelError::Unsupported(_)) => {}
+        other => panic!("{kind}: verify on an absent interface gave {other:?}"),
+    }
+    match t.verify(iface, &WgKey([0x98; 32]), &probe).await {
+        Err(_) => {}
+        Ok(check) => panic!("{kind}: verify of an unknown peer gave {check:?}"),
+    }
+    match t.verify(iface, &peer.public_key, &probe).await {
+        Err(TunnelError::Unsupported(_)) => {}
+        Ok(check) => {
+            assert_eq!(
+                check.last_handshake, None,
+                "{kind}: no handshake can have completed"
+            );
+            assert_eq!(
+                check.probe_rtt, None,
+                "{kind}: nobody answers behind the peer"
+            );
+            assert!(
+                !check.verified(Duration::from_secs(3600)),
+                "{kind}: {check:?} must not be verified"
+            );
+        }
+        Err(e) => panic!("{kind}: verify of a configured peer failed: {e}"),
+    }
 }

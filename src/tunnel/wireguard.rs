@@ -42,7 +42,8 @@ use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerC
 
 use self::rtnl::{MAIN_TABLE, Rtnl};
 use super::{
-    InterfaceSpec, PeerSpec, PeerStats, RoutingPolicy, Tunnel, TunnelError, validate_iface_name,
+    InterfaceSpec, PeerSpec, PeerStats, ProbeSpec, RoutingPolicy, Tunnel, TunnelCheck, TunnelError,
+    probe, validate_iface_name,
 };
 use crate::types::WgKey;
 
@@ -555,6 +556,58 @@ impl Tunnel for WireGuardTunnel {
             tracing::info!(iface, "WireGuard interface removed");
         }
         Ok(())
+    }
+
+    /// Reads the peer's handshake around an ICMP echo sent from the probe's source address
+    /// out of `iface` (see [`probe::icmp_echo`]).
+    ///
+    /// The handshake is read after the probe: on a renter the echo itself makes WireGuard
+    /// (re)handshake when the session is stale, and that fresh handshake is what the check
+    /// should report. The interface lock is not held during the probe, so other operations
+    /// proceed meanwhile.
+    ///
+    /// Errors: [`TunnelError::NoSuchInterface`]; [`TunnelError::Backend`] when `peer` is not
+    /// configured on `iface` (there is no tunnel to check); probe errors from
+    /// [`probe::icmp_echo`].
+    async fn verify(
+        &self,
+        iface: &str,
+        peer: &WgKey,
+        probe: &ProbeSpec,
+    ) -> Result<TunnelCheck, TunnelError> {
+        let peer_b64 = peer.to_base64();
+        if !self
+            .peer_stats(iface)
+            .await?
+            .iter()
+            .any(|s| s.public_key == *peer)
+        {
+            return Err(TunnelError::Backend(format!(
+                "peer {peer_b64} is not configured on {iface}"
+            )));
+        }
+        let rtt = probe::icmp_echo(probe, iface).await?;
+        let last_handshake = self
+            .peer_stats(iface)
+            .await?
+            .into_iter()
+            .find(|s| s.public_key == *peer)
+            .and_then(|s| s.last_handshake_unix);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let check = TunnelCheck::at(last_handshake, now, rtt);
+        tracing::debug!(
+            iface,
+            peer = %peer_b64,
+            source = %probe.source,
+            target = %probe.target,
+            handshake_age_secs = ?check.handshake_age_secs,
+            probe_rtt = ?check.probe_rtt,
+            "WireGuard tunnel checked"
+        );
+        Ok(check)
     }
 }
 

@@ -88,9 +88,9 @@ impl Provider {
                    "amount_paid_msat": status.amount_paid_msat, "lease_id": p.lease_id}),
         );
         let rec = if p.commitment.purpose == PURPOSE_TOPUP {
-            self.extend_lease(&p).await?
+            self.extend_lease(request_id, &p).await?
         } else {
-            self.issue_lease(&p).await?
+            self.issue_lease(request_id, &p).await?
         };
         i.meta.insert(
             format!("settled/{request_id}").as_bytes(),
@@ -103,9 +103,15 @@ impl Provider {
 
     pub(super) async fn issue_lease(
         &self,
+        request_id: &str,
         p: &PendingInvoice,
     ) -> Result<ProviderLease, MarketError> {
         let i = &self.inner;
+        if let Some(rec) = i.leases.get(&p.lease_id)? {
+            // Issued before a crash that came before the pending invoice was cleared.
+            tracing::info!(lease_id = %p.lease_id, "lease already issued; not issuing again");
+            return Ok(rec);
+        }
         let now = now_unix();
         let c = &p.commitment;
         let allowed_ips: Vec<String> = p.ipv4.iter().chain(p.ipv6.iter()).cloned().collect();
@@ -134,6 +140,7 @@ impl Provider {
             state: LeaseState::Active,
             renter_peer: p.renter_peer.clone(),
             paid_sat: c.amount_sat,
+            settled_requests: vec![request_id.to_owned()],
         };
         // Persist first: a crash after this point re-applies the peer on start.
         i.leases.put(&p.lease_id, &rec)?;
@@ -156,6 +163,7 @@ impl Provider {
 
     pub(super) async fn extend_lease(
         &self,
+        request_id: &str,
         p: &PendingInvoice,
     ) -> Result<ProviderLease, MarketError> {
         let i = &self.inner;
@@ -163,6 +171,10 @@ impl Provider {
             .leases
             .get(&p.lease_id)?
             .ok_or_else(|| MarketError::NotFound(p.lease_id.clone()))?;
+        if rec.settled_requests.iter().any(|r| r == request_id) {
+            tracing::info!(lease_id = %p.lease_id, request_id, "top-up already credited");
+            return Ok(rec);
+        }
         let now = now_unix();
         let add = p.commitment.credit_sat;
         // Credit is one continuous ledger from activation: paid_until extends from the old
@@ -173,6 +185,7 @@ impl Provider {
             rec.lease.activated_at + rec.lease.terms.credit_secs(rec.lease.credit_sat);
         rec.lease.revision += 1;
         rec.paid_sat += add;
+        rec.settled_requests.push(request_id.to_owned());
         rec.signed =
             Signed::sign(&i.key, &rec.lease).map_err(|e| MarketError::Store(e.to_string()))?;
         let reactivate = rec.state == LeaseState::Suspended && rec.lease.paid_until > now;

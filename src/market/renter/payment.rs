@@ -1,17 +1,89 @@
-//! The payer's checks and the payment itself: nothing is paid unless every check passes,
-//! and no payment hash is ever paid twice.
+//! The payer's checks and the payment itself: nothing is paid unless every invoice check and
+//! every spending limit passes, the intent is durable before any money moves, and no payment
+//! hash is ever paid twice, across crashes too.
+//!
+//! A payment record moves `attempting → succeeded | failed`. A record left `attempting` by a
+//! crash (or by an answer that did not say how the payment ended) is resolved by asking the
+//! node ([`LightningNode::track_payment`]) — never by paying again. A `succeeded` record whose
+//! lease has not been received yet is completed by asking the provider for it
+//! ([`Renter::complete_payment`]) until it answers.
 
 use super::*;
+use crate::lightning::invoice::CheckedInvoice;
+use crate::lightning::{LightningError, PaymentStatus};
+use crate::market::limits;
+
+/// Where a payment stands, as the payer records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum PayState {
+    /// The intent is recorded; the outcome is not known yet.
+    Attempting,
+    /// Paid; the preimage is known.
+    Succeeded,
+    /// The node reported a final failure (or never started the payment).
+    Failed,
+    /// An invoice handed out for payment from another wallet (`add-credit --manual`); this
+    /// node never pays it.
+    Manual,
+}
+
+/// One payment as the payer records it, keyed by payment hash; a hash in this table is never
+/// paid again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct PaymentRecord {
+    pub(super) request_id: String,
+    pub(super) lease_id: String,
+    pub(super) provider: String,
+    pub(super) amount_sat: Sats,
+    pub(super) state: PayState,
+    pub(super) preimage: Option<String>,
+    pub(super) reason: Option<String>,
+    pub(super) at: u64,
+    /// What the invoice committed to: enough to finish the rental or top-up after a restart.
+    #[serde(default)]
+    pub(super) commitment: Option<InvoiceCommitment>,
+    /// LN node the invoice was checked against (the offer's).
+    #[serde(default)]
+    pub(super) payee: String,
+    /// Routing fee limit the payment was started with.
+    #[serde(default)]
+    pub(super) fee_limit_msat: u64,
+    /// Routing fee actually paid.
+    #[serde(default)]
+    pub(super) fee_msat: u64,
+    /// Credit the lease held (per the provider's last signed lease) when a top-up was paid; the
+    /// re-issued lease must hold at least this plus the top-up.
+    #[serde(default)]
+    pub(super) credit_before: Sats,
+    /// The lease this payment bought (or extended) has been received and applied.
+    #[serde(default)]
+    pub(super) completed: bool,
+    /// Made by AutoPay rather than by a command.
+    #[serde(default)]
+    pub(super) autopay: bool,
+}
+
+/// How a payment is to be made.
+pub(super) struct PayPlan<'a> {
+    pub(super) pay: &'a PayInvoice,
+    pub(super) commitment: &'a InvoiceCommitment,
+    /// The LN node the invoice must be signed by.
+    pub(super) payee: &'a str,
+    /// Credit on the lease before a top-up (0 for an activation).
+    pub(super) credit_before: Sats,
+    pub(super) autopay: bool,
+}
 
 impl Renter {
-    /// Checks an invoice against what we agreed, then pays it exactly once.
-    pub(super) async fn pay_checked(
+    /// Runs every payer-side check on `pay` against what we agreed; on a refusal the reason is
+    /// audited and logged, and nothing is recorded as a payment.
+    pub(super) fn check_pay_invoice(
         &self,
         pay: &PayInvoice,
         commitment: &InvoiceCommitment,
         payee: &str,
-        provider: &str,
-    ) -> Result<(), MarketError> {
+    ) -> Result<CheckedInvoice, MarketError> {
         let i = &self.inner;
         let expect = InvoiceExpectation {
             network: i.network.clone(),
@@ -37,73 +109,254 @@ impl Renter {
                 } else {
                     Ok(c)
                 }
+            })
+            .and_then(|c| {
+                let hash = hex::encode(c.payment_hash);
+                match i.payments.get(&hash) {
+                    Ok(None) => Ok(c),
+                    Ok(Some(prev)) => Err(format!(
+                        "payment hash {hash} already seen here ({:?}); never paying twice",
+                        prev.state
+                    )),
+                    Err(e) => Err(format!("cannot check the payment hash: {e}")),
+                }
             });
-        let checked = match checked {
-            Ok(c) => c,
-            Err(reason) => {
-                self.audit(
-                    AuditKind::InvoiceRejected,
-                    json!({"provider": provider, "request_id": pay.request_id, "reason": reason}),
-                );
-                tracing::warn!(provider, %reason, "invoice refused; nothing paid");
-                return Err(MarketError::InvoiceRejected(reason));
-            }
-        };
-        let hash = hex::encode(checked.payment_hash);
-        if let Some(prev) = i.payments.get(&hash)? {
-            let reason = format!(
-                "payment hash {hash} already {} here; never paying twice",
-                prev.state
-            );
+        checked.map_err(|reason| {
             self.audit(
                 AuditKind::InvoiceRejected,
-                json!({"provider": provider, "request_id": pay.request_id, "reason": reason}),
+                json!({"provider": commitment.provider, "request_id": pay.request_id,
+                       "lease_id": pay.lease_id, "reason": reason}),
             );
-            return Err(MarketError::InvoiceRejected(reason));
+            tracing::warn!(provider = %commitment.provider, %reason, "invoice refused; nothing paid");
+            MarketError::InvoiceRejected(reason)
+        })
+    }
+
+    /// The routing fee limit for paying `amount_sat`: the configured absolute and ppm limits,
+    /// lowered further by a `maxRoutingFee` spending limit that applies to this payment.
+    fn fee_limit_msat(&self, amount_sat: Sats, provider: &str, lease_id: &str) -> u64 {
+        let i = &self.inner;
+        let amount_msat = amount_sat.saturating_mul(1000);
+        let mut limit = i.fee_limit_sat.saturating_mul(1000);
+        if i.fee_limit_ppm > 0 {
+            let ppm = (u128::from(amount_msat) * u128::from(i.fee_limit_ppm)).div_ceil(1_000_000);
+            limit = limit.min(u64::try_from(ppm).unwrap_or(u64::MAX));
         }
+        if let Some(cap) = limits::effective_routing_fee_cap(&i.cfg.limits, provider, lease_id) {
+            limit = limit.min(cap.saturating_mul(1000));
+        }
+        limit
+    }
+
+    /// Refuses the payment when a spending limit, read from our own audit log, says no.
+    fn check_limits(
+        &self,
+        amount_sat: Sats,
+        fee_limit_msat: u64,
+        provider: &str,
+        lease_id: &str,
+    ) -> Result<(), MarketError> {
+        let i = &self.inner;
+        let history = limits::history_from_audit(&i.audit)
+            .map_err(|e| MarketError::Store(format!("cannot read payment history: {e}")))?;
+        let proposed = limits::Proposed {
+            now: now_unix(),
+            amount_sat,
+            fee_limit_sat: fee_limit_msat.div_ceil(1000),
+            provider: provider.to_owned(),
+            lease_id: lease_id.to_owned(),
+        };
+        limits::check(&i.cfg.limits, &history, &proposed).map_err(|r| {
+            self.audit(
+                AuditKind::PaymentRefused,
+                json!({"limit": r.limit, "scope": r.scope, "detail": r.detail,
+                       "next_allowed_at": r.next_allowed_at, "provider": provider,
+                       "lease_id": lease_id, "amount_sat": amount_sat}),
+            );
+            tracing::warn!(limit = r.limit, scope = %r.scope, next_allowed_at = ?r.next_allowed_at,
+                "{r}; nothing paid");
+            MarketError::LimitExceeded(r.to_string())
+        })
+    }
+
+    /// Checks an invoice and the spending limits, records the intent durably, then pays it
+    /// exactly once. Returns the payment hash once the node reports the payment succeeded.
+    ///
+    /// # Errors
+    /// [`MarketError::InvoiceRejected`] / [`MarketError::LimitExceeded`] before any money
+    /// moved; [`MarketError::Lightning`] when the node reports a final failure;
+    /// [`MarketError::AwaitingLease`] when the outcome is not known yet (it is tracked later).
+    pub(super) async fn pay_checked(&self, plan: PayPlan<'_>) -> Result<[u8; 32], MarketError> {
+        let i = &self.inner;
+        let PayPlan {
+            pay,
+            commitment,
+            payee,
+            credit_before,
+            autopay,
+        } = plan;
+        let provider = commitment.provider.as_str();
+        let hash_bytes = self
+            .check_pay_invoice(pay, commitment, payee)?
+            .payment_hash;
+        let hash = hex::encode(hash_bytes);
+        let fee_limit_msat = self.fee_limit_msat(commitment.amount_sat, provider, &pay.lease_id);
+        self.check_limits(commitment.amount_sat, fee_limit_msat, provider, &pay.lease_id)?;
         let mut record = PaymentRecord {
             request_id: pay.request_id.clone(),
             lease_id: pay.lease_id.clone(),
             provider: provider.to_owned(),
             amount_sat: commitment.amount_sat,
-            state: "attempting".into(),
+            state: PayState::Attempting,
             preimage: None,
             reason: None,
             at: now_unix(),
+            commitment: Some(commitment.clone()),
+            payee: payee.to_owned(),
+            fee_limit_msat,
+            fee_msat: 0,
+            credit_before,
+            completed: false,
+            autopay,
         };
         // The intent is durable (table and audit log) before any money moves.
         i.payments.put(&hash, &record)?;
-        i.audit.append(AuditKind::PaymentAttempt, &json!({"payment_hash": hash, "amount_sat": commitment.amount_sat,
-            "provider": provider, "request_id": pay.request_id, "lease_id": pay.lease_id, "purpose": commitment.purpose}))?;
+        i.audit.append(
+            AuditKind::PaymentAttempt,
+            &json!({"payment_hash": hash, "amount_sat": commitment.amount_sat,
+                    "provider": provider, "request_id": pay.request_id, "lease_id": pay.lease_id,
+                    "purpose": commitment.purpose, "fee_limit_msat": fee_limit_msat,
+                    "autopay": autopay}),
+        )?;
         let outcome =
             i.ln.pay_invoice(PayRequest {
                 bolt11: pay.bolt11.clone(),
-                fee_limit_sat: i.fee_limit_sat,
-                timeout_secs: i.payment_timeout_secs as i32,
+                fee_limit_msat,
+                timeout_secs: i32::try_from(i.payment_timeout_secs.max(1)).unwrap_or(i32::MAX),
             })
             .await;
-        match outcome {
-            Ok(o) => {
-                record.state = "succeeded".into();
+        let status = match outcome {
+            Ok(o) => PaymentStatus::Succeeded(o),
+            Err(LightningError::PaymentFailed { reason }) => PaymentStatus::Failed { reason },
+            Err(e) => {
+                // The node did not tell us how the payment ended (lost connection, our own
+                // timeout, "already paid"...). Ask it; never pay again to find out.
+                tracing::warn!(payment_hash = %hash, error = %e, "payment outcome unclear; tracking it");
+                match i.ln.track_payment(hash_bytes).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => PaymentStatus::Failed {
+                        reason: format!("the node never started the payment: {e}"),
+                    },
+                    Err(te) => {
+                        tracing::warn!(payment_hash = %hash, error = %te, "cannot track the payment now");
+                        PaymentStatus::InFlight
+                    }
+                }
+            }
+        };
+        self.record_outcome(&hash, &mut record, status)?;
+        match record.state {
+            PayState::Succeeded => Ok(hash_bytes),
+            PayState::Failed => Err(MarketError::Lightning(LightningError::PaymentFailed {
+                reason: record.reason.unwrap_or_default(),
+            })),
+            _ => Err(MarketError::AwaitingLease(format!(
+                "payment {hash} is still in flight; it is tracked with the node and the lease \
+                 is fetched once it completes"
+            ))),
+        }
+    }
+
+    /// Stores and audits what the node says of a payment. In-flight changes nothing.
+    fn record_outcome(
+        &self,
+        hash: &str,
+        record: &mut PaymentRecord,
+        status: PaymentStatus,
+    ) -> Result<(), MarketError> {
+        match status {
+            PaymentStatus::InFlight => return Ok(()),
+            PaymentStatus::Succeeded(o) => {
+                record.state = PayState::Succeeded;
                 record.preimage = Some(hex::encode(o.preimage));
-                i.payments.put(&hash, &record)?;
+                record.fee_msat = o.fee_msat;
+                self.inner.payments.put(hash, record)?;
                 self.audit(
                     AuditKind::PaymentSucceeded,
                     json!({"payment_hash": hash, "amount_msat": o.amount_msat,
-                    "fee_msat": o.fee_msat, "provider": provider}),
+                           "fee_msat": o.fee_msat, "provider": record.provider,
+                           "lease_id": record.lease_id}),
                 );
-                Ok(())
+                tracing::info!(payment_hash = %hash, amount_sat = record.amount_sat, fee_msat = o.fee_msat, "payment succeeded");
             }
-            Err(e) => {
-                record.state = "failed".into();
-                record.reason = Some(e.to_string());
-                i.payments.put(&hash, &record)?;
+            PaymentStatus::Failed { reason } => {
+                record.state = PayState::Failed;
+                record.reason = Some(reason.clone());
+                self.inner.payments.put(hash, record)?;
                 self.audit(
                     AuditKind::PaymentFailed,
-                    json!({"payment_hash": hash, "reason": e.to_string(), "provider": provider}),
+                    json!({"payment_hash": hash, "reason": reason, "provider": record.provider,
+                           "lease_id": record.lease_id}),
                 );
-                Err(MarketError::Lightning(e))
+                tracing::warn!(payment_hash = %hash, %reason, "payment failed");
             }
         }
+        Ok(())
+    }
+
+    /// Resolves what a crash or an unclear answer left open: payments still `attempting` are
+    /// looked up with the node (never paid again), and paid payments whose lease has not been
+    /// received are completed with the provider. Called at start and from every tick; skipped
+    /// while a rent or top-up is running (it holds the operation lock).
+    pub async fn recover_payments(&self) -> Result<(), MarketError> {
+        let Ok(_op) = self.inner.op_lock.try_lock() else {
+            return Ok(());
+        };
+        for (hash, mut rec) in self.inner.payments.all()? {
+            if rec.state == PayState::Attempting {
+                let Some(bytes) = hex::decode(&hash)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                else {
+                    continue;
+                };
+                match self.inner.ln.track_payment(bytes).await {
+                    Ok(Some(status)) => self.record_outcome(&hash, &mut rec, status)?,
+                    Ok(None) => self.record_outcome(
+                        &hash,
+                        &mut rec,
+                        PaymentStatus::Failed {
+                            reason: "the node has no payment for this hash: the daemon stopped \
+                                     before the payment started"
+                                .into(),
+                        },
+                    )?,
+                    Err(e) => {
+                        tracing::warn!(payment_hash = %hash, error = %e, "cannot track payment; will retry");
+                        continue;
+                    }
+                }
+            }
+            let open = match rec.state {
+                PayState::Succeeded => true,
+                // A manual invoice is watched until it is paid or has expired.
+                PayState::Manual => rec.at + MANUAL_WATCH_SECS > now_unix(),
+                _ => false,
+            };
+            if open && !rec.completed && rec.commitment.is_some() {
+                match self.complete_payment(&hash).await {
+                    Ok(r) => {
+                        tracing::info!(lease_id = %r.lease.lease_id, payment_hash = %hash, "completed a payment left open")
+                    }
+                    Err(e) => {
+                        tracing::debug!(payment_hash = %hash, error = %e, "payment not completed yet")
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
+
+/// How long an unpaid manual invoice is watched for its payment.
+pub(super) const MANUAL_WATCH_SECS: u64 = 3_600;

@@ -1,5 +1,6 @@
 //! Renting and topping up: request, invoice, payment, lease verification.
 
+use super::payment::PayPlan;
 use super::*;
 
 impl Renter {
@@ -93,56 +94,20 @@ impl Renter {
             ipv6_prefix_len: req.ipv6_prefix_len,
             renter_wg_pubkey: i.wg_public,
         };
-        self.pay_checked(&pay, &commitment, &known.offer.ln_pubkey, &known.peer)
+        let hash = self
+            .pay_checked(PayPlan {
+                pay: &pay,
+                commitment: &commitment,
+                payee: &known.offer.ln_pubkey,
+                credit_before: 0,
+                autopay: false,
+            })
             .await?;
-        let signed = self.fetch_lease(peer, &pay, &request_id).await?;
-        let lease = self.check_lease(peer, &signed, &pay.lease_id, |l| {
-            if l.renter_wg_pubkey != i.wg_public || l.offer_id != known.offer_id {
-                return Err("lease is not for our key and offer".into());
-            }
-            if l.credit_sat != credit || l.revision != 1 {
-                return Err(format!(
-                    "lease credit {} differs from the {credit} sat paid",
-                    l.credit_sat
-                ));
-            }
-            let len_ok = |p: &Option<String>, want: Option<u8>| match (p, want) {
-                (None, None) => true,
-                (Some(p), Some(w)) => p
-                    .parse::<IpNet>()
-                    .map(|n| n.prefix_len() == w)
-                    .unwrap_or(false),
-                _ => false,
-            };
-            if !len_ok(&l.ipv4, i.cfg.ipv4_prefix_len) || !len_ok(&l.ipv6, i.cfg.ipv6_prefix_len) {
-                return Err("lease prefixes differ from the request".into());
-            }
-            Ok(())
-        })?;
-        self.audit(
-            AuditKind::LeaseReceived,
-            json!({"lease_id": lease.lease_id, "provider": known.peer,
-            "ipv4": lease.ipv4, "ipv6": lease.ipv6, "paid_until": lease.paid_until}),
-        );
-        let iface = self.free_iface()?;
-        let conf_path = self.apply_tunnel(&lease, &iface).await?;
-        let rental = Rental {
-            lease: lease.clone(),
-            signed,
-            state: LeaseState::Active,
-            paid_sat: total,
-            iface: iface.clone(),
-            conf_path: conf_path.clone(),
-            provider_ln_pubkey: known.offer.ln_pubkey.clone(),
-        };
-        i.rentals.put(&lease.lease_id, &rental)?;
-        self.audit(
-            AuditKind::LeaseApplied,
-            json!({"lease_id": lease.lease_id, "iface": iface,
-            "conf": conf_path.display().to_string(), "backend": i.tunnel.kind()}),
-        );
-        tracing::info!(lease_id = %lease.lease_id, ipv4 = ?lease.ipv4, ipv6 = ?lease.ipv6, "lease applied");
-        Ok(rental)
+        // Paid: from here on nothing may send the caller to another offer. If the lease does
+        // not come now, recovery keeps asking the provider for it.
+        self.complete_payment(&hex::encode(hash))
+            .await
+            .map_err(|e| MarketError::AwaitingLease(format!("lease {}: {e}", pay.lease_id)))
     }
 
     pub(super) async fn expect_invoice(
@@ -160,55 +125,6 @@ impl Renter {
                 expected: "payInvoice",
                 got: other.name(),
             }),
-        }
-    }
-
-    pub(super) async fn fetch_lease(
-        &self,
-        peer: PeerId,
-        pay: &PayInvoice,
-        request_id: &str,
-    ) -> Result<Signed<Lease>, MarketError> {
-        let i = &self.inner;
-        let Some((hash, rec)) = i
-            .payments
-            .all()?
-            .into_iter()
-            .find(|(_, r)| r.request_id == request_id)
-        else {
-            return Err(MarketError::NotFound(format!(
-                "payment for request {request_id}"
-            )));
-        };
-        let msg = Message::PaymentResult(PaymentResult {
-            request_id: request_id.to_owned(),
-            payment_hash: hash,
-            preimage: rec.preimage.unwrap_or_default(),
-        });
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match i.peers.request(peer, msg.clone()).await {
-                Ok((Message::Lease(l), _)) => return Ok(l),
-                Ok((Message::Error(e), _)) if e.code == ErrorCode::NotSettled && attempts < 5 => {}
-                Ok((Message::Error(e), _)) => {
-                    return Err(MarketError::Refused {
-                        code: e.code,
-                        message: e.message,
-                    });
-                }
-                Ok((other, _)) => {
-                    return Err(MarketError::Unexpected {
-                        expected: "lease",
-                        got: other.name(),
-                    });
-                }
-                Err(e) if attempts < 5 => {
-                    tracing::warn!(error = %e, lease_id = %pay.lease_id, "lease fetch failed; retrying")
-                }
-                Err(e) => return Err(e),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -243,8 +159,16 @@ impl Renter {
     /// Buys `amount` sat more credit for a lease; returns it as the provider re-signed it.
     pub async fn add_credit(&self, lease_id: &str, amount: Sats) -> Result<Rental, MarketError> {
         let _op = self.inner.op_lock.lock().await;
+        self.top_up(lease_id, amount, false).await
+    }
+
+    /// Asks the provider for a top-up invoice and checks it against the lease's terms.
+    pub(super) async fn request_topup(
+        &self,
+        rental: &Rental,
+        amount: Sats,
+    ) -> Result<(PayInvoice, InvoiceCommitment), MarketError> {
         let i = &self.inner;
-        let mut rental = self.rental(lease_id)?;
         let lease_id = rental.lease.lease_id.clone();
         let peer: PeerId = rental
             .lease
@@ -262,13 +186,18 @@ impl Renter {
                 }),
             )
             .await?;
+        if pay.lease_id != lease_id || pay.request_id != request_id {
+            return Err(MarketError::InvoiceRejected(
+                "the invoice names another lease or request".into(),
+            ));
+        }
         let commitment = InvoiceCommitment {
             purpose: PURPOSE_TOPUP.into(),
-            request_id: request_id.clone(),
+            request_id,
             provider: rental.lease.provider.clone(),
             renter: i.peer_id.to_string(),
             offer_id: rental.lease.offer_id.clone(),
-            lease_id: Some(lease_id.clone()),
+            lease_id: Some(lease_id),
             terms: rental.lease.terms.clone(),
             credit_sat: amount,
             amount_sat: amount,
@@ -276,39 +205,37 @@ impl Renter {
             ipv6_prefix_len: None,
             renter_wg_pubkey: i.wg_public,
         };
-        // Top-up invoices must come from the LN node of the offer the lease was made under.
-        let payee = rental.provider_ln_pubkey.clone();
-        self.pay_checked(&pay, &commitment, &payee, &rental.lease.provider)
-            .await?;
-        let old = rental.lease.clone();
-        let signed = self.fetch_lease(peer, &pay, &request_id).await?;
-        let lease = self.check_lease(peer, &signed, &lease_id, |l| {
-            if l.revision <= old.revision
-                || l.credit_sat != old.credit_sat + amount
-                || l.paid_until <= old.paid_until
-            {
-                return Err("re-issued lease does not add the credit paid".into());
-            }
-            if l.ipv4 != old.ipv4
-                || l.ipv6 != old.ipv6
-                || l.renter_wg_pubkey != old.renter_wg_pubkey
-            {
-                return Err("re-issued lease changed its prefixes or key".into());
-            }
-            Ok(())
-        })?;
-        rental.lease = lease;
-        rental.signed = signed;
-        rental.paid_sat += amount;
-        if rental.lease.paid_until > now_unix() {
-            if rental.state != LeaseState::Active {
-                self.apply_tunnel(&rental.lease, &rental.iface).await?;
-            }
-            rental.state = LeaseState::Active;
+        Ok((pay, commitment))
+    }
+
+    /// A top-up paid by our node; the caller holds the operation lock.
+    pub(super) async fn top_up(
+        &self,
+        lease_id: &str,
+        amount: Sats,
+        autopay: bool,
+    ) -> Result<Rental, MarketError> {
+        let rental = self.rental(lease_id)?;
+        if rental.state == LeaseState::Released {
+            return Err(MarketError::Invalid(format!(
+                "lease {} is released",
+                rental.lease.lease_id
+            )));
         }
-        i.rentals.put(&lease_id, &rental)?;
-        self.audit(AuditKind::CreditAdded, json!({"lease_id": lease_id, "amount_sat": amount, "paid_until": rental.lease.paid_until}));
-        Ok(rental)
+        let (pay, commitment) = self.request_topup(&rental, amount).await?;
+        // Top-up invoices must come from the LN node of the offer the lease was made under.
+        let hash = self
+            .pay_checked(PayPlan {
+                pay: &pay,
+                commitment: &commitment,
+                payee: &rental.provider_ln_pubkey,
+                credit_before: rental.lease.credit_sat,
+                autopay,
+            })
+            .await?;
+        self.complete_payment(&hex::encode(hash))
+            .await
+            .map_err(|e| MarketError::AwaitingLease(format!("lease {lease_id}: {e}")))
     }
 
     /// Asks the provider for the lease's state and records it.

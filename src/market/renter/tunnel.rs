@@ -46,25 +46,7 @@ impl Renter {
         iface: &str,
     ) -> Result<PathBuf, MarketError> {
         let i = &self.inner;
-        let mut addresses = Vec::new();
-        if let Some(v4) = &lease.ipv4 {
-            let net: ipnet::Ipv4Net = v4
-                .parse()
-                .map_err(|_| MarketError::Store(format!("bad prefix {v4}")))?;
-            addresses.push(IpNet::V4(
-                ipnet::Ipv4Net::new(net.network(), 32).expect("/32 to be valid"),
-            ));
-        }
-        if let Some(v6) = &lease.ipv6 {
-            let net: ipnet::Ipv6Net = v6
-                .parse()
-                .map_err(|_| MarketError::Store(format!("bad prefix {v6}")))?;
-            // The first host address of the prefix (::1), not the subnet-router anycast address.
-            let first = std::net::Ipv6Addr::from(u128::from(net.network()) + 1);
-            addresses.push(IpNet::V6(
-                ipnet::Ipv6Net::new(first, 128).expect("/128 to be valid"),
-            ));
-        }
+        let addresses = lease_addresses(lease)?;
         let spec = InterfaceSpec {
             name: iface.to_owned(),
             private_key: i.wg_private,
@@ -121,6 +103,31 @@ impl Renter {
         }
         Ok(())
     }
+}
+
+/// The addresses a lease puts on the renter's interface: the leased IPv4 prefix's first
+/// address as a /32, and the first host address (`::1`) of the IPv6 prefix as a /128.
+pub(super) fn lease_addresses(lease: &Lease) -> Result<Vec<IpNet>, MarketError> {
+    let mut addresses = Vec::new();
+    if let Some(v4) = &lease.ipv4 {
+        let net: ipnet::Ipv4Net = v4
+            .parse()
+            .map_err(|_| MarketError::Store(format!("bad prefix {v4}")))?;
+        addresses.push(IpNet::V4(
+            ipnet::Ipv4Net::new(net.network(), 32).expect("/32 to be valid"),
+        ));
+    }
+    if let Some(v6) = &lease.ipv6 {
+        let net: ipnet::Ipv6Net = v6
+            .parse()
+            .map_err(|_| MarketError::Store(format!("bad prefix {v6}")))?;
+        // The first host address of the prefix (::1), not the subnet-router anycast address.
+        let first = std::net::Ipv6Addr::from(u128::from(net.network()) + 1);
+        addresses.push(IpNet::V6(
+            ipnet::Ipv6Net::new(first, 128).expect("/128 to be valid"),
+        ));
+    }
+    Ok(addresses)
 }
 
 /// Links `dir/<iface>.conf` to our wg-quick file so `wg-quick up <iface>` finds it. An existing

@@ -283,9 +283,9 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
     cfg.node.discovery_interval_secs = DISCOVERY_INTERVAL_SECS;
 
     cfg.lightning.network = "regtest".to_owned();
-    cfg.lightning.address = input.lnd.address.clone();
-    cfg.lightning.tls_cert_path = input.lnd.tls_cert_path.clone();
-    cfg.lightning.macaroon_path = input.macaroon_path.to_owned();
+    cfg.lightning.address = Some(input.lnd.address.clone());
+    cfg.lightning.tls_cert_path = Some(input.lnd.tls_cert_path.clone());
+    cfg.lightning.macaroon_path = Some(input.macaroon_path.to_owned());
 
     cfg.tunnel.backend = match input.netns {
         Some(_) => TunnelBackendKind::Wireguard,
@@ -704,8 +704,11 @@ mod tests {
         assert_eq!(cfg.tunnel.interface, "lwp3");
         assert_eq!(cfg.tunnel.listen_port, 40003);
         assert_eq!(cfg.node.discovery_interval_secs, DISCOVERY_INTERVAL_SECS);
-        assert_eq!(cfg.lightning.address, "127.0.0.1:10009");
-        assert_eq!(cfg.lightning.macaroon_path, Path::new("/m/admin.macaroon"));
+        assert_eq!(cfg.lightning.address.as_deref(), Some("127.0.0.1:10009"));
+        assert_eq!(
+            cfg.lightning.macaroon_path.as_deref(),
+            Some(Path::new("/m/admin.macaroon"))
+        );
         assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
     }
 

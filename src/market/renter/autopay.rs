@@ -1,0 +1,353 @@
+//! AutoPay: keeps each lease's prepaid credit between a low and a high watermark, paying only
+//! for a tunnel it has just verified, under terms that have not changed, within the spending
+//! limits. The provider's signed lease is the one ledger: every decision starts from a fresh
+//! status, so a manual top-up made meanwhile is counted, and the renter never holds more
+//! prepaid credit than the high watermark.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::market::limits::serde_duration;
+use crate::tunnel::{ProbeSpec, TunnelError};
+
+/// `[renter.autopay]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutopayConfig {
+    /// AutoPay for new leases (each lease can be switched on or off on its own).
+    pub enabled: bool,
+    /// Top up when less than this much paid time remains ("2d").
+    #[serde(with = "serde_duration")]
+    pub low_watermark: Duration,
+    /// Top up to this much paid time ("7d"); never hold more.
+    #[serde(with = "serde_duration")]
+    pub high_watermark: Duration,
+    /// How often leases are looked at.
+    #[serde(with = "serde_duration")]
+    pub check_interval: Duration,
+    /// A tunnel whose last WireGuard handshake is older than this is not verified ("3m":
+    /// WireGuard re-keys every 2 minutes while traffic flows; keepalives keep it flowing).
+    #[serde(with = "serde_duration")]
+    pub max_handshake_age: Duration,
+    /// How long to wait for the probe through the tunnel.
+    #[serde(with = "serde_duration")]
+    pub probe_timeout: Duration,
+}
+
+impl Default for AutopayConfig {
+    fn default() -> Self {
+        AutopayConfig {
+            enabled: true,
+            low_watermark: Duration::from_secs(2 * DAY_SECS),
+            high_watermark: Duration::from_secs(7 * DAY_SECS),
+            check_interval: Duration::from_secs(60),
+            max_handshake_age: Duration::from_secs(180),
+            probe_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AutopayConfig {
+    /// Checks the watermarks are usable.
+    ///
+    /// # Errors
+    /// A message naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.low_watermark >= self.high_watermark {
+            return Err("renter.autopay.low_watermark must be below high_watermark".into());
+        }
+        if self.check_interval.is_zero() || self.probe_timeout.is_zero() {
+            return Err("renter.autopay.check_interval and probe_timeout must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The last thing AutoPay did or refused for a lease, for `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutopayNote {
+    /// Unix time.
+    pub at: u64,
+    /// True when it paid.
+    pub paid: bool,
+    /// What happened, as a sentence.
+    pub message: String,
+}
+
+/// Counters kept per rental.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RentalStats {
+    /// Payments this node made for the lease (activation and top-ups).
+    pub payments: u32,
+    /// Top-ups credited (AutoPay, `add-credit` and manual).
+    pub topups: u32,
+    /// Top-ups made by AutoPay.
+    pub autopay_topups: u32,
+    /// Times AutoPay did not pay because the tunnel could not be verified.
+    pub refused_unverified: u32,
+    /// The last AutoPay decision that was not "nothing to do".
+    pub last_autopay: Option<AutopayNote>,
+}
+
+/// Why AutoPay did not pay.
+enum Skip {
+    /// The tunnel could not be verified.
+    Unverified(String),
+    /// Anything else (terms changed, limits, provider unreachable...).
+    Other(String),
+}
+
+impl Renter {
+    /// One AutoPay pass over every active lease with AutoPay on.
+    pub async fn autopay_tick(&self) -> Result<(), MarketError> {
+        for r in self.rentals()? {
+            if r.autopay && r.state == LeaseState::Active {
+                self.autopay_one(&r.lease.lease_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches AutoPay on or off for one lease.
+    pub fn set_autopay(&self, lease_id: &str, on: bool) -> Result<Rental, MarketError> {
+        let mut r = self.rental(lease_id)?;
+        r.autopay = on;
+        self.inner.rentals.put(&r.lease.lease_id, &r)?;
+        tracing::info!(lease_id = %r.lease.lease_id, on, "autopay switched");
+        Ok(r)
+    }
+
+    async fn autopay_one(&self, lease_id: &str) -> Result<(), MarketError> {
+        let _op = self.inner.op_lock.lock().await;
+        let ap = &self.inner.cfg.autopay;
+        let low = ap.low_watermark.as_secs();
+        let local = self.rental(lease_id)?;
+        if local.lease.paid_until.saturating_sub(now_unix()) >= low {
+            return Ok(());
+        }
+        let outcome = self.autopay_decide(lease_id).await;
+        let mut r = self.rental(lease_id)?;
+        let note = match outcome {
+            Ok(None) => return Ok(()),
+            Ok(Some(amount)) => AutopayNote {
+                at: now_unix(),
+                paid: true,
+                message: format!("topped up {amount} sat; paid until {}", r.lease.paid_until),
+            },
+            Err(skip) => {
+                let (message, unverified) = match skip {
+                    Skip::Unverified(m) => (format!("tunnel not verified: {m}"), true),
+                    Skip::Other(m) => (m, false),
+                };
+                if unverified {
+                    r.stats.refused_unverified += 1;
+                }
+                self.audit(
+                    AuditKind::AutopayRefused,
+                    json!({"lease_id": lease_id, "reason": message, "unverified": unverified}),
+                );
+                tracing::warn!(lease_id, reason = %message, "autopay did not pay");
+                AutopayNote {
+                    at: now_unix(),
+                    paid: false,
+                    message,
+                }
+            }
+        };
+        r.stats.last_autopay = Some(note);
+        self.inner.rentals.put(lease_id, &r)?;
+        Ok(())
+    }
+
+    /// Decides and, when everything checks out, pays. `Ok(None)`: nothing to do.
+    async fn autopay_decide(&self, lease_id: &str) -> Result<Option<Sats>, Skip> {
+        let ap = &self.inner.cfg.autopay;
+        // The provider's signed lease, not our estimate: manual top-ups count.
+        let r = self
+            .refresh(lease_id)
+            .await
+            .map_err(|e| Skip::Other(format!("cannot get the provider's status: {e}")))?;
+        if r.state != LeaseState::Active {
+            return Err(Skip::Other(format!(
+                "the provider reports the lease {:?}",
+                r.state
+            )));
+        }
+        let now = now_unix();
+        let remaining = r.lease.paid_until.saturating_sub(now);
+        if remaining >= ap.low_watermark.as_secs() {
+            return Ok(None);
+        }
+        let amount = topup_amount(&r.lease, now, ap.high_watermark).map_err(Skip::Other)?;
+        self.verify_tunnel(&r).await.map_err(Skip::Unverified)?;
+        let current = self
+            .fetch_offer_str(&r.lease.provider)
+            .await
+            .map_err(|e| Skip::Other(format!("cannot fetch the provider's current offer: {e}")))?;
+        if current.offer.terms != r.lease.terms || current.offer.ln_pubkey != r.provider_ln_pubkey
+        {
+            return Err(Skip::Other(
+                "the provider's terms or Lightning node changed since the lease was made; \
+                 top up by hand after reviewing them"
+                    .into(),
+            ));
+        }
+        self.top_up(lease_id, amount, true)
+            .await
+            .map_err(|e| Skip::Other(e.to_string()))?;
+        Ok(Some(amount))
+    }
+
+    /// A recent WireGuard handshake with the provider and a probe answered through the tunnel.
+    async fn verify_tunnel(&self, r: &Rental) -> Result<(), String> {
+        let ap = &self.inner.cfg.autopay;
+        let sources: Vec<IpAddr> = lease_addresses(&r.lease)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|n| n.addr())
+            .collect();
+        let targets: Vec<IpAddr> = tokio::net::lookup_host(r.lease.endpoint.as_str())
+            .await
+            .map_err(|e| format!("cannot resolve the endpoint {}: {e}", r.lease.endpoint))?
+            .map(|a| a.ip())
+            .collect();
+        let Some((source, target)) = sources.iter().find_map(|s| {
+            targets
+                .iter()
+                .find(|t| t.is_ipv4() == s.is_ipv4())
+                .map(|t| (*s, *t))
+        }) else {
+            return Err(
+                "no leased address of the endpoint's address family to probe from".into(),
+            );
+        };
+        let spec = ProbeSpec {
+            source,
+            target,
+            timeout: ap.probe_timeout,
+            attempts: 3,
+        };
+        let check = match self
+            .inner
+            .tunnel
+            .verify(&r.iface, &r.lease.provider_wg_pubkey, &spec)
+            .await
+        {
+            Ok(c) => c,
+            Err(TunnelError::Unsupported(m)) => return Err(m),
+            Err(e) => return Err(format!("verification failed: {e}")),
+        };
+        match check.reason(ap.max_handshake_age) {
+            None => {
+                tracing::debug!(lease_id = %r.lease.lease_id, rtt = ?check.probe_rtt, "tunnel verified");
+                Ok(())
+            }
+            Some(why) => Err(why),
+        }
+    }
+}
+
+/// Credit that brings the lease up to the high watermark, within the provider's minimum top-up
+/// and maximum credit.
+fn topup_amount(lease: &Lease, now: u64, high: Duration) -> Result<Sats, String> {
+    let t = &lease.terms;
+    let remaining_secs = lease.paid_until.saturating_sub(now);
+    let want_secs = high.as_secs().saturating_sub(remaining_secs);
+    // Rounded down: never hold more than the high watermark.
+    let by_watermark = u64::try_from(
+        u128::from(want_secs) * u128::from(t.rate_sat_per_day) / u128::from(DAY_SECS),
+    )
+    .unwrap_or(u64::MAX);
+    let room = t
+        .max_credit_sat
+        .saturating_sub(lease.remaining_credit(now));
+    let amount = by_watermark.min(room);
+    if amount < t.min_topup_sat.max(1) {
+        return Err(format!(
+            "a top-up to the high watermark ({amount} sat) is below the provider's minimum of {} \
+             sat; raise renter.autopay.high_watermark",
+            t.min_topup_sat
+        ));
+    }
+    Ok(amount)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Terms;
+
+    fn lease(paid_until: u64, rate: u64, min_topup: u64, max_credit: u64) -> Lease {
+        Lease {
+            lease_id: "l".into(),
+            provider: "p".into(),
+            renter: "r".into(),
+            offer_id: "o".into(),
+            renter_wg_pubkey: WgKey([1; 32]),
+            provider_wg_pubkey: WgKey([2; 32]),
+            endpoint: "192.0.2.1:51820".into(),
+            ipv4: Some("198.51.100.1/32".into()),
+            ipv6: None,
+            allowed_ips: vec![],
+            terms: Terms {
+                activation_fee_sat: 0,
+                rate_sat_per_day: rate,
+                min_initial_credit_sat: 0,
+                min_topup_sat: min_topup,
+                max_credit_sat: max_credit,
+                reserve_days: 1,
+            },
+            credit_sat: 0,
+            activated_at: 0,
+            paid_until,
+            payment_hash: String::new(),
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn tops_up_to_the_high_watermark_and_no_further() {
+        // 1 day left at 100 sat/day, high watermark 7 days: 6 days = 600 sat.
+        let l = lease(1_000 + DAY_SECS, 100, 10, 10_000);
+        assert_eq!(
+            topup_amount(&l, 1_000, Duration::from_secs(7 * DAY_SECS)),
+            Ok(600)
+        );
+    }
+
+    #[test]
+    fn max_credit_caps_the_top_up() {
+        let l = lease(1_000 + DAY_SECS, 100, 10, 300);
+        assert_eq!(
+            topup_amount(&l, 1_000, Duration::from_secs(7 * DAY_SECS)),
+            Ok(200)
+        );
+    }
+
+    #[test]
+    fn below_min_topup_is_refused_with_the_reason() {
+        let l = lease(1_000 + DAY_SECS, 100, 1_000, 10_000);
+        let e = topup_amount(&l, 1_000, Duration::from_secs(7 * DAY_SECS)).unwrap_err();
+        assert!(e.contains("minimum of 1000"), "{e}");
+    }
+
+    #[test]
+    fn config_defaults_and_durations() {
+        let c = AutopayConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.low_watermark, Duration::from_secs(2 * DAY_SECS));
+        let t: AutopayConfig =
+            toml::from_str("low_watermark = \"10s\"\nhigh_watermark = \"1m\"\n").unwrap();
+        assert_eq!(t.high_watermark, Duration::from_secs(60));
+        assert!(toml::from_str::<AutopayConfig>("low_watermark = \"10\"\n").is_err());
+        let bad = AutopayConfig {
+            low_watermark: Duration::from_secs(60),
+            high_watermark: Duration::from_secs(60),
+            ..AutopayConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

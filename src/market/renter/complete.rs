@@ -1,0 +1,217 @@
+//! After the money: fetching the lease a payment bought from the provider, verifying it
+//! against the commitment the invoice was checked against, and applying it. Works from the
+//! stored payment record alone, so a payment made before a crash (or while the provider was
+//! down) is completed later exactly like one made a moment ago.
+
+use super::payment::{PayState, PaymentRecord};
+use super::*;
+
+impl Renter {
+    /// Fetches, verifies and applies the lease bought by payment `hash`; marks the payment
+    /// completed. For a manual invoice it also learns from the provider whether it was paid.
+    ///
+    /// # Errors
+    /// [`MarketError::Refused`] with `NotSettled` while the provider does not see the invoice
+    /// paid; network errors while it is unreachable; [`MarketError::BadSigned`] when what it
+    /// sends does not match what was paid for.
+    pub(super) async fn complete_payment(&self, hash: &str) -> Result<Rental, MarketError> {
+        let i = &self.inner;
+        let mut rec = i
+            .payments
+            .get(hash)?
+            .ok_or_else(|| MarketError::NotFound(format!("payment {hash}")))?;
+        let c = rec
+            .commitment
+            .clone()
+            .ok_or_else(|| MarketError::Store(format!("payment {hash} has no commitment")))?;
+        if rec.completed {
+            return self.rental(&rec.lease_id);
+        }
+        if !matches!(rec.state, PayState::Succeeded | PayState::Manual) {
+            return Err(MarketError::Invalid(format!(
+                "payment {hash} is {:?}, not paid",
+                rec.state
+            )));
+        }
+        let peer: PeerId = c
+            .provider
+            .parse()
+            .map_err(|_| MarketError::Store("bad provider id".into()))?;
+        let signed = self
+            .fetch_lease(
+                peer,
+                &rec.request_id,
+                hash,
+                rec.preimage.as_deref().unwrap_or(""),
+            )
+            .await?;
+        let rental = if c.purpose == PURPOSE_TOPUP {
+            self.apply_topup(peer, &signed, &rec, &c).await?
+        } else {
+            self.apply_activation(peer, &signed, &rec, &c).await?
+        };
+        rec.completed = true;
+        i.payments.put(hash, &rec)?;
+        Ok(rental)
+    }
+
+    async fn apply_activation(
+        &self,
+        peer: PeerId,
+        signed: &Signed<Lease>,
+        rec: &PaymentRecord,
+        c: &InvoiceCommitment,
+    ) -> Result<Rental, MarketError> {
+        let i = &self.inner;
+        let lease = self.check_lease(peer, signed, &rec.lease_id, |l| {
+            if l.renter_wg_pubkey != c.renter_wg_pubkey || l.offer_id != c.offer_id {
+                return Err("lease is not for our key and offer".into());
+            }
+            if l.credit_sat < c.credit_sat || l.terms != c.terms {
+                return Err(format!(
+                    "lease credit {} or terms differ from the {} sat paid",
+                    l.credit_sat, c.credit_sat
+                ));
+            }
+            let len_ok = |p: &Option<String>, want: Option<u8>| match (p, want) {
+                (None, None) => true,
+                (Some(p), Some(w)) => p
+                    .parse::<IpNet>()
+                    .map(|n| n.prefix_len() == w)
+                    .unwrap_or(false),
+                _ => false,
+            };
+            if !len_ok(&l.ipv4, c.ipv4_prefix_len) || !len_ok(&l.ipv6, c.ipv6_prefix_len) {
+                return Err("lease prefixes differ from the request".into());
+            }
+            Ok(())
+        })?;
+        self.audit(
+            AuditKind::LeaseReceived,
+            json!({"lease_id": lease.lease_id, "provider": c.provider,
+            "ipv4": lease.ipv4, "ipv6": lease.ipv6, "paid_until": lease.paid_until}),
+        );
+        let iface = self.free_iface()?;
+        let conf_path = self.apply_tunnel(&lease, &iface).await?;
+        let state = if lease.paid_until > now_unix() {
+            LeaseState::Active
+        } else {
+            LeaseState::Suspended
+        };
+        let rental = Rental {
+            lease: lease.clone(),
+            signed: signed.clone(),
+            state,
+            paid_sat: c.amount_sat,
+            iface: iface.clone(),
+            conf_path: conf_path.clone(),
+            provider_ln_pubkey: rec.payee.clone(),
+            autopay: i.cfg.autopay.enabled,
+            stats: RentalStats {
+                payments: 1,
+                ..RentalStats::default()
+            },
+        };
+        i.rentals.put(&lease.lease_id, &rental)?;
+        self.audit(
+            AuditKind::LeaseApplied,
+            json!({"lease_id": lease.lease_id, "iface": iface,
+            "conf": conf_path.display().to_string(), "backend": i.tunnel.kind()}),
+        );
+        tracing::info!(lease_id = %lease.lease_id, ipv4 = ?lease.ipv4, ipv6 = ?lease.ipv6, "lease applied");
+        Ok(rental)
+    }
+
+    async fn apply_topup(
+        &self,
+        peer: PeerId,
+        signed: &Signed<Lease>,
+        rec: &PaymentRecord,
+        c: &InvoiceCommitment,
+    ) -> Result<Rental, MarketError> {
+        let i = &self.inner;
+        let mut rental = self.rental(&rec.lease_id)?;
+        let old = rental.lease.clone();
+        let lease = self.check_lease(peer, signed, &rec.lease_id, |l| {
+            // A status refresh may already have brought this revision in, so "newer than what
+            // we hold" is not required; holding the credit paid for is.
+            if l.revision < old.revision || l.credit_sat < rec.credit_before + c.credit_sat {
+                return Err("re-issued lease does not add the credit paid".into());
+            }
+            if l.ipv4 != old.ipv4
+                || l.ipv6 != old.ipv6
+                || l.renter_wg_pubkey != old.renter_wg_pubkey
+            {
+                return Err("re-issued lease changed its prefixes or key".into());
+            }
+            Ok(())
+        })?;
+        rental.lease = lease;
+        rental.signed = signed.clone();
+        rental.paid_sat += c.amount_sat;
+        rental.stats.topups += 1;
+        if rec.state == PayState::Succeeded {
+            rental.stats.payments += 1;
+        }
+        if rec.autopay {
+            rental.stats.autopay_topups += 1;
+        }
+        if rental.lease.paid_until > now_unix() && rental.state != LeaseState::Released {
+            if rental.state != LeaseState::Active {
+                self.apply_tunnel(&rental.lease, &rental.iface).await?;
+            }
+            rental.state = LeaseState::Active;
+        }
+        i.rentals.put(&rec.lease_id, &rental)?;
+        self.audit(
+            AuditKind::CreditAdded,
+            json!({"lease_id": rec.lease_id, "amount_sat": c.amount_sat,
+                   "paid_until": rental.lease.paid_until, "manual": rec.state == PayState::Manual,
+                   "autopay": rec.autopay}),
+        );
+        tracing::info!(lease_id = %rec.lease_id, amount_sat = c.amount_sat, paid_until = rental.lease.paid_until, "credit added");
+        Ok(rental)
+    }
+
+    /// Sends `paymentResult` and waits for the lease; `NotSettled` answers are retried a few
+    /// times (the provider's node may see the settlement a moment after ours).
+    pub(super) async fn fetch_lease(
+        &self,
+        peer: PeerId,
+        request_id: &str,
+        payment_hash: &str,
+        preimage: &str,
+    ) -> Result<Signed<Lease>, MarketError> {
+        let i = &self.inner;
+        let msg = Message::PaymentResult(PaymentResult {
+            request_id: request_id.to_owned(),
+            payment_hash: payment_hash.to_owned(),
+            preimage: preimage.to_owned(),
+        });
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match i.peers.request(peer, msg.clone()).await {
+                Ok((Message::Lease(l), _)) => return Ok(l),
+                Ok((Message::Error(e), _)) if e.code == ErrorCode::NotSettled && attempts < 3 => {}
+                Ok((Message::Error(e), _)) => {
+                    return Err(MarketError::Refused {
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                Ok((other, _)) => {
+                    return Err(MarketError::Unexpected {
+                        expected: "lease",
+                        got: other.name(),
+                    });
+                }
+                Err(e) if attempts < 3 => {
+                    tracing::warn!(error = %e, request_id, "lease fetch failed; retrying")
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}

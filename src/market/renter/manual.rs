@@ -1,0 +1,140 @@
+//! Manual top-ups (`leasewire add-credit --manual`): the provider's invoice is checked like any
+//! other, then handed to the user to pay from any wallet. The credit counts once the provider's
+//! re-signed lease shows it: the provider keeps the one credit ledger per lease, so manual
+//! payments and AutoPay never disagree.
+
+use super::payment::{MANUAL_WATCH_SECS, PayState, PaymentRecord};
+use super::*;
+
+/// An invoice for the user to pay by hand.
+#[derive(Clone, Debug, Serialize)]
+pub struct ManualInvoice {
+    /// Lease the credit is for.
+    pub lease_id: String,
+    /// Hex payment hash; [`Renter::await_manual`] takes it.
+    pub payment_hash: String,
+    /// The BOLT11 invoice.
+    pub bolt11: String,
+    /// Amount, sat.
+    pub amount_sat: Sats,
+    /// Unix time the invoice expires.
+    pub expires_at: u64,
+}
+
+impl Renter {
+    /// Gets a top-up invoice for `lease_id` from its provider and checks it (payee, amount,
+    /// description hash, expiry, network, never seen). This node never pays it; the hash is
+    /// recorded so it never will.
+    ///
+    /// # Errors
+    /// [`MarketError::InvoiceRejected`] when a check fails; network and refusal errors from
+    /// the provider.
+    pub async fn manual_invoice(
+        &self,
+        lease_id: &str,
+        amount: Sats,
+    ) -> Result<ManualInvoice, MarketError> {
+        let _op = self.inner.op_lock.lock().await;
+        let rental = self.rental(lease_id)?;
+        if rental.state == LeaseState::Released {
+            return Err(MarketError::Invalid(format!(
+                "lease {} is released",
+                rental.lease.lease_id
+            )));
+        }
+        let (pay, commitment) = self.request_topup(&rental, amount).await?;
+        let checked = self.check_pay_invoice(&pay, &commitment, &rental.provider_ln_pubkey)?;
+        let hash = hex::encode(checked.payment_hash);
+        let record = PaymentRecord {
+            request_id: pay.request_id.clone(),
+            lease_id: pay.lease_id.clone(),
+            provider: commitment.provider.clone(),
+            amount_sat: amount,
+            state: PayState::Manual,
+            preimage: None,
+            reason: None,
+            at: now_unix(),
+            commitment: Some(commitment),
+            payee: rental.provider_ln_pubkey.clone(),
+            fee_limit_msat: 0,
+            fee_msat: 0,
+            credit_before: rental.lease.credit_sat,
+            completed: false,
+            autopay: false,
+        };
+        self.inner.payments.put(&hash, &record)?;
+        self.audit(
+            AuditKind::ManualInvoice,
+            json!({"lease_id": pay.lease_id, "payment_hash": hash, "amount_sat": amount,
+                   "request_id": pay.request_id, "expires_at": checked.expires_at}),
+        );
+        tracing::info!(lease_id = %pay.lease_id, payment_hash = %hash, amount_sat = amount, "manual top-up invoice ready");
+        Ok(ManualInvoice {
+            lease_id: pay.lease_id,
+            payment_hash: hash,
+            bolt11: pay.bolt11,
+            amount_sat: amount,
+            expires_at: checked.expires_at,
+        })
+    }
+
+    /// Waits until the provider's signed lease shows the credit of manual invoice
+    /// `payment_hash`, then returns the rental as the provider confirmed it.
+    ///
+    /// # Errors
+    /// [`MarketError::NotFound`] for an unknown hash; [`MarketError::Invalid`] when the wait
+    /// timed out (the daemon keeps watching in the background for an hour) or the hash is not
+    /// a manual invoice.
+    pub async fn await_manual(
+        &self,
+        payment_hash: &str,
+        timeout: Duration,
+    ) -> Result<Rental, MarketError> {
+        let rec = self
+            .inner
+            .payments
+            .get(payment_hash)?
+            .ok_or_else(|| MarketError::NotFound(format!("invoice {payment_hash}")))?;
+        if rec.state != PayState::Manual {
+            return Err(MarketError::Invalid(format!(
+                "{payment_hash} is not a manual invoice"
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = {
+                let _op = self.inner.op_lock.lock().await;
+                self.complete_payment(payment_hash).await
+            };
+            match done {
+                Ok(_) => {
+                    // Confirm with the provider's signed status, which is what AutoPay reads.
+                    return match self.refresh(&rec.lease_id).await {
+                        Ok(r) => Ok(r),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "status refresh failed after a manual top-up");
+                            self.rental(&rec.lease_id)
+                        }
+                    };
+                }
+                Err(
+                    MarketError::Refused {
+                        code: ErrorCode::NotSettled,
+                        ..
+                    }
+                    | MarketError::Net(_),
+                ) => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MarketError::Invalid(format!(
+                    "invoice {payment_hash} not paid within {}s; the daemon keeps watching it for \
+                     {} minutes",
+                    timeout.as_secs(),
+                    MANUAL_WATCH_SECS / 60
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
