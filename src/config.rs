@@ -459,7 +459,10 @@ impl Config {
             .limits
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("renter.limits: {e}")))?;
-        self.renter.autopay.validate().map_err(ConfigError::Invalid)?;
+        self.renter
+            .autopay
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -185,7 +185,8 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
     }
     let public_market = topic.is_public;
 
-    let (ln, source) = crate::lightning::connect::connect_from_config(&cfg.lightning, data_dir).await?;
+    let (ln, source) =
+        crate::lightning::connect::connect_from_config(&cfg.lightning, data_dir).await?;
     let info = ln.get_info().await?;
     if info.network != cfg.lightning.network {
         return Err(NodeError::WrongNetwork {

@@ -163,8 +163,8 @@ impl Lab {
     }
 
     /// Runs the `wg_netns_child` test inside `ns` with `role`; panics with its output if it
-    /// fails.
-    fn child(&self, ns: &str, role: &str, id: &str) {
+    /// fails, else returns it.
+    fn child(&self, ns: &str, role: &str, id: &str) -> String {
         let exe = std::env::current_exe().expect("current test binary");
         let exe = exe.to_str().expect("UTF-8 test binary path");
         let out = Command::new("ip")
@@ -193,6 +193,7 @@ impl Lab {
             "child {role} in {ns} failed ({}):\n{text}",
             out.status
         );
+        text
     }
 }
 
@@ -290,9 +291,17 @@ fn verify_between_namespaces() {
     let n = &lab.names;
 
     lab.child(&n.ns_a, "provider_up", &id);
-    lab.child(&n.ns_b, "verify_renter_up", &id);
+    let up = lab.child(&n.ns_b, "verify_renter_up", &id);
     lab.child(&n.ns_a, "verify_provider_drop", &id);
-    lab.child(&n.ns_b, "verify_renter_unverified", &id);
+    let down = lab.child(&n.ns_b, "verify_renter_unverified", &id);
+    // The measured figures, for whoever runs this with --nocapture.
+    for line in up
+        .lines()
+        .chain(down.lines())
+        .filter(|l| l.starts_with("VERIFY "))
+    {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
 }
 
 /// The child half: does nothing unless started by the test above with a role.
@@ -647,9 +656,16 @@ async fn verify_renter_up(n: &Names) {
     assert!(age <= 5, "handshake {age} s old right after it happened");
     assert!(check.last_handshake.is_some(), "{check:?}");
     assert_eq!(check.reason(MAX_HANDSHAKE_AGE), None);
-    eprintln!("verified: {check:?}");
+    eprintln!("VERIFY first verified check: {check:?}");
 
-    // Once the session is up, a probe answers on the first echo.
+    // Once the session is up, a probe answers on the first echo, and the echoes travel inside
+    // WireGuard: the peer's counters grow by at least one echo (20 + 8 + 16 bytes) each way per
+    // probe.
+    let counters = |stats: Vec<leasewire::tunnel::PeerStats>| {
+        let s = &stats[0];
+        (s.rx_bytes, s.tx_bytes)
+    };
+    let (rx0, tx0) = counters(t.peer_stats(&n.wg_b).await.expect("stats"));
     let mut rtts = Vec::new();
     for _ in 0..5 {
         let check = t
@@ -658,7 +674,12 @@ async fn verify_renter_up(n: &Names) {
             .expect("verify again");
         rtts.push(check.probe_rtt.expect("a reply on an established tunnel"));
     }
-    eprintln!("probe rtts through the tunnel: {rtts:?}");
+    eprintln!("VERIFY probe rtts through the tunnel: {rtts:?}");
+    let (rx1, tx1) = counters(t.peer_stats(&n.wg_b).await.expect("stats"));
+    assert!(
+        rx1 - rx0 >= 5 * 44 && tx1 - tx0 >= 5 * 44,
+        "echoes did not cross the tunnel: rx {rx0}->{rx1}, tx {tx0}->{tx1}"
+    );
     assert!(rtts.iter().all(|r| *r < Duration::from_secs(1)), "{rtts:?}");
 }
 
@@ -694,7 +715,7 @@ async fn verify_renter_unverified(n: &Names) {
         .await
         .expect("verify");
     let took = started.elapsed();
-    eprintln!("after the provider dropped us: {check:?} in {took:?}");
+    eprintln!("VERIFY after the provider dropped the peer: {check:?} in {took:?}");
     assert_eq!(check.probe_rtt, None, "{check:?}");
     assert!(!check.verified(MAX_HANDSHAKE_AGE), "{check:?}");
     let reason = check.reason(MAX_HANDSHAKE_AGE).expect("a reason");

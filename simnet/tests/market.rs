@@ -1,245 +1,20 @@
-//! Provider and renter logic end to end in one process: real lnd-sim over TLS gRPC, the real
-//! `LndClient`, file tunnels and sled audit logs; only the libp2p hop is replaced by a direct
-//! call, which lets a test play a dishonest provider and tamper with its invoices.
+//! Provider and renter logic end to end in one process (see `world`): renting, the payer's
+//! invoice checks, settlement, metering, release.
 
-use std::sync::Arc;
+mod world;
+
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
-use leasewire::audit::AuditLog;
 use leasewire::config::{ProviderConfig, RenterConfig};
-use leasewire::lightning::lnd::LndClient;
-use leasewire::lightning::{InvoiceRequest, LightningNode};
-use leasewire::market::provider::{Provider, ProviderParams};
-use leasewire::market::renter::{RentArgs, Renter, RenterParams};
-use leasewire::market::{MarketError, Peers};
+use leasewire::lightning::LightningNode;
+use leasewire::market::MarketError;
+use leasewire::market::renter::RentArgs;
 use leasewire::tunnel::Tunnel;
-use leasewire::tunnel::file::FileTunnel;
 use leasewire::types::WgKey;
+use ed25519_dalek::SigningKey;
 use leasewire::wire::signed::peer_id_of;
 use leasewire::wire::{ErrorCode, Message, PaymentResult, RentRequest};
-use leasewire_simnet::lndsim::{SimHandle, SimServer};
-use libp2p::PeerId;
-use tempfile::TempDir;
-
-/// How the fake network changes the provider's invoice before the renter sees it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Tamper {
-    None,
-    /// Same invoice terms but one sat more.
-    Amount,
-    /// Issued by another Lightning node.
-    Payee,
-    /// Expires in one second (and the renter looks after it expired).
-    Expired,
-    /// Commits to other terms.
-    DescriptionHash,
-}
-
-struct Direct {
-    provider: Provider,
-    provider_peer: PeerId,
-    renter_peer: PeerId,
-    tamper: Tamper,
-    provider_ln: LndClient,
-    mallory_ln: LndClient,
-}
-
-#[async_trait::async_trait]
-impl Peers for Direct {
-    async fn find_providers(&self) -> Result<Vec<PeerId>, MarketError> {
-        Ok(vec![self.provider_peer])
-    }
-
-    async fn request(
-        &self,
-        peer: PeerId,
-        msg: Message,
-    ) -> Result<(Message, Duration), MarketError> {
-        assert_eq!(peer, self.provider_peer);
-        let reply = self.provider.handle(self.renter_peer, msg).await;
-        let Message::PayInvoice(mut pay) = reply else {
-            return Ok((reply, Duration::from_millis(3)));
-        };
-        let orig: lightning_invoice::Bolt11Invoice =
-            pay.bolt11.parse().expect("provider invoice parses");
-        let amount_msat = orig.amount_milli_satoshis().expect("amount");
-        let hash = match orig.description() {
-            lightning_invoice::Bolt11InvoiceDescriptionRef::Hash(h) => h.0.to_byte_array(),
-            _ => panic!("provider invoices commit with a description hash"),
-        };
-        let forged = |ln: &LndClient, amount_msat, description_hash, expiry_secs| {
-            let ln = ln.clone();
-            async move {
-                ln.add_invoice(InvoiceRequest {
-                    amount_msat,
-                    description_hash,
-                    expiry_secs,
-                })
-                .await
-                .expect("forged invoice")
-                .bolt11
-            }
-        };
-        pay.bolt11 = match self.tamper {
-            Tamper::None => pay.bolt11,
-            Tamper::Amount => forged(&self.provider_ln, amount_msat + 1000, hash, 600).await,
-            Tamper::Payee => forged(&self.mallory_ln, amount_msat, hash, 600).await,
-            Tamper::Expired => {
-                let b = forged(&self.provider_ln, amount_msat, hash, 1).await;
-                tokio::time::sleep(Duration::from_millis(2100)).await;
-                b
-            }
-            Tamper::DescriptionHash => forged(&self.provider_ln, amount_msat, [7u8; 32], 600).await,
-        };
-        Ok((Message::PayInvoice(pay), Duration::from_millis(3)))
-    }
-}
-
-use bitcoin::hashes::Hash as _;
-
-struct World {
-    _dir: TempDir,
-    sim: SimHandle,
-    provider: Provider,
-    provider_audit: AuditLog,
-    renter: Renter,
-    renter_audit: AuditLog,
-    renter_ln: LndClient,
-    provider_tunnel: Arc<FileTunnel>,
-    renter_tunnel: Arc<FileTunnel>,
-    dir_path: std::path::PathBuf,
-    provider_peer: PeerId,
-    renter_peer: PeerId,
-}
-
-async fn world(tamper: Tamper) -> World {
-    world_with(tamper, ProviderConfig::default().terms).await
-}
-
-async fn world_with(tamper: Tamper, terms: leasewire::types::Terms) -> World {
-    world_full(tamper, terms, RenterConfig::default(), false).await
-}
-
-/// `link`: give the renter a scratch directory to link wg-quick files into (standing in for
-/// /etc/wireguard), at `<tempdir>/etc-wireguard`.
-async fn world_full(
-    tamper: Tamper,
-    terms: leasewire::types::Terms,
-    renter_cfg: RenterConfig,
-    link: bool,
-) -> World {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let sim = SimServer::start(
-        &dir.path().join("lnd"),
-        "127.0.0.1:0".parse().unwrap(),
-        &[
-            ("provider".into(), 0),
-            ("renter".into(), 1_000_000),
-            ("mallory".into(), 0),
-        ],
-    )
-    .await
-    .unwrap();
-    let m = sim.manifest();
-    let ln = |n: &str| {
-        let cfg = m.lnd_config(n).unwrap();
-        async move { LndClient::connect(&cfg).await.unwrap() }
-    };
-    let (provider_ln, renter_ln, mallory_ln) = (
-        ln("provider").await,
-        ln("renter").await,
-        ln("mallory").await,
-    );
-    let provider_info = provider_ln.get_info().await.unwrap();
-
-    let pkey = SigningKey::from_bytes(&[11; 32]);
-    let rkey = SigningKey::from_bytes(&[22; 32]);
-    let (provider_peer, renter_peer) = (
-        peer_id_of(&pkey.verifying_key()),
-        peer_id_of(&rkey.verifying_key()),
-    );
-    let pdb = sled::open(dir.path().join("pdb")).unwrap();
-    let rdb = sled::open(dir.path().join("rdb")).unwrap();
-    let provider_audit = AuditLog::open(&pdb, pkey.clone()).unwrap();
-    let renter_audit = AuditLog::open(&rdb, rkey.clone()).unwrap();
-    let provider_tunnel = Arc::new(FileTunnel::new(dir.path().join("ptunnel")).unwrap());
-    let renter_tunnel = Arc::new(FileTunnel::new(dir.path().join("rtunnel")).unwrap());
-    let renter_tunnel_probe = renter_tunnel.clone();
-
-    let provider = Provider::new(ProviderParams {
-        key: pkey,
-        cfg: ProviderConfig {
-            endpoint: "127.0.0.1:51820".into(),
-            ipv4_pools: vec!["198.51.100.0/29".into()],
-            ipv6_pools: vec!["2001:db8:100::/61".into()],
-            terms,
-            ..ProviderConfig::default()
-        },
-        network: "regtest".into(),
-        ln_pubkey: provider_info.pubkey,
-        wg_private: WgKey([1; 32]),
-        wg_public: WgKey([2; 32]),
-        iface: "lwp0".into(),
-        listen_port: 51820,
-        ln: Arc::new(provider_ln.clone()),
-        tunnel: provider_tunnel.clone(),
-        audit: provider_audit.clone(),
-        db: pdb,
-    })
-    .unwrap();
-    provider.start().await.unwrap();
-    let peers = Arc::new(Direct {
-        provider: provider.clone(),
-        provider_peer,
-        renter_peer,
-        tamper,
-        provider_ln,
-        mallory_ln,
-    });
-    let renter = Renter::new(RenterParams {
-        key: rkey,
-        cfg: renter_cfg,
-        network: "regtest".into(),
-        fee_limit_sat: 10,
-        payment_timeout_secs: 30,
-        wg_private: WgKey([3; 32]),
-        wg_public: WgKey([4; 32]),
-        iface: "lwr0".into(),
-        keepalive: 25,
-        conf_dir: dir.path().join("wireguard"),
-        etc_wireguard: link.then(|| {
-            let d = dir.path().join("etc-wireguard");
-            std::fs::create_dir_all(&d).unwrap();
-            d
-        }),
-        ln: Arc::new(renter_ln.clone()),
-        tunnel: renter_tunnel,
-        audit: renter_audit.clone(),
-        peers,
-        db: rdb,
-    })
-    .unwrap();
-    World {
-        dir_path: dir.path().to_owned(),
-        renter_tunnel: renter_tunnel_probe,
-        _dir: dir,
-        sim,
-        provider,
-        provider_audit,
-        renter,
-        renter_audit,
-        renter_ln,
-        provider_tunnel,
-        provider_peer,
-        renter_peer,
-    }
-}
-
-fn kinds(audit: &AuditLog) -> Vec<String> {
-    audit.entries(0).map(|e| e.unwrap().kind).collect()
-}
+use world::{Tamper, kinds, world, world_full, world_with};
 
 #[tokio::test]
 async fn renter_rents_pays_exactly_and_gets_a_verified_lease() {
@@ -363,7 +138,7 @@ async fn provider_issues_no_lease_before_its_node_shows_settlement() {
     w.renter_ln
         .pay_invoice(leasewire::lightning::PayRequest {
             bolt11: pay.bolt11,
-            fee_limit_sat: 10,
+            fee_limit_msat: 10_000,
             timeout_secs: 30,
         })
         .await
@@ -427,6 +202,11 @@ async fn expired_invoice_is_refused_before_paying() {
 #[tokio::test]
 async fn invoice_committing_to_other_terms_is_refused_before_paying() {
     refused_before_paying(Tamper::DescriptionHash, "description").await;
+}
+
+#[tokio::test]
+async fn invoice_for_another_network_is_refused_before_paying() {
+    refused_before_paying(Tamper::Network, "network").await;
 }
 
 #[tokio::test]

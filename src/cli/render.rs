@@ -160,7 +160,11 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
 fn autopay_line(l: &pb::LeaseInfo, now: u64) -> String {
     let mut s = if l.autopay { "on" } else { "off" }.to_owned();
     if l.autopay_note_at > 0 {
-        let verb = if l.autopay_note_paid { "paid" } else { "refused" };
+        let verb = if l.autopay_note_paid {
+            "paid"
+        } else {
+            "refused"
+        };
         s.push_str(&format!(
             "; {verb} {}: {}",
             relative_time(l.autopay_note_at, now),

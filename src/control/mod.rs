@@ -132,8 +132,10 @@ pub trait ControlHandler: Send + Sync + 'static {
         req: pb::AddCreditRequest,
     ) -> Result<pb::ManualInvoiceReply, ControlError>;
     /// Waits until the provider's signed lease shows a manual invoice's credit.
-    async fn await_credit(&self, req: pb::AwaitCreditRequest)
-    -> Result<pb::LeaseInfo, ControlError>;
+    async fn await_credit(
+        &self,
+        req: pb::AwaitCreditRequest,
+    ) -> Result<pb::LeaseInfo, ControlError>;
     /// Switches AutoPay on or off for a renter lease.
     async fn set_autopay(&self, req: pb::SetAutopayRequest) -> Result<pb::LeaseInfo, ControlError>;
     /// Gives a renter lease up.
@@ -223,7 +225,10 @@ impl pb::control_server::Control for Service {
         &self,
         req: Request<pb::SetAutopayRequest>,
     ) -> Result<Response<pb::LeaseInfo>, Status> {
-        reply("set_autopay", self.handler.set_autopay(req.into_inner()).await)
+        reply(
+            "set_autopay",
+            self.handler.set_autopay(req.into_inner()).await,
+        )
     }
 
     async fn release(

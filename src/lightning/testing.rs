@@ -32,7 +32,10 @@ use std::time::{Duration, SystemTime};
 use super::proto::lnrpc::{
     invoice::InvoiceState as LndInvoiceState, payment::PaymentStatus as LndPaymentStatus,
 };
-use super::sim::{Ledger, LedgerError, NewInvoice, NodeId, SIM_BLOCK_HEIGHT};
+use super::sim::{
+    Fault, FaultKind, Ledger, LedgerError, NewInvoice, NodeId, PayParams, RoutingFee,
+    SIM_BLOCK_HEIGHT, lock_ledger, start_payment, wait_final,
+};
 use super::{
     CreatedInvoice, InvoiceRequest, InvoiceState, InvoiceStatus, LightningError, LightningNode,
     NodeInfo, PayRequest, PaymentOutcome, PaymentStatus,
@@ -52,9 +55,7 @@ pub struct MemNode {
 }
 
 fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
-    // Ledger operations check everything before mutating, so state is consistent even if a
-    // test thread panicked while holding the lock.
-    ledger.lock().unwrap_or_else(|p| p.into_inner())
+    lock_ledger(ledger)
 }
 
 fn now() -> Duration {
@@ -102,6 +103,31 @@ impl MemNetwork {
     /// The shared ledger, for assertions beyond balances.
     pub fn ledger(&self) -> Arc<Mutex<Ledger>> {
         self.ledger.clone()
+    }
+
+    /// Injects a fault into `payer`'s next `count` payments (0 = until cleared), as lnd-sim's
+    /// admin `SetFault` does. Delays and timeouts need a tokio runtime or use a thread.
+    ///
+    /// Returns false when there is no node called `payer`.
+    pub fn set_fault(&self, payer: &str, kind: FaultKind, count: u32) -> bool {
+        let mut ledger = lock(&self.ledger);
+        match ledger.node_by_name(payer) {
+            Some(id) => {
+                ledger.add_fault(id, Fault { kind, count });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every injected fault.
+    pub fn clear_faults(&self) {
+        lock(&self.ledger).clear_faults(None);
+    }
+
+    /// Sets the routing fee charged to payers from now on.
+    pub fn set_routing_fee(&self, base_msat: u64, ppm: u64) {
+        lock(&self.ledger).set_routing_fee(RoutingFee { base_msat, ppm });
     }
 }
 
@@ -188,22 +214,30 @@ impl LightningNode for MemNode {
                 "payment timeout must be positive".into(),
             ));
         }
-        let record = lock(&self.ledger)
-            .pay(self.id, &req.bolt11, now())
-            .map_err(|e| {
-                let code = match e {
-                    LedgerError::AlreadyPaid => tonic::Code::AlreadyExists,
-                    LedgerError::InvalidArgument(_) => tonic::Code::InvalidArgument,
-                    _ => tonic::Code::Internal,
-                };
-                rpc("SendPaymentV2", code, e)
-            })?;
+        let params = PayParams {
+            bolt11: &req.bolt11,
+            fee_limit_msat: req.fee_limit_msat,
+            timeout: Duration::from_secs(req.timeout_secs.unsigned_abs().into()),
+        };
+        let started = start_payment(&self.ledger, self.id, params).map_err(|e| {
+            let code = match e {
+                LedgerError::AlreadyPaid | LedgerError::PaymentInFlight => {
+                    tonic::Code::AlreadyExists
+                }
+                LedgerError::InvalidArgument(_) => tonic::Code::InvalidArgument,
+                _ => tonic::Code::Internal,
+            };
+            rpc("SendPaymentV2", code, e)
+        })?;
+        let record = wait_final(&self.ledger, started.id).await.ok_or_else(|| {
+            LightningError::InvalidResponse("payment vanished from the ledger".into())
+        })?;
         match (record.status, record.preimage) {
             (LndPaymentStatus::Succeeded, Some(preimage)) => Ok(PaymentOutcome {
                 payment_hash: record.payment_hash,
                 preimage,
                 amount_msat: record.value_msat,
-                fee_msat: 0,
+                fee_msat: record.fee_msat,
             }),
             _ => Err(LightningError::PaymentFailed {
                 reason: record.failure_reason.as_str_name().to_owned(),

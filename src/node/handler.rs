@@ -251,7 +251,11 @@ impl ControlHandler for Control {
         &self,
         req: pb::AwaitCreditRequest,
     ) -> Result<pb::LeaseInfo, ControlError> {
-        let secs = if req.timeout_secs == 0 { 600 } else { req.timeout_secs };
+        let secs = if req.timeout_secs == 0 {
+            600
+        } else {
+            req.timeout_secs
+        };
         let rental = self
             .renter()?
             .await_manual(&req.payment_hash, Duration::from_secs(u64::from(secs)))

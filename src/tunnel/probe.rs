@@ -546,6 +546,20 @@ mod tests {
             Ok(rtt) => {
                 let rtt = rtt.expect("loopback answers echoes");
                 assert!(rtt < Duration::from_secs(1), "{rtt:?}");
+                // ICMPv6 too, where the kernel fills in the checksum.
+                let v6 = ProbeSpec {
+                    source: "::1".parse().unwrap(),
+                    target: "::1".parse().unwrap(),
+                    ..spec.clone()
+                };
+                match icmp_echo(&v6, "lo").await {
+                    Ok(rtt) => assert!(rtt.expect("::1 answers echoes") < Duration::from_secs(1)),
+                    // Hosts with IPv6 disabled have no ::1 to bind.
+                    Err(TunnelError::Io { source, .. })
+                        if source.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                            || source.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+                    Err(e) => panic!("{e}"),
+                }
             }
             Err(TunnelError::Io { source, context })
                 if source.raw_os_error() == Some(libc::EPERM) =>

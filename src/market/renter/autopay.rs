@@ -187,8 +187,7 @@ impl Renter {
             .fetch_offer_str(&r.lease.provider)
             .await
             .map_err(|e| Skip::Other(format!("cannot fetch the provider's current offer: {e}")))?;
-        if current.offer.terms != r.lease.terms || current.offer.ln_pubkey != r.provider_ln_pubkey
-        {
+        if current.offer.terms != r.lease.terms || current.offer.ln_pubkey != r.provider_ln_pubkey {
             return Err(Skip::Other(
                 "the provider's terms or Lightning node changed since the lease was made; \
                  top up by hand after reviewing them"
@@ -220,9 +219,7 @@ impl Renter {
                 .find(|t| t.is_ipv4() == s.is_ipv4())
                 .map(|t| (*s, *t))
         }) else {
-            return Err(
-                "no leased address of the endpoint's address family to probe from".into(),
-            );
+            return Err("no leased address of the endpoint's address family to probe from".into());
         };
         let spec = ProbeSpec {
             source,
@@ -261,9 +258,7 @@ fn topup_amount(lease: &Lease, now: u64, high: Duration) -> Result<Sats, String>
         u128::from(want_secs) * u128::from(t.rate_sat_per_day) / u128::from(DAY_SECS),
     )
     .unwrap_or(u64::MAX);
-    let room = t
-        .max_credit_sat
-        .saturating_sub(lease.remaining_credit(now));
+    let room = t.max_credit_sat.saturating_sub(lease.remaining_credit(now));
     let amount = by_watermark.min(room);
     if amount < t.min_topup_sat.max(1) {
         return Err(format!(

@@ -196,12 +196,15 @@ impl Renter {
             autopay,
         } = plan;
         let provider = commitment.provider.as_str();
-        let hash_bytes = self
-            .check_pay_invoice(pay, commitment, payee)?
-            .payment_hash;
+        let hash_bytes = self.check_pay_invoice(pay, commitment, payee)?.payment_hash;
         let hash = hex::encode(hash_bytes);
         let fee_limit_msat = self.fee_limit_msat(commitment.amount_sat, provider, &pay.lease_id);
-        self.check_limits(commitment.amount_sat, fee_limit_msat, provider, &pay.lease_id)?;
+        self.check_limits(
+            commitment.amount_sat,
+            fee_limit_msat,
+            provider,
+            &pay.lease_id,
+        )?;
         let mut record = PaymentRecord {
             request_id: pay.request_id.clone(),
             lease_id: pay.lease_id.clone(),

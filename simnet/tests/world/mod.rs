@@ -1,0 +1,435 @@
+//! The in-process market world shared by the market and payment tests: real lnd-sim over TLS
+//! gRPC, the real `LndClient`, file tunnels and sled audit logs; only the libp2p hop is replaced
+//! by a direct call, which lets a test play a dishonest or unreachable provider.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use ipnet::IpNet;
+use leasewire::audit::AuditLog;
+use leasewire::config::{ProviderConfig, RenterConfig};
+use leasewire::lightning::lnd::LndClient;
+use leasewire::lightning::{InvoiceRequest, LightningNode};
+use leasewire::market::provider::{Provider, ProviderParams};
+use leasewire::market::renter::{Renter, RenterParams};
+use leasewire::market::{MarketError, Peers};
+use leasewire::tunnel::file::FileTunnel;
+use leasewire::tunnel::{
+    InterfaceSpec, PeerSpec, PeerStats, ProbeSpec, Tunnel, TunnelCheck, TunnelError,
+};
+use leasewire::types::WgKey;
+use leasewire::wire::Message;
+use leasewire::wire::signed::peer_id_of;
+use leasewire_simnet::lndsim::{SimHandle, SimServer};
+use libp2p::PeerId;
+use tempfile::TempDir;
+
+/// How the fake network changes the provider's invoice before the renter sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Tamper {
+    None,
+    /// Same invoice terms but one sat more.
+    Amount,
+    /// Issued by another Lightning node.
+    Payee,
+    /// Expires in one second (and the renter looks after it expired).
+    Expired,
+    /// Commits to other terms.
+    DescriptionHash,
+    /// A mainnet invoice (signed by some other key) on our regtest market.
+    Network,
+}
+
+pub struct Direct {
+    /// While set, every request fails as if the provider were unreachable.
+    pub down: AtomicBool,
+    provider: Provider,
+    provider_peer: PeerId,
+    renter_peer: PeerId,
+    tamper: Tamper,
+    provider_ln: LndClient,
+    mallory_ln: LndClient,
+}
+
+#[async_trait::async_trait]
+impl Peers for Direct {
+    async fn find_providers(&self) -> Result<Vec<PeerId>, MarketError> {
+        Ok(vec![self.provider_peer])
+    }
+
+    async fn request(
+        &self,
+        peer: PeerId,
+        msg: Message,
+    ) -> Result<(Message, Duration), MarketError> {
+        assert_eq!(peer, self.provider_peer);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(MarketError::Net("provider unreachable (test)".into()));
+        }
+        let reply = self.provider.handle(self.renter_peer, msg).await;
+        let Message::PayInvoice(mut pay) = reply else {
+            return Ok((reply, Duration::from_millis(3)));
+        };
+        let orig: lightning_invoice::Bolt11Invoice =
+            pay.bolt11.parse().expect("provider invoice parses");
+        let amount_msat = orig.amount_milli_satoshis().expect("amount");
+        let hash = match orig.description() {
+            lightning_invoice::Bolt11InvoiceDescriptionRef::Hash(h) => h.0.to_byte_array(),
+            _ => panic!("provider invoices commit with a description hash"),
+        };
+        let forged = |ln: &LndClient, amount_msat, description_hash, expiry_secs| {
+            let ln = ln.clone();
+            async move {
+                ln.add_invoice(InvoiceRequest {
+                    amount_msat,
+                    description_hash,
+                    expiry_secs,
+                })
+                .await
+                .expect("forged invoice")
+                .bolt11
+            }
+        };
+        pay.bolt11 = match self.tamper {
+            Tamper::None => pay.bolt11,
+            Tamper::Amount => forged(&self.provider_ln, amount_msat + 1000, hash, 600).await,
+            Tamper::Payee => forged(&self.mallory_ln, amount_msat, hash, 600).await,
+            Tamper::Expired => {
+                let b = forged(&self.provider_ln, amount_msat, hash, 1).await;
+                tokio::time::sleep(Duration::from_millis(2100)).await;
+                b
+            }
+            Tamper::DescriptionHash => forged(&self.provider_ln, amount_msat, [7u8; 32], 600).await,
+            Tamper::Network => mainnet_invoice(&orig),
+        };
+        Ok((Message::PayInvoice(pay), Duration::from_millis(3)))
+    }
+}
+
+use bitcoin::hashes::Hash as _;
+
+/// The same payment hash, amount and description hash, but for mainnet, signed by a throwaway
+/// key: only the network check can tell.
+fn mainnet_invoice(orig: &lightning_invoice::Bolt11Invoice) -> String {
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
+    let secp = Secp256k1::new();
+    let key = SecretKey::from_slice(&[0x42; 32]).expect("valid key");
+    let hash = match orig.description() {
+        lightning_invoice::Bolt11InvoiceDescriptionRef::Hash(h) => h.0,
+        _ => panic!("description hash"),
+    };
+    InvoiceBuilder::new(Currency::Bitcoin)
+        .amount_milli_satoshis(orig.amount_milli_satoshis().expect("amount"))
+        .payment_hash(*orig.payment_hash())
+        .description_hash(hash)
+        .payment_secret(PaymentSecret([9; 32]))
+        .current_timestamp()
+        .min_final_cltv_expiry_delta(18)
+        .expiry_time(Duration::from_secs(600))
+        .build_signed(|m| secp.sign_ecdsa_recoverable(m, &key))
+        .expect("mainnet invoice")
+        .to_string()
+}
+
+/// A tunnel backend that keeps state like the file backend but can "verify" tunnels, as the
+/// WireGuard backend does: the test decides whether the tunnel answers.
+pub struct VerifyingTunnel {
+    pub inner: Arc<FileTunnel>,
+    pub healthy: AtomicBool,
+    pub checks: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Tunnel for VerifyingTunnel {
+    fn kind(&self) -> &'static str {
+        "verifying-test"
+    }
+    async fn ensure_interface(&self, spec: &InterfaceSpec) -> Result<(), TunnelError> {
+        self.inner.ensure_interface(spec).await
+    }
+    async fn add_peer(&self, iface: &str, peer: &PeerSpec) -> Result<(), TunnelError> {
+        self.inner.add_peer(iface, peer).await
+    }
+    async fn remove_peer(&self, iface: &str, key: &WgKey) -> Result<(), TunnelError> {
+        self.inner.remove_peer(iface, key).await
+    }
+    async fn set_addresses(&self, iface: &str, addrs: &[IpNet]) -> Result<(), TunnelError> {
+        self.inner.set_addresses(iface, addrs).await
+    }
+    async fn peer_stats(&self, iface: &str) -> Result<Vec<PeerStats>, TunnelError> {
+        self.inner.peer_stats(iface).await
+    }
+    async fn remove_interface(&self, iface: &str) -> Result<(), TunnelError> {
+        self.inner.remove_interface(iface).await
+    }
+    async fn verify(
+        &self,
+        iface: &str,
+        _peer: &WgKey,
+        _probe: &ProbeSpec,
+    ) -> Result<TunnelCheck, TunnelError> {
+        self.inner.peer_stats(iface).await?;
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        let now = leasewire::types::now_unix();
+        Ok(if self.healthy.load(Ordering::SeqCst) {
+            TunnelCheck::at(Some(now - 5), now, Some(Duration::from_millis(2)))
+        } else {
+            TunnelCheck::at(Some(now - 5), now, None)
+        })
+    }
+}
+
+pub struct World {
+    pub _dir: TempDir,
+    pub sim: SimHandle,
+    pub provider: Provider,
+    pub provider_audit: AuditLog,
+    pub renter: Renter,
+    pub renter_audit: AuditLog,
+    pub renter_ln: LndClient,
+    /// Another node's wallet, for paying manual invoices "from elsewhere".
+    pub mallory_ln: LndClient,
+    pub provider_tunnel: Arc<FileTunnel>,
+    pub renter_tunnel: Arc<FileTunnel>,
+    pub verifying: Option<Arc<VerifyingTunnel>>,
+    pub dir_path: std::path::PathBuf,
+    pub provider_peer: PeerId,
+    pub renter_peer: PeerId,
+    pub peers: Arc<Direct>,
+    renter_parts: RenterParts,
+}
+
+/// What it takes to build the renter again on the same database, as a restarted daemon does.
+struct RenterParts {
+    key: SigningKey,
+    cfg: RenterConfig,
+    db: sled::Db,
+    tunnel: Arc<dyn Tunnel>,
+    etc_wireguard: Option<std::path::PathBuf>,
+}
+
+/// How to build a [`World`].
+pub struct Opts {
+    pub tamper: Tamper,
+    pub terms: leasewire::types::Terms,
+    pub renter_cfg: RenterConfig,
+    /// Give the renter a scratch directory to link wg-quick files into.
+    pub link: bool,
+    /// Give the renter a backend that can verify tunnels ([`VerifyingTunnel`]).
+    pub verifying: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            tamper: Tamper::None,
+            terms: ProviderConfig::default().terms,
+            renter_cfg: RenterConfig::default(),
+            link: false,
+            verifying: false,
+        }
+    }
+}
+
+impl World {
+    /// A new renter on the same database, keys, audit log and network: the daemon restarted.
+    pub fn restart_renter(&mut self) {
+        let p = &self.renter_parts;
+        self.renter = Renter::new(RenterParams {
+            key: p.key.clone(),
+            cfg: p.cfg.clone(),
+            network: "regtest".into(),
+            fee_limit_sat: 10,
+            fee_limit_ppm: 0,
+            payment_timeout_secs: 30,
+            wg_private: WgKey([3; 32]),
+            wg_public: WgKey([4; 32]),
+            iface: "lwr0".into(),
+            keepalive: 25,
+            conf_dir: self.dir_path.join("wireguard"),
+            etc_wireguard: p.etc_wireguard.clone(),
+            ln: Arc::new(self.renter_ln.clone()),
+            tunnel: p.tunnel.clone(),
+            audit: self.renter_audit.clone(),
+            peers: self.peers.clone(),
+            db: p.db.clone(),
+        })
+        .unwrap();
+    }
+}
+
+pub async fn world(tamper: Tamper) -> World {
+    world_with(tamper, ProviderConfig::default().terms).await
+}
+
+pub async fn world_with(tamper: Tamper, terms: leasewire::types::Terms) -> World {
+    world_full(tamper, terms, RenterConfig::default(), false).await
+}
+
+pub async fn world_full(
+    tamper: Tamper,
+    terms: leasewire::types::Terms,
+    renter_cfg: RenterConfig,
+    link: bool,
+) -> World {
+    world_opts(Opts {
+        tamper,
+        terms,
+        renter_cfg,
+        link,
+        verifying: false,
+    })
+    .await
+}
+
+pub async fn world_opts(opts: Opts) -> World {
+    let Opts {
+        tamper,
+        terms,
+        renter_cfg,
+        link,
+        verifying,
+    } = opts;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimServer::start(
+        &dir.path().join("lnd"),
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            ("provider".into(), 0),
+            ("renter".into(), 1_000_000),
+            ("mallory".into(), 1_000_000),
+        ],
+    )
+    .await
+    .unwrap();
+    let m = sim.manifest();
+    let ln = |n: &str| {
+        let cfg = m.lnd_config(n).unwrap();
+        async move { LndClient::connect(&cfg).await.unwrap() }
+    };
+    let (provider_ln, renter_ln, mallory_ln) = (
+        ln("provider").await,
+        ln("renter").await,
+        ln("mallory").await,
+    );
+    let provider_info = provider_ln.get_info().await.unwrap();
+
+    let pkey = SigningKey::from_bytes(&[11; 32]);
+    let rkey = SigningKey::from_bytes(&[22; 32]);
+    let (provider_peer, renter_peer) = (
+        peer_id_of(&pkey.verifying_key()),
+        peer_id_of(&rkey.verifying_key()),
+    );
+    let pdb = sled::open(dir.path().join("pdb")).unwrap();
+    let rdb = sled::open(dir.path().join("rdb")).unwrap();
+    let provider_audit = AuditLog::open(&pdb, pkey.clone()).unwrap();
+    let renter_audit = AuditLog::open(&rdb, rkey.clone()).unwrap();
+    let provider_tunnel = Arc::new(FileTunnel::new(dir.path().join("ptunnel")).unwrap());
+    let renter_tunnel = Arc::new(FileTunnel::new(dir.path().join("rtunnel")).unwrap());
+    let verifying = verifying.then(|| {
+        Arc::new(VerifyingTunnel {
+            inner: renter_tunnel.clone(),
+            healthy: AtomicBool::new(true),
+            checks: Default::default(),
+        })
+    });
+    let renter_backend: Arc<dyn Tunnel> = match &verifying {
+        Some(v) => v.clone(),
+        None => renter_tunnel.clone(),
+    };
+
+    let provider = Provider::new(ProviderParams {
+        key: pkey,
+        cfg: ProviderConfig {
+            endpoint: "127.0.0.1:51820".into(),
+            ipv4_pools: vec!["198.51.100.0/29".into()],
+            ipv6_pools: vec!["2001:db8:100::/61".into()],
+            terms,
+            ..ProviderConfig::default()
+        },
+        network: "regtest".into(),
+        ln_pubkey: provider_info.pubkey,
+        wg_private: WgKey([1; 32]),
+        wg_public: WgKey([2; 32]),
+        iface: "lwp0".into(),
+        listen_port: 51820,
+        ln: Arc::new(provider_ln.clone()),
+        tunnel: provider_tunnel.clone(),
+        audit: provider_audit.clone(),
+        db: pdb,
+    })
+    .unwrap();
+    provider.start().await.unwrap();
+    let peers = Arc::new(Direct {
+        down: AtomicBool::new(false),
+        provider: provider.clone(),
+        provider_peer,
+        renter_peer,
+        tamper,
+        provider_ln,
+        mallory_ln: mallory_ln.clone(),
+    });
+    let etc_wireguard = link.then(|| {
+        let d = dir.path().join("etc-wireguard");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    });
+    let mut w = World {
+        dir_path: dir.path().to_owned(),
+        renter_tunnel,
+        verifying,
+        _dir: dir,
+        sim,
+        provider,
+        provider_audit,
+        renter: Renter::new(RenterParams {
+            key: rkey.clone(),
+            cfg: renter_cfg.clone(),
+            network: "regtest".into(),
+            fee_limit_sat: 10,
+            fee_limit_ppm: 0,
+            payment_timeout_secs: 30,
+            wg_private: WgKey([3; 32]),
+            wg_public: WgKey([4; 32]),
+            iface: "lwr0".into(),
+            keepalive: 25,
+            conf_dir: std::env::temp_dir(),
+            etc_wireguard: None,
+            ln: Arc::new(renter_ln.clone()),
+            tunnel: renter_backend.clone(),
+            audit: renter_audit.clone(),
+            peers: peers.clone(),
+            db: rdb.clone(),
+        })
+        .unwrap(),
+        renter_audit,
+        renter_ln,
+        mallory_ln,
+        provider_tunnel,
+        provider_peer,
+        renter_peer,
+        peers,
+        renter_parts: RenterParts {
+            key: rkey,
+            cfg: renter_cfg,
+            db: rdb,
+            tunnel: renter_backend,
+            etc_wireguard,
+        },
+    };
+    // The real renter, with the world's directories.
+    w.restart_renter();
+    w
+}
+
+/// The kinds of every entry of an audit log, in order.
+pub fn kinds(audit: &AuditLog) -> Vec<String> {
+    audit.entries(0).map(|e| e.unwrap().kind).collect()
+}
