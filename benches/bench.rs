@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench` (and any filter); every section runs regardless.
     println!("# leasewire bench");
     bench_audit().context("audit section")?;
+    bench_limits().context("limits section")?;
     bench_simnet().context("simnet section")?;
     bench_netns().context("netns section")?;
     Ok(())
@@ -306,6 +307,73 @@ fn bench_audit() -> anyhow::Result<()> {
     let elapsed = start.elapsed();
     ensure!(written == n, "export wrote {written} of {n} entries");
     println!("audit_export_per_sec: {:.0}", per_sec(n, elapsed));
+    Ok(())
+}
+
+/// Payments in the log the spending-limit bench reads.
+const LIMITS_PAYMENTS: u64 = 5_000;
+
+/// Spending limits are checked before every payment by reading the payer's whole audit log (no
+/// cap on how far back): the cost of one check against a log of `LIMITS_PAYMENTS` payments
+/// (an attempt and an outcome each) among as many unrelated entries.
+fn bench_limits() -> anyhow::Result<()> {
+    use leasewire::market::limits::{self, LimitsConfig, Proposed};
+    let dir = tempfile::tempdir().context("tempdir")?;
+    let db = sled::open(dir.path().join("db")).context("open sled")?;
+    let log = AuditLog::open(&db, SigningKey::from_bytes(&[8u8; 32]))?;
+    let provider = "12D3KooWLeasewireBenchPeer000000000000000000000000000";
+    for i in 0..LIMITS_PAYMENTS {
+        let hash = format!("{i:064x}");
+        log.append(
+            AuditKind::PaymentAttempt,
+            &serde_json::json!({"payment_hash": hash, "amount_sat": 1000, "provider": provider,
+                "lease_id": format!("lease-{}", i % 7), "request_id": hash,
+                "purpose": "topup", "fee_limit_msat": 10_000}),
+        )?;
+        log.append(
+            AuditKind::PaymentSucceeded,
+            &serde_json::json!({"payment_hash": hash, "amount_msat": 1_000_000,
+                "fee_msat": 1000, "provider": provider}),
+        )?;
+        log.append(AuditKind::OfferSeen, &payment_event(i))?;
+    }
+    let cfg: LimitsConfig = leasewire::config::Config::from_toml(
+        "[renter.limits]\nmax_amount_per_period = 1000000000\nmax_transactions_per_period = 1000000\n")?
+    .renter
+    .limits;
+    let proposed = Proposed {
+        now: leasewire::types::now_unix(),
+        amount_sat: 1000,
+        fee_limit_sat: 10,
+        provider: provider.to_owned(),
+        lease_id: "lease-1".to_owned(),
+    };
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let history = limits::history_from_audit(&log)?;
+        ensure!(
+            history.len() as u64 == LIMITS_PAYMENTS,
+            "history has {} payments",
+            history.len()
+        );
+        limits::check(&cfg, &history, &proposed)
+            .map_err(|r| anyhow::anyhow!("bench payment refused: {r}"))?;
+        samples.push(t.elapsed());
+    }
+    samples.sort_unstable();
+    println!(
+        "limits_check_entries: {} ({LIMITS_PAYMENTS} payments)",
+        log.len()
+    );
+    println!(
+        "limits_check_p50_ms: {:.2}",
+        percentile(&samples, 50).as_secs_f64() * 1e3
+    );
+    println!(
+        "limits_check_p99_ms: {:.2}",
+        percentile(&samples, 99).as_secs_f64() * 1e3
+    );
     Ok(())
 }
 

@@ -379,6 +379,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fees_faults_and_abandoned_payments() {
+        let net = net();
+        let provider = net.node("provider").expect("provider");
+        let renter = net.node("renter").expect("renter");
+        net.set_routing_fee(500, 0);
+        let inv = provider.add_invoice(req(10_000)).await.expect("invoice");
+        let err = renter
+            .pay_invoice(pay(&inv.bolt11))
+            .await
+            .expect_err("fee limit 0");
+        assert!(
+            matches!(&err, LightningError::PaymentFailed { reason } if reason == "FAILURE_REASON_NO_ROUTE"),
+            "{err}"
+        );
+        let out = renter
+            .pay_invoice(PayRequest {
+                fee_limit_msat: 500,
+                ..pay(&inv.bolt11)
+            })
+            .await
+            .expect("paid");
+        assert_eq!(out.fee_msat, 500);
+        assert_eq!(net.balance_msat("renter"), Some(500_000 - 10_500));
+
+        // Timeout fault: fails with LND's reason after the request's timeout.
+        assert!(net.set_fault("renter", FaultKind::Timeout, 1));
+        assert!(!net.set_fault("nobody", FaultKind::Timeout, 1));
+        let inv = provider.add_invoice(req(1_000)).await.expect("invoice");
+        let err = renter
+            .pay_invoice(PayRequest {
+                timeout_secs: 1,
+                fee_limit_msat: 1_000,
+                ..pay(&inv.bolt11)
+            })
+            .await
+            .expect_err("timeout");
+        assert!(
+            matches!(&err, LightningError::PaymentFailed { reason } if reason == "FAILURE_REASON_TIMEOUT"),
+            "{err}"
+        );
+
+        // Delay fault: the payer gives up waiting, the payment still completes.
+        net.set_fault("renter", FaultKind::Delay(Duration::from_millis(100)), 1);
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(20),
+            renter.pay_invoice(PayRequest {
+                fee_limit_msat: 1_000,
+                ..pay(&inv.bolt11)
+            }),
+        )
+        .await;
+        assert!(abandoned.is_err());
+        assert_eq!(
+            renter.track_payment(inv.payment_hash).await.expect("track"),
+            Some(PaymentStatus::InFlight)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(matches!(
+            renter.track_payment(inv.payment_hash).await.expect("track"),
+            Some(PaymentStatus::Succeeded(_))
+        ));
+        net.clear_faults();
+    }
+
+    #[tokio::test]
     async fn failures_mirror_lnd() {
         let net = net();
         let provider = net.node("provider").expect("provider");

@@ -685,27 +685,7 @@ impl Window {
     }
 }
 
-/// Formats unix seconds as RFC 3339 UTC (`2024-02-29T12:00:00Z`).
-pub fn rfc3339(unix: u64) -> String {
-    let (days, secs) = (unix / 86_400, unix % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian), counted in 400-year eras
-    // that start on 0000-03-01 so the leap day is the last day of each year.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3_600,
-        secs % 3_600 / 60,
-        secs % 60
-    )
-}
+pub use crate::types::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -36,12 +36,6 @@ impl Renter {
     ) -> Result<ManualInvoice, MarketError> {
         let _op = self.inner.op_lock.lock().await;
         let rental = self.rental(lease_id)?;
-        if rental.state == LeaseState::Released {
-            return Err(MarketError::Invalid(format!(
-                "lease {} is released",
-                rental.lease.lease_id
-            )));
-        }
         let (pay, commitment) = self.request_topup(&rental, amount).await?;
         let checked = self.check_pay_invoice(&pay, &commitment, &rental.provider_ln_pubkey)?;
         let hash = hex::encode(checked.payment_hash);

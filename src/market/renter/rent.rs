@@ -162,13 +162,20 @@ impl Renter {
         self.top_up(lease_id, amount, false).await
     }
 
-    /// Asks the provider for a top-up invoice and checks it against the lease's terms.
+    /// Asks the provider for a top-up invoice for a lease that is not released, and builds the
+    /// commitment the invoice must carry.
     pub(super) async fn request_topup(
         &self,
         rental: &Rental,
         amount: Sats,
     ) -> Result<(PayInvoice, InvoiceCommitment), MarketError> {
         let i = &self.inner;
+        if rental.state == LeaseState::Released {
+            return Err(MarketError::Invalid(format!(
+                "lease {} is released",
+                rental.lease.lease_id
+            )));
+        }
         let lease_id = rental.lease.lease_id.clone();
         let peer: PeerId = rental
             .lease
@@ -216,12 +223,6 @@ impl Renter {
         autopay: bool,
     ) -> Result<Rental, MarketError> {
         let rental = self.rental(lease_id)?;
-        if rental.state == LeaseState::Released {
-            return Err(MarketError::Invalid(format!(
-                "lease {} is released",
-                rental.lease.lease_id
-            )));
-        }
         let (pay, commitment) = self.request_topup(&rental, amount).await?;
         // Top-up invoices must come from the LN node of the offer the lease was made under.
         let hash = self
