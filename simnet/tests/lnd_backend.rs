@@ -2,17 +2,29 @@
 //! lnd-sim served in-process over real TLS on 127.0.0.1.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::hashes::{Hash as _, sha256};
 use futures::StreamExt as _;
+use leasewire::config::LightningConfig;
+use leasewire::lightning::connect::{
+    LndSource, autodetect_paths, connect_from_config, lndconnect_uri,
+};
 use leasewire::lightning::invoice::{InvoiceExpectation, check_invoice};
 use leasewire::lightning::lnd::{LndClient, LndConfig};
+use leasewire::lightning::lnd::{authed_channel, parse_certificate};
 use leasewire::lightning::proto::{lnrpc, routerrpc};
 use leasewire::lightning::{
-    InvoiceRequest, InvoiceState, LightningError, LightningNode, PayRequest,
+    InvoiceRequest, InvoiceState, LightningError, LightningNode, PayRequest, PaymentStatus,
 };
+use leasewire_simnet::lndsim::admin::{
+    AdminClient, STATUS_FAILED, STATUS_SUCCEEDED, double_payments,
+};
+use leasewire_simnet::lndsim::ledger::admin_proto::{self, admin_client::AdminClient as RawAdmin};
+use leasewire_simnet::lndsim::ledger::{FaultKind, RoutingFee};
 use leasewire_simnet::lndsim::{SimHandle, SimManifest, SimServer};
+use std::time::{Duration, Instant};
 
 const TERMS: [u8; 32] = [42; 32];
 
@@ -332,4 +344,455 @@ async fn manifest_streams_and_payment_listing() {
     sim.shutdown().await.expect("shutdown");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     drop((events, replay));
+}
+
+fn cert_der(sim: &SimHandle) -> Vec<u8> {
+    let pem = std::fs::read(sim.tls_cert_path()).expect("cert");
+    parse_certificate(&pem).expect("PEM").to_vec()
+}
+
+fn macaroon(sim: &SimHandle, name: &str) -> Vec<u8> {
+    std::fs::read(sim.lnd_config(name).expect("node").macaroon_path).expect("macaroon")
+}
+
+fn pay_limit(bolt11: &str, fee_limit_msat: u64, timeout_secs: i32) -> PayRequest {
+    PayRequest {
+        bolt11: bolt11.to_owned(),
+        fee_limit_msat,
+        timeout_secs,
+    }
+}
+
+fn failure_reason(err: LightningError) -> String {
+    match err {
+        LightningError::PaymentFailed { reason } => reason,
+        other => panic!("expected PaymentFailed, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn connect_from_config_three_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start(dir.path()).await;
+    let der = cert_der(&sim);
+
+    // 1. lndconnect URI built from lnd-sim's certificate and alice's macaroon.
+    let uri = lndconnect_uri(sim.address(), &der, &macaroon(&sim, "alice"));
+    let cfg = LightningConfig {
+        lndconnect: uri.clone(),
+        ..Default::default()
+    };
+    assert!(!format!("{cfg:?}").contains(&uri));
+    let (ln, source) = connect_from_config(&cfg, Path::new("/nonexistent"))
+        .await
+        .expect("lndconnect");
+    assert_eq!(source, LndSource::Lndconnect);
+    assert_eq!(ln.get_info().await.expect("info").alias, "alice");
+
+    // 2. Explicit paths, relative to the data dir (the lnd-sim dir here).
+    let cfg = LightningConfig {
+        address: Some(sim.address().to_owned()),
+        tls_cert_path: Some("tls.cert".into()),
+        macaroon_path: Some("bob/admin.macaroon".into()),
+        ..Default::default()
+    };
+    let (ln, source) = connect_from_config(&cfg, dir.path()).await.expect("paths");
+    assert_eq!(source, LndSource::Paths);
+    assert_eq!(ln.get_info().await.expect("info").alias, "bob");
+
+    // 3. Autodetect in a fake LND directory.
+    let lnd_dir = dir.path().join("fake-lnd");
+    let (cert_path, mac_path) = autodetect_paths(&lnd_dir, "regtest");
+    std::fs::create_dir_all(mac_path.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(sim.tls_cert_path(), &cert_path).expect("copy cert");
+    std::fs::write(&mac_path, macaroon(&sim, "carol")).expect("write macaroon");
+    let cfg = LightningConfig {
+        address: Some(sim.address().to_owned()),
+        lnd_dir: Some(lnd_dir.clone()),
+        ..Default::default()
+    };
+    let (ln, source) = connect_from_config(&cfg, Path::new("/nonexistent"))
+        .await
+        .expect("autodetect");
+    assert_eq!(
+        source,
+        LndSource::Autodetect {
+            lnd_dir: lnd_dir.clone()
+        }
+    );
+    assert!(source.to_string().contains(&lnd_dir.display().to_string()));
+    assert_eq!(ln.get_info().await.expect("info").alias, "carol");
+
+    // Missing macaroon: the error names the file looked for and that it is missing.
+    std::fs::remove_file(&mac_path).expect("rm");
+    let err = connect_from_config(&cfg, Path::new("/nonexistent"))
+        .await
+        .expect_err("missing macaroon");
+    let msg = err.to_string();
+    assert!(matches!(err, LightningError::Config(_)), "{msg}");
+    assert!(
+        msg.contains(&format!("missing: {}", mac_path.display())),
+        "{msg}"
+    );
+    assert!(msg.contains(&cert_path.display().to_string()), "{msg}");
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn bad_lndconnect_uris_are_refused_without_leaking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let sim = start(dir.path()).await;
+    let other = start(other_dir.path()).await;
+    let good_mac = macaroon(&sim, "alice");
+
+    // Wrong macaroon: TLS connects, the node refuses the call; nothing secret in the error.
+    let wrong_mac = [0x5Au8; 32];
+    let cfg = LightningConfig {
+        lndconnect: lndconnect_uri(sim.address(), &cert_der(&sim), &wrong_mac),
+        ..Default::default()
+    };
+    let (ln, _) = connect_from_config(&cfg, dir.path()).await.expect("TLS ok");
+    let err = ln.get_info().await.expect_err("refused");
+    assert!(err.is_rpc_code(tonic::Code::Unauthenticated), "{err}");
+    assert!(!err.to_string().contains(&hex::encode(wrong_mac)), "{err}");
+
+    // Another server's certificate: the pin refuses the handshake.
+    let uri = lndconnect_uri(sim.address(), &cert_der(&other), &good_mac);
+    let cfg = LightningConfig {
+        lndconnect: uri.clone(),
+        ..Default::default()
+    };
+    let err = connect_from_config(&cfg, dir.path())
+        .await
+        .expect_err("pin mismatch");
+    assert!(matches!(err, LightningError::Connect { .. }), "{err}");
+    let (_, query) = uri.split_once('?').expect("query");
+    for secret in query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(_, v)| v)
+    {
+        assert!(!err.to_string().contains(secret), "{err}");
+    }
+
+    // A cert parameter that is not a certificate: refused before connecting.
+    let mac_b64 = lndconnect_uri("h:1", b"x", &good_mac)
+        .rsplit_once("macaroon=")
+        .map(|(_, m)| m.to_owned())
+        .expect("macaroon param");
+    let cfg = LightningConfig {
+        lndconnect: format!(
+            "lndconnect://{}?cert=AAAA&macaroon={mac_b64}",
+            sim.address()
+        ),
+        ..Default::default()
+    };
+    let err = connect_from_config(&cfg, dir.path())
+        .await
+        .expect_err("bad cert");
+    assert!(matches!(err, LightningError::Config(_)), "{err}");
+    assert!(!err.to_string().contains(&mac_b64), "{err}");
+    let e = cfg
+        .validate()
+        .expect_err("validation refuses it too")
+        .to_string();
+    assert!(!e.contains(&mac_b64), "{e}");
+    other.shutdown().await.expect("shutdown");
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn routing_fee_is_charged_within_the_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start(dir.path()).await;
+    let alice = client(&sim, "alice").await;
+    let bob = client(&sim, "bob").await;
+    sim.set_routing_fee(RoutingFee {
+        base_msat: 1_000,
+        ppm: 10_000,
+    });
+    // 100 sat: fee = 1000 + 1% = 2000 msat.
+    let inv = bob
+        .add_invoice(invoice_req(100_000))
+        .await
+        .expect("invoice");
+    let err = alice
+        .pay_invoice(pay_limit(&inv.bolt11, 1_999, 30))
+        .await
+        .expect_err("fee over limit");
+    assert_eq!(failure_reason(err), "FAILURE_REASON_NO_ROUTE");
+    assert_eq!(sim.balance_msat("alice"), Some(1_000_000_000));
+    let out = alice
+        .pay_invoice(pay_limit(&inv.bolt11, 2_000, 30))
+        .await
+        .expect("within limit");
+    assert_eq!((out.amount_msat, out.fee_msat), (100_000, 2_000));
+    assert_eq!(sim.balance_msat("alice"), Some(1_000_000_000 - 102_000));
+    assert_eq!(sim.balance_msat("bob"), Some(10_000_000 + 100_000));
+    assert_eq!(
+        alice.track_payment(inv.payment_hash).await.expect("track"),
+        Some(PaymentStatus::Succeeded(out))
+    );
+
+    let path = dir.path().join("lnd-sim.json");
+    sim.write_manifest(&path).expect("manifest");
+    let admin = AdminClient::connect(&SimManifest::load(&path).expect("load"))
+        .await
+        .expect("admin");
+    let audit = admin.list_all_payments().await.expect("list");
+    assert_eq!(audit.payments.len(), 2);
+    assert_eq!(audit.payments[0].status, STATUS_FAILED);
+    assert!(
+        audit.payments[0].note.contains("fee over limit"),
+        "{:?}",
+        audit.payments[0]
+    );
+    assert_eq!(audit.payments[1].fee_msat, 2_000);
+    assert_eq!(audit.payments[1].payer, "alice");
+    assert_eq!(audit.payments[1].payee, "bob");
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn injected_faults_through_the_admin_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start(dir.path()).await;
+    let alice = client(&sim, "alice").await;
+    let bob = client(&sim, "bob").await;
+    let admin = AdminClient::connect(sim.manifest()).await.expect("admin");
+
+    // Node macaroons do not open the admin API.
+    let pem = std::fs::read(sim.tls_cert_path()).expect("cert");
+    let chan = authed_channel(sim.address(), &pem, &macaroon(&sim, "alice"))
+        .await
+        .expect("channel");
+    let err = RawAdmin::new(chan)
+        .list_all_payments(admin_proto::ListAllPaymentsRequest {})
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let err = admin
+        .set_fault("nobody", FaultKind::NoRoute, 1)
+        .await
+        .expect_err("unknown node");
+    assert!(err.to_string().contains("NotFound"), "{err}");
+
+    // no_route, once.
+    admin
+        .set_fault("alice", FaultKind::NoRoute, 1)
+        .await
+        .expect("set");
+    let inv = bob.add_invoice(invoice_req(1_000)).await.expect("invoice");
+    let err = alice
+        .pay_invoice(pay_req(&inv.bolt11))
+        .await
+        .expect_err("no route");
+    assert_eq!(failure_reason(err), "FAILURE_REASON_NO_ROUTE");
+    // Bob's payments are not affected, and alice's fault is used up.
+    alice
+        .pay_invoice(pay_req(&inv.bolt11))
+        .await
+        .expect("second try pays");
+
+    // fee_over_limit even with a huge limit.
+    admin
+        .set_fault("alice", FaultKind::FeeOverLimit, 1)
+        .await
+        .expect("set");
+    let inv = bob.add_invoice(invoice_req(1_000)).await.expect("invoice");
+    let err = alice
+        .pay_invoice(pay_limit(&inv.bolt11, u64::MAX / 2, 30))
+        .await
+        .expect_err("fee over limit");
+    assert_eq!(failure_reason(err), "FAILURE_REASON_NO_ROUTE");
+
+    // timeout: in flight for the request's timeout, then TIMEOUT; nothing moves.
+    admin
+        .set_fault("alice", FaultKind::Timeout, 1)
+        .await
+        .expect("set");
+    let before = sim.balance_msat("alice");
+    let started = Instant::now();
+    let err = alice
+        .pay_invoice(pay_limit(&inv.bolt11, 0, 1))
+        .await
+        .expect_err("timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(failure_reason(err), "FAILURE_REASON_TIMEOUT");
+    assert_eq!(sim.balance_msat("alice"), before);
+
+    // delay: in flight for a while, then succeeds.
+    admin
+        .set_fault("alice", FaultKind::Delay(Duration::from_millis(300)), 0)
+        .await
+        .expect("set");
+    let started = Instant::now();
+    alice
+        .pay_invoice(pay_req(&inv.bolt11))
+        .await
+        .expect("delayed but paid");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    admin.clear_faults(None).await.expect("clear");
+    let quick = bob.add_invoice(invoice_req(1_000)).await.expect("invoice");
+    let started = Instant::now();
+    alice
+        .pay_invoice(pay_req(&quick.bolt11))
+        .await
+        .expect("paid");
+    assert!(started.elapsed() < Duration::from_millis(300));
+
+    // A duplicate attempt is refused and counted; no hash is ever paid twice.
+    alice
+        .pay_invoice(pay_req(&quick.bolt11))
+        .await
+        .expect_err("twice");
+    let audit = admin.list_all_payments().await.expect("list");
+    assert_eq!(audit.duplicate_attempts, 1);
+    assert_eq!(double_payments(&audit.payments), 0);
+    let statuses: Vec<(&str, &str)> = audit
+        .payments
+        .iter()
+        .map(|p| (p.status.as_str(), p.failure_reason.as_str()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (STATUS_FAILED, "FAILURE_REASON_NO_ROUTE"),
+            (STATUS_SUCCEEDED, ""),
+            (STATUS_FAILED, "FAILURE_REASON_NO_ROUTE"),
+            (STATUS_FAILED, "FAILURE_REASON_TIMEOUT"),
+            (STATUS_SUCCEEDED, ""),
+            (STATUS_SUCCEEDED, ""),
+        ]
+    );
+    assert!(
+        audit
+            .payments
+            .iter()
+            .all(|p| p.resolved_at_ns >= p.created_at_ns)
+    );
+    assert!(audit.payments[3].note.contains("timeout"));
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn payment_completes_after_the_client_disconnects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start(dir.path()).await;
+    let bob = client(&sim, "bob").await;
+    let tracker = client(&sim, "alice").await;
+    sim.add_fault("alice", FaultKind::Delay(Duration::from_millis(600)), 1)
+        .expect("fault");
+    let inv = bob.add_invoice(invoice_req(7_000)).await.expect("invoice");
+
+    assert_eq!(
+        tracker
+            .track_payment(inv.payment_hash)
+            .await
+            .expect("track"),
+        None
+    );
+    {
+        // A separate connection, dropped (future and client) while the payment is in flight.
+        let payer = client(&sim, "alice").await;
+        let r = tokio::time::timeout(
+            Duration::from_millis(150),
+            payer.pay_invoice(pay_req(&inv.bolt11)),
+        )
+        .await;
+        assert!(r.is_err(), "still in flight when abandoned");
+    }
+    assert_eq!(
+        tracker
+            .track_payment(inv.payment_hash)
+            .await
+            .expect("track"),
+        Some(PaymentStatus::InFlight)
+    );
+    assert_eq!(
+        sim.balance_msat("alice"),
+        Some(1_000_000_000 - 7_000),
+        "reserved"
+    );
+    // Paying again while in flight is refused.
+    let err = tracker
+        .pay_invoice(pay_req(&inv.bolt11))
+        .await
+        .expect_err("in transition");
+    assert!(err.is_rpc_code(tonic::Code::AlreadyExists), "{err}");
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    match tracker
+        .track_payment(inv.payment_hash)
+        .await
+        .expect("track")
+    {
+        Some(PaymentStatus::Succeeded(out)) => {
+            assert_eq!(
+                sha256::Hash::hash(&out.preimage).to_byte_array(),
+                inv.payment_hash
+            );
+            assert_eq!(out.amount_msat, 7_000);
+        }
+        other => panic!("expected success, got {other:?}"),
+    }
+    let settled = bob.lookup_invoice(inv.payment_hash).await.expect("lookup");
+    assert_eq!(settled.state, InvoiceState::Settled);
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn send_and_track_stream_in_flight_then_final() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start(dir.path()).await;
+    let alice = client(&sim, "alice").await;
+    let bob = client(&sim, "bob").await;
+    sim.add_fault("alice", FaultKind::Delay(Duration::from_millis(300)), 1)
+        .expect("fault");
+    let inv = bob.add_invoice(invoice_req(2_000)).await.expect("invoice");
+    let mut send = alice
+        .router_client()
+        .send_payment_v2(routerrpc::SendPaymentRequest {
+            payment_request: inv.bolt11.clone(),
+            timeout_seconds: 10,
+            fee_limit_msat: 0,
+            ..Default::default()
+        })
+        .await
+        .expect("send")
+        .into_inner();
+    let first = send.next().await.expect("update").expect("ok");
+    assert_eq!(first.status, lnrpc::payment::PaymentStatus::InFlight as i32);
+    assert!(first.payment_preimage.is_empty());
+
+    let mut track = alice
+        .router_client()
+        .track_payment_v2(routerrpc::TrackPaymentRequest {
+            payment_hash: inv.payment_hash.to_vec(),
+            no_inflight_updates: false,
+        })
+        .await
+        .expect("track")
+        .into_inner();
+    let current = track.next().await.expect("update").expect("ok");
+    assert_eq!(
+        current.status,
+        lnrpc::payment::PaymentStatus::InFlight as i32
+    );
+
+    let last = send.next().await.expect("final").expect("ok");
+    assert_eq!(last.status, lnrpc::payment::PaymentStatus::Succeeded as i32);
+    let tracked = track.next().await.expect("final").expect("ok");
+    assert_eq!(tracked.payment_preimage, last.payment_preimage);
+    assert!(send.next().await.is_none());
+    assert!(track.next().await.is_none());
+
+    // Unknown hash: track_payment answers None.
+    assert_eq!(alice.track_payment([7; 32]).await.expect("track"), None);
+    sim.shutdown().await.expect("shutdown");
 }

@@ -5,13 +5,13 @@ mod world;
 
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
 use leasewire::config::{ProviderConfig, RenterConfig};
 use leasewire::lightning::LightningNode;
 use leasewire::market::MarketError;
 use leasewire::market::renter::RentArgs;
 use leasewire::tunnel::Tunnel;
 use leasewire::types::WgKey;
-use ed25519_dalek::SigningKey;
 use leasewire::wire::signed::peer_id_of;
 use leasewire::wire::{ErrorCode, Message, PaymentResult, RentRequest};
 use world::{Tamper, kinds, world, world_full, world_with};

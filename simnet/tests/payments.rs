@@ -60,7 +60,11 @@ fn assert_refused(
         attempts_before,
         "no payment attempted after the refusal"
     );
-    assert_eq!(w.sim.balance_msat("renter"), Some(balance_msat), "money moved");
+    assert_eq!(
+        w.sim.balance_msat("renter"),
+        Some(balance_msat),
+        "money moved"
+    );
     let refusal = w
         .renter_audit
         .entries(0)
@@ -68,7 +72,10 @@ fn assert_refused(
         .find(|e| e.kind == "payment_refused")
         .unwrap();
     let payload: serde_json::Value = refusal.payload_as().unwrap();
-    assert_eq!(payload["limit"], limit, "the audit names the limit: {payload}");
+    assert_eq!(
+        payload["limit"], limit,
+        "the audit names the limit: {payload}"
+    );
     assert!(
         payload["detail"].as_str().is_some_and(|d| !d.is_empty()),
         "{payload}"
@@ -97,13 +104,7 @@ async fn min_time_between_payments_refuses_the_next_payment() {
     .await;
     rent(&w, 1000).await.unwrap();
     let r = w.renter.add_credit("", 200).await;
-    assert_refused(
-        &w,
-        r,
-        "minTimeBetweenPayments",
-        1,
-        START_MSAT - 2_000_000,
-    );
+    assert_refused(&w, r, "minTimeBetweenPayments", 1, START_MSAT - 2_000_000);
 }
 
 #[tokio::test]
@@ -115,13 +116,7 @@ async fn max_transactions_per_period_refuses() {
     .await;
     rent(&w, 1000).await.unwrap();
     let r = w.renter.add_credit("", 200).await;
-    assert_refused(
-        &w,
-        r,
-        "maxTransactionsPerPeriod",
-        1,
-        START_MSAT - 2_000_000,
-    );
+    assert_refused(&w, r, "maxTransactionsPerPeriod", 1, START_MSAT - 2_000_000);
 }
 
 #[tokio::test]
@@ -153,54 +148,38 @@ async fn provider_override_is_stricter_than_base() {
     .await;
     rent(&w, 1000).await.unwrap();
     let r = w.renter.add_credit("", 200).await;
-    assert_refused(
-        &w,
-        r,
-        "maxTransactionsPerPeriod",
-        1,
-        START_MSAT - 2_000_000,
-    );
+    assert_refused(&w, r, "maxTransactionsPerPeriod", 1, START_MSAT - 2_000_000);
 }
 
 #[tokio::test]
 async fn a_lease_paid_while_the_provider_is_away_is_fetched_later_never_paid_twice() {
     let w = world_opts(Opts::default()).await;
     w.renter.discover().await.unwrap();
-    // The provider answers the rent request, then becomes unreachable right after: the
+    // The provider answers the rent request with its invoice, then becomes unreachable: the
     // invoice is paid but the paymentResult cannot be delivered.
-    let renter = w.renter.clone();
-    let peers = w.peers.clone();
-    let paid = tokio::spawn(async move {
-        renter
-            .rent(RentArgs {
-                offer_id: None,
-                credit_sat: Some(1000),
-                timeout: Duration::from_millis(500),
-            })
-            .await
-    });
-    // Wait for the payment to leave the renter's node, then cut the provider off.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while w.sim.balance_msat("renter") == Some(START_MSAT) {
-        assert!(tokio::time::Instant::now() < deadline, "never paid");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    peers.down.store(true, Ordering::SeqCst);
-    let r = paid.await.unwrap();
-    // Either the lease made it before the cut, or the renter says it is awaiting it.
-    if let Err(e) = &r {
-        assert!(matches!(e, MarketError::AwaitingLease(_)), "{e}");
-        assert!(w.renter.rentals().unwrap().is_empty());
-        // Recovery while the provider is still away changes nothing and pays nothing.
-        w.renter.recover_payments().await.unwrap();
-        assert!(w.renter.rentals().unwrap().is_empty());
-        // The provider's own watcher issues the lease from its node's settlement...
-        w.provider.tick().await.unwrap();
-        assert_eq!(w.provider.leases().unwrap().len(), 1);
-        // ...and once it is reachable again the renter fetches it.
-        peers.down.store(false, Ordering::SeqCst);
-        w.renter.recover_payments().await.unwrap();
-    }
+    w.peers.cut_after_invoice.store(true, Ordering::SeqCst);
+    let err = w
+        .renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(1000),
+            timeout: Duration::from_millis(500),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MarketError::AwaitingLease(_)), "{err}");
+    assert_eq!(w.sim.balance_msat("renter"), Some(START_MSAT - 2_000_000));
+    assert!(w.renter.rentals().unwrap().is_empty());
+    // Recovery while the provider is still away changes nothing and pays nothing.
+    w.renter.recover_payments().await.unwrap();
+    assert!(w.renter.rentals().unwrap().is_empty());
+    // The provider's own watcher issues the lease from its node's settlement...
+    w.provider.tick().await.unwrap();
+    assert_eq!(w.provider.leases().unwrap().len(), 1);
+    // ...and once it is reachable again the renter fetches it.
+    w.peers.cut_after_invoice.store(false, Ordering::SeqCst);
+    w.peers.down.store(false, Ordering::SeqCst);
+    w.renter.recover_payments().await.unwrap();
     let rentals = w.renter.rentals().unwrap();
     assert_eq!(rentals.len(), 1, "the lease arrived");
     assert_eq!(rentals[0].state, LeaseState::Active);
@@ -216,7 +195,6 @@ async fn a_lease_paid_while_the_provider_is_away_is_fetched_later_never_paid_twi
 #[tokio::test]
 async fn a_restarted_renter_completes_what_it_paid_for() {
     let mut w = world_opts(Opts::default()).await;
-    w.peers.down.store(false, Ordering::SeqCst);
     rent(&w, 1000).await.unwrap();
     // A new Renter on the same database (a restarted daemon) keeps the rental and pays
     // nothing when it recovers.
@@ -298,7 +276,10 @@ async fn autopay_never_pays_for_a_tunnel_it_cannot_verify() {
     assert_eq!(r.stats.refused_unverified, 2);
     assert_eq!(r.stats.autopay_topups, 0);
     let note = r.stats.last_autopay.unwrap();
-    assert!(!note.paid && note.message.contains("not verified"), "{note:?}");
+    assert!(
+        !note.paid && note.message.contains("not verified"),
+        "{note:?}"
+    );
     assert_eq!(w.sim.balance_msat("renter"), balance, "money moved");
     assert_eq!(count(&w, "payment_attempt"), 1, "only the activation");
     assert_eq!(count(&w, "autopay_refused"), 2);
@@ -380,7 +361,10 @@ async fn a_manual_top_up_paid_elsewhere_is_credited_once_and_seen_by_autopay() {
         .unwrap();
     assert_eq!(r.lease.credit_sat, before.lease.credit_sat + 500);
     assert_eq!(r.stats.topups, 1);
-    assert_eq!(r.stats.payments, 1, "the renter's node paid only the activation");
+    assert_eq!(
+        r.stats.payments, 1,
+        "the renter's node paid only the activation"
+    );
     assert_eq!(
         w.sim.balance_msat("renter"),
         Some(START_MSAT - 2_000_000),
@@ -391,4 +375,103 @@ async fn a_manual_top_up_paid_elsewhere_is_credited_once_and_seen_by_autopay() {
     assert_eq!(w.renter.rental("").unwrap().stats.topups, 1);
     assert_eq!(count(&w, "payment_attempt"), 1);
     assert!(kinds(&w.renter_audit).iter().any(|k| k == "manual_invoice"));
+}
+
+#[tokio::test]
+async fn a_renter_stopped_mid_payment_tracks_it_after_restart_and_never_pays_twice() {
+    use leasewire::lightning::sim::FaultKind;
+    let mut w = world_opts(Opts::default()).await;
+    w.sim
+        .add_fault("renter", FaultKind::Delay(Duration::from_secs(2)), 1)
+        .unwrap();
+    w.renter.discover().await.unwrap();
+    // The daemon "dies" while its payment is in flight: the rent future is dropped, leaving
+    // the record `attempting`. The payment goes on at the node.
+    let cut = tokio::time::timeout(
+        Duration::from_millis(700),
+        w.renter.rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(1000),
+            timeout: Duration::from_millis(500),
+        }),
+    )
+    .await;
+    assert!(cut.is_err(), "the payment should still be in flight");
+    assert_eq!(count(&w, "payment_attempt"), 1);
+    assert_eq!(count(&w, "payment_succeeded"), 0);
+
+    // Restarted while the node still has it in flight: recovery leaves it alone.
+    w.restart_renter();
+    w.renter.recover_payments().await.unwrap();
+    assert!(w.renter.rentals().unwrap().is_empty());
+    assert_eq!(count(&w, "payment_failed"), 0, "in flight is not failed");
+
+    // Once the node has finished it, recovery learns the outcome and fetches the lease.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    w.renter.recover_payments().await.unwrap();
+    let rentals = w.renter.rentals().unwrap();
+    assert_eq!(
+        rentals.len(),
+        1,
+        "the lease bought before the crash arrived"
+    );
+    assert_eq!(rentals[0].state, LeaseState::Active);
+    assert_eq!(count(&w, "payment_attempt"), 1, "never paid again");
+    assert_eq!(count(&w, "payment_succeeded"), 1);
+    assert_eq!(w.sim.balance_msat("renter"), Some(START_MSAT - 2_000_000));
+    assert_eq!(w.provider.leases().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn max_routing_fee_caps_the_fee_limit_and_nothing_moves_when_routes_cost_more() {
+    use leasewire::lightning::sim::RoutingFee;
+    let w = world_opts(Opts {
+        renter_cfg: limits("maxRoutingFee = 1\n"),
+        ..Opts::default()
+    })
+    .await;
+    // Routes cost 5 sat; the renter's own limit would allow 10, the spending limit only 1.
+    w.sim.set_routing_fee(RoutingFee {
+        base_msat: 5_000,
+        ppm: 0,
+    });
+    let err = rent(&w, 1000).await.unwrap_err();
+    assert!(
+        matches!(&err, MarketError::Lightning(e) if e.to_string().contains("NO_ROUTE")),
+        "{err}"
+    );
+    assert_eq!(
+        w.sim.balance_msat("renter"),
+        Some(START_MSAT),
+        "money moved"
+    );
+    let attempt: serde_json::Value = w
+        .renter_audit
+        .entries(0)
+        .map(|e| e.unwrap())
+        .find(|e| e.kind == "payment_attempt")
+        .unwrap()
+        .payload_as()
+        .unwrap();
+    assert_eq!(attempt["fee_limit_msat"], 1_000, "{attempt}");
+    assert_eq!(count(&w, "payment_failed"), 1);
+    assert!(w.provider.leases().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_payment_is_recorded_with_its_reason_and_its_hash_never_paid() {
+    use leasewire::lightning::sim::FaultKind;
+    let w = world_opts(Opts::default()).await;
+    w.sim.add_fault("renter", FaultKind::NoRoute, 1).unwrap();
+    let err = rent(&w, 1000).await.unwrap_err();
+    assert!(err.to_string().contains("FAILURE_REASON_NO_ROUTE"), "{err}");
+    assert_eq!(count(&w, "payment_failed"), 1);
+    assert_eq!(w.sim.balance_msat("renter"), Some(START_MSAT));
+    // Recovery does not retry a failed payment.
+    w.renter.recover_payments().await.unwrap();
+    assert_eq!(count(&w, "payment_attempt"), 1);
+    // A fresh rent gets a fresh invoice and succeeds.
+    rent(&w, 1000).await.unwrap();
+    assert_eq!(count(&w, "payment_attempt"), 2);
+    assert_eq!(w.sim.balance_msat("renter"), Some(START_MSAT - 2_000_000));
 }

@@ -169,9 +169,8 @@ impl LndConnect {
         let cert = cert.filter(|c| !c.is_empty()).ok_or_else(|| {
             config_err(
                 "the URI has no cert parameter (LND uses a publicly trusted certificate?); \
-                 leasewire pins LND's certificate: generate the URI with the cert included \
-                 (lndconnect without --nocert) or set lightning.tls_cert_path and \
-                 lightning.macaroon_path",
+                 leasewire pins LND's certificate: generate the URI with the certificate \
+                 included, or set lightning.tls_cert_path and lightning.macaroon_path",
             )
         })?;
         let cert_der = B64URL

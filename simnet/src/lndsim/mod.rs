@@ -3,15 +3,20 @@
 //! One gRPC server (TLS, self-signed CA certificate like LND's `tls.cert`) hosts several virtual
 //! nodes; the request's `macaroon` header selects which one. Nodes hold a balance and issue
 //! real, signed regtest BOLT11 invoices; any node can pay any other node's invoice, which moves
-//! the amount between balances instantly (see [`ledger`] for the exact rules).
+//! the amount (plus a configurable routing fee) between balances (see [`ledger`] for the exact
+//! rules). Payments run on their own task, so they finish even if the paying client dies.
+//! The [`admin`] API (same server, admin macaroon) injects faults, sets the routing fee and
+//! lists every payment.
 //!
 //! Start-up steps ([`SimServer::start`]):
-//! 1. build the ledger (random node keys and macaroons);
-//! 2. write `DIR/tls.cert`, `DIR/tls.key` and `DIR/NAME/admin.macaroon` (raw bytes, like LND);
+//! 1. build the ledger (random node keys and macaroons) and a random admin macaroon;
+//! 2. write `DIR/tls.cert`, `DIR/tls.key`, `DIR/NAME/admin.macaroon` (raw bytes, like LND)
+//!    and `DIR/admin.macaroon` (lnd-sim's admin API);
 //! 3. bind the listener and serve until [`SimHandle::shutdown`] (or the handle is dropped).
 //!
 //! [`SimHandle::write_manifest`] then describes the running simulator in a JSON file.
 
+pub mod admin;
 pub mod service;
 
 /// The shared ledger model, which lives in leasewire so its in-memory test double uses the
@@ -33,7 +38,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{error, info, warn};
 
-use self::ledger::{Ledger, LedgerError};
+use self::admin::AdminService;
+use self::ledger::admin_proto::admin_server::AdminServer;
+use self::ledger::{Fault, FaultKind, Ledger, LedgerError, RoutingFee, lock_ledger};
 use self::service::SimService;
 
 /// How long [`SimHandle::shutdown`] lets open connections finish before cutting them.
@@ -105,6 +112,12 @@ pub struct SimManifest {
     pub tls_cert_path: PathBuf,
     /// The virtual nodes.
     pub nodes: Vec<ManifestNode>,
+    /// lnd-sim's admin macaroon file (`DIR/admin.macaroon`).
+    #[serde(default)]
+    pub admin_macaroon_path: PathBuf,
+    /// The admin macaroon, hex (what [`admin::AdminClient::connect`] uses).
+    #[serde(default)]
+    pub admin_macaroon: String,
 }
 
 impl SimManifest {
@@ -207,7 +220,12 @@ impl SimServer {
         let _ = rustls::crypto::ring::default_provider().install_default();
 
         let ledger = Ledger::new(nodes)?;
+        let mut admin_macaroon = vec![0u8; 32];
+        getrandom::fill(&mut admin_macaroon)
+            .map_err(|e| SimError::Ledger(LedgerError::Internal(format!("OS RNG: {e}"))))?;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let admin_macaroon_path = dir.join("admin.macaroon");
+        write_private(&admin_macaroon_path, &admin_macaroon)?;
         let (cert_pem, key_pem) = generate_cert()?;
         let tls_cert_path = dir.join("tls.cert");
         std::fs::write(&tls_cert_path, &cert_pem).map_err(io_err(&tls_cert_path))?;
@@ -240,11 +258,13 @@ impl SimServer {
 
         let ledger = Arc::new(Mutex::new(ledger));
         let service = SimService::new(ledger.clone());
+        let admin = AdminService::new(ledger.clone(), admin_macaroon.clone());
         let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
         let router = Server::builder()
             .tls_config(tls)?
             .add_service(LightningServer::new(service.clone()))
-            .add_service(RouterServer::new(service));
+            .add_service(RouterServer::new(service))
+            .add_service(AdminServer::new(admin));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(router.serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
@@ -259,6 +279,8 @@ impl SimServer {
                 address: local.to_string(),
                 tls_cert_path,
                 nodes: manifest_nodes,
+                admin_macaroon_path,
+                admin_macaroon: hex::encode(&admin_macaroon),
             },
             ledger,
             shutdown: Some(shutdown_tx),
@@ -297,16 +319,42 @@ impl SimHandle {
             .map(|n| n.pubkey.as_str())
     }
 
-    /// Current balance of node `name`, in millisatoshis (for test assertions).
+    /// Current balance of node `name`, in millisatoshis (for test assertions). Amounts of
+    /// in-flight payments are already deducted from the payer.
     pub fn balance_msat(&self, name: &str) -> Option<u64> {
-        let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let ledger = lock_ledger(&self.ledger);
         ledger
             .node_by_name(name)
             .map(|id| ledger.node(id).balance_msat)
     }
 
+    /// The shared ledger, for in-process assertions and direct control (the admin API does
+    /// the same over gRPC).
+    pub fn ledger(&self) -> Arc<Mutex<Ledger>> {
+        self.ledger.clone()
+    }
+
+    /// Sets the routing fee charged to payers from now on.
+    pub fn set_routing_fee(&self, fee: RoutingFee) {
+        lock_ledger(&self.ledger).set_routing_fee(fee);
+    }
+
+    /// Injects a fault into the payments of node `payer`.
+    ///
+    /// # Errors
+    /// [`SimError::Ledger`] with [`LedgerError::NotFound`] for an unknown node.
+    pub fn add_fault(&self, payer: &str, kind: FaultKind, count: u32) -> Result<(), SimError> {
+        let mut ledger = lock_ledger(&self.ledger);
+        let id = ledger
+            .node_by_name(payer)
+            .ok_or_else(|| LedgerError::NotFound(format!("no node named {payer:?}")))?;
+        ledger.add_fault(id, Fault { kind, count });
+        Ok(())
+    }
+
     /// Writes the manifest as JSON to `path` atomically (temporary file, then rename), so a
-    /// reader polling for the file never sees it half-written.
+    /// reader polling for the file never sees it half-written. Mode 0600: it contains the
+    /// admin macaroon.
     ///
     /// # Errors
     /// [`SimError::Io`] / [`SimError::Json`].
@@ -315,7 +363,8 @@ impl SimHandle {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, json).map_err(io_err(&tmp))?;
+        // Private: it holds the admin macaroon.
+        write_private(&tmp, &json)?;
         std::fs::rename(&tmp, path).map_err(io_err(path))
     }
 

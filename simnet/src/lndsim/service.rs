@@ -17,7 +17,10 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use super::ledger::{Ledger, LedgerError, NewInvoice, NodeId, SIM_BLOCK_HEIGHT};
+use super::ledger::{
+    Ledger, LedgerError, NewInvoice, NodeId, PayParams, PaymentRecord, SIM_BLOCK_HEIGHT,
+    lock_ledger, start_payment, wait_final,
+};
 
 /// A boxed server stream, as the generated traits require a nameable type.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -38,7 +41,7 @@ fn now() -> Duration {
 fn status(e: LedgerError) -> Status {
     match e {
         LedgerError::InvalidArgument(m) => Status::invalid_argument(m),
-        LedgerError::AlreadyPaid | LedgerError::DuplicateInvoice => {
+        LedgerError::AlreadyPaid | LedgerError::DuplicateInvoice | LedgerError::PaymentInFlight => {
             Status::already_exists(e.to_string())
         }
         LedgerError::NotFound(m) => Status::not_found(m),
@@ -64,7 +67,7 @@ impl SimService {
     fn lock(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding the lock would be a simulator bug; the state is still
         // consistent (each operation mutates only after all checks), so keep serving.
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+        lock_ledger(&self.ledger)
     }
 
     /// Selects the node named by the request's macaroon header.
@@ -294,32 +297,31 @@ impl Router for SimService {
                 "fee_limit_sat and fee_limit_msat are mutually exclusive",
             ));
         }
-        let record = self
-            .lock()
-            .pay(node, &req.payment_request, now())
-            .map_err(status)?;
-        let hash = hex::encode(record.payment_hash);
-        match record.status {
-            PaymentStatus::Succeeded => {
-                info!(node, payment_hash = %hash, msat = record.value_msat, "payment succeeded")
-            }
-            _ => {
-                info!(node, payment_hash = %hash, reason = record.failure_reason.as_str_name(), "payment failed")
-            }
-        }
-        let final_update = record.to_proto();
-        let mut updates = Vec::with_capacity(2);
-        if !req.no_inflight_updates {
-            // LND first reports the payment in flight; mimic that so clients skip it properly.
-            updates.push(Ok(lnrpc::Payment {
-                status: PaymentStatus::InFlight as i32,
-                payment_preimage: String::new(),
-                failure_reason: lnrpc::PaymentFailureReason::FailureReasonNone as i32,
-                ..final_update.clone()
-            }));
-        }
-        updates.push(Ok(final_update));
-        Ok(Response::new(Box::pin(futures::stream::iter(updates))))
+        // As in LND, no limit given means a zero limit: only fee-free routes.
+        let fee_limit_msat = if req.fee_limit_sat != 0 {
+            non_negative(req.fee_limit_sat, "fee_limit_sat")?
+                .checked_mul(1000)
+                .ok_or_else(|| Status::invalid_argument("fee_limit_sat too large"))?
+        } else {
+            non_negative(req.fee_limit_msat, "fee_limit_msat")?
+        };
+        let params = PayParams {
+            bolt11: &req.payment_request,
+            fee_limit_msat,
+            timeout: Duration::from_secs(req.timeout_seconds.unsigned_abs().into()),
+        };
+        // The payment runs on its own from here: a client that disconnects (or is killed)
+        // does not stop it, and TrackPaymentV2 reports how it ended.
+        let started = start_payment(&self.ledger, node, params).map_err(status)?;
+        let hash = hex::encode(started.payment_hash);
+        info!(node, payment_hash = %hash, msat = started.value_msat, fee_msat = started.fee_msat,
+            fee_limit_msat, note = %started.note, "payment started");
+        Ok(Response::new(payment_updates(
+            self.ledger.clone(),
+            started,
+            true,
+            req.no_inflight_updates,
+        )))
     }
 
     type TrackPaymentV2Stream = BoxStream<lnrpc::Payment>;
@@ -329,13 +331,68 @@ impl Router for SimService {
         request: Request<routerrpc::TrackPaymentRequest>,
     ) -> Result<Response<Self::TrackPaymentV2Stream>, Status> {
         let node = self.authenticate(&request)?;
-        let hash = hash32(&request.get_ref().payment_hash, "payment_hash")?;
-        // Payments complete atomically here, so the latest attempt is already final.
-        let update = self
+        let req = request.into_inner();
+        let hash = hash32(&req.payment_hash, "payment_hash")?;
+        let current = self
             .lock()
             .latest_payment(node, &hash)
-            .map(|p| p.to_proto())
+            .cloned()
             .ok_or_else(|| Status::not_found("payment isn't initiated"))?;
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(update)]))))
+        Ok(Response::new(payment_updates(
+            self.ledger.clone(),
+            current,
+            false,
+            req.no_inflight_updates,
+        )))
+    }
+}
+
+/// The update stream of a payment: for `SendPaymentV2` an IN_FLIGHT update first (as LND
+/// sends), for `TrackPaymentV2` the current state; then, if not yet final, the final state
+/// once it is. In-flight updates are skipped when the client set `no_inflight_updates`.
+fn payment_updates(
+    ledger: Arc<Mutex<Ledger>>,
+    current: PaymentRecord,
+    inflight_first: bool,
+    no_inflight_updates: bool,
+) -> BoxStream<lnrpc::Payment> {
+    use futures::StreamExt as _;
+    let mut first = Vec::with_capacity(2);
+    if (inflight_first || !current.is_final()) && !no_inflight_updates {
+        first.push(Ok(lnrpc::Payment {
+            status: PaymentStatus::InFlight as i32,
+            payment_preimage: String::new(),
+            failure_reason: lnrpc::PaymentFailureReason::FailureReasonNone as i32,
+            ..current.to_proto()
+        }));
+    }
+    if current.is_final() {
+        log_final(&current);
+        first.push(Ok(current.to_proto()));
+    }
+    let rest = (!current.is_final()).then_some((ledger, current.id));
+    // Dropping this stream (client gone) only stops the waiting, never the payment.
+    let tail = futures::stream::iter(rest).then(|(ledger, id)| async move {
+        match wait_final(&ledger, id).await {
+            Some(done) => {
+                log_final(&done);
+                Ok(done.to_proto())
+            }
+            None => Err(Status::internal("payment vanished from the ledger")),
+        }
+    });
+    Box::pin(futures::stream::iter(first).chain(tail))
+}
+
+fn log_final(p: &PaymentRecord) {
+    let hash = hex::encode(p.payment_hash);
+    match p.status {
+        PaymentStatus::Succeeded => {
+            info!(node = p.payer, payment_hash = %hash, msat = p.value_msat, fee_msat = p.fee_msat, "payment succeeded")
+        }
+        _ => {
+            info!(node = p.payer, payment_hash = %hash, reason = p.failure_reason.as_str_name(),
+                note = %p.note, "payment failed")
+        }
     }
 }

@@ -48,6 +48,8 @@ pub enum Tamper {
 pub struct Direct {
     /// While set, every request fails as if the provider were unreachable.
     pub down: AtomicBool,
+    /// When set, the provider becomes unreachable (`down`) right after it sends an invoice.
+    pub cut_after_invoice: AtomicBool,
     provider: Provider,
     provider_peer: PeerId,
     renter_peer: PeerId,
@@ -75,6 +77,9 @@ impl Peers for Direct {
         let Message::PayInvoice(mut pay) = reply else {
             return Ok((reply, Duration::from_millis(3)));
         };
+        if self.cut_after_invoice.load(Ordering::SeqCst) {
+            self.down.store(true, Ordering::SeqCst);
+        }
         let orig: lightning_invoice::Bolt11Invoice =
             pay.bolt11.parse().expect("provider invoice parses");
         let amount_msat = orig.amount_milli_satoshis().expect("amount");
@@ -369,6 +374,7 @@ pub async fn world_opts(opts: Opts) -> World {
     provider.start().await.unwrap();
     let peers = Arc::new(Direct {
         down: AtomicBool::new(false),
+        cut_after_invoice: AtomicBool::new(false),
         provider: provider.clone(),
         provider_peer,
         renter_peer,
