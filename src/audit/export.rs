@@ -163,7 +163,6 @@ fn format_time_ms(ms: u64) -> String {
     )
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::{filled_log, payment, temp_db};
