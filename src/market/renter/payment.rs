@@ -363,3 +363,149 @@ impl Renter {
 
 /// How long an unpaid manual invoice is watched for its payment.
 pub(super) const MANUAL_WATCH_SECS: u64 = 3_600;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lightning::InvoiceRequest;
+    use crate::lightning::testing::MemNetwork;
+    use crate::tunnel::file::FileTunnel;
+    use crate::wire::PURPOSE_TOPUP;
+
+    /// No network: these tests call the payment code directly.
+    struct NoPeers;
+
+    #[async_trait::async_trait]
+    impl Peers for NoPeers {
+        async fn find_providers(&self) -> Result<Vec<PeerId>, MarketError> {
+            Ok(Vec::new())
+        }
+        async fn request(
+            &self,
+            _peer: PeerId,
+            _msg: Message,
+        ) -> Result<(Message, Duration), MarketError> {
+            Err(MarketError::Net("no network in this test".into()))
+        }
+    }
+
+    fn renter(dir: &Path, net: &MemNetwork, ppm: u64, cfg: RenterConfig) -> (Renter, AuditLog) {
+        let db = sled::open(dir.join("db")).unwrap();
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let audit = AuditLog::open(&db, key.clone()).unwrap();
+        let r = Renter::new(RenterParams {
+            key,
+            cfg,
+            network: "regtest".into(),
+            fee_limit_sat: 10,
+            fee_limit_ppm: ppm,
+            payment_timeout_secs: 30,
+            wg_private: WgKey([3; 32]),
+            wg_public: WgKey([4; 32]),
+            iface: "lwt0".into(),
+            keepalive: 25,
+            conf_dir: dir.join("wireguard"),
+            etc_wireguard: None,
+            ln: Arc::new(net.node("renter").unwrap()),
+            tunnel: Arc::new(FileTunnel::new(dir.join("tunnel")).unwrap()),
+            audit: audit.clone(),
+            peers: Arc::new(NoPeers),
+            db,
+        })
+        .unwrap();
+        (r, audit)
+    }
+
+    fn commitment(renter: &Renter) -> InvoiceCommitment {
+        InvoiceCommitment {
+            purpose: PURPOSE_TOPUP.into(),
+            request_id: "req-1".into(),
+            provider: "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into(),
+            renter: renter.peer_id().to_string(),
+            offer_id: "offer-1".into(),
+            lease_id: Some("lease-1".into()),
+            terms: crate::config::ProviderConfig::default().terms,
+            credit_sat: 500,
+            amount_sat: 500,
+            ipv4_prefix_len: None,
+            ipv6_prefix_len: None,
+            renter_wg_pubkey: WgKey([4; 32]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payment_hash_is_never_paid_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemNetwork::new(&[("renter".into(), 100_000), ("provider".into(), 0)]).unwrap();
+        let (r, audit) = renter(dir.path(), &net, 0, RenterConfig::default());
+        let c = commitment(&r);
+        let provider = net.node("provider").unwrap();
+        let inv = provider
+            .add_invoice(InvoiceRequest {
+                amount_msat: 500_000,
+                description_hash: c.description_hash(),
+                expiry_secs: 600,
+            })
+            .await
+            .unwrap();
+        let pay = PayInvoice {
+            request_id: c.request_id.clone(),
+            lease_id: "lease-1".into(),
+            bolt11: inv.bolt11,
+            amount_sat: 500,
+        };
+        let payee = net.pubkey("provider").unwrap();
+        let plan = || PayPlan {
+            pay: &pay,
+            commitment: &c,
+            payee: &payee,
+            credit_before: 0,
+            autopay: false,
+        };
+        r.pay_checked(plan()).await.unwrap();
+        assert_eq!(net.balance_msat("renter"), Some(100_000_000 - 500_000));
+
+        // The very same invoice again, for the very same request: refused before paying.
+        let err = r.pay_checked(plan()).await.unwrap_err();
+        assert!(
+            matches!(&err, MarketError::InvoiceRejected(m) if m.contains("never paying twice")),
+            "{err}"
+        );
+        assert_eq!(net.balance_msat("renter"), Some(100_000_000 - 500_000));
+        let kinds: Vec<String> = audit.entries(0).map(|e| e.unwrap().kind).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "payment_attempt").count(),
+            1,
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.last().map(String::as_str), Some("invoice_rejected"));
+    }
+
+    #[tokio::test]
+    async fn fee_limit_is_the_lowest_of_absolute_ppm_and_max_routing_fee() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemNetwork::new(&[("renter".into(), 1), ("provider".into(), 0)]).unwrap();
+        let (r, _) = renter(dir.path(), &net, 0, RenterConfig::default());
+        // 10 sat absolute, no ppm, no spending limit.
+        assert_eq!(r.fee_limit_msat(100_000, "p", "l"), 10_000);
+        drop(r);
+        // 1% of 500 sat = 5 sat, below the 10 sat absolute limit.
+        let dir = tempfile::tempdir().unwrap();
+        let (r, _) = renter(dir.path(), &net, 10_000, RenterConfig::default());
+        assert_eq!(r.fee_limit_msat(500, "p", "l"), 5_000);
+        assert_eq!(r.fee_limit_msat(100_000, "p", "l"), 10_000);
+        drop(r);
+        // maxRoutingFee = 2 sat for one provider only.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::from_toml(
+            "[renter.limits.provider.\"12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN\"]\n\
+             max_routing_fee = 2\n",
+        )
+        .unwrap()
+        .renter;
+        let (r, _) = renter(dir.path(), &net, 10_000, cfg);
+        let capped = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        assert_eq!(r.fee_limit_msat(100_000, capped, "l"), 2_000);
+        assert_eq!(r.fee_limit_msat(100_000, "other", "l"), 10_000);
+    }
+}
