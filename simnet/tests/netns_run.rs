@@ -4,7 +4,11 @@
 //! provider daemon, and the rent-to-first-packet figure), plus that it left no namespace, no
 //! `wireguard-go`, no UAPI socket, no process and no directory behind.
 //!
-//! Needs root, iproute2 and wireguard-go. Without root it prints SKIPPED and passes, unless
+//! A second run, `--scenario autopay` (2 providers, 3 renters), checks that AutoPay keeps
+//! healthy leases topped up over a minute and pays nothing more for a tunnel simnet breaks on
+//! purpose.
+//!
+//! Needs root, iproute2, wireguard-go (and `wg` for autopay). Without root it prints SKIPPED and passes, unless
 //! `CI` is set: then it fails, so CI cannot silently stop running it.
 //!
 //! It drives the real `leasewire` and `lnd-sim` binaries, found next to `simnet`; with
@@ -33,20 +37,24 @@ const CHECKS: [&str; 8] = [
     "provider_restart_ok",
 ];
 
-#[test]
-fn netns_one_provider_two_renters_real_packets() {
+/// Runs the built `simnet` with `args` and `--json` as root under a fresh base dir; checks
+/// it left no namespace, `wireguard-go`, UAPI socket, process or directory behind and
+/// exited 0; returns its JSON. `None` (after printing SKIPPED) without root, unless `CI` is
+/// set: then it panics.
+fn run_netns(test: &str, args: &[&str]) -> Option<serde_json::Value> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         if std::env::var_os("CI").is_some() {
             panic!("simnet --netns needs root for network namespaces, and CI is set: run as root");
         }
-        eprintln!("SKIPPED netns_one_provider_two_renters_real_packets: needs root");
-        return;
+        eprintln!("SKIPPED {test}: needs root");
+        return None;
     }
     let ns_before = simnet_namespaces();
     let base = tempfile::tempdir().expect("a temp dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_simnet"))
-        .args(["--netns", "--providers", "1", "--renters", "2", "--json"])
+        .args(args)
+        .arg("--json")
         .arg("--base-dir")
         .arg(base.path())
         // The run tag is read from the log, which must be plain text.
@@ -65,10 +73,13 @@ fn netns_one_provider_two_renters_real_packets() {
         panic!("simnet did not finish within {RUN_TIMEOUT:?}; stderr:\n{stderr}")
     });
 
-    // Cleanup is checked before the verdict: a failing run must not leak either.
+    // Cleanup is checked before the verdict: a failing run must not leak either. Only this
+    // run's namespaces count: the other test of this file may be running at the same time.
+    let tag = run_tag(&stderr).unwrap_or_else(|| panic!("no run tag in the log:\n{stderr}"));
+    let ours = format!("lw-{tag}-");
     let new_ns: Vec<String> = simnet_namespaces()
         .into_iter()
-        .filter(|n| !ns_before.contains(n))
+        .filter(|n| !ns_before.contains(n) && n.starts_with(&ours))
         .collect();
     assert!(new_ns.is_empty(), "namespaces left behind: {new_ns:?}");
     let leftovers = processes_mentioning(&base.path().to_string_lossy());
@@ -76,7 +87,6 @@ fn netns_one_provider_two_renters_real_packets() {
         leftovers.is_empty(),
         "processes left behind: {leftovers:#?}"
     );
-    let tag = run_tag(&stderr).unwrap_or_else(|| panic!("no run tag in the log:\n{stderr}"));
     let iface_prefix = format!("lw{tag}");
     let wg = processes_mentioning(&iface_prefix);
     assert!(wg.is_empty(), "wireguard-go left behind: {wg:#?}");
@@ -100,10 +110,24 @@ fn netns_one_provider_two_renters_real_packets() {
 
     assert!(
         status.success(),
-        "simnet exited with {status}; stdout:\n{stdout}\nstderr:\n{stderr}"
+        "simnet {args:?} exited with {status}; stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"));
+    Some(
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}")),
+    )
+}
+
+#[test]
+fn netns_one_provider_two_renters_real_packets() {
+    let Some(v) = run_netns(
+        "netns_one_provider_two_renters_real_packets",
+        &["--netns", "--providers", "1", "--renters", "2"],
+    ) else {
+        return;
+    };
+    assert_eq!(v["scenario"], "quickstart", "{v:#}");
+    assert_eq!(v["double_payments"], 0, "{v:#}");
     let rentals = v["rentals"].as_array().expect("rentals array");
     assert_eq!(rentals.len(), 2, "{v:#}");
     for r in rentals {
@@ -136,6 +160,48 @@ fn netns_one_provider_two_renters_real_packets() {
     }
     assert_ne!(rentals[0]["ipv4"], rentals[1]["ipv4"], "{v:#}");
     assert_eq!(v["audit_ok"], true, "{v:#}");
+}
+
+#[test]
+fn netns_autopay_tops_up_and_refuses_a_broken_tunnel() {
+    // --netns is implied by the scenario.
+    let Some(v) = run_netns(
+        "netns_autopay_tops_up_and_refuses_a_broken_tunnel",
+        &["--scenario", "autopay"],
+    ) else {
+        return;
+    };
+    assert_eq!(v["scenario"], "autopay", "{v:#}");
+    assert_eq!(v["double_payments"], 0, "{v:#}");
+    assert_eq!(v["audit_ok"], true, "{v:#}");
+    let rentals = v["rentals"].as_array().expect("rentals array");
+    assert_eq!(rentals.len(), 3, "default: 2 providers, 3 renters: {v:#}");
+    let broken: Vec<&serde_json::Value> = rentals.iter().filter(|r| r["broken"] == true).collect();
+    assert_eq!(broken.len(), 1, "exactly one tunnel is broken: {v:#}");
+    let b = broken[0];
+    assert_eq!(b["payments_after_break"], 0, "{b}");
+    assert!(
+        b["refused_unverified"]
+            .as_u64()
+            .expect("refused_unverified")
+            >= 1,
+        "{b}"
+    );
+    // It was broken after its first AutoPay top-up.
+    assert!(b["topups"].as_u64().expect("topups") >= 1, "{b}");
+    for r in rentals.iter().filter(|r| r["broken"] == false) {
+        let topups = r["topups"].as_u64().expect("topups");
+        assert!(topups >= 3, "healthy rental with {topups} top-ups: {r}");
+        // Activation plus every top-up, each a payment of the renter's.
+        assert!(r["payments"].as_u64().expect("payments") > topups, "{r}");
+        assert!(
+            r["payments_after_break"]
+                .as_u64()
+                .expect("payments_after_break")
+                >= 1,
+            "{r}"
+        );
+    }
 }
 
 /// The run tag from the "netns topology up run=TAG" log line.

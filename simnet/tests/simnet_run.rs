@@ -1,6 +1,8 @@
 //! End to end: the built `simnet` binary runs 2 providers, 2 renters and an intruder, and
 //! every check it reports is asserted here, plus that it left no process and no directory
-//! behind.
+//! behind. A second run, `--scenario crash-pay`, kills a renter daemon and then a provider
+//! daemon while a payment is in flight, and every rental must still end with exactly one
+//! lease, one payment and no double payment.
 //!
 //! It drives the real `leasewire` and `lnd-sim` binaries, found next to `simnet`.
 //! `cargo test --workspace` builds them (cargo builds a package's binaries when it runs that
@@ -15,14 +17,18 @@ mod util;
 
 use util::{drain, processes_mentioning, wait_or_stop};
 
-/// Longest a run may take: cluster start, 60 s rent timeout, intruder wait, stop and audit.
+/// Longest a run may take: cluster start, 60 s rent timeout, intruder wait, stop and audit
+/// (crash-pay: two crashes of a few seconds each, or 60 s lease waits when something is
+/// broken).
 const RUN_TIMEOUT: Duration = Duration::from_secs(420);
 
-#[test]
-fn two_providers_two_renters_and_an_intruder() {
+/// Runs the built `simnet` with `args` and `--json` under a fresh base dir; checks it left no
+/// process and no directory behind and exited 0; returns its JSON.
+fn run_simnet(args: &[&str]) -> serde_json::Value {
     let base = tempfile::tempdir().expect("a temp dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_simnet"))
-        .args(["--providers", "2", "--renters", "2", "--intruder", "--json"])
+        .args(args)
+        .arg("--json")
         .arg("--base-dir")
         .arg(base.path())
         .stdin(Stdio::null())
@@ -55,10 +61,17 @@ fn two_providers_two_renters_and_an_intruder() {
 
     assert!(
         status.success(),
-        "simnet exited with {status}; stdout:\n{stdout}\nstderr:\n{stderr}"
+        "simnet {args:?} exited with {status}; stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"));
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"))
+}
+
+#[test]
+fn two_providers_two_renters_and_an_intruder() {
+    let v = run_simnet(&["--providers", "2", "--renters", "2", "--intruder"]);
+    assert_eq!(v["scenario"], "quickstart", "{v:#}");
+    assert_eq!(v["double_payments"], 0, "{v:#}");
 
     let rentals = v["rentals"].as_array().expect("rentals array");
     assert_eq!(rentals.len(), 2, "{v:#}");
@@ -87,6 +100,9 @@ fn two_providers_two_renters_and_an_intruder() {
         assert!(len6 >= 32, "{r}");
         assert!(r["paid_sat"].as_u64().expect("paid_sat") > 0, "{r}");
         assert!(r["lease_ms"].as_u64().is_some(), "{r}");
+        // One activation payment and nothing else: AutoPay is off outside its scenario.
+        assert_eq!(r["payments"], 1, "{r}");
+        assert_eq!(r["topups"], 0, "{r}");
     }
     assert_ne!(ipv4s[0], ipv4s[1], "two renters got the same IPv4: {v:#}");
 
@@ -98,6 +114,45 @@ fn two_providers_two_renters_and_an_intruder() {
     );
     let nodes = v["nodes"].as_array().expect("nodes array");
     assert_eq!(nodes.len(), 5, "2 providers + 2 renters + intruder: {v:#}");
+}
+
+#[test]
+fn crash_pay_survives_killed_renter_and_provider() {
+    let v = run_simnet(&["--scenario", "crash-pay"]);
+    assert_eq!(v["scenario"], "crash-pay", "{v:#}");
+    assert_eq!(v["double_payments"], 0, "{v:#}");
+    assert_eq!(v["audit_ok"], true, "{v:#}");
+    let rentals = v["rentals"].as_array().expect("rentals array");
+    assert_eq!(rentals.len(), 2, "default: 1 provider, 2 renters: {v:#}");
+    for r in rentals {
+        assert_eq!(r["provider"], "provider-0", "{r}");
+        assert!(r.get("error").is_none(), "{r}");
+        assert!(r["ipv4"].as_str().is_some(), "{r}");
+        // Exactly one payment, per the renter and (cross-checked by simnet) per lnd-sim.
+        assert_eq!(r["payments"], 1, "{r}");
+        assert!(r["paid_sat"].as_u64().expect("paid_sat") > 0, "{r}");
+        let notes: Vec<&str> = r["crash"]
+            .as_array()
+            .expect("crash notes")
+            .iter()
+            .filter_map(|n| n.as_str())
+            .collect();
+        assert!(notes.iter().any(|n| n.contains("IN_FLIGHT")), "{r}");
+        assert!(notes.iter().any(|n| n.contains("SUCCEEDED")), "{r}");
+        assert!(notes.iter().any(|n| n.contains("restarted")), "{r}");
+    }
+    let crash = |i: usize| rentals[i]["crash"].to_string();
+    assert!(
+        crash(0).contains("renter-0 daemon SIGKILLed"),
+        "{}",
+        crash(0)
+    );
+    assert!(
+        crash(1).contains("provider-0 daemon frozen"),
+        "{}",
+        crash(1)
+    );
+    assert!(crash(1).contains("provider-0 lists lease"), "{}", crash(1));
 }
 
 /// Splits "addr/len".

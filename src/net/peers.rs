@@ -304,12 +304,17 @@ impl EventLoop {
         }
     }
 
-    /// Forgets the addresses of a peer we no longer talk to, so peers that connect without
-    /// ever joining cannot grow the address book.
+    /// Membership is proven per connection: once the last one closes, the peer must prove it
+    /// again on the next (a restarted peer has forgotten our handshake, and would refuse our
+    /// requests if we skipped it). Forgets the addresses of a peer that never joined, so peers
+    /// that connect without joining cannot grow the address book; members' addresses are kept
+    /// to dial them again.
     pub(crate) fn on_last_connection_closed(&mut self, peer: PeerId) {
-        if !self.members.contains(&peer)
-            && !self.waiting.contains_key(&peer)
-            && !self.bootstrap_peers.contains(&peer)
+        let was_member = self.members.remove(&peer);
+        if was_member {
+            tracing::debug!(%peer, "last connection closed; membership to be proven again");
+        }
+        if !was_member && !self.waiting.contains_key(&peer) && !self.bootstrap_peers.contains(&peer)
         {
             self.book.remove(&peer);
         }

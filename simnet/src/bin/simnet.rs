@@ -15,6 +15,11 @@
 //! the credit runs out and the resumption after `add-credit` (see dataplane.rs). The probes
 //! are this same binary, run through the hidden `probe-listen` / `probe-connect` subcommands.
 //!
+//! `--scenario` picks what runs on the cluster (see scenarios/mod.rs): `quickstart` (the
+//! default: the run above), `crash-pay` (daemons killed mid-payment) or `autopay` (AutoPay
+//! with a tunnel broken on purpose; implies `--netns`). Every scenario reports each rental's
+//! payment figures cross-checked against lnd-sim's own ledger, and `double_payments`.
+//!
 //! The `leasewire` and `lnd-sim` binaries must be built: `cargo build --workspace`.
 
 // A non-`main.rs` binary root resolves `mod x;` next to itself (src/bin/x.rs); the modules
@@ -25,6 +30,8 @@ mod cli;
 mod cluster;
 #[path = "simnet/dataplane.rs"]
 mod dataplane;
+#[path = "simnet/ledger.rs"]
+mod ledger;
 #[path = "simnet/netenv.rs"]
 mod netenv;
 // Part of the topology API (gateways, ping, leftovers) is used only by its own tests.
@@ -39,6 +46,8 @@ mod procs;
 mod report;
 #[path = "simnet/scenario.rs"]
 mod scenario;
+#[path = "simnet/scenarios/mod.rs"]
+mod scenarios;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +64,7 @@ use crate::cluster::Placement;
 use crate::netenv::NetEnv;
 use crate::procs::Procs;
 use crate::scenario::{Plan, STOP_GRACE};
+use crate::scenarios::Scenario;
 
 /// Runs a local leasewire market (lnd-sim + N providers + M renters) and checks it end to end.
 #[derive(Debug, Parser)]
@@ -63,12 +73,16 @@ struct Opts {
     /// Internal helpers run by simnet itself inside namespaces.
     #[command(subcommand)]
     helper: Option<Helper>,
-    /// Number of provider daemons.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=cluster::MAX_PROVIDERS as i64))]
-    providers: u16,
-    /// Number of renter daemons; each rents one lease.
-    #[arg(long, default_value_t = 5)]
-    renters: u16,
+    /// What to run: quickstart (everyone rents at once), crash-pay (daemons killed while a
+    /// payment is in flight) or autopay (AutoPay top-ups and a broken tunnel; implies --netns).
+    #[arg(long, value_enum, default_value_t = Scenario::Quickstart)]
+    scenario: Scenario,
+    /// Number of provider daemons [default: 3; crash-pay 1; autopay 2].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=cluster::MAX_PROVIDERS as i64))]
+    providers: Option<u16>,
+    /// Number of renter daemons; each rents one lease [default: 5; crash-pay 2; autopay 3].
+    #[arg(long)]
+    renters: Option<u16>,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -83,7 +97,8 @@ struct Opts {
     #[arg(long)]
     netns: bool,
     /// Credit each renter buys, in satoshis [default: 3000; with --netns 40, which at the
-    /// netns price of 1 sat/s is 40 s of service before the suspension check].
+    /// netns price of 1 sat/s is 40 s of service before the suspension check; crash-pay 500;
+    /// autopay 150, 15 s at its 10 sat/s].
     #[arg(long = "credit")]
     credit_sat: Option<u64>,
     /// Directory to create the run's temporary root in (default: the system temp dir).
@@ -186,28 +201,54 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(opts: Opts) -> Result<Outcome> {
+async fn run(mut opts: Opts) -> Result<Outcome> {
     // Install handlers before any child exists, so no signal can kill us mid-setup.
     let mut signals = Signals::new()?;
     let bins = Bins::locate()?;
+    if opts.intruder && opts.scenario != Scenario::Quickstart {
+        anyhow::bail!("--intruder is part of the quickstart scenario only");
+    }
+    if opts.scenario.needs_netns() && !opts.netns {
+        tracing::info!(
+            scenario = opts.scenario.name(),
+            "this scenario verifies real WireGuard tunnels: running with --netns"
+        );
+        opts.netns = true;
+    }
     if opts.netns {
         // Before anything is created, so a machine that cannot run it says so at once.
-        netns::Topology::preflight()?;
+        netns::Topology::preflight().with_context(|| {
+            format!(
+                "the {} scenario needs network namespaces",
+                opts.scenario.name()
+            )
+        })?;
+    }
+    if opts.scenario == Scenario::Autopay && netns::find_program("wg").is_none() {
+        anyhow::bail!(
+            "the autopay scenario breaks a tunnel with `wg`, which is not installed \
+             (apt-get install wireguard-tools)"
+        );
     }
     // Declared before `procs`: on unwind, children are killed first, then the dir removed.
     let tmp = make_root(opts.base_dir.as_deref())?;
     let root = tmp.path().to_owned();
     tracing::info!(root = %root.display(), "simnet root");
     let procs = Arc::new(Procs::new());
+    let (providers, renters) = opts.scenario.default_counts();
     let plan = Plan {
-        providers: usize::from(opts.providers),
-        renters: usize::from(opts.renters),
+        providers: usize::from(opts.providers.unwrap_or(providers)),
+        renters: usize::from(opts.renters.unwrap_or(renters)),
         intruder: opts.intruder,
-        credit_sat: opts.credit_sat.unwrap_or(if opts.netns {
-            NETNS_CREDIT_SAT
-        } else {
-            DEFAULT_CREDIT_SAT
-        }),
+        credit_sat: opts
+            .credit_sat
+            .or(opts.scenario.default_credit_sat())
+            .unwrap_or(if opts.netns {
+                NETNS_CREDIT_SAT
+            } else {
+                DEFAULT_CREDIT_SAT
+            }),
+        scenario: opts.scenario,
     };
     // Built before any child starts, and removed only after every child has stopped.
     let net = if opts.netns {
@@ -331,7 +372,9 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_ones() {
         let o = Opts::try_parse_from(["simnet"]).unwrap();
-        assert_eq!((o.providers, o.renters, o.credit_sat), (3, 5, None));
+        assert_eq!((o.providers, o.renters, o.credit_sat), (None, None, None));
+        assert_eq!(o.scenario, Scenario::Quickstart);
+        assert_eq!(o.scenario.default_counts(), (3, 5));
         assert!(!o.json && !o.keep && !o.intruder && !o.netns && o.base_dir.is_none());
         assert!(o.helper.is_none());
         let o = Opts::try_parse_from([
@@ -346,8 +389,21 @@ mod tests {
             "5000",
         ])
         .unwrap();
-        assert_eq!((o.providers, o.renters, o.credit_sat), (2, 2, Some(5000)));
+        assert_eq!(
+            (o.providers, o.renters, o.credit_sat),
+            (Some(2), Some(2), Some(5000))
+        );
         assert!(o.json && o.intruder);
+        for (arg, s) in [
+            ("quickstart", Scenario::Quickstart),
+            ("crash-pay", Scenario::CrashPay),
+            ("autopay", Scenario::Autopay),
+        ] {
+            let o = Opts::try_parse_from(["simnet", "--scenario", arg]).unwrap();
+            assert_eq!(o.scenario, s);
+            assert_eq!(s.name(), arg);
+        }
+        assert!(Opts::try_parse_from(["simnet", "--scenario", "nope"]).is_err());
     }
 
     #[test]

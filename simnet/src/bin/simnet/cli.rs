@@ -94,6 +94,59 @@ pub struct StatusOut {
     /// Market membership.
     #[serde(default)]
     pub net: NetStatus,
+    /// The node's renter leases.
+    #[serde(default)]
+    pub leases: Vec<LeaseOut>,
+}
+
+/// One lease as `status` (renter side) and `leases` (provider side) print it; the parts
+/// simnet reads. Empty strings stand for "none", as in the control API.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LeaseOut {
+    /// Lease id.
+    pub lease_id: String,
+    /// Provider peer id.
+    pub provider: String,
+    /// Renter peer id.
+    pub renter: String,
+    /// `pending`, `active`, `suspended` or `released`.
+    pub state: String,
+    /// Leased IPv4 prefix, or empty.
+    pub ipv4: String,
+    /// Leased IPv6 prefix, or empty.
+    pub ipv6: String,
+    /// Total paid for the lease (activation fee and credit), sat.
+    pub paid_sat: u64,
+    /// Unix time the credit runs out.
+    pub paid_until: u64,
+    /// Renter side: whether AutoPay is on for the lease.
+    pub autopay: bool,
+    /// Renter side: payments this node made for the lease.
+    pub payments: u32,
+    /// Top-ups credited.
+    pub topups: u32,
+    /// Of which AutoPay paid.
+    pub autopay_topups: u32,
+    /// Times AutoPay refused to pay because the tunnel could not be verified.
+    pub refused_unverified: u32,
+    /// AutoPay's last decision, as a sentence.
+    pub autopay_note: String,
+}
+
+impl LeaseOut {
+    /// Whether the lease is active.
+    pub fn is_active(&self) -> bool {
+        self.state == "active"
+    }
+}
+
+/// `leasewire leases --json` (provider side).
+#[derive(Debug, Default, Deserialize)]
+pub struct LeasesOut {
+    /// Every lease the provider issued.
+    #[serde(default)]
+    pub leases: Vec<LeaseOut>,
 }
 
 /// The `net` object of [`StatusOut`].
@@ -215,22 +268,17 @@ impl Cli {
         self.json(data_dir_args("offers", dir), 10).await
     }
 
+    /// `leasewire leases --data-dir D --json` (provider side).
+    pub async fn leases(&self, dir: &Path) -> Result<LeasesOut> {
+        self.json(data_dir_args("leases", dir), 10).await
+    }
+
     /// `leasewire rent --data-dir D --auto --credit SAT --timeout-secs N --json`.
     ///
     /// The process gets 30 s beyond `timeout_secs` to report before it is killed.
     pub async fn rent(&self, dir: &Path, credit_sat: u64, timeout_secs: u64) -> Result<RentOut> {
-        let extra = [
-            "--auto".to_owned(),
-            "--credit".to_owned(),
-            credit_sat.to_string(),
-            "--timeout-secs".to_owned(),
-            timeout_secs.to_string(),
-        ];
-        let args = data_dir_args("rent", dir)
-            .into_iter()
-            .map(|a| a.to_owned())
-            .chain(extra.into_iter().map(Into::into));
-        self.json(args, timeout_secs + 30).await
+        self.json(rent_args(dir, credit_sat, timeout_secs), timeout_secs + 30)
+            .await
     }
 
     /// `leasewire add-credit --data-dir D --amount SAT --json` for the only lease.
@@ -282,6 +330,24 @@ impl Cli {
         }
         parse_json(&out.stdout).map_err(|e| failure(&what, &out, Some(e)))
     }
+}
+
+/// The arguments of `rent --auto` (without `--json`).
+fn rent_args(dir: &Path, credit_sat: u64, timeout_secs: u64) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = data_dir_args("rent", dir)
+        .into_iter()
+        .map(ToOwned::to_owned)
+        .collect();
+    for a in [
+        "--auto".to_owned(),
+        "--credit".to_owned(),
+        credit_sat.to_string(),
+        "--timeout-secs".to_owned(),
+        timeout_secs.to_string(),
+    ] {
+        args.push(a.into());
+    }
+    args
 }
 
 fn data_dir_args<'a>(sub: &'a str, dir: &'a Path) -> [&'a std::ffi::OsStr; 3] {
@@ -392,6 +458,49 @@ mod tests {
                 .unwrap();
         assert!(!a.ok);
         assert_eq!(a.first_bad.unwrap().seq, 4);
+    }
+
+    #[test]
+    fn leases_parse_from_status_and_leases() {
+        let s: StatusOut = parse_json(
+            r#"{"peer_id":"R","leases":[{"lease_id":"l1","provider":"P","state":"active",
+                "ipv4":"198.51.100.1/32","ipv6":"","paid_sat":160,"payments":3,"topups":2,
+                "autopay_topups":2,"refused_unverified":1,"autopay":true,
+                "autopay_note":"tunnel not verified","new_field":7}]}"#,
+        )
+        .unwrap();
+        let l = &s.leases[0];
+        assert!(l.is_active() && l.autopay);
+        assert_eq!((l.payments, l.topups, l.autopay_topups), (3, 2, 2));
+        assert_eq!(l.refused_unverified, 1);
+        assert_eq!(l.paid_sat, 160);
+        assert_eq!(l.ipv6, "");
+        let p: LeasesOut =
+            parse_json(r#"{"leases":[{"lease_id":"l1","renter":"R","state":"suspended"}]}"#)
+                .unwrap();
+        assert_eq!(p.leases[0].renter, "R");
+        assert!(!p.leases[0].is_active());
+        let none: StatusOut = parse_json(r#"{"peer_id":"R"}"#).unwrap();
+        assert!(none.leases.is_empty());
+    }
+
+    #[test]
+    fn rent_args_name_the_credit_and_timeout() {
+        let a = rent_args(Path::new("/d"), 150, 60);
+        let a: Vec<&str> = a.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(
+            a,
+            [
+                "rent",
+                "--data-dir",
+                "/d",
+                "--auto",
+                "--credit",
+                "150",
+                "--timeout-secs",
+                "60"
+            ]
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ use tokio::process::Command;
 use crate::cli::{Bins, Cli};
 use crate::netns::Topology;
 use crate::procs::Procs;
+use crate::scenarios::Scenario;
 
 /// Seconds between discovery rounds in every simnet node; short so a run takes seconds.
 pub const DISCOVERY_INTERVAL_SECS: u64 = 2;
@@ -49,6 +50,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const LND_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// WireGuard UDP port of every provider with `--netns` (each has its own namespace).
 pub const NETNS_WG_PORT: u16 = 51820;
+/// libp2p TCP port of every daemon with `--netns` (each has its own namespace and address).
+pub const NETNS_P2P_PORT: u16 = 4001;
 /// Credit price with `--netns`: 86 400 sat/day is 1 sat/s, so credit in satoshis is seconds
 /// of service and a lease can be made to run out within a short run.
 pub const NETNS_RATE_SAT_PER_DAY: u64 = 86_400;
@@ -67,7 +70,23 @@ pub enum Placement<'a> {
     },
 }
 
-impl Placement<'_> {
+impl<'a> Placement<'a> {
+    /// The live topology with `--netns`.
+    pub fn topology(&self) -> Option<&'a Topology> {
+        match self {
+            Placement::Host => None,
+            Placement::Netns { topo, .. } => Some(topo),
+        }
+    }
+
+    /// The run tag that prefixes WireGuard interface names (empty on the host).
+    pub fn tag(&self) -> &'a str {
+        match self {
+            Placement::Host => "",
+            Placement::Netns { tag, .. } => tag,
+        }
+    }
+
     /// The namespace node `kind`/`index` runs in; `None` on the host.
     ///
     /// Errors: an intruder with `--netns` (the topology has no namespace for it).
@@ -160,7 +179,7 @@ impl Kind {
 
     /// Its WireGuard interface name, unique in the cluster and at most 15 bytes; `tag` (a
     /// run tag) makes it unique machine-wide, as userspace WireGuard needs.
-    fn interface(self, tag: &str, index: usize) -> String {
+    pub fn interface(self, tag: &str, index: usize) -> String {
         let k = match self {
             Kind::Provider => 'p',
             Kind::Renter => 'r',
@@ -206,6 +225,9 @@ pub struct LndSimInfo {
     pub tls_cert_path: PathBuf,
     /// The virtual nodes.
     pub nodes: Vec<LndNode>,
+    /// The directory holding `lnd-sim.json` (set by simnet, not read from the file).
+    #[serde(skip)]
+    pub dir: PathBuf,
 }
 
 /// One virtual Lightning node of [`LndSimInfo`].
@@ -218,6 +240,18 @@ pub struct LndNode {
 }
 
 impl LndSimInfo {
+    /// The node called `name`.
+    ///
+    /// Errors: lnd-sim has no such node.
+    pub fn node(&self, name: &str) -> Result<&LndNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("lnd-sim.json has no node named {name}"))
+    }
+}
+
+impl LndSimInfo {
     /// Makes every path absolute, resolving relative ones against `dir` (where the file is).
     fn absolutize(&mut self, dir: &Path) {
         let abs = |p: &mut PathBuf| {
@@ -225,17 +259,11 @@ impl LndSimInfo {
                 *p = dir.join(&*p);
             }
         };
+        self.dir = dir.to_owned();
         abs(&mut self.tls_cert_path);
         for n in &mut self.nodes {
             abs(&mut n.macaroon_path);
         }
-    }
-
-    fn node(&self, name: &str) -> Result<&LndNode> {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| anyhow!("lnd-sim.json has no node named {name}"))
     }
 }
 
@@ -256,8 +284,13 @@ pub struct ConfigInput<'a> {
     pub macaroon_path: &'a Path,
     /// A UDP port no other node of the cluster uses.
     pub udp_port: u16,
+    /// The libp2p TCP port. Fixed for the node's lifetime, so a restarted daemon is found at
+    /// the address its peers (and, for provider-0, every bootstrap list) already know.
+    pub tcp_port: u16,
     /// Set with `--netns`: real WireGuard, underlay addresses, fast-expiring terms.
     pub netns: Option<NetnsNode<'a>>,
+    /// The scenario being run: it tunes terms, metering and AutoPay (see [`Scenario`]).
+    pub scenario: Scenario,
 }
 
 /// The `config.toml` of one simnet node, validated.
@@ -277,7 +310,7 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
         .netns
         .map_or(Ipv4Addr::LOCALHOST, |n| n.underlay)
         .to_string();
-    cfg.node.listen = vec![format!("/ip4/{host}/tcp/0")];
+    cfg.node.listen = vec![format!("/ip4/{host}/tcp/{}", input.tcp_port)];
     cfg.node.bootstrap = input.bootstrap.map(str::to_owned).into_iter().collect();
     cfg.node.secret = input.secret.to_owned();
     cfg.node.discovery_interval_secs = DISCOVERY_INTERVAL_SECS;
@@ -322,6 +355,10 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
             };
         }
     }
+    // AutoPay is on by default in leasewire; only its own scenario wants it, so the others
+    // keep exactly the payments they make themselves.
+    cfg.renter.autopay.enabled = false;
+    input.scenario.tune(&mut cfg, input.kind);
     cfg.validate()
         .with_context(|| format!("config for {}", input.kind.name(input.index)))?;
     Ok(cfg)
@@ -388,17 +425,35 @@ fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
         .context("cannot read reserved UDP ports")
 }
 
+/// `n` distinct TCP ports that were free on 127.0.0.1 a moment ago: each daemon's libp2p
+/// port, kept across restarts.
+fn free_tcp_ports(n: usize) -> Result<Vec<u16>> {
+    // Held together until all are chosen, as for the UDP ports.
+    let socks = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot reserve TCP ports")?;
+    socks
+        .iter()
+        .map(|s| Ok(s.local_addr()?.port()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot read reserved TCP ports")
+}
+
 /// A running cluster.
 pub struct Cluster {
     /// CLI runner.
     pub cli: Cli,
     /// Nodes: providers, then renters, then the intruder.
     pub nodes: Vec<Node>,
+    /// The running lnd-sim, as its `lnd-sim.json` describes it.
+    pub lnd: LndSimInfo,
     procs: Arc<Procs>,
 }
 
 impl Cluster {
-    /// Starts lnd-sim and every daemon under `root`; see the module doc for the steps.
+    /// Starts lnd-sim and every daemon `plan` asks for under `root`, configured for its
+    /// scenario; see the module doc for the steps.
     ///
     /// Every process goes into `procs`, so the caller can stop them whether this succeeds or
     /// not. Errors: a program fails to start or does not become ready in time (the message
@@ -407,11 +462,11 @@ impl Cluster {
         root: &Path,
         bins: &Bins,
         procs: Arc<Procs>,
-        providers: usize,
-        renters: usize,
-        intruder: bool,
+        plan: &crate::scenario::Plan,
         placement: Placement<'_>,
     ) -> Result<Cluster> {
+        let (providers, renters, intruder, scenario) =
+            (plan.providers, plan.renters, plan.intruder, plan.scenario);
         if providers == 0 || providers > MAX_PROVIDERS {
             bail!("--providers must be 1..={MAX_PROVIDERS}");
         }
@@ -451,16 +506,22 @@ impl Cluster {
 
         let secret = random_secret("simnet-cluster")?;
         let intruder_secret = random_secret("simnet-intruder")?;
-        let ports = match placement {
-            Placement::Host => free_udp_ports(nodes.len())?,
-            // Every daemon has a namespace to itself, so one well-known port serves all.
-            Placement::Netns { .. } => vec![NETNS_WG_PORT; nodes.len()],
+        let ports: Vec<(u16, u16)> = match placement {
+            Placement::Host => free_udp_ports(nodes.len())?
+                .into_iter()
+                .zip(free_tcp_ports(nodes.len())?)
+                .collect(),
+            // Every daemon has a namespace to itself, so well-known ports serve all.
+            Placement::Netns { .. } => vec![(NETNS_WG_PORT, NETNS_P2P_PORT); nodes.len()],
         };
         let tag = match placement {
             Placement::Host => "",
             Placement::Netns { tag, .. } => tag,
         };
-        let write_config = |node: &Node, port: u16, bootstrap: Option<&str>| -> Result<()> {
+        let write_config = |node: &Node,
+                            (udp_port, tcp_port): (u16, u16),
+                            bootstrap: Option<&str>|
+         -> Result<()> {
             let cfg = node_config(ConfigInput {
                 kind: node.kind,
                 index: node.index,
@@ -472,10 +533,12 @@ impl Cluster {
                 bootstrap,
                 lnd: &lnd,
                 macaroon_path: &lnd.node(&node.name)?.macaroon_path,
-                udp_port: port,
+                udp_port,
+                tcp_port,
                 netns: placement
                     .underlay(node.kind, node.index)
                     .map(|underlay| NetnsNode { tag, underlay }),
+                scenario,
             })?;
             let path = node.data_dir.join("config.toml");
             std::fs::write(&path, cfg.to_toml())
@@ -505,7 +568,12 @@ impl Cluster {
         });
         futures::future::try_join_all(ready).await?;
         tracing::info!(nodes = nodes.len(), "all daemons ready");
-        Ok(Cluster { cli, nodes, procs })
+        Ok(Cluster {
+            cli,
+            nodes,
+            lnd,
+            procs,
+        })
     }
 
     /// Nodes of one kind, in index order.
@@ -541,11 +609,45 @@ impl Cluster {
             .map(|(_, how)| how)
             .ok_or_else(|| anyhow!("{} is not a running daemon", node.name))?;
         tracing::info!(name = %node.name, %how, "daemon stopped for restart");
+        self.start_again(bins, placement, node).await?;
+        Ok(how)
+    }
+
+    /// Crashes one daemon: SIGKILL, no grace, and waits until it is gone. It leaves the
+    /// registry; [`Cluster::start_again`] brings it back.
+    ///
+    /// Errors: `node` is not a running daemon.
+    pub async fn kill_daemon(&self, node: &Node) -> Result<()> {
+        let status = self.procs.kill(&node.name).await?;
+        tracing::info!(name = %node.name, %status, "daemon killed (SIGKILL)");
+        Ok(())
+    }
+
+    /// Freezes (`SIGSTOP`) one daemon: it keeps its sockets but answers nothing. A later
+    /// [`Cluster::kill_daemon`] works on it as on a running one.
+    ///
+    /// Errors: `node` is not a running daemon.
+    pub fn freeze_daemon(&self, node: &Node) -> Result<()> {
+        let pid = self.procs.signal(&node.name, libc::SIGSTOP)?;
+        tracing::info!(name = %node.name, pid, "daemon frozen (SIGSTOP)");
+        Ok(())
+    }
+
+    /// Starts a daemon that is not running (after [`Cluster::kill_daemon`]) on the same data
+    /// dir, in the same place, and waits until it answers `status` as the same peer.
+    ///
+    /// Errors: it cannot start or does not become ready (the message carries its log's end).
+    pub async fn start_again(
+        &self,
+        bins: &Bins,
+        placement: Placement<'_>,
+        node: &Node,
+    ) -> Result<()> {
         start_daemon(&self.procs, bins, placement, node)?;
         // A copy: only `ready_at` changes, and the cluster's record keeps the first start.
         let mut again = node.clone();
         wait_ready(&self.procs, &self.cli, &mut again).await?;
-        Ok(how)
+        Ok(())
     }
 
     /// Stops every daemon (SIGTERM, up to `grace`, SIGKILL), leaving lnd-sim running.
@@ -675,6 +777,7 @@ mod tests {
                 name: "provider-0".into(),
                 macaroon_path: "provider-0/admin.macaroon".into(),
             }],
+            dir: PathBuf::new(),
         }
     }
 
@@ -689,7 +792,9 @@ mod tests {
             lnd,
             macaroon_path: Path::new("/m/admin.macaroon"),
             udp_port: 40000 + index as u16,
+            tcp_port: 0,
             netns: None,
+            scenario: Scenario::Quickstart,
         }
     }
 
@@ -758,6 +863,12 @@ mod tests {
         });
         let p = node_config(i).unwrap();
         assert_eq!(p.node.listen, ["/ip4/192.0.2.6/tcp/0"]);
+        let mut fixed = i;
+        fixed.tcp_port = NETNS_P2P_PORT;
+        assert_eq!(
+            node_config(fixed).unwrap().node.listen,
+            ["/ip4/192.0.2.6/tcp/4001"]
+        );
         assert_eq!(p.tunnel.backend, TunnelBackendKind::Wireguard);
         assert_eq!(p.tunnel.interface, "lwab12p1");
         assert_eq!(p.provider.endpoint, "192.0.2.6:51820");
@@ -821,5 +932,9 @@ mod tests {
         let ports = free_udp_ports(8).unwrap();
         let set: std::collections::HashSet<_> = ports.iter().collect();
         assert_eq!(set.len(), 8);
+        let tcp = free_tcp_ports(8).unwrap();
+        let set: std::collections::HashSet<_> = tcp.iter().collect();
+        assert_eq!(set.len(), 8);
+        assert!(tcp.iter().all(|&p| p != 0));
     }
 }

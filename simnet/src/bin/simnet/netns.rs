@@ -634,7 +634,7 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 /// The executable `name` resolves to: itself if it contains a `/`, else the first match on
 /// `PATH`.
-fn find_program(name: &str) -> Option<PathBuf> {
+pub fn find_program(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         p.metadata()

@@ -95,6 +95,57 @@ impl Procs {
         }
     }
 
+    /// Sends `sig` (SIGSTOP, SIGCONT, ...) to the running child `name`, which stays
+    /// registered; returns its pid.
+    ///
+    /// Errors: `name` is not registered, or it has already exited (its pid may be reused, so
+    /// nothing is sent).
+    pub fn signal(&self, name: &str, sig: libc::c_int) -> Result<u32> {
+        let mut entries = self.lock();
+        let entry = entries
+            .iter_mut()
+            .find(|e| e.name == name)
+            .ok_or_else(|| anyhow!("{name} is not a running simnet process"))?;
+        match (entry.child.try_wait(), entry.child.id()) {
+            (Ok(None), Some(pid)) => {
+                send_signal(pid, sig);
+                Ok(pid)
+            }
+            (Ok(Some(status)), _) => bail!("{name} has already exited ({status})"),
+            (Err(e), _) => bail!("cannot query {name}: {e}"),
+            (Ok(None), None) => bail!("{name} has no pid"),
+        }
+    }
+
+    /// Kills the child `name` with SIGKILL at once (a crash, not a stop: it gets no chance to
+    /// clean up), waits until it is gone and removes it from the registry. Works on a
+    /// SIGSTOPped child too. Returns how it ended.
+    ///
+    /// Errors: `name` is not registered, or waiting for it fails.
+    pub async fn kill(&self, name: &str) -> Result<ExitStatus> {
+        let mut entry = {
+            let mut entries = self.lock();
+            let i = entries
+                .iter()
+                .position(|e| e.name == name)
+                .ok_or_else(|| anyhow!("{name} is not a running simnet process"))?;
+            entries.remove(i)
+        };
+        // `Child::kill` sends SIGKILL only to an unreaped child, then reaps it.
+        entry
+            .child
+            .kill()
+            .await
+            .with_context(|| format!("cannot kill {name}"))?;
+        let status = entry
+            .child
+            .wait()
+            .await
+            .with_context(|| format!("cannot reap {name}"))?;
+        tracing::debug!(name, %status, "killed");
+        Ok(status)
+    }
+
     /// Number of registered children (running or not yet reaped).
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -393,6 +444,41 @@ mod tests {
         assert!(msg.contains("boom-happened"), "{msg}");
         assert!(msg.contains('3'), "{msg}");
         assert!(procs.ensure_running("nobody").is_err());
+    }
+
+    #[tokio::test]
+    async fn signal_stops_and_kill_removes_a_stopped_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = Procs::new();
+        let pid = procs
+            .spawn("victim", sh("exec sleep 30"), &dir.path().join("v.log"))
+            .unwrap();
+        assert_eq!(procs.signal("victim", libc::SIGSTOP).unwrap(), pid);
+        // A stopped process shows state T in /proc.
+        let mut stopped = false;
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .trim_start()
+                .starts_with('T')
+            {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(stopped, "pid {pid} was not stopped");
+        procs.ensure_running("victim").unwrap();
+        let status = procs.kill("victim").await.unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert_eq!(procs.len(), 0);
+        assert!(!alive(pid));
+        assert!(procs.kill("victim").await.is_err());
+        assert!(procs.signal("victim", libc::SIGCONT).is_err());
     }
 
     #[tokio::test]

@@ -1,8 +1,10 @@
 //! The run's result: the JSON object of `--json`, the human table, and the pass/fail verdict.
 //!
-//! [`Report`] serializes to exactly the documented object (`rentals`, `nodes`, `audit_ok`, and
-//! `intruder` with `--intruder`); a renter that got no lease still appears in `rentals`, with
-//! nulls and an `error`. Per-node audit details and daemon stop results are kept out of the
+//! [`Report`] serializes to exactly the documented object (`scenario`, `rentals`, `nodes`,
+//! `audit_ok`, `double_payments`, and `intruder` with `--intruder`); a renter that got no lease
+//! still appears in `rentals`, with nulls and an `error`. Each rental's `payments`, `paid_sat`,
+//! `topups` and `refused_unverified` come from the renter's `status` and are cross-checked
+//! against lnd-sim's ledger; `double_payments` is the ledger's count of hashes paid twice. Per-node audit details and daemon stop results are kept out of the
 //! JSON but feed [`Report::failures`] and the table. With `--netns` each rental also carries
 //! the data-plane verdicts of [`DataPlane`], flattened into its object.
 
@@ -16,15 +18,26 @@ use crate::cli::AuditOut;
 /// Everything a run found out.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The scenario that ran (`quickstart`, `crash-pay`, `autopay`).
+    pub scenario: &'static str,
     /// One entry per renter, in renter order.
     pub rentals: Vec<Rental>,
     /// Every leasewire node of the cluster.
     pub nodes: Vec<NodeEntry>,
     /// Whether every node's audit log verified.
     pub audit_ok: bool,
+    /// Payment hashes with more than one SUCCEEDED payment in lnd-sim's ledger (must be 0);
+    /// null when the ledger could not be read.
+    pub double_payments: Option<u64>,
     /// The intruder's view, with `--intruder` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intruder: Option<IntruderReport>,
+    /// Why lnd-sim's ledger could not be read (a failure).
+    #[serde(skip)]
+    pub ledger_error: Option<String>,
+    /// The scenario's own pass criteria that did not hold, as sentences.
+    #[serde(skip)]
+    pub criteria_failed: Vec<String>,
     /// Per-node audit verdicts behind `audit_ok`.
     #[serde(skip)]
     pub audits: Vec<NodeAudit>,
@@ -47,8 +60,30 @@ pub struct Rental {
     pub ipv4: Option<String>,
     /// Leased IPv6 prefix.
     pub ipv6: Option<String>,
-    /// Satoshis paid.
+    /// Satoshis paid for the lease in all (activation fee, credit, top-ups), per the renter's
+    /// `status` at the end of the run.
     pub paid_sat: Option<u64>,
+    /// Payments the renter made for the lease, per its `status`.
+    pub payments: Option<u32>,
+    /// Top-ups credited to the lease, per the renter's `status`.
+    pub topups: Option<u32>,
+    /// Times AutoPay refused to pay because the tunnel could not be verified.
+    pub refused_unverified: Option<u32>,
+    /// Autopay scenario: whether this rental's tunnel was broken on purpose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken: Option<bool>,
+    /// Autopay scenario: payments to the provider's node created after the break (ledger).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payments_after_break: Option<u32>,
+    /// Crash-pay scenario: what was killed and when, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub crash: Vec<String>,
+    /// The renter's SUCCEEDED payments to the provider's node in lnd-sim's ledger.
+    #[serde(skip)]
+    pub ledger_payments: Option<u32>,
+    /// How the renter's figures disagree with the ledger (a failure).
+    #[serde(skip)]
+    pub mismatch: Option<String>,
     /// Milliseconds from starting `rent` to holding the lease.
     pub lease_ms: Option<u64>,
     /// Milliseconds from starting `rent` until `offers` listed every provider; null when
@@ -183,6 +218,9 @@ impl Report {
                     r.error.as_deref().unwrap_or("no provider in the reply")
                 ));
             }
+            if let Some(m) = &r.mismatch {
+                f.push(format!("{} payment figures: {m}", r.renter));
+            }
             if let Some(d) = &r.dataplane {
                 let failed = d.failed_checks();
                 if !failed.is_empty() {
@@ -211,6 +249,15 @@ impl Report {
         if !self.audit_ok && self.audits.iter().all(NodeAudit::ok) {
             f.push("audit was not run".to_owned());
         }
+        match (&self.ledger_error, self.double_payments) {
+            (Some(e), _) => f.push(format!("cannot read lnd-sim's ledger: {e}")),
+            (None, Some(n)) if n > 0 => {
+                f.push(format!("{n} payment hashes were paid more than once"));
+            }
+            (None, None) => f.push("lnd-sim's ledger was not read".to_owned()),
+            (None, Some(_)) => {}
+        }
+        f.extend(self.criteria_failed.iter().cloned());
         if let Some(i) = &self.intruder {
             if let Some(e) = &i.error {
                 f.push(format!("intruder check failed: {e}"));
@@ -275,7 +322,19 @@ impl Report {
         out.push('\n');
 
         let leased = self.rentals.iter().filter(|r| r.leased()).count();
+        let _ = writeln!(out, "scenario:  {}", self.scenario);
         let _ = writeln!(out, "leases:    {leased}/{} renters", self.rentals.len());
+        let sum =
+            |f: fn(&Rental) -> Option<u32>| -> u32 { self.rentals.iter().filter_map(f).sum() };
+        let _ = writeln!(
+            out,
+            "payments:  {} made, {} top-ups, {} refused unverified; double payments: {}",
+            sum(|r| r.payments),
+            sum(|r| r.topups),
+            sum(|r| r.refused_unverified),
+            self.double_payments
+                .map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+        );
         let mut disc: Vec<u64> = self.rentals.iter().filter_map(|r| r.discovery_ms).collect();
         disc.sort_unstable();
         if let (Some(median), Some(max)) = (disc.get(disc.len() / 2), disc.last()) {
@@ -370,11 +429,16 @@ mod tests {
             ipv4: Some(format!("198.51.100.{}/32", i + 1)),
             ipv6: Some(format!("2001:db8:100:{i}::/64")),
             paid_sat: Some(4_000),
+            payments: Some(1),
+            topups: Some(0),
+            refused_unverified: Some(0),
+            ledger_payments: Some(1),
             lease_ms: Some(1_500 + i as u64),
             discovery_ms: Some(700 + i as u64),
             error: None,
             paid_until: None,
             dataplane: None,
+            ..Rental::default()
         }
     }
 
@@ -394,6 +458,10 @@ mod tests {
 
     fn passing() -> Report {
         Report {
+            scenario: "quickstart",
+            double_payments: Some(0),
+            ledger_error: None,
+            criteria_failed: Vec::new(),
             rentals: vec![rental(0, "provider-0"), rental(1, "provider-1")],
             nodes: vec![NodeEntry {
                 name: "provider-0".into(),
@@ -417,7 +485,19 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&passing().to_json()).unwrap();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["audit_ok", "intruder", "nodes", "rentals"]);
+        assert_eq!(
+            keys,
+            [
+                "audit_ok",
+                "double_payments",
+                "intruder",
+                "nodes",
+                "rentals",
+                "scenario"
+            ]
+        );
+        assert_eq!(v["scenario"], "quickstart");
+        assert_eq!(v["double_payments"], 0);
         let r = &v["rentals"][1];
         let mut rk: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
         rk.sort_unstable();
@@ -429,8 +509,11 @@ mod tests {
                 "ipv6",
                 "lease_ms",
                 "paid_sat",
+                "payments",
                 "provider",
-                "renter"
+                "refused_unverified",
+                "renter",
+                "topups"
             ]
         );
         assert_eq!(r["provider"], "provider-1");
@@ -588,6 +671,45 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["rentals"][1]["error"], "no offers within 60 s");
         assert!(v["rentals"][1]["provider"].is_null());
+    }
+
+    #[test]
+    fn ledger_disagreements_doubles_and_criteria_fail() {
+        let mut r = passing();
+        r.rentals[0].mismatch = Some("status says 2 payments, lnd-sim's ledger has 1".into());
+        r.double_payments = Some(2);
+        r.criteria_failed
+            .push("renter-1 has 2 active leases".into());
+        let f = r.failures().join("\n");
+        assert!(f.contains("renter-0 payment figures: status says 2"), "{f}");
+        assert!(
+            f.contains("2 payment hashes were paid more than once"),
+            "{f}"
+        );
+        assert!(f.contains("renter-1 has 2 active leases"), "{f}");
+        let mut r = passing();
+        r.double_payments = None;
+        r.ledger_error = Some("connection refused".into());
+        assert_eq!(
+            r.failures(),
+            ["cannot read lnd-sim's ledger: connection refused"]
+        );
+        // Scenario-only keys appear only when set.
+        let mut r = passing();
+        r.rentals[0].broken = Some(true);
+        r.rentals[0].payments_after_break = Some(0);
+        r.rentals[1].crash = vec!["renter-1 SIGKILLed at +3.2 s".into()];
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["rentals"][0]["broken"], true);
+        assert_eq!(v["rentals"][0]["payments_after_break"], 0);
+        assert!(v["rentals"][0].get("crash").is_none());
+        assert_eq!(v["rentals"][1]["crash"][0], "renter-1 SIGKILLed at +3.2 s");
+        assert!(v["rentals"][1].get("broken").is_none());
+        assert!(
+            r.table().contains("payments:  2 made, 0 top-ups"),
+            "{}",
+            r.table()
+        );
     }
 
     #[test]
