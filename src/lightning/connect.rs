@@ -58,13 +58,11 @@ pub enum LndSource {
 impl fmt::Display for LndSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LndSource::Lndconnect => f.write_str("connected with the lndconnect URI"),
-            LndSource::Paths => {
-                f.write_str("connected with lightning.tls_cert_path and lightning.macaroon_path")
-            }
+            LndSource::Lndconnect => f.write_str("lightning.lndconnect URI"),
+            LndSource::Paths => f.write_str("lightning.tls_cert_path and lightning.macaroon_path"),
             LndSource::Autodetect { lnd_dir } => write!(
                 f,
-                "connected with the certificate and admin macaroon autodetected in {}",
+                "tls.cert and admin.macaroon autodetected in {}",
                 lnd_dir.display()
             ),
         }
