@@ -15,13 +15,14 @@
 //! `maxRoutingFee` is not a refusal: the payer lowers the fee limit it hands to Lightning to
 //! [`effective_routing_fee_cap`] and passes that lowered limit in [`Proposed::fee_limit_sat`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditKind, AuditLog};
+mod duration;
+mod history;
 
 /// Period used by the per-period limits when no level sets `limits_period`.
 pub const DEFAULT_LIMITS_PERIOD: Duration = Duration::from_secs(86_400);
@@ -56,109 +57,8 @@ pub enum LimitsError {
     },
 }
 
-/// Parses `<positive integer><unit>` with unit `s`, `m`, `h` or `d` (`"60s"`, `"10m"`, `"4h"`,
-/// `"1d"`). Nothing else is accepted: no spaces, signs, fractions, other units or a missing
-/// unit.
-///
-/// # Errors
-/// [`LimitsError::BadDuration`] naming the value; zero is rejected because a zero period or
-/// gap is meaningless.
-pub fn parse_duration(s: &str) -> Result<Duration, LimitsError> {
-    let bad = |reason| LimitsError::BadDuration {
-        value: s.to_owned(),
-        reason,
-    };
-    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
-    let unit_secs: u64 = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "" => return Err(bad("empty")),
-        _ => return Err(bad("missing or unknown unit")),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad("the number must be a plain positive integer"));
-    }
-    let n: u64 = digits.parse().map_err(|_| bad("number too large"))?;
-    if n == 0 {
-        return Err(bad("must be greater than zero"));
-    }
-    let secs = n
-        .checked_mul(unit_secs)
-        .ok_or_else(|| bad("number too large"))?;
-    Ok(Duration::from_secs(secs))
-}
-
-/// The canonical text of a duration: the largest unit that divides it exactly (`"1d"`,
-/// `"90m"`). Sub-second parts are dropped (parsed durations never have them).
-pub fn format_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => "0s".to_owned(),
-        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
-        _ if s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
-        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
-        _ => format!("{s}s"),
-    }
-}
-
-/// Serde helpers writing a [`Duration`] as its canonical string (see [`parse_duration`] and
-/// [`format_duration`]), for `#[serde(with = "…::serde_duration")]`.
-pub mod serde_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error as _, ser::Error as _};
-
-    /// Serializes as `"<n><unit>"`.
-    ///
-    /// # Errors
-    /// When the duration has a sub-second part, which the text form cannot express.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        if d.subsec_nanos() != 0 {
-            return Err(S::Error::custom("durations must be whole seconds"));
-        }
-        s.serialize_str(&super::format_duration(*d))
-    }
-
-    /// Deserializes from `"<n><unit>"`.
-    ///
-    /// # Errors
-    /// The message of [`super::LimitsError::BadDuration`].
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_duration(&text).map_err(D::Error::custom)
-    }
-
-    /// The same for `Option<Duration>` (use with `default` and
-    /// `skip_serializing_if = "Option::is_none"`).
-    pub mod option {
-        use std::time::Duration;
-
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        /// Serializes `Some` as a string and `None` as a unit (callers skip `None`).
-        ///
-        /// # Errors
-        /// As [`super::serialize`].
-        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => super::serialize(d, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        /// Deserializes a present string into `Some`.
-        ///
-        /// # Errors
-        /// As [`super::deserialize`].
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            #[derive(Deserialize)]
-            struct Wrap(#[serde(with = "super")] Duration);
-            Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(d)| d))
-        }
-    }
-}
+pub use duration::{format_duration, parse_duration, serde_duration};
+pub use history::{PastPayment, history_from_audit};
 
 /// One level of limit settings. Every field is optional; `None` means this level does not
 /// set it (a less specific level may, else there is no such limit).
@@ -326,153 +226,6 @@ pub fn effective_routing_fee_cap(
     lease_id: &str,
 ) -> Option<u64> {
     pick(&cfg.levels(provider, lease_id), |s| s.max_routing_fee).map(|(v, _)| v)
-}
-
-/// A payment already made (or in flight), as counted by the limits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PastPayment {
-    /// Unix seconds of the attempt.
-    pub at: u64,
-    /// Amount in sat, excluding fees.
-    pub amount_sat: u64,
-    /// Routing fee in sat: the fee paid, or the fee limit while the outcome is unknown.
-    pub fee_sat: u64,
-    /// Provider PeerId.
-    pub provider: String,
-    /// Lease id (may be empty if the audit entry had none).
-    pub lease_id: String,
-}
-
-#[derive(Deserialize)]
-struct AttemptPayload {
-    payment_hash: String,
-    amount_sat: u64,
-    #[serde(default)]
-    provider: Option<String>,
-    #[serde(default)]
-    lease_id: Option<String>,
-    /// Older entries lack it; such an in-flight payment then counts without a fee.
-    #[serde(default)]
-    fee_limit_msat: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct SucceededPayload {
-    payment_hash: String,
-    amount_msat: u64,
-    #[serde(default)]
-    fee_msat: u64,
-    #[serde(default)]
-    provider: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct FailedPayload {
-    payment_hash: String,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    InFlight,
-    Succeeded,
-    Failed,
-}
-
-/// Reads every payment of the audit log (kinds `payment_attempt`, `payment_succeeded`,
-/// `payment_failed`) into the history the limits count, oldest first.
-///
-/// A payment counts unless it failed: a succeeded one with its amount and the fee paid, one
-/// with an attempt but no outcome yet (in flight, or the node crashed) with its amount and
-/// its fee limit. Each payment hash counts at most once, as Lightning settles it at most
-/// once: an outcome applies to the attempt with that hash, a repeated attempt replaces an
-/// earlier in-flight or failed one, a success without an attempt still counts (money moved), a late success after a recorded
-/// failure turns it into a success, and a failure never cancels a recorded success. Amounts
-/// in msat are rounded up.
-///
-/// # Errors
-/// [`LimitsError::Audit`] if an entry cannot be read and [`LimitsError::BadEntry`] if a
-/// payment entry's payload is malformed: the history is then unknown and the caller must
-/// refuse to pay (fail closed).
-pub fn history_from_audit(log: &AuditLog) -> Result<Vec<PastPayment>, LimitsError> {
-    let mut records: Vec<(PastPayment, Outcome)> = Vec::new();
-    let mut by_hash: HashMap<String, usize> = HashMap::new();
-    for entry in log.entries(0) {
-        let entry = entry?;
-        let Some(kind) = entry.audit_kind() else {
-            continue;
-        };
-        let bad = |e: crate::audit::AuditError| LimitsError::BadEntry {
-            seq: entry.seq,
-            kind: entry.kind.clone(),
-            reason: e.to_string(),
-        };
-        let at = entry.time_ms / 1000;
-        match kind {
-            AuditKind::PaymentAttempt => {
-                let a: AttemptPayload = entry.payload_as().map_err(bad)?;
-                let past = PastPayment {
-                    at,
-                    amount_sat: a.amount_sat,
-                    fee_sat: a.fee_limit_msat.unwrap_or(0).div_ceil(1000),
-                    provider: a.provider.unwrap_or_default(),
-                    lease_id: a.lease_id.unwrap_or_default(),
-                };
-                // A hash settles at most once, so a retry (after a failure, or resumed after
-                // a crash) replaces the earlier attempt instead of counting twice.
-                match by_hash.get(&a.payment_hash).map(|&i| &mut records[i]) {
-                    Some((_, Outcome::Succeeded)) => {}
-                    Some(rec) => *rec = (past, Outcome::InFlight),
-                    None => {
-                        by_hash.insert(a.payment_hash, records.len());
-                        records.push((past, Outcome::InFlight));
-                    }
-                }
-            }
-            AuditKind::PaymentSucceeded => {
-                let s: SucceededPayload = entry.payload_as().map_err(bad)?;
-                let (amount_sat, fee_sat) =
-                    (s.amount_msat.div_ceil(1000), s.fee_msat.div_ceil(1000));
-                match by_hash.get(&s.payment_hash).map(|&i| &mut records[i]) {
-                    Some((_, Outcome::Succeeded)) => {
-                        tracing::debug!(seq = entry.seq, "duplicate payment_succeeded ignored");
-                    }
-                    Some((past, outcome)) => {
-                        (past.amount_sat, past.fee_sat, *outcome) =
-                            (amount_sat, fee_sat, Outcome::Succeeded);
-                    }
-                    None => {
-                        tracing::warn!(seq = entry.seq, hash = %s.payment_hash, "payment succeeded without a recorded attempt; counting it");
-                        by_hash.insert(s.payment_hash, records.len());
-                        let past = PastPayment {
-                            at,
-                            amount_sat,
-                            fee_sat,
-                            provider: s.provider.unwrap_or_default(),
-                            lease_id: String::new(),
-                        };
-                        records.push((past, Outcome::Succeeded));
-                    }
-                }
-            }
-            AuditKind::PaymentFailed => {
-                let f: FailedPayload = entry.payload_as().map_err(bad)?;
-                if let Some((_, outcome)) = by_hash.get(&f.payment_hash).map(|&i| &mut records[i])
-                    && *outcome == Outcome::InFlight
-                {
-                    *outcome = Outcome::Failed;
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out: Vec<PastPayment> = records
-        .into_iter()
-        .filter(|(_, o)| *o != Outcome::Failed)
-        .map(|(p, _)| p)
-        .collect();
-    // A retry moves its record's time; keep the promised order (stable for equal times).
-    out.sort_by_key(|p| p.at);
-    Ok(out)
 }
 
 /// A payment the renter is about to make.
@@ -691,6 +444,7 @@ pub use crate::types::rfc3339;
 mod tests {
     use super::*;
     use crate::audit::tests::{temp_db, test_key};
+    use crate::audit::{AuditKind, AuditLog};
     use serde_json::json;
 
     const DAY: u64 = 86_400;
