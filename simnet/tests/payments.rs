@@ -375,6 +375,31 @@ async fn a_manual_top_up_paid_elsewhere_is_credited_once_and_seen_by_autopay() {
     assert_eq!(w.renter.rental("").unwrap().stats.topups, 1);
     assert_eq!(count(&w, "payment_attempt"), 1);
     assert!(kinds(&w.renter_audit).iter().any(|k| k == "manual_invoice"));
+
+    // A second one paid after the command gave up: the provider's watcher credits it, and the
+    // renter's background pass sees it in the provider's signed lease.
+    let inv2 = w.renter.manual_invoice("", 300).await.unwrap();
+    w.mallory_ln
+        .pay_invoice(PayRequest {
+            bolt11: inv2.bolt11.clone(),
+            fee_limit_msat: 10_000,
+            timeout_secs: 30,
+        })
+        .await
+        .unwrap();
+    w.renter.recover_payments().await.unwrap();
+    assert_eq!(
+        w.renter.rental("").unwrap().stats.topups,
+        1,
+        "not credited by the provider yet"
+    );
+    w.provider.tick().await.unwrap();
+    w.renter.recover_payments().await.unwrap();
+    let r = w.renter.rental("").unwrap();
+    assert_eq!(r.stats.topups, 2);
+    assert_eq!(r.lease.credit_sat, before.lease.credit_sat + 800);
+    assert_eq!(r.paid_sat, before.paid_sat + 800);
+    assert_eq!(count(&w, "payment_attempt"), 1);
 }
 
 #[tokio::test]

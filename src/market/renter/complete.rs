@@ -9,12 +9,18 @@ use super::*;
 impl Renter {
     /// Fetches, verifies and applies the lease bought by payment `hash`; marks the payment
     /// completed. For a manual invoice it also learns from the provider whether it was paid.
+    /// `attempts` bounds the `paymentResult` round trips (each may wait for the provider's
+    /// settlement check), so background passes stay short.
     ///
     /// # Errors
     /// [`MarketError::Refused`] with `NotSettled` while the provider does not see the invoice
     /// paid; network errors while it is unreachable; [`MarketError::BadSigned`] when what it
     /// sends does not match what was paid for.
-    pub(super) async fn complete_payment(&self, hash: &str) -> Result<Rental, MarketError> {
+    pub(super) async fn complete_payment(
+        &self,
+        hash: &str,
+        attempts: u32,
+    ) -> Result<Rental, MarketError> {
         let i = &self.inner;
         let mut rec = i
             .payments
@@ -43,6 +49,7 @@ impl Renter {
                 &rec.request_id,
                 hash,
                 rec.preimage.as_deref().unwrap_or(""),
+                attempts,
             )
             .await?;
         let rental = if c.purpose == PURPOSE_TOPUP {
@@ -173,15 +180,51 @@ impl Renter {
         Ok(rental)
     }
 
-    /// Sends `paymentResult` and waits for the lease; `NotSettled` answers are retried a few
-    /// times (the provider's node may see the settlement a moment after ours).
+    /// The credit of `lease_id` as the provider's signed lease states it now (one status
+    /// request; nothing is stored).
+    pub(super) async fn provider_credit(&self, lease_id: &str) -> Result<Sats, MarketError> {
+        let peer: PeerId = self
+            .rental(lease_id)?
+            .lease
+            .provider
+            .parse()
+            .map_err(|_| MarketError::Store("bad provider id".into()))?;
+        let msg = Message::StatusRequest(StatusRequest {
+            lease_id: lease_id.to_owned(),
+        });
+        match self.inner.peers.request(peer, msg).await?.0 {
+            Message::Status(s) => match s.lease {
+                Some(signed) => {
+                    let l = self.check_lease(peer, &signed, lease_id, |_| Ok(()))?;
+                    Ok(l.credit_sat)
+                }
+                None => Err(MarketError::NotFound(format!(
+                    "provider has no lease {lease_id}"
+                ))),
+            },
+            Message::Error(e) => Err(MarketError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            other => Err(MarketError::Unexpected {
+                expected: "status",
+                got: other.name(),
+            }),
+        }
+    }
+
+    /// Sends `paymentResult` and waits for the lease; `NotSettled` answers and network errors
+    /// are retried up to `attempts` times in all (the provider's node may see the settlement
+    /// a moment after ours).
     pub(super) async fn fetch_lease(
         &self,
         peer: PeerId,
         request_id: &str,
         payment_hash: &str,
         preimage: &str,
+        attempts: u32,
     ) -> Result<Signed<Lease>, MarketError> {
+        let max = attempts.max(1);
         let i = &self.inner;
         let msg = Message::PaymentResult(PaymentResult {
             request_id: request_id.to_owned(),
@@ -191,9 +234,10 @@ impl Renter {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            let again = attempts < max;
             match i.peers.request(peer, msg.clone()).await {
                 Ok((Message::Lease(l), _)) => return Ok(l),
-                Ok((Message::Error(e), _)) if e.code == ErrorCode::NotSettled && attempts < 3 => {}
+                Ok((Message::Error(e), _)) if e.code == ErrorCode::NotSettled && again => {}
                 Ok((Message::Error(e), _)) => {
                     return Err(MarketError::Refused {
                         code: e.code,
@@ -206,7 +250,7 @@ impl Renter {
                         got: other.name(),
                     });
                 }
-                Err(e) if attempts < 3 => {
+                Err(e) if again => {
                     tracing::warn!(error = %e, request_id, "lease fetch failed; retrying")
                 }
                 Err(e) => return Err(e),

@@ -95,30 +95,54 @@ impl Renter {
             )));
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let peer: PeerId = rec
+            .provider
+            .parse()
+            .map_err(|_| MarketError::Store("bad provider id".into()))?;
         loop {
-            let done = {
-                let _op = self.inner.op_lock.lock().await;
-                self.complete_payment(payment_hash).await
-            };
-            match done {
-                Ok(_) => {
-                    // Confirm with the provider's signed status, which is what AutoPay reads.
-                    return match self.refresh(&rec.lease_id).await {
-                        Ok(r) => Ok(r),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "status refresh failed after a manual top-up");
-                            self.rental(&rec.lease_id)
-                        }
-                    };
-                }
-                Err(
+            // Ask the provider to look at its node now (it waits a few seconds for the
+            // settlement); it answers with the re-signed lease once the invoice is paid.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let nudge = self.fetch_lease(peer, &rec.request_id, payment_hash, "", 1);
+            let credited = match tokio::time::timeout(left, nudge).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(
                     MarketError::Refused {
                         code: ErrorCode::NotSettled,
                         ..
                     }
                     | MarketError::Net(_),
-                ) => {}
-                Err(e) => return Err(e),
+                ))
+                | Err(_) => false,
+                Ok(Err(e)) => return Err(e),
+            };
+            if credited {
+                let done = {
+                    let _op = self.inner.op_lock.lock().await;
+                    self.complete_payment(payment_hash, 1).await
+                };
+                let r = match done {
+                    Ok(r) => r,
+                    // Recovery completed it a moment ago.
+                    Err(_)
+                        if self
+                            .inner
+                            .payments
+                            .get(payment_hash)?
+                            .is_some_and(|p| p.completed) =>
+                    {
+                        self.rental(&rec.lease_id)?
+                    }
+                    Err(e) => return Err(e),
+                };
+                // Record the provider's latest signed status, which is what AutoPay reads.
+                return match self.refresh(&rec.lease_id).await {
+                    Ok(r) => Ok(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "status refresh failed after a manual top-up");
+                        Ok(r)
+                    }
+                };
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(MarketError::Invalid(format!(

@@ -346,14 +346,29 @@ impl Renter {
                 PayState::Manual => rec.at + MANUAL_WATCH_SECS > now_unix(),
                 _ => false,
             };
-            if open && !rec.completed && rec.commitment.is_some() {
-                match self.complete_payment(&hash).await {
-                    Ok(r) => {
-                        tracing::info!(lease_id = %r.lease.lease_id, payment_hash = %hash, "completed a payment left open")
-                    }
+            if !open || rec.completed || rec.commitment.is_none() {
+                continue;
+            }
+            if rec.state == PayState::Manual {
+                // Cheap question first: does the provider's signed lease show the credit yet?
+                let paid = match self.provider_credit(&rec.lease_id).await {
+                    Ok(credit) => credit >= rec.credit_before + rec.amount_sat,
                     Err(e) => {
-                        tracing::debug!(payment_hash = %hash, error = %e, "payment not completed yet")
+                        tracing::debug!(payment_hash = %hash, error = %e, "manual invoice status unknown");
+                        false
                     }
+                };
+                if !paid {
+                    continue;
+                }
+            }
+            // One round trip per pass: the next pass tries again.
+            match self.complete_payment(&hash, 1).await {
+                Ok(r) => {
+                    tracing::info!(lease_id = %r.lease.lease_id, payment_hash = %hash, "completed a payment left open")
+                }
+                Err(e) => {
+                    tracing::debug!(payment_hash = %hash, error = %e, "payment not completed yet")
                 }
             }
         }

@@ -105,7 +105,7 @@ impl Renter {
             .await?;
         // Paid: from here on nothing may send the caller to another offer. If the lease does
         // not come now, recovery keeps asking the provider for it.
-        self.complete_payment(&hex::encode(hash))
+        self.complete_payment(&hex::encode(hash), 3)
             .await
             .map_err(|e| MarketError::AwaitingLease(format!("lease {}: {e}", pay.lease_id)))
     }
@@ -234,7 +234,7 @@ impl Renter {
                 autopay,
             })
             .await?;
-        self.complete_payment(&hex::encode(hash))
+        self.complete_payment(&hex::encode(hash), 3)
             .await
             .map_err(|e| MarketError::AwaitingLease(format!("lease {lease_id}: {e}")))
     }
