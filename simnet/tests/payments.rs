@@ -95,52 +95,9 @@ async fn max_transaction_size_refuses_before_paying() {
     assert!(w.provider.leases().unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn min_time_between_payments_refuses_the_next_payment() {
-    let w = world_opts(Opts {
-        renter_cfg: limits("min_time_between_payments = \"1h\"\n"),
-        ..Opts::default()
-    })
-    .await;
-    rent(&w, 1000).await.unwrap();
-    let r = w.renter.add_credit("", 200).await;
-    assert_refused(&w, r, "minTimeBetweenPayments", 1, START_MSAT - 2_000_000);
-}
-
-#[tokio::test]
-async fn max_transactions_per_period_refuses() {
-    let w = world_opts(Opts {
-        renter_cfg: limits("maxTransactionsPerPeriod = 1\nlimitsPeriod = \"1d\"\n"),
-        ..Opts::default()
-    })
-    .await;
-    rent(&w, 1000).await.unwrap();
-    let r = w.renter.add_credit("", 200).await;
-    assert_refused(&w, r, "maxTransactionsPerPeriod", 1, START_MSAT - 2_000_000);
-}
-
-#[tokio::test]
-async fn max_amount_per_period_refuses_and_counts_fee_limits() {
-    // 2000 sat rent + its 10 sat fee limit fits in 2100; 200 more does not.
-    let w = world_opts(Opts {
-        renter_cfg: limits("max_amount_per_period = 2100\nuse_rolling_limits_period = false\n"),
-        ..Opts::default()
-    })
-    .await;
-    rent(&w, 1000).await.unwrap();
-    let r = w.renter.add_credit("", 200).await;
-    assert_refused(&w, r, "maxAmountPerPeriod", 1, START_MSAT - 2_000_000);
-}
-
-#[tokio::test]
-async fn provider_override_is_stricter_than_base() {
-    // The provider's PeerId is fixed by the world's key, so the override can name it.
-    let probe = world_opts(Opts::default()).await;
-    let provider = probe.provider_peer.to_string();
-    drop(probe);
-    let cfg = limits(&format!(
-        "maxTransactionsPerPeriod = 10\n[renter.limits.provider.\"{provider}\"]\nmaxTransactionsPerPeriod = 1\n"
-    ));
+/// Rents (2000 sat: fee 1000 + credit 1000) under `cfg`, then asserts a 200 sat top-up is
+/// refused by `limit` before any money moves.
+async fn top_up_refused_by(cfg: RenterConfig, limit: &str) {
     let w = world_opts(Opts {
         renter_cfg: cfg,
         ..Opts::default()
@@ -148,7 +105,48 @@ async fn provider_override_is_stricter_than_base() {
     .await;
     rent(&w, 1000).await.unwrap();
     let r = w.renter.add_credit("", 200).await;
-    assert_refused(&w, r, "maxTransactionsPerPeriod", 1, START_MSAT - 2_000_000);
+    assert_refused(&w, r, limit, 1, START_MSAT - 2_000_000);
+}
+
+#[tokio::test]
+async fn min_time_between_payments_refuses_the_next_payment() {
+    top_up_refused_by(
+        limits("min_time_between_payments = \"1h\"\n"),
+        "minTimeBetweenPayments",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn max_transactions_per_period_refuses() {
+    top_up_refused_by(
+        limits("maxTransactionsPerPeriod = 1\nlimitsPeriod = \"1d\"\n"),
+        "maxTransactionsPerPeriod",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn max_amount_per_period_refuses_and_counts_fee_limits() {
+    // 2000 sat rent + its 10 sat fee limit fits in 2100; 200 more does not.
+    top_up_refused_by(
+        limits("max_amount_per_period = 2100\nuse_rolling_limits_period = false\n"),
+        "maxAmountPerPeriod",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn provider_override_is_stricter_than_base() {
+    // The world's provider key is fixed, so its PeerId can be named before it starts.
+    let probe = world_opts(Opts::default()).await;
+    let provider = probe.provider_peer.to_string();
+    drop(probe);
+    let cfg = limits(&format!(
+        "maxTransactionsPerPeriod = 10\n[renter.limits.provider.\"{provider}\"]\n\
+         maxTransactionsPerPeriod = 1\n"
+    ));
+    top_up_refused_by(cfg, "maxTransactionsPerPeriod").await;
 }
 
 #[tokio::test]

@@ -242,13 +242,18 @@ impl Default for Opts {
     }
 }
 
-impl World {
-    /// A new renter on the same database, keys, audit log and network: the daemon restarted.
-    pub fn restart_renter(&mut self) {
-        let p = &self.renter_parts;
-        self.renter = Renter::new(RenterParams {
-            key: p.key.clone(),
-            cfg: p.cfg.clone(),
+impl RenterParts {
+    /// The renter of the world, on this database, keys and audit log.
+    fn build(
+        &self,
+        dir: &std::path::Path,
+        ln: &LndClient,
+        audit: &AuditLog,
+        peers: &Arc<Direct>,
+    ) -> Renter {
+        Renter::new(RenterParams {
+            key: self.key.clone(),
+            cfg: self.cfg.clone(),
             network: "regtest".into(),
             fee_limit_sat: 10,
             fee_limit_ppm: 0,
@@ -257,15 +262,27 @@ impl World {
             wg_public: WgKey([4; 32]),
             iface: "lwr0".into(),
             keepalive: 25,
-            conf_dir: self.dir_path.join("wireguard"),
-            etc_wireguard: p.etc_wireguard.clone(),
-            ln: Arc::new(self.renter_ln.clone()),
-            tunnel: p.tunnel.clone(),
-            audit: self.renter_audit.clone(),
-            peers: self.peers.clone(),
-            db: p.db.clone(),
+            conf_dir: dir.join("wireguard"),
+            etc_wireguard: self.etc_wireguard.clone(),
+            ln: Arc::new(ln.clone()),
+            tunnel: self.tunnel.clone(),
+            audit: audit.clone(),
+            peers: peers.clone(),
+            db: self.db.clone(),
         })
-        .unwrap();
+        .unwrap()
+    }
+}
+
+impl World {
+    /// A new renter on the same database, keys, audit log and network: the daemon restarted.
+    pub fn restart_renter(&mut self) {
+        self.renter = self.renter_parts.build(
+            &self.dir_path,
+            &self.renter_ln,
+            &self.renter_audit,
+            &self.peers,
+        );
     }
 }
 
@@ -387,7 +404,15 @@ pub async fn world_opts(opts: Opts) -> World {
         std::fs::create_dir_all(&d).unwrap();
         d
     });
-    let mut w = World {
+    let renter_parts = RenterParts {
+        key: rkey,
+        cfg: renter_cfg,
+        db: rdb,
+        tunnel: renter_backend,
+        etc_wireguard,
+    };
+    World {
+        renter: renter_parts.build(dir.path(), &renter_ln, &renter_audit, &peers),
         dir_path: dir.path().to_owned(),
         renter_tunnel,
         verifying,
@@ -395,26 +420,6 @@ pub async fn world_opts(opts: Opts) -> World {
         sim,
         provider,
         provider_audit,
-        renter: Renter::new(RenterParams {
-            key: rkey.clone(),
-            cfg: renter_cfg.clone(),
-            network: "regtest".into(),
-            fee_limit_sat: 10,
-            fee_limit_ppm: 0,
-            payment_timeout_secs: 30,
-            wg_private: WgKey([3; 32]),
-            wg_public: WgKey([4; 32]),
-            iface: "lwr0".into(),
-            keepalive: 25,
-            conf_dir: std::env::temp_dir(),
-            etc_wireguard: None,
-            ln: Arc::new(renter_ln.clone()),
-            tunnel: renter_backend.clone(),
-            audit: renter_audit.clone(),
-            peers: peers.clone(),
-            db: rdb.clone(),
-        })
-        .unwrap(),
         renter_audit,
         renter_ln,
         mallory_ln,
@@ -422,17 +427,8 @@ pub async fn world_opts(opts: Opts) -> World {
         provider_peer,
         renter_peer,
         peers,
-        renter_parts: RenterParts {
-            key: rkey,
-            cfg: renter_cfg,
-            db: rdb,
-            tunnel: renter_backend,
-            etc_wireguard,
-        },
-    };
-    // The real renter, with the world's directories.
-    w.restart_renter();
-    w
+        renter_parts,
+    }
 }
 
 /// The kinds of every entry of an audit log, in order.
