@@ -16,10 +16,10 @@
 
 mod util;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use util::{drain, processes_mentioning, wait_or_stop};
+use util::{Finished, processes_mentioning, run_simnet_process};
 
 /// Longest a run may take: cluster start, 40 s of credit, the cut, the resume, the provider
 /// restart, stop, audit.
@@ -52,26 +52,11 @@ fn run_netns(test: &str, args: &[&str]) -> Option<serde_json::Value> {
     }
     let ns_before = simnet_namespaces();
     let base = tempfile::tempdir().expect("a temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_simnet"))
-        .args(args)
-        .arg("--json")
-        .arg("--base-dir")
-        .arg(base.path())
-        // The run tag is read from the log, which must be plain text.
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("simnet to start");
-    let stdout = drain(child.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let status = wait_or_stop(&mut child, RUN_TIMEOUT, Duration::from_secs(20));
-    let stdout = stdout.join().expect("stdout reader");
-    let stderr = stderr.join().expect("stderr reader");
-    let status = status.unwrap_or_else(|| {
-        panic!("simnet did not finish within {RUN_TIMEOUT:?}; stderr:\n{stderr}")
-    });
+    let Finished {
+        status,
+        stdout,
+        stderr,
+    } = run_simnet_process(args, base.path(), RUN_TIMEOUT, Duration::from_secs(20));
 
     // Cleanup is checked before the verdict: a failing run must not leak either. Only this
     // run's namespaces count: the other test of this file may be running at the same time.

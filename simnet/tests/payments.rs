@@ -226,18 +226,24 @@ fn autopay_cfg() -> RenterConfig {
     }
 }
 
-#[tokio::test]
-async fn autopay_tops_up_a_verified_tunnel_to_the_high_watermark() {
+/// A world on fast terms whose renter rented 300 sat (30 s of service, below AutoPay's 60 s
+/// low watermark); `verifying`: its tunnel backend can verify tunnels.
+async fn autopay_world(verifying: bool) -> World {
     let w = world_opts(Opts {
         terms: fast_terms(),
         renter_cfg: autopay_cfg(),
-        verifying: true,
+        verifying,
         ..Opts::default()
     })
     .await;
-    // 300 sat = 30 s of service, below the 60 s low watermark.
-    let r = rent(&w, 300).await.unwrap();
-    assert!(r.autopay);
+    rent(&w, 300).await.unwrap();
+    w
+}
+
+#[tokio::test]
+async fn autopay_tops_up_a_verified_tunnel_to_the_high_watermark() {
+    let w = autopay_world(true).await;
+    assert!(w.renter.rental("").unwrap().autopay);
     w.renter.autopay_tick().await.unwrap();
     let after = w.renter.rental("").unwrap();
     assert_eq!(after.stats.autopay_topups, 1, "{:?}", after.stats);
@@ -257,14 +263,7 @@ async fn autopay_tops_up_a_verified_tunnel_to_the_high_watermark() {
 
 #[tokio::test]
 async fn autopay_never_pays_for_a_tunnel_it_cannot_verify() {
-    let w = world_opts(Opts {
-        terms: fast_terms(),
-        renter_cfg: autopay_cfg(),
-        verifying: true,
-        ..Opts::default()
-    })
-    .await;
-    rent(&w, 300).await.unwrap();
+    let w = autopay_world(true).await;
     let v = w.verifying.clone().unwrap();
     v.healthy.store(false, Ordering::SeqCst);
     let balance = w.sim.balance_msat("renter");
@@ -290,13 +289,7 @@ async fn autopay_never_pays_for_a_tunnel_it_cannot_verify() {
 
 #[tokio::test]
 async fn autopay_refuses_with_a_backend_that_cannot_verify() {
-    let w = world_opts(Opts {
-        terms: fast_terms(),
-        renter_cfg: autopay_cfg(),
-        ..Opts::default()
-    })
-    .await;
-    rent(&w, 300).await.unwrap();
+    let w = autopay_world(false).await;
     w.renter.autopay_tick().await.unwrap();
     let r = w.renter.rental("").unwrap();
     assert_eq!(r.stats.refused_unverified, 1);
@@ -310,14 +303,7 @@ async fn autopay_refuses_with_a_backend_that_cannot_verify() {
 
 #[tokio::test]
 async fn autopay_off_for_a_lease_pays_nothing() {
-    let w = world_opts(Opts {
-        terms: fast_terms(),
-        renter_cfg: autopay_cfg(),
-        verifying: true,
-        ..Opts::default()
-    })
-    .await;
-    rent(&w, 300).await.unwrap();
+    let w = autopay_world(true).await;
     w.renter.set_autopay("", false).unwrap();
     w.renter.autopay_tick().await.unwrap();
     assert_eq!(count(&w, "payment_attempt"), 1);

@@ -10,12 +10,12 @@
 //! alone, run `cargo build --workspace` first so `target/debug/leasewire` is current.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 mod util;
 
-use util::{drain, processes_mentioning, wait_or_stop};
+use util::{Finished, processes_mentioning, run_simnet_process};
 
 /// Longest a run may take: cluster start, 60 s rent timeout, intruder wait, stop and audit
 /// (crash-pay: two crashes of a few seconds each, or 60 s lease waits when something is
@@ -26,24 +26,11 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(420);
 /// process and no directory behind and exited 0; returns its JSON.
 fn run_simnet(args: &[&str]) -> serde_json::Value {
     let base = tempfile::tempdir().expect("a temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_simnet"))
-        .args(args)
-        .arg("--json")
-        .arg("--base-dir")
-        .arg(base.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("simnet to start");
-    let stdout = drain(child.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let status = wait_or_stop(&mut child, RUN_TIMEOUT, Duration::from_secs(15));
-    let stdout = stdout.join().expect("stdout reader");
-    let stderr = stderr.join().expect("stderr reader");
-    let status = status.unwrap_or_else(|| {
-        panic!("simnet did not finish within {RUN_TIMEOUT:?}; stderr:\n{stderr}")
-    });
+    let Finished {
+        status,
+        stdout,
+        stderr,
+    } = run_simnet_process(args, base.path(), RUN_TIMEOUT, Duration::from_secs(15));
 
     // Checked before the verdict: a failing run must not leak processes either.
     let leftovers = processes_mentioning(&base.path().to_string_lossy());

@@ -56,3 +56,46 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     }
     found
 }
+
+/// What a finished `simnet` run printed.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the built `simnet` with `args`, `--json` and `--base-dir base`, plain-text logs, both
+/// pipes drained; on `timeout` it is stopped (SIGTERM, `grace`, SIGKILL) and the test fails
+/// with its log.
+pub fn run_simnet_process(
+    args: &[&str],
+    base: &std::path::Path,
+    timeout: Duration,
+    grace: Duration,
+) -> Finished {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simnet"))
+        .args(args)
+        .arg("--json")
+        .arg("--base-dir")
+        .arg(base)
+        // Callers read the run tag from the log, which must be plain text.
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("simnet to start");
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let status = wait_or_stop(&mut child, timeout, grace);
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    let status = status
+        .unwrap_or_else(|| panic!("simnet did not finish within {timeout:?}; stderr:\n{stderr}"));
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}
