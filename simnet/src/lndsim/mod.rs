@@ -17,11 +17,8 @@
 //! [`SimHandle::write_manifest`] then describes the running simulator in a JSON file.
 
 pub mod admin;
+pub mod ledger;
 pub mod service;
-
-/// The shared ledger model, which lives in leasewire so its in-memory test double uses the
-/// very same payment rules.
-pub use leasewire::lightning::sim as ledger;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

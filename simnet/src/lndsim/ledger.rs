@@ -1,8 +1,11 @@
 //! A simulated Lightning network: virtual nodes, their balances, invoices and payments.
 //!
-//! This is the model behind both `lnd-sim` (the LND-compatible gRPC server in the simnet
-//! crate) and the in-memory [`super::testing::MemNode`]. It is pure, synchronous state (callers
-//! wrap it in a mutex and pass the clock in), so every payment rule is unit-testable. Invoices
+//! This is the model behind `lnd-sim` (the LND-compatible gRPC server of this crate). It lives
+//! here, not in the leasewire library, so production builds carry no simulator; the library's
+//! in-memory test double (`leasewire::lightning::testing::MemNode`, feature `test-utils`) keeps
+//! the same contract, which `leasewire::lightning::testing::conformance` checks for both. It is
+//! pure, synchronous state (callers wrap it in a mutex and pass the clock in), so every payment
+//! rule is unit-testable. Invoices
 //! are real, signed regtest BOLT11 strings. Semantics follow LND where there is a choice:
 //!
 //! - each node has its own invoice `add_index`/`settle_index` and payment index sequences;
@@ -30,11 +33,11 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use super::proto::lnrpc::{
-    self, PaymentFailureReason, invoice::InvoiceState, payment::PaymentStatus,
-};
 use bitcoin::hashes::{Hash as _, sha256};
 use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
+use leasewire::lightning::proto::lnrpc::{
+    self, PaymentFailureReason, invoice::InvoiceState, payment::PaymentStatus,
+};
 use lightning_invoice::{Bolt11Invoice, Currency, InvoiceBuilder, PaymentSecret};
 use tokio::sync::broadcast;
 
@@ -48,7 +51,7 @@ pub const SIM_BLOCK_HEIGHT: u32 = 1_000;
 /// disconnected (payment waiters then re-read the ledger).
 const EVENT_CAPACITY: usize = 1024;
 
-/// Code generated from `proto/lndsim/admin.proto`: lnd-sim's admin API (faults, routing fee,
+/// Code generated from `simnet/proto/lndsim/admin.proto` (by simnet's build.rs): lnd-sim's admin API (faults, routing fee,
 /// payment audit), served next to the LND services.
 pub mod admin_proto {
     #![allow(clippy::all, missing_docs)]
