@@ -727,7 +727,19 @@ async fn payment_completes_after_the_client_disconnects() {
         .expect_err("in transition");
     assert!(err.is_rpc_code(tonic::Code::AlreadyExists), "{err}");
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Wait for the resolution itself (TrackPaymentV2 without in-flight updates sends only
+    // the final state), not for an amount of wall-clock time.
+    let mut final_update = tracker
+        .router_client()
+        .track_payment_v2(routerrpc::TrackPaymentRequest {
+            payment_hash: inv.payment_hash.to_vec(),
+            no_inflight_updates: true,
+        })
+        .await
+        .expect("track stream")
+        .into_inner();
+    let done = final_update.next().await.expect("final update").expect("ok");
+    assert_eq!(done.status, lnrpc::payment::PaymentStatus::Succeeded as i32);
     match tracker
         .track_payment(inv.payment_hash)
         .await

@@ -1569,7 +1569,9 @@ mod tests {
         assert_eq!(double_payments(Vec::<u8>::new()), 0);
     }
 
-    #[tokio::test]
+    // Paused tokio time: the spawned resolver's sleep and the test's sleep below run on the
+    // virtual clock, so the order is fixed (the resolver is due first) and nothing waits.
+    #[tokio::test(start_paused = true)]
     async fn started_payment_completes_without_a_waiter() {
         let l = Arc::new(Mutex::new(ledger()));
         let delay = Duration::from_millis(50);
@@ -1595,7 +1597,7 @@ mod tests {
         };
         let started = start_payment(&l, 0, params(&inv.bolt11, 0)).expect("start");
         assert_eq!(started.status, PaymentStatus::InFlight);
-        // Nobody waits; the spawned task still settles it.
+        // Nobody waits; the spawned task still settles it when its (virtual) delay is over.
         tokio::time::sleep(delay * 4).await;
         let p = lock_ledger(&l).payment(started.id).cloned().expect("known");
         assert_eq!(p.status, PaymentStatus::Succeeded);
