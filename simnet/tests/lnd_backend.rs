@@ -738,7 +738,11 @@ async fn payment_completes_after_the_client_disconnects() {
         .await
         .expect("track stream")
         .into_inner();
-    let done = final_update.next().await.expect("final update").expect("ok");
+    let done = final_update
+        .next()
+        .await
+        .expect("final update")
+        .expect("ok");
     assert_eq!(done.status, lnrpc::payment::PaymentStatus::Succeeded as i32);
     match tracker
         .track_payment(inv.payment_hash)

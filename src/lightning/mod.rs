@@ -6,7 +6,7 @@
 //! pays them. Everything is keyed by the 32-byte payment hash, which both sides can derive from
 //! the BOLT11 string, so no backend-specific identifiers leak into the market code.
 //!
-//! With the `test-utils` feature (and in this crate's own tests), [`testing`] holds an in-memory
+//! With the `test-utils` feature (and in this crate's own tests), `testing` holds an in-memory
 //! [`LightningNode`] for tests and the conformance suite every backend must pass. The LND
 //! simulator (`lnd-sim`) lives in the `leasewire-simnet` crate, not here.
 
