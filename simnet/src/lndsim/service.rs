@@ -524,14 +524,26 @@ mod tests {
     #[test]
     fn send_fee_limits_follow_lnd() {
         // Default: 100% up to 1,000 sat, 5% above.
-        assert_eq!(send_fee_limit_msat(None, 1_000_000).unwrap(), 1_000_000);
-        assert_eq!(send_fee_limit_msat(None, 2_000_000).unwrap(), 100_000);
+        assert_eq!(
+            send_fee_limit_msat(None, 1_000_000).expect("valid limit"),
+            1_000_000
+        );
+        assert_eq!(
+            send_fee_limit_msat(None, 2_000_000).expect("valid limit"),
+            100_000
+        );
         let fixed = limit(Limit::Fixed(3));
-        assert_eq!(send_fee_limit_msat(Some(&fixed), 1).unwrap(), 3_000);
+        assert_eq!(
+            send_fee_limit_msat(Some(&fixed), 1).expect("valid limit"),
+            3_000
+        );
         let msat = limit(Limit::FixedMsat(7));
-        assert_eq!(send_fee_limit_msat(Some(&msat), 1).unwrap(), 7);
+        assert_eq!(send_fee_limit_msat(Some(&msat), 1).expect("valid limit"), 7);
         let pct = limit(Limit::Percent(3));
-        assert_eq!(send_fee_limit_msat(Some(&pct), 1_000).unwrap(), 30);
+        assert_eq!(
+            send_fee_limit_msat(Some(&pct), 1_000).expect("valid limit"),
+            30
+        );
         let negative = limit(Limit::Fixed(-1));
         assert!(send_fee_limit_msat(Some(&negative), 1).is_err());
         assert!(send_fee_limit_msat(Some(&limit(Limit::Fixed(i64::MAX))), 1).is_err());
