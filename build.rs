@@ -1,5 +1,6 @@
 //! Compiles every `.proto` file under `proto/` with protox (no system `protoc` needed): the
-//! subset of LND's API we call (`proto/lnd/`) and our own control API.
+//! subset of LND's API we call (`proto/lnd/`) and our own control API. (lnd-sim's admin API is
+//! the simulator's own and is compiled by simnet/build.rs.)
 
 use std::path::{Path, PathBuf};
 

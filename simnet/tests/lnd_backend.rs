@@ -15,6 +15,7 @@ use leasewire::lightning::invoice::{InvoiceExpectation, check_invoice};
 use leasewire::lightning::lnd::{LndClient, LndConfig};
 use leasewire::lightning::lnd::{authed_channel, parse_certificate};
 use leasewire::lightning::proto::{lnrpc, routerrpc};
+use leasewire::lightning::testing::conformance;
 use leasewire::lightning::{
     InvoiceRequest, InvoiceState, LightningError, LightningNode, PayRequest, PaymentStatus,
 };
@@ -726,7 +727,23 @@ async fn payment_completes_after_the_client_disconnects() {
         .expect_err("in transition");
     assert!(err.is_rpc_code(tonic::Code::AlreadyExists), "{err}");
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Wait for the resolution itself (TrackPaymentV2 without in-flight updates sends only
+    // the final state), not for an amount of wall-clock time.
+    let mut final_update = tracker
+        .router_client()
+        .track_payment_v2(routerrpc::TrackPaymentRequest {
+            payment_hash: inv.payment_hash.to_vec(),
+            no_inflight_updates: true,
+        })
+        .await
+        .expect("track stream")
+        .into_inner();
+    let done = final_update
+        .next()
+        .await
+        .expect("final update")
+        .expect("ok");
+    assert_eq!(done.status, lnrpc::payment::PaymentStatus::Succeeded as i32);
     match tracker
         .track_payment(inv.payment_hash)
         .await
@@ -794,5 +811,147 @@ async fn send_and_track_stream_in_flight_then_final() {
 
     // Unknown hash: track_payment answers None.
     assert_eq!(alice.track_payment([7; 32]).await.expect("track"), None);
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn lnd_client_passes_conformance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start(dir.path()).await;
+    let alice = client(&sim, "alice").await;
+    let bob = client(&sim, "bob").await;
+    conformance(&bob, &alice, &|| sim.balance_msat("alice")).await;
+    assert_eq!(sim.ledger().lock().expect("ledger").double_payments(), 0);
+    sim.shutdown().await.expect("shutdown");
+}
+
+/// A raw `lnrpc.Lightning` client for node `name` (no `LndClient` in between).
+async fn raw_lightning(
+    sim: &SimHandle,
+    name: &str,
+) -> lnrpc::lightning_client::LightningClient<leasewire::lightning::lnd::AuthedChannel> {
+    let channel = authed_channel(sim.address(), &cert_der(sim), &macaroon(sim, name))
+        .await
+        .expect("channel");
+    lnrpc::lightning_client::LightningClient::new(channel)
+}
+
+fn send_req(bolt11: &str) -> lnrpc::SendRequest {
+    lnrpc::SendRequest {
+        payment_request: bolt11.to_owned(),
+        ..Default::default()
+    }
+}
+
+// SendPaymentSync is deprecated in LND (still served up to v0.20); lnd-sim serves it.
+#[allow(deprecated)]
+#[tokio::test]
+async fn send_payment_sync_pays_and_reports_failures_in_the_response() {
+    use lnrpc::fee_limit::Limit;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start(dir.path()).await;
+    let mut alice = raw_lightning(&sim, "alice").await;
+    let mut carol = raw_lightning(&sim, "carol").await;
+    let bob = client(&sim, "bob").await;
+
+    // Success: the preimage proves payment, the route carries the totals.
+    let inv = bob.add_invoice(invoice_req(5_000)).await.expect("invoice");
+    let resp = alice
+        .send_payment_sync(send_req(&inv.bolt11))
+        .await
+        .expect("sync pay")
+        .into_inner();
+    assert_eq!(resp.payment_error, "");
+    assert_eq!(resp.payment_hash, inv.payment_hash.to_vec());
+    assert_eq!(
+        sha256::Hash::hash(&resp.payment_preimage)
+            .to_byte_array()
+            .to_vec(),
+        resp.payment_hash
+    );
+    let route = resp.payment_route.expect("route");
+    assert_eq!((route.total_amt_msat, route.total_fees_msat), (5_000, 0));
+    let status = bob.lookup_invoice(inv.payment_hash).await.expect("lookup");
+    assert_eq!(status.state, InvoiceState::Settled);
+    assert_eq!(sim.balance_msat("alice"), Some(1_000_000_000 - 5_000));
+    // The same payment as SendPaymentV2 makes: TrackPaymentV2 sees it.
+    let tracked = client(&sim, "alice")
+        .await
+        .track_payment(inv.payment_hash)
+        .await
+        .expect("track");
+    assert!(
+        matches!(&tracked, Some(PaymentStatus::Succeeded(o)) if o.preimage.to_vec() == resp.payment_preimage),
+        "{tracked:?}"
+    );
+
+    // Paying again: refused in the response (LND's wording), nothing debited.
+    let again = alice
+        .send_payment_sync(send_req(&inv.bolt11))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(again.payment_error, "invoice is already paid");
+    assert!(again.payment_preimage.is_empty());
+    assert_eq!(sim.balance_msat("alice"), Some(1_000_000_000 - 5_000));
+
+    // Fee limits as LND computes them: fixed, percent, and by default 100% up to 1,000 sat.
+    sim.set_routing_fee(RoutingFee {
+        base_msat: 2_000,
+        ppm: 0,
+    });
+    let inv = bob
+        .add_invoice(invoice_req(100_000))
+        .await
+        .expect("invoice");
+    for limit in [Limit::FixedMsat(1_999), Limit::Fixed(1), Limit::Percent(1)] {
+        let resp = alice
+            .send_payment_sync(lnrpc::SendRequest {
+                fee_limit: Some(lnrpc::FeeLimit { limit: Some(limit) }),
+                ..send_req(&inv.bolt11)
+            })
+            .await
+            .expect("answered")
+            .into_inner();
+        assert_eq!(resp.payment_error, "no_route", "{limit:?}");
+        assert!(resp.payment_route.is_none());
+    }
+    let resp = alice
+        .send_payment_sync(send_req(&inv.bolt11))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(resp.payment_error, "");
+    assert_eq!(
+        resp.payment_route
+            .map(|r| (r.total_amt_msat, r.total_fees_msat)),
+        Some((102_000, 2_000))
+    );
+
+    // Insufficient balance: carol has 1 sat.
+    let inv = bob.add_invoice(invoice_req(5_000)).await.expect("invoice");
+    let resp = carol
+        .send_payment_sync(send_req(&inv.bolt11))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(resp.payment_error, "insufficient_balance");
+    assert_eq!(sim.balance_msat("carol"), Some(1_000));
+
+    // Malformed requests are gRPC errors, as in LND.
+    let err = alice
+        .send_payment_sync(send_req("lnbcrt1garbage"))
+        .await
+        .expect_err("garbage");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = alice
+        .send_payment_sync(lnrpc::SendRequest {
+            amt: 5,
+            ..send_req(&inv.bolt11)
+        })
+        .await
+        .expect_err("amount given for an invoice that has one");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(sim.ledger().lock().expect("ledger").double_payments(), 0);
     sim.shutdown().await.expect("shutdown");
 }

@@ -388,7 +388,7 @@ async fn a_manual_top_up_paid_elsewhere_is_credited_once_and_seen_by_autopay() {
 
 #[tokio::test]
 async fn a_renter_stopped_mid_payment_tracks_it_after_restart_and_never_pays_twice() {
-    use leasewire::lightning::sim::FaultKind;
+    use leasewire_simnet::lndsim::ledger::FaultKind;
     let mut w = world_opts(Opts::default()).await;
     w.sim
         .add_fault("renter", FaultKind::Delay(Duration::from_secs(2)), 1)
@@ -433,7 +433,7 @@ async fn a_renter_stopped_mid_payment_tracks_it_after_restart_and_never_pays_twi
 
 #[tokio::test]
 async fn max_routing_fee_caps_the_fee_limit_and_nothing_moves_when_routes_cost_more() {
-    use leasewire::lightning::sim::RoutingFee;
+    use leasewire_simnet::lndsim::ledger::RoutingFee;
     let w = world_opts(Opts {
         renter_cfg: limits("maxRoutingFee = 1\n"),
         ..Opts::default()
@@ -469,7 +469,7 @@ async fn max_routing_fee_caps_the_fee_limit_and_nothing_moves_when_routes_cost_m
 
 #[tokio::test]
 async fn a_failed_payment_is_recorded_with_its_reason_and_its_hash_never_paid() {
-    use leasewire::lightning::sim::FaultKind;
+    use leasewire_simnet::lndsim::ledger::FaultKind;
     let w = world_opts(Opts::default()).await;
     w.sim.add_fault("renter", FaultKind::NoRoute, 1).unwrap();
     let err = rent(&w, 1000).await.unwrap_err();

@@ -399,6 +399,7 @@ async fn connect_pinned(
         let target = target.clone();
         async move {
             let tcp = TcpStream::connect(&target).await?;
+            // Small gRPC frames (a request's end, a ping) must not wait for a delayed ACK.
             tcp.set_nodelay(true)?;
             let stream = tls.connect(server_name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(stream))

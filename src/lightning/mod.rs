@@ -6,13 +6,14 @@
 //! pays them. Everything is keyed by the 32-byte payment hash, which both sides can derive from
 //! the BOLT11 string, so no backend-specific identifiers leak into the market code.
 //!
-//! [`sim`] models a whole Lightning network in memory (the engine of `lnd-sim`), and
-//! [`testing::MemNode`] exposes it directly as a [`LightningNode`] for tests.
+//! With the `test-utils` feature (and in this crate's own tests), `testing` holds an in-memory
+//! [`LightningNode`] for tests and the conformance suite every backend must pass. The LND
+//! simulator (`lnd-sim`) lives in the `leasewire-simnet` crate, not here.
 
 pub mod connect;
 pub mod invoice;
 pub mod lnd;
-pub mod sim;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
 use std::sync::Arc;

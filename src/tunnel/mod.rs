@@ -25,6 +25,7 @@ use crate::types::WgKey;
 
 pub mod file;
 pub mod probe;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod wireguard;
 

@@ -1,18 +1,26 @@
 //! gRPC front of the simulator: LND's `lnrpc.Lightning` and `routerrpc.Router` services
 //! (the subset in `proto/lnd/`) over the shared [`Ledger`].
 //!
+//! `SendPaymentSync` (LND's older unary payment call) runs the same ledger payment as
+//! `SendPaymentV2` and answers once it is final, with LND's conventions for that call: the
+//! fee limit defaults by amount, and a failed or refused payment is an OK response carrying
+//! `payment_error`.
+//!
 //! Every call first selects the virtual node from the hex `macaroon` metadata header, as LND
 //! authenticates with it; a missing or unknown macaroon is `Unauthenticated`.
 
 use std::pin::Pin;
+use std::str::FromStr as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use bitcoin::hashes::Hash as _;
 use futures::Stream;
 use leasewire::lightning::proto::lnrpc::{
     self, lightning_server::Lightning, payment::PaymentStatus,
 };
 use leasewire::lightning::proto::routerrpc::{self, router_server::Router};
+use lightning_invoice::Bolt11Invoice;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
@@ -270,6 +278,113 @@ impl Lightning for SimService {
             payments: page,
         }))
     }
+    async fn send_payment_sync(
+        &self,
+        request: Request<lnrpc::SendRequest>,
+    ) -> Result<Response<lnrpc::SendResponse>, Status> {
+        let node = self.authenticate(&request)?;
+        let req = request.into_inner();
+        if req.payment_request.is_empty() {
+            return Err(Status::invalid_argument(
+                "lnd-sim only supports paying a payment_request",
+            ));
+        }
+        let invoice = Bolt11Invoice::from_str(req.payment_request.trim())
+            .map_err(|e| Status::invalid_argument(format!("invalid payment request: {e}")))?;
+        if req.amt != 0 || req.amt_msat != 0 {
+            // The ledger only pays invoices that carry their amount; so does LND here.
+            return Err(Status::invalid_argument(
+                "amount must not be specified when paying a non-zero amount invoice",
+            ));
+        }
+        let amount_msat = invoice.amount_milli_satoshis().ok_or_else(|| {
+            Status::invalid_argument("amount must be specified when paying a zero amount invoice")
+        })?;
+        let fee_limit_msat = send_fee_limit_msat(req.fee_limit.as_ref(), amount_msat)?;
+        let params = PayParams {
+            bolt11: &req.payment_request,
+            fee_limit_msat,
+            timeout: SEND_SYNC_TIMEOUT,
+        };
+        let payment_hash = invoice.payment_hash().to_byte_array().to_vec();
+        // The payment runs on its own from here, as with SendPaymentV2.
+        let started = match start_payment(&self.ledger, node, params) {
+            Ok(p) => p,
+            // LND reports a refused payment of an already paid (or in-flight) hash in the
+            // response, as for any payment that did not succeed.
+            Err(e @ (LedgerError::AlreadyPaid | LedgerError::PaymentInFlight)) => {
+                return Ok(Response::new(lnrpc::SendResponse {
+                    payment_error: e.to_string(),
+                    payment_hash,
+                    ..Default::default()
+                }));
+            }
+            Err(e) => return Err(status(e)),
+        };
+        let done = wait_final(&self.ledger, started.id)
+            .await
+            .ok_or_else(|| Status::internal("payment vanished from the ledger"))?;
+        log_final(&done);
+        Ok(Response::new(match done.preimage {
+            Some(preimage) if done.status == PaymentStatus::Succeeded => lnrpc::SendResponse {
+                payment_preimage: preimage.to_vec(),
+                payment_route: Some(lnrpc::Route {
+                    total_time_lock: SIM_BLOCK_HEIGHT + 80,
+                    total_fees_msat: clamp_i64(done.fee_msat),
+                    total_amt_msat: clamp_i64(done.value_msat.saturating_add(done.fee_msat)),
+                }),
+                payment_hash,
+                ..Default::default()
+            },
+            _ => lnrpc::SendResponse {
+                payment_error: lnd_failure_text(done.failure_reason).into(),
+                payment_hash,
+                ..Default::default()
+            },
+        }))
+    }
+}
+
+/// How long a `SendPaymentSync` payment may stay in flight (what a `Timeout` fault waits):
+/// LND's default payment timeout for that call.
+const SEND_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The fee limit of a `SendRequest`, in millisatoshis, computed as LND does: fixed (sat or
+/// msat) or a percentage of the amount; without one, 100% of the amount up to 1,000 sat and
+/// 5% above.
+fn send_fee_limit_msat(limit: Option<&lnrpc::FeeLimit>, amount_msat: u64) -> Result<u64, Status> {
+    use lnrpc::fee_limit::Limit;
+    match limit.and_then(|l| l.limit) {
+        Some(Limit::Fixed(sat)) => non_negative(sat, "fee_limit.fixed")?
+            .checked_mul(1000)
+            .ok_or_else(|| Status::invalid_argument("fee_limit.fixed too large")),
+        Some(Limit::FixedMsat(msat)) => non_negative(msat, "fee_limit.fixed_msat"),
+        Some(Limit::Percent(pct)) => {
+            let pct = non_negative(pct, "fee_limit.percent")?;
+            Ok(u64::try_from(u128::from(amount_msat) * u128::from(pct) / 100).unwrap_or(u64::MAX))
+        }
+        None if amount_msat <= 1_000_000 => Ok(amount_msat),
+        None => Ok(amount_msat / 20),
+    }
+}
+
+/// LND's text for a payment failure reason (its `FailureReason.String()`), which is what
+/// `SendPaymentSync` puts in `payment_error`.
+fn lnd_failure_text(reason: lnrpc::PaymentFailureReason) -> &'static str {
+    use lnrpc::PaymentFailureReason as R;
+    match reason {
+        R::FailureReasonTimeout => "timeout",
+        R::FailureReasonNoRoute => "no_route",
+        R::FailureReasonError => "error",
+        R::FailureReasonIncorrectPaymentDetails => "incorrect_payment_details",
+        R::FailureReasonInsufficientBalance => "insufficient_balance",
+        R::FailureReasonCanceled => "canceled",
+        R::FailureReasonNone => "unknown",
+    }
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[tonic::async_trait]
@@ -394,5 +509,57 @@ fn log_final(p: &PaymentRecord) {
             info!(node = p.payer, payment_hash = %hash, reason = p.failure_reason.as_str_name(),
                 note = %p.note, "payment failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lnrpc::fee_limit::Limit;
+
+    fn limit(l: Limit) -> lnrpc::FeeLimit {
+        lnrpc::FeeLimit { limit: Some(l) }
+    }
+
+    #[test]
+    fn send_fee_limits_follow_lnd() {
+        // Default: 100% up to 1,000 sat, 5% above.
+        assert_eq!(
+            send_fee_limit_msat(None, 1_000_000).expect("valid limit"),
+            1_000_000
+        );
+        assert_eq!(
+            send_fee_limit_msat(None, 2_000_000).expect("valid limit"),
+            100_000
+        );
+        let fixed = limit(Limit::Fixed(3));
+        assert_eq!(
+            send_fee_limit_msat(Some(&fixed), 1).expect("valid limit"),
+            3_000
+        );
+        let msat = limit(Limit::FixedMsat(7));
+        assert_eq!(send_fee_limit_msat(Some(&msat), 1).expect("valid limit"), 7);
+        let pct = limit(Limit::Percent(3));
+        assert_eq!(
+            send_fee_limit_msat(Some(&pct), 1_000).expect("valid limit"),
+            30
+        );
+        let negative = limit(Limit::Fixed(-1));
+        assert!(send_fee_limit_msat(Some(&negative), 1).is_err());
+        assert!(send_fee_limit_msat(Some(&limit(Limit::Fixed(i64::MAX))), 1).is_err());
+    }
+
+    #[test]
+    fn failure_texts_are_lnds() {
+        use lnrpc::PaymentFailureReason as R;
+        assert_eq!(lnd_failure_text(R::FailureReasonNoRoute), "no_route");
+        assert_eq!(
+            lnd_failure_text(R::FailureReasonIncorrectPaymentDetails),
+            "incorrect_payment_details"
+        );
+        assert_eq!(
+            lnd_failure_text(R::FailureReasonInsufficientBalance),
+            "insufficient_balance"
+        );
     }
 }
