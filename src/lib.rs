@@ -16,10 +16,11 @@
 //! - [`market`]: provider and renter logic; sees the traits above only.
 //! - [`node`]: wires everything together and owns the daemon's tasks.
 //! - [`control`]: the daemon's local gRPC control API over a Unix socket.
-//! - [`cli`]: the command-line client of the control API.
+//!
+//! The command line (clap, rendering, QR codes, log set-up) is the `leasewire` binary's own
+//! code, not part of this library.
 
 pub mod audit;
-pub mod cli;
 pub mod config;
 pub mod control;
 pub mod identity;

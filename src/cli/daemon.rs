@@ -1,4 +1,4 @@
-//! `leasewire daemon`: logging setup, then [`crate::node::run_daemon`] in the foreground.
+//! `leasewire daemon`: logging setup, then [`leasewire::node::run_daemon`] in the foreground.
 
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -36,7 +36,7 @@ pub(super) fn run(data_dir: &Path) -> anyhow::Result<()> {
         .thread_name("leasewire")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(crate::node::run_daemon(data_dir));
+    let result = runtime.block_on(leasewire::node::run_daemon(data_dir));
     if let Err(e) = &result {
         // Recorded in debug.log only: `run` prints the same error on stderr as `error: …`.
         tracing::debug!(error = %e, "daemon stopped with an error");

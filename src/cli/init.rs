@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 
 use super::{RoleArg, print_json};
-use crate::identity::Identity;
+use leasewire::identity::Identity;
 
 const PROVIDER_TEMPLATE: &str = include_str!("../../config/provider.toml");
 const RENTER_TEMPLATE: &str = include_str!("../../config/renter.toml");
@@ -101,7 +101,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Role};
+    use leasewire::config::{Config, Role};
 
     #[test]
     fn templates_parse_and_name_their_role() {
