@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
 
+use crate::datadir::DataDir;
 use crate::types::WgKey;
 use crate::wire::signed::peer_id_of;
 
 /// File name of the node key inside the data directory.
-pub const NODE_KEY_FILE: &str = "node.key";
+pub const NODE_KEY_FILE: &str = DataDir::NODE_KEY_FILE;
 
 /// Errors from creating or loading keys.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +132,7 @@ impl Identity {
 
     /// Path of the node key in `data_dir`.
     pub fn key_path(data_dir: &Path) -> PathBuf {
-        data_dir.join(NODE_KEY_FILE)
+        DataDir::new(data_dir).node_key()
     }
 }
 

@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub mod config;
 mod handler;
 mod tasks;
 

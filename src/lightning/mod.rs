@@ -9,6 +9,7 @@
 //! [`sim`] models a whole Lightning network in memory (the engine of `lnd-sim`), and
 //! [`testing::MemNode`] exposes it directly as a [`LightningNode`] for tests.
 
+pub mod config;
 pub mod connect;
 pub mod invoice;
 pub mod lnd;

@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::sync::{Mutex, watch};
 
 use super::MarketError;
+pub mod config;
 mod metering;
 mod requests;
 mod settlement;
@@ -28,7 +29,7 @@ mod settlement;
 use super::pool::Pool;
 use super::store::Table;
 use crate::audit::{AuditKind, AuditLog};
-use crate::config::ProviderConfig;
+pub use config::ProviderConfig;
 use crate::lightning::{InvoiceRequest, InvoiceState, LightningNode};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel};
 use crate::types::{DAY_SECS, Sats, WgKey, now_unix, random_id};

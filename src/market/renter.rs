@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 mod autopay;
+pub mod config;
 mod complete;
 mod discovery;
 mod manual;
@@ -37,7 +38,7 @@ use tunnel::lease_addresses;
 use super::store::Table;
 use super::{MarketError, Peers, select};
 use crate::audit::{AuditKind, AuditLog};
-use crate::config::RenterConfig;
+pub use config::RenterConfig;
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};

@@ -4,7 +4,7 @@
 use libp2p::PeerId;
 
 use crate::audit::AuditLog;
-use crate::config::Role;
+use crate::node::config::Role;
 use crate::control::{ControlError, ControlHandler, pb};
 use crate::market::MarketError;
 use crate::market::provider::{Provider, ProviderLease};

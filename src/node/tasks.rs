@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::NodeError;
 use crate::audit::{AuditKind, AuditLog};
 use crate::config::Config;
+use crate::datadir::DataDir;
 use crate::market::provider::Provider;
 use crate::net::{self, NetClient};
 
@@ -20,7 +21,7 @@ pub(super) fn log_audit(audit: &AuditLog, kind: AuditKind, payload: serde_json::
 
 pub(super) fn read_secret(data_dir: &Path, cfg: &Config) -> Result<String, NodeError> {
     if let Some(file) = &cfg.node.secret_file {
-        let path = Config::resolve(data_dir, file);
+        let path = DataDir::new(data_dir).resolve(file);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             NodeError::Other(format!(
                 "cannot read node.secret_file {}: {e}",
