@@ -24,6 +24,7 @@ pub mod audit;
 pub mod config;
 pub mod control;
 pub mod datadir;
+pub mod fsutil;
 pub mod identity;
 pub mod lightning;
 pub mod market;

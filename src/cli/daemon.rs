@@ -5,12 +5,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
+use leasewire::datadir::DataDir;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _, fmt};
-
-/// Debug log file inside the data dir.
-const DEBUG_LOG: &str = "debug.log";
 
 /// Filter of the debug log: everything at debug, except transport internals whose debug
 /// output (every HTTP/2 frame, every sled flush) would drown the node's own events.
@@ -47,7 +45,7 @@ pub(super) fn run(data_dir: &Path) -> anyhow::Result<()> {
 /// Info and above (or `RUST_LOG`) to stderr; debug and above to `D/debug.log` (mode 0600: it
 /// names peers, leases and payment hashes).
 fn init_tracing(data_dir: &Path) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
-    let path = data_dir.join(DEBUG_LOG);
+    let path = DataDir::new(data_dir).debug_log();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -19,8 +19,8 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use tracing::{info, warn};
 
 use super::LightningError;
-use super::lnd::{LndClient, LndConfig, parse_certificate};
 use super::config::LightningConfig;
+use super::lnd::{LndClient, LndConfig, parse_certificate};
 use crate::datadir::DataDir;
 
 /// Network names `lightning.network` accepts: what LND reports in `GetInfo.chains[].network`

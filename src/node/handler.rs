@@ -4,12 +4,12 @@
 use libp2p::PeerId;
 
 use crate::audit::AuditLog;
-use crate::node::config::Role;
 use crate::control::{ControlError, ControlHandler, pb};
 use crate::market::MarketError;
 use crate::market::provider::{Provider, ProviderLease};
 use crate::market::renter::{RentArgs, Rental, Renter};
 use crate::net::NetClient;
+use crate::node::config::Role;
 use crate::types::now_unix;
 use crate::wire::{Lease, LeaseState};
 use std::time::Duration;
