@@ -14,6 +14,11 @@ pub enum Role {
     Renter,
 }
 
+/// Default of [`NodeConfig::max_inbound_requests`]: far above what honest peers need (a
+/// rental is a handful of requests, each answered in milliseconds or, waiting for a
+/// settlement, seconds), low enough that a flood cannot pile up unbounded tasks.
+pub const DEFAULT_MAX_INBOUND_REQUESTS: usize = 256;
+
 /// `[node]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +39,9 @@ pub struct NodeConfig {
     pub discovery_interval_secs: u64,
     /// Seconds to wait for a peer's answer.
     pub request_timeout_secs: u64,
+    /// Inbound requests answered at the same time; more are refused at once with an
+    /// `Unavailable` error (the peer retries) instead of queueing without bound.
+    pub max_inbound_requests: usize,
 }
 
 impl Default for NodeConfig {
@@ -47,6 +55,7 @@ impl Default for NodeConfig {
             secret_file: None,
             discovery_interval_secs: 15,
             request_timeout_secs: 30,
+            max_inbound_requests: DEFAULT_MAX_INBOUND_REQUESTS,
         }
     }
 }
