@@ -2,6 +2,10 @@
 //! nodes and file tunnels. The renter rents a lease; both nodes shut down cleanly and their
 //! audit logs end with `node_stopped`.
 
+// Tests may unwrap: a panic is the failure report (clippy.toml allows it in #[test]
+// functions only, not in an integration test's helpers).
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
