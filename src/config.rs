@@ -1,8 +1,11 @@
 //! The daemon's configuration: `D/config.toml`, loaded with [`Config::load`].
 //!
-//! Every field has a default, so a file only needs what differs; `leasewire init` writes a
-//! commented file from the templates in `config/`. Paths that are relative are taken relative to
-//! the data dir. Backends are named here and nowhere else but `node.rs`.
+//! Each module owns its section type ([`NodeConfig`], [`LightningConfig`], [`TunnelConfig`],
+//! [`ProviderConfig`], [`RenterConfig`], re-exported here); this module only assembles them into
+//! [`Config`], loads and validates the file. Every field has a default, so a file only needs
+//! what differs; `leasewire init` writes a commented file from the templates in `config/`.
+//! Paths that are relative are taken relative to the data dir ([`DataDir::resolve`]).
+//! Backends are named here and nowhere else but `node.rs`.
 
 use std::path::{Path, PathBuf};
 

@@ -435,7 +435,8 @@ impl Node {
 
 /// A running node: what it is, its parts for the control API, and [`NodeHandle::shutdown`].
 ///
-/// Dropping the handle without calling `shutdown` leaves the tasks running detached; call it.
+/// Dropping the handle without calling `shutdown` aborts the node's tasks abruptly: nothing is
+/// flushed and no `node_stopped` is logged. Call it.
 pub struct NodeHandle {
     peer_id: PeerId,
     ln_pubkey: String,
