@@ -20,6 +20,6 @@ if [ -n "$missing" ]; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo not found: install Rust (rustup) >= 1.88 first" >&2
+  echo "cargo not found: install Rust (rustup) >= 1.89 first" >&2
   exit 1
 fi

@@ -10,18 +10,20 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
 
+use crate::datadir::DataDir;
+use crate::fsutil;
 use crate::types::WgKey;
 use crate::wire::signed::peer_id_of;
 
 /// File name of the node key inside the data directory.
-pub const NODE_KEY_FILE: &str = "node.key";
+pub const NODE_KEY_FILE: &str = DataDir::NODE_KEY_FILE;
 
 /// Errors from creating or loading keys.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +133,7 @@ impl Identity {
 
     /// Path of the node key in `data_dir`.
     pub fn key_path(data_dir: &Path) -> PathBuf {
-        data_dir.join(NODE_KEY_FILE)
+        DataDir::new(data_dir).node_key()
     }
 }
 
@@ -216,60 +218,26 @@ fn clamp(mut k: [u8; 32]) -> [u8; 32] {
     k
 }
 
-/// Creates the parent directory (0700) and writes `bytes` to `path` with mode 0600.
-/// Without `force`: `O_EXCL`, failing with [`IdentityError::Exists`]. With `force`: written to a
-/// temporary file and renamed over `path`, so a crash leaves the old or the new key.
+/// Writes `bytes` to `path` with mode 0600 through [`fsutil`] (parent created 0700, file and
+/// directory fsynced). Without `force` an existing file is never replaced
+/// ([`IdentityError::Exists`]); with `force` it is replaced atomically, so a crash leaves the
+/// old or the new key.
 fn write_key_file(path: &Path, bytes: &[u8], force: bool) -> Result<(), IdentityError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(format!("cannot create {}", dir.display())))?;
-    let target = if force {
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{file_name}.tmp"));
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(IdentityError::Io {
-                    context: format!("cannot remove {}", tmp.display()),
-                    source: e,
-                });
-            }
-            _ => {}
-        }
-        tmp
+    let written = if force {
+        fsutil::write_private(path, bytes)
     } else {
-        path.to_owned()
+        fsutil::create_private(path, bytes)
     };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&target)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists && !force {
-                IdentityError::Exists(path.to_owned())
-            } else {
-                IdentityError::Io {
-                    context: format!("cannot create {}", target.display()),
-                    source: e,
-                }
+    written.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists && !force {
+            IdentityError::Exists(path.to_owned())
+        } else {
+            IdentityError::Io {
+                context: format!("cannot write {}", path.display()),
+                source: e,
             }
-        })?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(format!("cannot write {}", target.display())))?;
-    drop(f);
-    if force {
-        fs::rename(&target, path).map_err(io_err(format!("cannot replace {}", path.display())))?;
-    }
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(format!("cannot sync {}", dir.display())))
+        }
+    })
 }
 
 /// Reads a key file of at most `max_len` bytes after checking, on the open file itself (so the

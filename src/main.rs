@@ -1,5 +1,8 @@
-//! The `leasewire` binary: everything lives in [`leasewire::cli`].
+//! The `leasewire` binary: the command line, its rendering and the daemon's log set-up live in
+//! this crate's own [`cli`] module; the library (`leasewire::…`) knows nothing of them.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    leasewire::cli::run()
+    cli::run()
 }

@@ -1,15 +1,20 @@
-//! The daemon: wires identity, config, audit log, Lightning, tunnel, network and market
-//! together, serves the control API and shuts everything down cleanly.
+//! The node: wires identity, config, audit log, Lightning, tunnel, network and market together
+//! and owns their tasks. [`Node::start`] returns a [`NodeHandle`]; [`NodeHandle::shutdown`]
+//! stops everything and waits for it. Signals and the control API are the caller's business
+//! (the `leasewire` binary), so tests can run several nodes in one process.
 //!
-//! Steps of [`run_daemon`]:
-//! 1. take the data dir's lock (one daemon per data dir), load config and node key;
-//! 2. open sled and the audit log; derive the topic from the secret (slow KDF, off the runtime);
-//! 3. connect to LND and check its network; open the tunnel backend and WireGuard keys;
-//! 4. start the libp2p event loop, the provider and/or renter, their periodic tasks, the
-//!    request dispatcher and the control API;
-//! 5. on SIGINT/SIGTERM cancel everything, wait for the tasks, log `node_stopped`, flush.
+//! Start-up, step by step:
+//! 1. [`DaemonLock::acquire`]: one node per data dir (before anything in it is touched);
+//! 2. [`Backends::from_config`] (or a test's own backends): LND and the tunnel backend;
+//! 3. [`Node::start`]: node key, sled and the audit log, the market topic (slow KDF, off the
+//!    runtime), the Lightning node's network check, the WireGuard key, the libp2p event loop,
+//!    the provider and/or renter with their periodic tasks, and the inbound dispatcher
+//!    ([`dispatch`]).
+//!
+//! Shutdown cancels every task, waits for them (and for inbound handlers still answering),
+//! removes suspended leases' tunnels, logs `node_stopped` and flushes the log and database.
 
-use std::os::fd::AsRawFd;
+use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,27 +24,32 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-mod handler;
+pub mod config;
+mod dispatch;
 mod tasks;
 
-use handler::Control;
-use tasks::{announce_loop, log_audit, periodic, read_secret, wait_for_signal};
+use tasks::{announce_loop, periodic, read_secret};
 
 use crate::audit::{AuditKind, AuditLog};
-use crate::config::{Config, Role, TunnelBackendKind};
-use crate::control::{self, ControlError};
+use crate::config::{Config, ConfigError};
+use crate::datadir::DataDir;
 use crate::identity::{Identity, WgKeyPair};
 use crate::lightning::LightningNode;
 use crate::market::provider::{Provider, ProviderParams};
 use crate::market::renter::{Renter, RenterParams};
 use crate::market::{MarketError, Peers};
-use crate::net::{self, NetClient, NetConfig, NetEvent};
+use crate::net::{self, NetClient, NetConfig};
 use crate::tunnel::Tunnel;
+use crate::tunnel::config::TunnelBackendKind;
 use crate::tunnel::file::FileTunnel;
 use crate::tunnel::wireguard::WireGuardTunnel;
-use crate::wire::{ErrorCode, ErrorMsg, Hello, Message};
+use crate::wire::Message;
+use config::Role;
 
-/// Errors that stop the daemon (at start-up, mostly). Each names what to fix.
+/// How long [`NodeHandle::shutdown`] waits for the node's tasks before it goes on without them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors that stop the node (at start-up, mostly). Each names what to fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
@@ -48,7 +58,7 @@ pub enum NodeError {
     Locked(PathBuf),
     /// Configuration problem.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
     /// Identity problem.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
@@ -80,42 +90,97 @@ pub enum NodeError {
     /// Market problem.
     #[error(transparent)]
     Market(#[from] MarketError),
-    /// Control API problem.
-    #[error("control API: {0}")]
-    Control(#[from] ControlError),
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
 }
 
-/// Path of the sled database inside a data dir.
-pub fn db_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("db")
+/// Exclusive ownership of a data dir: a lock on `D/daemon.lock` (the standard library's
+/// `File::try_lock`, an advisory `flock` on Unix), held until this value is dropped.
+///
+/// Taken before anything in the data dir is opened, so a second daemon changes nothing.
+#[derive(Debug)]
+pub struct DaemonLock {
+    data_dir: DataDir,
+    // Never read: holding the open file is what holds the lock.
+    _file: std::fs::File,
 }
 
-/// Path of the control socket inside a data dir.
-pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("leasewire.sock")
-}
-
-/// Holds an exclusive `flock` on `D/daemon.lock` for the daemon's lifetime.
-struct DirLock(#[allow(dead_code)] std::fs::File);
-
-impl DirLock {
-    fn take(data_dir: &Path) -> Result<DirLock, NodeError> {
-        let path = data_dir.join("daemon.lock");
+impl DaemonLock {
+    /// Locks `data_dir`.
+    ///
+    /// Errors: [`NodeError::Locked`] if another process (or node) holds it,
+    /// [`NodeError::Other`] if the lock file cannot be opened or locked.
+    pub fn acquire(data_dir: &DataDir) -> Result<DaemonLock, NodeError> {
+        let path = data_dir.lock_file();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(|e| NodeError::Other(format!("cannot open {}: {e}", path.display())))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(NodeError::Locked(data_dir.to_owned()));
+        match file.try_lock() {
+            Ok(()) => Ok(DaemonLock {
+                data_dir: data_dir.clone(),
+                _file: file,
+            }),
+            Err(TryLockError::WouldBlock) => Err(NodeError::Locked(data_dir.root().to_owned())),
+            Err(TryLockError::Error(e)) => Err(NodeError::Other(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
         }
-        Ok(DirLock(file))
+    }
+
+    /// The locked data dir.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data_dir
+    }
+}
+
+/// What the node talks to outside itself: built from the config by [`Backends::from_config`]
+/// in the daemon, or by hand in tests (in-memory Lightning, file tunnels).
+#[derive(Clone)]
+pub struct Backends {
+    /// The Lightning node the node pays from or is paid to.
+    pub lightning: Arc<dyn LightningNode>,
+    /// The tunnel backend.
+    pub tunnel: Arc<dyn Tunnel>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends")
+            .field("tunnel", &self.tunnel.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backends {
+    /// Connects to LND as `[lightning]` says and opens the `[tunnel]` backend (the file
+    /// backend keeps its state in `D/tunnel`).
+    ///
+    /// Errors: [`NodeError::Lightning`] if LND cannot be reached or its credentials are bad,
+    /// [`NodeError::Other`] if the tunnel backend cannot start.
+    pub async fn from_config(cfg: &Config, data_dir: &DataDir) -> Result<Backends, NodeError> {
+        let (ln, source) =
+            crate::lightning::connect::connect_from_config(&cfg.lightning, data_dir.root()).await?;
+        tracing::info!(%source, "connecting to Lightning node");
+        let tunnel: Arc<dyn Tunnel> = match cfg.tunnel.backend {
+            TunnelBackendKind::File => Arc::new(
+                FileTunnel::new(data_dir.tunnel_dir())
+                    .map_err(|e| NodeError::Other(format!("tunnel backend: {e}")))?,
+            ),
+            TunnelBackendKind::Wireguard => Arc::new(
+                WireGuardTunnel::new()
+                    .await
+                    .map_err(|e| NodeError::Other(format!("tunnel backend: {e}")))?,
+            ),
+        };
+        Ok(Backends {
+            lightning: Arc::new(ln),
+            tunnel,
+        })
     }
 }
 
@@ -156,305 +221,345 @@ fn etc_wireguard(cfg: &Config) -> Option<PathBuf> {
     (cfg.tunnel.link_etc_wireguard && root && dir.is_dir() && writable).then(|| dir.to_owned())
 }
 
-/// Runs the daemon for `data_dir` until SIGINT/SIGTERM.
-pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
-    let _lock = DirLock::take(data_dir)?;
-    let cfg = Config::load(&data_dir.join("config.toml"))?;
-    let identity = Identity::load(data_dir)?;
-    tracing::info!(peer_id = %identity.peer_id, data_dir = %data_dir.display(), "starting leasewire daemon");
+fn parse_addrs(v: &[String]) -> Result<Vec<Multiaddr>, NodeError> {
+    v.iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|e| NodeError::Other(format!("bad multiaddr {a}: {e}")))
+        })
+        .collect()
+}
 
-    let db_dir = db_path(data_dir);
-    let db = sled::open(&db_dir).map_err(|e| NodeError::Db {
-        path: db_dir.clone(),
-        reason: e.to_string(),
-    })?;
-    let audit = AuditLog::open(&db, identity.signing_key.clone())?;
+/// Starts nodes; see [`Node::start`].
+#[derive(Debug)]
+pub struct Node;
 
-    let secret = read_secret(data_dir, &cfg)?;
-    let topic = tokio::task::spawn_blocking(move || net::topic::derive(&secret))
-        .await
-        .map_err(|e| NodeError::Other(format!("topic derivation panicked: {e}")))?
-        .map_err(|e| NodeError::Other(format!("topic derivation: {e}")))?;
-    if topic.is_public {
-        tracing::info!(
-            "no secret configured: joining the PUBLIC market (default secret {:?})",
-            net::topic::DEFAULT_PUBLIC_SECRET
+impl Node {
+    /// Starts a node on the locked data dir with `config` and `backends`, and returns once
+    /// every task runs. The node runs until [`NodeHandle::shutdown`].
+    ///
+    /// Errors: whatever stops the start ([`NodeError`] names it); tasks already started are
+    /// cancelled when the error is returned.
+    pub async fn start(
+        lock: DaemonLock,
+        config: Config,
+        backends: Backends,
+    ) -> Result<NodeHandle, NodeError> {
+        let cfg = config;
+        let data_dir = lock.data_dir().clone();
+        let identity = Identity::load(data_dir.root())?;
+        tracing::info!(peer_id = %identity.peer_id, data_dir = %data_dir.root().display(), "starting leasewire daemon");
+
+        let db_dir = data_dir.db();
+        let db = sled::open(&db_dir).map_err(|e| NodeError::Db {
+            path: db_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let audit = AuditLog::open(&db, identity.signing_key.clone())?;
+
+        let secret = read_secret(&data_dir, &cfg)?;
+        let topic = tokio::task::spawn_blocking(move || net::topic::derive(&secret))
+            .await
+            .map_err(|e| NodeError::Other(format!("topic derivation panicked: {e}")))?
+            .map_err(|e| NodeError::Other(format!("topic derivation: {e}")))?;
+        if topic.is_public {
+            tracing::info!(
+                "no secret configured: joining the PUBLIC market (default secret {:?})",
+                net::topic::DEFAULT_PUBLIC_SECRET
+            );
+        } else {
+            tracing::info!("joining a private market (secret from config)");
+        }
+        let public_market = topic.is_public;
+
+        let Backends {
+            lightning: ln,
+            tunnel,
+        } = backends;
+        let info = ln.get_info().await?;
+        if info.network != cfg.lightning.network {
+            return Err(NodeError::WrongNetwork {
+                expected: cfg.lightning.network.clone(),
+                got: info.network,
+            });
+        }
+        tracing::info!(ln_pubkey = %info.pubkey, network = %info.network, "connected to Lightning node");
+        tracing::info!(backend = tunnel.kind(), "tunnel backend ready");
+        let wg = WgKeyPair::load_or_create(&data_dir.wireguard_key())?;
+
+        let (net_client, net_events, event_loop) = net::new(
+            &identity.signing_key,
+            NetConfig {
+                listen: parse_addrs(&cfg.node.listen)?,
+                bootstrap: parse_addrs(&cfg.node.bootstrap)?,
+                external: parse_addrs(&cfg.node.external)?,
+                topic,
+                request_timeout: Duration::from_secs(cfg.node.request_timeout_secs),
+            },
+        )?;
+        let shutdown = CancellationToken::new();
+        // Cancels whatever was started if start-up fails half-way.
+        let guard = shutdown.clone().drop_guard();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(event_loop.run(shutdown.clone()));
+
+        audit.append(
+            AuditKind::NodeStarted,
+            &json!({"peer_id": identity.peer_id.to_string(), "roles": cfg.node.roles,
+                    "ln_pubkey": info.pubkey, "public_market": public_market}),
+        )?;
+
+        let provider = if cfg.has_role(Role::Provider) {
+            let p = Provider::new(ProviderParams {
+                key: identity.signing_key.clone(),
+                cfg: cfg.provider.clone(),
+                network: cfg.lightning.network.clone(),
+                ln_pubkey: info.pubkey.clone(),
+                wg_private: wg.private,
+                wg_public: wg.public,
+                iface: cfg.tunnel.interface.clone(),
+                listen_port: cfg.tunnel.listen_port,
+                ln: ln.clone(),
+                tunnel: tunnel.clone(),
+                audit: audit.clone(),
+                db: db.clone(),
+            })?;
+            p.start().await?;
+            Some(p)
+        } else {
+            None
+        };
+        let renter = if cfg.has_role(Role::Renter) {
+            let r = Renter::new(RenterParams {
+                key: identity.signing_key.clone(),
+                cfg: cfg.renter.clone(),
+                network: cfg.lightning.network.clone(),
+                fee_limit_sat: cfg.lightning.fee_limit_sat,
+                fee_limit_ppm: cfg.lightning.fee_limit_ppm,
+                payment_timeout_secs: cfg.lightning.payment_timeout_secs,
+                wg_private: wg.private,
+                wg_public: wg.public,
+                iface: cfg.tunnel.interface.clone(),
+                keepalive: cfg.tunnel.persistent_keepalive_secs,
+                conf_dir: data_dir.wireguard_dir(),
+                etc_wireguard: etc_wireguard(&cfg),
+                ln: ln.clone(),
+                tunnel: tunnel.clone(),
+                audit: audit.clone(),
+                peers: Arc::new(NetPeers(net_client.clone())),
+                db: db.clone(),
+            })?;
+            r.start().await?;
+            Some(r)
+        } else {
+            None
+        };
+
+        let discovery = Duration::from_secs(cfg.node.discovery_interval_secs.max(1));
+        if let Some(p) = provider.clone() {
+            tasks.spawn(announce_loop(
+                p.clone(),
+                net_client.clone(),
+                discovery,
+                shutdown.clone(),
+            ));
+            let every = Duration::from_secs(cfg.provider.metering_interval_secs.max(1));
+            tasks.spawn(periodic(every, shutdown.clone(), move || {
+                let p = p.clone();
+                async move {
+                    if let Err(e) = p.tick().await {
+                        tracing::warn!(error = %e, "provider tick failed");
+                    }
+                }
+            }));
+        }
+        if let Some(r) = renter.clone() {
+            let autopay_renter = r.clone();
+            tasks.spawn(periodic(discovery, shutdown.clone(), move || {
+                let r = r.clone();
+                async move {
+                    match r.discover().await {
+                        Ok(n) => tracing::debug!(offers = n, "discovery pass"),
+                        Err(e) => tracing::debug!(error = %e, "discovery pass failed"),
+                    }
+                    if let Err(e) = r.tick().await {
+                        tracing::warn!(error = %e, "renter tick failed");
+                    }
+                    // Payments a crash or an unreachable provider left open.
+                    if let Err(e) = r.recover_payments().await {
+                        tracing::warn!(error = %e, "payment recovery pass failed");
+                    }
+                }
+            }));
+            let every = cfg.renter.autopay.check_interval;
+            tasks.spawn(periodic(every, shutdown.clone(), move || {
+                let r = autopay_renter.clone();
+                async move {
+                    if let Err(e) = r.autopay_tick().await {
+                        tracing::warn!(error = %e, "autopay pass failed");
+                    }
+                }
+            }));
+        }
+
+        tasks.spawn(
+            dispatch::Dispatcher {
+                provider: provider.clone(),
+                net: net_client.clone(),
+                audit: audit.clone(),
+                network: cfg.lightning.network.clone(),
+                is_renter: renter.is_some(),
+                admission: dispatch::Admission::new(cfg.node.max_inbound_requests),
+            }
+            .run(net_events, shutdown.clone()),
         );
-    } else {
-        tracing::info!("joining a private market (secret from config)");
+
+        // Started: from here on shutdown() cancels.
+        guard.disarm();
+        Ok(NodeHandle {
+            peer_id: identity.peer_id,
+            ln_pubkey: info.pubkey,
+            public_market,
+            config: cfg,
+            net: net_client,
+            provider,
+            renter,
+            audit,
+            db,
+            shutdown,
+            tasks,
+            lock,
+        })
     }
-    let public_market = topic.is_public;
+}
 
-    let (ln, source) =
-        crate::lightning::connect::connect_from_config(&cfg.lightning, data_dir).await?;
-    let info = ln.get_info().await?;
-    if info.network != cfg.lightning.network {
-        return Err(NodeError::WrongNetwork {
-            expected: cfg.lightning.network.clone(),
-            got: info.network,
-        });
+/// A running node: what it is, its parts for the control API, and [`NodeHandle::shutdown`].
+///
+/// Dropping the handle without calling `shutdown` aborts the node's tasks abruptly: nothing is
+/// flushed and no `node_stopped` is logged. Call it.
+pub struct NodeHandle {
+    peer_id: PeerId,
+    ln_pubkey: String,
+    public_market: bool,
+    config: Config,
+    net: NetClient,
+    provider: Option<Provider>,
+    renter: Option<Renter>,
+    audit: AuditLog,
+    db: sled::Db,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    lock: DaemonLock,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("peer_id", &self.peer_id)
+            .field("data_dir", self.lock.data_dir())
+            .field("roles", &self.config.node.roles)
+            .finish_non_exhaustive()
     }
-    tracing::info!(ln_pubkey = %info.pubkey, network = %info.network, %source, "connected to Lightning node");
-    let ln: Arc<dyn LightningNode> = Arc::new(ln);
+}
 
-    let tunnel: Arc<dyn Tunnel> = match cfg.tunnel.backend {
-        TunnelBackendKind::File => Arc::new(
-            FileTunnel::new(data_dir.join("tunnel"))
-                .map_err(|e| NodeError::Other(format!("tunnel backend: {e}")))?,
-        ),
-        TunnelBackendKind::Wireguard => Arc::new(
-            WireGuardTunnel::new()
-                .await
-                .map_err(|e| NodeError::Other(format!("tunnel backend: {e}")))?,
-        ),
-    };
-    tracing::info!(backend = tunnel.kind(), "tunnel backend ready");
-    let wg = WgKeyPair::load_or_create(&data_dir.join("wireguard").join("private.key"))?;
+impl NodeHandle {
+    /// The node's libp2p identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
 
-    let parse_addrs = |v: &[String]| -> Result<Vec<Multiaddr>, NodeError> {
-        v.iter()
-            .map(|a| {
-                a.parse()
-                    .map_err(|e| NodeError::Other(format!("bad multiaddr {a}: {e}")))
-            })
-            .collect()
-    };
-    let (net_client, mut net_events, event_loop) = net::new(
-        &identity.signing_key,
-        NetConfig {
-            listen: parse_addrs(&cfg.node.listen)?,
-            bootstrap: parse_addrs(&cfg.node.bootstrap)?,
-            external: parse_addrs(&cfg.node.external)?,
-            topic,
-            request_timeout: Duration::from_secs(cfg.node.request_timeout_secs),
-        },
-    )?;
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    tasks.spawn(event_loop.run(shutdown.clone()));
+    /// The node's data dir.
+    pub fn data_dir(&self) -> &DataDir {
+        self.lock.data_dir()
+    }
 
-    audit.append(
-        AuditKind::NodeStarted,
-        &json!({"peer_id": identity.peer_id.to_string(), "roles": cfg.node.roles,
-                "ln_pubkey": info.pubkey, "public_market": public_market}),
-    )?;
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
 
-    let provider = if cfg.has_role(Role::Provider) {
-        let p = Provider::new(ProviderParams {
-            key: identity.signing_key.clone(),
-            cfg: cfg.provider.clone(),
-            network: cfg.lightning.network.clone(),
-            ln_pubkey: info.pubkey.clone(),
-            wg_private: wg.private,
-            wg_public: wg.public,
-            iface: cfg.tunnel.interface.clone(),
-            listen_port: cfg.tunnel.listen_port,
-            ln: ln.clone(),
-            tunnel: tunnel.clone(),
-            audit: audit.clone(),
-            db: db.clone(),
+    /// The Lightning node's public key.
+    pub fn ln_pubkey(&self) -> &str {
+        &self.ln_pubkey
+    }
+
+    /// Whether the node joined the public market (no secret configured).
+    pub fn public_market(&self) -> bool {
+        self.public_market
+    }
+
+    /// The network layer (status, listen addresses).
+    pub fn net(&self) -> &NetClient {
+        &self.net
+    }
+
+    /// The provider role, if configured.
+    pub fn provider(&self) -> Option<&Provider> {
+        self.provider.as_ref()
+    }
+
+    /// The renter role, if configured.
+    pub fn renter(&self) -> Option<&Renter> {
+        self.renter.as_ref()
+    }
+
+    /// The node's audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// A token cancelled when [`NodeHandle::shutdown`] starts, for services the caller runs
+    /// beside the node (the control API).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.child_token()
+    }
+
+    /// Stops the node: cancels every task, waits for them (and for inbound requests still
+    /// being answered) up to 10 s, removes the tunnels of suspended leases, logs
+    /// `node_stopped` and flushes the audit log and the database.
+    ///
+    /// Errors: [`NodeError::Audit`] / [`NodeError::Db`] if the final entry or flush fails.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let NodeHandle {
+            peer_id,
+            net,
+            renter,
+            provider,
+            audit,
+            db,
+            shutdown,
+            mut tasks,
+            lock,
+            ..
+        } = self;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+        drop(net);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("some tasks did not stop within 10 s");
+        }
+        drop(provider);
+        if let Some(r) = &renter
+            && let Err(e) = r.shutdown().await
+        {
+            tracing::warn!(error = %e, "could not remove the tunnels of suspended leases");
+        }
+        drop(renter);
+        audit.append(
+            AuditKind::NodeStopped,
+            &json!({"peer_id": peer_id.to_string()}),
+        )?;
+        audit.flush()?;
+        db.flush().map_err(|e| NodeError::Db {
+            path: lock.data_dir().db(),
+            reason: e.to_string(),
         })?;
-        p.start().await?;
-        Some(p)
-    } else {
-        None
-    };
-    let renter = if cfg.has_role(Role::Renter) {
-        let r = Renter::new(RenterParams {
-            key: identity.signing_key.clone(),
-            cfg: cfg.renter.clone(),
-            network: cfg.lightning.network.clone(),
-            fee_limit_sat: cfg.lightning.fee_limit_sat,
-            fee_limit_ppm: cfg.lightning.fee_limit_ppm,
-            payment_timeout_secs: cfg.lightning.payment_timeout_secs,
-            wg_private: wg.private,
-            wg_public: wg.public,
-            iface: cfg.tunnel.interface.clone(),
-            keepalive: cfg.tunnel.persistent_keepalive_secs,
-            conf_dir: data_dir.join("wireguard"),
-            etc_wireguard: etc_wireguard(&cfg),
-            ln: ln.clone(),
-            tunnel: tunnel.clone(),
-            audit: audit.clone(),
-            peers: Arc::new(NetPeers(net_client.clone())),
-            db: db.clone(),
-        })?;
-        r.start().await?;
-        Some(r)
-    } else {
-        None
-    };
-
-    let discovery = Duration::from_secs(cfg.node.discovery_interval_secs.max(1));
-    if let Some(p) = provider.clone() {
-        tasks.spawn(announce_loop(
-            p.clone(),
-            net_client.clone(),
-            discovery,
-            shutdown.clone(),
-        ));
-        let every = Duration::from_secs(cfg.provider.metering_interval_secs.max(1));
-        tasks.spawn(periodic(every, shutdown.clone(), move || {
-            let p = p.clone();
-            async move {
-                if let Err(e) = p.tick().await {
-                    tracing::warn!(error = %e, "provider tick failed");
-                }
-            }
-        }));
+        drop(audit);
+        drop(db);
+        tracing::info!("stopped");
+        // The lock goes last: the data dir is free once everything above is on disk.
+        drop(lock);
+        Ok(())
     }
-    if let Some(r) = renter.clone() {
-        let autopay_renter = r.clone();
-        tasks.spawn(periodic(discovery, shutdown.clone(), move || {
-            let r = r.clone();
-            async move {
-                match r.discover().await {
-                    Ok(n) => tracing::debug!(offers = n, "discovery pass"),
-                    Err(e) => tracing::debug!(error = %e, "discovery pass failed"),
-                }
-                if let Err(e) = r.tick().await {
-                    tracing::warn!(error = %e, "renter tick failed");
-                }
-                // Payments a crash or an unreachable provider left open.
-                if let Err(e) = r.recover_payments().await {
-                    tracing::warn!(error = %e, "payment recovery pass failed");
-                }
-            }
-        }));
-        let every = cfg.renter.autopay.check_interval;
-        tasks.spawn(periodic(every, shutdown.clone(), move || {
-            let r = autopay_renter.clone();
-            async move {
-                if let Err(e) = r.autopay_tick().await {
-                    tracing::warn!(error = %e, "autopay pass failed");
-                }
-            }
-        }));
-    }
-
-    // Inbound requests: each is answered in its own task, so a provider waiting for an
-    // invoice to settle never holds up other peers.
-    {
-        let provider = provider.clone();
-        let net_client = net_client.clone();
-        let audit = audit.clone();
-        let network = cfg.lightning.network.clone();
-        let is_renter = renter.is_some();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            loop {
-                let ev = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    ev = net_events.recv() => match ev { Some(ev) => ev, None => break },
-                };
-                match ev {
-                    NetEvent::InboundRequest {
-                        peer,
-                        message,
-                        channel,
-                    } => {
-                        let provider = provider.clone();
-                        let net_client = net_client.clone();
-                        let network = network.clone();
-                        tokio::spawn(async move {
-                            let reply = match (&provider, message) {
-                                (Some(p), m) => p.handle(peer, m).await,
-                                (None, Message::Hello(_)) => {
-                                    Message::Hello(Hello::ours(false, is_renter, &network))
-                                }
-                                (None, m) => Message::Error(ErrorMsg::new(
-                                    ErrorCode::Unsupported,
-                                    format!("this node is not a provider ({})", m.name()),
-                                )),
-                            };
-                            if let Err(e) = net_client.respond(channel, reply).await {
-                                tracing::debug!(%peer, error = %e, "could not answer");
-                            }
-                        });
-                    }
-                    NetEvent::MemberJoined { peer } => {
-                        log_audit(
-                            &audit,
-                            AuditKind::MembershipOk,
-                            json!({"peer": peer.to_string()}),
-                        );
-                    }
-                    NetEvent::MembershipRefused {
-                        peer,
-                        by_us,
-                        reason,
-                    } => {
-                        log_audit(
-                            &audit,
-                            AuditKind::MembershipRefused,
-                            json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason}),
-                        );
-                    }
-                    NetEvent::BadMessage { peer, reason } => {
-                        log_audit(
-                            &audit,
-                            AuditKind::PeerRefused,
-                            json!({"peer": peer.to_string(), "reason": reason}),
-                        );
-                    }
-                }
-            }
-        });
-    }
-
-    let handler = Arc::new(Control {
-        peer_id: identity.peer_id,
-        roles: cfg.node.roles.clone(),
-        net: net_client.clone(),
-        provider: provider.clone(),
-        renter: renter.clone(),
-        audit: audit.clone(),
-        public_market,
-        ln_pubkey: info.pubkey.clone(),
-        network: cfg.lightning.network.clone(),
-        default_credit_sat: cfg.renter.default_credit_sat,
-    });
-    let socket = socket_path(data_dir);
-    let control_task = {
-        let shutdown = shutdown.clone();
-        let socket = socket.clone();
-        tokio::spawn(async move { control::serve(&socket, handler, shutdown).await })
-    };
-    tracing::info!(socket = %socket.display(), "control API listening; daemon ready");
-
-    let outcome = tokio::select! {
-        r = wait_for_signal() => r,
-        r = control_task => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NodeError::Control(e)),
-            Err(e) => Err(NodeError::Other(format!("control API task failed: {e}"))),
-        },
-    };
-    tracing::info!("shutting down");
-    shutdown.cancel();
-    drop(net_client);
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within 10 s");
-    }
-    let _ = std::fs::remove_file(&socket);
-    if let Some(r) = &renter
-        && let Err(e) = r.shutdown().await
-    {
-        tracing::warn!(error = %e, "could not remove the tunnels of suspended leases");
-    }
-    audit.append(
-        AuditKind::NodeStopped,
-        &json!({"peer_id": identity.peer_id.to_string()}),
-    )?;
-    audit.flush()?;
-    db.flush().map_err(|e| NodeError::Db {
-        path: db_dir,
-        reason: e.to_string(),
-    })?;
-    tracing::info!("stopped");
-    outcome
 }

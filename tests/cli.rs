@@ -1,6 +1,10 @@
 //! Runs the built `leasewire` binary against temporary data dirs: `init`, the no-daemon error
 //! of client commands, and `audit verify` on an intact and a tampered log.
 
+// Tests may unwrap: a panic is the failure report (clippy.toml allows it in #[test]
+// functions only, not in an integration test's helpers).
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};

@@ -20,6 +20,10 @@
 //! own binary under `ip netns exec` to run the ignored `wg_netns_child` test with a role in
 //! `LWT_WG_ROLE`. A guard deletes the namespaces, their processes and sockets, also on panic.
 
+// Tests may unwrap: a panic is the failure report (clippy.toml allows it in #[test]
+// functions only, not in an integration test's helpers).
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;

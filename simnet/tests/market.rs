@@ -1,6 +1,10 @@
 //! Provider and renter logic end to end in one process (see `world`): renting, the payer's
 //! invoice checks, settlement, metering, release.
 
+// Tests may unwrap: a panic is the failure report (clippy.toml allows it in #[test]
+// functions only, not in an integration test's helpers).
+#![allow(clippy::unwrap_used)]
+
 mod world;
 
 use std::time::Duration;

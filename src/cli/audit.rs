@@ -9,12 +9,13 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 
 use super::{print_json, rpc};
-use crate::audit;
-use crate::identity::Identity;
+use leasewire::audit;
+use leasewire::datadir::DataDir;
+use leasewire::identity::Identity;
 
 /// Opens `D/db`; `Ok(None)` when another process (the daemon) holds its lock.
 fn open_db(data_dir: &Path) -> anyhow::Result<Option<sled::Db>> {
-    let path = crate::node::db_path(data_dir);
+    let path = DataDir::new(data_dir).db();
     // sled::open would create an empty database; a missing one is worth saying so.
     if !path.exists() {
         bail!(
@@ -105,7 +106,7 @@ async fn verify_remote(data_dir: &Path, json: bool) -> anyhow::Result<()> {
 fn locked_error(data_dir: &Path) -> anyhow::Error {
     anyhow::anyhow!(
         "the daemon holds the database {} open; stop the daemon first (`audit verify` works while it runs)",
-        crate::node::db_path(data_dir).display()
+        DataDir::new(data_dir).db().display()
     )
 }
 

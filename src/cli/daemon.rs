@@ -1,16 +1,19 @@
-//! `leasewire daemon`: logging setup, then [`crate::node::run_daemon`] in the foreground.
+//! `leasewire daemon`: logging set-up, then a node ([`leasewire::node::Node`]) and its control
+//! API in the foreground until SIGINT/SIGTERM.
 
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
+use leasewire::config::Config;
+use leasewire::control::{self, NodeControl};
+use leasewire::datadir::DataDir;
+use leasewire::node::{Backends, DaemonLock, Node};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _, fmt};
-
-/// Debug log file inside the data dir.
-const DEBUG_LOG: &str = "debug.log";
 
 /// Filter of the debug log: everything at debug, except transport internals whose debug
 /// output (every HTTP/2 frame, every sled flush) would drown the node's own events.
@@ -36,18 +39,67 @@ pub(super) fn run(data_dir: &Path) -> anyhow::Result<()> {
         .thread_name("leasewire")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(crate::node::run_daemon(data_dir));
+    let result = runtime.block_on(run_daemon(data_dir));
     if let Err(e) = &result {
         // Recorded in debug.log only: `run` prints the same error on stderr as `error: …`.
         tracing::debug!(error = %e, "daemon stopped with an error");
     }
-    result.map_err(anyhow::Error::from)
+    result
+}
+
+/// Locks the data dir, starts the node and its control API, waits for a signal (or a failing
+/// control API) and shuts both down.
+async fn run_daemon(data_dir: &Path) -> anyhow::Result<()> {
+    let dir = DataDir::new(data_dir);
+    let lock = DaemonLock::acquire(&dir)?;
+    let cfg = Config::load(&dir.config_file())?;
+    let backends = Backends::from_config(&cfg, &dir).await?;
+    let node = Node::start(lock, cfg, backends).await?;
+
+    let handler = Arc::new(NodeControl::new(&node));
+    let socket = dir.control_socket();
+    let mut control = {
+        let stop = node.shutdown_token();
+        let socket = socket.clone();
+        tokio::spawn(async move { control::serve(&socket, handler, stop).await })
+    };
+    tracing::info!(socket = %socket.display(), "control API listening; daemon ready");
+
+    let outcome: anyhow::Result<()> = tokio::select! {
+        r = wait_for_signal() => r,
+        r = &mut control => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::from(e).context("control API")),
+            Err(e) => Err(anyhow::anyhow!("control API task failed: {e}")),
+        },
+    };
+    let stopped = node.shutdown().await;
+    if !control.is_finished() {
+        // The node's shutdown cancelled the server's token; it removes its socket and ends.
+        if let Err(e) = control.await {
+            tracing::warn!(error = %e, "control API task failed");
+        }
+    }
+    outcome?;
+    Ok(stopped?)
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
 }
 
 /// Info and above (or `RUST_LOG`) to stderr; debug and above to `D/debug.log` (mode 0600: it
 /// names peers, leases and payment hashes).
 fn init_tracing(data_dir: &Path) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
-    let path = data_dir.join(DEBUG_LOG);
+    let path = DataDir::new(data_dir).debug_log();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -2,25 +2,25 @@
 //! commented config.toml from the role's template.
 
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
 use super::{RoleArg, print_json};
-use crate::identity::Identity;
+use leasewire::datadir::DataDir;
+use leasewire::fsutil;
+use leasewire::identity::Identity;
 
 const PROVIDER_TEMPLATE: &str = include_str!("../../config/provider.toml");
 const RENTER_TEMPLATE: &str = include_str!("../../config/renter.toml");
 
-/// Name of the configuration file inside the data dir.
-const CONFIG_FILE: &str = "config.toml";
-
 pub(super) fn run(data_dir: &Path, role: RoleArg, force: bool, json: bool) -> anyhow::Result<()> {
-    let config_path = data_dir.join(CONFIG_FILE);
+    let dir = DataDir::new(data_dir);
+    let config_path = dir.config_file();
     // Check both files before touching either, so a refused init changes nothing.
     if !force {
-        for existing in [Identity::key_path(data_dir), config_path.clone()] {
+        for existing in [dir.node_key(), config_path.clone()] {
             if existing.exists() {
                 bail!(
                     "{} already exists; pass --force to overwrite it (the node gets a new identity)",
@@ -79,29 +79,14 @@ pub(super) fn run(data_dir: &Path, role: RoleArg, force: bool, json: bool) -> an
 /// Writes `text` to `path` with mode 0600 (the config may hold the market secret), replacing
 /// any existing file atomically so a crash never leaves half a config behind.
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("toml.tmp");
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        // Best effort: the temporary file is useless once the write failed.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    fsutil::write_private(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Role};
+    use leasewire::config::{Config, Role};
 
     #[test]
     fn templates_parse_and_name_their_role() {
@@ -122,6 +107,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "c = 3\n");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(!dir.path().join("config.toml.tmp").exists());
+        assert!(!dir.path().join(".config.toml.tmp").exists());
     }
 }

@@ -1,7 +1,7 @@
 //! The `leasewire` command line: argument parsing, dispatch and exit codes.
 //!
-//! `src/main.rs` only calls [`run`]. Every subcommand but `init`, `daemon` and `audit` is a thin
-//! client of the daemon's control API ([`crate::control`]); `audit` reads the sled database
+//! `src/main.rs` only calls [`run`]; this module belongs to the binary, not the library. Every subcommand but `init`, `daemon` and `audit` is a thin
+//! client of the daemon's control API ([`leasewire::control`]); `audit` reads the sled database
 //! directly so it works while no daemon runs (and falls back to the API for `verify` when the
 //! daemon holds the database).
 //!
@@ -260,7 +260,7 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
         Command::Offers { out } => rpc::block_on(rpc::offers(&data_dir, out.json)),
         Command::Rent(args) => rpc::block_on(rpc::rent(
             &data_dir,
-            crate::control::pb::RentRequest {
+            leasewire::control::pb::RentRequest {
                 offer_id: args.offer.unwrap_or_default(),
                 auto: args.auto,
                 credit_sat: args.credit.unwrap_or(0),
@@ -279,7 +279,7 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
             wait,
             out,
         } => {
-            let req = crate::control::pb::AddCreditRequest {
+            let req = leasewire::control::pb::AddCreditRequest {
                 lease_id: lease.unwrap_or_default(),
                 amount_sat: amount,
             };
@@ -291,7 +291,7 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
         }
         Command::Autopay { state, lease, out } => rpc::block_on(pay::set_autopay(
             &data_dir,
-            crate::control::pb::SetAutopayRequest {
+            leasewire::control::pb::SetAutopayRequest {
                 lease_id: lease.unwrap_or_default(),
                 on: state == "on",
             },
@@ -299,7 +299,7 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
         )),
         Command::Release { lease, out } => rpc::block_on(rpc::release(
             &data_dir,
-            crate::control::pb::ReleaseRequest {
+            leasewire::control::pb::ReleaseRequest {
                 lease_id: lease.unwrap_or_default(),
             },
             out.json,

@@ -9,7 +9,7 @@ use qrcode::render::unicode::Dense1x2;
 
 use super::print_json;
 use super::rpc::{connect, print_lease};
-use crate::control::pb;
+use leasewire::control::pb;
 
 /// Prints the invoice, then waits for the credit. With `--json` the invoice is printed as one
 /// JSON line first and the confirmed lease as a second.
@@ -59,7 +59,7 @@ fn write_invoice(w: &mut dyn Write, inv: &pb::ManualInvoiceReply) -> io::Result<
     writeln!(
         w,
         "expires: {} (unix {})",
-        crate::market::limits::rfc3339(inv.expires_at),
+        leasewire::market::limits::rfc3339(inv.expires_at),
         inv.expires_at
     )?;
     writeln!(w, "waiting for the provider to confirm the payment...")

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use crate::control::pb;
+use leasewire::control::pb;
 
 /// A left-aligned text table; columns are as wide as their widest cell, two spaces apart.
 pub(super) struct Table {

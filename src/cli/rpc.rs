@@ -8,8 +8,9 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use super::{print_json, render};
-use crate::control::{ControlClient, pb};
-use crate::types::now_unix;
+use leasewire::control::{ControlClient, pb};
+use leasewire::datadir::DataDir;
+use leasewire::types::now_unix;
 
 /// Runs a client command on a small single-threaded runtime (one request in flight).
 pub(super) fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -23,7 +24,7 @@ pub(super) fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> anyhow:
 /// Connects to the daemon of `data_dir`. The error already says "no daemon is running for …"
 /// when there is none, so no context is added.
 pub(super) async fn connect(data_dir: &Path) -> anyhow::Result<ControlClient> {
-    Ok(ControlClient::connect(&crate::node::socket_path(data_dir)).await?)
+    Ok(ControlClient::connect(&DataDir::new(data_dir).control_socket()).await?)
 }
 
 pub(super) async fn status(data_dir: &Path, json: bool) -> anyhow::Result<()> {

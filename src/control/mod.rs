@@ -23,8 +23,10 @@ use tonic::transport::Server;
 use tonic::{Code, Request, Response, Status};
 
 mod client;
+mod node;
 
 pub use client::ControlClient;
+pub use node::NodeControl;
 
 /// Messages and service stubs generated from `proto/control.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -19,8 +19,9 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use tracing::{info, warn};
 
 use super::LightningError;
+use super::config::LightningConfig;
 use super::lnd::{LndClient, LndConfig, parse_certificate};
-use crate::config::{Config, LightningConfig};
+use crate::datadir::DataDir;
 
 /// Network names `lightning.network` accepts: what LND reports in `GetInfo.chains[].network`
 /// and the directory name under `data/chain/bitcoin/`.
@@ -269,7 +270,7 @@ fn lnd_dir(cfg: &LightningConfig, data_dir: &Path) -> Result<PathBuf, LightningE
         None => Ok(home()?.join(".lnd")),
         Some(dir) => match dir.strip_prefix("~") {
             Ok(rest) => Ok(home()?.join(rest)),
-            Err(_) => Ok(Config::resolve(data_dir, dir)),
+            Err(_) => Ok(DataDir::new(data_dir).resolve(dir)),
         },
     }
 }
@@ -310,8 +311,8 @@ pub async fn connect_from_config(
             let source = LndSource::Paths;
             let lnd = LndConfig {
                 address,
-                tls_cert_path: Config::resolve(data_dir, cert),
-                macaroon_path: Config::resolve(data_dir, macaroon),
+                tls_cert_path: DataDir::new(data_dir).resolve(cert),
+                macaroon_path: DataDir::new(data_dir).resolve(macaroon),
             };
             info!(address = %lnd.address, cert = %lnd.tls_cert_path.display(),
                 macaroon = %lnd.macaroon_path.display(), %source, "connecting to LND");

@@ -10,6 +10,7 @@
 //! [`LightningNode`] for tests and the conformance suite every backend must pass. The LND
 //! simulator (`lnd-sim`) lives in the `leasewire-simnet` crate, not here.
 
+pub mod config;
 pub mod connect;
 pub mod invoice;
 pub mod lnd;

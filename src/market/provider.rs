@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::sync::{Mutex, watch};
 
 use super::MarketError;
+pub mod config;
 mod metering;
 mod requests;
 mod settlement;
@@ -28,7 +29,6 @@ mod settlement;
 use super::pool::Pool;
 use super::store::Table;
 use crate::audit::{AuditKind, AuditLog};
-use crate::config::ProviderConfig;
 use crate::lightning::{InvoiceRequest, InvoiceState, LightningNode};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel};
 use crate::types::{DAY_SECS, Sats, WgKey, now_unix, random_id};
@@ -37,6 +37,7 @@ use crate::wire::{
     PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest, Signed, Status,
     StatusRequest, TopUpRequest,
 };
+pub use config::ProviderConfig;
 
 /// Unpaid invoices (with reserved prefixes) one peer may hold at once.
 pub const MAX_UNPAID_PER_PEER: usize = 4;

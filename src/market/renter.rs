@@ -23,6 +23,7 @@ use serde_json::json;
 
 mod autopay;
 mod complete;
+pub mod config;
 mod discovery;
 mod manual;
 mod payment;
@@ -37,7 +38,6 @@ use tunnel::lease_addresses;
 use super::store::Table;
 use super::{MarketError, Peers, select};
 use crate::audit::{AuditKind, AuditLog};
-use crate::config::RenterConfig;
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
@@ -46,6 +46,7 @@ use crate::wire::{
     ErrorCode, Hello, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
     PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed, StatusRequest, TopUpRequest,
 };
+pub use config::RenterConfig;
 
 /// Routing table for source policy routing of leased addresses.
 const POLICY_TABLE: u32 = 51820;
@@ -332,23 +333,4 @@ impl Renter {
     pub fn peer_id(&self) -> PeerId {
         self.inner.peer_id
     }
-}
-
-/// Writes `bytes` to `path` with mode 0600, atomically (temp file, fsync, rename).
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

@@ -31,9 +31,10 @@ pub const IDENTIFY_VERSION: &str = "/leasewire/1.0.0";
 /// renter's follow-up requests (pay, then lease) reuse the connection.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The combined behaviour; see the module documentation.
+/// The combined behaviour; see the module documentation. Crate-private: the `BehaviourEvent`
+/// enum the derive generates is an implementation detail of the event loop.
 #[derive(NetworkBehaviour)]
-pub struct Behaviour {
+pub(crate) struct Behaviour {
     /// Peers refused by the handshake (either side): connections denied and closed.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// The DHT carrying provider records under the topic key.
@@ -89,7 +90,10 @@ impl Behaviour {
 /// # Errors
 /// [`NetError::Transport`] if the transport cannot be set up (e.g. the system DNS
 /// configuration cannot be read).
-pub fn build_swarm(key: Keypair, request_timeout: Duration) -> Result<Swarm<Behaviour>, NetError> {
+pub(crate) fn build_swarm(
+    key: Keypair,
+    request_timeout: Duration,
+) -> Result<Swarm<Behaviour>, NetError> {
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(

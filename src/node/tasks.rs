@@ -1,7 +1,6 @@
-//! The daemon's long-running helpers: periodic work, DHT announcements, signals, and the
-//! secret lookup at start.
+//! The node's long-running helpers: periodic work, DHT announcements, and the secret lookup
+//! at start.
 
-use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -9,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::NodeError;
 use crate::audit::{AuditKind, AuditLog};
 use crate::config::Config;
+use crate::datadir::DataDir;
 use crate::market::provider::Provider;
 use crate::net::{self, NetClient};
 
@@ -18,9 +18,9 @@ pub(super) fn log_audit(audit: &AuditLog, kind: AuditKind, payload: serde_json::
     }
 }
 
-pub(super) fn read_secret(data_dir: &Path, cfg: &Config) -> Result<String, NodeError> {
+pub(super) fn read_secret(data_dir: &DataDir, cfg: &Config) -> Result<String, NodeError> {
     if let Some(file) = &cfg.node.secret_file {
-        let path = Config::resolve(data_dir, file);
+        let path = data_dir.resolve(file);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             NodeError::Other(format!(
                 "cannot read node.secret_file {}: {e}",
@@ -38,19 +38,6 @@ pub(super) fn read_secret(data_dir: &Path, cfg: &Config) -> Result<String, NodeE
     } else {
         Ok(cfg.node.secret.clone())
     }
-}
-
-pub(super) async fn wait_for_signal() -> Result<(), NodeError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| NodeError::Other(format!("cannot install SIGTERM handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| NodeError::Other(format!("cannot install SIGINT handler: {e}")))?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
 }
 
 /// Runs `f` every `every` until cancelled.

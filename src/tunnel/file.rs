@@ -17,8 +17,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -28,6 +27,7 @@ use tokio::sync::Mutex;
 use super::{
     InterfaceSpec, PeerSpec, PeerStats, RoutingPolicy, Tunnel, TunnelError, validate_iface_name,
 };
+use crate::fsutil;
 use crate::types::WgKey;
 
 /// Version of the `*.state.json` format.
@@ -92,7 +92,8 @@ impl FileTunnel {
             let conf_path = dir.join(format!("{}.conf", state.spec.name));
             let rendered = render_wg_quick(&state.spec, &state.peers);
             if fs::read(&conf_path).ok().as_deref() != Some(rendered.as_bytes()) {
-                write_private_atomic(&conf_path, rendered.as_bytes())?;
+                fsutil::write_private(&conf_path, rendered.as_bytes())
+                    .map_err(private_write_err)?;
                 tracing::info!(iface = %state.spec.name, path = %conf_path.display(), "rewrote wg-quick file from saved state");
             }
         }
@@ -152,8 +153,8 @@ impl FileTunnel {
         let state_path = self.state_path(&state.spec.name);
         let conf_path = self.conf_path(&state.spec.name);
         run_blocking(move || {
-            write_private_atomic(&state_path, &json)?;
-            write_private_atomic(&conf_path, conf.as_bytes())
+            fsutil::write_private(&state_path, &json).map_err(private_write_err)?;
+            fsutil::write_private(&conf_path, conf.as_bytes()).map_err(private_write_err)
         })
         .await
     }
@@ -393,31 +394,9 @@ fn load_state(path: &Path, name: &str) -> Result<IfaceState, TunnelError> {
     Ok(state)
 }
 
-/// Writes `bytes` to `path` with mode 0600: temporary file in the same directory, fsync,
-/// rename over `path`, fsync of the directory. Readers see the old or the new file, never a
-/// mix, and the private key is never in a file others can read, even briefly.
-fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<(), TunnelError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    let ctx = |what: &str, p: &Path| format!("cannot {what} {}", p.display());
-    // A leftover from a crash may carry another mode; start from a fresh file.
-    remove_if_present(&tmp)?;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| TunnelError::io(ctx("create", &tmp), e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| TunnelError::io(ctx("write", &tmp), e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| TunnelError::io(ctx("replace", path), e))?;
-    sync_dir(dir)
+/// A failed [`fsutil::write_private`] (its message names the step and the path).
+fn private_write_err(e: std::io::Error) -> TunnelError {
+    TunnelError::io("tunnel file", e)
 }
 
 /// Deletes `path`; a missing file is not an error.

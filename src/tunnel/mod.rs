@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::WgKey;
 
+pub mod config;
 pub mod file;
 pub mod probe;
 #[cfg(any(test, feature = "test-utils"))]

@@ -72,7 +72,7 @@ impl Renter {
         i.tunnel.ensure_interface(&spec).await?;
         i.tunnel.add_peer(iface, &peer).await?;
         let path = i.conf_dir.join(format!("{iface}.conf"));
-        write_private(
+        crate::fsutil::write_private(
             &path,
             render_wg_quick(&spec, std::slice::from_ref(&peer)).as_bytes(),
         )

@@ -1,32 +1,53 @@
-//! The control API as the daemon implements it: a thin mapping from RPCs to the provider and
-//! renter roles, and from their records to the API's messages.
+//! The control API served for a running node ([`NodeControl`]): a thin mapping from RPCs to
+//! the provider and renter roles of a [`NodeHandle`], and from their records to the API's
+//! messages.
 
 use libp2p::PeerId;
 
+use super::{ControlError, ControlHandler, pb};
 use crate::audit::AuditLog;
-use crate::config::Role;
-use crate::control::{ControlError, ControlHandler, pb};
 use crate::market::MarketError;
 use crate::market::provider::{Provider, ProviderLease};
 use crate::market::renter::{RentArgs, Rental, Renter};
 use crate::net::NetClient;
+use crate::node::NodeHandle;
+use crate::node::config::Role;
 use crate::types::now_unix;
 use crate::wire::{Lease, LeaseState};
 use std::time::Duration;
 
-/// The control API's view of the node.
-pub(super) struct Control {
-    pub(super) peer_id: PeerId,
-    pub(super) roles: Vec<Role>,
-    pub(super) net: NetClient,
-    pub(super) provider: Option<Provider>,
-    pub(super) renter: Option<Renter>,
-    pub(super) audit: AuditLog,
-    pub(super) public_market: bool,
-    pub(super) ln_pubkey: String,
-    pub(super) network: String,
+/// The control API's view of a running node: hand it to [`super::serve`].
+pub struct NodeControl {
+    peer_id: PeerId,
+    roles: Vec<Role>,
+    net: NetClient,
+    provider: Option<Provider>,
+    renter: Option<Renter>,
+    audit: AuditLog,
+    public_market: bool,
+    ln_pubkey: String,
+    network: String,
     /// Credit a `rent` without `--credit` buys; offers are priced for it.
-    pub(super) default_credit_sat: u64,
+    default_credit_sat: u64,
+}
+
+impl NodeControl {
+    /// The control API of `node` (it shares the node's roles, network and audit log).
+    pub fn new(node: &NodeHandle) -> NodeControl {
+        let cfg = node.config();
+        NodeControl {
+            peer_id: node.peer_id(),
+            roles: cfg.node.roles.clone(),
+            net: node.net().clone(),
+            provider: node.provider().cloned(),
+            renter: node.renter().cloned(),
+            audit: node.audit().clone(),
+            public_market: node.public_market(),
+            ln_pubkey: node.ln_pubkey().to_owned(),
+            network: cfg.lightning.network.clone(),
+            default_credit_sat: cfg.renter.default_credit_sat,
+        }
+    }
 }
 
 fn market_err(e: MarketError) -> ControlError {
@@ -91,7 +112,7 @@ fn provider_lease_info(r: &ProviderLease) -> pb::LeaseInfo {
     lease_info(&r.lease, r.state, r.paid_sat, String::new())
 }
 
-impl Control {
+impl NodeControl {
     fn renter(&self) -> Result<&Renter, ControlError> {
         self.renter.as_ref().ok_or_else(|| {
             ControlError::FailedPrecondition("this node does not have the renter role".into())
@@ -100,7 +121,7 @@ impl Control {
 }
 
 #[async_trait::async_trait]
-impl ControlHandler for Control {
+impl ControlHandler for NodeControl {
     async fn status(&self) -> Result<pb::StatusReply, ControlError> {
         let st = self
             .net

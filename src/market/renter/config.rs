@@ -1,0 +1,41 @@
+//! The `[renter]` section of the configuration: what to ask for, what to pay, AutoPay and
+//! spending limits.
+
+use serde::{Deserialize, Serialize};
+
+/// `[renter]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RenterConfig {
+    /// Credit bought with a new lease when `rent` is not given `--credit`.
+    pub default_credit_sat: u64,
+    /// IPv4 prefix length asked for (None: no IPv4).
+    pub ipv4_prefix_len: Option<u8>,
+    /// IPv6 prefix length asked for (None: no IPv6).
+    pub ipv6_prefix_len: Option<u8>,
+    /// Refuse invoices with less expiry left than this.
+    pub min_invoice_expiry_secs: u64,
+    /// Never pay more than this for one invoice.
+    pub max_invoice_sat: u64,
+    /// Send all traffic through the tunnel instead of only traffic from the leased addresses.
+    pub full_tunnel: bool,
+    /// Spending limits the renter enforces before paying (`[renter.limits]`); none by default.
+    pub limits: crate::market::limits::LimitsConfig,
+    /// AutoPay: keep each lease's credit between two watermarks (`[renter.autopay]`).
+    pub autopay: super::AutopayConfig,
+}
+
+impl Default for RenterConfig {
+    fn default() -> Self {
+        RenterConfig {
+            default_credit_sat: 3_000,
+            ipv4_prefix_len: Some(32),
+            ipv6_prefix_len: Some(64),
+            min_invoice_expiry_secs: 60,
+            max_invoice_sat: 100_000,
+            full_tunnel: false,
+            limits: crate::market::limits::LimitsConfig::default(),
+            autopay: super::AutopayConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The inbound side of the network: every [`NetEvent`] goes through [`Dispatcher::run`].
+//!
+//! Requests are answered each in its own task, so a provider waiting for an invoice to settle
+//! never holds up other peers. Those tasks are bounded by [`Admission`] (a semaphore): when all
+//! permits are taken, the request is refused at once with [`ErrorCode::Unavailable`], which
+//! peers treat as "try again later", instead of piling up tasks without bound. They are also
+//! tracked, so the node's shutdown waits for the answers in flight.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::tasks::log_audit;
+use crate::audit::{AuditKind, AuditLog};
+use crate::market::provider::Provider;
+use crate::net::{NetClient, NetEvent};
+use crate::wire::{ErrorCode, ErrorMsg, Hello, Message};
+
+/// Limits how many inbound requests are answered at once.
+#[derive(Clone, Debug)]
+pub(super) struct Admission {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Admission {
+    /// Room for `limit` requests at a time (at least one).
+    pub(super) fn new(limit: usize) -> Admission {
+        let limit = limit.max(1);
+        Admission {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// A permit for one request, held until its answer is sent; or, when every permit is in
+    /// use, the refusal to send instead.
+    pub(super) fn try_admit(&self) -> Result<OwnedSemaphorePermit, ErrorMsg> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            ErrorMsg::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "busy: {} requests are being answered; try again later",
+                    self.limit
+                ),
+            )
+        })
+    }
+}
+
+/// What the dispatcher needs to answer requests and record network events.
+pub(super) struct Dispatcher {
+    /// The provider role, which answers market requests; `None` on a renter-only node.
+    pub(super) provider: Option<Provider>,
+    /// Sends the answers.
+    pub(super) net: NetClient,
+    /// Records membership and refused peers.
+    pub(super) audit: AuditLog,
+    /// Lightning network, announced in `Hello` by a node that is not a provider.
+    pub(super) network: String,
+    /// Whether this node rents (announced in `Hello`).
+    pub(super) is_renter: bool,
+    /// Bound on concurrent request handlers.
+    pub(super) admission: Admission,
+}
+
+impl Dispatcher {
+    /// Handles network events until `shutdown` fires or the network layer stops, then waits
+    /// for the request handlers still running.
+    pub(super) async fn run(
+        self,
+        mut events: mpsc::Receiver<NetEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let handlers = TaskTracker::new();
+        let this = Arc::new(self);
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = events.recv() => match ev { Some(ev) => ev, None => break },
+            };
+            this.handle_event(ev, &handlers).await;
+        }
+        handlers.close();
+        handlers.wait().await;
+    }
+
+    async fn handle_event(self: &Arc<Self>, ev: NetEvent, handlers: &TaskTracker) {
+        match ev {
+            NetEvent::InboundRequest {
+                peer,
+                message,
+                channel,
+            } => {
+                let permit = match self.admission.try_admit() {
+                    Ok(p) => p,
+                    Err(busy) => {
+                        tracing::debug!(%peer, request = message.name(), "busy: request refused");
+                        if let Err(e) = self.net.respond(channel, Message::Error(busy)).await {
+                            tracing::debug!(%peer, error = %e, "could not answer");
+                        }
+                        return;
+                    }
+                };
+                let this = self.clone();
+                handlers.spawn(async move {
+                    let reply = this.answer(peer, message).await;
+                    if let Err(e) = this.net.respond(channel, reply).await {
+                        tracing::debug!(%peer, error = %e, "could not answer");
+                    }
+                    drop(permit);
+                });
+            }
+            NetEvent::MemberJoined { peer } => {
+                log_audit(
+                    &self.audit,
+                    AuditKind::MembershipOk,
+                    json!({"peer": peer.to_string()}),
+                );
+            }
+            NetEvent::MembershipRefused {
+                peer,
+                by_us,
+                reason,
+            } => {
+                log_audit(
+                    &self.audit,
+                    AuditKind::MembershipRefused,
+                    json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason}),
+                );
+            }
+            NetEvent::BadMessage { peer, reason } => {
+                log_audit(
+                    &self.audit,
+                    AuditKind::PeerRefused,
+                    json!({"peer": peer.to_string(), "reason": reason}),
+                );
+            }
+        }
+    }
+
+    /// The answer to one request.
+    async fn answer(&self, peer: libp2p::PeerId, message: Message) -> Message {
+        match (&self.provider, message) {
+            (Some(p), m) => p.handle(peer, m).await,
+            (None, Message::Hello(_)) => {
+                Message::Hello(Hello::ours(false, self.is_renter, &self.network))
+            }
+            (None, m) => Message::Error(ErrorMsg::new(
+                ErrorCode::Unsupported,
+                format!("this node is not a provider ({})", m.name()),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_refuses_beyond_the_limit_with_unavailable() {
+        let a = Admission::new(2);
+        let first = a.try_admit().unwrap();
+        let _second = a.try_admit().unwrap();
+        let busy = a.try_admit().unwrap_err();
+        assert_eq!(busy.code, ErrorCode::Unavailable);
+        assert!(busy.message.contains("busy"), "{}", busy.message);
+        // A finished request frees its permit for the next one.
+        drop(first);
+        assert!(a.try_admit().is_ok());
+    }
+
+    #[test]
+    fn a_zero_limit_still_admits_one() {
+        let a = Admission::new(0);
+        let _p = a.try_admit().unwrap();
+        assert!(a.try_admit().is_err());
+    }
+}
