@@ -6,9 +6,15 @@
 //!    whose description hash commits to the rental ([`InvoiceCommitment`]), answers `payInvoice`.
 //! 3. A lease is issued only once the provider's *own* Lightning node reports the invoice
 //!    settled: on `paymentResult` (after waiting briefly for settlement) or by the settlement
-//!    watcher in [`Provider::tick`]. A renter's claim alone never issues anything.
+//!    watcher in [`Provider::tick`]. A renter's claim alone never issues anything. The lease is
+//!    issued exactly once, by compare-and-swap on the invoice's pending record; whichever path
+//!    comes second gets the issued lease from that record at once.
 //! 4. Metering: at `paid_until` the WireGuard peer is removed and the lease suspended; a top-up
 //!    (back rent included) reactivates it; after `reserve_days` the prefixes go back to the pool.
+//!    Every state change comes from [`super::lease::next`].
+//!
+//! No lock is shared between leases: settlement and metering of one lease exclude each other
+//! with a lock of that lease only.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -18,20 +24,22 @@ use ipnet::IpNet;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 use super::MarketError;
 mod metering;
 mod requests;
 mod settlement;
 
+use super::lease::{self, Event, Kind};
+use super::locks::KeyedLocks;
 use super::pool::Pool;
-use super::store::Table;
+use super::store::{self as kv, Store, Table, Tree};
 use crate::audit::{AuditKind, AuditLog};
 use crate::config::ProviderConfig;
 use crate::lightning::{InvoiceRequest, InvoiceState, LightningNode};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel};
-use crate::types::{DAY_SECS, Sats, WgKey, now_unix, random_id};
+use crate::types::{Clock, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
     ErrorCode, ErrorMsg, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
     PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest, Signed, Status,
@@ -102,7 +110,8 @@ impl ProviderLease {
     }
 }
 
-/// An invoice issued and not yet settled or expired.
+/// An invoice issued and not yet settled or expired. Once settled, `issued` holds the lease
+/// record it produced: swapping it in is the single step that issues (or credits) the lease.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct PendingInvoice {
     lease_id: String,
@@ -113,6 +122,9 @@ struct PendingInvoice {
     expires_at: u64,
     ipv4: Option<String>,
     ipv6: Option<String>,
+    /// The lease record this invoice's payment produced; `None` while unpaid.
+    #[serde(default)]
+    issued: Option<ProviderLease>,
 }
 
 /// The provider role. Cheap to clone.
@@ -137,13 +149,18 @@ struct Inner {
     pool: Pool,
     leases: Table<ProviderLease>,
     pending: Table<PendingInvoice>,
-    meta: sled::Tree,
+    meta: Arc<dyn Tree>,
     offer: RwLock<Signed<Offer>>,
     /// Offers signed by this run, newest last, for [`Provider::accepts_offer`].
     recent_offers: std::sync::Mutex<std::collections::VecDeque<(String, Offer)>>,
     offer_tx: watch::Sender<u64>,
-    /// Serialises settlement handling so each invoice issues or extends a lease exactly once.
-    settle_lock: Mutex<()>,
+    /// One lock per lease: its settlement and metering never interleave, and nothing else
+    /// waits for them.
+    lease_locks: KeyedLocks,
+    /// Audit payload of the first offer, appended by [`Provider::start`] (construction is
+    /// synchronous and must not wait on the disk).
+    first_offer_audit: std::sync::Mutex<Option<serde_json::Value>>,
+    clock: Arc<dyn Clock>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> Message {
@@ -151,16 +168,22 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> Message {
 }
 
 impl Provider {
-    /// Opens the provider's state and signs a first offer.
+    /// Opens the provider's state and signs a first offer, on the system clock.
     pub fn new(p: ProviderParams) -> Result<Provider, MarketError> {
+        Provider::with_clock(p, Arc::new(SystemClock))
+    }
+
+    /// Like [`Provider::new`], reading the time from `clock`.
+    pub fn with_clock(p: ProviderParams, clock: Arc<dyn Clock>) -> Result<Provider, MarketError> {
+        let db: &dyn Store = &p.db;
         let pool = Pool::open(
-            &p.db,
+            db,
             &p.cfg.ipv4_pools,
             &p.cfg.ipv6_pools,
             p.cfg.ipv4_prefix_len,
             p.cfg.ipv6_prefix_len,
         )?;
-        let meta = p.db.open_tree("provider_meta")?;
+        let meta = db.open_tree("provider_meta")?;
         let peer_id = crate::wire::signed::peer_id_of(&p.key.verifying_key());
         // A placeholder signature is replaced right below by `refresh_offer`.
         let placeholder = Signed::sign(&p.key, &empty_offer(&peer_id))
@@ -168,8 +191,8 @@ impl Provider {
         let (offer_tx, _) = watch::channel(0);
         let provider = Provider {
             inner: Arc::new(Inner {
-                leases: Table::open(&p.db, "provider_leases")?,
-                pending: Table::open(&p.db, "provider_pending")?,
+                leases: Table::open(db, "provider_leases")?,
+                pending: Table::open(db, "provider_pending")?,
                 key: p.key,
                 peer_id,
                 cfg: p.cfg,
@@ -187,16 +210,40 @@ impl Provider {
                 offer: RwLock::new(placeholder),
                 recent_offers: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 offer_tx,
-                settle_lock: Mutex::new(()),
+                lease_locks: KeyedLocks::default(),
+                first_offer_audit: std::sync::Mutex::new(None),
+                clock,
             }),
         };
-        provider.refresh_offer(true)?;
+        let seq = provider.next_offer_seq()?;
+        provider.inner.meta.flush_blocking()?;
+        let payload = provider.publish_offer(seq)?;
+        *provider
+            .inner
+            .first_offer_audit
+            .lock()
+            .expect("first offer lock not poisoned") = Some(payload);
         Ok(provider)
     }
 
-    /// Brings the WireGuard interface up and re-applies every active lease (idempotent).
+    /// Current unix time on the provider's clock.
+    fn now(&self) -> u64 {
+        self.inner.clock.now_unix()
+    }
+
+    /// Brings the WireGuard interface up, finishes settlements a crash interrupted, and
+    /// re-applies every active lease (idempotent).
     pub async fn start(&self) -> Result<(), MarketError> {
         let i = &self.inner;
+        let first = i
+            .first_offer_audit
+            .lock()
+            .expect("first offer lock not poisoned")
+            .take();
+        if let Some(payload) = first {
+            self.audit(AuditKind::OfferPublished, payload).await;
+        }
+        self.finish_issued_all().await;
         i.tunnel
             .ensure_interface(&InterfaceSpec {
                 name: i.iface.clone(),
@@ -239,7 +286,7 @@ impl Provider {
         if self.offer().id() == offer_id {
             return true;
         }
-        let now = now_unix();
+        let now = self.now();
         let recent = self
             .inner
             .recent_offers
@@ -290,11 +337,11 @@ impl Provider {
 
     /// Re-signs the offer when `force`, when availability changed, or when it is past half its
     /// lifetime. Returns whether a new offer was made.
-    pub fn refresh_offer(&self, force: bool) -> Result<bool, MarketError> {
+    pub async fn refresh_offer(&self, force: bool) -> Result<bool, MarketError> {
         let i = &self.inner;
-        let now = now_unix();
-        let (ipv4, ipv6) = self.availability();
+        let now = self.now();
         if !force {
+            let (ipv4, ipv6) = self.availability();
             let current = self.offer();
             if let Ok(o) = current.verify() {
                 let fresh = o.expires_at > now + i.cfg.offer_ttl_secs / 2;
@@ -303,19 +350,41 @@ impl Provider {
                 }
             }
         }
-        let seq = i
-            .meta
-            .update_and_fetch("offer_seq", |old| {
-                let n = old
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                Some((n + 1).to_be_bytes().to_vec())
-            })?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(1);
-        i.meta.flush()?;
+        let seq = self.next_offer_seq()?;
+        // The sequence number is durable before any offer carries it.
+        kv::flush(&i.meta).await?;
+        let payload = self.publish_offer(seq)?;
+        self.audit(AuditKind::OfferPublished, payload).await;
+        i.offer_tx.send_replace(seq);
+        Ok(true)
+    }
+
+    /// Takes the next offer sequence number (not yet flushed).
+    fn next_offer_seq(&self) -> Result<u64, MarketError> {
+        let meta = &self.inner.meta;
+        loop {
+            let old = meta.get(b"offer_seq")?;
+            let n = old
+                .as_deref()
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0)
+                + 1;
+            if meta.compare_and_swap(
+                b"offer_seq",
+                old.as_deref(),
+                Some(n.to_be_bytes().to_vec()),
+            )? {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Signs and installs offer `seq`; returns its audit payload.
+    fn publish_offer(&self, seq: u64) -> Result<serde_json::Value, MarketError> {
+        let i = &self.inner;
+        let now = self.now();
+        let (ipv4, ipv6) = self.availability();
         let offer = Offer {
             provider: i.peer_id.to_string(),
             seq,
@@ -342,17 +411,13 @@ impl Provider {
                 recent.pop_front();
             }
         }
-        self.audit(
-            AuditKind::OfferPublished,
-            json!({"offer_id": id, "seq": seq, "ipv4": offer.ipv4, "ipv6": offer.ipv6}),
-        );
         tracing::info!(offer_id = %id, seq, "offer signed");
-        i.offer_tx.send_replace(seq);
-        Ok(true)
+        Ok(json!({"offer_id": id, "seq": seq, "ipv4": offer.ipv4, "ipv6": offer.ipv6}))
     }
 
-    fn audit(&self, kind: AuditKind, payload: serde_json::Value) {
-        if let Err(e) = self.inner.audit.append(kind, &payload) {
+    /// Appends to the audit log, awaiting durability; a failure is logged, never fatal.
+    async fn audit(&self, kind: AuditKind, payload: serde_json::Value) {
+        if let Err(e) = self.inner.audit.append_async(kind, &payload).await {
             tracing::error!(error = %e, ?kind, "audit append failed");
         }
     }
@@ -364,7 +429,8 @@ impl Provider {
                 self.audit(
                     AuditKind::Hello,
                     json!({"peer": peer.to_string(), "agent": h.agent, "renter": h.renter}),
-                );
+                )
+                .await;
                 Message::Offer(self.offer())
             }
             Message::RentRequest(r) => self.on_rent_request(peer, r).await,
@@ -381,7 +447,7 @@ impl Provider {
     fn on_status(&self, peer: PeerId, r: StatusRequest) -> Message {
         match self.inner.leases.get(&r.lease_id) {
             Ok(Some(rec)) if rec.renter_peer == peer.to_string() => {
-                let now = now_unix();
+                let now = self.now();
                 Message::Status(Status {
                     lease_id: r.lease_id,
                     state: rec.state,
