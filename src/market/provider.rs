@@ -488,3 +488,319 @@ fn empty_offer(peer_id: &PeerId) -> Offer {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::lightning::testing::{MemNetwork, MemNode};
+    use crate::lightning::{
+        CreatedInvoice, InvoiceStatus, LightningError, NodeInfo, PayRequest, PaymentOutcome,
+        PaymentStatus,
+    };
+    use crate::tunnel::file::FileTunnel;
+    use crate::tunnel::{PeerStats, ProbeSpec, TunnelCheck, TunnelError};
+    use crate::types::{DAY_SECS, ManualClock};
+
+    /// The provider's node, with every `lookup_invoice` counted and the next one optionally
+    /// held at a gate: a test decides exactly when a settlement check sees its answer.
+    struct GatedNode {
+        inner: MemNode,
+        lookups: AtomicU32,
+        hold_next: AtomicBool,
+        entered: Notify,
+        release: Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl LightningNode for GatedNode {
+        async fn get_info(&self) -> Result<NodeInfo, LightningError> {
+            self.inner.get_info().await
+        }
+        async fn add_invoice(&self, req: InvoiceRequest) -> Result<CreatedInvoice, LightningError> {
+            self.inner.add_invoice(req).await
+        }
+        async fn lookup_invoice(&self, hash: [u8; 32]) -> Result<InvoiceStatus, LightningError> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            if self.hold_next.swap(false, Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
+            self.inner.lookup_invoice(hash).await
+        }
+        async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError> {
+            self.inner.pay_invoice(req).await
+        }
+        async fn track_payment(
+            &self,
+            hash: [u8; 32],
+        ) -> Result<Option<PaymentStatus>, LightningError> {
+            self.inner.track_payment(hash).await
+        }
+    }
+
+    /// A file tunnel whose `remove_peer` fails for one key while `broken` is set.
+    struct FlakyTunnel {
+        inner: FileTunnel,
+        broken: std::sync::Mutex<Option<WgKey>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Tunnel for FlakyTunnel {
+        fn kind(&self) -> &'static str {
+            "flaky-test"
+        }
+        async fn ensure_interface(&self, spec: &InterfaceSpec) -> Result<(), TunnelError> {
+            self.inner.ensure_interface(spec).await
+        }
+        async fn add_peer(&self, iface: &str, peer: &PeerSpec) -> Result<(), TunnelError> {
+            self.inner.add_peer(iface, peer).await
+        }
+        async fn remove_peer(&self, iface: &str, key: &WgKey) -> Result<(), TunnelError> {
+            if *self.broken.lock().unwrap() == Some(*key) {
+                return Err(TunnelError::Unsupported("broken for this test".into()));
+            }
+            self.inner.remove_peer(iface, key).await
+        }
+        async fn set_addresses(&self, iface: &str, addrs: &[IpNet]) -> Result<(), TunnelError> {
+            self.inner.set_addresses(iface, addrs).await
+        }
+        async fn peer_stats(&self, iface: &str) -> Result<Vec<PeerStats>, TunnelError> {
+            self.inner.peer_stats(iface).await
+        }
+        async fn remove_interface(&self, iface: &str) -> Result<(), TunnelError> {
+            self.inner.remove_interface(iface).await
+        }
+        async fn verify(
+            &self,
+            iface: &str,
+            peer: &WgKey,
+            probe: &ProbeSpec,
+        ) -> Result<TunnelCheck, TunnelError> {
+            self.inner.verify(iface, peer, probe).await
+        }
+    }
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        net: MemNetwork,
+        ln: Arc<GatedNode>,
+        tunnel: Arc<FlakyTunnel>,
+        clock: Arc<ManualClock>,
+        audit: AuditLog,
+        provider: Provider,
+    }
+
+    async fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemNetwork::new(&[("provider".into(), 0), ("renter".into(), 1_000_000)]).unwrap();
+        let ln = Arc::new(GatedNode {
+            inner: net.node("provider").unwrap(),
+            lookups: AtomicU32::new(0),
+            hold_next: AtomicBool::new(false),
+            entered: Notify::new(),
+            release: Notify::new(),
+        });
+        let tunnel = Arc::new(FlakyTunnel {
+            inner: FileTunnel::new(dir.path().join("tunnel")).unwrap(),
+            broken: std::sync::Mutex::new(None),
+        });
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let audit = AuditLog::open(&db, key.clone()).unwrap();
+        let clock = Arc::new(ManualClock::starting_now());
+        let provider = Provider::with_clock(
+            ProviderParams {
+                key,
+                cfg: ProviderConfig {
+                    ipv6_pools: Vec::new(),
+                    ..ProviderConfig::default()
+                },
+                network: "regtest".into(),
+                ln_pubkey: net.pubkey("provider").unwrap(),
+                wg_private: WgKey([1; 32]),
+                wg_public: WgKey([2; 32]),
+                iface: "lwt0".into(),
+                listen_port: 51820,
+                ln: ln.clone(),
+                tunnel: tunnel.clone(),
+                audit: audit.clone(),
+                db,
+            },
+            clock.clone(),
+        )
+        .unwrap();
+        provider.start().await.unwrap();
+        Harness {
+            _dir: dir,
+            net,
+            ln,
+            tunnel,
+            clock,
+            audit,
+            provider,
+        }
+    }
+
+    fn renter_peer(n: u8) -> PeerId {
+        crate::wire::signed::peer_id_of(&SigningKey::from_bytes(&[100 + n; 32]).verifying_key())
+    }
+
+    /// Asks for a lease as renter `n` and pays the invoice from the renter's node.
+    async fn rent_and_pay(h: &Harness, n: u8) -> PayInvoice {
+        let reply = h
+            .provider
+            .handle(
+                renter_peer(n),
+                Message::RentRequest(RentRequest {
+                    request_id: format!("{n:02}").repeat(16),
+                    offer_id: h.provider.offer().id(),
+                    credit_sat: 1_000,
+                    ipv4_prefix_len: Some(32),
+                    ipv6_prefix_len: None,
+                    wg_pubkey: WgKey([n; 32]),
+                }),
+            )
+            .await;
+        let Message::PayInvoice(pay) = reply else {
+            panic!("wanted payInvoice, got {reply:?}")
+        };
+        h.net
+            .node("renter")
+            .unwrap()
+            .pay_invoice(PayRequest {
+                bolt11: pay.bolt11.clone(),
+                fee_limit_msat: 10_000,
+                timeout_secs: 30,
+            })
+            .await
+            .unwrap();
+        pay
+    }
+
+    fn result_for(pay: &PayInvoice) -> Message {
+        Message::PaymentResult(PaymentResult {
+            request_id: pay.request_id.clone(),
+            payment_hash: String::new(),
+            preimage: String::new(),
+        })
+    }
+
+    fn count(audit: &AuditLog, kind: &str) -> usize {
+        audit
+            .entries(0)
+            .filter(|e| e.as_ref().unwrap().kind == kind)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn watcher_settles_first_and_the_payment_result_in_flight_gets_the_lease_at_once() {
+        let h = harness().await;
+        let pay = rent_and_pay(&h, 1).await;
+
+        // paymentResult arrives and asks the node; its answer is held back...
+        h.ln.hold_next.store(true, Ordering::SeqCst);
+        let in_flight = tokio::spawn({
+            let p = h.provider.clone();
+            let msg = result_for(&pay);
+            async move { p.handle(renter_peer(1), msg).await }
+        });
+        h.ln.entered.notified().await;
+        // ...while the settlement watcher sees the payment and issues the lease.
+        h.provider.tick().await.unwrap();
+        let issued = h.provider.leases().unwrap();
+        assert_eq!(issued.len(), 1);
+        assert_eq!(issued[0].lease.lease_id, pay.lease_id);
+
+        // Now the in-flight handler learns the invoice is settled: it finds the lease already
+        // issued and answers with it, instead of waiting for a pending entry that is gone.
+        h.ln.release.notify_one();
+        let reply = in_flight.await.unwrap();
+        match reply {
+            Message::Lease(l) => assert_eq!(l, issued[0].signed),
+            other => panic!("wanted the issued lease, got {other:?}"),
+        }
+        // One check each: the handler never went round the not-settled loop.
+        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 2);
+        assert_eq!(count(&h.audit, "lease_issued"), 1);
+        assert_eq!(count(&h.audit, "invoice_settled"), 1);
+        assert_eq!(h.tunnel.inner.peer_stats("lwt0").await.unwrap().len(), 1);
+
+        // Late retries get it from the settled marker, without asking the node.
+        let again = h.provider.handle(renter_peer(1), result_for(&pay)).await;
+        assert!(matches!(again, Message::Lease(l) if l == issued[0].signed));
+        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 2);
+        // Another peer does not get someone else's lease.
+        let theirs = h.provider.handle(renter_peer(2), result_for(&pay)).await;
+        assert!(matches!(theirs, Message::Error(e) if e.code == ErrorCode::NotFound));
+    }
+
+    #[tokio::test]
+    async fn concurrent_settlements_of_one_invoice_issue_one_lease() {
+        let h = harness().await;
+        let pay = rent_and_pay(&h, 1).await;
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let p = h.provider.clone();
+            let msg = result_for(&pay);
+            tasks.push(tokio::spawn(
+                async move { p.handle(renter_peer(1), msg).await },
+            ));
+        }
+        let mut leases = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Message::Lease(l) => leases.push(l),
+                other => panic!("wanted a lease, got {other:?}"),
+            }
+        }
+        leases.dedup();
+        assert_eq!(leases.len(), 1, "every caller got the same lease");
+        assert_eq!(h.provider.leases().unwrap().len(), 1);
+        assert_eq!(count(&h.audit, "lease_issued"), 1);
+    }
+
+    #[tokio::test]
+    async fn one_failing_lease_does_not_stop_metering_of_the_others() {
+        let h = harness().await;
+        for n in [1, 2] {
+            let pay = rent_and_pay(&h, n).await;
+            let reply = h.provider.handle(renter_peer(n), result_for(&pay)).await;
+            assert!(matches!(reply, Message::Lease(_)), "{reply:?}");
+        }
+        // Renter 1's peer cannot be removed; both leases run out of credit.
+        *h.tunnel.broken.lock().unwrap() = Some(WgKey([1; 32]));
+        h.clock.advance(Duration::from_secs(11 * DAY_SECS));
+        h.provider.tick().await.unwrap();
+        let state = |n: u8| {
+            h.provider
+                .leases()
+                .unwrap()
+                .into_iter()
+                .find(|l| l.lease.renter_wg_pubkey == WgKey([n; 32]))
+                .unwrap()
+                .state
+        };
+        assert_eq!(state(1), LeaseState::Active, "its suspension failed");
+        assert_eq!(state(2), LeaseState::Suspended, "the pass went on");
+        assert_eq!(count(&h.audit, "error"), 1);
+        assert_eq!(count(&h.audit, "lease_suspended"), 1);
+
+        // Fixed: the next pass suspends it; after the reserve period both are released.
+        *h.tunnel.broken.lock().unwrap() = None;
+        h.provider.tick().await.unwrap();
+        assert_eq!(state(1), LeaseState::Suspended);
+        h.clock.advance(Duration::from_secs(7 * DAY_SECS));
+        h.provider.tick().await.unwrap();
+        assert_eq!(state(1), LeaseState::Released);
+        assert_eq!(state(2), LeaseState::Released);
+        let offer = h.provider.offer().verify().unwrap();
+        assert_eq!(
+            offer.ipv4[0].available, 16,
+            "both prefixes back in the pool"
+        );
+    }
+}
