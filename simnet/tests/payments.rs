@@ -11,7 +11,7 @@ use leasewire::config::{ProviderConfig, RenterConfig};
 use leasewire::market::MarketError;
 use leasewire::market::limits::LimitsConfig;
 use leasewire::market::renter::{AutopayConfig, RentArgs, Rental};
-use leasewire::types::Terms;
+use leasewire::types::{Clock, Terms};
 use leasewire::wire::LeaseState;
 use world::{Opts, Tamper, World, kinds, world_opts};
 
@@ -249,7 +249,7 @@ async fn autopay_tops_up_a_verified_tunnel_to_the_high_watermark() {
     assert_eq!(after.stats.autopay_topups, 1, "{:?}", after.stats);
     assert_eq!(after.stats.topups, 1);
     assert_eq!(after.stats.payments, 2);
-    let left = after.lease.paid_until - leasewire::types::now_unix();
+    let left = after.lease.paid_until - w.clock.now_unix();
     assert!(
         (110..=120).contains(&left),
         "topped up to the high watermark and no further: {left}s"
@@ -416,6 +416,8 @@ async fn a_renter_stopped_mid_payment_tracks_it_after_restart_and_never_pays_twi
     assert_eq!(count(&w, "payment_failed"), 0, "in flight is not failed");
 
     // Once the node has finished it, recovery learns the outcome and fetches the lease.
+    // Waits for lnd-sim (a real gRPC server in this process) to finish the payment it holds
+    // for two seconds of real time: this is not market time.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     w.renter.recover_payments().await.unwrap();
     let rentals = w.renter.rentals().unwrap();
