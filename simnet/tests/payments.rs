@@ -486,3 +486,36 @@ async fn a_failed_payment_is_recorded_with_its_reason_and_its_hash_never_paid() 
     assert_eq!(count(&w, "payment_attempt"), 2);
     assert_eq!(w.sim.balance_msat("renter"), Some(START_MSAT - 2_000_000));
 }
+
+#[tokio::test]
+async fn a_rent_waiting_for_offers_holds_up_no_top_up() {
+    let w = world_opts(Opts::default()).await;
+    let first = rent(&w, 1000).await.unwrap();
+    // A second rent waits (up to a minute) for an offer that never shows up...
+    let waiting = tokio::spawn({
+        let renter = w.renter.clone();
+        async move {
+            renter
+                .rent(RentArgs {
+                    offer_id: Some("no-such-offer".into()),
+                    credit_sat: Some(1000),
+                    timeout: Duration::from_secs(60),
+                })
+                .await
+        }
+    });
+    // ...while a top-up of the first lease and an AutoPay pass go through meanwhile.
+    let topped = w
+        .renter
+        .add_credit(&first.lease.lease_id, 500)
+        .await
+        .unwrap();
+    assert_eq!(topped.lease.credit_sat, first.lease.credit_sat + 500);
+    w.renter.autopay_tick().await.unwrap();
+    assert!(
+        !waiting.is_finished(),
+        "the rent is still waiting for offers"
+    );
+    waiting.abort();
+    assert_eq!(count(&w, "payment_attempt"), 2);
+}

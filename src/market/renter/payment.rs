@@ -552,6 +552,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_payers_racing_for_one_invoice_pay_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemNetwork::new(&[("renter".into(), 100_000), ("provider".into(), 0)]).unwrap();
+        let (r, audit) = renter(dir.path(), &net, 0, RenterConfig::default());
+        let c = commitment(&r);
+        let inv = net
+            .node("provider")
+            .unwrap()
+            .add_invoice(InvoiceRequest {
+                amount_msat: 500_000,
+                description_hash: c.description_hash(),
+                expiry_secs: 600,
+            })
+            .await
+            .unwrap();
+        let pay = PayInvoice {
+            request_id: c.request_id.clone(),
+            lease_id: "lease-1".into(),
+            bolt11: inv.bolt11,
+            amount_sat: 500,
+        };
+        let payee = net.pubkey("provider").unwrap();
+        let attempt = || async {
+            r.pay_checked(PayPlan {
+                pay: &pay,
+                commitment: &c,
+                payee: &payee,
+                credit_before: 0,
+                autopay: false,
+            })
+            .await
+            // The payment's lock goes with the result; the caller is done with it here.
+            .map(|(hash, _paying)| hash)
+        };
+        let (a, b) = tokio::join!(attempt(), attempt());
+        assert_eq!(
+            usize::from(a.is_ok()) + usize::from(b.is_ok()),
+            1,
+            "{a:?} {b:?}"
+        );
+        let refused = a.err().or(b.err()).unwrap();
+        assert!(
+            matches!(&refused, MarketError::InvoiceRejected(m) if m.contains("never paying twice")),
+            "{refused}"
+        );
+        assert_eq!(net.balance_msat("renter"), Some(100_000_000 - 500_000));
+        let kinds: Vec<String> = audit.entries(0).map(|e| e.unwrap().kind).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "payment_attempt").count(),
+            1,
+            "{kinds:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn fee_limit_is_the_lowest_of_absolute_ppm_and_max_routing_fee() {
         let dir = tempfile::tempdir().unwrap();
         let net = MemNetwork::new(&[("renter".into(), 1), ("provider".into(), 0)]).unwrap();
