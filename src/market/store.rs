@@ -51,13 +51,16 @@ impl From<StoreError> for MarketError {
 /// One write of a batch: `Some(value)` puts, `None` removes.
 pub type RawOp = (Vec<u8>, Option<Vec<u8>>);
 
+/// One stored entry: key and value bytes.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// An ordered byte-level key-value tree. Writes are visible at once and durable after
 /// [`Tree::flush_blocking`].
 pub trait Tree: Send + Sync + 'static {
     /// Reads one value.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every entry, in key order.
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self) -> Result<Vec<RawEntry>, StoreError>;
     /// Sets `key` to `new` only if it currently holds `expected` (`None`: absent). Returns
     /// whether it swapped.
     fn compare_and_swap(
@@ -84,7 +87,7 @@ impl Tree for sled::Tree {
         Ok(sled::Tree::get(self, key)?.map(|v| v.to_vec()))
     }
 
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self) -> Result<Vec<RawEntry>, StoreError> {
         self.iter()
             .map(|item| {
                 item.map(|(k, v)| (k.to_vec(), v.to_vec()))

@@ -22,10 +22,10 @@ impl Provider {
                 Ok(None) => {}
                 Err(e) => self.item_failed("settlement check", &p.lease_id, &e).await,
             }
-            if self.now() > p.expires_at + 60 {
-                if let Err(e) = self.expire_invoice(&request_id, &p.lease_id).await {
-                    self.item_failed("invoice expiry", &p.lease_id, &e).await;
-                }
+            if self.now() > p.expires_at + 60
+                && let Err(e) = self.expire_invoice(&request_id, &p.lease_id).await
+            {
+                self.item_failed("invoice expiry", &p.lease_id, &e).await;
             }
         }
         for (lease_id, _) in i.leases.all()? {

@@ -258,15 +258,15 @@ impl Provider {
         let c = &p.commitment;
         match kind {
             Some(Kind::Issued) => {
-                if rec.state == LeaseState::Active {
-                    if let Err(e) = self.apply_peer(&rec.lease).await {
-                        tracing::error!(error = %e, lease_id, "cannot add tunnel peer");
-                        self.audit(
-                            AuditKind::Error,
-                            json!({"lease_id": lease_id, "error": e.to_string()}),
-                        )
-                        .await;
-                    }
+                if rec.state == LeaseState::Active
+                    && let Err(e) = self.apply_peer(&rec.lease).await
+                {
+                    tracing::error!(error = %e, lease_id, "cannot add tunnel peer");
+                    self.audit(
+                        AuditKind::Error,
+                        json!({"lease_id": lease_id, "error": e.to_string()}),
+                    )
+                    .await;
                 }
                 self.audit(
                     AuditKind::LeaseIssued,

@@ -108,10 +108,11 @@ impl Renter {
     /// pass goes on with the others.
     pub async fn autopay_tick(&self) -> Result<(), MarketError> {
         for r in self.rentals()? {
-            if r.autopay && r.state == LeaseState::Active {
-                if let Err(e) = self.autopay_one(&r.lease.lease_id).await {
-                    self.item_failed("autopay", &r.lease.lease_id, &e).await;
-                }
+            if r.autopay
+                && r.state == LeaseState::Active
+                && let Err(e) = self.autopay_one(&r.lease.lease_id).await
+            {
+                self.item_failed("autopay", &r.lease.lease_id, &e).await;
             }
         }
         Ok(())

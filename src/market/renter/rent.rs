@@ -288,11 +288,11 @@ impl Renter {
                             .cloned()
                             .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
                         r.state = s.state;
-                        if let Some((l, signed)) = &newer {
-                            if l.revision >= r.lease.revision {
-                                r.lease = l.clone();
-                                r.signed = signed.clone();
-                            }
+                        if let Some((l, signed)) = &newer
+                            && l.revision >= r.lease.revision
+                        {
+                            r.lease = l.clone();
+                            r.signed = signed.clone();
                         }
                         Ok(Some(r))
                     })
