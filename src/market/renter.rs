@@ -244,13 +244,12 @@ impl Renter {
     }
 
     /// Logs and audits a failure of one item of a background pass, which then goes on.
-    async fn item_failed(&self, what: &str, id: &str, e: &MarketError) {
-        tracing::warn!(error = %e, id, "{what} failed; going on with the others");
-        self.audit(
-            AuditKind::Error,
-            json!({"lease_id": id, "error": format!("{what}: {e}")}),
-        )
-        .await;
+    /// `key` names what `id` is (`lease_id`, `payment_hash`).
+    async fn item_failed(&self, what: &str, key: &str, id: &str, e: &MarketError) {
+        tracing::warn!(error = %e, key, id, "{what} failed; going on with the others");
+        let mut payload = json!({"error": format!("{what}: {e}")});
+        payload[key] = json!(id);
+        self.audit(AuditKind::Error, payload).await;
     }
 
     /// Re-applies the tunnel of every active rental (idempotent), e.g. after a restart.
@@ -305,7 +304,7 @@ impl Renter {
                 continue;
             };
             if let Err(e) = self.meter(&id).await {
-                self.item_failed("renter tick", &id, &e).await;
+                self.item_failed("renter tick", "lease_id", &id, &e).await;
             }
         }
         Ok(())

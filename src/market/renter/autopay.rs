@@ -112,7 +112,8 @@ impl Renter {
                 && r.state == LeaseState::Active
                 && let Err(e) = self.autopay_one(&r.lease.lease_id).await
             {
-                self.item_failed("autopay", &r.lease.lease_id, &e).await;
+                self.item_failed("autopay", "lease_id", &r.lease.lease_id, &e)
+                    .await;
             }
         }
         Ok(())

@@ -358,7 +358,8 @@ impl Renter {
                 continue;
             };
             if let Err(e) = self.recover_one(&hash).await {
-                self.item_failed("payment recovery", &hash, &e).await;
+                self.item_failed("payment recovery", "payment_hash", &hash, &e)
+                    .await;
             }
         }
         Ok(())
