@@ -243,7 +243,6 @@ impl Provider {
         if let Some(payload) = first {
             self.audit(AuditKind::OfferPublished, payload).await;
         }
-        self.finish_issued_all().await;
         i.tunnel
             .ensure_interface(&InterfaceSpec {
                 name: i.iface.clone(),
@@ -253,6 +252,8 @@ impl Provider {
                 policy: RoutingPolicy::Provider,
             })
             .await?;
+        // Settlements a crash cut short: their lease records and peers, before the restore.
+        self.finish_issued_all().await;
         let mut restored = 0;
         for (_, rec) in i.leases.all()? {
             if rec.state == LeaseState::Active {
@@ -736,6 +737,49 @@ mod tests {
         // Another peer does not get someone else's lease.
         let theirs = h.provider.handle(renter_peer(2), result_for(&pay)).await;
         assert!(matches!(theirs, Message::Error(e) if e.code == ErrorCode::NotFound));
+    }
+
+    #[tokio::test]
+    async fn a_settlement_cut_short_after_the_swap_is_finished_on_start() {
+        let h = harness().await;
+        let pay = rent_and_pay(&h, 1).await;
+        let i = &h.provider.inner;
+        // The swap that issues happens, then the process "dies": no lease record, no peer.
+        let current = i.pending.get_versioned(&pay.request_id).unwrap().unwrap();
+        let rec = h
+            .provider
+            .issued_record(&pay.request_id, &current.value)
+            .unwrap();
+        let mut settled = current.value.clone();
+        settled.issued = Some(rec.clone());
+        assert!(
+            i.pending
+                .compare_and_swap(&pay.request_id, Some(&current), Some(&settled))
+                .await
+                .unwrap()
+        );
+        assert!(h.provider.leases().unwrap().is_empty());
+        // The renter asking now already gets the lease that was issued.
+        let reply = h.provider.handle(renter_peer(1), result_for(&pay)).await;
+        assert!(
+            matches!(&reply, Message::Lease(l) if *l == rec.signed),
+            "{reply:?}"
+        );
+
+        // Restart: the settlement is carried out from the pending record, exactly once.
+        h.provider.start().await.unwrap();
+        let leases = h.provider.leases().unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].signed, rec.signed);
+        assert_eq!(h.tunnel.inner.peer_stats("lwt0").await.unwrap().len(), 1);
+        assert!(i.pending.get(&pay.request_id).unwrap().is_none());
+        h.provider.tick().await.unwrap();
+        assert_eq!(count(&h.audit, "lease_issued"), 1);
+        let again = h.provider.handle(renter_peer(1), result_for(&pay)).await;
+        assert!(
+            matches!(&again, Message::Lease(l) if *l == rec.signed),
+            "{again:?}"
+        );
     }
 
     #[tokio::test]

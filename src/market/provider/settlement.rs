@@ -147,7 +147,7 @@ impl Provider {
     }
 
     /// The lease record an activation produces (or the one a crash left already issued).
-    fn issued_record(
+    pub(super) fn issued_record(
         &self,
         request_id: &str,
         p: &PendingInvoice,
