@@ -16,8 +16,10 @@
 //! | Active/Susp.| `Release`                    | Released  | Released      |
 //! | any         | `Tick` otherwise             | unchanged | none          |
 //!
-//! Illegal: `Issue` on an existing lease; `Pay`, `Tick` or `Release` without a lease (or on
-//! `Pending`); `Release` of a released lease. The reserve end is `paid_until + reserve_days`.
+//! Illegal: `Issue` on an existing lease; `Pay`, `Tick` or `Release` without a lease; `Pay` or
+//! `Release` of a `Pending` one (time passing changes nothing for it: a provider's status may
+//! show it, and that is no reason to fail every tick); `Release` of a released lease. The
+//! reserve end is `paid_until + reserve_days`.
 
 use crate::types::DAY_SECS;
 use crate::wire::LeaseState;
@@ -109,7 +111,9 @@ pub fn next(
         };
     };
     match (state, event) {
-        (_, Event::Issue { .. }) | (LeaseState::Pending, _) => illegal,
+        (_, Event::Issue { .. }) => illegal,
+        (LeaseState::Pending, Event::Tick { .. }) => Ok(Transition { state, kind: None }),
+        (LeaseState::Pending, _) => illegal,
         (Active, Event::Pay { .. }) => Ok(to(Active, Kind::Paid)),
         (Suspended, Event::Pay { paid_until }) if paid_until > now => {
             Ok(to(Active, Kind::Reactivated))
@@ -216,8 +220,8 @@ mod tests {
             ok(Suspended, Some(Kind::Suspended))
         );
         assert_eq!(next(Some(Released), tick(0), NOW), ok(Released, None));
+        assert_eq!(next(Some(Pending), tick(0), NOW), ok(Pending, None));
         assert!(next(None, tick(0), NOW).is_err());
-        assert!(next(Some(Pending), tick(0), NOW).is_err());
     }
 
     #[test]
