@@ -29,6 +29,64 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where the market reads the time. Production uses [`SystemClock`]; tests use a
+/// [`ManualClock`] they advance, so no test sleeps on the wall clock to wait for market time.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// Current Unix time in milliseconds.
+    fn now_ms(&self) -> u64;
+    /// Current Unix time in seconds.
+    fn now_unix(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+}
+
+/// The operating system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_unix_ms()
+    }
+    fn now_unix(&self) -> u64 {
+        now_unix()
+    }
+}
+
+/// A clock that moves only when told to: tests share one between provider and renter and
+/// advance it instead of sleeping.
+#[derive(Debug)]
+pub struct ManualClock {
+    ms: std::sync::atomic::AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock showing `unix_ms`.
+    pub fn at_ms(unix_ms: u64) -> ManualClock {
+        ManualClock {
+            ms: std::sync::atomic::AtomicU64::new(unix_ms),
+        }
+    }
+
+    /// A clock starting at the current wall-clock time (invoices made by a real Lightning node
+    /// carry wall-clock timestamps, so tests that check them start here).
+    pub fn starting_now() -> ManualClock {
+        ManualClock::at_ms(now_unix_ms())
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: std::time::Duration) {
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.ms.fetch_add(by, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// A provider's terms of sale, as published in its offer and committed to by every invoice.
 ///
 /// Field order is part of the protocol: it fixes the CBOR encoding hashed into invoice
@@ -224,5 +282,14 @@ mod tests {
         assert!("abc".parse::<WgKey>().is_err());
         assert!("!!!!".parse::<WgKey>().is_err());
         assert!(!format!("{k:?}").contains(&s));
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_advanced() {
+        let c = ManualClock::at_ms(1_500);
+        assert_eq!((c.now_ms(), c.now_unix()), (1_500, 1));
+        c.advance(std::time::Duration::from_millis(2_600));
+        assert_eq!((c.now_ms(), c.now_unix()), (4_100, 4));
+        assert!(SystemClock.now_unix() > 1_600_000_000);
     }
 }

@@ -270,7 +270,8 @@ async fn credit_runs_out_the_tunnel_goes_off_and_back_rent_restores_it() {
     assert_eq!(rental.lease.paid_until, rental.lease.activated_at + 2);
     assert_eq!(w.provider_tunnel.peer_stats("lwp0").await.unwrap().len(), 1);
 
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Three seconds of market time: the two paid seconds are used up.
+    w.clock.advance(Duration::from_secs(3));
     w.provider.tick().await.unwrap();
     let rec = &w.provider.leases().unwrap()[0];
     assert_eq!(rec.state, leasewire::wire::LeaseState::Suspended);
@@ -292,7 +293,7 @@ async fn credit_runs_out_the_tunnel_goes_off_and_back_rent_restores_it() {
     assert_eq!(offer.ipv4[0].available, 7);
 
     // Back rent first: 5 sat from a paid_until that is already past buys service until
-    // activation + 7 s, a few seconds from now, so the lease comes back on the same addresses.
+    // activation + 7 s, four seconds from now, so the lease comes back on the same addresses.
     let topped = w.renter.add_credit("", 5).await.unwrap();
     assert_eq!(topped.lease.paid_until, rental.lease.activated_at + 7);
     assert_eq!(topped.lease.ipv4, rental.lease.ipv4);

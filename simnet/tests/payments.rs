@@ -15,7 +15,7 @@ use leasewire::config::{ProviderConfig, RenterConfig};
 use leasewire::market::MarketError;
 use leasewire::market::limits::LimitsConfig;
 use leasewire::market::renter::{AutopayConfig, RentArgs, Rental};
-use leasewire::types::Terms;
+use leasewire::types::{Clock, Terms};
 use leasewire::wire::LeaseState;
 use world::{Opts, Tamper, World, kinds, world_opts};
 
@@ -253,7 +253,7 @@ async fn autopay_tops_up_a_verified_tunnel_to_the_high_watermark() {
     assert_eq!(after.stats.autopay_topups, 1, "{:?}", after.stats);
     assert_eq!(after.stats.topups, 1);
     assert_eq!(after.stats.payments, 2);
-    let left = after.lease.paid_until - leasewire::types::now_unix();
+    let left = after.lease.paid_until - w.clock.now_unix();
     assert!(
         (110..=120).contains(&left),
         "topped up to the high watermark and no further: {left}s"
@@ -420,6 +420,8 @@ async fn a_renter_stopped_mid_payment_tracks_it_after_restart_and_never_pays_twi
     assert_eq!(count(&w, "payment_failed"), 0, "in flight is not failed");
 
     // Once the node has finished it, recovery learns the outcome and fetches the lease.
+    // Waits for lnd-sim (a real gRPC server in this process) to finish the payment it holds
+    // for two seconds of real time: this is not market time.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     w.renter.recover_payments().await.unwrap();
     let rentals = w.renter.rentals().unwrap();
@@ -487,4 +489,37 @@ async fn a_failed_payment_is_recorded_with_its_reason_and_its_hash_never_paid() 
     rent(&w, 1000).await.unwrap();
     assert_eq!(count(&w, "payment_attempt"), 2);
     assert_eq!(w.sim.balance_msat("renter"), Some(START_MSAT - 2_000_000));
+}
+
+#[tokio::test]
+async fn a_rent_waiting_for_offers_holds_up_no_top_up() {
+    let w = world_opts(Opts::default()).await;
+    let first = rent(&w, 1000).await.unwrap();
+    // A second rent waits (up to a minute) for an offer that never shows up...
+    let waiting = tokio::spawn({
+        let renter = w.renter.clone();
+        async move {
+            renter
+                .rent(RentArgs {
+                    offer_id: Some("no-such-offer".into()),
+                    credit_sat: Some(1000),
+                    timeout: Duration::from_secs(60),
+                })
+                .await
+        }
+    });
+    // ...while a top-up of the first lease and an AutoPay pass go through meanwhile.
+    let topped = w
+        .renter
+        .add_credit(&first.lease.lease_id, 500)
+        .await
+        .unwrap();
+    assert_eq!(topped.lease.credit_sat, first.lease.credit_sat + 500);
+    w.renter.autopay_tick().await.unwrap();
+    assert!(
+        !waiting.is_finished(),
+        "the rent is still waiting for offers"
+    );
+    waiting.abort();
+    assert_eq!(count(&w, "payment_attempt"), 2);
 }

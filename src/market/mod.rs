@@ -1,7 +1,9 @@
 //! Provider and renter logic. Sees only traits: [`Peers`] for the network,
 //! [`crate::lightning::LightningNode`], [`crate::tunnel::Tunnel`], and the audit log.
 
+pub mod lease;
 pub mod limits;
+mod locks;
 pub mod pool;
 pub mod provider;
 pub mod renter;
@@ -88,6 +90,12 @@ pub enum MarketError {
     /// provider for the lease until it gets it. Nothing should be paid again.
     #[error("paid, lease not received yet (the daemon keeps asking the provider): {0}")]
     AwaitingLease(String),
+}
+
+impl From<lease::IllegalTransition> for MarketError {
+    fn from(e: lease::IllegalTransition) -> Self {
+        MarketError::Invalid(e.to_string())
+    }
 }
 
 impl From<sled::Error> for MarketError {

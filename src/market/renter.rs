@@ -9,8 +9,13 @@
 //! 3. Pay: the intent is persisted and audited before the payment starts; the outcome after.
 //! 4. Send `paymentResult`, verify the signed lease against what we asked for, configure the
 //!    tunnel and write the wg-quick file.
+//!
+//! Locking is per lease and per payment, never global: one top-up (or release) per lease at a
+//! time, one completion per payment hash; `rent` holds nothing while it waits for offers. A
+//! payment hash is claimed by compare-and-swap before any money moves, so it is never paid
+//! twice. Lease states come from [`super::lease::next`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,13 +40,15 @@ pub use manual::ManualInvoice;
 use payment::PaymentRecord;
 use tunnel::lease_addresses;
 
-use super::store::Table;
+use super::lease::{self, Event, Kind};
+use super::locks::KeyedLocks;
+use super::store::{Store, Table};
 use super::{MarketError, Peers, select};
 use crate::audit::{AuditKind, AuditLog};
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
-use crate::types::{DAY_SECS, Sats, WgKey, now_unix, random_id};
+use crate::types::{Clock, DAY_SECS, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
     ErrorCode, Hello, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
     PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed, StatusRequest, TopUpRequest,
@@ -166,8 +173,13 @@ struct Inner {
     offers: Mutex<HashMap<String, KnownOffer>>,
     rentals: Table<Rental>,
     payments: Table<PaymentRecord>,
-    /// One rent or top-up at a time: keeps interface naming and payments simple to reason about.
-    op_lock: tokio::sync::Mutex<()>,
+    /// Per lease: one top-up, manual invoice or release at a time.
+    lease_locks: KeyedLocks,
+    /// Per payment hash: one completion (fetching and applying the lease) at a time.
+    pay_locks: KeyedLocks,
+    /// Interface names chosen for leases being applied and not stored yet.
+    iface_claims: Mutex<HashSet<String>>,
+    clock: Arc<dyn Clock>,
 }
 
 /// What `rent` should do.
@@ -182,13 +194,19 @@ pub struct RentArgs {
 }
 
 impl Renter {
-    /// Opens the renter's state.
+    /// Opens the renter's state, on the system clock.
     pub fn new(p: RenterParams) -> Result<Renter, MarketError> {
+        Renter::with_clock(p, Arc::new(SystemClock))
+    }
+
+    /// Like [`Renter::new`], reading the time from `clock`.
+    pub fn with_clock(p: RenterParams, clock: Arc<dyn Clock>) -> Result<Renter, MarketError> {
         let peer_id = crate::wire::signed::peer_id_of(&p.key.verifying_key());
+        let db: &dyn Store = &p.db;
         Ok(Renter {
             inner: Arc::new(Inner {
-                rentals: Table::open(&p.db, "renter_rentals")?,
-                payments: Table::open(&p.db, "renter_payments")?,
+                rentals: Table::open(db, "renter_rentals")?,
+                payments: Table::open(db, "renter_payments")?,
                 peer_id,
                 cfg: p.cfg,
                 network: p.network,
@@ -206,15 +224,33 @@ impl Renter {
                 audit: p.audit,
                 peers: p.peers,
                 offers: Mutex::new(HashMap::new()),
-                op_lock: tokio::sync::Mutex::new(()),
+                lease_locks: KeyedLocks::default(),
+                pay_locks: KeyedLocks::default(),
+                iface_claims: Mutex::new(HashSet::new()),
+                clock,
             }),
         })
     }
 
-    fn audit(&self, kind: AuditKind, payload: serde_json::Value) {
-        if let Err(e) = self.inner.audit.append(kind, &payload) {
+    /// Current unix time on the renter's clock.
+    fn now(&self) -> u64 {
+        self.inner.clock.now_unix()
+    }
+
+    /// Appends to the audit log, awaiting durability; a failure is logged, never fatal.
+    async fn audit(&self, kind: AuditKind, payload: serde_json::Value) {
+        if let Err(e) = self.inner.audit.append_async(kind, &payload).await {
             tracing::error!(error = %e, ?kind, "audit append failed");
         }
+    }
+
+    /// Logs and audits a failure of one item of a background pass, which then goes on.
+    /// `key` names what `id` is (`lease_id`, `payment_hash`).
+    async fn item_failed(&self, what: &str, key: &str, id: &str, e: &MarketError) {
+        tracing::warn!(error = %e, key, id, "{what} failed; going on with the others");
+        let mut payload = json!({"error": format!("{what}: {e}")});
+        payload[key] = json!(id);
+        self.audit(AuditKind::Error, payload).await;
     }
 
     /// Re-applies the tunnel of every active rental (idempotent), e.g. after a restart.
@@ -259,52 +295,94 @@ impl Renter {
     /// Follows the provider's metering locally: a rental whose credit ran out is suspended
     /// (its tunnel stays configured, so back rent brings it back on the same addresses); once
     /// the provider's reserve period is over too, everything set up for it is removed.
+    ///
+    /// # Errors
+    /// Only when the rentals cannot be read; a failing lease is logged and audited and the
+    /// pass goes on. A lease busy with a top-up or release is left for the next pass.
     pub async fn tick(&self) -> Result<(), MarketError> {
-        let now = now_unix();
-        for (id, mut r) in self.inner.rentals.all()? {
-            let reserve_end = r
-                .lease
-                .paid_until
-                .saturating_add(u64::from(r.lease.terms.reserve_days) * DAY_SECS);
-            if r.state == LeaseState::Active && r.lease.paid_until <= now {
-                r.state = LeaseState::Suspended;
-                self.inner.rentals.put(&id, &r)?;
-                self.audit(
-                    AuditKind::LeaseSuspended,
-                    json!({"lease_id": id, "paid_until": r.lease.paid_until}),
-                );
-            } else if r.state == LeaseState::Suspended && reserve_end <= now {
-                self.teardown_tunnel(&r).await?;
-                r.state = LeaseState::Released;
-                self.inner.rentals.put(&id, &r)?;
-                self.audit(
-                    AuditKind::LeaseReleased,
-                    json!({"lease_id": id, "reason": "reserve period over"}),
-                );
+        for (id, _) in self.inner.rentals.all()? {
+            let Some(_lease) = self.inner.lease_locks.try_lock(&id) else {
+                continue;
+            };
+            if let Err(e) = self.meter(&id).await {
+                self.item_failed("renter tick", "lease_id", &id, &e).await;
             }
         }
         Ok(())
+    }
+
+    /// One lease of [`Renter::tick`]; the caller holds its lock.
+    async fn meter(&self, id: &str) -> Result<(), MarketError> {
+        let Some(r) = self.inner.rentals.get(id)? else {
+            return Ok(());
+        };
+        let t = lease::next(
+            Some(r.state),
+            Event::Tick {
+                paid_until: r.lease.paid_until,
+                reserve_days: r.lease.terms.reserve_days,
+            },
+            self.now(),
+        )?;
+        match t.kind {
+            Some(Kind::Suspended) => {
+                self.set_state(id, t.state).await?;
+                self.audit(
+                    AuditKind::LeaseSuspended,
+                    json!({"lease_id": id, "paid_until": r.lease.paid_until}),
+                )
+                .await;
+            }
+            Some(Kind::Expired) => {
+                self.teardown_tunnel(&r).await?;
+                self.set_state(id, t.state).await?;
+                self.audit(
+                    AuditKind::LeaseReleased,
+                    json!({"lease_id": id, "reason": "reserve period over"}),
+                )
+                .await;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Stores a new state for a rental, keeping whatever else changed meanwhile.
+    async fn set_state(&self, id: &str, state: LeaseState) -> Result<Rental, MarketError> {
+        self.inner
+            .rentals
+            .update(id, |cur| {
+                let mut r = cur
+                    .cloned()
+                    .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+                r.state = state;
+                Ok(Some(r))
+            })
+            .await?
+            .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))
     }
 
     /// Gives a lease up: removes its interface, routes, rules, wg-quick file and link, and
     /// marks it released. The provider is not told: it keeps metering the credit already paid
     /// and frees the prefixes after its reserve period.
     pub async fn release(&self, lease_id: &str) -> Result<Rental, MarketError> {
-        let _op = self.inner.op_lock.lock().await;
-        let mut r = self.rental(lease_id)?;
+        let id = self.rental(lease_id)?.lease.lease_id;
+        let _lease = self.inner.lease_locks.lock(&id).await;
+        let r = self.rental(&id)?;
         if r.state == LeaseState::Released {
             return Err(MarketError::Invalid(format!(
                 "lease {} is already released",
                 r.lease.lease_id
             )));
         }
+        let t = lease::next(Some(r.state), Event::Release, self.now())?;
         self.teardown_tunnel(&r).await?;
-        r.state = LeaseState::Released;
-        self.inner.rentals.put(&r.lease.lease_id, &r)?;
+        let r = self.set_state(&id, t.state).await?;
         self.audit(
             AuditKind::LeaseReleased,
             json!({"lease_id": r.lease.lease_id, "reason": "released by the renter"}),
-        );
+        )
+        .await;
         tracing::info!(lease_id = %r.lease.lease_id, iface = %r.iface, "lease released");
         Ok(r)
     }

@@ -22,7 +22,7 @@ use leasewire::tunnel::file::FileTunnel;
 use leasewire::tunnel::{
     InterfaceSpec, PeerSpec, PeerStats, ProbeSpec, Tunnel, TunnelCheck, TunnelError,
 };
-use leasewire::types::WgKey;
+use leasewire::types::{Clock, ManualClock, WgKey};
 use leasewire::wire::Message;
 use leasewire::wire::signed::peer_id_of;
 use leasewire_simnet::lndsim::{SimHandle, SimServer};
@@ -56,6 +56,7 @@ pub struct Direct {
     tamper: Tamper,
     provider_ln: LndClient,
     mallory_ln: LndClient,
+    clock: Arc<ManualClock>,
 }
 
 #[async_trait::async_trait]
@@ -106,7 +107,12 @@ impl Peers for Direct {
             Tamper::Payee => forged(&self.mallory_ln, amount_msat, hash, 600).await,
             Tamper::Expired => {
                 let b = forged(&self.provider_ln, amount_msat, hash, 1).await;
-                tokio::time::sleep(Duration::from_millis(2100)).await;
+                // Market time moves past the invoice's expiry; nobody sleeps for it.
+                let inv: lightning_invoice::Bolt11Invoice = b.parse().expect("forged invoice");
+                let expired_at = inv.duration_since_epoch().as_secs() + 2;
+                let now = self.clock.now_unix();
+                self.clock
+                    .advance(Duration::from_secs(expired_at.saturating_sub(now)));
                 b
             }
             Tamper::DescriptionHash => forged(&self.provider_ln, amount_msat, [7u8; 32], 600).await,
@@ -192,6 +198,8 @@ impl Tunnel for VerifyingTunnel {
 
 pub struct World {
     pub _dir: TempDir,
+    /// Market time of both provider and renter: tests advance it instead of sleeping.
+    pub clock: Arc<ManualClock>,
     pub sim: SimHandle,
     pub provider: Provider,
     pub provider_audit: AuditLog,
@@ -217,6 +225,7 @@ struct RenterParts {
     db: sled::Db,
     tunnel: Arc<dyn Tunnel>,
     etc_wireguard: Option<std::path::PathBuf>,
+    clock: Arc<ManualClock>,
 }
 
 /// How to build a [`World`].
@@ -251,25 +260,28 @@ impl RenterParts {
         audit: &AuditLog,
         peers: &Arc<Direct>,
     ) -> Renter {
-        Renter::new(RenterParams {
-            key: self.key.clone(),
-            cfg: self.cfg.clone(),
-            network: "regtest".into(),
-            fee_limit_sat: 10,
-            fee_limit_ppm: 0,
-            payment_timeout_secs: 30,
-            wg_private: WgKey([3; 32]),
-            wg_public: WgKey([4; 32]),
-            iface: "lwr0".into(),
-            keepalive: 25,
-            conf_dir: dir.join("wireguard"),
-            etc_wireguard: self.etc_wireguard.clone(),
-            ln: Arc::new(ln.clone()),
-            tunnel: self.tunnel.clone(),
-            audit: audit.clone(),
-            peers: peers.clone(),
-            db: self.db.clone(),
-        })
+        Renter::with_clock(
+            RenterParams {
+                key: self.key.clone(),
+                cfg: self.cfg.clone(),
+                network: "regtest".into(),
+                fee_limit_sat: 10,
+                fee_limit_ppm: 0,
+                payment_timeout_secs: 30,
+                wg_private: WgKey([3; 32]),
+                wg_public: WgKey([4; 32]),
+                iface: "lwr0".into(),
+                keepalive: 25,
+                conf_dir: dir.join("wireguard"),
+                etc_wireguard: self.etc_wireguard.clone(),
+                ln: Arc::new(ln.clone()),
+                tunnel: self.tunnel.clone(),
+                audit: audit.clone(),
+                peers: peers.clone(),
+                db: self.db.clone(),
+            },
+            self.clock.clone(),
+        )
         .unwrap()
     }
 }
@@ -367,26 +379,30 @@ pub async fn world_opts(opts: Opts) -> World {
         None => renter_tunnel.clone(),
     };
 
-    let provider = Provider::new(ProviderParams {
-        key: pkey,
-        cfg: ProviderConfig {
-            endpoint: "127.0.0.1:51820".into(),
-            ipv4_pools: vec!["198.51.100.0/29".into()],
-            ipv6_pools: vec!["2001:db8:100::/61".into()],
-            terms,
-            ..ProviderConfig::default()
+    let clock = Arc::new(ManualClock::starting_now());
+    let provider = Provider::with_clock(
+        ProviderParams {
+            key: pkey,
+            cfg: ProviderConfig {
+                endpoint: "127.0.0.1:51820".into(),
+                ipv4_pools: vec!["198.51.100.0/29".into()],
+                ipv6_pools: vec!["2001:db8:100::/61".into()],
+                terms,
+                ..ProviderConfig::default()
+            },
+            network: "regtest".into(),
+            ln_pubkey: provider_info.pubkey,
+            wg_private: WgKey([1; 32]),
+            wg_public: WgKey([2; 32]),
+            iface: "lwp0".into(),
+            listen_port: 51820,
+            ln: Arc::new(provider_ln.clone()),
+            tunnel: provider_tunnel.clone(),
+            audit: provider_audit.clone(),
+            db: pdb,
         },
-        network: "regtest".into(),
-        ln_pubkey: provider_info.pubkey,
-        wg_private: WgKey([1; 32]),
-        wg_public: WgKey([2; 32]),
-        iface: "lwp0".into(),
-        listen_port: 51820,
-        ln: Arc::new(provider_ln.clone()),
-        tunnel: provider_tunnel.clone(),
-        audit: provider_audit.clone(),
-        db: pdb,
-    })
+        clock.clone(),
+    )
     .unwrap();
     provider.start().await.unwrap();
     let peers = Arc::new(Direct {
@@ -398,6 +414,7 @@ pub async fn world_opts(opts: Opts) -> World {
         tamper,
         provider_ln,
         mallory_ln: mallory_ln.clone(),
+        clock: clock.clone(),
     });
     let etc_wireguard = link.then(|| {
         let d = dir.path().join("etc-wireguard");
@@ -410,10 +427,12 @@ pub async fn world_opts(opts: Opts) -> World {
         db: rdb,
         tunnel: renter_backend,
         etc_wireguard,
+        clock: clock.clone(),
     };
     World {
         renter: renter_parts.build(dir.path(), &renter_ln, &renter_audit, &peers),
         dir_path: dir.path().to_owned(),
+        clock,
         renter_tunnel,
         verifying,
         _dir: dir,

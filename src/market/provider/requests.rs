@@ -53,7 +53,7 @@ impl Provider {
         let unpaid = match i.pending.all() {
             Ok(all) => all
                 .iter()
-                .filter(|(_, p)| p.renter_peer == peer.to_string())
+                .filter(|(_, p)| p.issued.is_none() && p.renter_peer == peer.to_string())
                 .count(),
             Err(e) => {
                 tracing::error!(error = %e, "pending lookup failed");
@@ -68,9 +68,9 @@ impl Provider {
             );
         }
         let lease_id = random_id();
-        let reserve = || -> Result<(Option<String>, Option<String>), MarketError> {
+        let reserve = async || -> Result<(Option<String>, Option<String>), MarketError> {
             let v4 = if want_v4 {
-                match i.pool.allocate_v4(&lease_id)? {
+                match i.pool.allocate_v4(&lease_id).await? {
                     Some(n) => Some(n.to_string()),
                     None => return Err(MarketError::NoOffer("no IPv4 prefix left".into())),
                 }
@@ -78,11 +78,11 @@ impl Provider {
                 None
             };
             let v6 = if want_v6 {
-                match i.pool.allocate_v6(&lease_id)? {
+                match i.pool.allocate_v6(&lease_id).await? {
                     Some(n) => Some(n.to_string()),
                     None => {
                         if let Some(p) = &v4 {
-                            i.pool.release(p, &lease_id)?;
+                            i.pool.release(p, &lease_id).await?;
                         }
                         return Err(MarketError::NoOffer("no IPv6 prefix left".into()));
                     }
@@ -92,7 +92,7 @@ impl Provider {
             };
             Ok((v4, v6))
         };
-        let (ipv4, ipv6) = match reserve() {
+        let (ipv4, ipv6) = match reserve().await {
             Ok(x) => x,
             Err(MarketError::NoOffer(m)) => return err(ErrorCode::PoolExhausted, m),
             Err(e) => {
@@ -127,15 +127,18 @@ impl Provider {
             .await;
         if matches!(reply, Message::Error(_)) {
             for p in ipv4.iter().chain(ipv6.iter()) {
-                let _ = i.pool.release(p, &lease_id);
+                if let Err(e) = i.pool.release(p, &lease_id).await {
+                    tracing::warn!(error = %e, prefix = %p, "cannot return a prefix to the pool");
+                }
             }
         } else {
             self.audit(
                 AuditKind::RentRequested,
                 json!({"peer": peer.to_string(), "request_id": r.request_id, "lease_id": lease_id,
                        "credit_sat": r.credit_sat, "ipv4": ipv4, "ipv6": ipv6}),
-            );
-            if let Err(e) = self.refresh_offer(false) {
+            )
+            .await;
+            if let Err(e) = self.refresh_offer(false).await {
                 tracing::warn!(error = %e, "offer refresh failed");
             }
         }
@@ -178,20 +181,32 @@ impl Provider {
             commitment,
             payment_hash: payment_hash.clone(),
             bolt11: created.bolt11.clone(),
-            expires_at: now_unix() + i.cfg.invoice_expiry_secs,
+            expires_at: self.now() + i.cfg.invoice_expiry_secs,
             ipv4,
             ipv6,
+            issued: None,
         };
-        if let Err(e) = i.pending.put(request_id, &pending) {
-            tracing::error!(error = %e, "cannot persist pending invoice");
-            return err(ErrorCode::Unavailable, "provider storage error");
+        // Created only if the request id is still unused: two requests racing with one id
+        // cannot both get an invoice.
+        match i
+            .pending
+            .compare_and_swap(request_id, None, Some(&pending))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return err(ErrorCode::BadRequest, "request id already used"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist pending invoice");
+                return err(ErrorCode::Unavailable, "provider storage error");
+            }
         }
         self.audit(
             AuditKind::InvoiceCreated,
             json!({"request_id": request_id, "lease_id": lease_id, "payment_hash": payment_hash,
                    "amount_sat": amount_sat, "purpose": pending.commitment.purpose,
                    "peer": peer.to_string()}),
-        );
+        )
+        .await;
         Message::PayInvoice(PayInvoice {
             request_id: request_id.to_owned(),
             lease_id: lease_id.to_owned(),
@@ -219,7 +234,7 @@ impl Provider {
             return err(ErrorCode::NotFound, "lease released; rent again");
         }
         let terms = &rec.lease.terms;
-        let remaining = rec.remaining_credit(now_unix());
+        let remaining = rec.remaining_credit(self.now());
         if r.amount_sat < terms.min_topup_sat || remaining + r.amount_sat > terms.max_credit_sat {
             return err(
                 ErrorCode::BadRequest,

@@ -1,7 +1,22 @@
 //! Settlement: a lease is issued or extended only once our own Lightning node shows the
 //! invoice settled, and exactly once per invoice.
+//!
+//! The single step that issues is a compare-and-swap of the invoice's pending record from
+//! "open" to "issued, with this lease record". `paymentResult`, the settlement watcher and the
+//! metering tick may all find the invoice settled at the same moment; exactly one swaps, and
+//! the others read the lease from the record and answer with it at once. The lease's own lock
+//! (never a global one) keeps the lease ledger consistent while the winner computes the new
+//! record; nothing is held while our node is asked about the invoice.
+//!
+//! After the swap the winner writes the lease record, changes the tunnel and audits. A crash
+//! in between is finished by [`Provider::finish_issued_all`] at start and on every tick, from
+//! the record kept in the pending entry. Then the pending entry is replaced by a
+//! `settled/<request>` marker, so late `paymentResult`s still find the lease.
 
 use super::*;
+
+/// How often `paymentResult` asks our node again while the invoice is not settled yet.
+const SETTLE_POLL: Duration = Duration::from_millis(200);
 
 impl Provider {
     pub(super) async fn on_payment_result(&self, peer: PeerId, r: PaymentResult) -> Message {
@@ -14,7 +29,7 @@ impl Provider {
             }
         };
         let Some(pending) = pending else {
-            // Already settled and issued (e.g. by the watcher): answer with the lease.
+            // Already settled and cleaned up: answer with the lease.
             return self.lease_for_request(peer, &r.request_id);
         };
         if pending.renter_peer != peer.to_string() {
@@ -39,41 +54,53 @@ impl Provider {
                     ),
                 );
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(SETTLE_POLL).await;
         }
     }
 
+    /// The lease issued for `request_id`, once settled: from the pending record while it is
+    /// kept, then from the `settled/` marker.
     pub(super) fn lease_for_request(&self, peer: PeerId, request_id: &str) -> Message {
-        let done = self
-            .inner
-            .meta
-            .get(format!("settled/{request_id}").as_bytes())
-            .ok()
-            .flatten();
-        let Some(lease_id) = done.map(|v| String::from_utf8_lossy(&v).into_owned()) else {
-            return err(ErrorCode::NotFound, "unknown request");
-        };
-        match self.inner.leases.get(&lease_id) {
+        match self.issued_for(request_id) {
             Ok(Some(rec)) if rec.renter_peer == peer.to_string() => Message::Lease(rec.signed),
-            _ => err(ErrorCode::NotFound, "unknown request"),
+            Ok(_) => err(ErrorCode::NotFound, "unknown request"),
+            Err(e) => {
+                tracing::error!(error = %e, "settled lookup failed");
+                err(ErrorCode::Unavailable, "provider storage error")
+            }
         }
+    }
+
+    fn issued_for(&self, request_id: &str) -> Result<Option<ProviderLease>, MarketError> {
+        let i = &self.inner;
+        if let Some(p) = i.pending.get(request_id)? {
+            return Ok(p.issued);
+        }
+        let Some(lease_id) = i.meta.get(settled_key(request_id).as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(i.leases.get(&String::from_utf8_lossy(&lease_id))?)
     }
 
     /// If the invoice of `request_id` is settled on our node, issues or extends the lease
-    /// (exactly once) and returns it.
+    /// (exactly once) and returns it. Called concurrently by `paymentResult` and the watcher:
+    /// the second caller gets the lease the first issued.
     pub(super) async fn settle_if_paid(
         &self,
         request_id: &str,
     ) -> Result<Option<Signed<Lease>>, MarketError> {
         let i = &self.inner;
-        let _guard = i.settle_lock.lock().await;
         let Some(p) = i.pending.get(request_id)? else {
-            return Ok(None);
+            return Ok(self.issued_for(request_id)?.map(|r| r.signed));
         };
+        if let Some(rec) = p.issued {
+            return Ok(Some(rec.signed));
+        }
         let hash: [u8; 32] = hex::decode(&p.payment_hash)
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| MarketError::Store("bad stored payment hash".into()))?;
+        // Asked with no lock held: other leases, and other requests of this one, go on.
         let status = i.ln.lookup_invoice(hash).await?;
         if status.state != InvoiceState::Settled {
             return Ok(None);
@@ -82,39 +109,60 @@ impl Provider {
             tracing::warn!(request_id, "settled for less than invoiced; not issuing");
             return Ok(None);
         }
+        let _lease = i.lease_locks.lock(&p.lease_id).await;
+        // Another path may have issued while we asked our node.
+        let Some(current) = i.pending.get_versioned(request_id)? else {
+            return Ok(self.issued_for(request_id)?.map(|r| r.signed));
+        };
+        if let Some(rec) = &current.value.issued {
+            return Ok(Some(rec.signed.clone()));
+        }
+        let rec = if p.commitment.purpose == PURPOSE_TOPUP {
+            self.credited_record(request_id, &current.value)?
+        } else {
+            self.issued_record(request_id, &current.value)?
+        };
+        let mut settled = current.value.clone();
+        settled.issued = Some(rec.clone());
+        // The one step that issues: exactly one caller swaps the open invoice for the lease.
+        if !i
+            .pending
+            .compare_and_swap(request_id, Some(&current), Some(&settled))
+            .await?
+        {
+            tracing::debug!(
+                request_id,
+                "settled concurrently; answering with that lease"
+            );
+            return Ok(self.issued_for(request_id)?.map(|r| r.signed));
+        }
         self.audit(
             AuditKind::InvoiceSettled,
             json!({"request_id": request_id, "payment_hash": p.payment_hash,
                    "amount_paid_msat": status.amount_paid_msat, "lease_id": p.lease_id}),
-        );
-        let rec = if p.commitment.purpose == PURPOSE_TOPUP {
-            self.extend_lease(request_id, &p).await?
-        } else {
-            self.issue_lease(request_id, &p).await?
-        };
-        i.meta.insert(
-            format!("settled/{request_id}").as_bytes(),
-            p.lease_id.as_bytes(),
-        )?;
-        i.meta.flush()?;
-        i.pending.remove(request_id)?;
+        )
+        .await;
+        self.finish_issued(request_id, &settled).await?;
         Ok(Some(rec.signed))
     }
 
-    pub(super) async fn issue_lease(
+    /// The lease record an activation produces (or the one a crash left already issued).
+    pub(super) fn issued_record(
         &self,
         request_id: &str,
         p: &PendingInvoice,
     ) -> Result<ProviderLease, MarketError> {
         let i = &self.inner;
         if let Some(rec) = i.leases.get(&p.lease_id)? {
-            // Issued before a crash that came before the pending invoice was cleared.
+            // Issued before a crash that came before the pending invoice was updated.
             tracing::info!(lease_id = %p.lease_id, "lease already issued; not issuing again");
             return Ok(rec);
         }
-        let now = now_unix();
+        let now = self.now();
         let c = &p.commitment;
         let allowed_ips: Vec<String> = p.ipv4.iter().chain(p.ipv6.iter()).cloned().collect();
+        let paid_until = now + c.terms.credit_secs(c.credit_sat);
+        let state = lease::next(None, Event::Issue { paid_until }, now)?.state;
         let lease = Lease {
             lease_id: p.lease_id.clone(),
             provider: i.peer_id.to_string(),
@@ -129,39 +177,23 @@ impl Provider {
             terms: c.terms.clone(),
             credit_sat: c.credit_sat,
             activated_at: now,
-            paid_until: now + c.terms.credit_secs(c.credit_sat),
+            paid_until,
             payment_hash: p.payment_hash.clone(),
             revision: 1,
         };
         let signed = Signed::sign(&i.key, &lease).map_err(|e| MarketError::Store(e.to_string()))?;
-        let rec = ProviderLease {
+        Ok(ProviderLease {
             lease,
             signed,
-            state: LeaseState::Active,
+            state,
             renter_peer: p.renter_peer.clone(),
             paid_sat: c.amount_sat,
             settled_requests: vec![request_id.to_owned()],
-        };
-        // Persist first: a crash after this point re-applies the peer on start.
-        i.leases.put(&p.lease_id, &rec)?;
-        if let Err(e) = self.apply_peer(&rec.lease).await {
-            tracing::error!(error = %e, lease_id = %p.lease_id, "cannot add tunnel peer");
-            self.audit(
-                AuditKind::Error,
-                json!({"lease_id": p.lease_id, "error": e.to_string()}),
-            );
-        }
-        self.audit(
-            AuditKind::LeaseIssued,
-            json!({"lease_id": p.lease_id, "renter": c.renter, "ipv4": p.ipv4, "ipv6": p.ipv6,
-                   "credit_sat": c.credit_sat, "paid_sat": c.amount_sat,
-                   "paid_until": rec.lease.paid_until}),
-        );
-        tracing::info!(lease_id = %p.lease_id, ipv4 = ?p.ipv4, ipv6 = ?p.ipv6, "lease issued");
-        Ok(rec)
+        })
     }
 
-    pub(super) async fn extend_lease(
+    /// The lease record after crediting a top-up (or unchanged when it was credited already).
+    fn credited_record(
         &self,
         request_id: &str,
         p: &PendingInvoice,
@@ -175,7 +207,6 @@ impl Provider {
             tracing::info!(lease_id = %p.lease_id, request_id, "top-up already credited");
             return Ok(rec);
         }
-        let now = now_unix();
         let add = p.commitment.credit_sat;
         // Credit is one continuous ledger from activation: paid_until extends from the old
         // paid_until even when that is past, so back rent is paid first. Recomputing from the
@@ -188,21 +219,130 @@ impl Provider {
         rec.settled_requests.push(request_id.to_owned());
         rec.signed =
             Signed::sign(&i.key, &rec.lease).map_err(|e| MarketError::Store(e.to_string()))?;
-        let reactivate = rec.state == LeaseState::Suspended && rec.lease.paid_until > now;
-        if reactivate {
-            rec.state = LeaseState::Active;
-        }
-        i.leases.put(&p.lease_id, &rec)?;
-        self.audit(
-            AuditKind::CreditAdded,
-            json!({"lease_id": p.lease_id, "amount_sat": add, "paid_until": rec.lease.paid_until}),
-        );
-        if reactivate {
-            self.apply_peer(&rec.lease).await?;
-            self.audit(AuditKind::LeaseReactivated, json!({"lease_id": p.lease_id}));
-            tracing::info!(lease_id = %p.lease_id, "lease reactivated");
-        }
+        rec.state = lease::next(
+            Some(rec.state),
+            Event::Pay {
+                paid_until: rec.lease.paid_until,
+            },
+            self.now(),
+        )?
+        .state;
         Ok(rec)
+    }
+
+    /// Carries out an issued settlement: stores the lease record (unless it already holds this
+    /// request), changes the tunnel, audits, and replaces the pending entry with a `settled/`
+    /// marker. Idempotent; the caller holds the lease's lock.
+    async fn finish_issued(&self, request_id: &str, p: &PendingInvoice) -> Result<(), MarketError> {
+        let i = &self.inner;
+        let Some(rec) = &p.issued else {
+            return Ok(());
+        };
+        let lease_id = &p.lease_id;
+        let before = i.leases.get(lease_id)?;
+        let applied = before
+            .as_ref()
+            .is_some_and(|b| b.settled_requests.iter().any(|r| r == request_id));
+        let kind = match &before {
+            _ if applied => None,
+            None => Some(Kind::Issued),
+            Some(b) if b.state == LeaseState::Suspended && rec.state == LeaseState::Active => {
+                Some(Kind::Reactivated)
+            }
+            Some(_) => Some(Kind::Paid),
+        };
+        if kind.is_some() {
+            // Persist first: a crash after this point re-applies the peer on start.
+            i.leases.put(lease_id, rec).await?;
+        }
+        let c = &p.commitment;
+        match kind {
+            Some(Kind::Issued) => {
+                if rec.state == LeaseState::Active
+                    && let Err(e) = self.apply_peer(&rec.lease).await
+                {
+                    tracing::error!(error = %e, lease_id, "cannot add tunnel peer");
+                    self.audit(
+                        AuditKind::Error,
+                        json!({"lease_id": lease_id, "error": e.to_string()}),
+                    )
+                    .await;
+                }
+                self.audit(
+                    AuditKind::LeaseIssued,
+                    json!({"lease_id": lease_id, "renter": c.renter, "ipv4": p.ipv4,
+                           "ipv6": p.ipv6, "credit_sat": c.credit_sat,
+                           "paid_sat": c.amount_sat, "paid_until": rec.lease.paid_until}),
+                )
+                .await;
+                tracing::info!(lease_id, ipv4 = ?p.ipv4, ipv6 = ?p.ipv6, "lease issued");
+            }
+            Some(kind) => {
+                self.audit(
+                    AuditKind::CreditAdded,
+                    json!({"lease_id": lease_id, "amount_sat": c.credit_sat,
+                           "paid_until": rec.lease.paid_until}),
+                )
+                .await;
+                if kind == Kind::Reactivated {
+                    self.apply_peer(&rec.lease).await?;
+                    self.audit(AuditKind::LeaseReactivated, json!({"lease_id": lease_id}))
+                        .await;
+                    tracing::info!(lease_id, "lease reactivated");
+                }
+            }
+            None => {
+                // Finishing after a failure or a crash: the record is stored; make sure the
+                // tunnel matches it (adding a peer is idempotent).
+                if let Some(now) = before.filter(|b| b.state == LeaseState::Active) {
+                    self.apply_peer(&now.lease).await?;
+                }
+            }
+        }
+        i.meta.apply_batch(vec![(
+            settled_key(request_id).into_bytes(),
+            Some(lease_id.as_bytes().to_vec()),
+        )])?;
+        kv::flush(&i.meta).await?;
+        i.pending.remove(request_id).await?;
+        Ok(())
+    }
+
+    /// Finishes every settlement a crash (or a failed step) left issued but not carried out.
+    /// A failing one is logged and audited; the others go on.
+    pub(super) async fn finish_issued_all(&self) {
+        let all = match self.inner.pending.all() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read pending invoices");
+                return;
+            }
+        };
+        for (request_id, p) in all {
+            if p.issued.is_none() {
+                continue;
+            }
+            let _lease = self.inner.lease_locks.lock(&p.lease_id).await;
+            // Re-read under the lock: a live settlement may have finished it meanwhile.
+            let done = match self.inner.pending.get(&request_id) {
+                Ok(Some(p)) if p.issued.is_some() => self.finish_issued(&request_id, &p).await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = done {
+                self.item_failed("finish settlement", &p.lease_id, &e).await;
+            }
+        }
+    }
+
+    /// Logs and audits a failure of one item of a background pass, which then goes on.
+    pub(super) async fn item_failed(&self, what: &str, lease_id: &str, e: &MarketError) {
+        tracing::warn!(error = %e, lease_id, "{what} failed; going on with the others");
+        self.audit(
+            AuditKind::Error,
+            json!({"lease_id": lease_id, "error": format!("{what}: {e}")}),
+        )
+        .await;
     }
 
     pub(super) async fn apply_peer(&self, lease: &Lease) -> Result<(), MarketError> {
@@ -228,4 +368,8 @@ impl Provider {
             .await?;
         Ok(())
     }
+}
+
+fn settled_key(request_id: &str) -> String {
+    format!("settled/{request_id}")
 }

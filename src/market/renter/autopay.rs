@@ -102,38 +102,58 @@ enum Skip {
 
 impl Renter {
     /// One AutoPay pass over every active lease with AutoPay on.
+    ///
+    /// # Errors
+    /// Only when the rentals cannot be read; a failing lease is logged and audited and the
+    /// pass goes on with the others.
     pub async fn autopay_tick(&self) -> Result<(), MarketError> {
         for r in self.rentals()? {
-            if r.autopay && r.state == LeaseState::Active {
-                self.autopay_one(&r.lease.lease_id).await?;
+            if r.autopay
+                && r.state == LeaseState::Active
+                && let Err(e) = self.autopay_one(&r.lease.lease_id).await
+            {
+                self.item_failed("autopay", "lease_id", &r.lease.lease_id, &e)
+                    .await;
             }
         }
         Ok(())
     }
 
-    /// Switches AutoPay on or off for one lease.
+    /// Switches AutoPay on or off for one lease. Synchronous for its callers: it waits for
+    /// one small durable write and holds no lock meanwhile.
     pub fn set_autopay(&self, lease_id: &str, on: bool) -> Result<Rental, MarketError> {
-        let mut r = self.rental(lease_id)?;
-        r.autopay = on;
-        self.inner.rentals.put(&r.lease.lease_id, &r)?;
+        let id = self.rental(lease_id)?.lease.lease_id;
+        let r = self
+            .inner
+            .rentals
+            .update_blocking(&id, |cur| {
+                let mut r = cur
+                    .cloned()
+                    .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+                r.autopay = on;
+                Ok(Some(r))
+            })?
+            .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
         tracing::info!(lease_id = %r.lease.lease_id, on, "autopay switched");
         Ok(r)
     }
 
     async fn autopay_one(&self, lease_id: &str) -> Result<(), MarketError> {
-        let _op = self.inner.op_lock.lock().await;
+        // Only this lease's top-ups wait for it (and it for them).
+        let _lease = self.inner.lease_locks.lock(lease_id).await;
         let ap = &self.inner.cfg.autopay;
         let low = ap.low_watermark.as_secs();
         let local = self.rental(lease_id)?;
-        if local.lease.paid_until.saturating_sub(now_unix()) >= low {
+        if local.lease.paid_until.saturating_sub(self.now()) >= low {
             return Ok(());
         }
         let outcome = self.autopay_decide(lease_id).await;
-        let mut r = self.rental(lease_id)?;
+        let r = self.rental(lease_id)?;
+        let mut refused_unverified = false;
         let note = match outcome {
             Ok(None) => return Ok(()),
             Ok(Some(amount)) => AutopayNote {
-                at: now_unix(),
+                at: self.now(),
                 paid: true,
                 message: format!("topped up {amount} sat; paid until {}", r.lease.paid_until),
             },
@@ -142,23 +162,33 @@ impl Renter {
                     Skip::Unverified(m) => (format!("tunnel not verified: {m}"), true),
                     Skip::Other(m) => (m, false),
                 };
-                if unverified {
-                    r.stats.refused_unverified += 1;
-                }
+                refused_unverified = unverified;
                 self.audit(
                     AuditKind::AutopayRefused,
                     json!({"lease_id": lease_id, "reason": message, "unverified": unverified}),
-                );
+                )
+                .await;
                 tracing::warn!(lease_id, reason = %message, "autopay did not pay");
                 AutopayNote {
-                    at: now_unix(),
+                    at: self.now(),
                     paid: false,
                     message,
                 }
             }
         };
-        r.stats.last_autopay = Some(note);
-        self.inner.rentals.put(lease_id, &r)?;
+        self.inner
+            .rentals
+            .update(lease_id, |cur| {
+                let mut r = cur
+                    .cloned()
+                    .ok_or_else(|| MarketError::NotFound(format!("lease {lease_id}")))?;
+                if refused_unverified {
+                    r.stats.refused_unverified += 1;
+                }
+                r.stats.last_autopay = Some(note.clone());
+                Ok(Some(r))
+            })
+            .await?;
         Ok(())
     }
 
@@ -176,7 +206,7 @@ impl Renter {
                 r.state
             )));
         }
-        let now = now_unix();
+        let now = self.now();
         let remaining = r.lease.paid_until.saturating_sub(now);
         if remaining >= ap.low_watermark.as_secs() {
             return Ok(None);

@@ -21,6 +21,17 @@ impl Renter {
         hash: &str,
         attempts: u32,
     ) -> Result<Rental, MarketError> {
+        let _paying = self.inner.pay_locks.lock(hash).await;
+        self.complete_payment_locked(hash, attempts).await
+    }
+
+    /// [`Renter::complete_payment`] for a caller that holds the payment's lock: it is what
+    /// makes the lease applied (and counted) once per payment.
+    pub(super) async fn complete_payment_locked(
+        &self,
+        hash: &str,
+        attempts: u32,
+    ) -> Result<Rental, MarketError> {
         let i = &self.inner;
         let mut rec = i
             .payments
@@ -58,7 +69,7 @@ impl Renter {
             self.apply_activation(peer, &signed, &rec, &c).await?
         };
         rec.completed = true;
-        i.payments.put(hash, &rec)?;
+        i.payments.put(hash, &rec).await?;
         Ok(rental)
     }
 
@@ -70,41 +81,52 @@ impl Renter {
         c: &InvoiceCommitment,
     ) -> Result<Rental, MarketError> {
         let i = &self.inner;
-        let lease = self.check_lease(peer, signed, &rec.lease_id, |l| {
-            if l.renter_wg_pubkey != c.renter_wg_pubkey || l.offer_id != c.offer_id {
-                return Err("lease is not for our key and offer".into());
-            }
-            if l.credit_sat < c.credit_sat || l.terms != c.terms {
-                return Err(format!(
-                    "lease credit {} or terms differ from the {} sat paid",
-                    l.credit_sat, c.credit_sat
-                ));
-            }
-            let len_ok = |p: &Option<String>, want: Option<u8>| match (p, want) {
-                (None, None) => true,
-                (Some(p), Some(w)) => p
-                    .parse::<IpNet>()
-                    .map(|n| n.prefix_len() == w)
-                    .unwrap_or(false),
-                _ => false,
-            };
-            if !len_ok(&l.ipv4, c.ipv4_prefix_len) || !len_ok(&l.ipv6, c.ipv6_prefix_len) {
-                return Err("lease prefixes differ from the request".into());
-            }
-            Ok(())
-        })?;
+        let lease = self
+            .check_lease(peer, signed, &rec.lease_id, |l| {
+                if l.renter_wg_pubkey != c.renter_wg_pubkey || l.offer_id != c.offer_id {
+                    return Err("lease is not for our key and offer".into());
+                }
+                if l.credit_sat < c.credit_sat || l.terms != c.terms {
+                    return Err(format!(
+                        "lease credit {} or terms differ from the {} sat paid",
+                        l.credit_sat, c.credit_sat
+                    ));
+                }
+                let len_ok = |p: &Option<String>, want: Option<u8>| match (p, want) {
+                    (None, None) => true,
+                    (Some(p), Some(w)) => p
+                        .parse::<IpNet>()
+                        .map(|n| n.prefix_len() == w)
+                        .unwrap_or(false),
+                    _ => false,
+                };
+                if !len_ok(&l.ipv4, c.ipv4_prefix_len) || !len_ok(&l.ipv6, c.ipv6_prefix_len) {
+                    return Err("lease prefixes differ from the request".into());
+                }
+                Ok(())
+            })
+            .await?;
         self.audit(
             AuditKind::LeaseReceived,
             json!({"lease_id": lease.lease_id, "provider": c.provider,
             "ipv4": lease.ipv4, "ipv6": lease.ipv6, "paid_until": lease.paid_until}),
-        );
-        let iface = self.free_iface()?;
+        )
+        .await;
+        if let Some(r) = i.rentals.get(&lease.lease_id)? {
+            // Applied before a crash that came before the payment was marked completed.
+            return Ok(r);
+        }
+        let state = lease::next(
+            None,
+            Event::Issue {
+                paid_until: lease.paid_until,
+            },
+            self.now(),
+        )?
+        .state;
+        let claim = self.claim_iface()?;
+        let iface = claim.name.clone();
         let conf_path = self.apply_tunnel(&lease, &iface).await?;
-        let state = if lease.paid_until > now_unix() {
-            LeaseState::Active
-        } else {
-            LeaseState::Suspended
-        };
         let rental = Rental {
             lease: lease.clone(),
             signed: signed.clone(),
@@ -119,12 +141,14 @@ impl Renter {
                 ..RentalStats::default()
             },
         };
-        i.rentals.put(&lease.lease_id, &rental)?;
+        i.rentals.put(&lease.lease_id, &rental).await?;
+        drop(claim);
         self.audit(
             AuditKind::LeaseApplied,
             json!({"lease_id": lease.lease_id, "iface": iface,
             "conf": conf_path.display().to_string(), "backend": i.tunnel.kind()}),
-        );
+        )
+        .await;
         tracing::info!(lease_id = %lease.lease_id, ipv4 = ?lease.ipv4, ipv6 = ?lease.ipv6, "lease applied");
         Ok(rental)
     }
@@ -137,45 +161,70 @@ impl Renter {
         c: &InvoiceCommitment,
     ) -> Result<Rental, MarketError> {
         let i = &self.inner;
-        let mut rental = self.rental(&rec.lease_id)?;
-        let old = rental.lease.clone();
-        let lease = self.check_lease(peer, signed, &rec.lease_id, |l| {
-            // A status refresh may already have brought this revision in, so "newer than what
-            // we hold" is not required; holding the credit paid for is.
-            if l.revision < old.revision || l.credit_sat < rec.credit_before + c.credit_sat {
-                return Err("re-issued lease does not add the credit paid".into());
-            }
-            if l.ipv4 != old.ipv4
-                || l.ipv6 != old.ipv6
-                || l.renter_wg_pubkey != old.renter_wg_pubkey
-            {
-                return Err("re-issued lease changed its prefixes or key".into());
-            }
-            Ok(())
-        })?;
-        rental.lease = lease;
-        rental.signed = signed.clone();
-        rental.paid_sat += c.amount_sat;
-        rental.stats.topups += 1;
-        if rec.state == PayState::Succeeded {
-            rental.stats.payments += 1;
+        let old = self.rental(&rec.lease_id)?;
+        let lease = self
+            .check_lease(peer, signed, &rec.lease_id, |l| {
+                // A status refresh may already have brought this revision in, so "newer than
+                // what we hold" is not required; holding the credit paid for is.
+                if l.revision < old.lease.revision
+                    || l.credit_sat < rec.credit_before + c.credit_sat
+                {
+                    return Err("re-issued lease does not add the credit paid".into());
+                }
+                if l.ipv4 != old.lease.ipv4
+                    || l.ipv6 != old.lease.ipv6
+                    || l.renter_wg_pubkey != old.lease.renter_wg_pubkey
+                {
+                    return Err("re-issued lease changed its prefixes or key".into());
+                }
+                Ok(())
+            })
+            .await?;
+        let now = self.now();
+        let mut reactivated = None;
+        // The caller holds this payment's lock, so the counters move once per payment; the
+        // update keeps whatever else changed the rental meanwhile (a status refresh, AutoPay
+        // notes).
+        let rental = i
+            .rentals
+            .update(&rec.lease_id, |cur| {
+                let mut rental = cur
+                    .cloned()
+                    .ok_or_else(|| MarketError::NotFound(format!("lease {}", rec.lease_id)))?;
+                let t = lease::next(
+                    Some(rental.state),
+                    Event::Pay {
+                        paid_until: lease.paid_until,
+                    },
+                    now,
+                )?;
+                // Only a suspended lease that comes back needs its tunnel applied again.
+                reactivated = (t.kind == Some(Kind::Reactivated)).then(|| rental.iface.clone());
+                rental.state = t.state;
+                rental.lease = lease.clone();
+                rental.signed = signed.clone();
+                rental.paid_sat += c.amount_sat;
+                rental.stats.topups += 1;
+                if rec.state == PayState::Succeeded {
+                    rental.stats.payments += 1;
+                }
+                if rec.autopay {
+                    rental.stats.autopay_topups += 1;
+                }
+                Ok(Some(rental))
+            })
+            .await?
+            .ok_or_else(|| MarketError::NotFound(format!("lease {}", rec.lease_id)))?;
+        if let Some(iface) = reactivated {
+            self.apply_tunnel(&rental.lease, &iface).await?;
         }
-        if rec.autopay {
-            rental.stats.autopay_topups += 1;
-        }
-        if rental.lease.paid_until > now_unix() && rental.state != LeaseState::Released {
-            if rental.state != LeaseState::Active {
-                self.apply_tunnel(&rental.lease, &rental.iface).await?;
-            }
-            rental.state = LeaseState::Active;
-        }
-        i.rentals.put(&rec.lease_id, &rental)?;
         self.audit(
             AuditKind::CreditAdded,
             json!({"lease_id": rec.lease_id, "amount_sat": c.amount_sat,
                    "paid_until": rental.lease.paid_until, "manual": rec.state == PayState::Manual,
                    "autopay": rec.autopay}),
-        );
+        )
+        .await;
         tracing::info!(lease_id = %rec.lease_id, amount_sat = c.amount_sat, paid_until = rental.lease.paid_until, "credit added");
         Ok(rental)
     }
@@ -195,7 +244,9 @@ impl Renter {
         match self.inner.peers.request(peer, msg).await?.0 {
             Message::Status(s) => match s.lease {
                 Some(signed) => {
-                    let l = self.check_lease(peer, &signed, lease_id, |_| Ok(()))?;
+                    let l = self
+                        .check_lease(peer, &signed, lease_id, |_| Ok(()))
+                        .await?;
                     Ok(l.credit_sat)
                 }
                 None => Err(MarketError::NotFound(format!(

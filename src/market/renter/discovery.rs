@@ -14,7 +14,7 @@ impl Renter {
                 tracing::debug!(%peer, error = %e, "no offer from peer");
             }
         }
-        let now = now_unix();
+        let now = self.now();
         let mut offers = self.inner.offers.lock().expect("offers lock not poisoned");
         offers.retain(|_, o| o.offer.expires_at > now);
         Ok(offers.len())
@@ -47,7 +47,8 @@ impl Renter {
                 self.audit(
                     AuditKind::PeerRefused,
                     json!({"peer": peer.to_string(), "reason": e.to_string()}),
-                );
+                )
+                .await;
                 return Err(e);
             }
         };
@@ -57,7 +58,7 @@ impl Renter {
             offer,
             signed,
             rtt,
-            seen_at: now_unix(),
+            seen_at: self.now(),
         };
         let previous = self
             .inner
@@ -67,19 +68,22 @@ impl Renter {
             .insert(known.peer.clone(), known.clone());
         match previous {
             None => {
-                self.audit(AuditKind::PeerDiscovered, json!({"peer": known.peer}));
+                self.audit(AuditKind::PeerDiscovered, json!({"peer": known.peer}))
+                    .await;
                 self.audit(
                     AuditKind::OfferSeen,
                     json!({"peer": known.peer, "offer_id": known.offer_id,
                     "seq": known.offer.seq, "terms": known.offer.terms}),
-                );
+                )
+                .await;
             }
             Some(p) if p.offer_id != known.offer_id => {
                 self.audit(
                     AuditKind::OfferSeen,
                     json!({"peer": known.peer, "offer_id": known.offer_id,
                     "seq": known.offer.seq, "terms": known.offer.terms}),
-                );
+                )
+                .await;
             }
             Some(_) => {}
         }
@@ -99,7 +103,7 @@ impl Renter {
         if offer.provider != peer.to_string() {
             return Err(bad("offer names another provider".into()));
         }
-        if offer.expires_at <= now_unix() {
+        if offer.expires_at <= self.now() {
             return Err(bad("offer expired".into()));
         }
         if offer.network != self.inner.network {

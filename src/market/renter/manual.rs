@@ -34,10 +34,13 @@ impl Renter {
         lease_id: &str,
         amount: Sats,
     ) -> Result<ManualInvoice, MarketError> {
-        let _op = self.inner.op_lock.lock().await;
-        let rental = self.rental(lease_id)?;
+        let id = self.rental(lease_id)?.lease.lease_id;
+        let _lease = self.inner.lease_locks.lock(&id).await;
+        let rental = self.rental(&id)?;
         let (pay, commitment) = self.request_topup(&rental, amount).await?;
-        let checked = self.check_pay_invoice(&pay, &commitment, &rental.provider_ln_pubkey)?;
+        let checked = self
+            .check_pay_invoice(&pay, &commitment, &rental.provider_ln_pubkey)
+            .await?;
         let hash = hex::encode(checked.payment_hash);
         let record = PaymentRecord {
             request_id: pay.request_id.clone(),
@@ -47,7 +50,7 @@ impl Renter {
             state: PayState::Manual,
             preimage: None,
             reason: None,
-            at: now_unix(),
+            at: self.now(),
             commitment: Some(commitment),
             payee: rental.provider_ln_pubkey.clone(),
             fee_limit_msat: 0,
@@ -56,12 +59,23 @@ impl Renter {
             completed: false,
             autopay: false,
         };
-        self.inner.payments.put(&hash, &record)?;
+        // Claimed like a payment: a hash recorded here is never paid by this node.
+        if !self
+            .inner
+            .payments
+            .compare_and_swap(&hash, None, Some(&record))
+            .await?
+        {
+            return Err(MarketError::InvoiceRejected(format!(
+                "payment hash {hash} already seen here; never paying twice"
+            )));
+        }
         self.audit(
             AuditKind::ManualInvoice,
             json!({"lease_id": pay.lease_id, "payment_hash": hash, "amount_sat": amount,
                    "request_id": pay.request_id, "expires_at": checked.expires_at}),
-        );
+        )
+        .await;
         tracing::info!(lease_id = %pay.lease_id, payment_hash = %hash, amount_sat = amount, "manual top-up invoice ready");
         Ok(ManualInvoice {
             lease_id: pay.lease_id,
@@ -117,10 +131,7 @@ impl Renter {
                 Ok(Err(e)) => return Err(e),
             };
             if credited {
-                let done = {
-                    let _op = self.inner.op_lock.lock().await;
-                    self.complete_payment(payment_hash, 1).await
-                };
+                let done = self.complete_payment(payment_hash, 1).await;
                 let r = match done {
                     Ok(r) => r,
                     // Recovery completed it a moment ago.
@@ -152,6 +163,7 @@ impl Renter {
                     MANUAL_WATCH_SECS / 60
                 )));
             }
+            // Polls the provider (another process) for a payment made from another wallet.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }

@@ -12,6 +12,7 @@ use super::*;
 use crate::lightning::invoice::CheckedInvoice;
 use crate::lightning::{LightningError, PaymentStatus};
 use crate::market::limits;
+use tokio::sync::OwnedMutexGuard;
 
 /// Where a payment stands, as the payer records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +79,7 @@ pub(super) struct PayPlan<'a> {
 impl Renter {
     /// Runs every payer-side check on `pay` against what we agreed; on a refusal the reason is
     /// audited and logged, and nothing is recorded as a payment.
-    pub(super) fn check_pay_invoice(
+    pub(super) async fn check_pay_invoice(
         &self,
         pay: &PayInvoice,
         commitment: &InvoiceCommitment,
@@ -91,7 +92,7 @@ impl Renter {
             payee_pubkey: payee.to_owned(),
             description_hash: commitment.description_hash(),
             min_expiry_left_secs: i.cfg.min_invoice_expiry_secs,
-            now_unix: now_unix(),
+            now_unix: self.now(),
         };
         let checked = check_invoice(&pay.bolt11, &expect)
             .map_err(|e| e.to_string())
@@ -121,15 +122,27 @@ impl Renter {
                     Err(e) => Err(format!("cannot check the payment hash: {e}")),
                 }
             });
-        checked.map_err(|reason| {
-            self.audit(
-                AuditKind::InvoiceRejected,
-                json!({"provider": commitment.provider, "request_id": pay.request_id,
-                       "lease_id": pay.lease_id, "reason": reason}),
-            );
-            tracing::warn!(provider = %commitment.provider, %reason, "invoice refused; nothing paid");
-            MarketError::InvoiceRejected(reason)
-        })
+        match checked {
+            Ok(c) => Ok(c),
+            Err(reason) => Err(self.reject_invoice(pay, commitment, reason).await),
+        }
+    }
+
+    /// Audits and logs a refused invoice; returns the error for the caller.
+    async fn reject_invoice(
+        &self,
+        pay: &PayInvoice,
+        commitment: &InvoiceCommitment,
+        reason: String,
+    ) -> MarketError {
+        self.audit(
+            AuditKind::InvoiceRejected,
+            json!({"provider": commitment.provider, "request_id": pay.request_id,
+                   "lease_id": pay.lease_id, "reason": reason}),
+        )
+        .await;
+        tracing::warn!(provider = %commitment.provider, %reason, "invoice refused; nothing paid");
+        MarketError::InvoiceRejected(reason)
     }
 
     /// The routing fee limit for paying `amount_sat`: the configured absolute and ppm limits,
@@ -149,7 +162,7 @@ impl Renter {
     }
 
     /// Refuses the payment when a spending limit, read from our own audit log, says no.
-    fn check_limits(
+    async fn check_limits(
         &self,
         amount_sat: Sats,
         fee_limit_msat: u64,
@@ -160,33 +173,40 @@ impl Renter {
         let history = limits::history_from_audit(&i.audit)
             .map_err(|e| MarketError::Store(format!("cannot read payment history: {e}")))?;
         let proposed = limits::Proposed {
-            now: now_unix(),
+            now: self.now(),
             amount_sat,
             fee_limit_sat: fee_limit_msat.div_ceil(1000),
             provider: provider.to_owned(),
             lease_id: lease_id.to_owned(),
         };
-        limits::check(&i.cfg.limits, &history, &proposed).map_err(|r| {
-            self.audit(
-                AuditKind::PaymentRefused,
-                json!({"limit": r.limit, "scope": r.scope, "detail": r.detail,
-                       "next_allowed_at": r.next_allowed_at, "provider": provider,
-                       "lease_id": lease_id, "amount_sat": amount_sat}),
-            );
-            tracing::warn!(limit = r.limit, scope = %r.scope, next_allowed_at = ?r.next_allowed_at,
-                "{r}; nothing paid");
-            MarketError::LimitExceeded(r.to_string())
-        })
+        let Err(r) = limits::check(&i.cfg.limits, &history, &proposed) else {
+            return Ok(());
+        };
+        self.audit(
+            AuditKind::PaymentRefused,
+            json!({"limit": r.limit, "scope": r.scope, "detail": r.detail,
+                   "next_allowed_at": r.next_allowed_at, "provider": provider,
+                   "lease_id": lease_id, "amount_sat": amount_sat}),
+        )
+        .await;
+        tracing::warn!(limit = r.limit, scope = %r.scope, next_allowed_at = ?r.next_allowed_at,
+            "{r}; nothing paid");
+        Err(MarketError::LimitExceeded(r.to_string()))
     }
 
     /// Checks an invoice and the spending limits, records the intent durably, then pays it
-    /// exactly once. Returns the payment hash once the node reports the payment succeeded.
+    /// exactly once. Returns the payment hash once the node reports the payment succeeded,
+    /// with the payment's lock: the caller completes it (fetches the lease) while holding it,
+    /// so recovery never works on the same payment at the same time.
     ///
     /// # Errors
     /// [`MarketError::InvoiceRejected`] / [`MarketError::LimitExceeded`] before any money
     /// moved; [`MarketError::Lightning`] when the node reports a final failure;
     /// [`MarketError::AwaitingLease`] when the outcome is not known yet (it is tracked later).
-    pub(super) async fn pay_checked(&self, plan: PayPlan<'_>) -> Result<[u8; 32], MarketError> {
+    pub(super) async fn pay_checked(
+        &self,
+        plan: PayPlan<'_>,
+    ) -> Result<([u8; 32], OwnedMutexGuard<()>), MarketError> {
         let i = &self.inner;
         let PayPlan {
             pay,
@@ -196,7 +216,10 @@ impl Renter {
             autopay,
         } = plan;
         let provider = commitment.provider.as_str();
-        let hash_bytes = self.check_pay_invoice(pay, commitment, payee)?.payment_hash;
+        let hash_bytes = self
+            .check_pay_invoice(pay, commitment, payee)
+            .await?
+            .payment_hash;
         let hash = hex::encode(hash_bytes);
         let fee_limit_msat = self.fee_limit_msat(commitment.amount_sat, provider, &pay.lease_id);
         self.check_limits(
@@ -204,7 +227,9 @@ impl Renter {
             fee_limit_msat,
             provider,
             &pay.lease_id,
-        )?;
+        )
+        .await?;
+        let paying = i.pay_locks.lock(&hash).await;
         let mut record = PaymentRecord {
             request_id: pay.request_id.clone(),
             lease_id: pay.lease_id.clone(),
@@ -213,7 +238,7 @@ impl Renter {
             state: PayState::Attempting,
             preimage: None,
             reason: None,
-            at: now_unix(),
+            at: self.now(),
             commitment: Some(commitment.clone()),
             payee: payee.to_owned(),
             fee_limit_msat,
@@ -222,15 +247,25 @@ impl Renter {
             completed: false,
             autopay,
         };
-        // The intent is durable (table and audit log) before any money moves.
-        i.payments.put(&hash, &record)?;
-        i.audit.append(
-            AuditKind::PaymentAttempt,
-            &json!({"payment_hash": hash, "amount_sat": commitment.amount_sat,
-                    "provider": provider, "request_id": pay.request_id, "lease_id": pay.lease_id,
-                    "purpose": commitment.purpose, "fee_limit_msat": fee_limit_msat,
-                    "autopay": autopay}),
-        )?;
+        // The intent is durable (table and audit log) before any money moves. The hash is
+        // claimed by compare-and-swap: of two payers racing for one invoice, one pays.
+        if !i
+            .payments
+            .compare_and_swap(&hash, None, Some(&record))
+            .await?
+        {
+            let reason = format!("payment hash {hash} already seen here; never paying twice");
+            return Err(self.reject_invoice(pay, commitment, reason).await);
+        }
+        i.audit
+            .append_async(
+                AuditKind::PaymentAttempt,
+                &json!({"payment_hash": hash, "amount_sat": commitment.amount_sat,
+                        "provider": provider, "request_id": pay.request_id,
+                        "lease_id": pay.lease_id, "purpose": commitment.purpose,
+                        "fee_limit_msat": fee_limit_msat, "autopay": autopay}),
+            )
+            .await?;
         let outcome =
             i.ln.pay_invoice(PayRequest {
                 bolt11: pay.bolt11.clone(),
@@ -257,9 +292,9 @@ impl Renter {
                 }
             }
         };
-        self.record_outcome(&hash, &mut record, status)?;
+        self.record_outcome(&hash, &mut record, status).await?;
         match record.state {
-            PayState::Succeeded => Ok(hash_bytes),
+            PayState::Succeeded => Ok((hash_bytes, paying)),
             PayState::Failed => Err(MarketError::Lightning(LightningError::PaymentFailed {
                 reason: record.reason.unwrap_or_default(),
             })),
@@ -271,7 +306,7 @@ impl Renter {
     }
 
     /// Stores and audits what the node says of a payment. In-flight changes nothing.
-    fn record_outcome(
+    async fn record_outcome(
         &self,
         hash: &str,
         record: &mut PaymentRecord,
@@ -283,24 +318,26 @@ impl Renter {
                 record.state = PayState::Succeeded;
                 record.preimage = Some(hex::encode(o.preimage));
                 record.fee_msat = o.fee_msat;
-                self.inner.payments.put(hash, record)?;
+                self.inner.payments.put(hash, record).await?;
                 self.audit(
                     AuditKind::PaymentSucceeded,
                     json!({"payment_hash": hash, "amount_msat": o.amount_msat,
                            "fee_msat": o.fee_msat, "provider": record.provider,
                            "lease_id": record.lease_id}),
-                );
+                )
+                .await;
                 tracing::info!(payment_hash = %hash, amount_sat = record.amount_sat, fee_msat = o.fee_msat, "payment succeeded");
             }
             PaymentStatus::Failed { reason } => {
                 record.state = PayState::Failed;
                 record.reason = Some(reason.clone());
-                self.inner.payments.put(hash, record)?;
+                self.inner.payments.put(hash, record).await?;
                 self.audit(
                     AuditKind::PaymentFailed,
                     json!({"payment_hash": hash, "reason": reason, "provider": record.provider,
                            "lease_id": record.lease_id}),
-                );
+                )
+                .await;
                 tracing::warn!(payment_hash = %hash, %reason, "payment failed");
             }
         }
@@ -309,67 +346,86 @@ impl Renter {
 
     /// Resolves what a crash or an unclear answer left open: payments still `attempting` are
     /// looked up with the node (never paid again), and paid payments whose lease has not been
-    /// received are completed with the provider. Called at start and from every tick; skipped
-    /// while a rent or top-up is running (it holds the operation lock).
+    /// received are completed with the provider. Called at start and from every tick. A
+    /// payment being made or completed right now is left to that operation.
+    ///
+    /// # Errors
+    /// Only when the payments cannot be read; a failing payment is logged and audited and the
+    /// pass goes on with the others.
     pub async fn recover_payments(&self) -> Result<(), MarketError> {
-        let Ok(_op) = self.inner.op_lock.try_lock() else {
+        for (hash, _) in self.inner.payments.all()? {
+            let Some(_paying) = self.inner.pay_locks.try_lock(&hash) else {
+                continue;
+            };
+            if let Err(e) = self.recover_one(&hash).await {
+                self.item_failed("payment recovery", "payment_hash", &hash, &e)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// One payment of [`Renter::recover_payments`]; the caller holds its lock.
+    async fn recover_one(&self, hash: &str) -> Result<(), MarketError> {
+        let Some(mut rec) = self.inner.payments.get(hash)? else {
             return Ok(());
         };
-        for (hash, mut rec) in self.inner.payments.all()? {
-            if rec.state == PayState::Attempting {
-                let Some(bytes) = hex::decode(&hash)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                else {
-                    continue;
-                };
-                match self.inner.ln.track_payment(bytes).await {
-                    Ok(Some(status)) => self.record_outcome(&hash, &mut rec, status)?,
-                    Ok(None) => self.record_outcome(
-                        &hash,
+        if rec.state == PayState::Attempting {
+            let Some(bytes) = hex::decode(hash)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            else {
+                return Ok(());
+            };
+            match self.inner.ln.track_payment(bytes).await {
+                Ok(Some(status)) => self.record_outcome(hash, &mut rec, status).await?,
+                Ok(None) => {
+                    self.record_outcome(
+                        hash,
                         &mut rec,
                         PaymentStatus::Failed {
                             reason: "the node has no payment for this hash: the daemon stopped \
                                      before the payment started"
                                 .into(),
                         },
-                    )?,
-                    Err(e) => {
-                        tracing::warn!(payment_hash = %hash, error = %e, "cannot track payment; will retry");
-                        continue;
-                    }
-                }
-            }
-            let open = match rec.state {
-                PayState::Succeeded => true,
-                // A manual invoice is watched until it is paid or has expired.
-                PayState::Manual => rec.at + MANUAL_WATCH_SECS > now_unix(),
-                _ => false,
-            };
-            if !open || rec.completed || rec.commitment.is_none() {
-                continue;
-            }
-            if rec.state == PayState::Manual {
-                // Cheap question first: does the provider's signed lease show the credit yet?
-                let paid = match self.provider_credit(&rec.lease_id).await {
-                    Ok(credit) => credit >= rec.credit_before + rec.amount_sat,
-                    Err(e) => {
-                        tracing::debug!(payment_hash = %hash, error = %e, "manual invoice status unknown");
-                        false
-                    }
-                };
-                if !paid {
-                    continue;
-                }
-            }
-            // One round trip per pass: the next pass tries again.
-            match self.complete_payment(&hash, 1).await {
-                Ok(r) => {
-                    tracing::info!(lease_id = %r.lease.lease_id, payment_hash = %hash, "completed a payment left open")
+                    )
+                    .await?
                 }
                 Err(e) => {
-                    tracing::debug!(payment_hash = %hash, error = %e, "payment not completed yet")
+                    tracing::warn!(payment_hash = %hash, error = %e, "cannot track payment; will retry");
+                    return Ok(());
                 }
+            }
+        }
+        let open = match rec.state {
+            PayState::Succeeded => true,
+            // A manual invoice is watched until it is paid or has expired.
+            PayState::Manual => rec.at + MANUAL_WATCH_SECS > self.now(),
+            _ => false,
+        };
+        if !open || rec.completed || rec.commitment.is_none() {
+            return Ok(());
+        }
+        if rec.state == PayState::Manual {
+            // Cheap question first: does the provider's signed lease show the credit yet?
+            let paid = match self.provider_credit(&rec.lease_id).await {
+                Ok(credit) => credit >= rec.credit_before + rec.amount_sat,
+                Err(e) => {
+                    tracing::debug!(payment_hash = %hash, error = %e, "manual invoice status unknown");
+                    false
+                }
+            };
+            if !paid {
+                return Ok(());
+            }
+        }
+        // One round trip per pass: the next pass tries again.
+        match self.complete_payment_locked(hash, 1).await {
+            Ok(r) => {
+                tracing::info!(lease_id = %r.lease.lease_id, payment_hash = %hash, "completed a payment left open")
+            }
+            Err(e) => {
+                tracing::debug!(payment_hash = %hash, error = %e, "payment not completed yet")
             }
         }
         Ok(())
@@ -477,7 +533,7 @@ mod tests {
             credit_before: 0,
             autopay: false,
         };
-        r.pay_checked(plan()).await.unwrap();
+        drop(r.pay_checked(plan()).await.unwrap());
         assert_eq!(net.balance_msat("renter"), Some(100_000_000 - 500_000));
 
         // The very same invoice again, for the very same request: refused before paying.
@@ -494,6 +550,61 @@ mod tests {
             "{kinds:?}"
         );
         assert_eq!(kinds.last().map(String::as_str), Some("invoice_rejected"));
+    }
+
+    #[tokio::test]
+    async fn two_payers_racing_for_one_invoice_pay_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemNetwork::new(&[("renter".into(), 100_000), ("provider".into(), 0)]).unwrap();
+        let (r, audit) = renter(dir.path(), &net, 0, RenterConfig::default());
+        let c = commitment(&r);
+        let inv = net
+            .node("provider")
+            .unwrap()
+            .add_invoice(InvoiceRequest {
+                amount_msat: 500_000,
+                description_hash: c.description_hash(),
+                expiry_secs: 600,
+            })
+            .await
+            .unwrap();
+        let pay = PayInvoice {
+            request_id: c.request_id.clone(),
+            lease_id: "lease-1".into(),
+            bolt11: inv.bolt11,
+            amount_sat: 500,
+        };
+        let payee = net.pubkey("provider").unwrap();
+        let attempt = || async {
+            r.pay_checked(PayPlan {
+                pay: &pay,
+                commitment: &c,
+                payee: &payee,
+                credit_before: 0,
+                autopay: false,
+            })
+            .await
+            // The payment's lock goes with the result; the caller is done with it here.
+            .map(|(hash, _paying)| hash)
+        };
+        let (a, b) = tokio::join!(attempt(), attempt());
+        assert_eq!(
+            usize::from(a.is_ok()) + usize::from(b.is_ok()),
+            1,
+            "{a:?} {b:?}"
+        );
+        let refused = a.err().or(b.err()).unwrap();
+        assert!(
+            matches!(&refused, MarketError::InvoiceRejected(m) if m.contains("never paying twice")),
+            "{refused}"
+        );
+        assert_eq!(net.balance_msat("renter"), Some(100_000_000 - 500_000));
+        let kinds: Vec<String> = audit.entries(0).map(|e| e.unwrap().kind).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "payment_attempt").count(),
+            1,
+            "{kinds:?}"
+        );
     }
 
     #[tokio::test]

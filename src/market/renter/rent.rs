@@ -5,8 +5,8 @@ use super::*;
 
 impl Renter {
     /// Rents under `args.offer_id`, or the best offer; returns once the tunnel is configured.
+    /// Holds no lock while it waits for offers: top-ups of other leases go on meanwhile.
     pub async fn rent(&self, args: RentArgs) -> Result<Rental, MarketError> {
-        let _op = self.inner.op_lock.lock().await;
         let credit = args.credit_sat.unwrap_or(self.inner.cfg.default_credit_sat);
         let deadline = tokio::time::Instant::now() + args.timeout;
         loop {
@@ -94,7 +94,7 @@ impl Renter {
             ipv6_prefix_len: req.ipv6_prefix_len,
             renter_wg_pubkey: i.wg_public,
         };
-        let hash = self
+        let (hash, _paying) = self
             .pay_checked(PayPlan {
                 pay: &pay,
                 commitment: &commitment,
@@ -105,7 +105,7 @@ impl Renter {
             .await?;
         // Paid: from here on nothing may send the caller to another offer. If the lease does
         // not come now, recovery keeps asking the provider for it.
-        self.complete_payment(&hex::encode(hash), 3)
+        self.complete_payment_locked(&hex::encode(hash), 3)
             .await
             .map_err(|e| MarketError::AwaitingLease(format!("lease {}: {e}", pay.lease_id)))
     }
@@ -128,38 +128,49 @@ impl Renter {
         }
     }
 
-    pub(super) fn check_lease(
+    /// Verifies a signed lease from `peer` for `lease_id` (plus the `extra` checks); a bad one
+    /// is audited.
+    pub(super) async fn check_lease(
         &self,
         peer: PeerId,
         signed: &Signed<Lease>,
         lease_id: &str,
         extra: impl Fn(&Lease) -> Result<(), String>,
     ) -> Result<Lease, MarketError> {
-        let bad = |reason: String| {
-            self.audit(
-                AuditKind::Error,
-                json!({"lease_id": lease_id, "error": format!("bad lease: {reason}")}),
-            );
-            MarketError::BadSigned {
-                what: "lease",
-                reason,
+        let checked = signed
+            .verify_from(&peer)
+            .map_err(|e| e.to_string())
+            .and_then(|lease| {
+                if lease.lease_id != lease_id
+                    || lease.provider != peer.to_string()
+                    || lease.renter != self.inner.peer_id.to_string()
+                {
+                    return Err("lease names another lease, provider or renter".to_owned());
+                }
+                extra(&lease)?;
+                Ok(lease)
+            });
+        match checked {
+            Ok(lease) => Ok(lease),
+            Err(reason) => {
+                self.audit(
+                    AuditKind::Error,
+                    json!({"lease_id": lease_id, "error": format!("bad lease: {reason}")}),
+                )
+                .await;
+                Err(MarketError::BadSigned {
+                    what: "lease",
+                    reason,
+                })
             }
-        };
-        let lease = signed.verify_from(&peer).map_err(|e| bad(e.to_string()))?;
-        if lease.lease_id != lease_id
-            || lease.provider != peer.to_string()
-            || lease.renter != self.inner.peer_id.to_string()
-        {
-            return Err(bad("lease names another lease, provider or renter".into()));
         }
-        extra(&lease).map_err(bad)?;
-        Ok(lease)
     }
 
     /// Buys `amount` sat more credit for a lease; returns it as the provider re-signed it.
     pub async fn add_credit(&self, lease_id: &str, amount: Sats) -> Result<Rental, MarketError> {
-        let _op = self.inner.op_lock.lock().await;
-        self.top_up(lease_id, amount, false).await
+        let id = self.rental(lease_id)?.lease.lease_id;
+        let _lease = self.inner.lease_locks.lock(&id).await;
+        self.top_up(&id, amount, false).await
     }
 
     /// Asks the provider for a top-up invoice for a lease that is not released, and builds the
@@ -215,7 +226,7 @@ impl Renter {
         Ok((pay, commitment))
     }
 
-    /// A top-up paid by our node; the caller holds the operation lock.
+    /// A top-up paid by our node; the caller holds the lease's lock.
     pub(super) async fn top_up(
         &self,
         lease_id: &str,
@@ -225,7 +236,7 @@ impl Renter {
         let rental = self.rental(lease_id)?;
         let (pay, commitment) = self.request_topup(&rental, amount).await?;
         // Top-up invoices must come from the LN node of the offer the lease was made under.
-        let hash = self
+        let (hash, _paying) = self
             .pay_checked(PayPlan {
                 pay: &pay,
                 commitment: &commitment,
@@ -234,14 +245,15 @@ impl Renter {
                 autopay,
             })
             .await?;
-        self.complete_payment(&hex::encode(hash), 3)
+        self.complete_payment_locked(&hex::encode(hash), 3)
             .await
             .map_err(|e| MarketError::AwaitingLease(format!("lease {lease_id}: {e}")))
     }
 
     /// Asks the provider for the lease's state and records it.
     pub async fn refresh(&self, lease_id: &str) -> Result<Rental, MarketError> {
-        let mut rental = self.rental(lease_id)?;
+        let rental = self.rental(lease_id)?;
+        let id = rental.lease.lease_id.clone();
         let peer: PeerId = rental
             .lease
             .provider
@@ -253,23 +265,39 @@ impl Renter {
             .request(
                 peer,
                 Message::StatusRequest(StatusRequest {
-                    lease_id: rental.lease.lease_id.clone(),
+                    lease_id: id.clone(),
                 }),
             )
             .await?
             .0;
         match reply {
             Message::Status(s) => {
-                rental.state = s.state;
-                if let Some(signed) = s.lease {
-                    let l = self.check_lease(peer, &signed, &rental.lease.lease_id, |_| Ok(()))?;
-                    if l.revision >= rental.lease.revision {
-                        rental.lease = l;
-                        rental.signed = signed;
-                    }
-                }
-                self.inner.rentals.put(&rental.lease.lease_id, &rental)?;
-                Ok(rental)
+                let newer = match &s.lease {
+                    Some(signed) => Some((
+                        self.check_lease(peer, signed, &id, |_| Ok(())).await?,
+                        signed.clone(),
+                    )),
+                    None => None,
+                };
+                // The provider's view is adopted as it is: it keeps the one ledger.
+                let updated = self
+                    .inner
+                    .rentals
+                    .update(&id, |cur| {
+                        let mut r = cur
+                            .cloned()
+                            .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+                        r.state = s.state;
+                        if let Some((l, signed)) = &newer
+                            && l.revision >= r.lease.revision
+                        {
+                            r.lease = l.clone();
+                            r.signed = signed.clone();
+                        }
+                        Ok(Some(r))
+                    })
+                    .await?;
+                updated.ok_or_else(|| MarketError::NotFound(format!("lease {id}")))
             }
             Message::Error(e) => Err(MarketError::Refused {
                 code: e.code,

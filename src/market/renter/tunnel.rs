@@ -3,8 +3,11 @@
 use super::*;
 
 impl Renter {
-    pub(super) fn free_iface(&self) -> Result<String, MarketError> {
-        let used: Vec<String> = self
+    /// Picks an interface name no unreleased rental uses and no lease being applied right now
+    /// has claimed. The claim lasts until the returned guard is dropped (after the rental is
+    /// stored), so two rentals completing at once never share an interface.
+    pub(super) fn claim_iface(&self) -> Result<IfaceClaim, MarketError> {
+        let mut used: Vec<String> = self
             .inner
             .rentals
             .all()?
@@ -12,14 +15,26 @@ impl Renter {
             .filter(|(_, r)| r.state != LeaseState::Released)
             .map(|(_, r)| r.iface)
             .collect();
+        let mut claims = self
+            .inner
+            .iface_claims
+            .lock()
+            .expect("interface claims not poisoned");
+        used.extend(claims.iter().cloned());
         let base = &self.inner.iface;
-        if !used.contains(base) {
-            return Ok(base.clone());
-        }
-        (1..100)
-            .map(|n| format!("{}{n}", base.trim_end_matches(|c: char| c.is_ascii_digit())))
-            .find(|n| !used.contains(n) && n.len() <= 15)
-            .ok_or_else(|| MarketError::Invalid("no free interface name".into()))
+        let name = if !used.contains(base) {
+            base.clone()
+        } else {
+            (1..100)
+                .map(|n| format!("{}{n}", base.trim_end_matches(|c: char| c.is_ascii_digit())))
+                .find(|n| !used.contains(n) && n.len() <= 15)
+                .ok_or_else(|| MarketError::Invalid("no free interface name".into()))?
+        };
+        claims.insert(name.clone());
+        Ok(IfaceClaim {
+            name,
+            renter: self.clone(),
+        })
     }
 
     /// The policy-routing table of `iface`: each renter interface needs its own, or two leases
@@ -102,6 +117,23 @@ impl Renter {
             }
         }
         Ok(())
+    }
+}
+
+/// An interface name held for a lease being applied; released on drop.
+pub(super) struct IfaceClaim {
+    pub(super) name: String,
+    renter: Renter,
+}
+
+impl Drop for IfaceClaim {
+    fn drop(&mut self) {
+        self.renter
+            .inner
+            .iface_claims
+            .lock()
+            .expect("interface claims not poisoned")
+            .remove(&self.name);
     }
 }
 
