@@ -43,6 +43,7 @@ use crate::tunnel::Tunnel;
 use crate::tunnel::config::TunnelBackendKind;
 use crate::tunnel::file::FileTunnel;
 use crate::tunnel::wireguard::WireGuardTunnel;
+use crate::types::{Clock, SystemClock};
 use crate::wire::Message;
 use config::Role;
 
@@ -146,6 +147,9 @@ pub struct Backends {
     pub lightning: Arc<dyn LightningNode>,
     /// The tunnel backend.
     pub tunnel: Arc<dyn Tunnel>,
+    /// Where market time comes from: [`SystemClock`] in the daemon, a
+    /// [`ManualClock`](crate::types::ManualClock) in tests that move time on.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -180,6 +184,7 @@ impl Backends {
         Ok(Backends {
             lightning: Arc::new(ln),
             tunnel,
+            clock: Arc::new(SystemClock),
         })
     }
 }
@@ -275,6 +280,7 @@ impl Node {
         let Backends {
             lightning: ln,
             tunnel,
+            clock,
         } = backends;
         let info = ln.get_info().await?;
         if info.network != cfg.lightning.network {
@@ -310,45 +316,51 @@ impl Node {
         )?;
 
         let provider = if cfg.has_role(Role::Provider) {
-            let p = Provider::new(ProviderParams {
-                key: identity.signing_key.clone(),
-                cfg: cfg.provider.clone(),
-                network: cfg.lightning.network.clone(),
-                ln_pubkey: info.pubkey.clone(),
-                wg_private: wg.private,
-                wg_public: wg.public,
-                iface: cfg.tunnel.interface.clone(),
-                listen_port: cfg.tunnel.listen_port,
-                ln: ln.clone(),
-                tunnel: tunnel.clone(),
-                audit: audit.clone(),
-                db: db.clone(),
-            })?;
+            let p = Provider::with_clock(
+                ProviderParams {
+                    key: identity.signing_key.clone(),
+                    cfg: cfg.provider.clone(),
+                    network: cfg.lightning.network.clone(),
+                    ln_pubkey: info.pubkey.clone(),
+                    wg_private: wg.private,
+                    wg_public: wg.public,
+                    iface: cfg.tunnel.interface.clone(),
+                    listen_port: cfg.tunnel.listen_port,
+                    ln: ln.clone(),
+                    tunnel: tunnel.clone(),
+                    audit: audit.clone(),
+                    db: db.clone(),
+                },
+                clock.clone(),
+            )?;
             p.start().await?;
             Some(p)
         } else {
             None
         };
         let renter = if cfg.has_role(Role::Renter) {
-            let r = Renter::new(RenterParams {
-                key: identity.signing_key.clone(),
-                cfg: cfg.renter.clone(),
-                network: cfg.lightning.network.clone(),
-                fee_limit_sat: cfg.lightning.fee_limit_sat,
-                fee_limit_ppm: cfg.lightning.fee_limit_ppm,
-                payment_timeout_secs: cfg.lightning.payment_timeout_secs,
-                wg_private: wg.private,
-                wg_public: wg.public,
-                iface: cfg.tunnel.interface.clone(),
-                keepalive: cfg.tunnel.persistent_keepalive_secs,
-                conf_dir: data_dir.wireguard_dir(),
-                etc_wireguard: etc_wireguard(&cfg),
-                ln: ln.clone(),
-                tunnel: tunnel.clone(),
-                audit: audit.clone(),
-                peers: Arc::new(NetPeers(net_client.clone())),
-                db: db.clone(),
-            })?;
+            let r = Renter::with_clock(
+                RenterParams {
+                    key: identity.signing_key.clone(),
+                    cfg: cfg.renter.clone(),
+                    network: cfg.lightning.network.clone(),
+                    fee_limit_sat: cfg.lightning.fee_limit_sat,
+                    fee_limit_ppm: cfg.lightning.fee_limit_ppm,
+                    payment_timeout_secs: cfg.lightning.payment_timeout_secs,
+                    wg_private: wg.private,
+                    wg_public: wg.public,
+                    iface: cfg.tunnel.interface.clone(),
+                    keepalive: cfg.tunnel.persistent_keepalive_secs,
+                    conf_dir: data_dir.wireguard_dir(),
+                    etc_wireguard: etc_wireguard(&cfg),
+                    ln: ln.clone(),
+                    tunnel: tunnel.clone(),
+                    audit: audit.clone(),
+                    peers: Arc::new(NetPeers(net_client.clone())),
+                    db: db.clone(),
+                },
+                clock.clone(),
+            )?;
             r.start().await?;
             Some(r)
         } else {

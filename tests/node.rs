@@ -18,6 +18,7 @@ use leasewire::lightning::testing::MemNetwork;
 use leasewire::market::renter::RentArgs;
 use leasewire::node::{Backends, DaemonLock, Node, NodeError, NodeHandle};
 use leasewire::tunnel::FileTunnel;
+use leasewire::types::SystemClock;
 use leasewire::wire::LeaseState;
 
 /// A config for one node of the test market: loopback only, file tunnels, short intervals so
@@ -42,6 +43,7 @@ async fn start(dir: &Path, cfg: Config, ln: &MemNetwork, ln_name: &str) -> NodeH
     let backends = Backends {
         lightning: Arc::new(ln.node(ln_name).unwrap()),
         tunnel: Arc::new(FileTunnel::new(dir.tunnel_dir()).unwrap()),
+        clock: Arc::new(SystemClock),
     };
     let lock = DaemonLock::acquire(&dir).unwrap();
     Node::start(lock, cfg, backends).await.unwrap()
