@@ -233,11 +233,13 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
     let mut tasks = JoinSet::new();
     tasks.spawn(event_loop.run(shutdown.clone()));
 
-    audit.append(
-        AuditKind::NodeStarted,
-        &json!({"peer_id": identity.peer_id.to_string(), "roles": cfg.node.roles,
-                "ln_pubkey": info.pubkey, "public_market": public_market}),
-    )?;
+    audit
+        .append_async(
+            AuditKind::NodeStarted,
+            &json!({"peer_id": identity.peer_id.to_string(), "roles": cfg.node.roles,
+                    "ln_pubkey": info.pubkey, "public_market": public_market}),
+        )
+        .await?;
 
     let provider = if cfg.has_role(Role::Provider) {
         let p = Provider::new(ProviderParams {
@@ -377,7 +379,8 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
                             &audit,
                             AuditKind::MembershipOk,
                             json!({"peer": peer.to_string()}),
-                        );
+                        )
+                        .await;
                     }
                     NetEvent::MembershipRefused {
                         peer,
@@ -388,14 +391,16 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
                             &audit,
                             AuditKind::MembershipRefused,
                             json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason}),
-                        );
+                        )
+                        .await;
                     }
                     NetEvent::BadMessage { peer, reason } => {
                         log_audit(
                             &audit,
                             AuditKind::PeerRefused,
                             json!({"peer": peer.to_string(), "reason": reason}),
-                        );
+                        )
+                        .await;
                     }
                 }
             }
@@ -446,11 +451,13 @@ pub async fn run_daemon(data_dir: &Path) -> Result<(), NodeError> {
     {
         tracing::warn!(error = %e, "could not remove the tunnels of suspended leases");
     }
-    audit.append(
-        AuditKind::NodeStopped,
-        &json!({"peer_id": identity.peer_id.to_string()}),
-    )?;
-    audit.flush()?;
+    audit
+        .append_async(
+            AuditKind::NodeStopped,
+            &json!({"peer_id": identity.peer_id.to_string()}),
+        )
+        .await?;
+    audit.flush_async().await?;
     db.flush().map_err(|e| NodeError::Db {
         path: db_dir,
         reason: e.to_string(),
