@@ -1,7 +1,7 @@
 //! Full verification of an audit tree (format in the parent module docs).
 //!
-//! The tree is read in order in windows of [`WINDOW`] entries. Each window is split into one
-//! chunk per core; a chunk decodes its entries, checks seqs, links and hashes in order, then
+//! The tree is read in order in windows of [`WINDOW`] entries, the next one while the current
+//! one is checked. Each window is split into one chunk per core; a chunk decodes its entries, checks seqs, links and hashes in order, then
 //! checks the signatures of the entries that passed with Ed25519 batch verification, falling
 //! back to one strict check per entry when a batch fails so the first bad entry is named
 //! exactly. The chunks' results are then merged in seq order (including the link between the
@@ -20,7 +20,7 @@ const WINDOW: usize = if cfg!(test) { 700 } else { 16 * 1024 };
 const MIN_CHUNK: usize = if cfg!(test) { 100 } else { 512 };
 /// Signatures per `verify_batch` call: large enough for the multiscalar speed-up, small
 /// enough that the per-entry fallback after a failed batch stays cheap.
-const SIG_BATCH: usize = if cfg!(test) { 64 } else { 256 };
+const SIG_BATCH: usize = if cfg!(test) { 64 } else { 512 };
 
 const SIG_REASON: &str = "signature does not verify against the signer key";
 
@@ -61,7 +61,6 @@ pub fn verify(tree: &sled::Tree, signer: &VerifyingKey) -> VerifyReport {
     let mut expected: u64 = 0;
     let mut prev_hash = GENESIS_PREV_HASH;
     let mut iter = tree.iter();
-    let mut window: Vec<(u64, sled::IVec)> = Vec::with_capacity(WINDOW);
 
     let fail = |seq: u64, reason: String, prev_hash: [u8; 32]| {
         tracing::warn!(seq, %reason, "audit log verification failed");
@@ -73,47 +72,29 @@ pub fn verify(tree: &sled::Tree, signer: &VerifyingKey) -> VerifyReport {
         }
     };
 
+    let mut window = read_window(&mut iter, &mut expected);
     loop {
-        // Read a window in order. Problems with the keys themselves end the scan; they are
-        // reported only if every entry before them verifies.
-        window.clear();
-        let mut stop: Option<(u64, String)> = None;
-        let mut exhausted = false;
-        while window.len() < WINDOW {
-            let Some(item) = iter.next() else {
-                exhausted = true;
-                break;
-            };
-            let (k, v) = match item {
-                Ok(kv) => kv,
-                Err(e) => {
-                    stop = Some((expected, format!("store error: {e}")));
-                    break;
-                }
-            };
-            let Some(seq) = key_seq(&k) else {
-                stop = Some((
-                    expected,
-                    format!("storage key of {} bytes, expected 8", k.len()),
-                ));
-                break;
-            };
-            if seq != expected {
-                // Keys are iterated in order, so a larger key means `expected` was removed.
-                stop = Some((
-                    expected,
-                    format!("entry {expected} is missing (next stored entry is {seq})"),
-                ));
-                break;
-            }
-            window.push((seq, v));
-            // Seqs are contiguous from 0, so u64::MAX cannot be reached by a real log.
-            expected = expected.saturating_add(1);
-        }
-
-        let chunk_len = window.len().div_ceil(threads).max(MIN_CHUNK);
-        let outcomes = check_chunks(&window, chunk_len, signer);
-        for (chunk, outcome) in window.chunks(chunk_len).zip(outcomes) {
+        let chunk_len = window.entries.len().div_ceil(threads).max(MIN_CHUNK);
+        let last = window.stop.is_some() || window.exhausted;
+        // Check this window on every core while this thread reads the next one.
+        let (outcomes, next) = std::thread::scope(|s| {
+            let handles: Vec<_> = window
+                .entries
+                .chunks(chunk_len)
+                .map(|chunk| s.spawn(move || check_chunk(chunk, signer)))
+                .collect();
+            let next = (!last).then(|| read_window(&mut iter, &mut expected));
+            let outcomes: Vec<ChunkOutcome> = handles
+                .into_iter()
+                .map(|h| match h.join() {
+                    Ok(outcome) => outcome,
+                    // A panic while checking is a bug; propagate it as one.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect();
+            (outcomes, next)
+        });
+        for (chunk, outcome) in window.entries.chunks(chunk_len).zip(outcomes) {
             let first_seq = chunk.first().map_or(0, |(seq, _)| *seq);
             if let Some(first_prev) = outcome.first_prev
                 && first_prev != prev_hash
@@ -126,11 +107,12 @@ pub fn verify(tree: &sled::Tree, signer: &VerifyingKey) -> VerifyReport {
             }
             prev_hash = outcome.last_hash;
         }
-        if let Some((seq, reason)) = stop {
+        if let Some((seq, reason)) = window.stop {
             return fail(seq, reason, prev_hash);
         }
-        if exhausted {
-            break;
+        match next {
+            Some(n) => window = n,
+            None => break,
         }
     }
 
@@ -140,6 +122,59 @@ pub fn verify(tree: &sled::Tree, signer: &VerifyingKey) -> VerifyReport {
         entries: expected,
         first_bad: None,
         head_hash: hex::encode(prev_hash),
+    }
+}
+
+/// Up to [`WINDOW`] consecutive stored entries, read in key order.
+struct Window {
+    entries: Vec<(u64, sled::IVec)>,
+    /// A problem with the keys themselves (store error, bad key, gap) that ended the read:
+    /// reported only if every entry before it verifies.
+    stop: Option<(u64, String)>,
+    /// The tree has no more entries.
+    exhausted: bool,
+}
+
+/// Reads the next window; `expected` is the seq the next stored key must have.
+fn read_window(iter: &mut sled::Iter, expected: &mut u64) -> Window {
+    let mut entries = Vec::with_capacity(WINDOW);
+    let mut stop = None;
+    let mut exhausted = false;
+    while entries.len() < WINDOW {
+        let Some(item) = iter.next() else {
+            exhausted = true;
+            break;
+        };
+        let (k, v) = match item {
+            Ok(kv) => kv,
+            Err(e) => {
+                stop = Some((*expected, format!("store error: {e}")));
+                break;
+            }
+        };
+        let Some(seq) = key_seq(&k) else {
+            stop = Some((
+                *expected,
+                format!("storage key of {} bytes, expected 8", k.len()),
+            ));
+            break;
+        };
+        if seq != *expected {
+            // Keys are iterated in order, so a larger key means `expected` was removed.
+            stop = Some((
+                *expected,
+                format!("entry {expected} is missing (next stored entry is {seq})"),
+            ));
+            break;
+        }
+        entries.push((seq, v));
+        // Seqs are contiguous from 0, so u64::MAX cannot be reached by a real log.
+        *expected = expected.saturating_add(1);
+    }
+    Window {
+        entries,
+        stop,
+        exhausted,
     }
 }
 
@@ -160,33 +195,6 @@ struct ChunkFailure {
     reason: String,
     /// Hash of the entry before it in the chunk (`None` when it is the chunk's first).
     hash_before: Option<[u8; 32]>,
-}
-
-/// Checks `window` in chunks of `chunk_len`, one per thread, returning outcomes in order.
-fn check_chunks(
-    window: &[(u64, sled::IVec)],
-    chunk_len: usize,
-    signer: &VerifyingKey,
-) -> Vec<ChunkOutcome> {
-    let mut chunks = window.chunks(chunk_len);
-    let Some(first) = chunks.next() else {
-        return Vec::new();
-    };
-    std::thread::scope(|s| {
-        let others: Vec<_> = chunks
-            .map(|chunk| s.spawn(move || check_chunk(chunk, signer)))
-            .collect();
-        // This thread takes the first chunk instead of waiting idle.
-        let mut outcomes = vec![check_chunk(first, signer)];
-        for h in others {
-            match h.join() {
-                Ok(outcome) => outcomes.push(outcome),
-                // A panic while checking is a bug; propagate it as one.
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        outcomes
-    })
 }
 
 /// Checks consecutive entries: in order the seq, link, and hash of each, then the signatures

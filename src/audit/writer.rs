@@ -25,7 +25,7 @@ pub(super) const MAX_GROUP_ENTRIES: usize = 4096;
 /// Below this many entries a group is signed on the writer thread alone; above it, the
 /// signatures are spread over the available cores (spawning scoped threads costs tens of
 /// microseconds, about one signature each).
-const PARALLEL_SIGN_MIN: usize = 128;
+const PARALLEL_SIGN_MIN: usize = 32;
 
 /// Reply channel of a request.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, AuditError>>;
