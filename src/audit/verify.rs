@@ -20,7 +20,7 @@ const WINDOW: usize = if cfg!(test) { 700 } else { 16 * 1024 };
 const MIN_CHUNK: usize = if cfg!(test) { 100 } else { 512 };
 /// Signatures per `verify_batch` call: large enough for the multiscalar speed-up, small
 /// enough that the per-entry fallback after a failed batch stays cheap.
-const SIG_BATCH: usize = if cfg!(test) { 64 } else { 512 };
+const SIG_BATCH: usize = if cfg!(test) { 64 } else { 1024 };
 
 const SIG_REASON: &str = "signature does not verify against the signer key";
 

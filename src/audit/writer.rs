@@ -22,6 +22,10 @@ use super::{AuditEntry, AuditError, AuditKind, entry_hash, now_ms, seq_key};
 /// and the memory of one sled batch.
 pub(super) const MAX_GROUP_ENTRIES: usize = 4096;
 
+/// How many times in a row the writer yields its core without a new arrival before it stops
+/// waiting for a group to grow back to the previous group's size (see [`Writer::run`]).
+const LINGER_YIELDS: u32 = 16;
+
 /// Below this many entries a group is signed on the writer thread alone; above it, the
 /// signatures are spread over the available cores (spawning scoped threads costs tens of
 /// microseconds, about one signature each).
@@ -95,6 +99,45 @@ pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
 }
 
+/// Requests collected for one commit.
+struct Group {
+    requests: Vec<Request>,
+    entries: usize,
+    closing: bool,
+}
+
+impl Group {
+    fn new(first: Request) -> Self {
+        Group {
+            entries: first.entry_count(),
+            closing: matches!(first, Request::Close { .. }),
+            requests: vec![first],
+        }
+    }
+
+    /// Whether more requests may join: not after a close, and not past the size bound.
+    fn is_open(&self) -> bool {
+        !self.closing && self.entries < MAX_GROUP_ENTRIES
+    }
+
+    /// Takes the requests already queued while the group is open; whether any was taken.
+    fn take_queued(&mut self, rx: &Receiver<Request>) -> bool {
+        let mut took = false;
+        while self.is_open() {
+            match rx.try_recv() {
+                Ok(req) => {
+                    self.entries += req.entry_count();
+                    self.closing = matches!(req, Request::Close { .. });
+                    self.requests.push(req);
+                    took = true;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        took
+    }
+}
+
 /// An entry whose place in the chain is fixed but which is not signed yet.
 struct Unsigned {
     seq: u64,
@@ -108,23 +151,30 @@ struct Unsigned {
 impl Writer {
     /// The thread body: runs until every handle is gone or a `Close` was served.
     pub(super) fn run(mut self, rx: Receiver<Request>) {
+        // Requests in the previous group: the number of appenders that were waiting together.
+        let mut previous = 0usize;
         while let Ok(first) = rx.recv() {
             #[cfg(test)]
             self.shared.hooks.wait_until_released();
-            let mut entries = first.entry_count();
-            let mut closing = matches!(first, Request::Close { .. });
-            let mut group = vec![first];
-            while !closing && entries < MAX_GROUP_ENTRIES {
-                match rx.try_recv() {
-                    Ok(req) => {
-                        entries += req.entry_count();
-                        closing = matches!(req, Request::Close { .. });
-                        group.push(req);
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            let mut group = Group::new(first);
+            group.take_queued(&rx);
+            // The appenders just answered are resubmitting: the first of them wakes this
+            // thread before the others have sent. Yielding the core a few times lets them
+            // join this group instead of each paying a flush of its own. A lone appender
+            // never waits (the previous group had one request), and the wait ends as soon as
+            // arrivals stop.
+            let mut idle = 0;
+            while group.is_open() && group.requests.len() < previous && idle < LINGER_YIELDS {
+                std::thread::yield_now();
+                if group.take_queued(&rx) {
+                    idle = 0;
+                } else {
+                    idle += 1;
                 }
             }
-            self.commit(group);
+            previous = group.requests.len();
+            let closing = group.closing;
+            self.commit(group.requests);
             if closing {
                 // Whatever was queued behind the close is refused, not silently dropped.
                 while let Ok(req) = rx.try_recv() {
