@@ -1,12 +1,15 @@
 //! Full verification of an audit tree (format in the parent module docs).
 //!
 //! The tree is read in order in windows of [`WINDOW`] entries, the next one while the current
-//! one is checked. Each window is split into one chunk per core; a chunk decodes its entries, checks seqs, links and hashes in order, then
+//! one is checked. Each window is split into chunks of [`CHUNK`] entries that one thread per
+//! core (and the reading thread, once it is done) take in turn. A chunk decodes its entries, checks seqs, links and hashes in order, then
 //! checks the signatures of the entries that passed with Ed25519 batch verification, falling
 //! back to one strict check per entry when a batch fails so the first bad entry is named
 //! exactly. The chunks' results are then merged in seq order (including the link between the
 //! last entry of one chunk and the first of the next), so the report is the one a single
 //! sequential pass would give.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ed25519_dalek::{Signature, VerifyingKey, verify_batch};
 use serde::Serialize;
@@ -16,8 +19,8 @@ use super::{AuditEntry, GENESIS_PREV_HASH, key_seq, sig_message};
 /// Entries read before the checks of a window start; bounds memory for long logs. (Small in
 /// tests, so that short logs exercise several windows, chunks and signature batches.)
 const WINDOW: usize = if cfg!(test) { 700 } else { 16 * 1024 };
-/// A window is not split into chunks smaller than this (threads cost more than they save).
-const MIN_CHUNK: usize = if cfg!(test) { 100 } else { 512 };
+/// Entries per chunk, the unit of work a thread takes (two signature batches).
+const CHUNK: usize = if cfg!(test) { 100 } else { 2048 };
 /// Signatures per `verify_batch` call: large enough for the multiscalar speed-up, small
 /// enough that the per-entry fallback after a failed batch stays cheap.
 const SIG_BATCH: usize = if cfg!(test) { 64 } else { 1024 };
@@ -74,28 +77,37 @@ pub fn verify(tree: &sled::Tree, signer: &VerifyingKey) -> VerifyReport {
 
     let mut window = read_window(&mut iter, &mut expected);
     loop {
-        let chunk_len = window.entries.len().div_ceil(threads).max(MIN_CHUNK);
         let last = window.stop.is_some() || window.exhausted;
-        // Check this window on every core while this thread reads the next one.
-        let (outcomes, next) = std::thread::scope(|s| {
-            let handles: Vec<_> = window
-                .entries
-                .chunks(chunk_len)
-                .map(|chunk| s.spawn(move || check_chunk(chunk, signer)))
-                .collect();
+        let chunks: Vec<&[(u64, sled::IVec)]> = window.entries.chunks(CHUNK).collect();
+        let next_chunk = AtomicUsize::new(0);
+        // Workers take chunks in turn until none is left, so a worker that the OS preempts
+        // does not leave the others idle at the end of the window.
+        let work = || {
+            let mut done = Vec::new();
+            while let Some(chunk) = chunks.get(next_chunk.fetch_add(1, Ordering::Relaxed)) {
+                done.push((
+                    chunk.first().map_or(0, |(seq, _)| *seq),
+                    check_chunk(chunk, signer),
+                ));
+            }
+            done
+        };
+        // Check this window on every core while this thread reads the next one, then help.
+        let (mut outcomes, next) = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
             let next = (!last).then(|| read_window(&mut iter, &mut expected));
-            let outcomes: Vec<ChunkOutcome> = handles
-                .into_iter()
-                .map(|h| match h.join() {
-                    Ok(outcome) => outcome,
+            let mut outcomes = work();
+            for h in handles {
+                match h.join() {
+                    Ok(done) => outcomes.extend(done),
                     // A panic while checking is a bug; propagate it as one.
                     Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect();
+                }
+            }
             (outcomes, next)
         });
-        for (chunk, outcome) in window.entries.chunks(chunk_len).zip(outcomes) {
-            let first_seq = chunk.first().map_or(0, |(seq, _)| *seq);
+        outcomes.sort_unstable_by_key(|(first_seq, _)| *first_seq);
+        for (first_seq, outcome) in outcomes {
             if let Some(first_prev) = outcome.first_prev
                 && first_prev != prev_hash
             {
@@ -568,9 +580,11 @@ mod tests {
         let (_dir, _db, log) = batch_log(1500);
         let tree = log.tree();
         let signer = test_key(1).verifying_key();
-        // Window, chunk and signature-batch edges (windows of 700 in tests, chunks of 350 on
-        // two cores, batches of 64), and the ends of the log.
-        let positions = [0u64, 1, 63, 64, 349, 350, 351, 699, 700, 701, 1050, 1499];
+        // Window, chunk and signature-batch edges (in tests: windows of 700, chunks of 100,
+        // batches of 64), and the ends of the log.
+        let positions = [
+            0u64, 1, 63, 64, 99, 100, 101, 350, 699, 700, 701, 1050, 1499,
+        ];
         type Damage = fn(&sled::Tree, u64);
         let damages: [(&str, Damage); 7] = [
             ("signature", |t, s| rewrite(t, s, |e| e.sig[0] ^= 1)),
