@@ -214,6 +214,8 @@ const AUDIT_PER_APPENDER: u64 = 100;
 /// Batches of `AUDIT_BATCH` entries in the batch run.
 const AUDIT_BATCHES: u64 = 50;
 const AUDIT_BATCH: u64 = 1000;
+/// Rounds of every audit phase; the best round is reported.
+const AUDIT_ROUNDS: u64 = 3;
 /// Signatures in the single-thread ed25519 baseline.
 const ED25519_OPS: usize = 20_000;
 
@@ -248,7 +250,10 @@ fn anchor_event(i: u64) -> AnchorEvent {
 /// reopen, full verification, export, and a single-thread ed25519 baseline.
 ///
 /// Appends go through the log's writer thread, which group-commits: every append is flushed
-/// before it is acknowledged, and appends that are queued together share one flush.
+/// before it is acknowledged, and appends that are queued together share one flush. The host
+/// is shared and noisy, so each throughput is the best of [`AUDIT_ROUNDS`] rounds (the
+/// phases alternate, so every phase sees the same conditions), and so is the ed25519
+/// baseline it is compared with.
 fn bench_audit() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("tempdir")?;
     let path = dir.path().join("db");
@@ -266,20 +271,68 @@ fn bench_audit() -> anyhow::Result<()> {
         ciborium::into_writer(&anchor_event(AUDIT_ENTRIES), &mut body)?;
         println!("audit_payload_bytes: {}", body.len());
 
-        // One appender awaiting each entry, with per-append latency.
-        let (elapsed, mut latencies) = rt.block_on(async {
-            let mut latencies = Vec::with_capacity(AUDIT_ENTRIES as usize);
-            let start = Instant::now();
-            for i in 0..AUDIT_ENTRIES {
-                let t = Instant::now();
-                log.append_async(AuditKind::OfferSeen, &anchor_event(i))
-                    .await?;
-                latencies.push(t.elapsed());
-            }
-            anyhow::Ok((start.elapsed(), latencies))
-        })?;
-        println!("audit_entries: {AUDIT_ENTRIES}");
-        let single = per_sec(AUDIT_ENTRIES, elapsed);
+        let (mut single, mut concurrent, mut batch) = (0f64, 0f64, 0f64);
+        let mut latencies = Vec::new();
+        let mut appended = 0;
+        for round in 0..AUDIT_ROUNDS {
+            // One appender awaiting each entry, with per-append latency.
+            let elapsed = rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..AUDIT_ENTRIES {
+                    let t = Instant::now();
+                    log.append_async(AuditKind::OfferSeen, &anchor_event(i))
+                        .await?;
+                    latencies.push(t.elapsed());
+                }
+                anyhow::Ok(start.elapsed())
+            })?;
+            single = single.max(per_sec(AUDIT_ENTRIES, elapsed));
+
+            // 64 concurrent appenders, each awaiting durability of every append.
+            let total = AUDIT_APPENDERS * AUDIT_PER_APPENDER;
+            let elapsed = rt.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..AUDIT_APPENDERS)
+                    .map(|t| {
+                        let log = log.clone();
+                        tokio::spawn(async move {
+                            for i in 0..AUDIT_PER_APPENDER {
+                                log.append_async(
+                                    AuditKind::OfferSeen,
+                                    &anchor_event(round * 10_000_000 + t * 1_000_000 + i),
+                                )
+                                .await?;
+                            }
+                            anyhow::Ok(())
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.context("appender task")??;
+                }
+                anyhow::Ok(start.elapsed())
+            })?;
+            concurrent = concurrent.max(per_sec(total, elapsed));
+
+            // Batches of 1000, each awaited.
+            let batched = AUDIT_BATCHES * AUDIT_BATCH;
+            let elapsed = rt.block_on(async {
+                let start = Instant::now();
+                for b in 0..AUDIT_BATCHES {
+                    let entries = (0..AUDIT_BATCH)
+                        .map(|i| (AuditKind::OfferSeen, anchor_event(b * AUDIT_BATCH + i)))
+                        .collect();
+                    let range = log.append_batch(entries).await?;
+                    ensure!(range.end - range.start == AUDIT_BATCH, "short batch");
+                }
+                anyhow::Ok(start.elapsed())
+            })?;
+            batch = batch.max(per_sec(batched, elapsed));
+            appended += AUDIT_ENTRIES + total + batched;
+        }
+        ensure!(log.len() == appended, "unexpected log length");
+
+        println!("audit_rounds: {AUDIT_ROUNDS} (best round shown)");
         println!("audit_append_per_sec: {single:.0}");
         latencies.sort_unstable();
         println!(
@@ -290,64 +343,19 @@ fn bench_audit() -> anyhow::Result<()> {
             "audit_append_p99_us: {}",
             percentile(&latencies, 99).as_micros()
         );
+        println!("audit_append_concurrent_per_sec: {concurrent:.0} ({AUDIT_APPENDERS} appenders)");
+        println!(
+            "audit_append_concurrent_vs_single: {:.1}x",
+            concurrent / single
+        );
+        println!("audit_append_batch1000_per_sec: {batch:.0}");
         let size: u64 = log
             .tree()
             .iter()
             .values()
             .map(|v| v.map(|v| v.len() as u64))
             .sum::<Result<u64, _>>()?;
-        println!("audit_entry_bytes_avg: {}", size / AUDIT_ENTRIES);
-
-        // 64 concurrent appenders, each awaiting durability of every append.
-        let total = AUDIT_APPENDERS * AUDIT_PER_APPENDER;
-        let elapsed = rt.block_on(async {
-            let start = Instant::now();
-            let tasks: Vec<_> = (0..AUDIT_APPENDERS)
-                .map(|t| {
-                    let log = log.clone();
-                    tokio::spawn(async move {
-                        for i in 0..AUDIT_PER_APPENDER {
-                            log.append_async(
-                                AuditKind::OfferSeen,
-                                &anchor_event(t * 1_000_000 + i),
-                            )
-                            .await?;
-                        }
-                        anyhow::Ok(())
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.context("appender task")??;
-            }
-            anyhow::Ok(start.elapsed())
-        })?;
-        let concurrent = per_sec(total, elapsed);
-        println!("audit_append_concurrent_per_sec: {concurrent:.0} ({AUDIT_APPENDERS} appenders)");
-        println!(
-            "audit_append_concurrent_vs_single: {:.1}x",
-            concurrent / single
-        );
-
-        // Batches of 1000, each awaited.
-        let batched = AUDIT_BATCHES * AUDIT_BATCH;
-        let elapsed = rt.block_on(async {
-            let start = Instant::now();
-            for b in 0..AUDIT_BATCHES {
-                let entries = (0..AUDIT_BATCH)
-                    .map(|i| (AuditKind::OfferSeen, anchor_event(b * AUDIT_BATCH + i)))
-                    .collect();
-                let range = log.append_batch(entries).await?;
-                ensure!(range.end - range.start == AUDIT_BATCH, "short batch");
-            }
-            anyhow::Ok(start.elapsed())
-        })?;
-        println!(
-            "audit_append_batch1000_per_sec: {:.0}",
-            per_sec(batched, elapsed)
-        );
-        let appended = AUDIT_ENTRIES + total + batched;
-        ensure!(log.len() == appended, "unexpected log length");
+        println!("audit_entry_bytes_avg: {}", size / appended);
         appended
     };
 
@@ -358,23 +366,6 @@ fn bench_audit() -> anyhow::Result<()> {
     println!("audit_open_us: {}", start.elapsed().as_micros());
     let n = log.len();
     ensure!(n == appended, "reopened log has {n} of {appended} entries");
-
-    let start = Instant::now();
-    let report = audit::verify(log.tree(), &key.verifying_key());
-    let elapsed = start.elapsed();
-    ensure!(
-        report.ok,
-        "bench log failed to verify: {:?}",
-        report.first_bad
-    );
-    ensure!(
-        report.entries == n,
-        "verify saw {} of {n} entries",
-        report.entries
-    );
-    println!("audit_verify_entries: {n}");
-    let verify_rate = per_sec(n, elapsed);
-    println!("audit_verify_per_sec: {verify_rate:.0}");
 
     // Baseline: one core, one `verify_strict` per signature, over messages of the size an
     // entry signature covers (domain tag + 32-byte hash).
@@ -387,11 +378,32 @@ fn bench_audit() -> anyhow::Result<()> {
         .collect();
     let signatures: Vec<_> = messages.iter().map(|m| key.sign(m)).collect();
     let public = key.verifying_key();
-    let start = Instant::now();
-    for (m, s) in messages.iter().zip(&signatures) {
-        public.verify_strict(m, s).context("baseline signature")?;
+
+    let (mut verify_rate, mut ed_rate) = (0f64, 0f64);
+    for _ in 0..AUDIT_ROUNDS {
+        let start = Instant::now();
+        let report = audit::verify(log.tree(), &key.verifying_key());
+        let elapsed = start.elapsed();
+        ensure!(
+            report.ok,
+            "bench log failed to verify: {:?}",
+            report.first_bad
+        );
+        ensure!(
+            report.entries == n,
+            "verify saw {} of {n} entries",
+            report.entries
+        );
+        verify_rate = verify_rate.max(per_sec(n, elapsed));
+
+        let start = Instant::now();
+        for (m, s) in messages.iter().zip(&signatures) {
+            public.verify_strict(m, s).context("baseline signature")?;
+        }
+        ed_rate = ed_rate.max(per_sec(ED25519_OPS as u64, start.elapsed()));
     }
-    let ed_rate = per_sec(ED25519_OPS as u64, start.elapsed());
+    println!("audit_verify_entries: {n}");
+    println!("audit_verify_per_sec: {verify_rate:.0}");
     println!("ed25519_verify_msg_bytes: {}", messages[0].len());
     println!("ed25519_verify_per_sec: {ed_rate:.0}");
     println!("audit_verify_vs_ed25519: {:.1}x", verify_rate / ed_rate);
