@@ -13,9 +13,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signer, SigningKey};
 use leasewire::audit::{self, AuditKind, AuditLog};
 use serde::Serialize;
+use sha2::Digest;
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench` (and any filter); every section runs regardless.
@@ -186,12 +187,6 @@ fn bench_netns() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Entries written by the sequential append run (and re-verified/exported).
-const AUDIT_ENTRIES: u64 = 2000;
-/// Threads and entries per thread for the concurrent append run.
-const AUDIT_THREADS: u64 = 4;
-const AUDIT_PER_THREAD: u64 = 500;
-
 /// A payload shaped like a real payment event, so entry sizes are realistic (~350 bytes stored).
 #[derive(Serialize)]
 struct PaymentEvent {
@@ -211,30 +206,134 @@ fn payment_event(i: u64) -> PaymentEvent {
     }
 }
 
-/// Audit log: durable append (one fsync per append), concurrent append, reopen, verify, export.
+/// Entries of the one-appender run.
+const AUDIT_ENTRIES: u64 = 2000;
+/// Concurrent appenders, each awaiting every one of its appends, and appends per appender.
+const AUDIT_APPENDERS: u64 = 64;
+const AUDIT_PER_APPENDER: u64 = 100;
+/// Batches of `AUDIT_BATCH` entries in the batch run.
+const AUDIT_BATCHES: u64 = 50;
+const AUDIT_BATCH: u64 = 1000;
+/// Rounds of every audit phase; the best round is reported.
+const AUDIT_ROUNDS: u64 = 3;
+/// Signatures in the single-thread ed25519 baseline.
+const ED25519_OPS: usize = 20_000;
+
+/// A payload shaped like the Hypercore anchor's entry (../shared/anchors/hypercore.mjs: about
+/// 200 bytes of JSON there, about 190 bytes of CBOR here), so the two logs write comparable
+/// entries.
+#[derive(Serialize)]
+struct AnchorEvent {
+    seq: u64,
+    ts: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    peer: String,
+    item: String,
+    price: u64,
+    note: String,
+}
+
+fn anchor_event(i: u64) -> AnchorEvent {
+    AnchorEvent {
+        seq: i,
+        ts: 1_700_000_000_000 + i,
+        kind: "order",
+        peer: "ab".repeat(32),
+        item: format!("item-{}", i % 977),
+        price: (i * 7919) % 100_000,
+        note: "x".repeat(40),
+    }
+}
+
+/// Audit log: durable appends (one appender; 64 concurrent appenders; batches of 1000),
+/// reopen, full verification, export, and a single-thread ed25519 baseline.
+///
+/// Appends go through the log's writer thread, which group-commits: every append is flushed
+/// before it is acknowledged, and appends that are queued together share one flush. The host
+/// is shared and noisy, so each throughput is the best of [`AUDIT_ROUNDS`] rounds (the
+/// phases alternate, so every phase sees the same conditions), and so is the ed25519
+/// baseline it is compared with.
 fn bench_audit() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("tempdir")?;
     let path = dir.path().join("db");
     let key = SigningKey::from_bytes(&[7u8; 32]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
 
-    {
+    let appended = {
         let db = sled::open(&path).context("open sled")?;
         let log = AuditLog::open(&db, key.clone())?;
+        let mut body = Vec::new();
+        ciborium::into_writer(&anchor_event(AUDIT_ENTRIES), &mut body)?;
+        println!("audit_payload_bytes: {}", body.len());
 
-        // Sequential durable appends, with per-append latency.
-        let mut latencies = Vec::with_capacity(AUDIT_ENTRIES as usize);
-        let start = Instant::now();
-        for i in 0..AUDIT_ENTRIES {
-            let t = Instant::now();
-            log.append(AuditKind::PaymentSucceeded, &payment_event(i))?;
-            latencies.push(t.elapsed());
+        let (mut single, mut concurrent, mut batch) = (0f64, 0f64, 0f64);
+        let mut latencies = Vec::new();
+        let mut appended = 0;
+        for round in 0..AUDIT_ROUNDS {
+            // One appender awaiting each entry, with per-append latency.
+            let elapsed = rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..AUDIT_ENTRIES {
+                    let t = Instant::now();
+                    log.append_async(AuditKind::OfferSeen, &anchor_event(i))
+                        .await?;
+                    latencies.push(t.elapsed());
+                }
+                anyhow::Ok(start.elapsed())
+            })?;
+            single = single.max(per_sec(AUDIT_ENTRIES, elapsed));
+
+            // 64 concurrent appenders, each awaiting durability of every append.
+            let total = AUDIT_APPENDERS * AUDIT_PER_APPENDER;
+            let elapsed = rt.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..AUDIT_APPENDERS)
+                    .map(|t| {
+                        let log = log.clone();
+                        tokio::spawn(async move {
+                            for i in 0..AUDIT_PER_APPENDER {
+                                log.append_async(
+                                    AuditKind::OfferSeen,
+                                    &anchor_event(round * 10_000_000 + t * 1_000_000 + i),
+                                )
+                                .await?;
+                            }
+                            anyhow::Ok(())
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.context("appender task")??;
+                }
+                anyhow::Ok(start.elapsed())
+            })?;
+            concurrent = concurrent.max(per_sec(total, elapsed));
+
+            // Batches of 1000, each awaited.
+            let batched = AUDIT_BATCHES * AUDIT_BATCH;
+            let elapsed = rt.block_on(async {
+                let start = Instant::now();
+                for b in 0..AUDIT_BATCHES {
+                    let entries = (0..AUDIT_BATCH)
+                        .map(|i| (AuditKind::OfferSeen, anchor_event(b * AUDIT_BATCH + i)))
+                        .collect();
+                    let range = log.append_batch(entries).await?;
+                    ensure!(range.end - range.start == AUDIT_BATCH, "short batch");
+                }
+                anyhow::Ok(start.elapsed())
+            })?;
+            batch = batch.max(per_sec(batched, elapsed));
+            appended += AUDIT_ENTRIES + total + batched;
         }
-        let elapsed = start.elapsed();
-        println!("audit_entries: {AUDIT_ENTRIES}");
-        println!(
-            "audit_append_per_sec: {:.0}",
-            per_sec(AUDIT_ENTRIES, elapsed)
-        );
+        ensure!(log.len() == appended, "unexpected log length");
+
+        println!("audit_rounds: {AUDIT_ROUNDS} (best round shown)");
+        println!("audit_append_per_sec: {single:.0}");
         latencies.sort_unstable();
         println!(
             "audit_append_p50_us: {}",
@@ -244,41 +343,21 @@ fn bench_audit() -> anyhow::Result<()> {
             "audit_append_p99_us: {}",
             percentile(&latencies, 99).as_micros()
         );
+        println!("audit_append_concurrent_per_sec: {concurrent:.0} ({AUDIT_APPENDERS} appenders)");
+        println!(
+            "audit_append_concurrent_vs_single: {:.1}x",
+            concurrent / single
+        );
+        println!("audit_append_batch1000_per_sec: {batch:.0}");
         let size: u64 = log
             .tree()
             .iter()
             .values()
             .map(|v| v.map(|v| v.len() as u64))
             .sum::<Result<u64, _>>()?;
-        println!("audit_entry_bytes_avg: {}", size / AUDIT_ENTRIES);
-
-        // Concurrent durable appends: flushes of parallel appenders overlap.
-        let total = AUDIT_THREADS * AUDIT_PER_THREAD;
-        let start = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..AUDIT_THREADS)
-                .map(|t| {
-                    let log = log.clone();
-                    s.spawn(move || -> anyhow::Result<()> {
-                        for i in 0..AUDIT_PER_THREAD {
-                            log.append(AuditKind::OfferSeen, &payment_event(t * 1_000_000 + i))?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("append thread panicked"))??;
-            }
-            Ok(())
-        })?;
-        println!(
-            "audit_append_concurrent_per_sec: {:.0} ({AUDIT_THREADS} threads)",
-            per_sec(total, start.elapsed())
-        );
-        ensure!(log.len() == AUDIT_ENTRIES + total, "unexpected log length");
-    }
+        println!("audit_entry_bytes_avg: {}", size / appended);
+        appended
+    };
 
     // Reopen: head recovery reads only the last entry.
     let db = sled::open(&path).context("reopen sled")?;
@@ -286,21 +365,48 @@ fn bench_audit() -> anyhow::Result<()> {
     let log = AuditLog::open(&db, key.clone())?;
     println!("audit_open_us: {}", start.elapsed().as_micros());
     let n = log.len();
+    ensure!(n == appended, "reopened log has {n} of {appended} entries");
 
-    let start = Instant::now();
-    let report = audit::verify(log.tree(), &key.verifying_key());
-    let elapsed = start.elapsed();
-    ensure!(
-        report.ok,
-        "bench log failed to verify: {:?}",
-        report.first_bad
-    );
-    ensure!(
-        report.entries == n,
-        "verify saw {} of {n} entries",
-        report.entries
-    );
-    println!("audit_verify_per_sec: {:.0}", per_sec(n, elapsed));
+    // Baseline: one core, one `verify_strict` per signature, over messages of the size an
+    // entry signature covers (domain tag + 32-byte hash).
+    let messages: Vec<Vec<u8>> = (0..ED25519_OPS)
+        .map(|i| {
+            let mut m = audit::SIG_DOMAIN.to_vec();
+            m.extend_from_slice(&sha2::Sha256::digest(i.to_be_bytes()));
+            m
+        })
+        .collect();
+    let signatures: Vec<_> = messages.iter().map(|m| key.sign(m)).collect();
+    let public = key.verifying_key();
+
+    let (mut verify_rate, mut ed_rate) = (0f64, 0f64);
+    for _ in 0..AUDIT_ROUNDS {
+        let start = Instant::now();
+        let report = audit::verify(log.tree(), &key.verifying_key());
+        let elapsed = start.elapsed();
+        ensure!(
+            report.ok,
+            "bench log failed to verify: {:?}",
+            report.first_bad
+        );
+        ensure!(
+            report.entries == n,
+            "verify saw {} of {n} entries",
+            report.entries
+        );
+        verify_rate = verify_rate.max(per_sec(n, elapsed));
+
+        let start = Instant::now();
+        for (m, s) in messages.iter().zip(&signatures) {
+            public.verify_strict(m, s).context("baseline signature")?;
+        }
+        ed_rate = ed_rate.max(per_sec(ED25519_OPS as u64, start.elapsed()));
+    }
+    println!("audit_verify_entries: {n}");
+    println!("audit_verify_per_sec: {verify_rate:.0}");
+    println!("ed25519_verify_msg_bytes: {}", messages[0].len());
+    println!("ed25519_verify_per_sec: {ed_rate:.0}");
+    println!("audit_verify_vs_ed25519: {:.1}x", verify_rate / ed_rate);
 
     let start = Instant::now();
     let written = audit::export_jsonl(log.tree(), std::io::sink())?;

@@ -309,11 +309,13 @@ impl Node {
         let mut tasks = JoinSet::new();
         tasks.spawn(event_loop.run(shutdown.clone()));
 
-        audit.append(
-            AuditKind::NodeStarted,
-            &json!({"peer_id": identity.peer_id.to_string(), "roles": cfg.node.roles,
-                    "ln_pubkey": info.pubkey, "public_market": public_market}),
-        )?;
+        audit
+            .append_async(
+                AuditKind::NodeStarted,
+                &json!({"peer_id": identity.peer_id.to_string(), "roles": cfg.node.roles,
+                        "ln_pubkey": info.pubkey, "public_market": public_market}),
+            )
+            .await?;
 
         let provider = if cfg.has_role(Role::Provider) {
             let p = Provider::with_clock(
@@ -558,15 +560,28 @@ impl NodeHandle {
             tracing::warn!(error = %e, "could not remove the tunnels of suspended leases");
         }
         drop(renter);
-        audit.append(
-            AuditKind::NodeStopped,
-            &json!({"peer_id": peer_id.to_string()}),
-        )?;
-        audit.flush()?;
-        db.flush().map_err(|e| NodeError::Db {
-            path: lock.data_dir().db(),
-            reason: e.to_string(),
-        })?;
+        audit
+            .append_async(
+                AuditKind::NodeStopped,
+                &json!({"peer_id": peer_id.to_string()}),
+            )
+            .await?;
+        audit.flush_async().await?;
+        // sled's flush is an fsync: off the runtime workers.
+        let flushed = {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || db.flush()).await
+        };
+        match flushed {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(NodeError::Db {
+                    path: lock.data_dir().db(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => return Err(NodeError::Other(format!("database flush task failed: {e}"))),
+        }
         drop(audit);
         drop(db);
         tracing::info!("stopped");

@@ -43,24 +43,36 @@
 //!
 //! # API
 //!
-//! [`AuditLog`] is the only writer and only appends: there is no update or delete. Reading is
-//! done with [`AuditLog::entries`], [`verify()`], [`export_jsonl`] and [`show`], all of which
+//! [`AuditLog`] is the only writer and only appends: there is no update or delete. Each log has
+//! one writer thread that owns the chain and group-commits: [`AuditLog::append_async`] (one
+//! entry) and [`AuditLog::append_batch`] (several, contiguous) complete once their entries are
+//! flushed, and appends that arrive together share one flush. [`AuditLog::append`] is the
+//! blocking form for non-async code. Reading is done with [`AuditLog::entries`], [`verify()`]
+//! (batch signature verification on all cores), [`export_jsonl`] and [`show`], all of which
 //! also work on a bare `sled::Tree` so the CLI can inspect a log without the node's key.
 
 mod export;
 mod verify;
+mod writer;
 
 pub use export::{export_jsonl, show};
 pub use verify::{BadEntry, VerifyReport, verify};
 
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::channel::oneshot;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use writer::ChainState;
 
 /// Name of the sled tree holding the entries.
 pub const TREE_NAME: &str = "audit";
@@ -122,10 +134,14 @@ pub enum AuditError {
     /// A string did not name any [`AuditKind`].
     #[error("unknown audit kind {0:?}")]
     UnknownKind(String),
-    /// The blocking task of [`AuditLog::append_async`] was cancelled (runtime shutdown);
-    /// the entry may or may not have been written.
+    /// A request to the writer did not complete for a reason reported elsewhere; the message
+    /// says what happened.
     #[error("audit append task did not complete: {0}")]
     Task(String),
+    /// The log's writer has stopped ([`AuditLog::close`] was called, or the writer thread
+    /// is gone); nothing more can be appended through this handle.
+    #[error("audit log is closed")]
+    Closed,
     /// A kind or payload is too large for the `u32` length prefixes of the hash input.
     #[error("audit {0} is longer than u32::MAX bytes")]
     TooLarge(&'static str),
@@ -300,6 +316,7 @@ impl AuditEntry {
 
     /// Builds and signs an entry. Private because only [`AuditLog`] may mint entries (tests
     /// also use it to forge entries with other keys).
+    #[cfg(test)]
     fn sign(
         seq: u64,
         time_ms: u64,
@@ -309,8 +326,24 @@ impl AuditEntry {
         key: &SigningKey,
     ) -> Result<Self, AuditError> {
         let hash = entry_hash(seq, time_ms, kind, &payload, &prev_hash)?;
+        Ok(Self::sign_hashed(
+            seq, time_ms, kind, payload, prev_hash, hash, key,
+        ))
+    }
+
+    /// Signs an entry whose `hash` the caller has already computed with [`entry_hash`] over
+    /// the same fields (the writer fixes hashes in chain order, then signs in parallel).
+    fn sign_hashed(
+        seq: u64,
+        time_ms: u64,
+        kind: &str,
+        payload: Vec<u8>,
+        prev_hash: [u8; 32],
+        hash: [u8; 32],
+        key: &SigningKey,
+    ) -> Self {
         let sig = key.sign(&sig_message(&hash)).to_bytes();
-        Ok(AuditEntry {
+        AuditEntry {
             seq,
             time_ms,
             kind: kind.to_owned(),
@@ -318,7 +351,7 @@ impl AuditEntry {
             prev_hash,
             hash,
             sig,
-        })
+        }
     }
 
     /// CBOR bytes as stored in sled.
@@ -442,38 +475,51 @@ pub fn stored_signer(db: &sled::Db) -> Result<Option<VerifyingKey>, AuditError> 
         })
 }
 
-/// The mutable end of the chain. Guarded by a mutex so that concurrent appends get distinct,
-/// contiguous seqs and each links to the entry actually written before it.
-#[derive(Debug)]
-struct ChainState {
-    next_seq: u64,
-    last_hash: [u8; 32],
-}
-
+/// What every handle shares; dropping the last handle stops the writer.
 struct Inner {
     tree: sled::Tree,
-    key: SigningKey,
-    state: Mutex<ChainState>,
+    public: VerifyingKey,
+    shared: Arc<writer::Shared>,
+    /// `Some` until `Drop`, which takes it to disconnect the writer.
+    tx: Option<mpsc::Sender<writer::Request>>,
+    /// The writer thread, joined on drop.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Disconnecting lets the writer finish whatever is still queued (only requests whose
+        // waiters went away can be left, since a waiter holds a handle) and exit. Joining it
+        // releases its clone of the tree, so the database can be reopened right after.
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("audit writer thread panicked");
+        }
+    }
 }
 
 /// Handle to the audit log: cheap to clone, `Send + Sync`, shared by all tasks of a node.
 ///
-/// Appends are serialized internally; every successful [`append`](AuditLog::append) is on disk
-/// before it returns.
+/// One dedicated writer thread owns the end of the chain and the signing key; every append,
+/// from any handle, goes through it (see the `writer` module): appends that arrive together
+/// are signed, inserted and flushed as one group, and each is acknowledged only once it is
+/// on disk. Dropping the last handle lets the writer finish what is queued and stop; [`close`]
+/// does the same explicitly while handles remain.
+///
+/// [`close`]: AuditLog::close
 #[derive(Clone)]
 pub struct AuditLog {
     inner: Arc<Inner>,
 }
 
 impl fmt::Debug for AuditLog {
-    // Hand-written so the signing key never ends up in logs.
+    // Hand-written so that it shows the signer's public key and the head, nothing else.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (next_seq, last_hash) = self.head();
         f.debug_struct("AuditLog")
-            .field(
-                "signer",
-                &hex::encode(self.inner.key.verifying_key().as_bytes()),
-            )
+            .field("signer", &hex::encode(self.inner.public.as_bytes()))
             .field("next_seq", &next_seq)
             .field("last_hash", &hex::encode(last_hash))
             .finish()
@@ -481,7 +527,8 @@ impl fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) the tree `"audit"` in `db`, signing new entries with `key`.
+    /// Opens (creating if needed) the tree `"audit"` in `db`, signing new entries with `key`,
+    /// and starts the log's writer thread.
     ///
     /// Recovers the head (next seq and last hash) from the last stored entry, and records the
     /// signer's public key in `"audit_meta"` on first use so [`verify()`] can later be run
@@ -495,6 +542,7 @@ impl AuditLog {
     /// - [`AuditError::CorruptHead`] if the last entry cannot be decoded or does not match
     ///   its storage key, or its hash does not recompute (appending would chain onto garbage).
     /// - [`AuditError::Sled`] on store failure.
+    /// - [`AuditError::Io`] if the writer thread cannot be started.
     pub fn open(db: &sled::Db, key: SigningKey) -> Result<Self, AuditError> {
         let tree = db.open_tree(TREE_NAME)?;
         let meta = db.open_tree(META_TREE_NAME)?;
@@ -555,103 +603,160 @@ impl AuditLog {
             "audit log opened"
         );
 
+        let shared = Arc::new(writer::Shared::new(state));
+        let (tx, rx) = mpsc::channel();
+        let writer = writer::Writer {
+            tree: tree.clone(),
+            key,
+            state,
+            shared: Arc::clone(&shared),
+        };
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))?;
+
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tree,
-                key,
-                state: Mutex::new(state),
+                public,
+                shared,
+                tx: Some(tx),
+                thread: Some(thread),
             }),
         })
     }
 
-    /// Appends one entry with `payload` CBOR-encoded, and returns its seq.
+    /// Appends one entry with `payload` CBOR-encoded, and returns its seq once it is durable.
     ///
-    /// Durable: the entry is flushed to disk before this returns, so a crash after `Ok` never
-    /// loses it. This blocks on an fsync (typically well under a millisecond on SSDs, tens of
-    /// milliseconds on spinning disks); async code should prefer
-    /// [`append_async`](AuditLog::append_async).
+    /// This is THE append for async code: the entry is signed, inserted and flushed by the
+    /// log's writer thread, together with whatever other appends arrived at the same time
+    /// (one fsync for the whole group), and the returned future completes only after that
+    /// flush, so a crash after `Ok` never loses the entry. No disk I/O runs on the calling
+    /// thread. The payload is encoded before the call suspends, so it need not be `Send`.
+    ///
+    /// If the future is dropped after it was first polled, the entry may still be written;
+    /// the chain stays consistent either way.
     ///
     /// # Errors
     /// - [`AuditError::Encode`] if `payload` cannot be CBOR-encoded (nothing is written).
     /// - [`AuditError::TooLarge`] if the payload exceeds `u32::MAX` bytes (nothing is written).
-    /// - [`AuditError::Sled`] if the write or the flush fails. If the flush failed the entry
-    ///   may still reach disk later and stays part of the in-memory chain.
-    pub fn append<T: Serialize + ?Sized>(
-        &self,
-        kind: AuditKind,
-        payload: &T,
-    ) -> Result<u64, AuditError> {
-        self.append_encoded(kind, encode_payload(payload)?)
-    }
-
-    /// Like [`append`](AuditLog::append), but runs the write and its fsync on Tokio's
-    /// blocking pool so an async task (e.g. the swarm event loop) never stalls on the disk.
-    /// The payload is encoded before the call suspends, so it need not be `Send`.
-    ///
-    /// Must be called from within a Tokio runtime.
-    ///
-    /// # Errors
-    /// As [`append`](AuditLog::append), plus [`AuditError::Task`] if the runtime is shutting
-    /// down and the write could not run to completion.
+    /// - [`AuditError::Sled`] if the write or the flush of its group fails. If the write
+    ///   failed nothing was added; if only the flush failed the entry may still reach disk
+    ///   later and stays part of the chain.
+    /// - [`AuditError::Closed`] if the log was closed.
     pub async fn append_async<T: Serialize + ?Sized>(
         &self,
         kind: AuditKind,
         payload: &T,
     ) -> Result<u64, AuditError> {
         let body = encode_payload(payload)?;
-        let this = self.clone();
-        match tokio::task::spawn_blocking(move || this.append_encoded(kind, body)).await {
-            Ok(result) => result,
-            // A panic inside the append is a bug; surface it as one instead of hiding it.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(AuditError::Task(e.to_string())),
-        }
+        let range = self.submit(vec![(kind, body)])?.await;
+        first_seq(range)
     }
 
-    /// Signs, stores and flushes an entry whose payload is already CBOR-encoded.
-    fn append_encoded(&self, kind: AuditKind, body: Vec<u8>) -> Result<u64, AuditError> {
-        let seq = {
-            let mut state = self.lock_state();
-            let seq = state.next_seq;
-            let entry = AuditEntry::sign(
-                seq,
-                now_ms(),
-                kind.as_str(),
-                body,
-                state.last_hash,
-                &self.inner.key,
-            )?;
-            let bytes = entry.encode()?;
-            // Insert under the lock: the seq and prev_hash are only claimed once the entry is
-            // really in the tree, so a failed insert leaves the chain unchanged.
-            self.inner.tree.insert(seq_key(seq), bytes)?;
-            state.next_seq = seq + 1;
-            state.last_hash = entry.hash;
-            seq
-        };
-
-        // Flush outside the lock: sled persists everything inserted before the flush began,
-        // so concurrent appenders share fsyncs instead of queueing behind each other. sled
-        // recovers a prefix of its log, so a later entry cannot survive a crash without its
-        // predecessors.
-        self.inner.tree.flush()?;
-        tracing::debug!(seq, kind = kind.as_str(), "audit entry appended");
-        Ok(seq)
-    }
-
-    /// Flushes all appended entries to disk. [`append`](AuditLog::append) already does this;
-    /// it is exposed for shutdown paths that want an explicit barrier.
+    /// Appends `entries` contiguously (no other entry lands between them), with one flush,
+    /// and returns their seq range (empty, at the current head, for an empty `entries`).
+    ///
+    /// All or nothing: if any payload cannot be encoded or is too large, or the write fails,
+    /// none of them is added.
     ///
     /// # Errors
-    /// [`AuditError::Sled`] if the flush fails.
+    /// As [`append_async`](AuditLog::append_async).
+    pub async fn append_batch<T: Serialize>(
+        &self,
+        entries: Vec<(AuditKind, T)>,
+    ) -> Result<Range<u64>, AuditError> {
+        let encoded = entries
+            .iter()
+            .map(|(kind, payload)| Ok((*kind, encode_payload(payload)?)))
+            .collect::<Result<Vec<_>, AuditError>>()?;
+        received(self.submit(encoded)?.await)
+    }
+
+    /// Blocking form of [`append_async`](AuditLog::append_async), for code that is not async
+    /// (the CLI, tests, plain threads): same writer, same group commit, same durability.
+    ///
+    /// Never call it on an async runtime's worker thread: it parks the thread until the
+    /// group's fsync is done, and the other tasks of that worker wait with it.
+    ///
+    /// # Errors
+    /// As [`append_async`](AuditLog::append_async).
+    pub fn append<T: Serialize + ?Sized>(
+        &self,
+        kind: AuditKind,
+        payload: &T,
+    ) -> Result<u64, AuditError> {
+        let body = encode_payload(payload)?;
+        let rx = self.submit(vec![(kind, body)])?;
+        first_seq(futures::executor::block_on(rx))
+    }
+
+    /// Sends an append to the writer; the receiver yields its seq range once durable.
+    fn submit(
+        &self,
+        entries: Vec<(AuditKind, Vec<u8>)>,
+    ) -> Result<oneshot::Receiver<Result<Range<u64>, AuditError>>, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Request::Append { entries, reply })?;
+        Ok(rx)
+    }
+
+    fn send(&self, req: writer::Request) -> Result<(), AuditError> {
+        #[cfg(test)]
+        self.inner
+            .shared
+            .hooks
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .tx
+            .as_ref()
+            .expect("the sender is only taken when the last handle drops")
+            .send(req)
+            .map_err(|_| AuditError::Closed)
+    }
+
+    /// Blocking barrier: returns once everything appended before the call is on disk. Every
+    /// append already waits for its own flush; this is for shutdown paths that want an
+    /// explicit barrier. Never call it on an async runtime's worker thread (use
+    /// [`flush_async`](AuditLog::flush_async)).
+    ///
+    /// # Errors
+    /// [`AuditError::Sled`] if the flush fails, [`AuditError::Closed`] if the log was closed.
     pub fn flush(&self) -> Result<(), AuditError> {
-        self.inner.tree.flush()?;
-        Ok(())
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Request::Flush { reply })?;
+        received(futures::executor::block_on(rx))
+    }
+
+    /// Async form of [`flush`](AuditLog::flush); the flush runs on the writer thread.
+    ///
+    /// # Errors
+    /// As [`flush`](AuditLog::flush).
+    pub async fn flush_async(&self) -> Result<(), AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Request::Flush { reply })?;
+        received(rx.await)
+    }
+
+    /// Flushes everything appended before the call and stops the writer: later appends and
+    /// flushes from any handle fail with [`AuditError::Closed`]. Reading (entries, verify,
+    /// head) still works. Closing twice reports [`AuditError::Closed`] the second time.
+    ///
+    /// Dropping the last handle has the same effect without the explicit wait.
+    ///
+    /// # Errors
+    /// [`AuditError::Sled`] if the final flush fails, [`AuditError::Closed`] if the log was
+    /// already closed.
+    pub async fn close(&self) -> Result<(), AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Request::Close { reply })?;
+        received(rx.await)
     }
 
     /// Number of entries in the log (equal to the next seq to be assigned).
     pub fn len(&self) -> u64 {
-        self.lock_state().next_seq
+        self.inner.shared.head().next_seq
     }
 
     /// Whether the log has no entries yet.
@@ -664,7 +769,7 @@ impl AuditLog {
     /// or [`GENESIS_PREV_HASH`] for an empty log. Recording it elsewhere lets a later
     /// [`verify()`] also detect truncation.
     pub fn head(&self) -> (u64, [u8; 32]) {
-        let state = self.lock_state();
+        let state = self.inner.shared.head();
         (state.next_seq, state.last_hash)
     }
 
@@ -682,7 +787,7 @@ impl AuditLog {
 
     /// The public key entries are signed with.
     pub fn verifying_key(&self) -> VerifyingKey {
-        self.inner.key.verifying_key()
+        self.inner.public
     }
 
     /// The underlying sled tree (read it with [`verify()`], [`export_jsonl`], [`show`]).
@@ -690,19 +795,28 @@ impl AuditLog {
         &self.inner.tree
     }
 
-    /// Verifies the whole log against this handle's own key. See [`verify()`].
+    /// Verifies the whole log against this handle's own key. See [`verify()`]. It reads and
+    /// checks on all cores and blocks until done; async code runs it on a blocking thread.
     pub fn verify(&self) -> VerifyReport {
         verify(&self.inner.tree, &self.verifying_key())
     }
 
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, ChainState> {
-        // The state is only modified after a successful insert, in two plain assignments, so
-        // a panic elsewhere while holding the lock cannot leave it half-updated.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    #[cfg(test)]
+    fn hooks(&self) -> &writer::hooks::TestHooks {
+        &self.inner.shared.hooks
     }
+}
+
+/// The answer of the writer, or [`AuditError::Closed`] if it went away without one.
+fn received<T>(answer: Result<Result<T, AuditError>, oneshot::Canceled>) -> Result<T, AuditError> {
+    answer.map_err(|_| AuditError::Closed)?
+}
+
+/// The seq of a one-entry append.
+fn first_seq(
+    answer: Result<Result<Range<u64>, AuditError>, oneshot::Canceled>,
+) -> Result<u64, AuditError> {
+    Ok(received(answer)?.start)
 }
 
 /// Iterates over the entries of a bare audit tree with `seq >= from_seq`, in key order.
@@ -981,6 +1095,202 @@ pub(crate) mod tests {
         assert_eq!(log.len(), 1);
         assert_eq!(log.append(AuditKind::Error, &"fine").unwrap(), 1);
         assert!(log.verify().ok);
+    }
+
+    /// Waits (without sleeping) until `n` more requests than `before` reached the writer's
+    /// channel.
+    async fn queued(log: &AuditLog, before: u64, n: u64) {
+        use std::sync::atomic::Ordering;
+        while log.hooks().requests.load(Ordering::SeqCst) < before + n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn flushes(log: &AuditLog) -> u64 {
+        log.hooks()
+            .flushes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn requests(log: &AuditLog) -> u64 {
+        log.hooks()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_that_arrive_together_share_one_flush() {
+        let (_dir, _db, log) = filled_log(3);
+        let flushes_before = flushes(&log);
+        let before = requests(&log);
+        // Hold the writer so all 20 appends are queued before it collects its next group.
+        log.hooks().hold();
+        let tasks: Vec<_> = (0..20u64)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append_async(AuditKind::OfferSeen, &i).await })
+            })
+            .collect();
+        queued(&log, before, 20).await;
+        log.hooks().release();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap().unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (3..23).collect::<Vec<u64>>());
+        assert_eq!(flushes(&log) - flushes_before, 1, "one flush for the group");
+        let report = log.verify();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.entries, 23);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_appenders_build_one_valid_chain() {
+        let (_dir, _db) = temp_db();
+        let log = AuditLog::open(&_db, test_key(1)).unwrap();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|t| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut seqs = Vec::new();
+                    for i in 0..10u64 {
+                        seqs.push(log.append_async(AuditKind::Hello, &(t, i)).await.unwrap());
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            let mine = t.await.unwrap();
+            // One appender's entries keep its order.
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+            seqs.extend(mine);
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..640).collect::<Vec<u64>>());
+        assert!(flushes(&log) <= 640);
+        let report = log.verify();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.entries, 640);
+        assert_eq!(log.head().0, 640);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_are_contiguous_and_verify() {
+        let (_dir, _db, log) = filled_log(1);
+        let tasks: Vec<_> = (0..4u64)
+            .map(|b| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let single = log
+                        .append_async(AuditKind::Error, &"between")
+                        .await
+                        .unwrap();
+                    let batch = (0..300u64)
+                        .map(|i| (AuditKind::CreditAdded, (b, i)))
+                        .collect::<Vec<_>>();
+                    (single, b, log.append_batch(batch).await.unwrap())
+                })
+            })
+            .collect();
+        let mut total = 1;
+        for t in tasks {
+            let (single, b, range) = t.await.unwrap();
+            assert_eq!(range.end - range.start, 300);
+            assert!(!range.contains(&single));
+            let payloads: Vec<(u64, u64)> = log
+                .entries(range.start)
+                .take(300)
+                .map(|e| e.unwrap().payload_as().unwrap())
+                .collect();
+            assert_eq!(payloads, (0..300).map(|i| (b, i)).collect::<Vec<_>>());
+            total += 301;
+        }
+        assert_eq!(log.len(), total);
+        // An empty batch appends nothing and reports the head.
+        let empty = log
+            .append_batch(Vec::<(AuditKind, u64)>::new())
+            .await
+            .unwrap();
+        assert_eq!(empty, total..total);
+        let report = log.verify();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.entries, total);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_is_reported_to_every_waiter_and_leaves_the_chain() {
+        let (_dir, _db, log) = filled_log(2);
+        let head = log.head();
+        let before = requests(&log);
+        log.hooks().hold();
+        log.hooks().fail_next_insert();
+        let mut tasks = Vec::new();
+        for i in 0..5u64 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                log.append_async(AuditKind::Hello, &i).await.map(|_| ())
+            }));
+        }
+        let batch_log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            batch_log
+                .append_batch(vec![(AuditKind::Hello, 1u8), (AuditKind::Hello, 2u8)])
+                .await
+                .map(|_| ())
+        }));
+        queued(&log, before, 6).await;
+        log.hooks().release();
+        for t in tasks {
+            let err = t.await.unwrap().unwrap_err();
+            assert!(matches!(err, AuditError::Sled(_)), "{err}");
+        }
+        assert_eq!(log.head(), head, "the chain is unchanged");
+        assert_eq!(log.entries(0).count(), 2);
+        // The writer goes on: the next append takes the next seq and links to the old head.
+        assert_eq!(
+            log.append_async(AuditKind::Hello, &"after").await.unwrap(),
+            2
+        );
+        let last = log.entries(2).next().unwrap().unwrap();
+        assert_eq!(last.prev_hash, head.1);
+        assert!(log.verify().ok);
+    }
+
+    #[tokio::test]
+    async fn close_flushes_then_refuses_further_appends() {
+        let (dir, db, log) = filled_log(2);
+        let other = log.clone();
+        log.close().await.unwrap();
+        assert!(matches!(
+            other.append_async(AuditKind::Hello, &1).await,
+            Err(AuditError::Closed)
+        ));
+        assert!(matches!(
+            other.append(AuditKind::Hello, &1),
+            Err(AuditError::Closed)
+        ));
+        assert!(matches!(log.flush_async().await, Err(AuditError::Closed)));
+        assert!(matches!(log.close().await, Err(AuditError::Closed)));
+        // Reading still works and the log is whole.
+        assert_eq!(log.len(), 2);
+        assert!(log.verify().ok);
+        drop((log, other, db));
+        // With every handle gone the writer thread has released its tree, and with it the
+        // database's lock: the log reopens from disk.
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let reopened = AuditLog::open(&db, test_key(1)).unwrap();
+        assert_eq!(reopened.append(AuditKind::Hello, &3).unwrap(), 2);
+    }
+
+    #[test]
+    fn blocking_flush_is_a_barrier() {
+        let (_dir, _db, log) = filled_log(2);
+        let before = flushes(&log);
+        log.flush().unwrap();
+        assert_eq!(flushes(&log), before + 1);
     }
 
     #[test]

@@ -317,7 +317,11 @@ impl ControlHandler for NodeControl {
     }
 
     async fn audit_verify(&self) -> Result<pb::AuditVerifyReply, ControlError> {
-        let report = self.audit.verify();
+        // Verification reads and checks the whole log on every core: not on a runtime worker.
+        let audit = self.audit.clone();
+        let report = tokio::task::spawn_blocking(move || audit.verify())
+            .await
+            .map_err(|e| ControlError::Internal(format!("audit verification failed: {e}")))?;
         Ok(pb::AuditVerifyReply {
             ok: report.ok,
             entries: report.entries,

@@ -119,7 +119,8 @@ impl Dispatcher {
                     &self.audit,
                     AuditKind::MembershipOk,
                     json!({"peer": peer.to_string()}),
-                );
+                )
+                .await;
             }
             NetEvent::MembershipRefused {
                 peer,
@@ -130,14 +131,16 @@ impl Dispatcher {
                     &self.audit,
                     AuditKind::MembershipRefused,
                     json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason}),
-                );
+                )
+                .await;
             }
             NetEvent::BadMessage { peer, reason } => {
                 log_audit(
                     &self.audit,
                     AuditKind::PeerRefused,
                     json!({"peer": peer.to_string(), "reason": reason}),
-                );
+                )
+                .await;
             }
         }
     }

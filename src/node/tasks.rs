@@ -12,8 +12,10 @@ use crate::datadir::DataDir;
 use crate::market::provider::Provider;
 use crate::net::{self, NetClient};
 
-pub(super) fn log_audit(audit: &AuditLog, kind: AuditKind, payload: serde_json::Value) {
-    if let Err(e) = audit.append(kind, &payload) {
+/// Appends an entry and waits until it is durable; a failure is logged, not returned, since
+/// the event being recorded has already happened.
+pub(super) async fn log_audit(audit: &AuditLog, kind: AuditKind, payload: serde_json::Value) {
+    if let Err(e) = audit.append_async(kind, &payload).await {
         tracing::error!(error = %e, ?kind, "audit append failed");
     }
 }
