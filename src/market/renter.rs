@@ -37,6 +37,7 @@ mod tunnel;
 
 pub use autopay::{AutopayConfig, AutopayNote, RentalStats};
 pub use manual::ManualInvoice;
+pub use payment::OpenPayment;
 use payment::PaymentRecord;
 use tunnel::lease_addresses;
 

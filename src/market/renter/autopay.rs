@@ -212,6 +212,11 @@ impl Renter {
             return Ok(None);
         }
         let amount = topup_amount(&r.lease, now, ap.high_watermark).map_err(Skip::Other)?;
+        // No further payment to a provider that has not delivered an earlier one; checked
+        // before the tunnel probe and the offer fetch, as nothing could be paid anyway.
+        self.refuse_if_undelivered(&r.lease.provider, lease_id, amount)
+            .await
+            .map_err(|e| Skip::Other(e.to_string()))?;
         self.verify_tunnel(&r).await.map_err(Skip::Unverified)?;
         let current = self
             .fetch_offer_str(&r.lease.provider)
