@@ -53,7 +53,10 @@ impl Peers for Market {
             assert_eq!(peer, self.honest.0);
             &self.honest.1
         };
-        Ok((provider.handle(self.renter, msg).await, Duration::from_millis(3)))
+        Ok((
+            provider.handle(self.renter, msg).await,
+            Duration::from_millis(3),
+        ))
     }
 }
 
@@ -201,7 +204,11 @@ async fn a_provider_that_never_delivers_is_paid_once_and_rent_auto_goes_elsewher
     let honest = w.market.honest.0.to_string();
     w.market.dishonest.store(true, Ordering::SeqCst);
     assert_eq!(w.renter.discover().await.unwrap(), 2);
-    assert_eq!(w.renter.offers(Some(1_000))[0].peer, cheap, "the cheap one ranks first");
+    assert_eq!(
+        w.renter.offers(Some(1_000))[0].peer,
+        cheap,
+        "the cheap one ranks first"
+    );
 
     // It takes the money and sends no lease.
     let err = w.renter.rent(auto(1_000)).await.unwrap_err();
@@ -219,19 +226,40 @@ async fn a_provider_that_never_delivers_is_paid_once_and_rent_auto_goes_elsewher
     assert_eq!(open[0].age_secs, 600);
     assert!(open[0].advice.contains("rent --auto"), "{}", open[0].advice);
 
-    // rent --auto skips it and rents from the next-best provider.
+    // Its three unanswered paymentResults dropped it from the offer list...
+    let offer_id = w.market.cheap.1.offer().id();
+    assert!(w.renter.offers(Some(1_000)).iter().all(|o| o.peer != cheap));
+    let (_, h) = w
+        .renter
+        .provider_history()
+        .unwrap()
+        .into_iter()
+        .find(|(p, _)| *p == cheap)
+        .unwrap();
+    assert_eq!(
+        (h.failures, h.consecutive_failures, h.leases_delivered),
+        (3, 3, 0)
+    );
+
+    // ...so rent --auto rents from the next-best provider.
     let r = w.renter.rent(auto(1_000)).await.unwrap();
     assert_eq!(r.lease.provider, honest);
     assert_eq!(w.net.balance_msat("honest"), Some(2_000_000));
 
-    // Asked for by name, it is refused before anything is asked of it or paid, and audited.
-    let offer_id = w
+    // It answers hello again: back in the list, but ranked last although cheaper (it holds a
+    // payment without having delivered), and rent --auto still skips it.
+    assert_eq!(w.renter.discover().await.unwrap(), 2);
+    let ranked: Vec<String> = w
         .renter
         .offers(Some(1_000))
         .into_iter()
-        .find(|o| o.peer == cheap)
-        .unwrap()
-        .offer_id;
+        .map(|o| o.peer)
+        .collect();
+    assert_eq!(ranked, [honest.clone(), cheap.clone()]);
+    let r = w.renter.rent(auto(1_000)).await.unwrap();
+    assert_eq!(r.lease.provider, honest);
+
+    // Asked for by name, it is refused before anything is asked of it or paid, and audited.
     let err = w
         .renter
         .rent(RentArgs {
@@ -248,7 +276,10 @@ async fn a_provider_that_never_delivers_is_paid_once_and_rent_auto_goes_elsewher
     let refused = entries(&w, "payment_refused", "provider", &cheap);
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0]["reason"], "undelivered_payment");
-    assert_eq!(refused[0]["open_payment_hash"], open[0].payment_hash.as_str());
+    assert_eq!(
+        refused[0]["open_payment_hash"],
+        open[0].payment_hash.as_str()
+    );
 
     // The ledger: exactly one payment to it, nothing paid twice.
     assert_eq!(entries(&w, "payment_attempt", "provider", &cheap).len(), 1);
@@ -284,7 +315,11 @@ async fn top_ups_and_autopay_wait_for_an_undelivered_top_up_then_resume() {
     let note = r.stats.last_autopay.unwrap();
     assert!(!note.paid);
     assert!(note.message.contains("earlier payment"), "{}", note.message);
-    assert_eq!(w.net.balance_msat("cheap"), Some(after_one), "nothing more paid");
+    assert_eq!(
+        w.net.balance_msat("cheap"),
+        Some(after_one),
+        "nothing more paid"
+    );
     let refused = entries(&w, "payment_refused", "provider", &cheap);
     assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(refused.iter().all(|p| p["reason"] == "undelivered_payment"));

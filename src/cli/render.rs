@@ -256,7 +256,11 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
             p.payment_hash,
             p.amount_sat,
             p.provider,
-            if p.paid { "paid" } else { "outcome being tracked" },
+            if p.paid {
+                "paid"
+            } else {
+                "outcome being tracked"
+            },
             p.age_secs,
             if p.lease_id.is_empty() {
                 String::new()

@@ -372,7 +372,10 @@ mod tests {
         // 11 hours left at 100 sat/day: up to 24 hours is 13 hours = 54 sat (rounded down).
         let c = AutopayConfig::default();
         let l = lease(1_000 + 11 * 3600, 100, 10, 10_000);
-        assert!(11 * 3600 < c.low_watermark.as_secs(), "below the low watermark");
+        assert!(
+            11 * 3600 < c.low_watermark.as_secs(),
+            "below the low watermark"
+        );
         assert_eq!(topup_amount(&l, 1_000, c.high_watermark), Ok(54));
         // A provider whose minimum top-up is above half a day's rent is refused with the
         // reason, never paid more than the watermark allows.

@@ -112,7 +112,11 @@ impl OpenPayment {
             self.payment_hash,
             self.amount_sat,
             self.provider,
-            if self.paid { "paid" } else { "outcome being tracked" },
+            if self.paid {
+                "paid"
+            } else {
+                "outcome being tracked"
+            },
             self.age_secs,
             self.advice
         )

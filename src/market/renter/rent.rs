@@ -130,7 +130,7 @@ impl Renter {
         peer: PeerId,
         msg: Message,
     ) -> Result<PayInvoice, MarketError> {
-        match self.inner.peers.request(peer, msg).await?.0 {
+        match self.ask(peer, msg).await?.0 {
             Message::PayInvoice(p) => Ok(p),
             Message::Error(e) => Err(MarketError::Refused {
                 code: e.code,
@@ -277,9 +277,7 @@ impl Renter {
             .parse()
             .map_err(|_| MarketError::Store("bad provider id".into()))?;
         let reply = self
-            .inner
-            .peers
-            .request(
+            .ask(
                 peer,
                 Message::StatusRequest(StatusRequest {
                     lease_id: id.clone(),
