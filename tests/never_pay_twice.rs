@@ -31,6 +31,8 @@ struct Market {
     honest: (PeerId, Provider),
     renter: PeerId,
     dishonest: AtomicBool,
+    /// While set, every request to the cheap provider fails as if it were unreachable.
+    cheap_down: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -45,6 +47,9 @@ impl Peers for Market {
         msg: Message,
     ) -> Result<(Message, Duration), MarketError> {
         let provider = if peer == self.cheap.0 {
+            if self.cheap_down.load(Ordering::SeqCst) {
+                return Err(MarketError::Net("provider unreachable (test)".into()));
+            }
             if self.dishonest.load(Ordering::SeqCst) && matches!(msg, Message::PaymentResult(_)) {
                 return Err(MarketError::Net("request timed out (test)".into()));
             }
@@ -121,6 +126,14 @@ fn provider(
 }
 
 async fn world() -> World {
+    world_with(RenterConfig {
+        ipv6_prefix_len: None,
+        ..RenterConfig::default()
+    })
+    .await
+}
+
+async fn world_with(cfg: RenterConfig) -> World {
     let dir = tempfile::tempdir().unwrap();
     let net = MemNetwork::new(&[
         ("renter".into(), 1_000_000),
@@ -141,14 +154,12 @@ async fn world() -> World {
         honest,
         renter: peer_id_of(&key.verifying_key()),
         dishonest: AtomicBool::new(false),
+        cheap_down: AtomicBool::new(false),
     });
     let renter = Renter::with_clock(
         RenterParams {
             key,
-            cfg: RenterConfig {
-                ipv6_prefix_len: None,
-                ..RenterConfig::default()
-            },
+            cfg,
             network: "regtest".into(),
             fee_limit_sat: 10,
             fee_limit_ppm: 0,
@@ -332,4 +343,73 @@ async fn top_ups_and_autopay_wait_for_an_undelivered_top_up_then_resume() {
     assert_eq!(r.stats.topups, 2);
     assert_eq!(entries(&w, "payment_attempt", "provider", &cheap).len(), 3);
     assert_eq!(w.net.double_payments(), 0);
+}
+
+#[tokio::test]
+async fn a_provider_that_stops_answering_is_demoted_then_dropped_until_it_answers() {
+    let w = world().await;
+    let cheap = w.market.cheap.0.to_string();
+    let honest = w.market.honest.0.to_string();
+    let order = |w: &World| -> Vec<String> {
+        w.renter
+            .offers(Some(1_000))
+            .into_iter()
+            .map(|o| o.peer)
+            .collect()
+    };
+    w.renter.discover().await.unwrap();
+    assert_eq!(order(&w), [cheap.clone(), honest.clone()], "cheaper first");
+
+    // One failed hello: still listed, but ranked below the provider that answers.
+    w.market.cheap_down.store(true, Ordering::SeqCst);
+    w.renter.discover().await.unwrap();
+    assert_eq!(order(&w), [honest.clone(), cheap.clone()], "demoted");
+    // A second one: still demoted; the third drops it from the list.
+    w.renter.discover().await.unwrap();
+    assert_eq!(order(&w), [honest.clone(), cheap.clone()]);
+    w.renter.discover().await.unwrap();
+    assert_eq!(
+        order(&w),
+        [honest.clone()],
+        "dropped after 3 failures in a row"
+    );
+    let refused: Vec<serde_json::Value> = entries(&w, "peer_refused", "peer", &cheap);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    // rent --auto goes to the one that answers.
+    let r = w.renter.rent(auto(1_000)).await.unwrap();
+    assert_eq!(r.lease.provider, honest);
+
+    // It answers again: back in the list. It failed us more often than it delivered, so it
+    // stays below the provider that delivered, although it is cheaper.
+    w.market.cheap_down.store(false, Ordering::SeqCst);
+    w.renter.discover().await.unwrap();
+    assert_eq!(order(&w), [honest.clone(), cheap.clone()]);
+    let history = w.renter.provider_history().unwrap();
+    let h = |p: &str| history.iter().find(|(k, _)| k == p).unwrap().1.clone();
+    assert_eq!((h(&cheap).failures, h(&cheap).consecutive_failures), (3, 0));
+    assert_eq!((h(&honest).leases_delivered, h(&honest).failures), (1, 0));
+}
+
+#[tokio::test]
+async fn drop_after_failures_zero_never_drops() {
+    let w = world_with(RenterConfig {
+        ipv6_prefix_len: None,
+        drop_after_failures: 0,
+        ..RenterConfig::default()
+    })
+    .await;
+    let cheap = w.market.cheap.0.to_string();
+    w.renter.discover().await.unwrap();
+    w.market.cheap_down.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        w.renter.discover().await.unwrap();
+    }
+    let peers: Vec<String> = w
+        .renter
+        .offers(Some(1_000))
+        .into_iter()
+        .map(|o| o.peer)
+        .collect();
+    assert_eq!(peers.last(), Some(&cheap), "demoted, never dropped");
+    assert_eq!(peers.len(), 2);
 }
