@@ -370,7 +370,7 @@ async fn a_provider_that_stops_answering_is_demoted_then_dropped_until_it_answer
     w.renter.discover().await.unwrap();
     assert_eq!(
         order(&w),
-        [honest.clone()],
+        vec![honest.clone()],
         "dropped after 3 failures in a row"
     );
     let refused: Vec<serde_json::Value> = entries(&w, "peer_refused", "peer", &cheap);
