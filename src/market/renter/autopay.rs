@@ -275,12 +275,18 @@ impl Renter {
             Err(TunnelError::Unsupported(m)) => return Err(m),
             Err(e) => return Err(format!("verification failed: {e}")),
         };
+        // Only a check that ran counts in the provider's history; a backend that cannot
+        // verify says nothing about the provider.
         match check.reason(ap.max_handshake_age) {
             None => {
                 tracing::debug!(lease_id = %r.lease.lease_id, rtt = ?check.probe_rtt, "tunnel verified");
+                self.note_check(&r.lease.provider, true).await;
                 Ok(())
             }
-            Some(why) => Err(why),
+            Some(why) => {
+                self.note_check(&r.lease.provider, false).await;
+                Err(why)
+            }
         }
     }
 }

@@ -24,6 +24,12 @@ pub struct ProviderHistory {
     /// When a request to it last failed, unix seconds (0: never).
     #[serde(default)]
     pub last_failure_at: u64,
+    /// Tunnel checks (AutoPay's `Tunnel::verify`: handshake and probe) that passed.
+    #[serde(default)]
+    pub checks_ok: u32,
+    /// Tunnel checks that failed (no recent handshake, or the probe went unanswered).
+    #[serde(default)]
+    pub checks_failed: u32,
 }
 
 impl Renter {
@@ -207,9 +213,14 @@ impl Renter {
                 for (peer, h) in all {
                     out.insert(
                         peer,
+                        // A verified tunnel is service delivered; a failed check, service
+                        // missed.
                         select::History {
-                            delivered: h.leases_delivered.saturating_add(h.topups_delivered),
-                            failures: h.failures,
+                            delivered: h
+                                .leases_delivered
+                                .saturating_add(h.topups_delivered)
+                                .saturating_add(h.checks_ok),
+                            failures: h.failures.saturating_add(h.checks_failed),
                             consecutive_failures: h.consecutive_failures,
                             undelivered: 0,
                         },
@@ -329,6 +340,26 @@ impl Renter {
         } else {
             tracing::info!(peer, failures = h.consecutive_failures, %error,
                 "request to provider failed; ranked lower until it answers");
+        }
+    }
+
+    /// Counts the outcome of a tunnel check of a lease from this provider.
+    pub(super) async fn note_check(&self, peer: &str, ok: bool) {
+        let updated = self
+            .inner
+            .providers
+            .update(peer, |cur| {
+                let mut h = cur.cloned().unwrap_or_default();
+                if ok {
+                    h.checks_ok = h.checks_ok.saturating_add(1);
+                } else {
+                    h.checks_failed = h.checks_failed.saturating_add(1);
+                }
+                Ok(Some(h))
+            })
+            .await;
+        if let Err(e) = updated {
+            tracing::warn!(peer, error = %e, "cannot store provider history");
         }
     }
 
