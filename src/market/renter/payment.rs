@@ -806,4 +806,80 @@ mod tests {
         assert_eq!(r.fee_limit_msat(100_000, capped, "l"), 2_000);
         assert_eq!(r.fee_limit_msat(100_000, "other", "l"), 10_000);
     }
+
+    #[tokio::test]
+    async fn two_invoices_racing_to_one_provider_pay_one_and_the_other_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemNetwork::new(&[("renter".into(), 100_000), ("provider".into(), 0)]).unwrap();
+        let (r, audit) = renter(dir.path(), &net, 0, RenterConfig::default());
+        let payee = net.pubkey("provider").unwrap();
+        // Two requests (two different invoices) to the same provider.
+        let mut plans = Vec::new();
+        for n in 1..=2 {
+            let mut c = commitment(&r);
+            c.request_id = format!("req-{n}");
+            let inv = net
+                .node("provider")
+                .unwrap()
+                .add_invoice(InvoiceRequest {
+                    amount_msat: 500_000,
+                    description_hash: c.description_hash(),
+                    expiry_secs: 600,
+                })
+                .await
+                .unwrap();
+            let pay = PayInvoice {
+                request_id: c.request_id.clone(),
+                lease_id: "lease-1".into(),
+                bolt11: inv.bolt11,
+                amount_sat: 500,
+            };
+            plans.push((pay, c));
+        }
+        let attempt = |i: usize| {
+            let (pay, c) = &plans[i];
+            let payee = payee.as_str();
+            let r = r.clone();
+            async move {
+                r.pay_checked(PayPlan {
+                    pay,
+                    commitment: c,
+                    payee,
+                    credit_before: 0,
+                    autopay: false,
+                })
+                .await
+                .map(|(hash, _paying)| hash)
+            }
+        };
+        // The first is paid, and its lease never comes (no network here): it stays open.
+        let (a, b) = tokio::join!(attempt(0), attempt(1));
+        assert_eq!(
+            usize::from(a.is_ok()) + usize::from(b.is_ok()),
+            1,
+            "{a:?} {b:?}"
+        );
+        let refused = a.err().or(b.err()).unwrap();
+        assert!(
+            matches!(&refused, MarketError::UndeliveredPayment(m) if m.contains("500 sat")),
+            "{refused}"
+        );
+        assert_eq!(net.balance_msat("renter"), Some(100_000_000 - 500_000));
+        let open = r.open_payments().unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].provider, commitment(&r).provider);
+        assert!(open[0].paid);
+        let refusals: Vec<serde_json::Value> = audit
+            .entries(0)
+            .map(|e| e.unwrap())
+            .filter(|e| e.kind == "payment_refused")
+            .map(|e| e.payload_as().unwrap())
+            .collect();
+        assert_eq!(refusals.len(), 1);
+        assert_eq!(refusals[0]["reason"], "undelivered_payment");
+        assert_eq!(
+            refusals[0]["open_payment_hash"],
+            open[0].payment_hash.as_str()
+        );
+    }
 }
