@@ -37,7 +37,8 @@ pub fn cost_msat_per_day(terms: &Terms, credit: Sats) -> Option<u128> {
 pub struct History {
     /// Leases and top-ups it delivered to us (paid for and received).
     pub delivered: u32,
-    /// Requests to it that failed (timeout, unreachable), ever.
+    /// Times it failed us: stopped answering (a run of failed requests counts once) or failed
+    /// a tunnel check.
     pub failures: u32,
     /// Failed requests since it last answered.
     pub consecutive_failures: u32,

@@ -15,7 +15,8 @@ pub struct ProviderHistory {
     /// Top-ups it credited that we received.
     #[serde(default)]
     pub topups_delivered: u32,
-    /// Requests to it that failed (timeout, unreachable), ever.
+    /// Times it stopped answering (a run of failed requests, timeouts or unreachable, counts
+    /// once: a provider down for an hour of discovery passes is one failure, not hundreds).
     #[serde(default)]
     pub failures: u32,
     /// Failed requests since it last answered; 0 once it answers.
@@ -305,7 +306,9 @@ impl Renter {
             .providers
             .update(peer, |cur| {
                 let mut h = cur.cloned().unwrap_or_default();
-                h.failures = h.failures.saturating_add(1);
+                if h.consecutive_failures == 0 {
+                    h.failures = h.failures.saturating_add(1);
+                }
                 h.consecutive_failures = h.consecutive_failures.saturating_add(1);
                 h.last_failure_at = now;
                 Ok(Some(h))
