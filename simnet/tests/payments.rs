@@ -289,6 +289,14 @@ async fn autopay_never_pays_for_a_tunnel_it_cannot_verify() {
     v.healthy.store(true, Ordering::SeqCst);
     w.renter.autopay_tick().await.unwrap();
     assert_eq!(w.renter.rental("").unwrap().stats.autopay_topups, 1);
+    // Every check is in the renter's history with the provider, which ranking uses.
+    let history = w.renter.provider_history().unwrap();
+    let (_, h) = history
+        .iter()
+        .find(|(p, _)| *p == w.provider_peer.to_string())
+        .unwrap();
+    assert_eq!((h.checks_failed, h.checks_ok), (2, 1));
+    assert_eq!((h.leases_delivered, h.topups_delivered), (1, 1));
 }
 
 #[tokio::test]

@@ -248,6 +248,28 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
             writeln!(w, "autopay {}: {}", l.lease_id, autopay_line(l, now))?;
         }
     }
+    for p in &s.open_payments {
+        writeln!(
+            w,
+            "\nWAITING FOR A LEASE: {} payment {} of {} sat to {} ({}, {}s ago){}\n  {}",
+            p.purpose,
+            p.payment_hash,
+            p.amount_sat,
+            p.provider,
+            if p.paid {
+                "paid"
+            } else {
+                "outcome being tracked"
+            },
+            p.age_secs,
+            if p.lease_id.is_empty() {
+                String::new()
+            } else {
+                format!(", lease {}", p.lease_id)
+            },
+            p.advice
+        )?;
+    }
     Ok(())
 }
 
@@ -418,8 +440,22 @@ mod tests {
             public_market: false,
             ln_pubkey: String::new(),
             network: "regtest".into(),
+            open_payments: vec![pb::OpenPaymentInfo {
+                payment_hash: "ab12".into(),
+                provider: "12D3KooWP".into(),
+                amount_sat: 4000,
+                purpose: "activation".into(),
+                paid: true,
+                age_secs: 90,
+                advice: "wait".into(),
+                ..Default::default()
+            }],
         };
         let out = text(|w| status(w, &s, 1_000));
+        assert!(
+            out.contains("WAITING FOR A LEASE: activation payment ab12 of 4000 sat to 12D3KooWP (paid, 90s ago)"),
+            "{out}"
+        );
         assert!(out.contains("3 connected, 2 market members"), "{out}");
         assert!(out.contains("refused by:"));
         assert!(!out.contains("refused:  "), "empty list omitted: {out}");

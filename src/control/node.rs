@@ -60,9 +60,25 @@ fn market_err(e: MarketError) -> ControlError {
         | MarketError::BadSigned { .. }
         | MarketError::Lightning(_)
         | MarketError::LimitExceeded(_)
-        | MarketError::AwaitingLease(_)) => ControlError::FailedPrecondition(e.to_string()),
+        | MarketError::AwaitingLease(_)
+        | MarketError::UndeliveredPayment(_)) => ControlError::FailedPrecondition(e.to_string()),
         e @ MarketError::Net(_) => ControlError::Unavailable(e.to_string()),
         e => ControlError::Internal(e.to_string()),
+    }
+}
+
+/// A renter's payment still waiting for its lease, as the control API shows it.
+fn open_payment_info(p: crate::market::renter::OpenPayment) -> pb::OpenPaymentInfo {
+    pb::OpenPaymentInfo {
+        payment_hash: p.payment_hash,
+        provider: p.provider,
+        lease_id: p.lease_id,
+        amount_sat: p.amount_sat,
+        purpose: p.purpose,
+        paid: p.paid,
+        since: p.since,
+        age_secs: p.age_secs,
+        advice: p.advice,
     }
 }
 
@@ -138,7 +154,17 @@ impl ControlHandler for NodeControl {
                 .collect(),
             None => Vec::new(),
         };
+        let open_payments = match &self.renter {
+            Some(r) => r
+                .open_payments()
+                .map_err(market_err)?
+                .into_iter()
+                .map(open_payment_info)
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(pb::StatusReply {
+            open_payments,
             peer_id: self.peer_id.to_string(),
             roles: self
                 .roles

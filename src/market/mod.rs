@@ -90,6 +90,11 @@ pub enum MarketError {
     /// provider for the lease until it gets it. Nothing should be paid again.
     #[error("paid, lease not received yet (the daemon keeps asking the provider): {0}")]
     AwaitingLease(String),
+    /// A payment to this provider has not delivered its lease yet: no further payment goes
+    /// to it until that one is resolved (lease received, or the payment proven failed).
+    /// Nothing was paid.
+    #[error("payment refused: {0}")]
+    UndeliveredPayment(String),
 }
 
 impl From<lease::IllegalTransition> for MarketError {

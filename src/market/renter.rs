@@ -36,7 +36,9 @@ mod rent;
 mod tunnel;
 
 pub use autopay::{AutopayConfig, AutopayNote, RentalStats};
+pub use discovery::ProviderHistory;
 pub use manual::ManualInvoice;
+pub use payment::OpenPayment;
 use payment::PaymentRecord;
 use tunnel::lease_addresses;
 
@@ -173,6 +175,8 @@ struct Inner {
     offers: Mutex<HashMap<String, KnownOffer>>,
     rentals: Table<Rental>,
     payments: Table<PaymentRecord>,
+    /// What this renter has seen of each provider, by PeerId: deliveries and failures.
+    providers: Table<ProviderHistory>,
     /// Per lease: one top-up, manual invoice or release at a time.
     lease_locks: KeyedLocks,
     /// Per payment hash: one completion (fetching and applying the lease) at a time.
@@ -207,6 +211,7 @@ impl Renter {
             inner: Arc::new(Inner {
                 rentals: Table::open(db, "renter_rentals")?,
                 payments: Table::open(db, "renter_payments")?,
+                providers: Table::open(db, "renter_providers")?,
                 peer_id,
                 cfg: p.cfg,
                 network: p.network,

@@ -19,10 +19,11 @@ use crate::tunnel::{ProbeSpec, TunnelError};
 pub struct AutopayConfig {
     /// AutoPay for new leases (each lease can be switched on or off on its own).
     pub enabled: bool,
-    /// Top up when less than this much paid time remains ("2d").
+    /// Top up when less than this much paid time remains ("12h").
     #[serde(with = "serde_duration")]
     pub low_watermark: Duration,
-    /// Top up to this much paid time ("7d"); never hold more.
+    /// Top up to this much paid time ("1d"); never hold more. With the low watermark it bounds
+    /// what a provider that vanishes can keep (docs/PAYMENTS.md, "Exposure").
     #[serde(with = "serde_duration")]
     pub high_watermark: Duration,
     /// How often leases are looked at.
@@ -41,8 +42,10 @@ impl Default for AutopayConfig {
     fn default() -> Self {
         AutopayConfig {
             enabled: true,
-            low_watermark: Duration::from_secs(2 * DAY_SECS),
-            high_watermark: Duration::from_secs(7 * DAY_SECS),
+            // About one day ahead at most: a vanished provider keeps at most about a day of
+            // credit (plus the activation fee and one undelivered invoice).
+            low_watermark: Duration::from_secs(DAY_SECS / 2),
+            high_watermark: Duration::from_secs(DAY_SECS),
             check_interval: Duration::from_secs(60),
             max_handshake_age: Duration::from_secs(180),
             probe_timeout: Duration::from_secs(5),
@@ -212,6 +215,11 @@ impl Renter {
             return Ok(None);
         }
         let amount = topup_amount(&r.lease, now, ap.high_watermark).map_err(Skip::Other)?;
+        // No further payment to a provider that has not delivered an earlier one; checked
+        // before the tunnel probe and the offer fetch, as nothing could be paid anyway.
+        self.refuse_if_undelivered(&r.lease.provider, lease_id, amount)
+            .await
+            .map_err(|e| Skip::Other(e.to_string()))?;
         self.verify_tunnel(&r).await.map_err(Skip::Unverified)?;
         let current = self
             .fetch_offer_str(&r.lease.provider)
@@ -267,12 +275,18 @@ impl Renter {
             Err(TunnelError::Unsupported(m)) => return Err(m),
             Err(e) => return Err(format!("verification failed: {e}")),
         };
+        // Only a check that ran counts in the provider's history; a backend that cannot
+        // verify says nothing about the provider.
         match check.reason(ap.max_handshake_age) {
             None => {
                 tracing::debug!(lease_id = %r.lease.lease_id, rtt = ?check.probe_rtt, "tunnel verified");
+                self.note_check(&r.lease.provider, true).await;
                 Ok(())
             }
-            Some(why) => Err(why),
+            Some(why) => {
+                self.note_check(&r.lease.provider, false).await;
+                Err(why)
+            }
         }
     }
 }
@@ -360,10 +374,28 @@ mod tests {
     }
 
     #[test]
+    fn default_watermarks_top_up_half_a_day_to_one_day() {
+        // 11 hours left at 100 sat/day: up to 24 hours is 13 hours = 54 sat (rounded down).
+        let c = AutopayConfig::default();
+        let l = lease(1_000 + 11 * 3600, 100, 10, 10_000);
+        assert!(
+            11 * 3600 < c.low_watermark.as_secs(),
+            "below the low watermark"
+        );
+        assert_eq!(topup_amount(&l, 1_000, c.high_watermark), Ok(54));
+        // A provider whose minimum top-up is above half a day's rent is refused with the
+        // reason, never paid more than the watermark allows.
+        let l = lease(1_000 + 11 * 3600, 100, 100, 10_000);
+        let e = topup_amount(&l, 1_000, c.high_watermark).unwrap_err();
+        assert!(e.contains("minimum of 100"), "{e}");
+    }
+
+    #[test]
     fn config_defaults_and_durations() {
         let c = AutopayConfig::default();
         c.validate().unwrap();
-        assert_eq!(c.low_watermark, Duration::from_secs(2 * DAY_SECS));
+        assert_eq!(c.low_watermark, Duration::from_secs(12 * 3600));
+        assert_eq!(c.high_watermark, Duration::from_secs(DAY_SECS));
         let t: AutopayConfig =
             toml::from_str("low_watermark = \"10s\"\nhigh_watermark = \"1m\"\n").unwrap();
         assert_eq!(t.high_watermark, Duration::from_secs(60));

@@ -149,6 +149,7 @@ impl Renter {
             "conf": conf_path.display().to_string(), "backend": i.tunnel.kind()}),
         )
         .await;
+        self.note_delivered(&c.provider, false).await;
         tracing::info!(lease_id = %lease.lease_id, ipv4 = ?lease.ipv4, ipv6 = ?lease.ipv6, "lease applied");
         Ok(rental)
     }
@@ -225,6 +226,7 @@ impl Renter {
                    "autopay": rec.autopay}),
         )
         .await;
+        self.note_delivered(&c.provider, true).await;
         tracing::info!(lease_id = %rec.lease_id, amount_sat = c.amount_sat, paid_until = rental.lease.paid_until, "credit added");
         Ok(rental)
     }
@@ -241,7 +243,7 @@ impl Renter {
         let msg = Message::StatusRequest(StatusRequest {
             lease_id: lease_id.to_owned(),
         });
-        match self.inner.peers.request(peer, msg).await?.0 {
+        match self.ask(peer, msg).await?.0 {
             Message::Status(s) => match s.lease {
                 Some(signed) => {
                     let l = self
@@ -276,7 +278,6 @@ impl Renter {
         attempts: u32,
     ) -> Result<Signed<Lease>, MarketError> {
         let max = attempts.max(1);
-        let i = &self.inner;
         let msg = Message::PaymentResult(PaymentResult {
             request_id: request_id.to_owned(),
             payment_hash: payment_hash.to_owned(),
@@ -286,7 +287,7 @@ impl Renter {
         loop {
             attempts += 1;
             let again = attempts < max;
-            match i.peers.request(peer, msg.clone()).await {
+            match self.ask(peer, msg.clone()).await {
                 Ok((Message::Lease(l), _)) => return Ok(l),
                 Ok((Message::Error(e), _)) if e.code == ErrorCode::NotSettled && again => {}
                 Ok((Message::Error(e), _)) => {

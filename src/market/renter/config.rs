@@ -23,6 +23,11 @@ pub struct RenterConfig {
     pub limits: crate::market::limits::LimitsConfig,
     /// AutoPay: keep each lease's credit between two watermarks (`[renter.autopay]`).
     pub autopay: super::AutopayConfig,
+    /// A provider that failed to answer this many requests in a row (timeouts, unreachable:
+    /// hello, rent, paymentResult, status) is dropped from the offer list until it answers
+    /// again; after one failure it is already ranked below providers without one. 0: never
+    /// dropped.
+    pub drop_after_failures: u32,
 }
 
 impl Default for RenterConfig {
@@ -36,6 +41,7 @@ impl Default for RenterConfig {
             full_tunnel: false,
             limits: crate::market::limits::LimitsConfig::default(),
             autopay: super::AutopayConfig::default(),
+            drop_after_failures: 3,
         }
     }
 }

@@ -1,6 +1,37 @@
-//! Discovery: DHT lookup, hello, offer verification, ranking.
+//! Discovery: DHT lookup, hello, offer verification, ranking; and what this renter has seen of
+//! each provider (deliveries, failures), which ranking uses and which drops a provider that
+//! stopped answering from the offer list.
 
 use super::*;
+
+/// What this renter has seen of one provider, kept durably (sled tree `renter_providers`,
+/// keyed by PeerId). Payments still waiting for their lease are not stored here: they are
+/// read from the payment records when ranking.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderHistory {
+    /// Leases it issued to us that we received and applied.
+    #[serde(default)]
+    pub leases_delivered: u32,
+    /// Top-ups it credited that we received.
+    #[serde(default)]
+    pub topups_delivered: u32,
+    /// Times it stopped answering (a run of failed requests, timeouts or unreachable, counts
+    /// once: a provider down for an hour of discovery passes is one failure, not hundreds).
+    #[serde(default)]
+    pub failures: u32,
+    /// Failed requests since it last answered; 0 once it answers.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// When a request to it last failed, unix seconds (0: never).
+    #[serde(default)]
+    pub last_failure_at: u64,
+    /// Tunnel checks (AutoPay's `Tunnel::verify`: handshake and probe) that passed.
+    #[serde(default)]
+    pub checks_ok: u32,
+    /// Tunnel checks that failed (no recent handshake, or the probe went unanswered).
+    #[serde(default)]
+    pub checks_failed: u32,
+}
 
 impl Renter {
     /// Looks for providers and refreshes their offers. Returns how many offers are known.
@@ -22,7 +53,7 @@ impl Renter {
 
     pub(super) async fn fetch_offer(&self, peer: PeerId) -> Result<KnownOffer, MarketError> {
         let hello = Message::Hello(Hello::ours(false, true, &self.inner.network));
-        let (reply, rtt) = self.inner.peers.request(peer, hello).await?;
+        let (reply, rtt) = self.ask(peer, hello).await?;
         let signed = match reply {
             Message::Offer(o) => o,
             Message::Hello(_) => {
@@ -116,15 +147,23 @@ impl Renter {
         Ok(offer)
     }
 
-    /// Known offers, best first for `credit` (default credit when `None`).
+    /// Known offers, best first for `credit` (default credit when `None`). Ranking uses this
+    /// renter's history with each provider; a provider that failed
+    /// `renter.drop_after_failures` requests in a row is left out until it answers again.
     pub fn offers(&self, credit: Option<Sats>) -> Vec<KnownOffer> {
         let credit = credit.unwrap_or(self.inner.cfg.default_credit_sat);
+        let histories = self.histories();
         let all: Vec<KnownOffer> = self
             .inner
             .offers
             .lock()
             .expect("offers lock not poisoned")
             .values()
+            .filter(|o| {
+                !histories
+                    .get(&o.peer)
+                    .is_some_and(|h| self.dropped(h.consecutive_failures))
+            })
             .cloned()
             .collect();
         let cands: Vec<select::Candidate<'_>> = all
@@ -134,6 +173,7 @@ impl Renter {
                 terms: &o.offer.terms,
                 rtt: o.rtt,
                 available: self.serves(&o.offer),
+                history: histories.get(&o.peer).copied().unwrap_or_default(),
             })
             .collect();
         let order: Vec<String> = select::rank(&cands, credit)
@@ -157,6 +197,193 @@ impl Renter {
         };
         has(&offer.ipv4, self.inner.cfg.ipv4_prefix_len)
             && has(&offer.ipv6, self.inner.cfg.ipv6_prefix_len)
+    }
+
+    /// Whether a provider with `consecutive` failed requests in a row is dropped.
+    fn dropped(&self, consecutive: u32) -> bool {
+        let limit = self.inner.cfg.drop_after_failures;
+        limit > 0 && consecutive >= limit
+    }
+
+    /// What ranking needs to know of each provider this renter has dealt with: the stored
+    /// history plus the payments still waiting for their lease.
+    fn histories(&self) -> HashMap<String, select::History> {
+        let mut out: HashMap<String, select::History> = HashMap::new();
+        match self.inner.providers.all() {
+            Ok(all) => {
+                for (peer, h) in all {
+                    out.insert(
+                        peer,
+                        // A verified tunnel is service delivered; a failed check, service
+                        // missed.
+                        select::History {
+                            delivered: h
+                                .leases_delivered
+                                .saturating_add(h.topups_delivered)
+                                .saturating_add(h.checks_ok),
+                            failures: h.failures.saturating_add(h.checks_failed),
+                            consecutive_failures: h.consecutive_failures,
+                            undelivered: 0,
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read provider history; ranking without it")
+            }
+        }
+        match self.open_payments() {
+            Ok(open) => {
+                for p in open {
+                    let h = out.entry(p.provider).or_default();
+                    h.undelivered = h.undelivered.saturating_add(1);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read payments; ranking without them"),
+        }
+        out
+    }
+
+    /// This renter's history with every provider it has dealt with, by PeerId.
+    ///
+    /// # Errors
+    /// When the history cannot be read.
+    pub fn provider_history(&self) -> Result<Vec<(String, ProviderHistory)>, MarketError> {
+        Ok(self.inner.providers.all()?)
+    }
+
+    /// Sends a request to a provider and keeps its record: a request that fails on the way
+    /// (timeout, unreachable) counts against it; any answer, even a refusal, clears its run of
+    /// failures. Every request of the renter goes through here (hello, rent, top-up,
+    /// paymentResult, status).
+    pub(super) async fn ask(
+        &self,
+        peer: PeerId,
+        msg: Message,
+    ) -> Result<(Message, Duration), MarketError> {
+        let result = self.inner.peers.request(peer, msg).await;
+        match &result {
+            Ok(_) => self.note_answer(&peer.to_string()).await,
+            Err(MarketError::Net(e)) => self.note_failure(&peer.to_string(), e).await,
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// A provider answered: its run of failures ends (written only when there was one).
+    async fn note_answer(&self, peer: &str) {
+        let had_run = match self.inner.providers.get(peer) {
+            Ok(h) => h.is_some_and(|h| h.consecutive_failures > 0),
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "cannot read provider history");
+                false
+            }
+        };
+        if !had_run {
+            return;
+        }
+        let updated = self
+            .inner
+            .providers
+            .update(peer, |cur| {
+                let mut h = cur.cloned().unwrap_or_default();
+                h.consecutive_failures = 0;
+                Ok(Some(h))
+            })
+            .await;
+        match updated {
+            Ok(_) => tracing::info!(peer, "provider answers again; ranked normally"),
+            Err(e) => tracing::warn!(peer, error = %e, "cannot store provider history"),
+        }
+    }
+
+    /// A request to a provider failed on the way: counted; after `drop_after_failures` in a
+    /// row its offer leaves the offer list (audited as `peer_refused`).
+    async fn note_failure(&self, peer: &str, error: &str) {
+        let now = self.now();
+        let updated = self
+            .inner
+            .providers
+            .update(peer, |cur| {
+                let mut h = cur.cloned().unwrap_or_default();
+                if h.consecutive_failures == 0 {
+                    h.failures = h.failures.saturating_add(1);
+                }
+                h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+                h.last_failure_at = now;
+                Ok(Some(h))
+            })
+            .await;
+        let h = match updated {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "cannot store provider history");
+                return;
+            }
+        };
+        let limit = self.inner.cfg.drop_after_failures;
+        if limit > 0 && h.consecutive_failures == limit {
+            let removed = self
+                .inner
+                .offers
+                .lock()
+                .expect("offers lock not poisoned")
+                .remove(peer);
+            tracing::warn!(peer, failures = h.consecutive_failures, %error,
+                "provider failed to answer {limit} requests in a row; dropped from the offer list \
+                 until it answers again");
+            self.audit(
+                AuditKind::PeerRefused,
+                json!({"peer": peer, "reason": format!(
+                    "dropped from the offer list: {limit} requests in a row failed (last: {error})"),
+                    "offer_id": removed.map(|o| o.offer_id)}),
+            )
+            .await;
+        } else {
+            tracing::info!(peer, failures = h.consecutive_failures, %error,
+                "request to provider failed; ranked lower until it answers");
+        }
+    }
+
+    /// Counts the outcome of a tunnel check of a lease from this provider.
+    pub(super) async fn note_check(&self, peer: &str, ok: bool) {
+        let updated = self
+            .inner
+            .providers
+            .update(peer, |cur| {
+                let mut h = cur.cloned().unwrap_or_default();
+                if ok {
+                    h.checks_ok = h.checks_ok.saturating_add(1);
+                } else {
+                    h.checks_failed = h.checks_failed.saturating_add(1);
+                }
+                Ok(Some(h))
+            })
+            .await;
+        if let Err(e) = updated {
+            tracing::warn!(peer, error = %e, "cannot store provider history");
+        }
+    }
+
+    /// Counts a lease (or a top-up) this provider delivered.
+    pub(super) async fn note_delivered(&self, peer: &str, topup: bool) {
+        let updated = self
+            .inner
+            .providers
+            .update(peer, |cur| {
+                let mut h = cur.cloned().unwrap_or_default();
+                if topup {
+                    h.topups_delivered = h.topups_delivered.saturating_add(1);
+                } else {
+                    h.leases_delivered = h.leases_delivered.saturating_add(1);
+                }
+                Ok(Some(h))
+            })
+            .await;
+        if let Err(e) = updated {
+            tracing::warn!(peer, error = %e, "cannot store provider history");
+        }
     }
 
     pub(super) async fn fetch_offer_str(&self, peer: &str) -> Result<KnownOffer, MarketError> {

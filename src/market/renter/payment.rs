@@ -76,7 +76,169 @@ pub(super) struct PayPlan<'a> {
     pub(super) autopay: bool,
 }
 
+/// A payment of ours whose lease has not arrived yet: paid (or possibly paid, its outcome
+/// still being tracked with our node) and not completed. While one is open for a provider,
+/// nothing more is paid to that provider, so the most a provider that never delivers can take
+/// is one invoice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenPayment {
+    /// Payment hash, hex.
+    pub payment_hash: String,
+    /// Provider PeerId.
+    pub provider: String,
+    /// Lease the payment is for.
+    pub lease_id: String,
+    /// Amount paid, sat.
+    pub amount_sat: Sats,
+    /// `activation` or `topup`.
+    pub purpose: String,
+    /// True when our node reported the payment succeeded; false while its outcome is still
+    /// being tracked.
+    pub paid: bool,
+    /// When the payment was started, unix seconds.
+    pub since: u64,
+    /// How long it has waited, seconds.
+    pub age_secs: u64,
+    /// What the renter can do, as a sentence.
+    pub advice: String,
+}
+
+impl OpenPayment {
+    /// One line naming the payment, its age and what to do.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} payment {} of {} sat to provider {} ({}) has waited {}s for its lease; {}",
+            self.purpose,
+            self.payment_hash,
+            self.amount_sat,
+            self.provider,
+            if self.paid {
+                "paid"
+            } else {
+                "outcome being tracked"
+            },
+            self.age_secs,
+            self.advice
+        )
+    }
+}
+
+/// Whether a payment record still waits for what it paid for.
+fn is_open(rec: &PaymentRecord) -> bool {
+    match rec.state {
+        PayState::Attempting => true,
+        PayState::Succeeded => !rec.completed,
+        PayState::Failed | PayState::Manual => false,
+    }
+}
+
 impl Renter {
+    /// Payments of ours whose lease has not arrived yet, oldest first (see [`OpenPayment`]).
+    ///
+    /// # Errors
+    /// When the payments cannot be read.
+    pub fn open_payments(&self) -> Result<Vec<OpenPayment>, MarketError> {
+        let now = self.now();
+        let mut open: Vec<OpenPayment> = self
+            .inner
+            .payments
+            .all()?
+            .into_iter()
+            .filter(|(_, rec)| is_open(rec))
+            .map(|(hash, rec)| {
+                let paid = rec.state == PayState::Succeeded;
+                let advice = if paid {
+                    "the daemon keeps asking the provider for the lease; until it arrives \
+                     nothing more is paid to this provider (rent, add-credit and AutoPay are \
+                     refused) and `rent --auto` picks another one. If it never arrives, this \
+                     invoice is all that is lost; keep the payment hash and preimage (audit log) \
+                     as proof of payment"
+                } else {
+                    "the payment's outcome is being tracked with the Lightning node; if it \
+                     failed, it is resolved on the next pass. Until then nothing more is paid \
+                     to this provider and `rent --auto` picks another one"
+                };
+                OpenPayment {
+                    purpose: rec
+                        .commitment
+                        .as_ref()
+                        .map(|c| c.purpose.clone())
+                        .unwrap_or_default(),
+                    payment_hash: hash,
+                    provider: rec.provider,
+                    lease_id: rec.lease_id,
+                    amount_sat: rec.amount_sat,
+                    paid,
+                    since: rec.at,
+                    age_secs: now.saturating_sub(rec.at),
+                    advice: advice.to_owned(),
+                }
+            })
+            .collect();
+        open.sort_by_key(|p| p.since);
+        Ok(open)
+    }
+
+    /// The oldest open payment to `provider`, if any.
+    pub(super) fn open_payment_to(
+        &self,
+        provider: &str,
+    ) -> Result<Option<OpenPayment>, MarketError> {
+        Ok(self
+            .open_payments()?
+            .into_iter()
+            .find(|p| p.provider == provider))
+    }
+
+    /// Whether `provider` may be paid now as far as undelivered payments go; `rent --auto`
+    /// skips those that may not (logged, not audited: nothing was asked of them).
+    pub(super) fn payable(&self, provider: &str) -> bool {
+        match self.open_payment_to(provider) {
+            Ok(None) => true,
+            Ok(Some(open)) => {
+                tracing::info!(provider, open_payment_hash = %open.payment_hash,
+                    age_secs = open.age_secs,
+                    "skipping a provider that has not delivered an earlier payment's lease");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "cannot read payments; skipping the provider");
+                false
+            }
+        }
+    }
+
+    /// Refuses any payment to `provider` while one of ours to it waits for its lease: the
+    /// refusal is audited (`payment_refused`, reason `undelivered_payment`) and logged, and
+    /// nothing is paid. Called before asking for an invoice and again, under the provider's
+    /// lock, right before a payment hash is claimed.
+    pub(super) async fn refuse_if_undelivered(
+        &self,
+        provider: &str,
+        lease_id: &str,
+        amount_sat: Sats,
+    ) -> Result<(), MarketError> {
+        let Some(open) = self.open_payment_to(provider)? else {
+            return Ok(());
+        };
+        self.audit(
+            AuditKind::PaymentRefused,
+            json!({"reason": "undelivered_payment", "provider": provider,
+                   "lease_id": lease_id, "amount_sat": amount_sat,
+                   "open_payment_hash": open.payment_hash,
+                   "open_amount_sat": open.amount_sat, "open_since": open.since,
+                   "open_age_secs": open.age_secs}),
+        )
+        .await;
+        tracing::warn!(provider, open_payment_hash = %open.payment_hash,
+            age_secs = open.age_secs, "payment refused: an earlier payment to this provider has \
+            not delivered its lease; nothing paid");
+        Err(MarketError::UndeliveredPayment(format!(
+            "nothing more is paid to this provider until an earlier payment is resolved: {}",
+            open.describe()
+        )))
+    }
+
     /// Runs every payer-side check on `pay` against what we agreed; on a refusal the reason is
     /// audited and logged, and nothing is recorded as a payment.
     pub(super) async fn check_pay_invoice(
@@ -229,6 +391,16 @@ impl Renter {
             &pay.lease_id,
         )
         .await?;
+        // One payment at a time per provider from the check to the claim: of two payments racing
+        // to one provider, the second sees the first as open and is refused.
+        let _provider = i.pay_locks.lock(&format!("provider:{provider}")).await;
+        if i.payments.get(&hash)?.is_some() {
+            // The same invoice, claimed by a racing payer meanwhile: the precise reason.
+            let reason = format!("payment hash {hash} already seen here; never paying twice");
+            return Err(self.reject_invoice(pay, commitment, reason).await);
+        }
+        self.refuse_if_undelivered(provider, &pay.lease_id, commitment.amount_sat)
+            .await?;
         let paying = i.pay_locks.lock(&hash).await;
         let mut record = PaymentRecord {
             request_id: pay.request_id.clone(),
@@ -633,5 +805,81 @@ mod tests {
         let capped = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
         assert_eq!(r.fee_limit_msat(100_000, capped, "l"), 2_000);
         assert_eq!(r.fee_limit_msat(100_000, "other", "l"), 10_000);
+    }
+
+    #[tokio::test]
+    async fn two_invoices_racing_to_one_provider_pay_one_and_the_other_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemNetwork::new(&[("renter".into(), 100_000), ("provider".into(), 0)]).unwrap();
+        let (r, audit) = renter(dir.path(), &net, 0, RenterConfig::default());
+        let payee = net.pubkey("provider").unwrap();
+        // Two requests (two different invoices) to the same provider.
+        let mut plans = Vec::new();
+        for n in 1..=2 {
+            let mut c = commitment(&r);
+            c.request_id = format!("req-{n}");
+            let inv = net
+                .node("provider")
+                .unwrap()
+                .add_invoice(InvoiceRequest {
+                    amount_msat: 500_000,
+                    description_hash: c.description_hash(),
+                    expiry_secs: 600,
+                })
+                .await
+                .unwrap();
+            let pay = PayInvoice {
+                request_id: c.request_id.clone(),
+                lease_id: "lease-1".into(),
+                bolt11: inv.bolt11,
+                amount_sat: 500,
+            };
+            plans.push((pay, c));
+        }
+        let attempt = |i: usize| {
+            let (pay, c) = &plans[i];
+            let payee = payee.as_str();
+            let r = r.clone();
+            async move {
+                r.pay_checked(PayPlan {
+                    pay,
+                    commitment: c,
+                    payee,
+                    credit_before: 0,
+                    autopay: false,
+                })
+                .await
+                .map(|(hash, _paying)| hash)
+            }
+        };
+        // The first is paid, and its lease never comes (no network here): it stays open.
+        let (a, b) = tokio::join!(attempt(0), attempt(1));
+        assert_eq!(
+            usize::from(a.is_ok()) + usize::from(b.is_ok()),
+            1,
+            "{a:?} {b:?}"
+        );
+        let refused = a.err().or(b.err()).unwrap();
+        assert!(
+            matches!(&refused, MarketError::UndeliveredPayment(m) if m.contains("500 sat")),
+            "{refused}"
+        );
+        assert_eq!(net.balance_msat("renter"), Some(100_000_000 - 500_000));
+        let open = r.open_payments().unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].provider, commitment(&r).provider);
+        assert!(open[0].paid);
+        let refusals: Vec<serde_json::Value> = audit
+            .entries(0)
+            .map(|e| e.unwrap())
+            .filter(|e| e.kind == "payment_refused")
+            .map(|e| e.payload_as().unwrap())
+            .collect();
+        assert_eq!(refusals.len(), 1);
+        assert_eq!(refusals[0]["reason"], "undelivered_payment");
+        assert_eq!(
+            refusals[0]["open_payment_hash"],
+            open[0].payment_hash.as_str()
+        );
     }
 }

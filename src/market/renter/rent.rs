@@ -21,6 +21,7 @@ impl Renter {
                     .filter(|o| {
                         self.serves(&o.offer) && select::price(&o.offer.terms, credit).is_some()
                     })
+                    .filter(|o| self.payable(&o.peer))
                     .collect(),
             };
             let mut last_err = None;
@@ -45,7 +46,18 @@ impl Renter {
                 return Err(last_err.unwrap_or_else(|| {
                     MarketError::NoOffer(match &args.offer_id {
                         Some(id) => format!("offer {id} not found or not usable"),
-                        None => "no usable offer found before the timeout".into(),
+                        None => {
+                            let waiting = self.open_payments().map(|p| p.len()).unwrap_or(0);
+                            if waiting > 0 {
+                                format!(
+                                    "no usable offer found before the timeout (providers with a \
+                                     payment whose lease has not arrived are skipped: {waiting} \
+                                     such payment(s), see `status`)"
+                                )
+                            } else {
+                                "no usable offer found before the timeout".into()
+                            }
+                        }
                     })
                 }));
             }
@@ -68,6 +80,9 @@ impl Renter {
             .map_err(|_| MarketError::Invalid("bad peer id".into()))?;
         let (credit, total) = select::price(&known.offer.terms, credit)
             .ok_or_else(|| MarketError::NoOffer("offer cannot sell that credit".into()))?;
+        // Before the provider reserves anything for us: no second payment to a provider that
+        // has not delivered the first.
+        self.refuse_if_undelivered(&known.peer, "", total).await?;
         let request_id = random_id();
         let req = RentRequest {
             request_id: request_id.clone(),
@@ -115,7 +130,7 @@ impl Renter {
         peer: PeerId,
         msg: Message,
     ) -> Result<PayInvoice, MarketError> {
-        match self.inner.peers.request(peer, msg).await?.0 {
+        match self.ask(peer, msg).await?.0 {
             Message::PayInvoice(p) => Ok(p),
             Message::Error(e) => Err(MarketError::Refused {
                 code: e.code,
@@ -188,6 +203,8 @@ impl Renter {
             )));
         }
         let lease_id = rental.lease.lease_id.clone();
+        self.refuse_if_undelivered(&rental.lease.provider, &lease_id, amount)
+            .await?;
         let peer: PeerId = rental
             .lease
             .provider
@@ -260,9 +277,7 @@ impl Renter {
             .parse()
             .map_err(|_| MarketError::Store("bad provider id".into()))?;
         let reply = self
-            .inner
-            .peers
-            .request(
+            .ask(
                 peer,
                 Message::StatusRequest(StatusRequest {
                     lease_id: id.clone(),
