@@ -47,7 +47,9 @@ async fn renter_rents_pays_exactly_and_gets_a_verified_lease() {
     assert_eq!(leases.len(), 1);
     let stats = w.provider_tunnel.peer_stats("lwp0").await.unwrap();
     assert_eq!(stats.len(), 1);
-    assert_eq!(stats[0].public_key, WgKey([4; 32]));
+    // The lease's own WireGuard key (each lease has one), not the node's shared key.
+    assert_eq!(stats[0].public_key, lease.renter_wg_pubkey);
+    assert_ne!(lease.renter_wg_pubkey, WgKey([4; 32]));
     let allowed: Vec<String> = stats[0].allowed_ips.iter().map(|n| n.to_string()).collect();
     assert_eq!(allowed, ["198.51.100.0/32", "2001:db8:100::/64"]);
 
@@ -337,6 +339,47 @@ async fn a_second_lease_gets_its_own_interface_and_routing_table() {
     assert!(
         b.contains("table 51821") && !b.contains("table 51820"),
         "{b}"
+    );
+    // Each lease has its own WireGuard key, so the provider holds one peer per lease, each
+    // with its own lease's addresses.
+    assert_ne!(first.lease.renter_wg_pubkey, second.lease.renter_wg_pubkey);
+    assert_ne!(
+        a.lines().find(|l| l.starts_with("PrivateKey")),
+        b.lines().find(|l| l.starts_with("PrivateKey"))
+    );
+    let mut peers: Vec<_> = w
+        .provider_tunnel
+        .peer_stats("lwp0")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            (
+                p.public_key,
+                p.allowed_ips
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    peers.sort_by_key(|(k, _)| k.0);
+    let mut want: Vec<_> = [&first, &second]
+        .iter()
+        .map(|r| (r.lease.renter_wg_pubkey, r.lease.allowed_ips.clone()))
+        .collect();
+    want.sort_by_key(|(k, _)| k.0);
+    assert_eq!(peers, want);
+    // With two leases held, commands that act on one lease must be told which.
+    let e = w.renter.release("").await.unwrap_err().to_string();
+    assert!(
+        e.contains(&first.lease.lease_id) && e.contains(&second.lease.lease_id),
+        "{e}"
+    );
+    w.renter.release(&first.lease.lease_id).await.unwrap();
+    assert_eq!(
+        w.renter.rental("").unwrap().lease.lease_id,
+        second.lease.lease_id
     );
 }
 

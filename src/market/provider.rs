@@ -653,19 +653,14 @@ mod tests {
 
     /// Asks for a lease as renter `n` and pays the invoice from the renter's node.
     async fn rent_and_pay(h: &Harness, n: u8) -> PayInvoice {
+        rent_and_pay_with(h, n, n, 1_000).await
+    }
+
+    /// Asks for a lease as renter `n` with WireGuard key `[k; 32]` and `credit` sat, and pays.
+    async fn rent_and_pay_with(h: &Harness, n: u8, k: u8, credit: Sats) -> PayInvoice {
         let reply = h
             .provider
-            .handle(
-                renter_peer(n),
-                Message::RentRequest(RentRequest {
-                    request_id: format!("{n:02}").repeat(16),
-                    offer_id: h.provider.offer().id(),
-                    credit_sat: 1_000,
-                    ipv4_prefix_len: Some(32),
-                    ipv6_prefix_len: None,
-                    wg_pubkey: WgKey([n; 32]),
-                }),
-            )
+            .handle(renter_peer(n), rent_request(h, n, k, credit))
             .await;
         let Message::PayInvoice(pay) = reply else {
             panic!("wanted payInvoice, got {reply:?}")
@@ -681,6 +676,17 @@ mod tests {
             .await
             .unwrap();
         pay
+    }
+
+    fn rent_request(h: &Harness, n: u8, k: u8, credit: Sats) -> Message {
+        Message::RentRequest(RentRequest {
+            request_id: format!("{n:02}{k:02}").repeat(8),
+            offer_id: h.provider.offer().id(),
+            credit_sat: credit,
+            ipv4_prefix_len: Some(32),
+            ipv6_prefix_len: None,
+            wg_pubkey: WgKey([k; 32]),
+        })
     }
 
     fn result_for(pay: &PayInvoice) -> Message {
@@ -847,5 +853,72 @@ mod tests {
             offer.ipv4[0].available, 16,
             "both prefixes back in the pool"
         );
+    }
+
+    /// The provider's peers on its interface: key and allowed IPs.
+    async fn peers(h: &Harness) -> Vec<(WgKey, Vec<IpNet>)> {
+        let mut p: Vec<_> = h
+            .tunnel
+            .inner
+            .peer_stats("lwt0")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.public_key, s.allowed_ips))
+            .collect();
+        p.sort_by_key(|(k, _)| k.0);
+        p
+    }
+
+    #[tokio::test]
+    async fn two_leases_of_one_renter_are_independent_peers() {
+        let h = harness().await;
+        let mut leases = Vec::new();
+        // Renter 1 rents twice, each lease with its own key; the first runs out sooner.
+        for (k, credit) in [(11, 1_000), (12, 3_000)] {
+            let pay = rent_and_pay_with(&h, 1, k, credit).await;
+            let reply = h.provider.handle(renter_peer(1), result_for(&pay)).await;
+            let Message::Lease(l) = reply else {
+                panic!("{reply:?}")
+            };
+            leases.push(l.verify().unwrap());
+        }
+        let ips = |l: &Lease| -> Vec<IpNet> {
+            l.allowed_ips.iter().map(|s| s.parse().unwrap()).collect()
+        };
+        assert_ne!(leases[0].ipv4, leases[1].ipv4);
+        assert_eq!(
+            peers(&h).await,
+            vec![
+                (WgKey([11; 32]), ips(&leases[0])),
+                (WgKey([12; 32]), ips(&leases[1]))
+            ]
+        );
+        // A third lease on a key in use would take a peer over: refused.
+        let reply = h
+            .provider
+            .handle(renter_peer(1), rent_request(&h, 1, 12, 1_000))
+            .await;
+        assert!(
+            matches!(&reply, Message::Error(e) if e.code == ErrorCode::BadRequest
+                && e.message.contains("one key per lease")),
+            "{reply:?}"
+        );
+
+        // The first lease's credit runs out: only its peer goes, the other keeps its own IPs.
+        h.clock.advance(Duration::from_secs(11 * DAY_SECS));
+        h.provider.tick().await.unwrap();
+        let state = |id: &str| {
+            h.provider
+                .leases()
+                .unwrap()
+                .into_iter()
+                .find(|l| l.lease.lease_id == id)
+                .unwrap()
+                .state
+        };
+        assert_eq!(state(&leases[0].lease_id), LeaseState::Suspended);
+        assert_eq!(state(&leases[1].lease_id), LeaseState::Active);
+        assert_eq!(peers(&h).await, vec![(WgKey([12; 32]), ips(&leases[1]))]);
     }
 }

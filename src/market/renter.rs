@@ -45,6 +45,7 @@ use super::locks::KeyedLocks;
 use super::store::{Store, Table};
 use super::{MarketError, Peers, select};
 use crate::audit::{AuditKind, AuditLog};
+use crate::identity::WgKeyPair;
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
@@ -73,15 +74,16 @@ pub struct RenterParams {
     pub fee_limit_ppm: u64,
     /// Payment timeout.
     pub payment_timeout_secs: u32,
-    /// Our WireGuard private key.
+    /// The node's WireGuard private key: only leases made before each lease got its own key
+    /// pair still use it.
     pub wg_private: WgKey,
-    /// Our WireGuard public key.
+    /// The node's WireGuard public key (see `wg_private`).
     pub wg_public: WgKey,
     /// Base interface name.
     pub iface: String,
     /// Keepalive towards the provider.
     pub keepalive: u16,
-    /// Where wg-quick files go (D/wireguard).
+    /// Where wg-quick files go (D/wireguard); each lease's WireGuard key goes to its `keys/`.
     pub conf_dir: PathBuf,
     /// Link wg-quick files into this directory (normally /etc/wireguard, when running as root
     /// and it is writable); `None` links nothing.
@@ -138,6 +140,11 @@ pub struct Rental {
     /// Payment and AutoPay counters.
     #[serde(default)]
     pub stats: RentalStats,
+    /// Request id of the rent that made this lease's own WireGuard key pair
+    /// (`D/wireguard/keys/<id>.key`, 0600). `None`: a lease from before per-lease keys, which
+    /// uses the node's shared key.
+    #[serde(default)]
+    pub wg_key_id: Option<String>,
 }
 
 impl Rental {
@@ -145,6 +152,32 @@ impl Rental {
     pub fn remaining_credit(&self, now: u64) -> Sats {
         self.lease.remaining_credit(now)
     }
+}
+
+/// One line per rental for "choose one" messages: id, state, provider and addresses.
+fn lease_list(rentals: &[Rental]) -> String {
+    let mut sorted: Vec<&Rental> = rentals.iter().collect();
+    sorted.sort_by_key(|r| r.lease.activated_at);
+    sorted
+        .iter()
+        .map(|r| {
+            let addrs: Vec<&str> = r
+                .lease
+                .ipv4
+                .iter()
+                .chain(r.lease.ipv6.iter())
+                .map(String::as_str)
+                .collect();
+            format!(
+                "{} ({}, provider {}, {})",
+                r.lease.lease_id,
+                r.state.as_str(),
+                r.lease.provider,
+                addrs.join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The renter role. Cheap to clone.
@@ -257,7 +290,8 @@ impl Renter {
     pub async fn start(&self) -> Result<(), MarketError> {
         for (_, r) in self.inner.rentals.all()? {
             if r.state == LeaseState::Active {
-                self.apply_tunnel(&r.lease, &r.iface).await?;
+                self.apply_tunnel(&r.lease, &r.iface, r.wg_key_id.as_deref())
+                    .await?;
             }
         }
         Ok(())
@@ -274,22 +308,48 @@ impl Renter {
             .collect())
     }
 
-    /// The rental `lease_id`, or the latest one when empty.
+    /// The rental `lease_id` (a unique prefix will do). Empty: the one lease held (not
+    /// released), or when none is held the latest one.
+    ///
+    /// # Errors
+    /// [`MarketError::NotFound`] when there is no such lease; [`MarketError::Invalid`] when the
+    /// choice is ambiguous (empty with several leases held, or a prefix of several ids): the
+    /// message lists the candidates, to be picked with `--lease`.
     pub fn rental(&self, lease_id: &str) -> Result<Rental, MarketError> {
         let all = self.rentals()?;
-        let found = if lease_id.is_empty() {
-            all.into_iter().max_by_key(|r| r.lease.activated_at)
+        let found: Vec<Rental> = if lease_id.is_empty() {
+            let held: Vec<Rental> = all
+                .iter()
+                .filter(|r| r.state != LeaseState::Released)
+                .cloned()
+                .collect();
+            if held.is_empty() {
+                all.into_iter()
+                    .max_by_key(|r| r.lease.activated_at)
+                    .into_iter()
+                    .collect()
+            } else {
+                held
+            }
+        } else if let Some(exact) = all.iter().find(|r| r.lease.lease_id == lease_id) {
+            vec![exact.clone()]
         } else {
             all.into_iter()
-                .find(|r| r.lease.lease_id == lease_id || r.lease.lease_id.starts_with(lease_id))
+                .filter(|r| r.lease.lease_id.starts_with(lease_id))
+                .collect()
         };
-        found.ok_or_else(|| {
-            MarketError::NotFound(if lease_id.is_empty() {
+        match found.len() {
+            0 => Err(MarketError::NotFound(if lease_id.is_empty() {
                 "no lease yet".into()
             } else {
                 format!("lease {lease_id}")
-            })
-        })
+            })),
+            1 => Ok(found.into_iter().next().expect("one rental")),
+            n => Err(MarketError::Invalid(format!(
+                "{n} leases match; choose one with --lease: {}",
+                lease_list(&found)
+            ))),
+        }
     }
 
     /// Follows the provider's metering locally: a rental whose credit ran out is suspended
@@ -336,6 +396,7 @@ impl Renter {
             Some(Kind::Expired) => {
                 self.teardown_tunnel(&r).await?;
                 self.set_state(id, t.state).await?;
+                self.forget_lease_key(&r);
                 self.audit(
                     AuditKind::LeaseReleased,
                     json!({"lease_id": id, "reason": "reserve period over"}),
@@ -378,6 +439,7 @@ impl Renter {
         let t = lease::next(Some(r.state), Event::Release, self.now())?;
         self.teardown_tunnel(&r).await?;
         let r = self.set_state(&id, t.state).await?;
+        self.forget_lease_key(&r);
         self.audit(
             AuditKind::LeaseReleased,
             json!({"lease_id": r.lease.lease_id, "reason": "released by the renter"}),

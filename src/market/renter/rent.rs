@@ -69,13 +69,15 @@ impl Renter {
         let (credit, total) = select::price(&known.offer.terms, credit)
             .ok_or_else(|| MarketError::NoOffer("offer cannot sell that credit".into()))?;
         let request_id = random_id();
+        // Every lease has its own WireGuard key pair, stored before the provider learns it.
+        let wg = self.new_lease_key(&request_id)?;
         let req = RentRequest {
             request_id: request_id.clone(),
             offer_id: known.offer_id.clone(),
             credit_sat: credit,
             ipv4_prefix_len: i.cfg.ipv4_prefix_len,
             ipv6_prefix_len: i.cfg.ipv6_prefix_len,
-            wg_pubkey: i.wg_public,
+            wg_pubkey: wg.public,
         };
         let pay = self
             .expect_invoice(peer, Message::RentRequest(req.clone()))
@@ -92,7 +94,7 @@ impl Renter {
             amount_sat: total,
             ipv4_prefix_len: req.ipv4_prefix_len,
             ipv6_prefix_len: req.ipv6_prefix_len,
-            renter_wg_pubkey: i.wg_public,
+            renter_wg_pubkey: wg.public,
         };
         let (hash, _paying) = self
             .pay_checked(PayPlan {
@@ -221,7 +223,7 @@ impl Renter {
             amount_sat: amount,
             ipv4_prefix_len: None,
             ipv6_prefix_len: None,
-            renter_wg_pubkey: i.wg_public,
+            renter_wg_pubkey: rental.lease.renter_wg_pubkey,
         };
         Ok((pay, commitment))
     }
