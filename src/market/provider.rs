@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use super::MarketError;
 pub mod config;
+mod ending;
 mod metering;
 mod requests;
 mod settlement;
@@ -41,9 +42,9 @@ use crate::lightning::{InvoiceRequest, InvoiceState, LightningNode};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel};
 use crate::types::{Clock, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
-    ErrorCode, ErrorMsg, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
-    PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest, Signed, Status,
-    StatusRequest, TopUpRequest,
+    ErrorCode, ErrorMsg, InvoiceCommitment, Lease, LeaseEnd, LeaseState, Message, Offer,
+    PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest,
+    Signed, Status, StatusRequest, TopUpRequest,
 };
 pub use config::ProviderConfig;
 
@@ -102,6 +103,14 @@ pub struct ProviderLease {
     /// invoice can never credit the same payment twice.
     #[serde(default)]
     pub settled_requests: Vec<String>,
+    /// A lease its renter released (`leaseEnd`) keeps its prefixes out of the pool until this
+    /// time (what metering would have held them for, at most `reserve_days` from the release),
+    /// so they are not handed to someone else at once. `None`: nothing held.
+    #[serde(default)]
+    pub prefixes_held_until: Option<u64>,
+    /// The renter's signed `leaseEnd`, kept as proof of who ended the lease and when.
+    #[serde(default)]
+    pub lease_end: Option<Signed<LeaseEnd>>,
 }
 
 impl ProviderLease {
@@ -439,6 +448,7 @@ impl Provider {
             Message::TopUpRequest(r) => self.on_topup_request(peer, r).await,
             Message::PaymentResult(r) => self.on_payment_result(peer, r).await,
             Message::StatusRequest(r) => self.on_status(peer, r),
+            Message::LeaseEnd(end) => self.on_lease_end(peer, end).await,
             other => err(
                 ErrorCode::Unsupported,
                 format!("a provider does not answer {}", other.name()),
@@ -448,23 +458,28 @@ impl Provider {
 
     fn on_status(&self, peer: PeerId, r: StatusRequest) -> Message {
         match self.inner.leases.get(&r.lease_id) {
-            Ok(Some(rec)) if rec.renter_peer == peer.to_string() => {
-                let now = self.now();
-                Message::Status(Status {
-                    lease_id: r.lease_id,
-                    state: rec.state,
-                    remaining_credit_sat: rec.remaining_credit(now),
-                    paid_until: rec.lease.paid_until,
-                    now,
-                    lease: Some(rec.signed),
-                })
-            }
+            Ok(Some(rec)) if rec.renter_peer == peer.to_string() => self.status_of(rec),
             Ok(_) => err(ErrorCode::NotFound, "no such lease of yours"),
             Err(e) => {
                 tracing::error!(error = %e, "lease lookup failed");
                 err(ErrorCode::Unavailable, "provider storage error")
             }
         }
+    }
+}
+
+impl Provider {
+    /// The `status` answer for a lease record.
+    fn status_of(&self, rec: ProviderLease) -> Message {
+        let now = self.now();
+        Message::Status(Status {
+            lease_id: rec.lease.lease_id.clone(),
+            state: rec.state,
+            remaining_credit_sat: rec.remaining_credit(now),
+            paid_until: rec.lease.paid_until,
+            now,
+            lease: Some(rec.signed),
+        })
     }
 }
 
@@ -920,5 +935,96 @@ mod tests {
         assert_eq!(state(&leases[0].lease_id), LeaseState::Suspended);
         assert_eq!(state(&leases[1].lease_id), LeaseState::Active);
         assert_eq!(peers(&h).await, vec![(WgKey([12; 32]), ips(&leases[1]))]);
+    }
+
+    fn lease_end(n: u8, lease_id: &str, h: &Harness) -> Message {
+        let key = SigningKey::from_bytes(&[100 + n; 32]);
+        let end = LeaseEnd {
+            lease_id: lease_id.into(),
+            provider: h.provider.inner.peer_id.to_string(),
+            renter: renter_peer(n).to_string(),
+            ended_at: h.clock.now_unix(),
+        };
+        Message::LeaseEnd(Signed::sign(&key, &end).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_lease_end_releases_at_once_only_for_the_renter_and_once() {
+        let h = harness().await;
+        let mut ids = Vec::new();
+        for n in [1, 2] {
+            let pay = rent_and_pay(&h, n).await;
+            let reply = h.provider.handle(renter_peer(n), result_for(&pay)).await;
+            assert!(matches!(reply, Message::Lease(_)), "{reply:?}");
+            ids.push(pay.lease_id);
+        }
+        let available = |h: &Harness| h.provider.offer().verify().unwrap().ipv4[0].available;
+        assert_eq!(available(&h), 14);
+
+        // Renter 2 cannot end renter 1's lease: not by naming it (no such lease of theirs),
+        // nor by forwarding renter 1's signed leaseEnd (signer is not the sender).
+        let theirs = h
+            .provider
+            .handle(renter_peer(2), lease_end(2, &ids[0], &h))
+            .await;
+        assert!(
+            matches!(&theirs, Message::Error(e) if e.code == ErrorCode::NotFound),
+            "{theirs:?}"
+        );
+        let forwarded = h
+            .provider
+            .handle(renter_peer(2), lease_end(1, &ids[0], &h))
+            .await;
+        assert!(
+            matches!(&forwarded, Message::Error(e) if e.code == ErrorCode::BadRequest),
+            "{forwarded:?}"
+        );
+        assert_eq!(peers(&h).await.len(), 2);
+        assert_eq!(count(&h.audit, "lease_released"), 0);
+
+        // Renter 1 ends its lease: released at once, its peer gone, the other untouched.
+        let reply = h
+            .provider
+            .handle(renter_peer(1), lease_end(1, &ids[0], &h))
+            .await;
+        let Message::Status(st) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(st.state, LeaseState::Released);
+        assert_eq!(peers(&h).await.len(), 1);
+        assert_eq!(peers(&h).await[0].0, WgKey([2; 32]));
+        let rec = |id: &str| {
+            h.provider
+                .leases()
+                .unwrap()
+                .into_iter()
+                .find(|l| l.lease.lease_id == id)
+                .unwrap()
+        };
+        assert_eq!(rec(&ids[0]).state, LeaseState::Released);
+        assert!(rec(&ids[0]).lease_end.is_some());
+        assert_eq!(rec(&ids[1]).state, LeaseState::Active);
+        assert_eq!(count(&h.audit, "lease_released"), 1);
+
+        // A second leaseEnd changes nothing and gets the same answer.
+        let again = h
+            .provider
+            .handle(renter_peer(1), lease_end(1, &ids[0], &h))
+            .await;
+        assert!(
+            matches!(&again, Message::Status(s) if s.state == LeaseState::Released),
+            "{again:?}"
+        );
+        assert_eq!(count(&h.audit, "lease_released"), 1);
+
+        // Metering stops at once; the prefix stays held for the reserve period, then is freed.
+        h.provider.tick().await.unwrap();
+        assert_eq!(available(&h), 14, "prefix held during the reserve period");
+        h.clock.advance(Duration::from_secs(7 * DAY_SECS));
+        h.provider.tick().await.unwrap();
+        assert_eq!(available(&h), 15, "prefix back after the reserve period");
+        assert_eq!(rec(&ids[0]).state, LeaseState::Released);
+        assert_eq!(rec(&ids[0]).prefixes_held_until, None);
+        assert_eq!(count(&h.audit, "lease_suspended"), 0);
     }
 }

@@ -75,6 +75,10 @@ impl Provider {
         let Some(mut rec) = i.leases.get(lease_id)? else {
             return Ok(());
         };
+        if rec.prefixes_held_until.is_some() {
+            // Released by its renter: nothing is metered, the prefixes come back when due.
+            return self.free_held_prefixes(lease_id, &mut rec).await;
+        }
         let t = lease::next(
             Some(rec.state),
             Event::Tick {
