@@ -7,6 +7,7 @@
 
 mod world;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -460,6 +461,85 @@ async fn release_removes_the_tunnel_the_conf_and_its_link() {
     );
     assert!(kinds(&w.renter_audit).iter().any(|k| k == "lease_released"));
     assert!(w.renter.release("").await.is_err(), "released twice");
+    // The provider was told with the renter's signed leaseEnd: released there too, peer gone.
+    assert!(!released.end_unsent);
+    let rec = &w.provider.leases().unwrap()[0];
+    assert_eq!(rec.state, leasewire::wire::LeaseState::Released);
+    assert!(
+        w.provider_tunnel
+            .peer_stats("lwp0")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_release_the_provider_missed_is_sent_again_on_later_ticks() {
+    let w = world(Tamper::None).await;
+    w.renter.discover().await.unwrap();
+    let args = || RentArgs {
+        offer_id: None,
+        credit_sat: Some(1000),
+        timeout: Duration::from_secs(10),
+    };
+    let first = w.renter.rent(args()).await.unwrap();
+    let second = w.renter.rent(args()).await.unwrap();
+    let (_, forfeit) = w.renter.release_preview(&first.lease.lease_id).unwrap();
+    assert_eq!(forfeit, 1000, "the whole credit is given up");
+
+    // The provider cannot be reached: the renter releases locally all the same.
+    w.peers.down.store(true, Ordering::SeqCst);
+    let released = w.renter.release(&first.lease.lease_id).await.unwrap();
+    assert_eq!(released.state, leasewire::wire::LeaseState::Released);
+    assert!(
+        released.end_unsent,
+        "recorded that the provider was not told"
+    );
+    let state = |id: &str| {
+        w.provider
+            .leases()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.lease.lease_id == id)
+            .unwrap()
+            .state
+    };
+    assert_eq!(
+        state(&first.lease.lease_id),
+        leasewire::wire::LeaseState::Active
+    );
+    w.renter.tick().await.unwrap();
+    assert!(w.renter.rental(&first.lease.lease_id).unwrap().end_unsent);
+
+    // Reachable again: the next tick tells it, once.
+    w.peers.down.store(false, Ordering::SeqCst);
+    w.renter.tick().await.unwrap();
+    assert!(!w.renter.rental(&first.lease.lease_id).unwrap().end_unsent);
+    assert_eq!(
+        state(&first.lease.lease_id),
+        leasewire::wire::LeaseState::Released
+    );
+    assert_eq!(
+        state(&second.lease.lease_id),
+        leasewire::wire::LeaseState::Active
+    );
+    let peers = w.provider_tunnel.peer_stats("lwp0").await.unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].public_key, second.lease.renter_wg_pubkey);
+    let provider_releases = kinds(&w.provider_audit)
+        .iter()
+        .filter(|k| *k == "lease_released")
+        .count();
+    w.renter.tick().await.unwrap();
+    assert_eq!(
+        kinds(&w.provider_audit)
+            .iter()
+            .filter(|k| *k == "lease_released")
+            .count(),
+        provider_releases,
+        "not sent again once confirmed"
+    );
 }
 
 #[tokio::test]

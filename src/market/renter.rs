@@ -51,8 +51,9 @@ use crate::lightning::{LightningNode, PayRequest};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
 use crate::types::{Clock, DAY_SECS, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
-    ErrorCode, Hello, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
-    PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed, StatusRequest, TopUpRequest,
+    ErrorCode, Hello, InvoiceCommitment, Lease, LeaseEnd, LeaseState, Message, Offer,
+    PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed,
+    StatusRequest, TopUpRequest,
 };
 pub use config::RenterConfig;
 
@@ -61,7 +62,7 @@ const POLICY_TABLE: u32 = 51820;
 
 /// Everything a renter needs. Built by the node.
 pub struct RenterParams {
-    /// Node signing key (the renter signs nothing itself; it names us).
+    /// Node signing key: names us, and signs the `leaseEnd` of a lease we release.
     pub key: SigningKey,
     /// Renter settings.
     pub cfg: RenterConfig,
@@ -145,6 +146,13 @@ pub struct Rental {
     /// uses the node's shared key.
     #[serde(default)]
     pub wg_key_id: Option<String>,
+    /// Our signed `leaseEnd`, once we released the lease.
+    #[serde(default)]
+    pub lease_end: Option<Signed<LeaseEnd>>,
+    /// Released, but the provider has not confirmed our `leaseEnd` yet: the tick sends it again
+    /// until it does.
+    #[serde(default)]
+    pub end_unsent: bool,
 }
 
 impl Rental {
@@ -187,6 +195,8 @@ pub struct Renter {
 }
 
 struct Inner {
+    /// Node key: signs our `leaseEnd`s.
+    key: SigningKey,
     peer_id: PeerId,
     cfg: RenterConfig,
     network: String,
@@ -240,6 +250,7 @@ impl Renter {
             inner: Arc::new(Inner {
                 rentals: Table::open(db, "renter_rentals")?,
                 payments: Table::open(db, "renter_payments")?,
+                key: p.key,
                 peer_id,
                 cfg: p.cfg,
                 network: p.network,
@@ -367,6 +378,16 @@ impl Renter {
             if let Err(e) = self.meter(&id).await {
                 self.item_failed("renter tick", "lease_id", &id, &e).await;
             }
+            // A release the provider has not confirmed yet: tell it again.
+            if self
+                .inner
+                .rentals
+                .get(&id)?
+                .is_some_and(|r| r.end_unsent && r.state == LeaseState::Released)
+                && let Err(e) = self.send_lease_end(&id).await
+            {
+                tracing::info!(lease_id = %id, error = %e, "provider still not told of the release; retrying later");
+            }
         }
         Ok(())
     }
@@ -423,29 +444,131 @@ impl Renter {
             .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))
     }
 
-    /// Gives a lease up: removes its interface, routes, rules, wg-quick file and link, and
-    /// marks it released. The provider is not told: it keeps metering the credit already paid
-    /// and frees the prefixes after its reserve period.
-    pub async fn release(&self, lease_id: &str) -> Result<Rental, MarketError> {
-        let id = self.rental(lease_id)?.lease.lease_id;
-        let _lease = self.inner.lease_locks.lock(&id).await;
-        let r = self.rental(&id)?;
+    /// The rental `lease_id` would release, and the credit given up by releasing it now
+    /// (what the provider's ledger would still meter; nothing of it is paid back).
+    ///
+    /// # Errors
+    /// As [`Renter::rental`]; [`MarketError::Invalid`] for a lease already released.
+    pub fn release_preview(&self, lease_id: &str) -> Result<(Rental, Sats), MarketError> {
+        let r = self.rental(lease_id)?;
         if r.state == LeaseState::Released {
             return Err(MarketError::Invalid(format!(
                 "lease {} is already released",
                 r.lease.lease_id
             )));
         }
-        let t = lease::next(Some(r.state), Event::Release, self.now())?;
+        let forfeit = r.remaining_credit(self.now());
+        Ok((r, forfeit))
+    }
+
+    /// Gives a lease up: removes its interface, routes, rules, wg-quick file, link and
+    /// WireGuard key, marks it released and sends the provider our signed `leaseEnd`, so it
+    /// stops metering, removes the peer and frees the prefixes after its reserve period. The
+    /// remaining credit is given up. A provider that cannot be reached is told on later ticks
+    /// ([`Rental::end_unsent`]); the release itself is done locally either way.
+    pub async fn release(&self, lease_id: &str) -> Result<Rental, MarketError> {
+        let id = self.rental(lease_id)?.lease.lease_id;
+        let _lease = self.inner.lease_locks.lock(&id).await;
+        let (r, forfeit) = self.release_preview(&id)?;
+        let now = self.now();
+        let t = lease::next(Some(r.state), Event::Release, now)?;
+        let end = LeaseEnd {
+            lease_id: id.clone(),
+            provider: r.lease.provider.clone(),
+            renter: self.inner.peer_id.to_string(),
+            ended_at: now,
+        };
+        let signed =
+            Signed::sign(&self.inner.key, &end).map_err(|e| MarketError::Store(e.to_string()))?;
         self.teardown_tunnel(&r).await?;
-        let r = self.set_state(&id, t.state).await?;
+        let r = self
+            .inner
+            .rentals
+            .update(&id, |cur| {
+                let mut r = cur
+                    .cloned()
+                    .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+                r.state = t.state;
+                r.lease_end = Some(signed.clone());
+                r.end_unsent = true;
+                Ok(Some(r))
+            })
+            .await?
+            .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
         self.forget_lease_key(&r);
         self.audit(
             AuditKind::LeaseReleased,
-            json!({"lease_id": r.lease.lease_id, "reason": "released by the renter"}),
+            json!({"lease_id": r.lease.lease_id, "reason": "released by the renter",
+                   "forfeited_credit_sat": forfeit}),
         )
         .await;
-        tracing::info!(lease_id = %r.lease.lease_id, iface = %r.iface, "lease released");
+        tracing::info!(lease_id = %r.lease.lease_id, iface = %r.iface, forfeit, "lease released");
+        match self.send_lease_end(&id).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                tracing::warn!(lease_id = %id, error = %e, "provider not told of the release; retrying on later ticks");
+                self.rental(&id)
+            }
+        }
+    }
+
+    /// Sends the stored `leaseEnd` of a released rental to its provider; once the provider's
+    /// status shows the lease released, [`Rental::end_unsent`] is cleared.
+    async fn send_lease_end(&self, id: &str) -> Result<Rental, MarketError> {
+        let r = self.rental(id)?;
+        let Some(signed) = r.lease_end.clone() else {
+            return Ok(r);
+        };
+        let peer: PeerId = r
+            .lease
+            .provider
+            .parse()
+            .map_err(|_| MarketError::Store("bad provider id".into()))?;
+        match self
+            .inner
+            .peers
+            .request(peer, Message::LeaseEnd(signed))
+            .await?
+            .0
+        {
+            Message::Status(s) if s.lease_id == id && s.state == LeaseState::Released => {}
+            Message::Status(s) => {
+                return Err(MarketError::Invalid(format!(
+                    "provider answered leaseEnd with state {}",
+                    s.state.as_str()
+                )));
+            }
+            Message::Error(e) => {
+                return Err(MarketError::Refused {
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+            other => {
+                return Err(MarketError::Unexpected {
+                    expected: "status",
+                    got: other.name(),
+                });
+            }
+        }
+        let r = self
+            .inner
+            .rentals
+            .update(id, |cur| {
+                let mut r = cur
+                    .cloned()
+                    .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+                r.end_unsent = false;
+                Ok(Some(r))
+            })
+            .await?
+            .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+        self.audit(
+            AuditKind::LeaseReleased,
+            json!({"lease_id": id, "reason": "provider confirmed the release"}),
+        )
+        .await;
+        tracing::info!(lease_id = %id, "provider confirmed the release");
         Ok(r)
     }
 

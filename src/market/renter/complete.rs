@@ -143,6 +143,8 @@ impl Renter {
                 ..RentalStats::default()
             },
             wg_key_id: key_id,
+            lease_end: None,
+            end_unsent: false,
         };
         i.rentals.put(&lease.lease_id, &rental).await?;
         drop(claim);
