@@ -325,7 +325,23 @@ async fn a_second_lease_gets_its_own_interface_and_routing_table() {
         timeout: Duration::from_secs(10),
     };
     let first = w.renter.rent(args()).await.unwrap();
-    let second = w.renter.rent(args()).await.unwrap();
+    // A second lease from the same provider is bought only once confirmed; asking pays nothing.
+    let attempts = || {
+        kinds(&w.renter_audit)
+            .iter()
+            .filter(|k| *k == "payment_attempt")
+            .count()
+    };
+    let paid = attempts();
+    let e = w.renter.rent_confirmed(args(), false).await.unwrap_err();
+    assert!(
+        matches!(&e, MarketError::NeedsConfirmation(m) if m.contains(&first.lease.lease_id)
+            && m.contains(&w.provider_peer.to_string())),
+        "{e}"
+    );
+    assert_eq!(w.renter.rentals().unwrap().len(), 1);
+    assert_eq!(attempts(), paid, "nothing paid before the confirmation");
+    let second = w.renter.rent_confirmed(args(), true).await.unwrap();
     assert_eq!(
         (first.iface.as_str(), second.iface.as_str()),
         ("lwr0", "lwr1")

@@ -87,17 +87,21 @@ enum Command {
     },
     /// Print the wg-quick configuration of a lease
     Conf {
-        /// Lease id [default: the only (or latest) lease]
+        /// Lease id [default: the only lease held]
         #[arg(long, value_name = "ID")]
         lease: Option<String>,
         #[command(flatten)]
         out: Output,
     },
-    /// Give a lease up: remove its tunnel, routes, wg-quick file and link
+    /// Give a lease up: remove its tunnel, routes, wg-quick file and link, and tell the
+    /// provider (signed leaseEnd); the remaining credit is given up
     Release {
-        /// Lease id [default: the only (or latest) lease]
+        /// Lease id [default: the only lease held]
         #[arg(long, value_name = "ID")]
         lease: Option<String>,
+        /// Give up the remaining credit without asking
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         out: Output,
     },
@@ -106,7 +110,7 @@ enum Command {
         /// Amount of credit to buy, in satoshis
         #[arg(long, value_name = "SAT", value_parser = clap::value_parser!(u64).range(1..))]
         amount: u64,
-        /// Lease id [default: the only (or latest) lease]
+        /// Lease id [default: the only lease held]
         #[arg(long, value_name = "ID")]
         lease: Option<String>,
         /// Do not pay from the daemon's node: print the invoice (text and QR code) to pay from
@@ -124,7 +128,7 @@ enum Command {
         /// on or off
         #[arg(value_parser = ["on", "off"])]
         state: String,
-        /// Lease id [default: the only (or latest) lease]
+        /// Lease id [default: the only lease held]
         #[arg(long, value_name = "ID")]
         lease: Option<String>,
         #[command(flatten)]
@@ -158,6 +162,9 @@ struct RentArgs {
     /// How long to wait for offers to be discovered [default: 60]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     timeout_secs: Option<u32>,
+    /// Buy a second lease from a provider already leasing to us without asking
+    #[arg(long)]
+    yes: bool,
     #[command(flatten)]
     out: Output,
 }
@@ -265,6 +272,7 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
                 auto: args.auto,
                 credit_sat: args.credit.unwrap_or(0),
                 timeout_secs: args.timeout_secs.unwrap_or(0),
+                yes: args.yes,
             },
             args.out.json,
         )),
@@ -297,10 +305,11 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
             },
             out.json,
         )),
-        Command::Release { lease, out } => rpc::block_on(rpc::release(
+        Command::Release { lease, yes, out } => rpc::block_on(rpc::release(
             &data_dir,
             leasewire::control::pb::ReleaseRequest {
                 lease_id: lease.unwrap_or_default(),
+                yes,
             },
             out.json,
         )),

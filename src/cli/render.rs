@@ -153,6 +153,15 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
             format!("{} made, {} top-ups", l.payments, l.topups),
         ));
     }
+    if l.forfeit_sat > 0 {
+        pairs.push(("credit given up", sat(l.forfeit_sat)));
+    }
+    if l.end_unsent {
+        pairs.push((
+            "provider",
+            "not told of the release yet (retrying)".to_owned(),
+        ));
+    }
     kv(w, &pairs)
 }
 
@@ -357,6 +366,9 @@ mod tests {
             autopay_note: "tunnel not verified: no reply to the probe".into(),
             autopay_note_at: 940,
             autopay_note_paid: false,
+            forfeit_sat: 0,
+            confirm: String::new(),
+            end_unsent: false,
         }
     }
 

@@ -60,7 +60,8 @@ fn market_err(e: MarketError) -> ControlError {
         | MarketError::BadSigned { .. }
         | MarketError::Lightning(_)
         | MarketError::LimitExceeded(_)
-        | MarketError::AwaitingLease(_)) => ControlError::FailedPrecondition(e.to_string()),
+        | MarketError::AwaitingLease(_)
+        | MarketError::NeedsConfirmation(_)) => ControlError::FailedPrecondition(e.to_string()),
         e @ MarketError::Net(_) => ControlError::Unavailable(e.to_string()),
         e => ControlError::Internal(e.to_string()),
     }
@@ -99,6 +100,7 @@ fn rental_info(r: &Rental) -> pb::LeaseInfo {
         autopay_note: note.message,
         autopay_note_at: note.at,
         autopay_note_paid: note.paid,
+        end_unsent: r.end_unsent,
         ..lease_info(
             &r.lease,
             r.state,
@@ -219,8 +221,15 @@ impl ControlHandler for NodeControl {
                 u64::from(req.timeout_secs)
             }),
         };
-        let rental = r.rent(args).await.map_err(market_err)?;
-        Ok(rental_info(&rental))
+        match r.rent_confirmed(args, req.yes).await {
+            Ok(rental) => Ok(rental_info(&rental)),
+            // Nothing bought: the caller asks its user and comes back with `yes`.
+            Err(MarketError::NeedsConfirmation(why)) => Ok(pb::LeaseInfo {
+                confirm: why,
+                ..Default::default()
+            }),
+            Err(e) => Err(market_err(e)),
+        }
     }
 
     async fn conf(&self, req: pb::ConfRequest) -> Result<pb::ConfReply, ControlError> {
@@ -294,12 +303,26 @@ impl ControlHandler for NodeControl {
     }
 
     async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError> {
-        let rental = self
-            .renter()?
-            .release(&req.lease_id)
+        let r = self.renter()?;
+        let (rental, forfeit) = r.release_preview(&req.lease_id).map_err(market_err)?;
+        if !req.yes {
+            return Ok(pb::LeaseInfo {
+                forfeit_sat: forfeit,
+                confirm: format!(
+                    "releasing lease {} gives up its remaining {forfeit} sat of credit",
+                    rental.lease.lease_id
+                ),
+                ..rental_info(&rental)
+            });
+        }
+        let released = r
+            .release(&rental.lease.lease_id)
             .await
             .map_err(market_err)?;
-        Ok(rental_info(&rental))
+        Ok(pb::LeaseInfo {
+            forfeit_sat: forfeit,
+            ..rental_info(&released)
+        })
     }
 
     async fn leases(&self) -> Result<pb::LeasesReply, ControlError> {

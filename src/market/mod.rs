@@ -90,6 +90,9 @@ pub enum MarketError {
     /// provider for the lease until it gets it. Nothing should be paid again.
     #[error("paid, lease not received yet (the daemon keeps asking the provider): {0}")]
     AwaitingLease(String),
+    /// Nothing was done: the request needs the user's confirmation (`--yes`); says why.
+    #[error("needs confirmation: {0}")]
+    NeedsConfirmation(String),
 }
 
 impl From<lease::IllegalTransition> for MarketError {

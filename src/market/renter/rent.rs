@@ -6,7 +6,20 @@ use super::*;
 impl Renter {
     /// Rents under `args.offer_id`, or the best offer; returns once the tunnel is configured.
     /// Holds no lock while it waits for offers: top-ups of other leases go on meanwhile.
+    /// Buys a further lease from a provider we already lease from without asking (see
+    /// [`Renter::rent_confirmed`]).
     pub async fn rent(&self, args: RentArgs) -> Result<Rental, MarketError> {
+        self.rent_confirmed(args, true).await
+    }
+
+    /// [`Renter::rent`], but unless `second_ok`, an offer from a provider this renter already
+    /// holds a lease from (not released) is not bought: [`MarketError::NeedsConfirmation`]
+    /// names the provider and the leases held, and nothing is paid.
+    pub async fn rent_confirmed(
+        &self,
+        args: RentArgs,
+        second_ok: bool,
+    ) -> Result<Rental, MarketError> {
         let credit = args.credit_sat.unwrap_or(self.inner.cfg.default_credit_sat);
         let deadline = tokio::time::Instant::now() + args.timeout;
         loop {
@@ -25,6 +38,24 @@ impl Renter {
             };
             let mut last_err = None;
             for offer in candidates {
+                if !second_ok {
+                    let held: Vec<Rental> = self
+                        .rentals()?
+                        .into_iter()
+                        .filter(|r| {
+                            r.state != LeaseState::Released && r.lease.provider == offer.peer
+                        })
+                        .collect();
+                    if !held.is_empty() {
+                        return Err(MarketError::NeedsConfirmation(format!(
+                            "offer {} is from provider {}, who already leases to us: {}; \
+                             rent again with --yes to buy a second lease from it",
+                            offer.offer_id,
+                            offer.peer,
+                            super::lease_list(&held)
+                        )));
+                    }
+                }
                 match self.rent_from(&offer, credit).await {
                     Ok(r) => return Ok(r),
                     // Offer-side problems: try the next offer. Money problems stop here.
