@@ -220,6 +220,8 @@ audit_kinds! {
     LeaseReactivated => "lease_reactivated",
     /// A lease ended and its addresses were released.
     LeaseReleased => "lease_released",
+    /// A provider gave notice that it ends a lease (`leasewire terminate`).
+    LeaseTerminated => "lease_terminated",
     /// Credit was added to a lease.
     CreditAdded => "credit_added",
     /// A renter handed out an invoice for payment from another wallet (`add-credit --manual`).

@@ -44,7 +44,7 @@ use crate::types::{Clock, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
     ErrorCode, ErrorMsg, InvoiceCommitment, Lease, LeaseEnd, LeaseState, Message, Offer,
     PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest,
-    Signed, Status, StatusRequest, TopUpRequest,
+    Signed, Status, StatusRequest, TerminationNotice, TopUpRequest,
 };
 pub use config::ProviderConfig;
 
@@ -111,6 +111,9 @@ pub struct ProviderLease {
     /// The renter's signed `leaseEnd`, kept as proof of who ended the lease and when.
     #[serde(default)]
     pub lease_end: Option<Signed<LeaseEnd>>,
+    /// Our signed notice ending the lease at its `ends_at` (`leasewire terminate`).
+    #[serde(default)]
+    pub termination: Option<Signed<TerminationNotice>>,
 }
 
 impl ProviderLease {
@@ -479,6 +482,7 @@ impl Provider {
             paid_until: rec.lease.paid_until,
             now,
             lease: Some(rec.signed),
+            termination: rec.termination,
         })
     }
 }
@@ -1026,5 +1030,86 @@ mod tests {
         assert_eq!(rec(&ids[0]).state, LeaseState::Released);
         assert_eq!(rec(&ids[0]).prefixes_held_until, None);
         assert_eq!(count(&h.audit, "lease_suspended"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_terminated_lease_runs_until_the_notice_ends_then_is_released() {
+        let h = harness().await;
+        let mut ids = Vec::new();
+        for n in [1, 2] {
+            let pay = rent_and_pay(&h, n).await;
+            let reply = h.provider.handle(renter_peer(n), result_for(&pay)).await;
+            assert!(matches!(reply, Message::Lease(_)), "{reply:?}");
+            ids.push(pay.lease_id);
+        }
+        let rec = h
+            .provider
+            .terminate(&ids[0], Duration::from_secs(2 * DAY_SECS))
+            .await
+            .unwrap();
+        assert_eq!(rec.state, LeaseState::Active);
+        assert_eq!(count(&h.audit, "lease_terminated"), 1);
+
+        // The renter sees the signed notice in its status.
+        let status = h
+            .provider
+            .handle(
+                renter_peer(1),
+                Message::StatusRequest(StatusRequest {
+                    lease_id: ids[0].clone(),
+                }),
+            )
+            .await;
+        let Message::Status(st) = status else {
+            panic!("{status:?}")
+        };
+        let notice = st
+            .termination
+            .expect("notice in status")
+            .verify_from(&h.provider.inner.peer_id)
+            .unwrap();
+        assert_eq!(notice.ends_at, h.clock.now_unix() + 2 * DAY_SECS);
+        assert_eq!(notice.renter, renter_peer(1).to_string());
+        // No top-ups during the notice.
+        let topup = h
+            .provider
+            .handle(
+                renter_peer(1),
+                Message::TopUpRequest(TopUpRequest {
+                    request_id: "ee".repeat(16),
+                    lease_id: ids[0].clone(),
+                    amount_sat: 500,
+                }),
+            )
+            .await;
+        assert!(
+            matches!(&topup, Message::Error(e) if e.code == ErrorCode::BadRequest),
+            "{topup:?}"
+        );
+
+        // Until the notice ends the lease is served as before.
+        h.clock.advance(Duration::from_secs(2 * DAY_SECS - 1));
+        h.provider.tick().await.unwrap();
+        assert_eq!(peers(&h).await.len(), 2);
+        h.clock.advance(Duration::from_secs(1));
+        h.provider.tick().await.unwrap();
+        let state = |id: &str| {
+            h.provider
+                .leases()
+                .unwrap()
+                .into_iter()
+                .find(|l| l.lease.lease_id == id)
+                .unwrap()
+                .state
+        };
+        assert_eq!(state(&ids[0]), LeaseState::Released);
+        assert_eq!(state(&ids[1]), LeaseState::Active);
+        assert_eq!(
+            peers(&h).await,
+            vec![(WgKey([2; 32]), peers(&h).await[0].1.clone())]
+        );
+        assert_eq!(count(&h.audit, "lease_released"), 1);
+        // A released lease cannot be given notice again.
+        assert!(h.provider.terminate(&ids[0], Duration::ZERO).await.is_err());
     }
 }

@@ -341,6 +341,30 @@ pub struct Status {
     pub now: u64,
     /// Latest signed lease.
     pub lease: Option<Signed<Lease>>,
+    /// The provider's signed notice that it ends the lease, if it gave one. Absent from the
+    /// encoding of older nodes, hence the default.
+    #[serde(default)]
+    pub termination: Option<Signed<TerminationNotice>>,
+}
+
+/// A provider ends a lease with notice: the lease stays as it is until `ends_at`, then the
+/// provider releases it. Signed by the provider; carried in `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminationNotice {
+    /// The lease ended.
+    pub lease_id: String,
+    /// Provider PeerId; must equal the signer.
+    pub provider: String,
+    /// Renter PeerId.
+    pub renter: String,
+    /// When the notice was given.
+    pub issued_at: u64,
+    /// When the provider ends the lease.
+    pub ends_at: u64,
+}
+
+impl SignedKind for TerminationNotice {
+    const DOMAIN: &'static str = "leasewire/termination/v1";
 }
 
 /// A renter asks to add credit to a lease.

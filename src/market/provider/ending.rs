@@ -1,4 +1,4 @@
-//! Ending a lease early: the renter's signed `leaseEnd`.
+//! Ending a lease early: the renter's signed `leaseEnd`, or the provider's termination notice.
 //!
 //! The provider checks that the signer is the lease's renter (and the peer that sent it),
 //! then at once stops metering (the lease is released), removes the WireGuard peer and audits
@@ -55,6 +55,22 @@ impl Provider {
             // Already over (an earlier leaseEnd, or the reserve period ran out): same answer.
             return Ok(Some(rec));
         }
+        rec.lease_end = Some(signed.clone());
+        self.release_now(&e.lease_id, &mut rec, "released by the renter")
+            .await?;
+        Ok(Some(rec))
+    }
+
+    /// Releases an active or suspended lease now (its renter's `leaseEnd`, or the end of our
+    /// termination notice): removes the peer, stops metering, holds the prefixes for what is
+    /// left of the reserve period, audits. The caller holds the lease's lock.
+    pub(super) async fn release_now(
+        &self,
+        lease_id: &str,
+        rec: &mut ProviderLease,
+        reason: &str,
+    ) -> Result<(), MarketError> {
+        let i = &self.inner;
         let now = self.now();
         let t = lease::next(Some(rec.state), Event::Release, now)?;
         if rec.state == LeaseState::Active {
@@ -65,22 +81,74 @@ impl Provider {
         let reserve = rec.lease.terms.reserve_days;
         let held_until = lease::reserve_end(rec.lease.paid_until, reserve)
             .min(now.saturating_add(u64::from(reserve) * DAY_SECS));
-        let forfeit = rec.remaining_credit(now);
+        let unused = rec.remaining_credit(now);
         rec.state = t.state;
         rec.prefixes_held_until = Some(held_until);
-        rec.lease_end = Some(signed.clone());
-        i.leases.put(&e.lease_id, &rec).await?;
-        // Prefixes whose hold is already over go back at once.
-        self.free_held_prefixes(&e.lease_id, &mut rec).await?;
+        i.leases.put(lease_id, rec).await?;
         self.audit(
             AuditKind::LeaseReleased,
-            json!({"lease_id": e.lease_id, "reason": "released by the renter",
-                   "renter": peer.to_string(), "ended_at": e.ended_at,
-                   "unused_credit_sat": forfeit, "prefixes_held_until": held_until}),
+            json!({"lease_id": lease_id, "reason": reason, "renter": rec.renter_peer,
+                   "unused_credit_sat": unused, "prefixes_held_until": held_until}),
         )
         .await;
-        tracing::info!(lease_id = %e.lease_id, held_until, "lease released by its renter");
-        Ok(Some(rec))
+        tracing::info!(lease_id, held_until, reason, "lease released");
+        // Prefixes whose hold is already over go back at once.
+        self.free_held_prefixes(lease_id, rec).await
+    }
+
+    /// Gives notice that we end `lease_id` in `notice` from now: a signed
+    /// [`TerminationNotice`] the renter sees in `status`. Top-ups are refused from now on; at
+    /// the end of the notice metering releases the lease. Giving notice again replaces the
+    /// end time.
+    ///
+    /// # Errors
+    /// [`MarketError::NotFound`] for an unknown lease, [`MarketError::Invalid`] for a released
+    /// one.
+    pub async fn terminate(
+        &self,
+        lease_id: &str,
+        notice: std::time::Duration,
+    ) -> Result<ProviderLease, MarketError> {
+        let i = &self.inner;
+        let id = self
+            .leases()?
+            .into_iter()
+            .map(|l| l.lease.lease_id)
+            .find(|id| id == lease_id)
+            .ok_or_else(|| MarketError::NotFound(format!("lease {lease_id}")))?;
+        let _lease = i.lease_locks.lock(&id).await;
+        let mut rec = i
+            .leases
+            .get(&id)?
+            .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+        if rec.state == LeaseState::Released {
+            return Err(MarketError::Invalid(format!(
+                "lease {id} is already released"
+            )));
+        }
+        let now = self.now();
+        let notice = TerminationNotice {
+            lease_id: id.clone(),
+            provider: i.peer_id.to_string(),
+            renter: rec.renter_peer.clone(),
+            issued_at: now,
+            ends_at: now.saturating_add(notice.as_secs()),
+        };
+        rec.termination =
+            Some(Signed::sign(&i.key, &notice).map_err(|e| MarketError::Store(e.to_string()))?);
+        i.leases.put(&id, &rec).await?;
+        self.audit(
+            AuditKind::LeaseTerminated,
+            json!({"lease_id": id, "renter": rec.renter_peer, "ends_at": notice.ends_at,
+                   "unused_credit_sat": rec.remaining_credit(notice.ends_at)}),
+        )
+        .await;
+        tracing::info!(lease_id = %id, ends_at = notice.ends_at, "termination notice given");
+        if notice.ends_at <= now {
+            self.release_now(&id, &mut rec, "terminated by the provider")
+                .await?;
+        }
+        Ok(rec)
     }
 
     /// Returns the prefixes of a released lease to the pool once their hold is over; the
@@ -107,4 +175,12 @@ impl Provider {
         .await;
         Ok(())
     }
+}
+
+/// When our termination notice of `rec` ends the lease, if we gave one.
+pub(super) fn notice_end(rec: &ProviderLease) -> Option<u64> {
+    rec.termination
+        .as_ref()
+        .and_then(|n| n.verify().ok())
+        .map(|n| n.ends_at)
 }

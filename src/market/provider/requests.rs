@@ -259,6 +259,13 @@ impl Provider {
         if rec.state == LeaseState::Released {
             return err(ErrorCode::NotFound, "lease released; rent again");
         }
+        if rec.termination.is_some() {
+            // Credit past the end of the notice would only be lost.
+            return err(
+                ErrorCode::BadRequest,
+                "the provider is ending this lease (termination notice); no more top-ups",
+            );
+        }
         let terms = &rec.lease.terms;
         let remaining = rec.remaining_credit(self.now());
         if r.amount_sat < terms.min_topup_sat || remaining + r.amount_sat > terms.max_credit_sat {

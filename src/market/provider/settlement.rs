@@ -191,6 +191,7 @@ impl Provider {
             settled_requests: vec![request_id.to_owned()],
             prefixes_held_until: None,
             lease_end: None,
+            termination: None,
         })
     }
 
