@@ -16,7 +16,7 @@ use leasewire::lightning::LightningNode;
 use leasewire::market::MarketError;
 use leasewire::market::renter::RentArgs;
 use leasewire::tunnel::Tunnel;
-use leasewire::types::WgKey;
+use leasewire::types::{Clock, WgKey};
 use leasewire::wire::signed::peer_id_of;
 use leasewire::wire::{ErrorCode, Message, PaymentResult, RentRequest};
 use world::{Tamper, kinds, world, world_full, world_with};
@@ -578,4 +578,64 @@ async fn full_tunnel_mode_routes_everything_through_the_tunnel() {
     assert!(!text.contains("Table = off"), "{text}");
     assert!(!text.contains("rule add from"), "{text}");
     assert!(text.contains("AllowedIPs = 0.0.0.0/0, ::/0"), "{text}");
+}
+
+#[tokio::test]
+async fn a_termination_notice_shows_on_the_renter_and_stops_autopay() {
+    let w = world(Tamper::None).await;
+    w.renter.discover().await.unwrap();
+    // 1000 sat at 100 sat/day: paid for 10 days.
+    let rental = w
+        .renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(1000),
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    let id = rental.lease.lease_id.clone();
+    assert!(rental.autopay);
+    let notice = Duration::from_secs(9 * 86_400 + 23 * 3_600);
+    w.provider.terminate(&id, notice).await.unwrap();
+    let ends_at = w.clock.now_unix() + notice.as_secs();
+
+    // The renter's tick fetches the provider's status and keeps the signed notice.
+    w.renter.tick().await.unwrap();
+    let r = w.renter.rental(&id).unwrap();
+    assert_eq!(r.terminates_at(), Some(ends_at));
+
+    // Nearly out of credit: AutoPay would top up, but not a lease under notice.
+    w.clock
+        .advance(Duration::from_secs(9 * 86_400 + 22 * 3_600));
+    let attempts = || {
+        kinds(&w.renter_audit)
+            .iter()
+            .filter(|k| *k == "payment_attempt")
+            .count()
+    };
+    let before = attempts();
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(attempts(), before, "AutoPay paid for a lease under notice");
+    let note = w.renter.rental(&id).unwrap().stats.last_autopay.unwrap();
+    assert!(
+        note.message.contains("termination notice"),
+        "{}",
+        note.message
+    );
+
+    // At the end of the notice the provider releases it.
+    w.clock.advance(Duration::from_secs(3_600));
+    w.provider.tick().await.unwrap();
+    assert_eq!(
+        w.provider.leases().unwrap()[0].state,
+        leasewire::wire::LeaseState::Released
+    );
+    assert!(
+        w.provider_tunnel
+            .peer_stats("lwp0")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

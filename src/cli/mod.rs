@@ -139,6 +139,18 @@ enum Command {
         #[command(flatten)]
         out: Output,
     },
+    /// Provider: end a lease with notice; the renter sees a signed notice in its status, and
+    /// the lease is released when the notice is over
+    Terminate {
+        /// Lease id (a unique prefix will do)
+        #[arg(long, value_name = "ID")]
+        lease: String,
+        /// Notice before the lease ends: <N><s|m|h|d>, e.g. 7d [default: none, at once]
+        #[arg(long, value_name = "D", value_parser = parse_notice)]
+        notice: Option<u64>,
+        #[command(flatten)]
+        out: Output,
+    },
     /// Inspect the signed, hash-chained audit log
     Audit {
         #[command(subcommand)]
@@ -314,7 +326,25 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
             out.json,
         )),
         Command::Leases { out } => rpc::block_on(rpc::leases(&data_dir, out.json)),
+        Command::Terminate { lease, notice, out } => rpc::block_on(rpc::terminate(
+            &data_dir,
+            leasewire::control::pb::TerminateRequest {
+                lease_id: lease,
+                notice_secs: notice.unwrap_or(0),
+            },
+            out.json,
+        )),
     }
+}
+
+/// `--notice`: `0`, or a duration as in the config (`<N><s|m|h|d>`), in seconds.
+fn parse_notice(s: &str) -> Result<u64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    leasewire::market::limits::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| e.to_string())
 }
 
 /// `--data-dir`, else `$LEASEWIRE_DATA_DIR` (via clap), else `$HOME/.leasewire`; made

@@ -156,6 +156,15 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
     if l.forfeit_sat > 0 {
         pairs.push(("credit given up", sat(l.forfeit_sat)));
     }
+    if l.terminates_at > 0 {
+        pairs.push((
+            "terminated",
+            format!(
+                "the provider ends this lease {}",
+                relative_time(l.terminates_at, now)
+            ),
+        ));
+    }
     if l.end_unsent {
         pairs.push((
             "provider",
@@ -255,6 +264,14 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
         renter_leases(w, &s.leases, now)?;
         for l in s.leases.iter().filter(|l| l.autopay_note_at > 0) {
             writeln!(w, "autopay {}: {}", l.lease_id, autopay_line(l, now))?;
+        }
+        for l in s.leases.iter().filter(|l| l.terminates_at > 0) {
+            writeln!(
+                w,
+                "notice {}: the provider ends this lease {}; AutoPay no longer tops it up",
+                l.lease_id,
+                relative_time(l.terminates_at, now)
+            )?;
         }
     }
     Ok(())
@@ -369,6 +386,7 @@ mod tests {
             forfeit_sat: 0,
             confirm: String::new(),
             end_unsent: false,
+            terminates_at: 0,
         }
     }
 

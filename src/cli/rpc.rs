@@ -165,6 +165,15 @@ pub(super) fn print_lease(lease: &pb::LeaseInfo, json: bool) -> anyhow::Result<(
     Ok(())
 }
 
+pub(super) async fn terminate(
+    data_dir: &Path,
+    req: pb::TerminateRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    let lease = connect(data_dir).await?.terminate(req).await?;
+    print_lease(&lease, json)
+}
+
 pub(super) async fn leases(data_dir: &Path, json: bool) -> anyhow::Result<()> {
     let reply = connect(data_dir).await?.leases().await?;
     let mut out = io::stdout().lock();

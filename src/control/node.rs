@@ -101,6 +101,7 @@ fn rental_info(r: &Rental) -> pb::LeaseInfo {
         autopay_note_at: note.at,
         autopay_note_paid: note.paid,
         end_unsent: r.end_unsent,
+        terminates_at: r.terminates_at().unwrap_or(0),
         ..lease_info(
             &r.lease,
             r.state,
@@ -111,7 +112,15 @@ fn rental_info(r: &Rental) -> pb::LeaseInfo {
 }
 
 fn provider_lease_info(r: &ProviderLease) -> pb::LeaseInfo {
-    lease_info(&r.lease, r.state, r.paid_sat, String::new())
+    pb::LeaseInfo {
+        terminates_at: r
+            .termination
+            .as_ref()
+            .and_then(|n| n.verify().ok())
+            .map(|n| n.ends_at)
+            .unwrap_or(0),
+        ..lease_info(&r.lease, r.state, r.paid_sat, String::new())
+    }
 }
 
 impl NodeControl {
@@ -323,6 +332,35 @@ impl ControlHandler for NodeControl {
             forfeit_sat: forfeit,
             ..rental_info(&released)
         })
+    }
+
+    async fn terminate(&self, req: pb::TerminateRequest) -> Result<pb::LeaseInfo, ControlError> {
+        let p = self.provider.as_ref().ok_or_else(|| {
+            ControlError::FailedPrecondition("this node does not have the provider role".into())
+        })?;
+        let matching: Vec<String> = p
+            .leases()
+            .map_err(market_err)?
+            .into_iter()
+            .map(|l| l.lease.lease_id)
+            .filter(|id| !req.lease_id.is_empty() && id.starts_with(&req.lease_id))
+            .collect();
+        let id = match matching.as_slice() {
+            [id] => id.clone(),
+            [] => return Err(ControlError::NotFound(format!("lease {}", req.lease_id))),
+            many => {
+                return Err(ControlError::InvalidArgument(format!(
+                    "{} leases match: {}",
+                    many.len(),
+                    many.join(", ")
+                )));
+            }
+        };
+        let rec = p
+            .terminate(&id, Duration::from_secs(req.notice_secs))
+            .await
+            .map_err(market_err)?;
+        Ok(provider_lease_info(&rec))
     }
 
     async fn leases(&self) -> Result<pb::LeasesReply, ControlError> {

@@ -53,7 +53,7 @@ use crate::types::{Clock, DAY_SECS, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
     ErrorCode, Hello, InvoiceCommitment, Lease, LeaseEnd, LeaseState, Message, Offer,
     PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed,
-    StatusRequest, TopUpRequest,
+    StatusRequest, TerminationNotice, TopUpRequest,
 };
 pub use config::RenterConfig;
 
@@ -153,6 +153,19 @@ pub struct Rental {
     /// until it does.
     #[serde(default)]
     pub end_unsent: bool,
+    /// The provider's signed notice that it ends this lease, as its status showed it.
+    #[serde(default)]
+    pub termination: Option<Signed<TerminationNotice>>,
+}
+
+impl Rental {
+    /// When the provider's termination notice ends this lease, if it gave one.
+    pub fn terminates_at(&self) -> Option<u64> {
+        self.termination
+            .as_ref()
+            .and_then(|n| n.verify().ok())
+            .map(|n| n.ends_at)
+    }
 }
 
 impl Rental {
@@ -377,6 +390,17 @@ impl Renter {
             };
             if let Err(e) = self.meter(&id).await {
                 self.item_failed("renter tick", "lease_id", &id, &e).await;
+            }
+            // Learn of termination notices (shown in `status`, heeded by AutoPay) from the
+            // provider's status; an unreachable provider is simply asked again next time.
+            if self
+                .inner
+                .rentals
+                .get(&id)?
+                .is_some_and(|r| r.state == LeaseState::Active && r.termination.is_none())
+                && let Err(e) = self.refresh(&id).await
+            {
+                tracing::debug!(lease_id = %id, error = %e, "status poll failed");
             }
             // A release the provider has not confirmed yet: tell it again.
             if self

@@ -145,6 +145,7 @@ impl Renter {
             wg_key_id: key_id,
             lease_end: None,
             end_unsent: false,
+            termination: None,
         };
         i.rentals.put(&lease.lease_id, &rental).await?;
         drop(claim);

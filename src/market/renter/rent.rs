@@ -305,6 +305,21 @@ impl Renter {
             .0;
         match reply {
             Message::Status(s) => {
+                // A termination notice counts only as the provider signed it, for this lease.
+                let notice = match &s.termination {
+                    Some(n) => match n.verify_from(&peer) {
+                        Ok(t) if t.lease_id == id && t.renter == self.inner.peer_id.to_string() => {
+                            Some(n.clone())
+                        }
+                        _ => {
+                            return Err(MarketError::BadSigned {
+                                what: "termination notice",
+                                reason: "not signed by the provider for this lease".into(),
+                            });
+                        }
+                    },
+                    None => None,
+                };
                 let newer = match &s.lease {
                     Some(signed) => Some((
                         self.check_lease(peer, signed, &id, |_| Ok(())).await?,
@@ -321,6 +336,9 @@ impl Renter {
                             .cloned()
                             .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
                         r.state = s.state;
+                        if notice.is_some() {
+                            r.termination = notice.clone();
+                        }
                         if let Some((l, signed)) = &newer
                             && l.revision >= r.lease.revision
                         {
