@@ -14,6 +14,7 @@ use leasewire::types::{Terms, WgKey};
 use leasewire::wire::envelope::{self, Envelope, ReplayGuard, TIME_WINDOW_SECS};
 use leasewire::wire::messages::{
     Hello, InvoiceCommitment, LeaseEnd, Message, Offer, PURPOSE_ACTIVATION, PrefixAvailability,
+    TerminationNotice,
 };
 use leasewire::wire::signed::{Signed, peer_id_of};
 use sha2::Sha256;
@@ -260,6 +261,32 @@ fn lease_end_vectors() {
 }
 
 #[test]
+fn termination_vectors() {
+    let v = vectors();
+    let provider = key(1);
+    let notice = TerminationNotice {
+        lease_id: "00112233445566778899aabbccddeeff".into(),
+        provider: peer_id_of(&provider.verifying_key()).to_string(),
+        renter: peer_id_of(&key(2).verifying_key()).to_string(),
+        issued_at: TS,
+        ends_at: TS + 7 * 86_400,
+    };
+    let signed = Signed::sign(&provider, &notice).unwrap();
+    if std::env::var_os("PRINT_VECTORS").is_some() {
+        println!("termination.body: {}", hex::encode(&signed.body));
+        println!("termination.sig: {}", hex::encode(&signed.sig));
+    }
+    assert_eq!(hex::encode(&signed.body), get(&v, "termination.body"));
+    assert_eq!(hex::encode(&signed.sig), get(&v, "termination.sig"));
+    assert_eq!(
+        signed
+            .verify_from(&peer_id_of(&provider.verifying_key()))
+            .unwrap(),
+        notice
+    );
+}
+
+#[test]
 fn membership_prologue_vector() {
     let v = vectors();
     let a = peer_id_of(&key(1).verifying_key());
@@ -299,6 +326,8 @@ fn every_documented_vector_is_checked() {
         "lease_end.body",
         "lease_end.sig",
         "lease_end.message",
+        "termination.body",
+        "termination.sig",
         "membership.initiator_peer_id_bytes",
         "membership.prologue",
     ];
