@@ -638,4 +638,13 @@ async fn a_termination_notice_shows_on_the_renter_and_stops_autopay() {
             .unwrap()
             .is_empty()
     );
+    // And the renter takes its side down too.
+    w.renter.tick().await.unwrap();
+    let r = w.renter.rental(&id).unwrap();
+    assert_eq!(r.state, leasewire::wire::LeaseState::Released);
+    assert!(
+        w.renter_tunnel.peer_stats(&r.iface).await.is_err(),
+        "renter interface still there"
+    );
+    assert!(!r.conf_path.exists());
 }

@@ -421,6 +421,22 @@ impl Renter {
         let Some(r) = self.inner.rentals.get(id)? else {
             return Ok(());
         };
+        if let Some(ends_at) = r.terminates_at()
+            && self.now() >= ends_at
+            && r.state != LeaseState::Released
+        {
+            // The provider's notice is over: it released the lease, so do we.
+            let t = lease::next(Some(r.state), Event::Release, self.now())?;
+            self.teardown_tunnel(&r).await?;
+            let r = self.set_state(id, t.state).await?;
+            self.forget_lease_key(&r);
+            self.audit(
+                AuditKind::LeaseReleased,
+                json!({"lease_id": id, "reason": "terminated by the provider", "ends_at": ends_at}),
+            )
+            .await;
+            return Ok(());
+        }
         let t = lease::next(
             Some(r.state),
             Event::Tick {
