@@ -110,12 +110,7 @@ impl Provider {
         notice: std::time::Duration,
     ) -> Result<ProviderLease, MarketError> {
         let i = &self.inner;
-        let id = self
-            .leases()?
-            .into_iter()
-            .map(|l| l.lease.lease_id)
-            .find(|id| id == lease_id)
-            .ok_or_else(|| MarketError::NotFound(format!("lease {lease_id}")))?;
+        let id = lease_id.to_owned();
         let _lease = i.lease_locks.lock(&id).await;
         let mut rec = i
             .leases
