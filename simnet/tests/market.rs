@@ -388,6 +388,18 @@ async fn a_second_lease_gets_its_own_interface_and_routing_table() {
     want.sort_by_key(|(k, _)| k.0);
     assert_eq!(peers, want);
     // With two leases held, commands that act on one lease must be told which.
+    for e in [
+        w.renter.conf("").unwrap_err().to_string(),
+        w.renter.set_autopay("", false).unwrap_err().to_string(),
+        w.renter.add_credit("", 500).await.unwrap_err().to_string(),
+    ] {
+        assert!(
+            e.contains("--lease")
+                && e.contains(&first.lease.lease_id)
+                && e.contains(&second.lease.lease_id),
+            "{e}"
+        );
+    }
     let e = w.renter.release("").await.unwrap_err().to_string();
     assert!(
         e.contains(&first.lease.lease_id) && e.contains(&second.lease.lease_id),
