@@ -88,7 +88,13 @@ fn init_writes_private_key_and_parsable_config() {
 #[test]
 fn client_commands_without_daemon_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    for args in [&["status"][..], &["offers", "--json"], &["leases"]] {
+    for args in [
+        &["status"][..],
+        &["offers", "--json"],
+        &["leases"],
+        &["release", "--yes"],
+        &["terminate", "--lease", "ab", "--notice", "7d"],
+    ] {
         let out = leasewire(tmp.path(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = stderr(&out);
@@ -118,6 +124,17 @@ fn usage_errors_exit_2() {
         leasewire(tmp.path(), &["init", "--role", "admin"])
             .status
             .code(),
+        Some(2)
+    );
+    // terminate needs a lease, and a notice as <N><s|m|h|d>.
+    assert_eq!(leasewire(tmp.path(), &["terminate"]).status.code(), Some(2));
+    assert_eq!(
+        leasewire(
+            tmp.path(),
+            &["terminate", "--lease", "ab", "--notice", "7 days"]
+        )
+        .status
+        .code(),
         Some(2)
     );
     assert_eq!(leasewire(tmp.path(), &["--help"]).status.code(), Some(0));

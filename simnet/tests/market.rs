@@ -7,6 +7,7 @@
 
 mod world;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -15,7 +16,7 @@ use leasewire::lightning::LightningNode;
 use leasewire::market::MarketError;
 use leasewire::market::renter::RentArgs;
 use leasewire::tunnel::Tunnel;
-use leasewire::types::WgKey;
+use leasewire::types::{Clock, WgKey};
 use leasewire::wire::signed::peer_id_of;
 use leasewire::wire::{ErrorCode, Message, PaymentResult, RentRequest};
 use world::{Tamper, kinds, world, world_full, world_with};
@@ -47,7 +48,9 @@ async fn renter_rents_pays_exactly_and_gets_a_verified_lease() {
     assert_eq!(leases.len(), 1);
     let stats = w.provider_tunnel.peer_stats("lwp0").await.unwrap();
     assert_eq!(stats.len(), 1);
-    assert_eq!(stats[0].public_key, WgKey([4; 32]));
+    // The lease's own WireGuard key (each lease has one), not the node's shared key.
+    assert_eq!(stats[0].public_key, lease.renter_wg_pubkey);
+    assert_ne!(lease.renter_wg_pubkey, WgKey([4; 32]));
     let allowed: Vec<String> = stats[0].allowed_ips.iter().map(|n| n.to_string()).collect();
     assert_eq!(allowed, ["198.51.100.0/32", "2001:db8:100::/64"]);
 
@@ -322,7 +325,23 @@ async fn a_second_lease_gets_its_own_interface_and_routing_table() {
         timeout: Duration::from_secs(10),
     };
     let first = w.renter.rent(args()).await.unwrap();
-    let second = w.renter.rent(args()).await.unwrap();
+    // A second lease from the same provider is bought only once confirmed; asking pays nothing.
+    let attempts = || {
+        kinds(&w.renter_audit)
+            .iter()
+            .filter(|k| *k == "payment_attempt")
+            .count()
+    };
+    let paid = attempts();
+    let e = w.renter.rent_confirmed(args(), false).await.unwrap_err();
+    assert!(
+        matches!(&e, MarketError::NeedsConfirmation(m) if m.contains(&first.lease.lease_id)
+            && m.contains(&w.provider_peer.to_string())),
+        "{e}"
+    );
+    assert_eq!(w.renter.rentals().unwrap().len(), 1);
+    assert_eq!(attempts(), paid, "nothing paid before the confirmation");
+    let second = w.renter.rent_confirmed(args(), true).await.unwrap();
     assert_eq!(
         (first.iface.as_str(), second.iface.as_str()),
         ("lwr0", "lwr1")
@@ -337,6 +356,59 @@ async fn a_second_lease_gets_its_own_interface_and_routing_table() {
     assert!(
         b.contains("table 51821") && !b.contains("table 51820"),
         "{b}"
+    );
+    // Each lease has its own WireGuard key, so the provider holds one peer per lease, each
+    // with its own lease's addresses.
+    assert_ne!(first.lease.renter_wg_pubkey, second.lease.renter_wg_pubkey);
+    assert_ne!(
+        a.lines().find(|l| l.starts_with("PrivateKey")),
+        b.lines().find(|l| l.starts_with("PrivateKey"))
+    );
+    let mut peers: Vec<_> = w
+        .provider_tunnel
+        .peer_stats("lwp0")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            (
+                p.public_key,
+                p.allowed_ips
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    peers.sort_by_key(|(k, _)| k.0);
+    let mut want: Vec<_> = [&first, &second]
+        .iter()
+        .map(|r| (r.lease.renter_wg_pubkey, r.lease.allowed_ips.clone()))
+        .collect();
+    want.sort_by_key(|(k, _)| k.0);
+    assert_eq!(peers, want);
+    // With two leases held, commands that act on one lease must be told which.
+    for e in [
+        w.renter.conf("").unwrap_err().to_string(),
+        w.renter.set_autopay("", false).unwrap_err().to_string(),
+        w.renter.add_credit("", 500).await.unwrap_err().to_string(),
+    ] {
+        assert!(
+            e.contains("--lease")
+                && e.contains(&first.lease.lease_id)
+                && e.contains(&second.lease.lease_id),
+            "{e}"
+        );
+    }
+    let e = w.renter.release("").await.unwrap_err().to_string();
+    assert!(
+        e.contains(&first.lease.lease_id) && e.contains(&second.lease.lease_id),
+        "{e}"
+    );
+    w.renter.release(&first.lease.lease_id).await.unwrap();
+    assert_eq!(
+        w.renter.rental("").unwrap().lease.lease_id,
+        second.lease.lease_id
     );
 }
 
@@ -417,6 +489,85 @@ async fn release_removes_the_tunnel_the_conf_and_its_link() {
     );
     assert!(kinds(&w.renter_audit).iter().any(|k| k == "lease_released"));
     assert!(w.renter.release("").await.is_err(), "released twice");
+    // The provider was told with the renter's signed leaseEnd: released there too, peer gone.
+    assert!(!released.end_unsent);
+    let rec = &w.provider.leases().unwrap()[0];
+    assert_eq!(rec.state, leasewire::wire::LeaseState::Released);
+    assert!(
+        w.provider_tunnel
+            .peer_stats("lwp0")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_release_the_provider_missed_is_sent_again_on_later_ticks() {
+    let w = world(Tamper::None).await;
+    w.renter.discover().await.unwrap();
+    let args = || RentArgs {
+        offer_id: None,
+        credit_sat: Some(1000),
+        timeout: Duration::from_secs(10),
+    };
+    let first = w.renter.rent(args()).await.unwrap();
+    let second = w.renter.rent(args()).await.unwrap();
+    let (_, forfeit) = w.renter.release_preview(&first.lease.lease_id).unwrap();
+    assert_eq!(forfeit, 1000, "the whole credit is given up");
+
+    // The provider cannot be reached: the renter releases locally all the same.
+    w.peers.down.store(true, Ordering::SeqCst);
+    let released = w.renter.release(&first.lease.lease_id).await.unwrap();
+    assert_eq!(released.state, leasewire::wire::LeaseState::Released);
+    assert!(
+        released.end_unsent,
+        "recorded that the provider was not told"
+    );
+    let state = |id: &str| {
+        w.provider
+            .leases()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.lease.lease_id == id)
+            .unwrap()
+            .state
+    };
+    assert_eq!(
+        state(&first.lease.lease_id),
+        leasewire::wire::LeaseState::Active
+    );
+    w.renter.tick().await.unwrap();
+    assert!(w.renter.rental(&first.lease.lease_id).unwrap().end_unsent);
+
+    // Reachable again: the next tick tells it, once.
+    w.peers.down.store(false, Ordering::SeqCst);
+    w.renter.tick().await.unwrap();
+    assert!(!w.renter.rental(&first.lease.lease_id).unwrap().end_unsent);
+    assert_eq!(
+        state(&first.lease.lease_id),
+        leasewire::wire::LeaseState::Released
+    );
+    assert_eq!(
+        state(&second.lease.lease_id),
+        leasewire::wire::LeaseState::Active
+    );
+    let peers = w.provider_tunnel.peer_stats("lwp0").await.unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].public_key, second.lease.renter_wg_pubkey);
+    let provider_releases = kinds(&w.provider_audit)
+        .iter()
+        .filter(|k| *k == "lease_released")
+        .count();
+    w.renter.tick().await.unwrap();
+    assert_eq!(
+        kinds(&w.provider_audit)
+            .iter()
+            .filter(|k| *k == "lease_released")
+            .count(),
+        provider_releases,
+        "not sent again once confirmed"
+    );
 }
 
 #[tokio::test]
@@ -439,4 +590,73 @@ async fn full_tunnel_mode_routes_everything_through_the_tunnel() {
     assert!(!text.contains("Table = off"), "{text}");
     assert!(!text.contains("rule add from"), "{text}");
     assert!(text.contains("AllowedIPs = 0.0.0.0/0, ::/0"), "{text}");
+}
+
+#[tokio::test]
+async fn a_termination_notice_shows_on_the_renter_and_stops_autopay() {
+    let w = world(Tamper::None).await;
+    w.renter.discover().await.unwrap();
+    // 1000 sat at 100 sat/day: paid for 10 days.
+    let rental = w
+        .renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(1000),
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    let id = rental.lease.lease_id.clone();
+    assert!(rental.autopay);
+    let notice = Duration::from_secs(9 * 86_400 + 23 * 3_600);
+    w.provider.terminate(&id, notice).await.unwrap();
+    let ends_at = w.clock.now_unix() + notice.as_secs();
+
+    // The renter's tick fetches the provider's status and keeps the signed notice.
+    w.renter.tick().await.unwrap();
+    let r = w.renter.rental(&id).unwrap();
+    assert_eq!(r.terminates_at(), Some(ends_at));
+
+    // Nearly out of credit: AutoPay would top up, but not a lease under notice.
+    w.clock
+        .advance(Duration::from_secs(9 * 86_400 + 22 * 3_600));
+    let attempts = || {
+        kinds(&w.renter_audit)
+            .iter()
+            .filter(|k| *k == "payment_attempt")
+            .count()
+    };
+    let before = attempts();
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(attempts(), before, "AutoPay paid for a lease under notice");
+    let note = w.renter.rental(&id).unwrap().stats.last_autopay.unwrap();
+    assert!(
+        note.message.contains("termination notice"),
+        "{}",
+        note.message
+    );
+
+    // At the end of the notice the provider releases it.
+    w.clock.advance(Duration::from_secs(3_600));
+    w.provider.tick().await.unwrap();
+    assert_eq!(
+        w.provider.leases().unwrap()[0].state,
+        leasewire::wire::LeaseState::Released
+    );
+    assert!(
+        w.provider_tunnel
+            .peer_stats("lwp0")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // And the renter takes its side down too.
+    w.renter.tick().await.unwrap();
+    let r = w.renter.rental(&id).unwrap();
+    assert_eq!(r.state, leasewire::wire::LeaseState::Released);
+    assert!(
+        w.renter_tunnel.peer_stats(&r.iface).await.is_err(),
+        "renter interface still there"
+    );
+    assert!(!r.conf_path.exists());
 }

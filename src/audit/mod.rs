@@ -236,6 +236,8 @@ audit_kinds! {
     LeaseReactivated => "lease_reactivated",
     /// A lease ended and its addresses were released.
     LeaseReleased => "lease_released",
+    /// A provider gave notice that it ends a lease (`leasewire terminate`).
+    LeaseTerminated => "lease_terminated",
     /// Credit was added to a lease.
     CreditAdded => "credit_added",
     /// A renter handed out an invoice for payment from another wallet (`add-credit --manual`).
@@ -891,7 +893,7 @@ pub(crate) mod tests {
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
             assert_eq!(kind.to_string(), name);
         }
-        assert_eq!(AuditKind::ALL.len(), 27);
+        assert_eq!(AuditKind::ALL.len(), 28);
         assert_eq!(AuditKind::LeaseReactivated.as_str(), "lease_reactivated");
         assert!(matches!(
             "LeaseIssued".parse::<AuditKind>(),

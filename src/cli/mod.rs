@@ -87,17 +87,21 @@ enum Command {
     },
     /// Print the wg-quick configuration of a lease
     Conf {
-        /// Lease id [default: the only (or latest) lease]
+        /// Lease id [default: the only lease held]
         #[arg(long, value_name = "ID")]
         lease: Option<String>,
         #[command(flatten)]
         out: Output,
     },
-    /// Give a lease up: remove its tunnel, routes, wg-quick file and link
+    /// Give a lease up: remove its tunnel, routes, wg-quick file and link, and tell the
+    /// provider (signed leaseEnd); the remaining credit is given up
     Release {
-        /// Lease id [default: the only (or latest) lease]
+        /// Lease id [default: the only lease held]
         #[arg(long, value_name = "ID")]
         lease: Option<String>,
+        /// Give up the remaining credit without asking
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         out: Output,
     },
@@ -106,7 +110,7 @@ enum Command {
         /// Amount of credit to buy, in satoshis
         #[arg(long, value_name = "SAT", value_parser = clap::value_parser!(u64).range(1..))]
         amount: u64,
-        /// Lease id [default: the only (or latest) lease]
+        /// Lease id [default: the only lease held]
         #[arg(long, value_name = "ID")]
         lease: Option<String>,
         /// Do not pay from the daemon's node: print the invoice (text and QR code) to pay from
@@ -124,7 +128,7 @@ enum Command {
         /// on or off
         #[arg(value_parser = ["on", "off"])]
         state: String,
-        /// Lease id [default: the only (or latest) lease]
+        /// Lease id [default: the only lease held]
         #[arg(long, value_name = "ID")]
         lease: Option<String>,
         #[command(flatten)]
@@ -132,6 +136,18 @@ enum Command {
     },
     /// Provider view: every lease this node has issued
     Leases {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Provider: end a lease with notice; the renter sees a signed notice in its status, and
+    /// the lease is released when the notice is over
+    Terminate {
+        /// Lease id (a unique prefix will do)
+        #[arg(long, value_name = "ID")]
+        lease: String,
+        /// Notice before the lease ends: <N><s|m|h|d>, e.g. 7d [default: none, at once]
+        #[arg(long, value_name = "D", value_parser = parse_notice)]
+        notice: Option<u64>,
         #[command(flatten)]
         out: Output,
     },
@@ -158,6 +174,9 @@ struct RentArgs {
     /// How long to wait for offers to be discovered [default: 60]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     timeout_secs: Option<u32>,
+    /// Buy a second lease from a provider already leasing to us without asking
+    #[arg(long)]
+    yes: bool,
     #[command(flatten)]
     out: Output,
 }
@@ -265,6 +284,7 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
                 auto: args.auto,
                 credit_sat: args.credit.unwrap_or(0),
                 timeout_secs: args.timeout_secs.unwrap_or(0),
+                yes: args.yes,
             },
             args.out.json,
         )),
@@ -297,15 +317,34 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
             },
             out.json,
         )),
-        Command::Release { lease, out } => rpc::block_on(rpc::release(
+        Command::Release { lease, yes, out } => rpc::block_on(rpc::release(
             &data_dir,
             leasewire::control::pb::ReleaseRequest {
                 lease_id: lease.unwrap_or_default(),
+                yes,
             },
             out.json,
         )),
         Command::Leases { out } => rpc::block_on(rpc::leases(&data_dir, out.json)),
+        Command::Terminate { lease, notice, out } => rpc::block_on(rpc::terminate(
+            &data_dir,
+            leasewire::control::pb::TerminateRequest {
+                lease_id: lease,
+                notice_secs: notice.unwrap_or(0),
+            },
+            out.json,
+        )),
     }
+}
+
+/// `--notice`: `0`, or a duration as in the config (`<N><s|m|h|d>`), in seconds.
+fn parse_notice(s: &str) -> Result<u64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    leasewire::market::limits::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| e.to_string())
 }
 
 /// `--data-dir`, else `$LEASEWIRE_DATA_DIR` (via clap), else `$HOME/.leasewire`; made

@@ -153,6 +153,24 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
             format!("{} made, {} top-ups", l.payments, l.topups),
         ));
     }
+    if l.forfeit_sat > 0 {
+        pairs.push(("credit given up", sat(l.forfeit_sat)));
+    }
+    if l.terminates_at > 0 {
+        pairs.push((
+            "terminated",
+            format!(
+                "the provider ends this lease {}",
+                relative_time(l.terminates_at, now)
+            ),
+        ));
+    }
+    if l.end_unsent {
+        pairs.push((
+            "provider",
+            "not told of the release yet (retrying)".to_owned(),
+        ));
+    }
     kv(w, &pairs)
 }
 
@@ -246,6 +264,14 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
         renter_leases(w, &s.leases, now)?;
         for l in s.leases.iter().filter(|l| l.autopay_note_at > 0) {
             writeln!(w, "autopay {}: {}", l.lease_id, autopay_line(l, now))?;
+        }
+        for l in s.leases.iter().filter(|l| l.terminates_at > 0) {
+            writeln!(
+                w,
+                "notice {}: the provider ends this lease {}; AutoPay no longer tops it up",
+                l.lease_id,
+                relative_time(l.terminates_at, now)
+            )?;
         }
     }
     for p in &s.open_payments {
@@ -379,6 +405,10 @@ mod tests {
             autopay_note: "tunnel not verified: no reply to the probe".into(),
             autopay_note_at: 940,
             autopay_note_paid: false,
+            forfeit_sat: 0,
+            confirm: String::new(),
+            end_unsent: false,
+            terminates_at: 0,
         }
     }
 

@@ -61,7 +61,16 @@ pub(super) async fn rent(data_dir: &Path, req: pb::RentRequest, json: bool) -> a
             "renting under {what}; this waits for the payment and the provider's lease..."
         )?;
     }
-    let lease = client.rent(req).await?;
+    let mut lease = client.rent(req.clone()).await?;
+    if !lease.confirm.is_empty() {
+        if json || !confirmed(&lease.confirm)? {
+            if json {
+                print_json(&mut io::stdout().lock(), &lease)?;
+            }
+            anyhow::bail!("nothing bought: {}", lease.confirm);
+        }
+        lease = client.rent(pb::RentRequest { yes: true, ..req }).await?;
+    }
     let mut out = io::stdout().lock();
     if json {
         return print_json(&mut out, &lease);
@@ -106,8 +115,44 @@ pub(super) async fn release(
     req: pb::ReleaseRequest,
     json: bool,
 ) -> anyhow::Result<()> {
-    let lease = connect(data_dir).await?.release(req).await?;
+    let client = connect(data_dir).await?;
+    let mut lease = client.release(req.clone()).await?;
+    if !lease.confirm.is_empty() {
+        if json || !confirmed(&lease.confirm)? {
+            if json {
+                print_json(&mut io::stdout().lock(), &lease)?;
+            }
+            anyhow::bail!("nothing released: {}", lease.confirm);
+        }
+        lease = client
+            .release(pb::ReleaseRequest {
+                lease_id: lease.lease_id.clone(),
+                yes: true,
+            })
+            .await?;
+    }
+    if !json && lease.end_unsent {
+        writeln!(
+            io::stderr(),
+            "the provider could not be told yet; the daemon keeps telling it"
+        )?;
+    }
     print_lease(&lease, json)
+}
+
+/// Asks the user on the terminal whether to go ahead with what `question` describes; without
+/// a terminal on stdin the answer is no (scripts pass `--yes`).
+fn confirmed(question: &str) -> anyhow::Result<bool> {
+    use std::io::IsTerminal as _;
+    if !io::stdin().is_terminal() {
+        writeln!(io::stderr(), "{question}; pass --yes to go ahead")?;
+        return Ok(false);
+    }
+    write!(io::stderr(), "{question}. Go ahead? [y/N] ")?;
+    io::stderr().flush()?;
+    let mut answer = String::new();
+    io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// One lease on stdout: as JSON, or as `key: value` lines.
@@ -118,6 +163,15 @@ pub(super) fn print_lease(lease: &pb::LeaseInfo, json: bool) -> anyhow::Result<(
     }
     render::lease_detail(&mut out, lease, now_unix())?;
     Ok(())
+}
+
+pub(super) async fn terminate(
+    data_dir: &Path,
+    req: pb::TerminateRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    let lease = connect(data_dir).await?.terminate(req).await?;
+    print_lease(&lease, json)
 }
 
 pub(super) async fn leases(data_dir: &Path, json: bool) -> anyhow::Result<()> {

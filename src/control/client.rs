@@ -169,6 +169,17 @@ impl ControlClient {
         Ok(self.inner.clone().release(req).await?.into_inner())
     }
 
+    /// Calls `Terminate`.
+    ///
+    /// # Errors
+    /// As [`ControlClient::status`].
+    pub async fn terminate(
+        &self,
+        req: pb::TerminateRequest,
+    ) -> Result<pb::LeaseInfo, ControlError> {
+        Ok(self.inner.clone().terminate(req).await?.into_inner())
+    }
+
     /// Calls `Leases`.
     ///
     /// # Errors

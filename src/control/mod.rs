@@ -148,6 +148,8 @@ pub trait ControlHandler: Send + Sync + 'static {
     async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError>;
     /// Provider view: every lease this node has issued.
     async fn leases(&self) -> Result<pb::LeasesReply, ControlError>;
+    /// Provider: ends a lease with notice.
+    async fn terminate(&self, req: pb::TerminateRequest) -> Result<pb::LeaseInfo, ControlError>;
     /// Verifies this node's audit log.
     async fn audit_verify(&self) -> Result<pb::AuditVerifyReply, ControlError>;
 }
@@ -242,6 +244,13 @@ impl pb::control_server::Control for Service {
         req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::LeaseInfo>, Status> {
         reply("release", self.handler.release(req.into_inner()).await)
+    }
+
+    async fn terminate(
+        &self,
+        req: Request<pb::TerminateRequest>,
+    ) -> Result<Response<pb::LeaseInfo>, Status> {
+        reply("terminate", self.handler.terminate(req.into_inner()).await)
     }
 
     async fn leases(
@@ -443,6 +452,12 @@ mod tests {
             Err(ControlError::NotFound("no lease yet".into()))
         }
         async fn release(&self, _req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError> {
+            Err(ControlError::NotFound("no lease yet".into()))
+        }
+        async fn terminate(
+            &self,
+            _req: pb::TerminateRequest,
+        ) -> Result<pb::LeaseInfo, ControlError> {
             Err(ControlError::NotFound("no lease yet".into()))
         }
         async fn leases(&self) -> Result<pb::LeasesReply, ControlError> {

@@ -61,7 +61,8 @@ fn market_err(e: MarketError) -> ControlError {
         | MarketError::Lightning(_)
         | MarketError::LimitExceeded(_)
         | MarketError::AwaitingLease(_)
-        | MarketError::UndeliveredPayment(_)) => ControlError::FailedPrecondition(e.to_string()),
+        | MarketError::UndeliveredPayment(_)
+        | MarketError::NeedsConfirmation(_)) => ControlError::FailedPrecondition(e.to_string()),
         e @ MarketError::Net(_) => ControlError::Unavailable(e.to_string()),
         e => ControlError::Internal(e.to_string()),
     }
@@ -115,6 +116,8 @@ fn rental_info(r: &Rental) -> pb::LeaseInfo {
         autopay_note: note.message,
         autopay_note_at: note.at,
         autopay_note_paid: note.paid,
+        end_unsent: r.end_unsent,
+        terminates_at: r.terminates_at().unwrap_or(0),
         ..lease_info(
             &r.lease,
             r.state,
@@ -125,7 +128,15 @@ fn rental_info(r: &Rental) -> pb::LeaseInfo {
 }
 
 fn provider_lease_info(r: &ProviderLease) -> pb::LeaseInfo {
-    lease_info(&r.lease, r.state, r.paid_sat, String::new())
+    pb::LeaseInfo {
+        terminates_at: r
+            .termination
+            .as_ref()
+            .and_then(|n| n.verify().ok())
+            .map(|n| n.ends_at)
+            .unwrap_or(0),
+        ..lease_info(&r.lease, r.state, r.paid_sat, String::new())
+    }
 }
 
 impl NodeControl {
@@ -245,8 +256,15 @@ impl ControlHandler for NodeControl {
                 u64::from(req.timeout_secs)
             }),
         };
-        let rental = r.rent(args).await.map_err(market_err)?;
-        Ok(rental_info(&rental))
+        match r.rent_confirmed(args, req.yes).await {
+            Ok(rental) => Ok(rental_info(&rental)),
+            // Nothing bought: the caller asks its user and comes back with `yes`.
+            Err(MarketError::NeedsConfirmation(why)) => Ok(pb::LeaseInfo {
+                confirm: why,
+                ..Default::default()
+            }),
+            Err(e) => Err(market_err(e)),
+        }
     }
 
     async fn conf(&self, req: pb::ConfRequest) -> Result<pb::ConfReply, ControlError> {
@@ -320,12 +338,55 @@ impl ControlHandler for NodeControl {
     }
 
     async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError> {
-        let rental = self
-            .renter()?
-            .release(&req.lease_id)
+        let r = self.renter()?;
+        let (rental, forfeit) = r.release_preview(&req.lease_id).map_err(market_err)?;
+        if !req.yes {
+            return Ok(pb::LeaseInfo {
+                forfeit_sat: forfeit,
+                confirm: format!(
+                    "releasing lease {} gives up its remaining {forfeit} sat of credit",
+                    rental.lease.lease_id
+                ),
+                ..rental_info(&rental)
+            });
+        }
+        let released = r
+            .release(&rental.lease.lease_id)
             .await
             .map_err(market_err)?;
-        Ok(rental_info(&rental))
+        Ok(pb::LeaseInfo {
+            forfeit_sat: forfeit,
+            ..rental_info(&released)
+        })
+    }
+
+    async fn terminate(&self, req: pb::TerminateRequest) -> Result<pb::LeaseInfo, ControlError> {
+        let p = self.provider.as_ref().ok_or_else(|| {
+            ControlError::FailedPrecondition("this node does not have the provider role".into())
+        })?;
+        let matching: Vec<String> = p
+            .leases()
+            .map_err(market_err)?
+            .into_iter()
+            .map(|l| l.lease.lease_id)
+            .filter(|id| !req.lease_id.is_empty() && id.starts_with(&req.lease_id))
+            .collect();
+        let id = match matching.as_slice() {
+            [id] => id.clone(),
+            [] => return Err(ControlError::NotFound(format!("lease {}", req.lease_id))),
+            many => {
+                return Err(ControlError::InvalidArgument(format!(
+                    "{} leases match: {}",
+                    many.len(),
+                    many.join(", ")
+                )));
+            }
+        };
+        let rec = p
+            .terminate(&id, Duration::from_secs(req.notice_secs))
+            .await
+            .map_err(market_err)?;
+        Ok(provider_lease_info(&rec))
     }
 
     async fn leases(&self) -> Result<pb::LeasesReply, ControlError> {

@@ -95,6 +95,9 @@ pub enum MarketError {
     /// Nothing was paid.
     #[error("payment refused: {0}")]
     UndeliveredPayment(String),
+    /// Nothing was done: the request needs the user's confirmation (`--yes`); says why.
+    #[error("needs confirmation: {0}")]
+    NeedsConfirmation(String),
 }
 
 impl From<lease::IllegalTransition> for MarketError {

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use super::MarketError;
 pub mod config;
+mod ending;
 mod metering;
 mod requests;
 mod settlement;
@@ -41,9 +42,9 @@ use crate::lightning::{InvoiceRequest, InvoiceState, LightningNode};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel};
 use crate::types::{Clock, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
-    ErrorCode, ErrorMsg, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
-    PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest, Signed, Status,
-    StatusRequest, TopUpRequest,
+    ErrorCode, ErrorMsg, InvoiceCommitment, Lease, LeaseEnd, LeaseState, Message, Offer,
+    PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest,
+    Signed, Status, StatusRequest, TerminationNotice, TopUpRequest,
 };
 pub use config::ProviderConfig;
 
@@ -102,6 +103,17 @@ pub struct ProviderLease {
     /// invoice can never credit the same payment twice.
     #[serde(default)]
     pub settled_requests: Vec<String>,
+    /// A lease its renter released (`leaseEnd`) keeps its prefixes out of the pool until this
+    /// time (what metering would have held them for, at most `reserve_days` from the release),
+    /// so they are not handed to someone else at once. `None`: nothing held.
+    #[serde(default)]
+    pub prefixes_held_until: Option<u64>,
+    /// The renter's signed `leaseEnd`, kept as proof of who ended the lease and when.
+    #[serde(default)]
+    pub lease_end: Option<Signed<LeaseEnd>>,
+    /// Our signed notice ending the lease at its `ends_at` (`leasewire terminate`).
+    #[serde(default)]
+    pub termination: Option<Signed<TerminationNotice>>,
 }
 
 impl ProviderLease {
@@ -439,6 +451,7 @@ impl Provider {
             Message::TopUpRequest(r) => self.on_topup_request(peer, r).await,
             Message::PaymentResult(r) => self.on_payment_result(peer, r).await,
             Message::StatusRequest(r) => self.on_status(peer, r),
+            Message::LeaseEnd(end) => self.on_lease_end(peer, end).await,
             other => err(
                 ErrorCode::Unsupported,
                 format!("a provider does not answer {}", other.name()),
@@ -448,23 +461,29 @@ impl Provider {
 
     fn on_status(&self, peer: PeerId, r: StatusRequest) -> Message {
         match self.inner.leases.get(&r.lease_id) {
-            Ok(Some(rec)) if rec.renter_peer == peer.to_string() => {
-                let now = self.now();
-                Message::Status(Status {
-                    lease_id: r.lease_id,
-                    state: rec.state,
-                    remaining_credit_sat: rec.remaining_credit(now),
-                    paid_until: rec.lease.paid_until,
-                    now,
-                    lease: Some(rec.signed),
-                })
-            }
+            Ok(Some(rec)) if rec.renter_peer == peer.to_string() => self.status_of(rec),
             Ok(_) => err(ErrorCode::NotFound, "no such lease of yours"),
             Err(e) => {
                 tracing::error!(error = %e, "lease lookup failed");
                 err(ErrorCode::Unavailable, "provider storage error")
             }
         }
+    }
+}
+
+impl Provider {
+    /// The `status` answer for a lease record.
+    fn status_of(&self, rec: ProviderLease) -> Message {
+        let now = self.now();
+        Message::Status(Status {
+            lease_id: rec.lease.lease_id.clone(),
+            state: rec.state,
+            remaining_credit_sat: rec.remaining_credit(now),
+            paid_until: rec.lease.paid_until,
+            now,
+            lease: Some(rec.signed),
+            termination: rec.termination,
+        })
     }
 }
 
@@ -653,19 +672,14 @@ mod tests {
 
     /// Asks for a lease as renter `n` and pays the invoice from the renter's node.
     async fn rent_and_pay(h: &Harness, n: u8) -> PayInvoice {
+        rent_and_pay_with(h, n, n, 1_000).await
+    }
+
+    /// Asks for a lease as renter `n` with WireGuard key `[k; 32]` and `credit` sat, and pays.
+    async fn rent_and_pay_with(h: &Harness, n: u8, k: u8, credit: Sats) -> PayInvoice {
         let reply = h
             .provider
-            .handle(
-                renter_peer(n),
-                Message::RentRequest(RentRequest {
-                    request_id: format!("{n:02}").repeat(16),
-                    offer_id: h.provider.offer().id(),
-                    credit_sat: 1_000,
-                    ipv4_prefix_len: Some(32),
-                    ipv6_prefix_len: None,
-                    wg_pubkey: WgKey([n; 32]),
-                }),
-            )
+            .handle(renter_peer(n), rent_request(h, n, k, credit))
             .await;
         let Message::PayInvoice(pay) = reply else {
             panic!("wanted payInvoice, got {reply:?}")
@@ -681,6 +695,17 @@ mod tests {
             .await
             .unwrap();
         pay
+    }
+
+    fn rent_request(h: &Harness, n: u8, k: u8, credit: Sats) -> Message {
+        Message::RentRequest(RentRequest {
+            request_id: format!("{n:02}{k:02}").repeat(8),
+            offer_id: h.provider.offer().id(),
+            credit_sat: credit,
+            ipv4_prefix_len: Some(32),
+            ipv6_prefix_len: None,
+            wg_pubkey: WgKey([k; 32]),
+        })
     }
 
     fn result_for(pay: &PayInvoice) -> Message {
@@ -847,5 +872,244 @@ mod tests {
             offer.ipv4[0].available, 16,
             "both prefixes back in the pool"
         );
+    }
+
+    /// The provider's peers on its interface: key and allowed IPs.
+    async fn peers(h: &Harness) -> Vec<(WgKey, Vec<IpNet>)> {
+        let mut p: Vec<_> = h
+            .tunnel
+            .inner
+            .peer_stats("lwt0")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.public_key, s.allowed_ips))
+            .collect();
+        p.sort_by_key(|(k, _)| k.0);
+        p
+    }
+
+    #[tokio::test]
+    async fn two_leases_of_one_renter_are_independent_peers() {
+        let h = harness().await;
+        let mut leases = Vec::new();
+        // Renter 1 rents twice, each lease with its own key; the first runs out sooner.
+        for (k, credit) in [(11, 1_000), (12, 3_000)] {
+            let pay = rent_and_pay_with(&h, 1, k, credit).await;
+            let reply = h.provider.handle(renter_peer(1), result_for(&pay)).await;
+            let Message::Lease(l) = reply else {
+                panic!("{reply:?}")
+            };
+            leases.push(l.verify().unwrap());
+        }
+        let ips = |l: &Lease| -> Vec<IpNet> {
+            l.allowed_ips.iter().map(|s| s.parse().unwrap()).collect()
+        };
+        assert_ne!(leases[0].ipv4, leases[1].ipv4);
+        assert_eq!(
+            peers(&h).await,
+            vec![
+                (WgKey([11; 32]), ips(&leases[0])),
+                (WgKey([12; 32]), ips(&leases[1]))
+            ]
+        );
+        // A third lease on a key in use would take a peer over: refused.
+        let reply = h
+            .provider
+            .handle(renter_peer(1), rent_request(&h, 1, 12, 1_000))
+            .await;
+        assert!(
+            matches!(&reply, Message::Error(e) if e.code == ErrorCode::BadRequest
+                && e.message.contains("one key per lease")),
+            "{reply:?}"
+        );
+
+        // The first lease's credit runs out: only its peer goes, the other keeps its own IPs.
+        h.clock.advance(Duration::from_secs(11 * DAY_SECS));
+        h.provider.tick().await.unwrap();
+        let state = |id: &str| {
+            h.provider
+                .leases()
+                .unwrap()
+                .into_iter()
+                .find(|l| l.lease.lease_id == id)
+                .unwrap()
+                .state
+        };
+        assert_eq!(state(&leases[0].lease_id), LeaseState::Suspended);
+        assert_eq!(state(&leases[1].lease_id), LeaseState::Active);
+        assert_eq!(peers(&h).await, vec![(WgKey([12; 32]), ips(&leases[1]))]);
+    }
+
+    fn lease_end(n: u8, lease_id: &str, h: &Harness) -> Message {
+        let key = SigningKey::from_bytes(&[100 + n; 32]);
+        let end = LeaseEnd {
+            lease_id: lease_id.into(),
+            provider: h.provider.inner.peer_id.to_string(),
+            renter: renter_peer(n).to_string(),
+            ended_at: h.clock.now_unix(),
+        };
+        Message::LeaseEnd(Signed::sign(&key, &end).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_lease_end_releases_at_once_only_for_the_renter_and_once() {
+        let h = harness().await;
+        let mut ids = Vec::new();
+        for n in [1, 2] {
+            let pay = rent_and_pay(&h, n).await;
+            let reply = h.provider.handle(renter_peer(n), result_for(&pay)).await;
+            assert!(matches!(reply, Message::Lease(_)), "{reply:?}");
+            ids.push(pay.lease_id);
+        }
+        let available = |h: &Harness| h.provider.offer().verify().unwrap().ipv4[0].available;
+        assert_eq!(available(&h), 14);
+
+        // Renter 2 cannot end renter 1's lease: not by naming it (no such lease of theirs),
+        // nor by forwarding renter 1's signed leaseEnd (signer is not the sender).
+        let theirs = h
+            .provider
+            .handle(renter_peer(2), lease_end(2, &ids[0], &h))
+            .await;
+        assert!(
+            matches!(&theirs, Message::Error(e) if e.code == ErrorCode::NotFound),
+            "{theirs:?}"
+        );
+        let forwarded = h
+            .provider
+            .handle(renter_peer(2), lease_end(1, &ids[0], &h))
+            .await;
+        assert!(
+            matches!(&forwarded, Message::Error(e) if e.code == ErrorCode::BadRequest),
+            "{forwarded:?}"
+        );
+        assert_eq!(peers(&h).await.len(), 2);
+        assert_eq!(count(&h.audit, "lease_released"), 0);
+
+        // Renter 1 ends its lease: released at once, its peer gone, the other untouched.
+        let reply = h
+            .provider
+            .handle(renter_peer(1), lease_end(1, &ids[0], &h))
+            .await;
+        let Message::Status(st) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(st.state, LeaseState::Released);
+        assert_eq!(peers(&h).await.len(), 1);
+        assert_eq!(peers(&h).await[0].0, WgKey([2; 32]));
+        let rec = |id: &str| {
+            h.provider
+                .leases()
+                .unwrap()
+                .into_iter()
+                .find(|l| l.lease.lease_id == id)
+                .unwrap()
+        };
+        assert_eq!(rec(&ids[0]).state, LeaseState::Released);
+        assert!(rec(&ids[0]).lease_end.is_some());
+        assert_eq!(rec(&ids[1]).state, LeaseState::Active);
+        assert_eq!(count(&h.audit, "lease_released"), 1);
+
+        // A second leaseEnd changes nothing and gets the same answer.
+        let again = h
+            .provider
+            .handle(renter_peer(1), lease_end(1, &ids[0], &h))
+            .await;
+        assert!(
+            matches!(&again, Message::Status(s) if s.state == LeaseState::Released),
+            "{again:?}"
+        );
+        assert_eq!(count(&h.audit, "lease_released"), 1);
+
+        // Metering stops at once; the prefix stays held for the reserve period, then is freed.
+        h.provider.tick().await.unwrap();
+        assert_eq!(available(&h), 14, "prefix held during the reserve period");
+        h.clock.advance(Duration::from_secs(7 * DAY_SECS));
+        h.provider.tick().await.unwrap();
+        assert_eq!(available(&h), 15, "prefix back after the reserve period");
+        assert_eq!(rec(&ids[0]).state, LeaseState::Released);
+        assert_eq!(rec(&ids[0]).prefixes_held_until, None);
+        assert_eq!(count(&h.audit, "lease_suspended"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_terminated_lease_runs_until_the_notice_ends_then_is_released() {
+        let h = harness().await;
+        let mut ids = Vec::new();
+        for n in [1, 2] {
+            let pay = rent_and_pay(&h, n).await;
+            let reply = h.provider.handle(renter_peer(n), result_for(&pay)).await;
+            assert!(matches!(reply, Message::Lease(_)), "{reply:?}");
+            ids.push(pay.lease_id);
+        }
+        let rec = h
+            .provider
+            .terminate(&ids[0], Duration::from_secs(2 * DAY_SECS))
+            .await
+            .unwrap();
+        assert_eq!(rec.state, LeaseState::Active);
+        assert_eq!(count(&h.audit, "lease_terminated"), 1);
+
+        // The renter sees the signed notice in its status.
+        let status = h
+            .provider
+            .handle(
+                renter_peer(1),
+                Message::StatusRequest(StatusRequest {
+                    lease_id: ids[0].clone(),
+                }),
+            )
+            .await;
+        let Message::Status(st) = status else {
+            panic!("{status:?}")
+        };
+        let notice = st
+            .termination
+            .expect("notice in status")
+            .verify_from(&h.provider.inner.peer_id)
+            .unwrap();
+        assert_eq!(notice.ends_at, h.clock.now_unix() + 2 * DAY_SECS);
+        assert_eq!(notice.renter, renter_peer(1).to_string());
+        // No top-ups during the notice.
+        let topup = h
+            .provider
+            .handle(
+                renter_peer(1),
+                Message::TopUpRequest(TopUpRequest {
+                    request_id: "ee".repeat(16),
+                    lease_id: ids[0].clone(),
+                    amount_sat: 500,
+                }),
+            )
+            .await;
+        assert!(
+            matches!(&topup, Message::Error(e) if e.code == ErrorCode::BadRequest),
+            "{topup:?}"
+        );
+
+        // Until the notice ends the lease is served as before.
+        h.clock.advance(Duration::from_secs(2 * DAY_SECS - 1));
+        h.provider.tick().await.unwrap();
+        assert_eq!(peers(&h).await.len(), 2);
+        h.clock.advance(Duration::from_secs(1));
+        h.provider.tick().await.unwrap();
+        let state = |id: &str| {
+            h.provider
+                .leases()
+                .unwrap()
+                .into_iter()
+                .find(|l| l.lease.lease_id == id)
+                .unwrap()
+                .state
+        };
+        assert_eq!(state(&ids[0]), LeaseState::Released);
+        assert_eq!(state(&ids[1]), LeaseState::Active);
+        assert_eq!(
+            peers(&h).await,
+            vec![(WgKey([2; 32]), peers(&h).await[0].1.clone())]
+        );
+        assert_eq!(count(&h.audit, "lease_released"), 1);
+        // A released lease cannot be given notice again.
+        assert!(h.provider.terminate(&ids[0], Duration::ZERO).await.is_err());
     }
 }

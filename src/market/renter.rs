@@ -47,13 +47,15 @@ use super::locks::KeyedLocks;
 use super::store::{Store, Table};
 use super::{MarketError, Peers, select};
 use crate::audit::{AuditKind, AuditLog};
+use crate::identity::WgKeyPair;
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
 use crate::types::{Clock, DAY_SECS, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
-    ErrorCode, Hello, InvoiceCommitment, Lease, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
-    PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed, StatusRequest, TopUpRequest,
+    ErrorCode, Hello, InvoiceCommitment, Lease, LeaseEnd, LeaseState, Message, Offer,
+    PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed,
+    StatusRequest, TerminationNotice, TopUpRequest,
 };
 pub use config::RenterConfig;
 
@@ -62,7 +64,7 @@ const POLICY_TABLE: u32 = 51820;
 
 /// Everything a renter needs. Built by the node.
 pub struct RenterParams {
-    /// Node signing key (the renter signs nothing itself; it names us).
+    /// Node signing key: names us, and signs the `leaseEnd` of a lease we release.
     pub key: SigningKey,
     /// Renter settings.
     pub cfg: RenterConfig,
@@ -75,15 +77,16 @@ pub struct RenterParams {
     pub fee_limit_ppm: u64,
     /// Payment timeout.
     pub payment_timeout_secs: u32,
-    /// Our WireGuard private key.
+    /// The node's WireGuard private key: only leases made before each lease got its own key
+    /// pair still use it.
     pub wg_private: WgKey,
-    /// Our WireGuard public key.
+    /// The node's WireGuard public key (see `wg_private`).
     pub wg_public: WgKey,
     /// Base interface name.
     pub iface: String,
     /// Keepalive towards the provider.
     pub keepalive: u16,
-    /// Where wg-quick files go (D/wireguard).
+    /// Where wg-quick files go (D/wireguard); each lease's WireGuard key goes to its `keys/`.
     pub conf_dir: PathBuf,
     /// Link wg-quick files into this directory (normally /etc/wireguard, when running as root
     /// and it is writable); `None` links nothing.
@@ -140,6 +143,31 @@ pub struct Rental {
     /// Payment and AutoPay counters.
     #[serde(default)]
     pub stats: RentalStats,
+    /// Request id of the rent that made this lease's own WireGuard key pair
+    /// (`D/wireguard/keys/<id>.key`, 0600). `None`: a lease from before per-lease keys, which
+    /// uses the node's shared key.
+    #[serde(default)]
+    pub wg_key_id: Option<String>,
+    /// Our signed `leaseEnd`, once we released the lease.
+    #[serde(default)]
+    pub lease_end: Option<Signed<LeaseEnd>>,
+    /// Released, but the provider has not confirmed our `leaseEnd` yet: the tick sends it again
+    /// until it does.
+    #[serde(default)]
+    pub end_unsent: bool,
+    /// The provider's signed notice that it ends this lease, as its status showed it.
+    #[serde(default)]
+    pub termination: Option<Signed<TerminationNotice>>,
+}
+
+impl Rental {
+    /// When the provider's termination notice ends this lease, if it gave one.
+    pub fn terminates_at(&self) -> Option<u64> {
+        self.termination
+            .as_ref()
+            .and_then(|n| n.verify().ok())
+            .map(|n| n.ends_at)
+    }
 }
 
 impl Rental {
@@ -149,6 +177,32 @@ impl Rental {
     }
 }
 
+/// One line per rental for "choose one" messages: id, state, provider and addresses.
+fn lease_list(rentals: &[Rental]) -> String {
+    let mut sorted: Vec<&Rental> = rentals.iter().collect();
+    sorted.sort_by_key(|r| r.lease.activated_at);
+    sorted
+        .iter()
+        .map(|r| {
+            let addrs: Vec<&str> = r
+                .lease
+                .ipv4
+                .iter()
+                .chain(r.lease.ipv6.iter())
+                .map(String::as_str)
+                .collect();
+            format!(
+                "{} ({}, provider {}, {})",
+                r.lease.lease_id,
+                r.state.as_str(),
+                r.lease.provider,
+                addrs.join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The renter role. Cheap to clone.
 #[derive(Clone)]
 pub struct Renter {
@@ -156,6 +210,8 @@ pub struct Renter {
 }
 
 struct Inner {
+    /// Node key: signs our `leaseEnd`s.
+    key: SigningKey,
     peer_id: PeerId,
     cfg: RenterConfig,
     network: String,
@@ -212,6 +268,7 @@ impl Renter {
                 rentals: Table::open(db, "renter_rentals")?,
                 payments: Table::open(db, "renter_payments")?,
                 providers: Table::open(db, "renter_providers")?,
+                key: p.key,
                 peer_id,
                 cfg: p.cfg,
                 network: p.network,
@@ -262,7 +319,8 @@ impl Renter {
     pub async fn start(&self) -> Result<(), MarketError> {
         for (_, r) in self.inner.rentals.all()? {
             if r.state == LeaseState::Active {
-                self.apply_tunnel(&r.lease, &r.iface).await?;
+                self.apply_tunnel(&r.lease, &r.iface, r.wg_key_id.as_deref())
+                    .await?;
             }
         }
         Ok(())
@@ -279,22 +337,48 @@ impl Renter {
             .collect())
     }
 
-    /// The rental `lease_id`, or the latest one when empty.
+    /// The rental `lease_id` (a unique prefix will do). Empty: the one lease held (not
+    /// released), or when none is held the latest one.
+    ///
+    /// # Errors
+    /// [`MarketError::NotFound`] when there is no such lease; [`MarketError::Invalid`] when the
+    /// choice is ambiguous (empty with several leases held, or a prefix of several ids): the
+    /// message lists the candidates, to be picked with `--lease`.
     pub fn rental(&self, lease_id: &str) -> Result<Rental, MarketError> {
         let all = self.rentals()?;
-        let found = if lease_id.is_empty() {
-            all.into_iter().max_by_key(|r| r.lease.activated_at)
+        let found: Vec<Rental> = if lease_id.is_empty() {
+            let held: Vec<Rental> = all
+                .iter()
+                .filter(|r| r.state != LeaseState::Released)
+                .cloned()
+                .collect();
+            if held.is_empty() {
+                all.into_iter()
+                    .max_by_key(|r| r.lease.activated_at)
+                    .into_iter()
+                    .collect()
+            } else {
+                held
+            }
+        } else if let Some(exact) = all.iter().find(|r| r.lease.lease_id == lease_id) {
+            vec![exact.clone()]
         } else {
             all.into_iter()
-                .find(|r| r.lease.lease_id == lease_id || r.lease.lease_id.starts_with(lease_id))
+                .filter(|r| r.lease.lease_id.starts_with(lease_id))
+                .collect()
         };
-        found.ok_or_else(|| {
-            MarketError::NotFound(if lease_id.is_empty() {
+        match found.len() {
+            0 => Err(MarketError::NotFound(if lease_id.is_empty() {
                 "no lease yet".into()
             } else {
                 format!("lease {lease_id}")
-            })
-        })
+            })),
+            1 => Ok(found.into_iter().next().expect("one rental")),
+            n => Err(MarketError::Invalid(format!(
+                "{n} leases match; choose one with --lease: {}",
+                lease_list(&found)
+            ))),
+        }
     }
 
     /// Follows the provider's metering locally: a rental whose credit ran out is suspended
@@ -312,6 +396,27 @@ impl Renter {
             if let Err(e) = self.meter(&id).await {
                 self.item_failed("renter tick", "lease_id", &id, &e).await;
             }
+            // Learn of termination notices (shown in `status`, heeded by AutoPay) from the
+            // provider's status; an unreachable provider is simply asked again next time.
+            if self
+                .inner
+                .rentals
+                .get(&id)?
+                .is_some_and(|r| r.state == LeaseState::Active && r.termination.is_none())
+                && let Err(e) = self.refresh(&id).await
+            {
+                tracing::debug!(lease_id = %id, error = %e, "status poll failed");
+            }
+            // A release the provider has not confirmed yet: tell it again.
+            if self
+                .inner
+                .rentals
+                .get(&id)?
+                .is_some_and(|r| r.end_unsent && r.state == LeaseState::Released)
+                && let Err(e) = self.send_lease_end(&id).await
+            {
+                tracing::info!(lease_id = %id, error = %e, "provider still not told of the release; retrying later");
+            }
         }
         Ok(())
     }
@@ -321,6 +426,22 @@ impl Renter {
         let Some(r) = self.inner.rentals.get(id)? else {
             return Ok(());
         };
+        if let Some(ends_at) = r.terminates_at()
+            && self.now() >= ends_at
+            && r.state != LeaseState::Released
+        {
+            // The provider's notice is over: it released the lease, so do we.
+            let t = lease::next(Some(r.state), Event::Release, self.now())?;
+            self.teardown_tunnel(&r).await?;
+            let r = self.set_state(id, t.state).await?;
+            self.forget_lease_key(&r);
+            self.audit(
+                AuditKind::LeaseReleased,
+                json!({"lease_id": id, "reason": "terminated by the provider", "ends_at": ends_at}),
+            )
+            .await;
+            return Ok(());
+        }
         let t = lease::next(
             Some(r.state),
             Event::Tick {
@@ -341,6 +462,7 @@ impl Renter {
             Some(Kind::Expired) => {
                 self.teardown_tunnel(&r).await?;
                 self.set_state(id, t.state).await?;
+                self.forget_lease_key(&r);
                 self.audit(
                     AuditKind::LeaseReleased,
                     json!({"lease_id": id, "reason": "reserve period over"}),
@@ -367,28 +489,131 @@ impl Renter {
             .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))
     }
 
-    /// Gives a lease up: removes its interface, routes, rules, wg-quick file and link, and
-    /// marks it released. The provider is not told: it keeps metering the credit already paid
-    /// and frees the prefixes after its reserve period.
-    pub async fn release(&self, lease_id: &str) -> Result<Rental, MarketError> {
-        let id = self.rental(lease_id)?.lease.lease_id;
-        let _lease = self.inner.lease_locks.lock(&id).await;
-        let r = self.rental(&id)?;
+    /// The rental `lease_id` would release, and the credit given up by releasing it now
+    /// (what the provider's ledger would still meter; nothing of it is paid back).
+    ///
+    /// # Errors
+    /// As [`Renter::rental`]; [`MarketError::Invalid`] for a lease already released.
+    pub fn release_preview(&self, lease_id: &str) -> Result<(Rental, Sats), MarketError> {
+        let r = self.rental(lease_id)?;
         if r.state == LeaseState::Released {
             return Err(MarketError::Invalid(format!(
                 "lease {} is already released",
                 r.lease.lease_id
             )));
         }
-        let t = lease::next(Some(r.state), Event::Release, self.now())?;
+        let forfeit = r.remaining_credit(self.now());
+        Ok((r, forfeit))
+    }
+
+    /// Gives a lease up: removes its interface, routes, rules, wg-quick file, link and
+    /// WireGuard key, marks it released and sends the provider our signed `leaseEnd`, so it
+    /// stops metering, removes the peer and frees the prefixes after its reserve period. The
+    /// remaining credit is given up. A provider that cannot be reached is told on later ticks
+    /// ([`Rental::end_unsent`]); the release itself is done locally either way.
+    pub async fn release(&self, lease_id: &str) -> Result<Rental, MarketError> {
+        let id = self.rental(lease_id)?.lease.lease_id;
+        let _lease = self.inner.lease_locks.lock(&id).await;
+        let (r, forfeit) = self.release_preview(&id)?;
+        let now = self.now();
+        let t = lease::next(Some(r.state), Event::Release, now)?;
+        let end = LeaseEnd {
+            lease_id: id.clone(),
+            provider: r.lease.provider.clone(),
+            renter: self.inner.peer_id.to_string(),
+            ended_at: now,
+        };
+        let signed =
+            Signed::sign(&self.inner.key, &end).map_err(|e| MarketError::Store(e.to_string()))?;
         self.teardown_tunnel(&r).await?;
-        let r = self.set_state(&id, t.state).await?;
+        let r = self
+            .inner
+            .rentals
+            .update(&id, |cur| {
+                let mut r = cur
+                    .cloned()
+                    .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+                r.state = t.state;
+                r.lease_end = Some(signed.clone());
+                r.end_unsent = true;
+                Ok(Some(r))
+            })
+            .await?
+            .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+        self.forget_lease_key(&r);
         self.audit(
             AuditKind::LeaseReleased,
-            json!({"lease_id": r.lease.lease_id, "reason": "released by the renter"}),
+            json!({"lease_id": r.lease.lease_id, "reason": "released by the renter",
+                   "forfeited_credit_sat": forfeit}),
         )
         .await;
-        tracing::info!(lease_id = %r.lease.lease_id, iface = %r.iface, "lease released");
+        tracing::info!(lease_id = %r.lease.lease_id, iface = %r.iface, forfeit, "lease released");
+        match self.send_lease_end(&id).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                tracing::warn!(lease_id = %id, error = %e, "provider not told of the release; retrying on later ticks");
+                self.rental(&id)
+            }
+        }
+    }
+
+    /// Sends the stored `leaseEnd` of a released rental to its provider; once the provider's
+    /// status shows the lease released, [`Rental::end_unsent`] is cleared.
+    async fn send_lease_end(&self, id: &str) -> Result<Rental, MarketError> {
+        let r = self.rental(id)?;
+        let Some(signed) = r.lease_end.clone() else {
+            return Ok(r);
+        };
+        let peer: PeerId = r
+            .lease
+            .provider
+            .parse()
+            .map_err(|_| MarketError::Store("bad provider id".into()))?;
+        match self
+            .inner
+            .peers
+            .request(peer, Message::LeaseEnd(signed))
+            .await?
+            .0
+        {
+            Message::Status(s) if s.lease_id == id && s.state == LeaseState::Released => {}
+            Message::Status(s) => {
+                return Err(MarketError::Invalid(format!(
+                    "provider answered leaseEnd with state {}",
+                    s.state.as_str()
+                )));
+            }
+            Message::Error(e) => {
+                return Err(MarketError::Refused {
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+            other => {
+                return Err(MarketError::Unexpected {
+                    expected: "status",
+                    got: other.name(),
+                });
+            }
+        }
+        let r = self
+            .inner
+            .rentals
+            .update(id, |cur| {
+                let mut r = cur
+                    .cloned()
+                    .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+                r.end_unsent = false;
+                Ok(Some(r))
+            })
+            .await?
+            .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+        self.audit(
+            AuditKind::LeaseReleased,
+            json!({"lease_id": id, "reason": "provider confirmed the release"}),
+        )
+        .await;
+        tracing::info!(lease_id = %id, "provider confirmed the release");
         Ok(r)
     }
 

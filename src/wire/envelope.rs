@@ -540,6 +540,7 @@ mod tests {
                 paid_until: NOW,
                 now: NOW + 5,
                 lease: Some(signed_lease),
+                termination: None,
             }),
             Message::TopUpRequest(TopUpRequest {
                 request_id: "02".repeat(16),

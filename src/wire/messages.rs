@@ -20,6 +20,7 @@ use crate::types::{Sats, Terms, WgKey};
 /// | `paymentResult` | `lease` |
 /// | `topUpRequest` | `payInvoice` |
 /// | `statusRequest` | `status` |
+/// | `leaseEnd` | `status` |
 ///
 /// Any request may be answered with `error`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,6 +46,8 @@ pub enum Message {
     TopUpRequest(TopUpRequest),
     /// A request was refused.
     Error(ErrorMsg),
+    /// The renter gives a lease up (signed by the renter).
+    LeaseEnd(Signed<LeaseEnd>),
 }
 
 impl Message {
@@ -61,6 +64,7 @@ impl Message {
             Message::Status(_) => "status",
             Message::TopUpRequest(_) => "topUpRequest",
             Message::Error(_) => "error",
+            Message::LeaseEnd(_) => "leaseEnd",
         }
     }
 }
@@ -271,6 +275,24 @@ impl SignedKind for Lease {
     const DOMAIN: &'static str = "leasewire/lease/v1";
 }
 
+/// A renter ends its lease. Signed by the renter (its node key), so the provider can keep it
+/// as proof of who ended the lease and when; the provider answers with its `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseEnd {
+    /// The lease ended.
+    pub lease_id: String,
+    /// Provider PeerId: the lease's provider.
+    pub provider: String,
+    /// Renter PeerId: the lease's renter; must equal the signer.
+    pub renter: String,
+    /// When the renter released the lease (its clock).
+    pub ended_at: u64,
+}
+
+impl SignedKind for LeaseEnd {
+    const DOMAIN: &'static str = "leasewire/lease-end/v1";
+}
+
 /// Ask for a lease's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRequest {
@@ -319,6 +341,30 @@ pub struct Status {
     pub now: u64,
     /// Latest signed lease.
     pub lease: Option<Signed<Lease>>,
+    /// The provider's signed notice that it ends the lease, if it gave one. Absent from the
+    /// encoding of older nodes, hence the default.
+    #[serde(default)]
+    pub termination: Option<Signed<TerminationNotice>>,
+}
+
+/// A provider ends a lease with notice: the lease stays as it is until `ends_at`, then the
+/// provider releases it. Signed by the provider; carried in `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminationNotice {
+    /// The lease ended.
+    pub lease_id: String,
+    /// Provider PeerId; must equal the signer.
+    pub provider: String,
+    /// Renter PeerId.
+    pub renter: String,
+    /// When the notice was given.
+    pub issued_at: u64,
+    /// When the provider ends the lease.
+    pub ends_at: u64,
+}
+
+impl SignedKind for TerminationNotice {
+    const DOMAIN: &'static str = "leasewire/termination/v1";
 }
 
 /// A renter asks to add credit to a lease.

@@ -1,6 +1,7 @@
 //! Background work: settlement watcher, expiry of unpaid invoices, metering of leases. Each
 //! item is handled on its own: a failing one is logged and audited and the pass goes on.
 
+use super::ending::notice_end;
 use super::*;
 
 impl Provider {
@@ -75,6 +76,19 @@ impl Provider {
         let Some(mut rec) = i.leases.get(lease_id)? else {
             return Ok(());
         };
+        if rec.prefixes_held_until.is_some() {
+            // Released by its renter: nothing is metered, the prefixes come back when due.
+            return self.free_held_prefixes(lease_id, &mut rec).await;
+        }
+        if let Some(ends_at) = notice_end(&rec)
+            && self.now() >= ends_at
+            && rec.state != LeaseState::Released
+        {
+            // The notice ran out: the lease ends as if its renter had released it.
+            self.release_now(lease_id, &mut rec, "termination notice over")
+                .await?;
+            return Ok(());
+        }
         let t = lease::next(
             Some(rec.state),
             Event::Tick {

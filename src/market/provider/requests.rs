@@ -3,6 +3,17 @@
 use super::*;
 
 impl Provider {
+    /// The unreleased lease whose renter uses WireGuard key `key`, if any.
+    fn lease_of_key(&self, key: &WgKey) -> Result<Option<String>, MarketError> {
+        Ok(self
+            .inner
+            .leases
+            .all()?
+            .into_iter()
+            .find(|(_, l)| l.state != LeaseState::Released && l.lease.renter_wg_pubkey == *key)
+            .map(|(id, _)| id))
+    }
+
     pub(super) async fn on_rent_request(&self, peer: PeerId, r: RentRequest) -> Message {
         let i = &self.inner;
         let offer = self.offer();
@@ -47,6 +58,21 @@ impl Provider {
         }
         if i.pending.get(&r.request_id).ok().flatten().is_some() {
             return err(ErrorCode::BadRequest, "request id already used");
+        }
+        // The WireGuard peer is keyed by the renter's key: a second lease on a key in use would
+        // take the first lease's peer over, and suspending either would cut both.
+        match self.lease_of_key(&r.wg_pubkey) {
+            Ok(Some(other)) => {
+                return err(
+                    ErrorCode::BadRequest,
+                    format!("WireGuard key already used by lease {other}; use one key per lease"),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "lease lookup failed");
+                return err(ErrorCode::Unavailable, "provider storage error");
+            }
         }
         // Each unpaid invoice holds prefixes until it expires; a cap per peer keeps one peer
         // from reserving the whole pool.
@@ -232,6 +258,13 @@ impl Provider {
         };
         if rec.state == LeaseState::Released {
             return err(ErrorCode::NotFound, "lease released; rent again");
+        }
+        if rec.termination.is_some() {
+            // Credit past the end of the notice would only be lost.
+            return err(
+                ErrorCode::BadRequest,
+                "the provider is ending this lease (termination notice); no more top-ups",
+            );
         }
         let terms = &rec.lease.terms;
         let remaining = rec.remaining_credit(self.now());

@@ -189,6 +189,9 @@ impl Provider {
             renter_peer: p.renter_peer.clone(),
             paid_sat: c.amount_sat,
             settled_requests: vec![request_id.to_owned()],
+            prefixes_held_until: None,
+            lease_end: None,
+            termination: None,
         })
     }
 

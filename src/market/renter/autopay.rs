@@ -209,6 +209,13 @@ impl Renter {
                 r.state
             )));
         }
+        // --- issue 9, leases helper: a lease under termination notice gets no more top-ups.
+        if let Some(ends_at) = r.terminates_at() {
+            return Err(Skip::Other(format!(
+                "the provider is ending this lease at {ends_at} (termination notice)"
+            )));
+        }
+        // --- end of the termination check.
         let now = self.now();
         let remaining = r.lease.paid_until.saturating_sub(now);
         if remaining >= ap.low_watermark.as_secs() {

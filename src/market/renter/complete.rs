@@ -126,7 +126,9 @@ impl Renter {
         .state;
         let claim = self.claim_iface()?;
         let iface = claim.name.clone();
-        let conf_path = self.apply_tunnel(&lease, &iface).await?;
+        // Leases from before per-lease keys were made with the node's key.
+        let key_id = (lease.renter_wg_pubkey != i.wg_public).then(|| rec.request_id.clone());
+        let conf_path = self.apply_tunnel(&lease, &iface, key_id.as_deref()).await?;
         let rental = Rental {
             lease: lease.clone(),
             signed: signed.clone(),
@@ -140,6 +142,10 @@ impl Renter {
                 payments: 1,
                 ..RentalStats::default()
             },
+            wg_key_id: key_id,
+            lease_end: None,
+            end_unsent: false,
+            termination: None,
         };
         i.rentals.put(&lease.lease_id, &rental).await?;
         drop(claim);
@@ -217,7 +223,8 @@ impl Renter {
             .await?
             .ok_or_else(|| MarketError::NotFound(format!("lease {}", rec.lease_id)))?;
         if let Some(iface) = reactivated {
-            self.apply_tunnel(&rental.lease, &iface).await?;
+            self.apply_tunnel(&rental.lease, &iface, rental.wg_key_id.as_deref())
+                .await?;
         }
         self.audit(
             AuditKind::CreditAdded,

@@ -6,7 +6,20 @@ use super::*;
 impl Renter {
     /// Rents under `args.offer_id`, or the best offer; returns once the tunnel is configured.
     /// Holds no lock while it waits for offers: top-ups of other leases go on meanwhile.
+    /// Buys a further lease from a provider we already lease from without asking (see
+    /// [`Renter::rent_confirmed`]).
     pub async fn rent(&self, args: RentArgs) -> Result<Rental, MarketError> {
+        self.rent_confirmed(args, true).await
+    }
+
+    /// [`Renter::rent`], but unless `second_ok`, an offer from a provider this renter already
+    /// holds a lease from (not released) is not bought: [`MarketError::NeedsConfirmation`]
+    /// names the provider and the leases held, and nothing is paid.
+    pub async fn rent_confirmed(
+        &self,
+        args: RentArgs,
+        second_ok: bool,
+    ) -> Result<Rental, MarketError> {
         let credit = args.credit_sat.unwrap_or(self.inner.cfg.default_credit_sat);
         let deadline = tokio::time::Instant::now() + args.timeout;
         loop {
@@ -26,6 +39,24 @@ impl Renter {
             };
             let mut last_err = None;
             for offer in candidates {
+                if !second_ok {
+                    let held: Vec<Rental> = self
+                        .rentals()?
+                        .into_iter()
+                        .filter(|r| {
+                            r.state != LeaseState::Released && r.lease.provider == offer.peer
+                        })
+                        .collect();
+                    if !held.is_empty() {
+                        return Err(MarketError::NeedsConfirmation(format!(
+                            "offer {} is from provider {}, who already leases to us: {}; \
+                             rent again with --yes to buy a second lease from it",
+                            offer.offer_id,
+                            offer.peer,
+                            super::lease_list(&held)
+                        )));
+                    }
+                }
                 match self.rent_from(&offer, credit).await {
                     Ok(r) => return Ok(r),
                     // Offer-side problems: try the next offer. Money problems stop here.
@@ -84,13 +115,15 @@ impl Renter {
         // has not delivered the first.
         self.refuse_if_undelivered(&known.peer, "", total).await?;
         let request_id = random_id();
+        // Every lease has its own WireGuard key pair, stored before the provider learns it.
+        let wg = self.new_lease_key(&request_id)?;
         let req = RentRequest {
             request_id: request_id.clone(),
             offer_id: known.offer_id.clone(),
             credit_sat: credit,
             ipv4_prefix_len: i.cfg.ipv4_prefix_len,
             ipv6_prefix_len: i.cfg.ipv6_prefix_len,
-            wg_pubkey: i.wg_public,
+            wg_pubkey: wg.public,
         };
         let pay = self
             .expect_invoice(peer, Message::RentRequest(req.clone()))
@@ -107,7 +140,7 @@ impl Renter {
             amount_sat: total,
             ipv4_prefix_len: req.ipv4_prefix_len,
             ipv6_prefix_len: req.ipv6_prefix_len,
-            renter_wg_pubkey: i.wg_public,
+            renter_wg_pubkey: wg.public,
         };
         let (hash, _paying) = self
             .pay_checked(PayPlan {
@@ -238,7 +271,7 @@ impl Renter {
             amount_sat: amount,
             ipv4_prefix_len: None,
             ipv6_prefix_len: None,
-            renter_wg_pubkey: i.wg_public,
+            renter_wg_pubkey: rental.lease.renter_wg_pubkey,
         };
         Ok((pay, commitment))
     }
@@ -287,6 +320,21 @@ impl Renter {
             .0;
         match reply {
             Message::Status(s) => {
+                // A termination notice counts only as the provider signed it, for this lease.
+                let notice = match &s.termination {
+                    Some(n) => match n.verify_from(&peer) {
+                        Ok(t) if t.lease_id == id && t.renter == self.inner.peer_id.to_string() => {
+                            Some(n.clone())
+                        }
+                        _ => {
+                            return Err(MarketError::BadSigned {
+                                what: "termination notice",
+                                reason: "not signed by the provider for this lease".into(),
+                            });
+                        }
+                    },
+                    None => None,
+                };
                 let newer = match &s.lease {
                     Some(signed) => Some((
                         self.check_lease(peer, signed, &id, |_| Ok(())).await?,
@@ -303,6 +351,9 @@ impl Renter {
                             .cloned()
                             .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
                         r.state = s.state;
+                        if notice.is_some() {
+                            r.termination = notice.clone();
+                        }
                         if let Some((l, signed)) = &newer
                             && l.revision >= r.lease.revision
                         {

@@ -2,7 +2,82 @@
 
 use super::*;
 
+/// Directory (under the wg-quick directory) holding each lease's WireGuard private key.
+const KEY_DIR: &str = "keys";
+
 impl Renter {
+    /// Where the WireGuard private key of the rent `key_id` (its request id) is kept.
+    fn lease_key_path(&self, key_id: &str) -> Result<PathBuf, MarketError> {
+        // Ids are ours (random hex), but the name comes back from storage: never a path.
+        if key_id.is_empty() || !key_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(MarketError::Store(format!(
+                "bad WireGuard key id {key_id:?}"
+            )));
+        }
+        Ok(self
+            .inner
+            .conf_dir
+            .join(KEY_DIR)
+            .join(format!("{key_id}.key")))
+    }
+
+    /// Makes and stores (mode 0600, never replacing a file) a fresh WireGuard key pair for
+    /// the rent `key_id`. Each lease has its own pair, so the provider has one peer per lease
+    /// and suspending, releasing or renewing one lease never touches another's peer.
+    pub(super) fn new_lease_key(&self, key_id: &str) -> Result<WgKeyPair, MarketError> {
+        let path = self.lease_key_path(key_id)?;
+        let pair = WgKeyPair::generate().map_err(|e| MarketError::Store(e.to_string()))?;
+        crate::fsutil::create_private(&path, format!("{}\n", pair.private.to_base64()).as_bytes())
+            .map_err(|e| MarketError::Store(format!("cannot write {}: {e}", path.display())))?;
+        Ok(pair)
+    }
+
+    /// The WireGuard private key the renter uses for `lease`: its own (rent `key_id`), or the
+    /// node's key for a lease made before per-lease keys. Checked against the lease's key.
+    pub(super) fn lease_private_key(
+        &self,
+        key_id: Option<&str>,
+        lease: &Lease,
+    ) -> Result<WgKey, MarketError> {
+        let i = &self.inner;
+        let Some(key_id) = key_id else {
+            return Ok(i.wg_private);
+        };
+        let path = self.lease_key_path(key_id)?;
+        if !path.exists() {
+            return Err(MarketError::Store(format!(
+                "the WireGuard key of lease {} is missing ({})",
+                lease.lease_id,
+                path.display()
+            )));
+        }
+        let pair =
+            WgKeyPair::load_or_create(&path).map_err(|e| MarketError::Store(e.to_string()))?;
+        if pair.public != lease.renter_wg_pubkey {
+            return Err(MarketError::Store(format!(
+                "{} does not hold the key of lease {}",
+                path.display(),
+                lease.lease_id
+            )));
+        }
+        Ok(pair.private)
+    }
+
+    /// Deletes the WireGuard key of a rental that is over (released or expired).
+    pub(super) fn forget_lease_key(&self, rental: &Rental) {
+        let Some(id) = &rental.wg_key_id else {
+            return;
+        };
+        match self.lease_key_path(id).map(std::fs::remove_file) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, key_id = %id, "cannot remove a lease's WireGuard key")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot remove a lease's WireGuard key"),
+        }
+    }
+
     /// Picks an interface name no unreleased rental uses and no lease being applied right now
     /// has claimed. The claim lasts until the returned guard is dropped (after the rental is
     /// stored), so two rentals completing at once never share an interface.
@@ -54,17 +129,20 @@ impl Renter {
             .unwrap_or(POLICY_TABLE)
     }
 
-    /// Configures the tunnel for `lease` on `iface` and writes its wg-quick file.
+    /// Configures the tunnel for `lease` on `iface` with the lease's own WireGuard key (from
+    /// rent `key_id`, see [`Self::lease_private_key`]) and writes its wg-quick file.
     pub(super) async fn apply_tunnel(
         &self,
         lease: &Lease,
         iface: &str,
+        key_id: Option<&str>,
     ) -> Result<PathBuf, MarketError> {
         let i = &self.inner;
         let addresses = lease_addresses(lease)?;
+        let private_key = self.lease_private_key(key_id, lease)?;
         let spec = InterfaceSpec {
             name: iface.to_owned(),
-            private_key: i.wg_private,
+            private_key,
             listen_port: None,
             addresses,
             policy: if i.cfg.full_tunnel {

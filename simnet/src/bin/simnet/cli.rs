@@ -344,6 +344,8 @@ fn rent_args(dir: &Path, credit_sat: u64, timeout_secs: u64) -> Vec<std::ffi::Os
         credit_sat.to_string(),
         "--timeout-secs".to_owned(),
         timeout_secs.to_string(),
+        // Scenarios choose their offers themselves; no question to answer.
+        "--yes".to_owned(),
     ] {
         args.push(a.into());
     }
@@ -498,7 +500,8 @@ mod tests {
                 "--credit",
                 "150",
                 "--timeout-secs",
-                "60"
+                "60",
+                "--yes"
             ]
         );
     }
