@@ -280,7 +280,54 @@ impl Provider {
             backend = i.tunnel.kind(),
             "provider tunnel ready"
         );
+        self.revise_moved_leases().await?;
         Ok(())
+    }
+
+    /// Re-signs every lease that is not released whose endpoint or provider WireGuard key is
+    /// not the one configured now (the provider moved, or rotated its key), as revision + 1
+    /// with the same credit and `paid_until`. The renter picks the revision up from the
+    /// `status` it asks for every lease and re-points its tunnel without paying. The offer
+    /// signed at construction already carries the new endpoint and key under a new seq.
+    /// Returns how many leases were revised.
+    ///
+    /// # Errors
+    /// When the leases cannot be read or a revision cannot be stored.
+    pub async fn revise_moved_leases(&self) -> Result<usize, MarketError> {
+        let i = &self.inner;
+        let mut revised = 0;
+        for (id, _) in i.leases.all()? {
+            // Settlement and metering of this lease wait; a top-up stored meanwhile keeps
+            // working on the revised record.
+            let _lease = i.lease_locks.lock(&id).await;
+            let Some(mut rec) = i.leases.get(&id)? else {
+                continue;
+            };
+            if rec.state == LeaseState::Released
+                || (rec.lease.endpoint == i.cfg.endpoint
+                    && rec.lease.provider_wg_pubkey == i.wg_public)
+            {
+                continue;
+            }
+            let old_endpoint = std::mem::replace(&mut rec.lease.endpoint, i.cfg.endpoint.clone());
+            let key_changed = rec.lease.provider_wg_pubkey != i.wg_public;
+            rec.lease.provider_wg_pubkey = i.wg_public;
+            rec.lease.revision += 1;
+            rec.signed =
+                Signed::sign(&i.key, &rec.lease).map_err(|e| MarketError::Store(e.to_string()))?;
+            i.leases.put(&id, &rec).await?;
+            self.audit(
+                AuditKind::LeaseRevised,
+                json!({"lease_id": id, "renter": rec.renter_peer, "revision": rec.lease.revision,
+                       "old_endpoint": old_endpoint, "endpoint": rec.lease.endpoint,
+                       "key_changed": key_changed}),
+            )
+            .await;
+            tracing::info!(lease_id = %id, revision = rec.lease.revision, old_endpoint = %old_endpoint,
+                endpoint = %rec.lease.endpoint, key_changed, "lease revised: endpoint or key changed");
+            revised += 1;
+        }
+        Ok(revised)
     }
 
     /// The current signed offer.
