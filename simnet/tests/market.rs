@@ -710,6 +710,11 @@ async fn a_provider_that_moved_is_followed_without_a_payment() {
             .iter()
             .any(|k| k == "lease_revised")
     );
+    assert_eq!(
+        w.provider.revise_moved_leases().await.unwrap(),
+        0,
+        "a lease already revised is not revised again"
+    );
     // The restarted provider still routes the lease to the renter's key.
     let pstats = w.provider_tunnel.peer_stats("lwp0").await.unwrap();
     assert_eq!(pstats.len(), 1);
