@@ -660,3 +660,191 @@ async fn a_termination_notice_shows_on_the_renter_and_stops_autopay() {
     );
     assert!(!r.conf_path.exists());
 }
+
+/// Rents one lease from the world's provider; returns its id.
+async fn rent_one(w: &world::World) -> String {
+    assert_eq!(w.renter.discover().await.unwrap(), 1);
+    w.renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(3000),
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap()
+        .lease
+        .lease_id
+}
+
+#[tokio::test]
+async fn a_provider_that_moved_is_followed_without_a_payment() {
+    let mut w = world(Tamper::None).await;
+    let id = rent_one(&w).await;
+    let before = w.renter.rental(&id).unwrap();
+    let balance = w.sim.balance_msat("renter");
+    let attempts = |w: &world::World| {
+        kinds(&w.renter_audit)
+            .iter()
+            .filter(|k| *k == "payment_attempt")
+            .count()
+    };
+    let paid_attempts = attempts(&w);
+    let old_seq = w.provider.offer().verify().unwrap().seq;
+
+    // The provider restarts on another port with a rotated WireGuard key.
+    w.restart_provider("127.0.0.1:51999", (WgKey([5; 32]), WgKey([6; 32])))
+        .await;
+    let offer = w.provider.offer().verify().unwrap();
+    assert!(offer.seq > old_seq, "a new offer seq");
+    assert_eq!(offer.endpoint, "127.0.0.1:51999");
+    assert_eq!(offer.wg_pubkey, WgKey([6; 32]));
+    let rec = &w.provider.leases().unwrap()[0];
+    assert_eq!(rec.lease.revision, before.lease.revision + 1);
+    assert_eq!(rec.lease.endpoint, "127.0.0.1:51999");
+    assert_eq!(rec.lease.provider_wg_pubkey, WgKey([6; 32]));
+    assert_eq!(rec.lease.credit_sat, before.lease.credit_sat);
+    assert_eq!(rec.lease.paid_until, before.lease.paid_until);
+    assert_eq!(rec.signed.verify().unwrap(), rec.lease);
+    assert!(
+        kinds(&w.provider_audit)
+            .iter()
+            .any(|k| k == "lease_revised")
+    );
+    assert_eq!(
+        w.provider.revise_moved_leases().await.unwrap(),
+        0,
+        "a lease already revised is not revised again"
+    );
+    // The restarted provider still routes the lease to the renter's key.
+    let pstats = w.provider_tunnel.peer_stats("lwp0").await.unwrap();
+    assert_eq!(pstats.len(), 1);
+    assert_eq!(pstats[0].public_key, before.lease.renter_wg_pubkey);
+
+    // The renter's tick fetches the status, checks the revision and re-points the tunnel.
+    w.renter.tick().await.unwrap();
+    let after = w.renter.rental(&id).unwrap();
+    assert_eq!(after.lease.revision, before.lease.revision + 1);
+    assert_eq!(after.lease.endpoint, "127.0.0.1:51999");
+    assert_eq!(after.paid_sat, before.paid_sat);
+    assert_eq!(after.stats.payments, before.stats.payments);
+    let stats = w.renter_tunnel.peer_stats(&after.iface).await.unwrap();
+    assert_eq!(stats.len(), 1, "the old key's peer is gone: {stats:?}");
+    assert_eq!(stats[0].public_key, WgKey([6; 32]));
+    assert_eq!(stats[0].endpoint.as_deref(), Some("127.0.0.1:51999"));
+    let (_, text) = w.renter.conf(&id).unwrap();
+    assert!(text.contains("Endpoint = 127.0.0.1:51999"), "{text}");
+    assert!(text.contains(&WgKey([6; 32]).to_base64()), "{text}");
+    assert!(!text.contains(&WgKey([2; 32]).to_base64()), "{text}");
+    // Nothing was paid for it: lnd-sim's ledger and the audit log agree.
+    assert_eq!(w.sim.balance_msat("renter"), balance);
+    assert_eq!(attempts(&w), paid_attempts);
+    assert!(kinds(&w.renter_audit).iter().any(|k| k == "lease_revised"));
+
+    // A second tick changes nothing more.
+    w.renter.tick().await.unwrap();
+    assert_eq!(
+        w.renter.rental(&id).unwrap().lease.revision,
+        after.lease.revision
+    );
+    let revised = kinds(&w.renter_audit)
+        .iter()
+        .filter(|k| *k == "lease_revised")
+        .count();
+    assert_eq!(revised, 1);
+    assert!(w.renter_audit.verify().ok && w.provider_audit.verify().ok);
+}
+
+#[tokio::test]
+async fn a_dns_endpoint_is_resolved_and_followed() {
+    let mut w = world(Tamper::None).await;
+    let id = rent_one(&w).await;
+    assert_eq!(
+        w.renter.resolved_endpoint(&id),
+        None,
+        "an IP literal needs no look-up"
+    );
+    w.restart_provider("localhost:51998", (WgKey([1; 32]), WgKey([2; 32])))
+        .await;
+    w.renter.tick().await.unwrap();
+    let r = w.renter.rental(&id).unwrap();
+    assert_eq!(r.lease.endpoint, "localhost:51998");
+    let addr = w
+        .renter
+        .resolved_endpoint(&id)
+        .expect("resolved on the tick");
+    assert!(addr.ip().is_loopback() && addr.port() == 51998, "{addr}");
+    // The kernel peer gets the address; the wg-quick file keeps the name.
+    let stats = w.renter_tunnel.peer_stats(&r.iface).await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].endpoint, Some(addr.to_string()));
+    let (_, text) = w.renter.conf(&id).unwrap();
+    assert!(text.contains("Endpoint = localhost:51998"), "{text}");
+    // Resolved again each tick; the same address changes nothing.
+    w.renter.tick().await.unwrap();
+    assert_eq!(w.renter.resolved_endpoint(&id), Some(addr));
+}
+
+#[tokio::test]
+async fn forged_or_illegal_lease_revisions_are_refused() {
+    let w = world(Tamper::None).await;
+    let id = rent_one(&w).await;
+    let held = w.renter.rental(&id).unwrap();
+    let provider_key = SigningKey::from_bytes(&[11; 32]);
+    let moved = |f: &dyn Fn(&mut leasewire::wire::Lease)| {
+        let mut l = held.lease.clone();
+        l.revision += 1;
+        l.endpoint = "127.0.0.1:40000".into();
+        f(&mut l);
+        l
+    };
+    let cases = [
+        (
+            "other addresses",
+            leasewire::wire::Signed::sign(
+                &provider_key,
+                &moved(&|l| l.ipv4 = Some("198.51.100.5/32".into())),
+            )
+            .unwrap(),
+        ),
+        (
+            "less credit",
+            leasewire::wire::Signed::sign(&provider_key, &moved(&|l| l.credit_sat -= 100)).unwrap(),
+        ),
+        (
+            "another renter key",
+            leasewire::wire::Signed::sign(
+                &provider_key,
+                &moved(&|l| l.renter_wg_pubkey = WgKey([9; 32])),
+            )
+            .unwrap(),
+        ),
+        (
+            "not signed by the provider",
+            leasewire::wire::Signed::sign(&SigningKey::from_bytes(&[99; 32]), &moved(&|_| {}))
+                .unwrap(),
+        ),
+    ];
+    for (what, forged) in cases {
+        *w.peers.status_lease.lock().unwrap() = Some(forged);
+        let e = w.renter.refresh(&id).await.unwrap_err();
+        assert!(matches!(e, MarketError::BadSigned { .. }), "{what}: {e}");
+        // The tick hits the same refusal and carries on.
+        w.renter.tick().await.unwrap();
+        let r = w.renter.rental(&id).unwrap();
+        assert_eq!(r.lease, held.lease, "{what}: the held lease stays");
+        let stats = w.renter_tunnel.peer_stats(&r.iface).await.unwrap();
+        assert_eq!(
+            stats[0].endpoint.as_deref(),
+            Some("127.0.0.1:51820"),
+            "{what}"
+        );
+    }
+    let refused = kinds(&w.renter_audit)
+        .iter()
+        .filter(|k| *k == "lease_revision_refused")
+        .count();
+    // Three illegal revisions, each seen by refresh and by the tick; the forged signature is
+    // refused (and audited as an error) before the revision is looked at.
+    assert_eq!(refused, 6);
+    assert!(!kinds(&w.renter_audit).iter().any(|k| k == "lease_revised"));
+}

@@ -238,6 +238,12 @@ audit_kinds! {
     LeaseReleased => "lease_released",
     /// A provider gave notice that it ends a lease (`leasewire terminate`).
     LeaseTerminated => "lease_terminated",
+    /// A provider re-signed a lease with its new endpoint or WireGuard key (a revision
+    /// without payment), or a renter re-pointed its tunnel to follow one.
+    LeaseRevised => "lease_revised",
+    /// A renter refused a lease revision (it changed the addresses, keys, terms or reduced
+    /// the credit).
+    LeaseRevisionRefused => "lease_revision_refused",
     /// Credit was added to a lease.
     CreditAdded => "credit_added",
     /// A renter handed out an invoice for payment from another wallet (`add-credit --manual`).
@@ -893,7 +899,7 @@ pub(crate) mod tests {
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
             assert_eq!(kind.to_string(), name);
         }
-        assert_eq!(AuditKind::ALL.len(), 28);
+        assert_eq!(AuditKind::ALL.len(), 30);
         assert_eq!(AuditKind::LeaseReactivated.as_str(), "lease_reactivated");
         assert!(matches!(
             "LeaseIssued".parse::<AuditKind>(),

@@ -280,7 +280,54 @@ impl Provider {
             backend = i.tunnel.kind(),
             "provider tunnel ready"
         );
+        self.revise_moved_leases().await?;
         Ok(())
+    }
+
+    /// Re-signs every lease that is not released whose endpoint or provider WireGuard key is
+    /// not the one configured now (the provider moved, or rotated its key), as revision + 1
+    /// with the same credit and `paid_until`. The renter picks the revision up from the
+    /// `status` it asks for every lease and re-points its tunnel without paying. The offer
+    /// signed at construction already carries the new endpoint and key under a new seq.
+    /// Returns how many leases were revised.
+    ///
+    /// # Errors
+    /// When the leases cannot be read or a revision cannot be stored.
+    pub async fn revise_moved_leases(&self) -> Result<usize, MarketError> {
+        let i = &self.inner;
+        let mut revised = 0;
+        for (id, _) in i.leases.all()? {
+            // Settlement and metering of this lease wait; a top-up stored meanwhile keeps
+            // working on the revised record.
+            let _lease = i.lease_locks.lock(&id).await;
+            let Some(mut rec) = i.leases.get(&id)? else {
+                continue;
+            };
+            if rec.state == LeaseState::Released
+                || (rec.lease.endpoint == i.cfg.endpoint
+                    && rec.lease.provider_wg_pubkey == i.wg_public)
+            {
+                continue;
+            }
+            let old_endpoint = std::mem::replace(&mut rec.lease.endpoint, i.cfg.endpoint.clone());
+            let key_changed = rec.lease.provider_wg_pubkey != i.wg_public;
+            rec.lease.provider_wg_pubkey = i.wg_public;
+            rec.lease.revision += 1;
+            rec.signed =
+                Signed::sign(&i.key, &rec.lease).map_err(|e| MarketError::Store(e.to_string()))?;
+            i.leases.put(&id, &rec).await?;
+            self.audit(
+                AuditKind::LeaseRevised,
+                json!({"lease_id": id, "renter": rec.renter_peer, "revision": rec.lease.revision,
+                       "old_endpoint": old_endpoint, "endpoint": rec.lease.endpoint,
+                       "key_changed": key_changed}),
+            )
+            .await;
+            tracing::info!(lease_id = %id, revision = rec.lease.revision, old_endpoint = %old_endpoint,
+                endpoint = %rec.lease.endpoint, key_changed, "lease revised: endpoint or key changed");
+            revised += 1;
+        }
+        Ok(revised)
     }
 
     /// The current signed offer.
@@ -613,6 +660,8 @@ mod tests {
         clock: Arc<ManualClock>,
         audit: AuditLog,
         provider: Provider,
+        db: sled::Db,
+        key: SigningKey,
     }
 
     async fn harness() -> Harness {
@@ -649,13 +698,15 @@ mod tests {
                 ln: ln.clone(),
                 tunnel: tunnel.clone(),
                 audit: audit.clone(),
-                db,
+                db: db.clone(),
             },
             clock.clone(),
         )
         .unwrap();
         provider.start().await.unwrap();
         Harness {
+            db,
+            key: SigningKey::from_bytes(&[7; 32]),
             _dir: dir,
             net,
             ln,
@@ -1111,5 +1162,100 @@ mod tests {
         assert_eq!(count(&h.audit, "lease_released"), 1);
         // A released lease cannot be given notice again.
         assert!(h.provider.terminate(&ids[0], Duration::ZERO).await.is_err());
+    }
+
+    /// The harness's provider restarted on its database with `endpoint` and WireGuard key
+    /// `[wg; 32]` (public `[wg + 1; 32]`).
+    async fn moved(h: &Harness, endpoint: &str, wg: u8) -> Provider {
+        let p = Provider::with_clock(
+            ProviderParams {
+                key: h.key.clone(),
+                cfg: ProviderConfig {
+                    endpoint: endpoint.into(),
+                    ipv6_pools: Vec::new(),
+                    ..ProviderConfig::default()
+                },
+                network: "regtest".into(),
+                ln_pubkey: h.net.pubkey("provider").unwrap(),
+                wg_private: WgKey([wg; 32]),
+                wg_public: WgKey([wg + 1; 32]),
+                iface: "lwt0".into(),
+                listen_port: 51820,
+                ln: h.ln.clone(),
+                tunnel: h.tunnel.clone(),
+                audit: h.audit.clone(),
+                db: h.db.clone(),
+            },
+            h.clock.clone(),
+        )
+        .unwrap();
+        p.start().await.unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn a_moved_provider_revises_its_unreleased_leases_once_without_credit() {
+        let h = harness().await;
+        let mut ids = Vec::new();
+        for n in [1, 2] {
+            let pay = rent_and_pay(&h, n).await;
+            let reply = h.provider.handle(renter_peer(n), result_for(&pay)).await;
+            assert!(matches!(reply, Message::Lease(_)), "{reply:?}");
+            ids.push(pay.lease_id);
+        }
+        let ended = h
+            .provider
+            .handle(renter_peer(2), lease_end(2, &ids[1], &h))
+            .await;
+        assert!(matches!(ended, Message::Status(_)), "{ended:?}");
+        let before: Vec<ProviderLease> = ids
+            .iter()
+            .map(|id| h.provider.inner.leases.get(id).unwrap().unwrap())
+            .collect();
+
+        // Same endpoint and key: nothing to revise.
+        let same = moved(&h, &ProviderConfig::default().endpoint, 1).await;
+        assert_eq!(same.revise_moved_leases().await.unwrap(), 0);
+        assert_eq!(count(&h.audit, "lease_revised"), 0);
+
+        let p = moved(&h, "192.0.2.99:51999", 5).await;
+        let active = p.inner.leases.get(&ids[0]).unwrap().unwrap();
+        assert_eq!(active.lease.revision, before[0].lease.revision + 1);
+        assert_eq!(active.lease.endpoint, "192.0.2.99:51999");
+        assert_eq!(active.lease.provider_wg_pubkey, WgKey([6; 32]));
+        assert_eq!(active.lease.credit_sat, before[0].lease.credit_sat);
+        assert_eq!(active.lease.paid_until, before[0].lease.paid_until);
+        assert_eq!(active.paid_sat, before[0].paid_sat);
+        assert_eq!(active.signed.verify().unwrap(), active.lease);
+        // The renter sees it in the status it polls.
+        let status = p
+            .handle(
+                renter_peer(1),
+                Message::StatusRequest(StatusRequest {
+                    lease_id: ids[0].clone(),
+                }),
+            )
+            .await;
+        let Message::Status(s) = status else {
+            panic!("wanted status, got {status:?}")
+        };
+        assert_eq!(
+            s.lease.unwrap().verify().unwrap().revision,
+            active.lease.revision
+        );
+        // A released lease is left as it ended.
+        let released = p.inner.leases.get(&ids[1]).unwrap().unwrap();
+        assert_eq!(released.lease, before[1].lease);
+        assert_eq!(count(&h.audit, "lease_revised"), 1);
+        // Once revised, a later start revises nothing.
+        assert_eq!(
+            moved(&h, "192.0.2.99:51999", 5)
+                .await
+                .revise_moved_leases()
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(count(&h.audit, "lease_revised"), 1);
     }
 }

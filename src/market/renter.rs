@@ -30,6 +30,7 @@ mod autopay;
 mod complete;
 pub mod config;
 mod discovery;
+mod endpoint;
 mod manual;
 mod payment;
 mod rent;
@@ -239,6 +240,8 @@ struct Inner {
     pay_locks: KeyedLocks,
     /// Interface names chosen for leases being applied and not stored yet.
     iface_claims: Mutex<HashSet<String>>,
+    /// By lease id: the address its provider's DNS endpoint last resolved to (this run).
+    resolved: Mutex<HashMap<String, std::net::SocketAddr>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -289,6 +292,7 @@ impl Renter {
                 lease_locks: KeyedLocks::default(),
                 pay_locks: KeyedLocks::default(),
                 iface_claims: Mutex::new(HashSet::new()),
+                resolved: Mutex::new(HashMap::new()),
                 clock,
             }),
         })
@@ -406,6 +410,10 @@ impl Renter {
                 && let Err(e) = self.refresh(&id).await
             {
                 tracing::debug!(lease_id = %id, error = %e, "status poll failed");
+            }
+            // A provider reached by DNS name may have moved to another address.
+            if let Err(e) = self.reresolve_endpoint(&id).await {
+                tracing::debug!(lease_id = %id, error = %e, "endpoint not re-resolved");
             }
             // A release the provider has not confirmed yet: tell it again.
             if self

@@ -23,8 +23,8 @@ use leasewire::tunnel::{
     InterfaceSpec, PeerSpec, PeerStats, ProbeSpec, Tunnel, TunnelCheck, TunnelError,
 };
 use leasewire::types::{Clock, ManualClock, WgKey};
-use leasewire::wire::Message;
 use leasewire::wire::signed::peer_id_of;
+use leasewire::wire::{Lease, Message, Signed};
 use leasewire_simnet::lndsim::{SimHandle, SimServer};
 use libp2p::PeerId;
 use tempfile::TempDir;
@@ -50,7 +50,11 @@ pub struct Direct {
     pub down: AtomicBool,
     /// When set, the provider becomes unreachable (`down`) right after it sends an invoice.
     pub cut_after_invoice: AtomicBool,
-    provider: Provider,
+    /// When set, every `status` answer carries this lease instead of the provider's: a test
+    /// plays a provider that sends a forged or illegal revision.
+    pub status_lease: std::sync::Mutex<Option<Signed<Lease>>>,
+    /// The provider answering; [`World::restart_provider`] replaces it.
+    provider: std::sync::RwLock<Provider>,
     provider_peer: PeerId,
     renter_peer: PeerId,
     tamper: Tamper,
@@ -74,7 +78,13 @@ impl Peers for Direct {
         if self.down.load(Ordering::SeqCst) {
             return Err(MarketError::Net("provider unreachable (test)".into()));
         }
-        let reply = self.provider.handle(self.renter_peer, msg).await;
+        let provider = self.provider.read().unwrap().clone();
+        let mut reply = provider.handle(self.renter_peer, msg).await;
+        if let Message::Status(s) = &mut reply
+            && let Some(forged) = self.status_lease.lock().unwrap().clone()
+        {
+            s.lease = Some(forged);
+        }
         let Message::PayInvoice(mut pay) = reply else {
             return Ok((reply, Duration::from_millis(3)));
         };
@@ -216,6 +226,49 @@ pub struct World {
     pub renter_peer: PeerId,
     pub peers: Arc<Direct>,
     renter_parts: RenterParts,
+    provider_parts: ProviderParts,
+}
+
+/// What it takes to build the provider again on the same database, as a restarted daemon does.
+struct ProviderParts {
+    key: SigningKey,
+    terms: leasewire::types::Terms,
+    db: sled::Db,
+    ln: LndClient,
+    ln_pubkey: String,
+    tunnel: Arc<FileTunnel>,
+    audit: AuditLog,
+    clock: Arc<ManualClock>,
+}
+
+impl ProviderParts {
+    /// The provider of the world on this database, with this endpoint and WireGuard key pair.
+    fn build(&self, endpoint: &str, wg: (WgKey, WgKey)) -> Provider {
+        Provider::with_clock(
+            ProviderParams {
+                key: self.key.clone(),
+                cfg: ProviderConfig {
+                    endpoint: endpoint.into(),
+                    ipv4_pools: vec!["198.51.100.0/29".into()],
+                    ipv6_pools: vec!["2001:db8:100::/61".into()],
+                    terms: self.terms.clone(),
+                    ..ProviderConfig::default()
+                },
+                network: "regtest".into(),
+                ln_pubkey: self.ln_pubkey.clone(),
+                wg_private: wg.0,
+                wg_public: wg.1,
+                iface: "lwp0".into(),
+                listen_port: 51820,
+                ln: Arc::new(self.ln.clone()),
+                tunnel: self.tunnel.clone(),
+                audit: self.audit.clone(),
+                db: self.db.clone(),
+            },
+            self.clock.clone(),
+        )
+        .unwrap()
+    }
 }
 
 /// What it takes to build the renter again on the same database, as a restarted daemon does.
@@ -287,6 +340,15 @@ impl RenterParts {
 }
 
 impl World {
+    /// The provider daemon restarted on the same database with another endpoint and
+    /// WireGuard key pair (private, public): it moved.
+    pub async fn restart_provider(&mut self, endpoint: &str, wg: (WgKey, WgKey)) {
+        let provider = self.provider_parts.build(endpoint, wg);
+        provider.start().await.unwrap();
+        *self.peers.provider.write().unwrap() = provider.clone();
+        self.provider = provider;
+    }
+
     /// A new renter on the same database, keys, audit log and network: the daemon restarted.
     pub fn restart_renter(&mut self) {
         self.renter = self.renter_parts.build(
@@ -380,35 +442,23 @@ pub async fn world_opts(opts: Opts) -> World {
     };
 
     let clock = Arc::new(ManualClock::starting_now());
-    let provider = Provider::with_clock(
-        ProviderParams {
-            key: pkey,
-            cfg: ProviderConfig {
-                endpoint: "127.0.0.1:51820".into(),
-                ipv4_pools: vec!["198.51.100.0/29".into()],
-                ipv6_pools: vec!["2001:db8:100::/61".into()],
-                terms,
-                ..ProviderConfig::default()
-            },
-            network: "regtest".into(),
-            ln_pubkey: provider_info.pubkey,
-            wg_private: WgKey([1; 32]),
-            wg_public: WgKey([2; 32]),
-            iface: "lwp0".into(),
-            listen_port: 51820,
-            ln: Arc::new(provider_ln.clone()),
-            tunnel: provider_tunnel.clone(),
-            audit: provider_audit.clone(),
-            db: pdb,
-        },
-        clock.clone(),
-    )
-    .unwrap();
+    let provider_parts = ProviderParts {
+        key: pkey,
+        terms,
+        db: pdb,
+        ln: provider_ln.clone(),
+        ln_pubkey: provider_info.pubkey,
+        tunnel: provider_tunnel.clone(),
+        audit: provider_audit.clone(),
+        clock: clock.clone(),
+    };
+    let provider = provider_parts.build("127.0.0.1:51820", (WgKey([1; 32]), WgKey([2; 32])));
     provider.start().await.unwrap();
     let peers = Arc::new(Direct {
         down: AtomicBool::new(false),
         cut_after_invoice: AtomicBool::new(false),
-        provider: provider.clone(),
+        status_lease: std::sync::Mutex::new(None),
+        provider: std::sync::RwLock::new(provider.clone()),
         provider_peer,
         renter_peer,
         tamper,
@@ -447,6 +497,7 @@ pub async fn world_opts(opts: Opts) -> World {
         renter_peer,
         peers,
         renter_parts,
+        provider_parts,
     }
 }
 

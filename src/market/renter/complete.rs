@@ -226,6 +226,8 @@ impl Renter {
             self.apply_tunnel(&rental.lease, &iface, rental.wg_key_id.as_deref())
                 .await?;
         }
+        // The top-up's lease may carry an endpoint or key the provider moved to meanwhile.
+        self.follow_revision(&old.lease, &rental).await?;
         self.audit(
             AuditKind::CreditAdded,
             json!({"lease_id": rec.lease_id, "amount_sat": c.amount_sat,

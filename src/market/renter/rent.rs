@@ -336,10 +336,14 @@ impl Renter {
                     None => None,
                 };
                 let newer = match &s.lease {
-                    Some(signed) => Some((
-                        self.check_lease(peer, signed, &id, |_| Ok(())).await?,
-                        signed.clone(),
-                    )),
+                    Some(signed) => {
+                        let l = self.check_lease(peer, signed, &id, |_| Ok(())).await?;
+                        // A newer revision must keep everything the renter paid for.
+                        if l.revision > rental.lease.revision {
+                            self.check_revision(&rental.lease, &l).await?;
+                        }
+                        Some((l, signed.clone()))
+                    }
                     None => None,
                 };
                 // The provider's view is adopted as it is: it keeps the one ledger.
@@ -355,15 +359,18 @@ impl Renter {
                             r.termination = notice.clone();
                         }
                         if let Some((l, signed)) = &newer
-                            && l.revision >= r.lease.revision
+                            && l.revision > r.lease.revision
                         {
                             r.lease = l.clone();
                             r.signed = signed.clone();
                         }
                         Ok(Some(r))
                     })
-                    .await?;
-                updated.ok_or_else(|| MarketError::NotFound(format!("lease {id}")))
+                    .await?
+                    .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
+                // A revision that moved the provider (endpoint or key): re-point the tunnel.
+                self.follow_revision(&rental.lease, &updated).await?;
+                Ok(updated)
             }
             Message::Error(e) => Err(MarketError::Refused {
                 code: e.code,

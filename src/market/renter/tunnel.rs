@@ -153,15 +153,7 @@ impl Renter {
                 }
             },
         };
-        let peer = PeerSpec {
-            public_key: lease.provider_wg_pubkey,
-            endpoint: Some(lease.endpoint.clone()),
-            allowed_ips: vec![
-                "0.0.0.0/0".parse().expect("valid"),
-                "::/0".parse().expect("valid"),
-            ],
-            persistent_keepalive: (i.keepalive > 0).then_some(i.keepalive),
-        };
+        let peer = self.provider_peer(lease, lease.endpoint.clone());
         i.tunnel.ensure_interface(&spec).await?;
         i.tunnel.add_peer(iface, &peer).await?;
         let path = i.conf_dir.join(format!("{iface}.conf"));
@@ -174,6 +166,20 @@ impl Renter {
             link_into(dir, iface, &path);
         }
         Ok(path)
+    }
+
+    /// The tunnel peer of `lease`'s provider, reached at `endpoint` (the lease's, or the
+    /// address it last resolved to).
+    pub(super) fn provider_peer(&self, lease: &Lease, endpoint: String) -> PeerSpec {
+        PeerSpec {
+            public_key: lease.provider_wg_pubkey,
+            endpoint: Some(endpoint),
+            allowed_ips: vec![
+                "0.0.0.0/0".parse().expect("valid"),
+                "::/0".parse().expect("valid"),
+            ],
+            persistent_keepalive: (self.inner.keepalive > 0).then_some(self.inner.keepalive),
+        }
     }
 
     /// Removes everything the daemon set up for a rental: the interface (with its addresses,
