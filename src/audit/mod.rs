@@ -242,6 +242,9 @@ audit_kinds! {
     CreditAdded => "credit_added",
     /// A renter handed out an invoice for payment from another wallet (`add-credit --manual`).
     ManualInvoice => "manual_invoice",
+    /// A renter replaced a lease by one from another provider (dead tunnel, termination
+    /// notice, vanished provider): decided, then done.
+    Failover => "failover",
     /// A peer was refused (rate limit, bad signature, policy).
     PeerRefused => "peer_refused",
     /// An error worth keeping a record of.
@@ -893,7 +896,7 @@ pub(crate) mod tests {
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
             assert_eq!(kind.to_string(), name);
         }
-        assert_eq!(AuditKind::ALL.len(), 28);
+        assert_eq!(AuditKind::ALL.len(), 29);
         assert_eq!(AuditKind::LeaseReactivated.as_str(), "lease_reactivated");
         assert!(matches!(
             "LeaseIssued".parse::<AuditKind>(),

@@ -104,15 +104,19 @@ enum Skip {
 }
 
 impl Renter {
-    /// One AutoPay pass over every active lease with AutoPay on.
+    /// One AutoPay pass: the health checks and failovers of [`Renter::failover_tick`], then a
+    /// top-up check of every active lease with AutoPay on that is not failing over.
     ///
     /// # Errors
     /// Only when the rentals cannot be read; a failing lease is logged and audited and the
     /// pass goes on with the others.
     pub async fn autopay_tick(&self) -> Result<(), MarketError> {
+        // Health checks and failover first; a lease that failed over gets no more top-ups.
+        self.failover_tick().await?;
         for r in self.rentals()? {
             if r.autopay
                 && r.state == LeaseState::Active
+                && r.failover.is_none()
                 && let Err(e) = self.autopay_one(&r.lease.lease_id).await
             {
                 self.item_failed("autopay", "lease_id", &r.lease.lease_id, &e)
@@ -247,24 +251,47 @@ impl Renter {
 
     /// A recent WireGuard handshake with the provider and a probe answered through the tunnel.
     async fn verify_tunnel(&self, r: &Rental) -> Result<(), String> {
+        // Only a check that ran counts in the provider's history; a backend that cannot
+        // verify says nothing about the provider.
+        match self.probe_tunnel(r).await {
+            Probe::Up => {
+                self.note_check(&r.lease.provider, true).await;
+                Ok(())
+            }
+            Probe::Down(why) => {
+                self.note_check(&r.lease.provider, false).await;
+                Err(why)
+            }
+            Probe::Error(why) | Probe::Unknown(why) => Err(why),
+        }
+    }
+
+    /// Checks a lease's tunnel with [`Tunnel::verify`]: a recent handshake and an echo
+    /// answered through it. Records nothing.
+    pub(super) async fn probe_tunnel(&self, r: &Rental) -> Probe {
         let ap = &self.inner.cfg.autopay;
-        let sources: Vec<IpAddr> = lease_addresses(&r.lease)
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|n| n.addr())
-            .collect();
-        let targets: Vec<IpAddr> = tokio::net::lookup_host(r.lease.endpoint.as_str())
-            .await
-            .map_err(|e| format!("cannot resolve the endpoint {}: {e}", r.lease.endpoint))?
-            .map(|a| a.ip())
-            .collect();
+        let sources: Vec<IpAddr> = match lease_addresses(&r.lease) {
+            Ok(a) => a.iter().map(|n| n.addr()).collect(),
+            Err(e) => return Probe::Unknown(e.to_string()),
+        };
+        let targets: Vec<IpAddr> = match tokio::net::lookup_host(r.lease.endpoint.as_str()).await {
+            Ok(a) => a.map(|a| a.ip()).collect(),
+            Err(e) => {
+                return Probe::Error(format!(
+                    "cannot resolve the endpoint {}: {e}",
+                    r.lease.endpoint
+                ));
+            }
+        };
         let Some((source, target)) = sources.iter().find_map(|s| {
             targets
                 .iter()
                 .find(|t| t.is_ipv4() == s.is_ipv4())
                 .map(|t| (*s, *t))
         }) else {
-            return Err("no leased address of the endpoint's address family to probe from".into());
+            return Probe::Unknown(
+                "no leased address of the endpoint's address family to probe from".into(),
+            );
         };
         let spec = ProbeSpec {
             source,
@@ -279,23 +306,31 @@ impl Renter {
             .await
         {
             Ok(c) => c,
-            Err(TunnelError::Unsupported(m)) => return Err(m),
-            Err(e) => return Err(format!("verification failed: {e}")),
+            Err(TunnelError::Unsupported(m)) => return Probe::Unknown(m),
+            Err(e) => return Probe::Error(format!("verification failed: {e}")),
         };
-        // Only a check that ran counts in the provider's history; a backend that cannot
-        // verify says nothing about the provider.
         match check.reason(ap.max_handshake_age) {
             None => {
                 tracing::debug!(lease_id = %r.lease.lease_id, rtt = ?check.probe_rtt, "tunnel verified");
-                self.note_check(&r.lease.provider, true).await;
-                Ok(())
+                Probe::Up
             }
-            Some(why) => {
-                self.note_check(&r.lease.provider, false).await;
-                Err(why)
-            }
+            Some(why) => Probe::Down(why),
         }
     }
+}
+
+/// What one tunnel check found.
+pub(super) enum Probe {
+    /// Handshake recent and the probe answered.
+    Up,
+    /// The check ran and failed: why.
+    Down(String),
+    /// The check failed on our side or on the way (endpoint not resolved, backend error):
+    /// the tunnel does not work, but the provider's history is not charged with it.
+    Error(String),
+    /// The check could not run (the backend cannot verify, nothing to probe from): why. Says
+    /// nothing about the tunnel.
+    Unknown(String),
 }
 
 /// Credit that brings the lease up to the high watermark, within the provider's minimum top-up

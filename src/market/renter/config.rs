@@ -28,6 +28,11 @@ pub struct RenterConfig {
     /// again; after one failure it is already ranked below providers without one. 0: never
     /// dropped.
     pub drop_after_failures: u32,
+    /// Failover: a lease whose tunnel has failed every check for longer than this (or whose
+    /// provider gave notice or vanished) is replaced by AutoPay with a lease from another
+    /// provider ("5m"; `"off"` or `"0"`: never). See docs/PAYMENTS.md, "Failover".
+    #[serde(with = "crate::market::limits::serde_duration::off")]
+    pub failover_grace: Option<std::time::Duration>,
 }
 
 impl Default for RenterConfig {
@@ -42,6 +47,7 @@ impl Default for RenterConfig {
             limits: crate::market::limits::LimitsConfig::default(),
             autopay: super::AutopayConfig::default(),
             drop_after_failures: 3,
+            failover_grace: Some(std::time::Duration::from_secs(300)),
         }
     }
 }
