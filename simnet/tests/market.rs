@@ -702,7 +702,7 @@ fn failover_entries(w: &world::World) -> Vec<serde_json::Value> {
         .entries(0)
         .map(|e| e.unwrap())
         .filter(|e| e.kind == "failover")
-        .map(|e| serde_json::from_slice(&e.payload).unwrap())
+        .map(|e| e.payload_as().unwrap())
         .collect()
 }
 

@@ -105,7 +105,7 @@ enum Skip {
 
 impl Renter {
     /// One AutoPay pass: the health checks and failovers of [`Renter::failover_tick`], then a
-    /// top-up check of every active lease with AutoPay on that is not failing over.
+    /// top-up check of every active lease with AutoPay on that has not been replaced.
     ///
     /// # Errors
     /// Only when the rentals cannot be read; a failing lease is logged and audited and the
@@ -116,7 +116,10 @@ impl Renter {
         for r in self.rentals()? {
             if r.autopay
                 && r.state == LeaseState::Active
-                && r.failover.is_none()
+                // Replaced (or being replaced: a new lease is bought or paid for): no more
+                // top-ups. A failover still looking for an offer leaves AutoPay to say why it
+                // does not pay.
+                && !r.failover.as_ref().is_some_and(|f| f.new_lease.is_some())
                 && let Err(e) = self.autopay_one(&r.lease.lease_id).await
             {
                 self.item_failed("autopay", "lease_id", &r.lease.lease_id, &e)

@@ -51,3 +51,37 @@ impl Default for RenterConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn failover_grace_is_a_strict_duration_or_off() {
+        assert_eq!(
+            RenterConfig::default().failover_grace,
+            Some(Duration::from_secs(300))
+        );
+        let parse =
+            |v: &str| toml::from_str::<RenterConfig>(&format!("failover_grace = \"{v}\"\n"));
+        assert_eq!(
+            parse("10m").unwrap().failover_grace,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(parse("off").unwrap().failover_grace, None);
+        assert_eq!(parse("0").unwrap().failover_grace, None);
+        for bad in ["5", "5 m", "-1m", "1.5m", "never", ""] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        // It round-trips, "off" included.
+        for v in [Some(Duration::from_secs(120)), None] {
+            let c = RenterConfig {
+                failover_grace: v,
+                ..RenterConfig::default()
+            };
+            let text = toml::to_string(&c).unwrap();
+            assert_eq!(toml::from_str::<RenterConfig>(&text).unwrap(), c, "{text}");
+        }
+    }
+}
