@@ -844,10 +844,13 @@ async fn with_autopay_off_nothing_fails_over_and_status_says_why() {
 }
 
 #[tokio::test]
-async fn failover_grace_off_never_fails_over_a_dead_tunnel() {
+async fn failover_grace_off_never_fails_over() {
     let w = world::world_opts(world::Opts {
         verifying: true,
-        second_provider: Some(ProviderConfig::default().terms),
+        second_provider: Some(leasewire::types::Terms {
+            rate_sat_per_day: 200,
+            ..ProviderConfig::default().terms
+        }),
         renter_cfg: RenterConfig {
             failover_grace: None,
             ..RenterConfig::default()
@@ -872,4 +875,14 @@ async fn failover_grace_off_never_fails_over_a_dead_tunnel() {
     w.renter.autopay_tick().await.unwrap();
     assert_eq!(w.renter.rentals().unwrap().len(), 1);
     assert!(w.renter.rental("").unwrap().health.dead_since.is_some());
+    // Nor for a termination notice.
+    let id = r.lease.lease_id.clone();
+    w.provider
+        .terminate(&id, Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    w.renter.tick().await.unwrap();
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(w.renter.rentals().unwrap().len(), 1);
+    assert!(w.renter.rental(&id).unwrap().failover.is_none());
 }

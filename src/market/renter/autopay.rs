@@ -112,7 +112,8 @@ impl Renter {
     /// pass goes on with the others.
     pub async fn autopay_tick(&self) -> Result<(), MarketError> {
         // Health checks and failover first; a lease that failed over gets no more top-ups.
-        self.failover_tick().await?;
+        // The tunnel checks of this pass are reused below rather than probing twice.
+        let mut probes = self.failover_pass().await?;
         for r in self.rentals()? {
             if r.autopay
                 && r.state == LeaseState::Active
@@ -120,7 +121,9 @@ impl Renter {
                 // top-ups. A failover still looking for an offer leaves AutoPay to say why it
                 // does not pay.
                 && !r.failover.as_ref().is_some_and(|f| f.new_lease.is_some())
-                && let Err(e) = self.autopay_one(&r.lease.lease_id).await
+                && let Err(e) = self
+                    .autopay_one(&r.lease.lease_id, probes.remove(&r.lease.lease_id))
+                    .await
             {
                 self.item_failed("autopay", "lease_id", &r.lease.lease_id, &e)
                     .await;
@@ -148,7 +151,7 @@ impl Renter {
         Ok(r)
     }
 
-    async fn autopay_one(&self, lease_id: &str) -> Result<(), MarketError> {
+    async fn autopay_one(&self, lease_id: &str, probe: Option<Probe>) -> Result<(), MarketError> {
         // Only this lease's top-ups wait for it (and it for them).
         let _lease = self.inner.lease_locks.lock(lease_id).await;
         let ap = &self.inner.cfg.autopay;
@@ -157,7 +160,7 @@ impl Renter {
         if local.lease.paid_until.saturating_sub(self.now()) >= low {
             return Ok(());
         }
-        let outcome = self.autopay_decide(lease_id).await;
+        let outcome = self.autopay_decide(lease_id, probe).await;
         let r = self.rental(lease_id)?;
         let mut refused_unverified = false;
         let note = match outcome {
@@ -203,7 +206,11 @@ impl Renter {
     }
 
     /// Decides and, when everything checks out, pays. `Ok(None)`: nothing to do.
-    async fn autopay_decide(&self, lease_id: &str) -> Result<Option<Sats>, Skip> {
+    async fn autopay_decide(
+        &self,
+        lease_id: &str,
+        probe: Option<Probe>,
+    ) -> Result<Option<Sats>, Skip> {
         let ap = &self.inner.cfg.autopay;
         // The provider's signed lease, not our estimate: manual top-ups count.
         let r = self
@@ -234,7 +241,9 @@ impl Renter {
         self.refuse_if_undelivered(&r.lease.provider, lease_id, amount)
             .await
             .map_err(|e| Skip::Other(e.to_string()))?;
-        self.verify_tunnel(&r).await.map_err(Skip::Unverified)?;
+        self.verify_tunnel(&r, probe)
+            .await
+            .map_err(Skip::Unverified)?;
         let current = self
             .fetch_offer_str(&r.lease.provider)
             .await
@@ -252,11 +261,16 @@ impl Renter {
         Ok(Some(amount))
     }
 
-    /// A recent WireGuard handshake with the provider and a probe answered through the tunnel.
-    async fn verify_tunnel(&self, r: &Rental) -> Result<(), String> {
+    /// A recent WireGuard handshake with the provider and a probe answered through the tunnel;
+    /// `done` is a check this pass already made.
+    async fn verify_tunnel(&self, r: &Rental, done: Option<Probe>) -> Result<(), String> {
+        let probe = match done {
+            Some(p) => p,
+            None => self.probe_tunnel(r).await,
+        };
         // Only a check that ran counts in the provider's history; a backend that cannot
         // verify says nothing about the provider.
-        match self.probe_tunnel(r).await {
+        match probe {
             Probe::Up => {
                 self.note_check(&r.lease.provider, true).await;
                 Ok(())
@@ -323,6 +337,7 @@ impl Renter {
 }
 
 /// What one tunnel check found.
+#[derive(Clone, Debug)]
 pub(super) enum Probe {
     /// Handshake recent and the probe answered.
     Up,

@@ -30,7 +30,8 @@ pub struct RenterConfig {
     pub drop_after_failures: u32,
     /// Failover: a lease whose tunnel has failed every check for longer than this (or whose
     /// provider gave notice or vanished) is replaced by AutoPay with a lease from another
-    /// provider ("5m"; `"off"` or `"0"`: never). See docs/PAYMENTS.md, "Failover".
+    /// provider ("5m"; `"off"` or `"0"`: no failover at all, the checks still show in
+    /// `status`). See docs/PAYMENTS.md, "Failover".
     #[serde(with = "crate::market::limits::serde_duration::off")]
     pub failover_grace: Option<std::time::Duration>,
 }

@@ -1,4 +1,5 @@
-//! Failover: every active lease's tunnel is checked periodically ([`Tunnel::verify`]); a
+//! Failover: every active lease's tunnel is checked periodically ([`Tunnel::verify`]); when
+//! `renter.failover_grace` is set (it is by default), a
 //! lease whose tunnel has been dead for longer than `renter.failover_grace`, whose provider
 //! gave termination notice, or whose provider was dropped for failing
 //! `renter.drop_after_failures` requests in a row is replaced, when AutoPay is on for it, by a
@@ -69,6 +70,12 @@ impl Renter {
     /// Only when the rentals cannot be read; a failing lease is logged and audited and the
     /// pass goes on with the others.
     pub async fn failover_tick(&self) -> Result<(), MarketError> {
+        self.failover_pass().await.map(|_| ())
+    }
+
+    /// [`Renter::failover_tick`], returning the tunnel check made of each lease, by id.
+    pub(super) async fn failover_pass(&self) -> Result<HashMap<String, Probe>, MarketError> {
+        let mut probes = HashMap::new();
         for r in self.rentals()? {
             if r.state != LeaseState::Active
                 || r.failover.as_ref().is_some_and(|f| f.done_at.is_some())
@@ -76,21 +83,27 @@ impl Renter {
                 continue;
             }
             let id = r.lease.lease_id.clone();
-            if let Err(e) = self.check_health(&id).await {
-                self.item_failed("health check", "lease_id", &id, &e).await;
+            match self.check_health(&id).await {
+                Ok(Some(p)) => {
+                    probes.insert(id.clone(), p);
+                }
+                Ok(None) => {}
+                Err(e) => self.item_failed("health check", "lease_id", &id, &e).await,
             }
-            if let Err(e) = self.failover_one(&id).await {
+            if self.inner.cfg.failover_grace.is_some()
+                && let Err(e) = self.failover_one(&id).await
+            {
                 self.item_failed("failover", "lease_id", &id, &e).await;
             }
         }
-        Ok(())
+        Ok(probes)
     }
 
-    /// One tunnel check of a lease, recorded in its [`LeaseHealth`]. A run of failed checks
-    /// counts once against the provider.
-    async fn check_health(&self, id: &str) -> Result<(), MarketError> {
+    /// One tunnel check of a lease, recorded in its [`LeaseHealth`] (not in the provider's
+    /// history: AutoPay counts the checks it pays on, see `verify_tunnel`).
+    async fn check_health(&self, id: &str) -> Result<Option<Probe>, MarketError> {
         let Some(r) = self.inner.rentals.get(id)? else {
-            return Ok(());
+            return Ok(None);
         };
         let probe = self.probe_tunnel(&r).await;
         let now = self.now();
@@ -123,13 +136,10 @@ impl Renter {
         if went_down {
             tracing::warn!(lease_id = id, provider = %r.lease.provider,
                 "tunnel check failed; failing over if it stays dead past the grace period");
-            if matches!(probe, Probe::Down(_)) {
-                self.note_check(&r.lease.provider, false).await;
-            }
         } else if came_up {
             tracing::info!(lease_id = id, "tunnel works again");
         }
-        Ok(())
+        Ok(Some(probe))
     }
 
     /// Why lease `r` must be replaced now, if it must.
