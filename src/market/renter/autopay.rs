@@ -120,7 +120,7 @@ impl Renter {
                 // Replaced (or being replaced: a new lease is bought or paid for): no more
                 // top-ups. A failover still looking for an offer leaves AutoPay to say why it
                 // does not pay.
-                && !r.failover.as_ref().is_some_and(|f| f.new_lease.is_some())
+                && r.failover.as_ref().is_none_or(|f| f.new_lease.is_none())
                 && let Err(e) = self
                     .autopay_one(&r.lease.lease_id, probes.remove(&r.lease.lease_id))
                     .await
