@@ -886,3 +886,64 @@ async fn failover_grace_off_never_fails_over() {
     assert_eq!(w.renter.rentals().unwrap().len(), 1);
     assert!(w.renter.rental(&id).unwrap().failover.is_none());
 }
+
+#[tokio::test]
+async fn a_paid_replacement_whose_lease_is_late_is_never_bought_twice() {
+    let (mut w, old) = failover_world().await;
+    let second = w.second.clone().unwrap();
+    let second_peer = second.peer.to_string();
+    let paid_to_second = |w: &world::World| {
+        w.renter_audit
+            .entries(0)
+            .map(|e| e.unwrap())
+            .filter(|e| e.kind == "payment_attempt")
+            .filter(|e| {
+                e.payload_as::<serde_json::Value>().unwrap()["provider"] == second_peer.as_str()
+            })
+            .count()
+    };
+    // The second provider sends its invoice, is paid, then cannot be reached for the lease.
+    second.cut_after_invoice.store(true, Ordering::SeqCst);
+    let notice = Duration::from_secs(2 * 86_400);
+    w.provider.terminate(&old, notice).await.unwrap();
+    w.renter.tick().await.unwrap();
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(paid_to_second(&w), 1);
+    let f = w.renter.rental(&old).unwrap().failover.unwrap();
+    let new_id = f.new_lease.clone().expect("stored before paying");
+    assert!(f.done_at.is_none());
+    assert!(
+        w.renter
+            .rental(&old)
+            .unwrap()
+            .failover_status()
+            .unwrap()
+            .contains("waiting for the lease")
+    );
+
+    // Later passes, and a restarted renter, wait for that lease instead of buying another.
+    second.cut_after_invoice.store(false, Ordering::SeqCst);
+    w.renter.autopay_tick().await.unwrap();
+    w.restart_renter();
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(paid_to_second(&w), 1, "a second replacement was paid for");
+    assert_eq!(w.renter.rentals().unwrap().len(), 1);
+
+    // The provider answers again: recovery fetches the lease and the next pass links it.
+    second.down.store(false, Ordering::SeqCst);
+    w.renter.recover_payments().await.unwrap();
+    w.renter.autopay_tick().await.unwrap();
+    let new = w.renter.rental(&new_id).unwrap();
+    assert_eq!(new.failed_over_from.as_deref(), Some(old.as_str()));
+    assert!(
+        w.renter
+            .rental(&old)
+            .unwrap()
+            .failover
+            .unwrap()
+            .done_at
+            .is_some()
+    );
+    assert_eq!(paid_to_second(&w), 1);
+    assert_eq!(failover_entries(&w).len(), 2);
+}

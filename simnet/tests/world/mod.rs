@@ -64,6 +64,8 @@ pub struct OtherProvider {
     pub peer: PeerId,
     /// While set, every request to it fails as if it were unreachable.
     pub down: AtomicBool,
+    /// When set, it becomes unreachable (`down`) right after it sends an invoice.
+    pub cut_after_invoice: AtomicBool,
     pub tunnel: Arc<FileTunnel>,
     pub audit: AuditLog,
     /// Its provider-side WireGuard public key (the renter's peer for its leases).
@@ -88,6 +90,10 @@ impl Peers for Direct {
                 return Err(MarketError::Net("provider unreachable (test)".into()));
             }
             let reply = o.provider.handle(self.renter_peer, msg).await;
+            if matches!(reply, Message::PayInvoice(_)) && o.cut_after_invoice.load(Ordering::SeqCst)
+            {
+                o.down.store(true, Ordering::SeqCst);
+            }
             return Ok((reply, Duration::from_millis(3)));
         }
         assert_eq!(peer, self.provider_peer);
@@ -420,6 +426,7 @@ pub async fn world_opts(opts: Opts) -> World {
                 provider: p2,
                 peer: peer2,
                 down: AtomicBool::new(false),
+                cut_after_invoice: AtomicBool::new(false),
                 tunnel: tunnel2,
                 audit: audit2,
                 wg_public: WgKey([6; 32]),
