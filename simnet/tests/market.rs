@@ -848,3 +848,290 @@ async fn forged_or_illegal_lease_revisions_are_refused() {
     assert_eq!(refused, 6);
     assert!(!kinds(&w.renter_audit).iter().any(|k| k == "lease_revised"));
 }
+
+// --- Failover (issue 9): two providers; the renter's tunnel checks are a test double whose
+// result each test sets per provider. Market time is the world's clock, moved by hand.
+
+/// A world with a second, dearer provider (so the first is rented first) and a renter whose
+/// backend can verify tunnels; the renter holds one lease from the first provider, bought
+/// with 1000 sat of credit (10 days).
+async fn failover_world() -> (world::World, String) {
+    let w = world::world_opts(world::Opts {
+        verifying: true,
+        second_provider: Some(leasewire::types::Terms {
+            rate_sat_per_day: 200,
+            min_initial_credit_sat: 2_000,
+            ..ProviderConfig::default().terms
+        }),
+        ..world::Opts::default()
+    })
+    .await;
+    assert_eq!(w.renter.discover().await.unwrap(), 2);
+    let r = w
+        .renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(1000),
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.lease.provider,
+        w.provider_peer.to_string(),
+        "the cheaper one"
+    );
+    assert!(r.autopay);
+    (w, r.lease.lease_id)
+}
+
+fn failover_entries(w: &world::World) -> Vec<serde_json::Value> {
+    w.renter_audit
+        .entries(0)
+        .map(|e| e.unwrap())
+        .filter(|e| e.kind == "failover")
+        .map(|e| e.payload_as().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dead_tunnel_fails_over_after_the_grace_period_and_only_once() {
+    let (mut w, old) = failover_world().await;
+    let second = w.second.clone().unwrap();
+    let v = w.verifying.clone().unwrap();
+    let grace = RenterConfig::default().failover_grace.unwrap().as_secs();
+    assert_eq!(grace, 300);
+
+    // The first check finds the first provider's tunnel dead.
+    v.set_peer_dead(WgKey([2; 32]), true);
+    w.renter.autopay_tick().await.unwrap();
+    let r = w.renter.rental(&old).unwrap();
+    let since = r
+        .health
+        .dead_since
+        .expect("dead since the first failed check");
+    assert_eq!(since, w.clock.now_unix());
+    // Still within the grace period: nothing is bought.
+    w.clock.advance(Duration::from_secs(grace));
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(w.renter.rentals().unwrap().len(), 1);
+    assert!(w.renter.rental(&old).unwrap().failover.is_none());
+    assert!(failover_entries(&w).is_empty());
+
+    // Past it: one lease from the other provider, with the same sizes.
+    let provider_balance = w.sim.balance_msat("provider");
+    w.clock.advance(Duration::from_secs(1));
+    w.renter.autopay_tick().await.unwrap();
+    let rentals = w.renter.rentals().unwrap();
+    assert_eq!(rentals.len(), 2, "exactly one new lease");
+    let new = rentals
+        .iter()
+        .find(|r| r.lease.lease_id != old)
+        .unwrap()
+        .clone();
+    assert_eq!(new.lease.provider, second.peer.to_string());
+    assert_eq!(new.failed_over_from.as_deref(), Some(old.as_str()));
+    assert!(new.lease.ipv4.as_deref().unwrap().ends_with("/32"));
+    assert!(new.lease.ipv6.as_deref().unwrap().ends_with("/64"));
+    let o = w.renter.rental(&old).unwrap();
+    let f = o.failover.clone().unwrap();
+    assert_eq!(f.new_lease.as_deref(), Some(new.lease.lease_id.as_str()));
+    assert!(f.done_at.is_some() && f.reason.contains("dead"), "{f:?}");
+    assert!(
+        o.failover_status()
+            .unwrap()
+            .starts_with(&format!("failed over to {}", new.lease.lease_id))
+    );
+    let entries = failover_entries(&w);
+    assert_eq!(entries.len(), 2, "decided, then done: {entries:?}");
+    assert_eq!(entries[1]["new_lease_id"], new.lease.lease_id.as_str());
+
+    // Later passes, and a restarted renter, buy nothing more; the old lease gets no top-up
+    // even once its tunnel answers again and its credit runs low.
+    v.set_peer_dead(WgKey([2; 32]), false);
+    w.restart_renter();
+    for _ in 0..3 {
+        w.renter.autopay_tick().await.unwrap();
+    }
+    w.clock
+        .advance(Duration::from_secs(9 * 86_400 + 13 * 3_600));
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(w.renter.rentals().unwrap().len(), 2);
+    assert_eq!(failover_entries(&w).len(), 2);
+    assert_eq!(w.renter.rental(&old).unwrap().stats.payments, 1);
+    assert_eq!(
+        w.sim.balance_msat("provider"),
+        provider_balance,
+        "paid the old provider after the failover"
+    );
+}
+
+#[tokio::test]
+async fn a_termination_notice_fails_over_before_the_end() {
+    let (w, old) = failover_world().await;
+    let second = w.second.clone().unwrap();
+    let notice = Duration::from_secs(2 * 86_400);
+    w.provider.terminate(&old, notice).await.unwrap();
+    let ends_at = w.clock.now_unix() + notice.as_secs();
+    w.renter.tick().await.unwrap();
+    assert_eq!(
+        w.renter.rental(&old).unwrap().terminates_at(),
+        Some(ends_at)
+    );
+
+    w.renter.autopay_tick().await.unwrap();
+    assert!(w.clock.now_unix() < ends_at);
+    let rentals = w.renter.rentals().unwrap();
+    assert_eq!(rentals.len(), 2);
+    let new = rentals.iter().find(|r| r.lease.lease_id != old).unwrap();
+    assert_eq!(new.lease.provider, second.peer.to_string());
+    assert_eq!(new.state, leasewire::wire::LeaseState::Active);
+    let f = w.renter.rental(&old).unwrap().failover.unwrap();
+    assert!(f.reason.contains("notice"), "{f:?}");
+    // The second provider holds the renter's peer for the new lease.
+    assert_eq!(second.tunnel.peer_stats("lwq0").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_vanished_provider_is_failed_over_from() {
+    let (w, old) = failover_world().await;
+    let second = w.second.clone().unwrap();
+    w.peers.down.store(true, Ordering::SeqCst);
+    // Each renter tick asks the provider for the lease's status; all fail.
+    for _ in 0..RenterConfig::default().drop_after_failures {
+        w.renter.tick().await.unwrap();
+    }
+    w.renter.autopay_tick().await.unwrap();
+    let rentals = w.renter.rentals().unwrap();
+    assert_eq!(rentals.len(), 2);
+    let new = rentals.iter().find(|r| r.lease.lease_id != old).unwrap();
+    assert_eq!(new.lease.provider, second.peer.to_string());
+    let f = w.renter.rental(&old).unwrap().failover.unwrap();
+    assert!(f.reason.contains("requests in a row"), "{f:?}");
+}
+
+#[tokio::test]
+async fn with_autopay_off_nothing_fails_over_and_status_says_why() {
+    let (w, old) = failover_world().await;
+    w.renter.set_autopay(&old, false).unwrap();
+    let v = w.verifying.clone().unwrap();
+    v.set_peer_dead(WgKey([2; 32]), true);
+    w.renter.autopay_tick().await.unwrap();
+    w.clock.advance(Duration::from_secs(301));
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(w.renter.rentals().unwrap().len(), 1);
+    let r = w.renter.rental(&old).unwrap();
+    assert!(r.failover.is_none());
+    let why = r.failover_status().unwrap();
+    assert!(why.contains("AutoPay is off"), "{why}");
+    assert!(failover_entries(&w).is_empty());
+    // The tunnel answers again: the note goes away.
+    v.set_peer_dead(WgKey([2; 32]), false);
+    w.renter.autopay_tick().await.unwrap();
+    assert!(w.renter.rental(&old).unwrap().failover_status().is_none());
+}
+
+#[tokio::test]
+async fn failover_grace_off_never_fails_over() {
+    let w = world::world_opts(world::Opts {
+        verifying: true,
+        second_provider: Some(leasewire::types::Terms {
+            rate_sat_per_day: 200,
+            ..ProviderConfig::default().terms
+        }),
+        renter_cfg: RenterConfig {
+            failover_grace: None,
+            ..RenterConfig::default()
+        },
+        ..world::Opts::default()
+    })
+    .await;
+    w.renter.discover().await.unwrap();
+    let r = w
+        .renter
+        .rent(RentArgs {
+            offer_id: None,
+            credit_sat: Some(1000),
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    let v = w.verifying.clone().unwrap();
+    v.set_peer_dead(r.lease.provider_wg_pubkey, true);
+    w.renter.autopay_tick().await.unwrap();
+    w.clock.advance(Duration::from_secs(3_600));
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(w.renter.rentals().unwrap().len(), 1);
+    assert!(w.renter.rental("").unwrap().health.dead_since.is_some());
+    // Nor for a termination notice.
+    let id = r.lease.lease_id.clone();
+    w.provider
+        .terminate(&id, Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    w.renter.tick().await.unwrap();
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(w.renter.rentals().unwrap().len(), 1);
+    assert!(w.renter.rental(&id).unwrap().failover.is_none());
+}
+
+#[tokio::test]
+async fn a_paid_replacement_whose_lease_is_late_is_never_bought_twice() {
+    let (mut w, old) = failover_world().await;
+    let second = w.second.clone().unwrap();
+    let second_peer = second.peer.to_string();
+    let paid_to_second = |w: &world::World| {
+        w.renter_audit
+            .entries(0)
+            .map(|e| e.unwrap())
+            .filter(|e| e.kind == "payment_attempt")
+            .filter(|e| {
+                e.payload_as::<serde_json::Value>().unwrap()["provider"] == second_peer.as_str()
+            })
+            .count()
+    };
+    // The second provider sends its invoice, is paid, then cannot be reached for the lease.
+    second.cut_after_invoice.store(true, Ordering::SeqCst);
+    let notice = Duration::from_secs(2 * 86_400);
+    w.provider.terminate(&old, notice).await.unwrap();
+    w.renter.tick().await.unwrap();
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(paid_to_second(&w), 1);
+    let f = w.renter.rental(&old).unwrap().failover.unwrap();
+    let new_id = f.new_lease.clone().expect("stored before paying");
+    assert!(f.done_at.is_none());
+    assert!(
+        w.renter
+            .rental(&old)
+            .unwrap()
+            .failover_status()
+            .unwrap()
+            .contains("waiting for the lease")
+    );
+
+    // Later passes, and a restarted renter, wait for that lease instead of buying another.
+    second.cut_after_invoice.store(false, Ordering::SeqCst);
+    w.renter.autopay_tick().await.unwrap();
+    w.restart_renter();
+    w.renter.autopay_tick().await.unwrap();
+    assert_eq!(paid_to_second(&w), 1, "a second replacement was paid for");
+    assert_eq!(w.renter.rentals().unwrap().len(), 1);
+
+    // The provider answers again: recovery fetches the lease and the next pass links it.
+    second.down.store(false, Ordering::SeqCst);
+    w.renter.recover_payments().await.unwrap();
+    w.renter.autopay_tick().await.unwrap();
+    let new = w.renter.rental(&new_id).unwrap();
+    assert_eq!(new.failed_over_from.as_deref(), Some(old.as_str()));
+    assert!(
+        w.renter
+            .rental(&old)
+            .unwrap()
+            .failover
+            .unwrap()
+            .done_at
+            .is_some()
+    );
+    assert_eq!(paid_to_second(&w), 1);
+    assert_eq!(failover_entries(&w).len(), 2);
+}

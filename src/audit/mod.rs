@@ -248,6 +248,9 @@ audit_kinds! {
     CreditAdded => "credit_added",
     /// A renter handed out an invoice for payment from another wallet (`add-credit --manual`).
     ManualInvoice => "manual_invoice",
+    /// A renter replaced a lease by one from another provider (dead tunnel, termination
+    /// notice, vanished provider): decided, then done.
+    Failover => "failover",
     /// A peer was refused (rate limit, bad signature, policy).
     PeerRefused => "peer_refused",
     /// An error worth keeping a record of.
@@ -899,7 +902,7 @@ pub(crate) mod tests {
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
             assert_eq!(kind.to_string(), name);
         }
-        assert_eq!(AuditKind::ALL.len(), 30);
+        assert_eq!(AuditKind::ALL.len(), 31);
         assert_eq!(AuditKind::LeaseReactivated.as_str(), "lease_reactivated");
         assert!(matches!(
             "LeaseIssued".parse::<AuditKind>(),

@@ -165,6 +165,18 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
             ),
         ));
     }
+    if !l.failover.is_empty() {
+        pairs.push(("failover", l.failover.clone()));
+    }
+    if !l.failed_over_from.is_empty() {
+        pairs.push(("failed over from", l.failed_over_from.clone()));
+    }
+    if l.dead_since > 0 {
+        pairs.push((
+            "tunnel",
+            format!("dead since {}", relative_time(l.dead_since, now)),
+        ));
+    }
     if l.end_unsent {
         pairs.push((
             "provider",
@@ -264,6 +276,16 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
         renter_leases(w, &s.leases, now)?;
         for l in s.leases.iter().filter(|l| l.autopay_note_at > 0) {
             writeln!(w, "autopay {}: {}", l.lease_id, autopay_line(l, now))?;
+        }
+        for l in s.leases.iter().filter(|l| !l.failover.is_empty()) {
+            writeln!(w, "failover {}: {}", l.lease_id, l.failover)?;
+        }
+        for l in s.leases.iter().filter(|l| !l.failed_over_from.is_empty()) {
+            writeln!(
+                w,
+                "failover {}: replaces {}",
+                l.lease_id, l.failed_over_from
+            )?;
         }
         for l in s.leases.iter().filter(|l| l.terminates_at > 0) {
             writeln!(
@@ -409,6 +431,7 @@ mod tests {
             confirm: String::new(),
             end_unsent: false,
             terminates_at: 0,
+            ..Default::default()
         }
     }
 

@@ -118,6 +118,10 @@ fn rental_info(r: &Rental) -> pb::LeaseInfo {
         autopay_note_paid: note.paid,
         end_unsent: r.end_unsent,
         terminates_at: r.terminates_at().unwrap_or(0),
+        failover: r.failover_status().unwrap_or_default(),
+        failed_over_from: r.failed_over_from.clone().unwrap_or_default(),
+        dead_since: r.health.dead_since.unwrap_or(0),
+        last_ok_at: r.health.last_ok_at.unwrap_or(0),
         ..lease_info(
             &r.lease,
             r.state,

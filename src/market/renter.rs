@@ -31,6 +31,7 @@ mod complete;
 pub mod config;
 mod discovery;
 mod endpoint;
+mod failover;
 mod manual;
 mod payment;
 mod rent;
@@ -38,6 +39,7 @@ mod tunnel;
 
 pub use autopay::{AutopayConfig, AutopayNote, RentalStats};
 pub use discovery::ProviderHistory;
+pub use failover::{FailoverRecord, LeaseHealth};
 pub use manual::ManualInvoice;
 pub use payment::OpenPayment;
 use payment::PaymentRecord;
@@ -159,6 +161,19 @@ pub struct Rental {
     /// The provider's signed notice that it ends this lease, as its status showed it.
     #[serde(default)]
     pub termination: Option<Signed<TerminationNotice>>,
+    /// What the periodic tunnel checks saw of this lease (failover).
+    #[serde(default)]
+    pub health: LeaseHealth,
+    /// This lease is being (or has been) replaced by a lease from another provider: it gets
+    /// no more top-ups. At most one per lease.
+    #[serde(default)]
+    pub failover: Option<FailoverRecord>,
+    /// The lease this one replaced, when it was bought by a failover.
+    #[serde(default)]
+    pub failed_over_from: Option<String>,
+    /// Why a failover this lease would need is not done (for `status`), e.g. AutoPay is off.
+    #[serde(default)]
+    pub failover_note: Option<String>,
 }
 
 impl Rental {

@@ -268,3 +268,86 @@ async fn check_verify(t: &dyn Tunnel, iface: &str, peer: &PeerSpec) {
         Err(e) => panic!("{kind}: verify of a configured peer failed: {e}"),
     }
 }
+
+/// A tunnel backend for tests that keeps its state in another backend (normally the file
+/// backend) but can "verify" tunnels as the WireGuard backend does, with the result the test
+/// chooses: all tunnels answer while [`VerifyingTunnel::healthy`] is set, except those to
+/// peers marked dead with [`VerifyingTunnel::set_peer_dead`]. A verified check reports a
+/// handshake 5 s old and a 2 ms probe round trip.
+pub struct VerifyingTunnel {
+    /// The backend holding interfaces and peers.
+    pub inner: std::sync::Arc<dyn Tunnel>,
+    /// While false, no tunnel answers.
+    pub healthy: std::sync::atomic::AtomicBool,
+    /// How many verifications ran.
+    pub checks: std::sync::atomic::AtomicU32,
+    /// Provider peers (WireGuard keys) whose tunnels do not answer.
+    dead: std::sync::Mutex<std::collections::HashSet<WgKey>>,
+}
+
+impl VerifyingTunnel {
+    /// A healthy double over `inner`.
+    pub fn new(inner: std::sync::Arc<dyn Tunnel>) -> VerifyingTunnel {
+        VerifyingTunnel {
+            inner,
+            healthy: std::sync::atomic::AtomicBool::new(true),
+            checks: Default::default(),
+            dead: Default::default(),
+        }
+    }
+
+    /// Makes tunnels to the peer `key` fail verification (`true`) or answer again.
+    pub fn set_peer_dead(&self, key: WgKey, dead: bool) {
+        let mut set = self.dead.lock().expect("dead-peer set not poisoned");
+        if dead {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Tunnel for VerifyingTunnel {
+    fn kind(&self) -> &'static str {
+        "verifying-test"
+    }
+    async fn ensure_interface(&self, spec: &InterfaceSpec) -> Result<(), TunnelError> {
+        self.inner.ensure_interface(spec).await
+    }
+    async fn add_peer(&self, iface: &str, peer: &PeerSpec) -> Result<(), TunnelError> {
+        self.inner.add_peer(iface, peer).await
+    }
+    async fn remove_peer(&self, iface: &str, key: &WgKey) -> Result<(), TunnelError> {
+        self.inner.remove_peer(iface, key).await
+    }
+    async fn set_addresses(&self, iface: &str, addrs: &[IpNet]) -> Result<(), TunnelError> {
+        self.inner.set_addresses(iface, addrs).await
+    }
+    async fn peer_stats(&self, iface: &str) -> Result<Vec<PeerStats>, TunnelError> {
+        self.inner.peer_stats(iface).await
+    }
+    async fn remove_interface(&self, iface: &str) -> Result<(), TunnelError> {
+        self.inner.remove_interface(iface).await
+    }
+    async fn verify(
+        &self,
+        iface: &str,
+        peer: &WgKey,
+        _probe: &ProbeSpec,
+    ) -> Result<super::TunnelCheck, TunnelError> {
+        use std::sync::atomic::Ordering;
+        self.inner.peer_stats(iface).await?;
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        let dead = self
+            .dead
+            .lock()
+            .expect("dead-peer set not poisoned")
+            .contains(peer);
+        // The check is relative (handshake 5 s before "now"), so the wall clock is fine here.
+        let now = crate::types::now_unix();
+        let rtt =
+            (self.healthy.load(Ordering::SeqCst) && !dead).then_some(Duration::from_millis(2));
+        Ok(super::TunnelCheck::at(Some(now - 5), now, rtt))
+    }
+}

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use ipnet::IpNet;
 use leasewire::audit::AuditLog;
 use leasewire::config::{ProviderConfig, RenterConfig};
 use leasewire::lightning::lnd::LndClient;
@@ -18,10 +17,8 @@ use leasewire::lightning::{InvoiceRequest, LightningNode};
 use leasewire::market::provider::{Provider, ProviderParams};
 use leasewire::market::renter::{Renter, RenterParams};
 use leasewire::market::{MarketError, Peers};
+use leasewire::tunnel::Tunnel;
 use leasewire::tunnel::file::FileTunnel;
-use leasewire::tunnel::{
-    InterfaceSpec, PeerSpec, PeerStats, ProbeSpec, Tunnel, TunnelCheck, TunnelError,
-};
 use leasewire::types::{Clock, ManualClock, WgKey};
 use leasewire::wire::signed::peer_id_of;
 use leasewire::wire::{Lease, Message, Signed};
@@ -61,12 +58,30 @@ pub struct Direct {
     provider_ln: LndClient,
     mallory_ln: LndClient,
     clock: Arc<ManualClock>,
+    /// Further honest providers, reached without tampering.
+    pub others: Vec<Arc<OtherProvider>>,
+}
+
+/// A second provider of the world (see [`Opts::second_provider`]).
+pub struct OtherProvider {
+    pub provider: Provider,
+    pub peer: PeerId,
+    /// While set, every request to it fails as if it were unreachable.
+    pub down: AtomicBool,
+    /// When set, it becomes unreachable (`down`) right after it sends an invoice.
+    pub cut_after_invoice: AtomicBool,
+    pub tunnel: Arc<FileTunnel>,
+    pub audit: AuditLog,
+    /// Its provider-side WireGuard public key (the renter's peer for its leases).
+    pub wg_public: WgKey,
 }
 
 #[async_trait::async_trait]
 impl Peers for Direct {
     async fn find_providers(&self) -> Result<Vec<PeerId>, MarketError> {
-        Ok(vec![self.provider_peer])
+        let mut all = vec![self.provider_peer];
+        all.extend(self.others.iter().map(|o| o.peer));
+        Ok(all)
     }
 
     async fn request(
@@ -74,6 +89,17 @@ impl Peers for Direct {
         peer: PeerId,
         msg: Message,
     ) -> Result<(Message, Duration), MarketError> {
+        if let Some(o) = self.others.iter().find(|o| o.peer == peer) {
+            if o.down.load(Ordering::SeqCst) {
+                return Err(MarketError::Net("provider unreachable (test)".into()));
+            }
+            let reply = o.provider.handle(self.renter_peer, msg).await;
+            if matches!(reply, Message::PayInvoice(_)) && o.cut_after_invoice.load(Ordering::SeqCst)
+            {
+                o.down.store(true, Ordering::SeqCst);
+            }
+            return Ok((reply, Duration::from_millis(3)));
+        }
         assert_eq!(peer, self.provider_peer);
         if self.down.load(Ordering::SeqCst) {
             return Err(MarketError::Net("provider unreachable (test)".into()));
@@ -158,53 +184,7 @@ fn mainnet_invoice(orig: &lightning_invoice::Bolt11Invoice) -> String {
         .to_string()
 }
 
-/// A tunnel backend that keeps state like the file backend but can "verify" tunnels, as the
-/// WireGuard backend does: the test decides whether the tunnel answers.
-pub struct VerifyingTunnel {
-    pub inner: Arc<FileTunnel>,
-    pub healthy: AtomicBool,
-    pub checks: std::sync::atomic::AtomicU32,
-}
-
-#[async_trait::async_trait]
-impl Tunnel for VerifyingTunnel {
-    fn kind(&self) -> &'static str {
-        "verifying-test"
-    }
-    async fn ensure_interface(&self, spec: &InterfaceSpec) -> Result<(), TunnelError> {
-        self.inner.ensure_interface(spec).await
-    }
-    async fn add_peer(&self, iface: &str, peer: &PeerSpec) -> Result<(), TunnelError> {
-        self.inner.add_peer(iface, peer).await
-    }
-    async fn remove_peer(&self, iface: &str, key: &WgKey) -> Result<(), TunnelError> {
-        self.inner.remove_peer(iface, key).await
-    }
-    async fn set_addresses(&self, iface: &str, addrs: &[IpNet]) -> Result<(), TunnelError> {
-        self.inner.set_addresses(iface, addrs).await
-    }
-    async fn peer_stats(&self, iface: &str) -> Result<Vec<PeerStats>, TunnelError> {
-        self.inner.peer_stats(iface).await
-    }
-    async fn remove_interface(&self, iface: &str) -> Result<(), TunnelError> {
-        self.inner.remove_interface(iface).await
-    }
-    async fn verify(
-        &self,
-        iface: &str,
-        _peer: &WgKey,
-        _probe: &ProbeSpec,
-    ) -> Result<TunnelCheck, TunnelError> {
-        self.inner.peer_stats(iface).await?;
-        self.checks.fetch_add(1, Ordering::SeqCst);
-        let now = leasewire::types::now_unix();
-        Ok(if self.healthy.load(Ordering::SeqCst) {
-            TunnelCheck::at(Some(now - 5), now, Some(Duration::from_millis(2)))
-        } else {
-            TunnelCheck::at(Some(now - 5), now, None)
-        })
-    }
-}
+pub use leasewire::tunnel::testing::VerifyingTunnel;
 
 pub struct World {
     pub _dir: TempDir,
@@ -221,6 +201,8 @@ pub struct World {
     pub provider_tunnel: Arc<FileTunnel>,
     pub renter_tunnel: Arc<FileTunnel>,
     pub verifying: Option<Arc<VerifyingTunnel>>,
+    /// The second provider, when [`Opts::second_provider`] asked for one.
+    pub second: Option<Arc<OtherProvider>>,
     pub dir_path: std::path::PathBuf,
     pub provider_peer: PeerId,
     pub renter_peer: PeerId,
@@ -290,6 +272,9 @@ pub struct Opts {
     pub link: bool,
     /// Give the renter a backend that can verify tunnels ([`VerifyingTunnel`]).
     pub verifying: bool,
+    /// A second provider with these terms (its own Lightning node, pools, WireGuard keys and
+    /// endpoint).
+    pub second_provider: Option<leasewire::types::Terms>,
 }
 
 impl Default for Opts {
@@ -300,6 +285,7 @@ impl Default for Opts {
             renter_cfg: RenterConfig::default(),
             link: false,
             verifying: false,
+            second_provider: None,
         }
     }
 }
@@ -380,6 +366,7 @@ pub async fn world_full(
         renter_cfg,
         link,
         verifying: false,
+        second_provider: None,
     })
     .await
 }
@@ -391,6 +378,7 @@ pub async fn world_opts(opts: Opts) -> World {
         renter_cfg,
         link,
         verifying,
+        second_provider,
     } = opts;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
@@ -401,6 +389,7 @@ pub async fn world_opts(opts: Opts) -> World {
             ("provider".into(), 0),
             ("renter".into(), 1_000_000),
             ("mallory".into(), 1_000_000),
+            ("provider2".into(), 0),
         ],
     )
     .await
@@ -429,13 +418,7 @@ pub async fn world_opts(opts: Opts) -> World {
     let renter_audit = AuditLog::open(&rdb, rkey.clone()).unwrap();
     let provider_tunnel = Arc::new(FileTunnel::new(dir.path().join("ptunnel")).unwrap());
     let renter_tunnel = Arc::new(FileTunnel::new(dir.path().join("rtunnel")).unwrap());
-    let verifying = verifying.then(|| {
-        Arc::new(VerifyingTunnel {
-            inner: renter_tunnel.clone(),
-            healthy: AtomicBool::new(true),
-            checks: Default::default(),
-        })
-    });
+    let verifying = verifying.then(|| Arc::new(VerifyingTunnel::new(renter_tunnel.clone())));
     let renter_backend: Arc<dyn Tunnel> = match &verifying {
         Some(v) => v.clone(),
         None => renter_tunnel.clone(),
@@ -454,7 +437,54 @@ pub async fn world_opts(opts: Opts) -> World {
     };
     let provider = provider_parts.build("127.0.0.1:51820", (WgKey([1; 32]), WgKey([2; 32])));
     provider.start().await.unwrap();
+    let second = match second_provider {
+        Some(terms) => {
+            let ln2 = ln("provider2").await;
+            let info2 = ln2.get_info().await.unwrap();
+            let key2 = SigningKey::from_bytes(&[12; 32]);
+            let peer2 = peer_id_of(&key2.verifying_key());
+            let db2 = sled::open(dir.path().join("pdb2")).unwrap();
+            let audit2 = AuditLog::open(&db2, key2.clone()).unwrap();
+            let tunnel2 = Arc::new(FileTunnel::new(dir.path().join("ptunnel2")).unwrap());
+            let p2 = Provider::with_clock(
+                ProviderParams {
+                    key: key2,
+                    cfg: ProviderConfig {
+                        endpoint: "127.0.0.1:51830".into(),
+                        ipv4_pools: vec!["203.0.113.0/29".into()],
+                        ipv6_pools: vec!["2001:db8:200::/61".into()],
+                        terms,
+                        ..ProviderConfig::default()
+                    },
+                    network: "regtest".into(),
+                    ln_pubkey: info2.pubkey,
+                    wg_private: WgKey([5; 32]),
+                    wg_public: WgKey([6; 32]),
+                    iface: "lwq0".into(),
+                    listen_port: 51830,
+                    ln: Arc::new(ln2),
+                    tunnel: tunnel2.clone(),
+                    audit: audit2.clone(),
+                    db: db2,
+                },
+                clock.clone(),
+            )
+            .unwrap();
+            p2.start().await.unwrap();
+            Some(Arc::new(OtherProvider {
+                provider: p2,
+                peer: peer2,
+                down: AtomicBool::new(false),
+                cut_after_invoice: AtomicBool::new(false),
+                tunnel: tunnel2,
+                audit: audit2,
+                wg_public: WgKey([6; 32]),
+            }))
+        }
+        None => None,
+    };
     let peers = Arc::new(Direct {
+        others: second.iter().cloned().collect(),
         down: AtomicBool::new(false),
         cut_after_invoice: AtomicBool::new(false),
         status_lease: std::sync::Mutex::new(None),
@@ -485,6 +515,7 @@ pub async fn world_opts(opts: Opts) -> World {
         clock,
         renter_tunnel,
         verifying,
+        second,
         _dir: dir,
         sim,
         provider,

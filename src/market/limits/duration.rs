@@ -106,4 +106,37 @@ pub mod serde_duration {
             Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(d)| d))
         }
     }
+
+    /// `Option<Duration>` where `None` is written `"off"`: a feature that can be switched off
+    /// (`"off"` or `"0"`) or given a duration (`"5m"`). Anything else is an error.
+    pub mod off {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+        /// Serializes `Some` as `"<n><unit>"` and `None` as `"off"`.
+        ///
+        /// # Errors
+        /// As [`super::serialize`].
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_str("off"),
+            }
+        }
+
+        /// Deserializes `"off"` or `"0"` into `None`, a duration into `Some`.
+        ///
+        /// # Errors
+        /// As [`super::deserialize`] for anything else.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let text = String::deserialize(d)?;
+            match text.as_str() {
+                "off" | "0" => Ok(None),
+                _ => super::super::parse_duration(&text)
+                    .map(Some)
+                    .map_err(D::Error::custom),
+            }
+        }
+    }
 }

@@ -104,16 +104,26 @@ enum Skip {
 }
 
 impl Renter {
-    /// One AutoPay pass over every active lease with AutoPay on.
+    /// One AutoPay pass: the health checks and failovers of [`Renter::failover_tick`], then a
+    /// top-up check of every active lease with AutoPay on that has not been replaced.
     ///
     /// # Errors
     /// Only when the rentals cannot be read; a failing lease is logged and audited and the
     /// pass goes on with the others.
     pub async fn autopay_tick(&self) -> Result<(), MarketError> {
+        // Health checks and failover first; a lease that failed over gets no more top-ups.
+        // The tunnel checks of this pass are reused below rather than probing twice.
+        let mut probes = self.failover_pass().await?;
         for r in self.rentals()? {
             if r.autopay
                 && r.state == LeaseState::Active
-                && let Err(e) = self.autopay_one(&r.lease.lease_id).await
+                // Replaced (or being replaced: a new lease is bought or paid for): no more
+                // top-ups. A failover still looking for an offer leaves AutoPay to say why it
+                // does not pay.
+                && r.failover.as_ref().is_none_or(|f| f.new_lease.is_none())
+                && let Err(e) = self
+                    .autopay_one(&r.lease.lease_id, probes.remove(&r.lease.lease_id))
+                    .await
             {
                 self.item_failed("autopay", "lease_id", &r.lease.lease_id, &e)
                     .await;
@@ -141,7 +151,7 @@ impl Renter {
         Ok(r)
     }
 
-    async fn autopay_one(&self, lease_id: &str) -> Result<(), MarketError> {
+    async fn autopay_one(&self, lease_id: &str, probe: Option<Probe>) -> Result<(), MarketError> {
         // Only this lease's top-ups wait for it (and it for them).
         let _lease = self.inner.lease_locks.lock(lease_id).await;
         let ap = &self.inner.cfg.autopay;
@@ -150,7 +160,7 @@ impl Renter {
         if local.lease.paid_until.saturating_sub(self.now()) >= low {
             return Ok(());
         }
-        let outcome = self.autopay_decide(lease_id).await;
+        let outcome = self.autopay_decide(lease_id, probe).await;
         let r = self.rental(lease_id)?;
         let mut refused_unverified = false;
         let note = match outcome {
@@ -196,7 +206,11 @@ impl Renter {
     }
 
     /// Decides and, when everything checks out, pays. `Ok(None)`: nothing to do.
-    async fn autopay_decide(&self, lease_id: &str) -> Result<Option<Sats>, Skip> {
+    async fn autopay_decide(
+        &self,
+        lease_id: &str,
+        probe: Option<Probe>,
+    ) -> Result<Option<Sats>, Skip> {
         let ap = &self.inner.cfg.autopay;
         // The provider's signed lease, not our estimate: manual top-ups count.
         let r = self
@@ -227,7 +241,9 @@ impl Renter {
         self.refuse_if_undelivered(&r.lease.provider, lease_id, amount)
             .await
             .map_err(|e| Skip::Other(e.to_string()))?;
-        self.verify_tunnel(&r).await.map_err(Skip::Unverified)?;
+        self.verify_tunnel(&r, probe)
+            .await
+            .map_err(Skip::Unverified)?;
         let current = self
             .fetch_offer_str(&r.lease.provider)
             .await
@@ -245,26 +261,54 @@ impl Renter {
         Ok(Some(amount))
     }
 
-    /// A recent WireGuard handshake with the provider and a probe answered through the tunnel.
-    async fn verify_tunnel(&self, r: &Rental) -> Result<(), String> {
+    /// A recent WireGuard handshake with the provider and a probe answered through the tunnel;
+    /// `done` is a check this pass already made.
+    async fn verify_tunnel(&self, r: &Rental, done: Option<Probe>) -> Result<(), String> {
+        let probe = match done {
+            Some(p) => p,
+            None => self.probe_tunnel(r).await,
+        };
+        // Only a check that ran counts in the provider's history; a backend that cannot
+        // verify says nothing about the provider.
+        match probe {
+            Probe::Up => {
+                self.note_check(&r.lease.provider, true).await;
+                Ok(())
+            }
+            Probe::Down(why) => {
+                self.note_check(&r.lease.provider, false).await;
+                Err(why)
+            }
+            Probe::Error(why) | Probe::Unknown(why) => Err(why),
+        }
+    }
+
+    /// Checks a lease's tunnel with [`Tunnel::verify`]: a recent handshake and an echo
+    /// answered through it. Records nothing.
+    pub(super) async fn probe_tunnel(&self, r: &Rental) -> Probe {
         let ap = &self.inner.cfg.autopay;
-        let sources: Vec<IpAddr> = lease_addresses(&r.lease)
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|n| n.addr())
-            .collect();
-        let targets: Vec<IpAddr> = tokio::net::lookup_host(r.lease.endpoint.as_str())
-            .await
-            .map_err(|e| format!("cannot resolve the endpoint {}: {e}", r.lease.endpoint))?
-            .map(|a| a.ip())
-            .collect();
+        let sources: Vec<IpAddr> = match lease_addresses(&r.lease) {
+            Ok(a) => a.iter().map(|n| n.addr()).collect(),
+            Err(e) => return Probe::Unknown(e.to_string()),
+        };
+        let targets: Vec<IpAddr> = match tokio::net::lookup_host(r.lease.endpoint.as_str()).await {
+            Ok(a) => a.map(|a| a.ip()).collect(),
+            Err(e) => {
+                return Probe::Error(format!(
+                    "cannot resolve the endpoint {}: {e}",
+                    r.lease.endpoint
+                ));
+            }
+        };
         let Some((source, target)) = sources.iter().find_map(|s| {
             targets
                 .iter()
                 .find(|t| t.is_ipv4() == s.is_ipv4())
                 .map(|t| (*s, *t))
         }) else {
-            return Err("no leased address of the endpoint's address family to probe from".into());
+            return Probe::Unknown(
+                "no leased address of the endpoint's address family to probe from".into(),
+            );
         };
         let spec = ProbeSpec {
             source,
@@ -279,23 +323,32 @@ impl Renter {
             .await
         {
             Ok(c) => c,
-            Err(TunnelError::Unsupported(m)) => return Err(m),
-            Err(e) => return Err(format!("verification failed: {e}")),
+            Err(TunnelError::Unsupported(m)) => return Probe::Unknown(m),
+            Err(e) => return Probe::Error(format!("verification failed: {e}")),
         };
-        // Only a check that ran counts in the provider's history; a backend that cannot
-        // verify says nothing about the provider.
         match check.reason(ap.max_handshake_age) {
             None => {
                 tracing::debug!(lease_id = %r.lease.lease_id, rtt = ?check.probe_rtt, "tunnel verified");
-                self.note_check(&r.lease.provider, true).await;
-                Ok(())
+                Probe::Up
             }
-            Some(why) => {
-                self.note_check(&r.lease.provider, false).await;
-                Err(why)
-            }
+            Some(why) => Probe::Down(why),
         }
     }
+}
+
+/// What one tunnel check found.
+#[derive(Clone, Debug)]
+pub(super) enum Probe {
+    /// Handshake recent and the probe answered.
+    Up,
+    /// The check ran and failed: why.
+    Down(String),
+    /// The check failed on our side or on the way (endpoint not resolved, backend error):
+    /// the tunnel does not work, but the provider's history is not charged with it.
+    Error(String),
+    /// The check could not run (the backend cannot verify, nothing to probe from): why. Says
+    /// nothing about the tunnel.
+    Unknown(String),
 }
 
 /// Credit that brings the lease up to the high watermark, within the provider's minimum top-up

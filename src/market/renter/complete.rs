@@ -146,6 +146,10 @@ impl Renter {
             lease_end: None,
             end_unsent: false,
             termination: None,
+            health: LeaseHealth::default(),
+            failover: None,
+            failed_over_from: None,
+            failover_note: None,
         };
         i.rentals.put(&lease.lease_id, &rental).await?;
         drop(claim);

@@ -28,6 +28,12 @@ pub struct RenterConfig {
     /// again; after one failure it is already ranked below providers without one. 0: never
     /// dropped.
     pub drop_after_failures: u32,
+    /// Failover: a lease whose tunnel has failed every check for longer than this (or whose
+    /// provider gave notice or vanished) is replaced by AutoPay with a lease from another
+    /// provider ("5m"; `"off"` or `"0"`: no failover at all, the checks still show in
+    /// `status`). See docs/PAYMENTS.md, "Failover".
+    #[serde(with = "crate::market::limits::serde_duration::off")]
+    pub failover_grace: Option<std::time::Duration>,
 }
 
 impl Default for RenterConfig {
@@ -42,6 +48,41 @@ impl Default for RenterConfig {
             limits: crate::market::limits::LimitsConfig::default(),
             autopay: super::AutopayConfig::default(),
             drop_after_failures: 3,
+            failover_grace: Some(std::time::Duration::from_secs(300)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn failover_grace_is_a_strict_duration_or_off() {
+        assert_eq!(
+            RenterConfig::default().failover_grace,
+            Some(Duration::from_secs(300))
+        );
+        let parse =
+            |v: &str| toml::from_str::<RenterConfig>(&format!("failover_grace = \"{v}\"\n"));
+        assert_eq!(
+            parse("10m").unwrap().failover_grace,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(parse("off").unwrap().failover_grace, None);
+        assert_eq!(parse("0").unwrap().failover_grace, None);
+        for bad in ["5", "5 m", "-1m", "1.5m", "never", ""] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        // It round-trips, "off" included.
+        for v in [Some(Duration::from_secs(120)), None] {
+            let c = RenterConfig {
+                failover_grace: v,
+                ..RenterConfig::default()
+            };
+            let text = toml::to_string(&c).unwrap();
+            assert_eq!(toml::from_str::<RenterConfig>(&text).unwrap(), c, "{text}");
         }
     }
 }

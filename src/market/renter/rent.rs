@@ -104,6 +104,23 @@ impl Renter {
         known: &KnownOffer,
         credit: Sats,
     ) -> Result<Rental, MarketError> {
+        let sizes = (
+            self.inner.cfg.ipv4_prefix_len,
+            self.inner.cfg.ipv6_prefix_len,
+        );
+        self.rent_offer(known, credit, sizes, None).await
+    }
+
+    /// Rents `known` with prefixes of `sizes` (IPv4, IPv6 prefix lengths). For a failover,
+    /// `failover_from` names the lease being replaced: the new lease's id is stored in its
+    /// failover record before anything is paid, so the decision survives a crash.
+    pub(super) async fn rent_offer(
+        &self,
+        known: &KnownOffer,
+        credit: Sats,
+        sizes: (Option<u8>, Option<u8>),
+        failover_from: Option<&str>,
+    ) -> Result<Rental, MarketError> {
         let i = &self.inner;
         let peer: PeerId = known
             .peer
@@ -121,13 +138,17 @@ impl Renter {
             request_id: request_id.clone(),
             offer_id: known.offer_id.clone(),
             credit_sat: credit,
-            ipv4_prefix_len: i.cfg.ipv4_prefix_len,
-            ipv6_prefix_len: i.cfg.ipv6_prefix_len,
+            ipv4_prefix_len: sizes.0,
+            ipv6_prefix_len: sizes.1,
             wg_pubkey: wg.public,
         };
         let pay = self
             .expect_invoice(peer, Message::RentRequest(req.clone()))
             .await?;
+        if let Some(old) = failover_from {
+            self.failover_buying(old, &pay.lease_id, &known.peer)
+                .await?;
+        }
         let commitment = InvoiceCommitment {
             purpose: PURPOSE_ACTIVATION.into(),
             request_id: request_id.clone(),
@@ -148,7 +169,8 @@ impl Renter {
                 commitment: &commitment,
                 payee: &known.offer.ln_pubkey,
                 credit_before: 0,
-                autopay: false,
+                // A failover is AutoPay's purchase.
+                autopay: failover_from.is_some(),
             })
             .await?;
         // Paid: from here on nothing may send the caller to another offer. If the lease does
