@@ -570,7 +570,7 @@ mod tests {
         PaymentStatus,
     };
     use crate::tunnel::file::FileTunnel;
-    use crate::tunnel::{PeerStats, ProbeSpec, TunnelCheck, TunnelError};
+    use crate::tunnel::testing::VerifyingTunnel;
     use crate::types::{DAY_SECS, ManualClock};
 
     /// The provider's node, with every `lookup_invoice` counted and the next one optionally
@@ -610,53 +610,11 @@ mod tests {
         }
     }
 
-    /// A file tunnel whose `remove_peer` fails for one key while `broken` is set.
-    struct FlakyTunnel {
-        inner: FileTunnel,
-        broken: std::sync::Mutex<Option<WgKey>>,
-    }
-
-    #[async_trait::async_trait]
-    impl Tunnel for FlakyTunnel {
-        fn kind(&self) -> &'static str {
-            "flaky-test"
-        }
-        async fn ensure_interface(&self, spec: &InterfaceSpec) -> Result<(), TunnelError> {
-            self.inner.ensure_interface(spec).await
-        }
-        async fn add_peer(&self, iface: &str, peer: &PeerSpec) -> Result<(), TunnelError> {
-            self.inner.add_peer(iface, peer).await
-        }
-        async fn remove_peer(&self, iface: &str, key: &WgKey) -> Result<(), TunnelError> {
-            if *self.broken.lock().unwrap() == Some(*key) {
-                return Err(TunnelError::Unsupported("broken for this test".into()));
-            }
-            self.inner.remove_peer(iface, key).await
-        }
-        async fn set_addresses(&self, iface: &str, addrs: &[IpNet]) -> Result<(), TunnelError> {
-            self.inner.set_addresses(iface, addrs).await
-        }
-        async fn peer_stats(&self, iface: &str) -> Result<Vec<PeerStats>, TunnelError> {
-            self.inner.peer_stats(iface).await
-        }
-        async fn remove_interface(&self, iface: &str) -> Result<(), TunnelError> {
-            self.inner.remove_interface(iface).await
-        }
-        async fn verify(
-            &self,
-            iface: &str,
-            peer: &WgKey,
-            probe: &ProbeSpec,
-        ) -> Result<TunnelCheck, TunnelError> {
-            self.inner.verify(iface, peer, probe).await
-        }
-    }
-
     struct Harness {
         _dir: tempfile::TempDir,
         net: MemNetwork,
         ln: Arc<GatedNode>,
-        tunnel: Arc<FlakyTunnel>,
+        tunnel: Arc<VerifyingTunnel>,
         clock: Arc<ManualClock>,
         audit: AuditLog,
         provider: Provider,
@@ -674,10 +632,9 @@ mod tests {
             entered: Notify::new(),
             release: Notify::new(),
         });
-        let tunnel = Arc::new(FlakyTunnel {
-            inner: FileTunnel::new(dir.path().join("tunnel")).unwrap(),
-            broken: std::sync::Mutex::new(None),
-        });
+        let tunnel = Arc::new(VerifyingTunnel::new(Arc::new(
+            FileTunnel::new(dir.path().join("tunnel")).unwrap(),
+        )));
         let db = sled::open(dir.path().join("db")).unwrap();
         let key = SigningKey::from_bytes(&[7; 32]);
         let audit = AuditLog::open(&db, key.clone()).unwrap();
@@ -893,7 +850,7 @@ mod tests {
             assert!(matches!(reply, Message::Lease(_)), "{reply:?}");
         }
         // Renter 1's peer cannot be removed; both leases run out of credit.
-        *h.tunnel.broken.lock().unwrap() = Some(WgKey([1; 32]));
+        h.tunnel.set_remove_fails(WgKey([1; 32]), true);
         h.clock.advance(Duration::from_secs(11 * DAY_SECS));
         h.provider.tick().await.unwrap();
         let state = |n: u8| {
@@ -911,7 +868,7 @@ mod tests {
         assert_eq!(count(&h.audit, "lease_suspended"), 1);
 
         // Fixed: the next pass suspends it; after the reserve period both are released.
-        *h.tunnel.broken.lock().unwrap() = None;
+        h.tunnel.set_remove_fails(WgKey([1; 32]), false);
         h.provider.tick().await.unwrap();
         assert_eq!(state(1), LeaseState::Suspended);
         h.clock.advance(Duration::from_secs(7 * DAY_SECS));

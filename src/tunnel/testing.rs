@@ -273,7 +273,8 @@ async fn check_verify(t: &dyn Tunnel, iface: &str, peer: &PeerSpec) {
 /// backend) but can "verify" tunnels as the WireGuard backend does, with the result the test
 /// chooses: all tunnels answer while [`VerifyingTunnel::healthy`] is set, except those to
 /// peers marked dead with [`VerifyingTunnel::set_peer_dead`]. A verified check reports a
-/// handshake 5 s old and a 2 ms probe round trip.
+/// handshake 5 s old and a 2 ms probe round trip. [`VerifyingTunnel::set_remove_fails`] makes
+/// removing one peer fail, for tests of passes that must go on after a failing item.
 pub struct VerifyingTunnel {
     /// The backend holding interfaces and peers.
     pub inner: std::sync::Arc<dyn Tunnel>,
@@ -283,6 +284,8 @@ pub struct VerifyingTunnel {
     pub checks: std::sync::atomic::AtomicU32,
     /// Provider peers (WireGuard keys) whose tunnels do not answer.
     dead: std::sync::Mutex<std::collections::HashSet<WgKey>>,
+    /// Peers whose `remove_peer` fails.
+    stuck: std::sync::Mutex<std::collections::HashSet<WgKey>>,
 }
 
 impl VerifyingTunnel {
@@ -293,6 +296,17 @@ impl VerifyingTunnel {
             healthy: std::sync::atomic::AtomicBool::new(true),
             checks: Default::default(),
             dead: Default::default(),
+            stuck: Default::default(),
+        }
+    }
+
+    /// Makes `remove_peer` of the peer `key` fail (`true`) or work again.
+    pub fn set_remove_fails(&self, key: WgKey, fails: bool) {
+        let mut set = self.stuck.lock().expect("stuck-peer set not poisoned");
+        if fails {
+            set.insert(key);
+        } else {
+            set.remove(&key);
         }
     }
 
@@ -319,6 +333,16 @@ impl Tunnel for VerifyingTunnel {
         self.inner.add_peer(iface, peer).await
     }
     async fn remove_peer(&self, iface: &str, key: &WgKey) -> Result<(), TunnelError> {
+        if self
+            .stuck
+            .lock()
+            .expect("stuck-peer set not poisoned")
+            .contains(key)
+        {
+            return Err(TunnelError::Unsupported(
+                "removing this peer fails in this test".into(),
+            ));
+        }
         self.inner.remove_peer(iface, key).await
     }
     async fn set_addresses(&self, iface: &str, addrs: &[IpNet]) -> Result<(), TunnelError> {
