@@ -59,6 +59,7 @@ fn terms() -> Terms {
         min_topup_sat: 100,
         max_credit_sat: 100_000,
         reserve_days: 7,
+        refund_unused: false,
     }
 }
 

@@ -30,6 +30,7 @@ use super::MarketError;
 pub mod config;
 mod ending;
 mod metering;
+mod refund;
 mod requests;
 mod settlement;
 
@@ -47,6 +48,7 @@ use crate::wire::{
     Signed, Status, StatusRequest, TerminationNotice, TopUpRequest,
 };
 pub use config::ProviderConfig;
+pub use refund::{ProviderRefund, REFUND_MIN_EXPIRY_LEFT_SECS, refund_fee_limit_msat};
 
 /// Unpaid invoices (with reserved prefixes) one peer may hold at once.
 pub const MAX_UNPAID_PER_PEER: usize = 4;
@@ -114,6 +116,10 @@ pub struct ProviderLease {
     /// Our signed notice ending the lease at its `ends_at` (`leasewire terminate`).
     #[serde(default)]
     pub termination: Option<Signed<TerminationNotice>>,
+    /// The unused credit owed back since the lease ended early, when its terms promise a
+    /// refund; frozen once, at the end.
+    #[serde(default)]
+    pub refund: Option<ProviderRefund>,
 }
 
 impl ProviderLease {
@@ -281,6 +287,8 @@ impl Provider {
             "provider tunnel ready"
         );
         self.revise_moved_leases().await?;
+        // Refunds a crash left `paying`: asked of our node, never paid again.
+        self.resolve_paying_refunds().await?;
         Ok(())
     }
 
@@ -499,6 +507,7 @@ impl Provider {
             Message::PaymentResult(r) => self.on_payment_result(peer, r).await,
             Message::StatusRequest(r) => self.on_status(peer, r),
             Message::LeaseEnd(end) => self.on_lease_end(peer, end).await,
+            Message::RefundRequest(r) => self.on_refund_request(peer, r).await,
             other => err(
                 ErrorCode::Unsupported,
                 format!("a provider does not answer {}", other.name()),
@@ -530,6 +539,8 @@ impl Provider {
             now,
             lease: Some(rec.signed),
             termination: rec.termination,
+            refund_due_sat: rec.refund.as_ref().map_or(0, |r| r.due_sat),
+            refund: rec.refund.map(|r| r.state).unwrap_or_default(),
         })
     }
 }
@@ -553,6 +564,7 @@ fn empty_offer(peer_id: &PeerId) -> Offer {
             min_topup_sat: 0,
             max_credit_sat: 0,
             reserve_days: 0,
+            refund_unused: false,
         },
     }
 }
@@ -607,6 +619,9 @@ mod tests {
             hash: [u8; 32],
         ) -> Result<Option<PaymentStatus>, LightningError> {
             self.inner.track_payment(hash).await
+        }
+        async fn can_pay(&self) -> Result<bool, LightningError> {
+            self.inner.can_pay().await
         }
     }
 
