@@ -48,7 +48,9 @@ use crate::wire::{
     Signed, Status, StatusRequest, TerminationNotice, TopUpRequest,
 };
 pub use config::ProviderConfig;
-pub use refund::{ProviderRefund, REFUND_MIN_EXPIRY_LEFT_SECS, refund_fee_limit_msat};
+pub use refund::{
+    ProviderRefund, REFUND_MIN_EXPIRY_LEFT_SECS, refund_fee_limit_msat, refunds_payable,
+};
 
 /// Unpaid invoices (with reserved prefixes) one peer may hold at once.
 pub const MAX_UNPAID_PER_PEER: usize = 4;
@@ -625,19 +627,29 @@ mod tests {
         }
     }
 
-    struct Harness {
+    pub(super) struct Harness {
         _dir: tempfile::TempDir,
-        net: MemNetwork,
+        pub(super) net: MemNetwork,
         ln: Arc<GatedNode>,
         tunnel: Arc<VerifyingTunnel>,
-        clock: Arc<ManualClock>,
-        audit: AuditLog,
-        provider: Provider,
+        pub(super) clock: Arc<ManualClock>,
+        pub(super) audit: AuditLog,
+        pub(super) provider: Provider,
         db: sled::Db,
         key: SigningKey,
     }
 
     async fn harness() -> Harness {
+        harness_with(ProviderConfig {
+            ipv6_pools: Vec::new(),
+            ..ProviderConfig::default()
+        })
+        .await
+    }
+
+    /// A provider with `cfg` on a fresh database, its node "provider" and a renter node
+    /// "renter" with 1M sat on one in-memory Lightning network, and a manual clock.
+    pub(super) async fn harness_with(cfg: ProviderConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let net = MemNetwork::new(&[("provider".into(), 0), ("renter".into(), 1_000_000)]).unwrap();
         let ln = Arc::new(GatedNode {
@@ -657,10 +669,7 @@ mod tests {
         let provider = Provider::with_clock(
             ProviderParams {
                 key,
-                cfg: ProviderConfig {
-                    ipv6_pools: Vec::new(),
-                    ..ProviderConfig::default()
-                },
+                cfg,
                 network: "regtest".into(),
                 ln_pubkey: net.pubkey("provider").unwrap(),
                 wg_private: WgKey([1; 32]),
@@ -689,12 +698,12 @@ mod tests {
         }
     }
 
-    fn renter_peer(n: u8) -> PeerId {
+    pub(super) fn renter_peer(n: u8) -> PeerId {
         crate::wire::signed::peer_id_of(&SigningKey::from_bytes(&[100 + n; 32]).verifying_key())
     }
 
     /// Asks for a lease as renter `n` and pays the invoice from the renter's node.
-    async fn rent_and_pay(h: &Harness, n: u8) -> PayInvoice {
+    pub(super) async fn rent_and_pay(h: &Harness, n: u8) -> PayInvoice {
         rent_and_pay_with(h, n, n, 1_000).await
     }
 
@@ -731,7 +740,7 @@ mod tests {
         })
     }
 
-    fn result_for(pay: &PayInvoice) -> Message {
+    pub(super) fn result_for(pay: &PayInvoice) -> Message {
         Message::PaymentResult(PaymentResult {
             request_id: pay.request_id.clone(),
             payment_hash: String::new(),
@@ -739,7 +748,7 @@ mod tests {
         })
     }
 
-    fn count(audit: &AuditLog, kind: &str) -> usize {
+    pub(super) fn count(audit: &AuditLog, kind: &str) -> usize {
         audit
             .entries(0)
             .filter(|e| e.as_ref().unwrap().kind == kind)
@@ -964,7 +973,7 @@ mod tests {
         assert_eq!(peers(&h).await, vec![(WgKey([12; 32]), ips(&leases[1]))]);
     }
 
-    fn lease_end(n: u8, lease_id: &str, h: &Harness) -> Message {
+    pub(super) fn lease_end(n: u8, lease_id: &str, h: &Harness) -> Message {
         let key = SigningKey::from_bytes(&[100 + n; 32]);
         let end = LeaseEnd {
             lease_id: lease_id.into(),
