@@ -156,6 +156,9 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
     if l.forfeit_sat > 0 {
         pairs.push(("credit given up", sat(l.forfeit_sat)));
     }
+    if let Some(line) = refund_line(l) {
+        pairs.push(("refund", line));
+    }
     if l.terminates_at > 0 {
         pairs.push((
             "terminated",
@@ -184,6 +187,24 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
         ));
     }
     kv(w, &pairs)
+}
+
+/// The refund of unused credit, when the terms promise one and there is something to say.
+fn refund_line(l: &pb::LeaseInfo) -> Option<String> {
+    if !l.refund_unused {
+        return None;
+    }
+    let amount = sat(l.refund_sat);
+    Some(match l.refund_state.as_str() {
+        "" if l.forfeit_sat > 0 => format!("{amount} expected back (the terms promise it)"),
+        "" => return None,
+        "none" => "none owed".to_owned(),
+        "due" => format!("{amount} due, asked for"),
+        "paying" => format!("{amount} being paid"),
+        "paid" => format!("{amount} paid by the provider ({})", or_dash(&l.refund_hash)),
+        "received" => format!("{amount} received ({})", or_dash(&l.refund_hash)),
+        other => format!("{amount} {other}"),
+    })
 }
 
 /// AutoPay's state for a renter lease: on/off, then what it last did or refused.
