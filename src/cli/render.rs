@@ -201,7 +201,10 @@ fn refund_line(l: &pb::LeaseInfo) -> Option<String> {
         "none" => "none owed".to_owned(),
         "due" => format!("{amount} due, asked for"),
         "paying" => format!("{amount} being paid"),
-        "paid" => format!("{amount} paid by the provider ({})", or_dash(&l.refund_hash)),
+        "paid" => format!(
+            "{amount} paid by the provider ({})",
+            or_dash(&l.refund_hash)
+        ),
         "received" => format!("{amount} received ({})", or_dash(&l.refund_hash)),
         other => format!("{amount} {other}"),
     })

@@ -79,7 +79,12 @@ impl Renter {
             .parse()
             .map_err(|_| MarketError::Store("bad provider id".into()))?;
         let mut status = self
-            .refund_status(peer, Message::StatusRequest(StatusRequest { lease_id: id.into() }))
+            .refund_status(
+                peer,
+                Message::StatusRequest(StatusRequest {
+                    lease_id: id.into(),
+                }),
+            )
             .await?;
         if status.refund == RefundState::Due && status.refund_due_sat > 0 {
             let bolt11 = self.refund_invoice(&r, status.refund_due_sat).await?;
