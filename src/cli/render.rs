@@ -498,6 +498,24 @@ mod tests {
         assert!(out.contains("2 made, 1 top-ups"), "{out}");
         // No renter line on the renter's own view.
         assert!(!out.contains("renter:"));
+        assert!(!out.contains("refund"), "no refund promised: {out}");
+    }
+
+    #[test]
+    fn lease_detail_shows_the_refund() {
+        let mut l = lease("L1");
+        l.refund_unused = true;
+        l.forfeit_sat = 700;
+        l.refund_sat = 700;
+        let out = text(|w| lease_detail(w, &l, 1_000));
+        assert!(out.contains("700 sat expected back"), "{out}");
+        l.forfeit_sat = 0;
+        l.state = "released".into();
+        l.refund_state = "received".into();
+        l.refund_hash = "ab".repeat(32);
+        let out = text(|w| lease_detail(w, &l, 1_000));
+        assert!(out.contains("refund:"), "{out}");
+        assert!(out.contains("700 sat received (abab"), "{out}");
     }
 
     #[test]
