@@ -364,7 +364,7 @@ fn refund_vectors() {
 /// The CBOR encoding of `v`.
 fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
-    ciborium::into_writer(v, &mut out).unwrap();
+    ciborium::into_writer(v, &mut out).expect("CBOR encoding into a Vec not to fail for plain data");
     out
 }
 

@@ -153,7 +153,7 @@ impl Renter {
     /// Records the provider's view of the refund; when it says paid, checks our own node.
     async fn record_refund_status(&self, id: &str, s: &Status) -> Result<Rental, MarketError> {
         let received = match &s.refund {
-            RefundState::Paid { payment_hash } => self.settled_here(&payment_hash).await?,
+            RefundState::Paid { payment_hash } => self.settled_here(payment_hash).await?,
             _ => false,
         };
         let before = self.rental(id)?.refund;
