@@ -329,7 +329,10 @@ fn refund_vectors() {
     assert_eq!(hex::encode(&signed.sig), get(&v, "refund_request.sig"));
     assert_eq!(hex::encode(cbor(&msg)), get(&v, "refund_request.message"));
     assert_eq!(hex::encode(cbor(&status)), get(&v, "status_refund.message"));
-    assert_eq!(hex::encode(cbor(&refund_terms)), get(&v, "terms_refund.cbor"));
+    assert_eq!(
+        hex::encode(cbor(&refund_terms)),
+        get(&v, "terms_refund.cbor")
+    );
     // The documented messages decode; the request verifies as the renter's only.
     let doc = hex::decode(get(&v, "refund_request.message")).unwrap();
     let Message::RefundRequest(decoded) =
@@ -349,7 +352,10 @@ fn refund_vectors() {
             .is_err()
     );
     let doc = hex::decode(get(&v, "status_refund.message")).unwrap();
-    assert_eq!(ciborium::from_reader::<Message, _>(doc.as_slice()).unwrap(), status);
+    assert_eq!(
+        ciborium::from_reader::<Message, _>(doc.as_slice()).unwrap(),
+        status
+    );
     // Terms without refunds, and a status without one, encode exactly as before the fields
     // existed (no key at all), so older nodes' signatures and hashes are unchanged.
     assert!(!hex::encode(cbor(&terms())).contains(&hex::encode("refund_unused")));
@@ -364,7 +370,8 @@ fn refund_vectors() {
 /// The CBOR encoding of `v`.
 fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
-    ciborium::into_writer(v, &mut out).expect("CBOR encoding into a Vec not to fail for plain data");
+    ciborium::into_writer(v, &mut out)
+        .expect("CBOR encoding into a Vec not to fail for plain data");
     out
 }
 
