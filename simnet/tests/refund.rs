@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use leasewire::config::ProviderConfig;
 use leasewire::lightning::LightningNode;
-use leasewire::market::renter::{RentArgs, Rental};
 use leasewire::types::Terms;
 use leasewire::wire::{LeaseState, RefundState};
 use world::{Tamper, World, kinds, world_with};
@@ -22,19 +21,6 @@ fn refunding() -> Terms {
         refund_unused: true,
         ..ProviderConfig::default().terms
     }
-}
-
-/// The world's renter rents with 1000 sat of credit (10 days at 100 sat/day).
-async fn rented(w: &World) -> Rental {
-    w.renter.discover().await.unwrap();
-    w.renter
-        .rent(RentArgs {
-            offer_id: None,
-            credit_sat: Some(1000),
-            timeout: Duration::from_secs(10),
-        })
-        .await
-        .unwrap()
 }
 
 fn sat(w: &World, name: &str) -> u64 {
@@ -50,7 +36,8 @@ async fn a_released_lease_is_refunded_its_unused_credit_and_status_shows_it() {
     let w = world_with(Tamper::None, refunding()).await;
     // lnd-sim's node macaroons can do everything: the check says they can pay.
     assert!(w.renter_ln.can_pay().await.unwrap());
-    let rental = rented(&w).await;
+    // 1000 sat of credit: 10 days at 100 sat/day.
+    let rental = w.rent_with_credit(1000).await;
     let id = rental.lease.lease_id.clone();
     assert!(
         rental.lease.terms.refund_unused,
@@ -96,7 +83,7 @@ async fn a_released_lease_is_refunded_its_unused_credit_and_status_shows_it() {
 #[tokio::test]
 async fn a_terminated_lease_is_refunded_after_the_notice_ends() {
     let w = world_with(Tamper::None, refunding()).await;
-    let id = rented(&w).await.lease.lease_id;
+    let id = w.rent_with_credit(1000).await.lease.lease_id;
     // A short notice keeps the test clock close to lnd-sim's wall clock, which stamps the
     // renter's invoices.
     w.provider
@@ -126,7 +113,7 @@ async fn a_terminated_lease_is_refunded_after_the_notice_ends() {
 #[tokio::test]
 async fn without_the_promise_a_released_lease_asks_for_nothing() {
     let w = world_with(Tamper::None, ProviderConfig::default().terms).await;
-    let id = rented(&w).await.lease.lease_id;
+    let id = w.rent_with_credit(1000).await.lease.lease_id;
     w.renter.release(&id).await.unwrap();
     let before = sat(&w, "renter");
     w.renter.tick().await.unwrap();

@@ -514,13 +514,23 @@ impl Renter {
 
     /// Stores a new state for a rental, keeping whatever else changed meanwhile.
     async fn set_state(&self, id: &str, state: LeaseState) -> Result<Rental, MarketError> {
+        self.update_rental(id, |r| r.state = state).await
+    }
+
+    /// Applies `f` to the stored rental `id` (read-modify-write, retried on a concurrent
+    /// write) and returns what was stored.
+    async fn update_rental(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Rental),
+    ) -> Result<Rental, MarketError> {
         self.inner
             .rentals
             .update(id, |cur| {
                 let mut r = cur
                     .cloned()
                     .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
-                r.state = state;
+                f(&mut r);
                 Ok(Some(r))
             })
             .await?

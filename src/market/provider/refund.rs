@@ -417,6 +417,20 @@ mod tests {
         )
     }
 
+    /// Renter `n`'s refundRequest for `lease_id` with `bolt11`, sent by renter `n`.
+    async fn ask(h: &Harness, n: u8, lease_id: &str, bolt11: &str) -> Message {
+        h.provider
+            .handle(renter_peer(n), request(h, n, lease_id, bolt11))
+            .await
+    }
+
+    fn assert_paid(reply: &Message) {
+        assert!(
+            matches!(reply, Message::Status(s) if matches!(s.refund, RefundState::Paid { .. })),
+            "{reply:?}"
+        );
+    }
+
     fn refused(reply: &Message, code: ErrorCode, says: &str) {
         assert!(
             matches!(reply, Message::Error(e) if e.code == code && e.message.contains(says)),
@@ -447,10 +461,7 @@ mod tests {
 
         let before = renter_sat(&h);
         let bolt11 = renter_invoice(&h, 700, 600).await;
-        let reply = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &bolt11))
-            .await;
+        let reply = ask(&h, 1, &id, &bolt11).await;
         let Message::Status(st) = reply else {
             panic!("{reply:?}")
         };
@@ -466,10 +477,7 @@ mod tests {
         // Asking again (same or another invoice) pays nothing more.
         let other = renter_invoice(&h, 700, 600).await;
         for b in [&bolt11, &other] {
-            let reply = h
-                .provider
-                .handle(renter_peer(1), request(&h, 1, &id, b))
-                .await;
+            let reply = ask(&h, 1, &id, b).await;
             assert!(
                 matches!(&reply, Message::Status(s)
                     if s.refund == RefundState::Paid { payment_hash: payment_hash.clone() }),
@@ -492,10 +500,7 @@ mod tests {
 
         // Not ended.
         let bolt11 = renter_invoice(&h, 1000, 600).await;
-        let r = h
-            .provider
-            .handle(renter_peer(2), request(&h, 2, &active, &bolt11))
-            .await;
+        let r = ask(&h, 2, &active, &bolt11).await;
         refused(&r, ErrorCode::BadRequest, "has not ended");
         // Wrong signer: renter 2 forwards renter 1's request, or asks for renter 1's lease.
         let r = h
@@ -503,51 +508,30 @@ mod tests {
             .handle(renter_peer(2), request(&h, 1, &id, &good))
             .await;
         refused(&r, ErrorCode::BadRequest, "bad refundRequest");
-        let r = h
-            .provider
-            .handle(renter_peer(2), request(&h, 2, &id, &good))
-            .await;
+        let r = ask(&h, 2, &id, &good).await;
         refused(&r, ErrorCode::NotFound, "no such lease");
         // Wrong amount: more, less, none.
         for sat in [due + 1, due - 1] {
             let b = renter_invoice(&h, sat, 600).await;
-            let r = h
-                .provider
-                .handle(renter_peer(1), request(&h, 1, &id, &b))
-                .await;
+            let r = ask(&h, 1, &id, &b).await;
             refused(&r, ErrorCode::BadRequest, "amount");
         }
         let amountless = foreign_invoice(Currency::Regtest, None);
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &amountless))
-            .await;
+        let r = ask(&h, 1, &id, &amountless).await;
         refused(&r, ErrorCode::BadRequest, "no amount");
         // Wrong network.
         let mainnet = foreign_invoice(Currency::Bitcoin, Some(due * 1000));
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &mainnet))
-            .await;
+        let r = ask(&h, 1, &id, &mainnet).await;
         refused(&r, ErrorCode::BadRequest, "network");
         // Not an invoice at all.
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, "lnbcrt1garbage"))
-            .await;
+        let r = ask(&h, 1, &id, "lnbcrt1garbage").await;
         refused(&r, ErrorCode::BadRequest, "not a valid BOLT11");
         // Expired (and too close to expiry).
         let short = renter_invoice(&h, due, 30).await;
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &short))
-            .await;
+        let r = ask(&h, 1, &id, &short).await;
         refused(&r, ErrorCode::BadRequest, "expires in");
         h.clock.advance(Duration::from_secs(700));
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &good))
-            .await;
+        let r = ask(&h, 1, &id, &good).await;
         refused(&r, ErrorCode::BadRequest, "expired");
 
         assert_eq!(renter_sat(&h), before, "nothing was paid");
@@ -569,10 +553,7 @@ mod tests {
         let (id, st) = ended(&h, 1, 1).await;
         assert_eq!((st.refund_due_sat, st.refund), (0, RefundState::None));
         let b = renter_invoice(&h, 900, 600).await;
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &b))
-            .await;
+        let r = ask(&h, 1, &id, &b).await;
         refused(&r, ErrorCode::BadRequest, "promise no refund");
     }
 
@@ -592,10 +573,7 @@ mod tests {
             "{reply:?}"
         );
         let b = renter_invoice(&h, 1, 600).await;
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &b))
-            .await;
+        let r = ask(&h, 1, &id, &b).await;
         refused(&r, ErrorCode::BadRequest, "no refund is due");
     }
 
@@ -669,10 +647,7 @@ mod tests {
         let b2 = renter_invoice(&h, 1000, 600).await;
         crashed_paying(&h, &unpaid_id, &b2).await;
         // While paying, a new request is answered with the status and pays nothing.
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &paid_id, &b1))
-            .await;
+        let r = ask(&h, 1, &paid_id, &b1).await;
         assert!(
             matches!(&r, Message::Status(s) if matches!(s.refund, RefundState::Paying { .. })),
             "{r:?}"
@@ -706,14 +681,8 @@ mod tests {
         assert_eq!(count(&h.audit, "refund_paid"), 1);
         assert_eq!(count(&h.audit, "refund_failed"), 1);
         // Lease 2's renter sends an invoice again and is paid once.
-        let r = h
-            .provider
-            .handle(renter_peer(2), request(&h, 2, &unpaid_id, &b2))
-            .await;
-        assert!(
-            matches!(&r, Message::Status(s) if matches!(s.refund, RefundState::Paid { .. })),
-            "{r:?}"
-        );
+        let r = ask(&h, 2, &unpaid_id, &b2).await;
+        assert_paid(&r);
         assert_eq!(renter_sat(&h), before + 1000);
         assert_eq!(h.net.double_payments(), 0);
     }
@@ -725,10 +694,7 @@ mod tests {
         // A route dearer than the cap (1 % of 1000 sat, at least 10 sat) fails.
         h.net.set_routing_fee(10_001, 0);
         let b = renter_invoice(&h, 1000, 600).await;
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &b))
-            .await;
+        let r = ask(&h, 1, &id, &b).await;
         assert!(
             matches!(&r, Message::Status(s) if s.refund == RefundState::Due),
             "{r:?}"
@@ -738,14 +704,8 @@ mod tests {
         h.net.set_routing_fee(10_000, 0);
         let before = (renter_sat(&h), h.net.balance_msat("provider").unwrap());
         let b = renter_invoice(&h, 1000, 600).await;
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &b))
-            .await;
-        assert!(
-            matches!(&r, Message::Status(s) if matches!(s.refund, RefundState::Paid { .. })),
-            "{r:?}"
-        );
+        let r = ask(&h, 1, &id, &b).await;
+        assert_paid(&r);
         assert_eq!(renter_sat(&h), before.0 + 1000);
         assert_eq!(
             h.net.balance_msat("provider").unwrap(),
@@ -780,14 +740,8 @@ mod tests {
         assert_eq!((st.refund_due_sat, &st.refund), (600, &RefundState::Due));
         let before = renter_sat(&h);
         let b = renter_invoice(&h, 600, 600).await;
-        let r = h
-            .provider
-            .handle(renter_peer(1), request(&h, 1, &id, &b))
-            .await;
-        assert!(
-            matches!(&r, Message::Status(s) if matches!(s.refund, RefundState::Paid { .. })),
-            "{r:?}"
-        );
+        let r = ask(&h, 1, &id, &b).await;
+        assert_paid(&r);
         assert_eq!(renter_sat(&h), before + 600);
     }
 

@@ -109,14 +109,7 @@ impl Renter {
     async fn refund_status(&self, peer: PeerId, msg: Message) -> Result<Status, MarketError> {
         match self.ask(peer, msg).await?.0 {
             Message::Status(s) => Ok(s),
-            Message::Error(e) => Err(MarketError::Refused {
-                code: e.code,
-                message: e.message,
-            }),
-            other => Err(MarketError::Unexpected {
-                expected: "status",
-                got: other.name(),
-            }),
+            other => Err(MarketError::wrong_answer(other, "status")),
         }
     }
 
@@ -204,16 +197,6 @@ impl Renter {
         id: &str,
         f: impl Fn(&mut RenterRefund),
     ) -> Result<Rental, MarketError> {
-        self.inner
-            .rentals
-            .update(id, |cur| {
-                let mut r = cur
-                    .cloned()
-                    .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
-                f(&mut r.refund);
-                Ok(Some(r))
-            })
-            .await?
-            .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))
+        self.update_rental(id, |r| f(&mut r.refund)).await
     }
 }
