@@ -178,6 +178,10 @@ struct Inner {
     /// One lock per lease: its settlement and metering never interleave, and nothing else
     /// waits for them.
     lease_locks: KeyedLocks,
+    /// Leases whose refund this process is paying right now: the resolution of refunds left
+    /// `paying` (for a crash) must not read a payment our node has not registered yet as
+    /// "never started".
+    refunds_paying: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Audit payload of the first offer, appended by [`Provider::start`] (construction is
     /// synchronous and must not wait on the disk).
     first_offer_audit: std::sync::Mutex<Option<serde_json::Value>>,
@@ -232,6 +236,7 @@ impl Provider {
                 recent_offers: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 offer_tx,
                 lease_locks: KeyedLocks::default(),
+                refunds_paying: std::sync::Mutex::new(std::collections::HashSet::new()),
                 first_offer_audit: std::sync::Mutex::new(None),
                 clock,
             }),
@@ -589,12 +594,14 @@ mod tests {
 
     /// The provider's node, with every `lookup_invoice` counted and the next one optionally
     /// held at a gate: a test decides exactly when a settlement check sees its answer.
-    struct GatedNode {
+    pub(super) struct GatedNode {
         inner: MemNode,
         lookups: AtomicU32,
         hold_next: AtomicBool,
-        entered: Notify,
-        release: Notify,
+        /// Hold the next `pay_invoice` at the gate too (before the node sees the payment).
+        pub(super) hold_next_pay: AtomicBool,
+        pub(super) entered: Notify,
+        pub(super) release: Notify,
     }
 
     #[async_trait::async_trait]
@@ -614,6 +621,10 @@ mod tests {
             self.inner.lookup_invoice(hash).await
         }
         async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError> {
+            if self.hold_next_pay.swap(false, Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
             self.inner.pay_invoice(req).await
         }
         async fn track_payment(
@@ -630,7 +641,7 @@ mod tests {
     pub(super) struct Harness {
         _dir: tempfile::TempDir,
         pub(super) net: MemNetwork,
-        ln: Arc<GatedNode>,
+        pub(super) ln: Arc<GatedNode>,
         tunnel: Arc<VerifyingTunnel>,
         pub(super) clock: Arc<ManualClock>,
         pub(super) audit: AuditLog,
@@ -656,6 +667,7 @@ mod tests {
             inner: net.node("provider").unwrap(),
             lookups: AtomicU32::new(0),
             hold_next: AtomicBool::new(false),
+            hold_next_pay: AtomicBool::new(false),
             entered: Notify::new(),
             release: Notify::new(),
         });

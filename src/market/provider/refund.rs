@@ -98,8 +98,8 @@ impl Provider {
                 "refundRequest names another renter or provider",
             );
         }
-        let (hash, due_sat) = match self.start_refund(&peer, &r).await {
-            Ok(Start::Pay(hash, due_sat)) => (hash, due_sat),
+        let (hash, due_sat, _paying) = match self.start_refund(&peer, &r).await {
+            Ok(Start::Pay(hash, due_sat, paying)) => (hash, due_sat, paying),
             Ok(Start::Answer(rec)) => return self.status_of(*rec),
             Ok(Start::Refused(code, why)) => {
                 tracing::info!(%peer, lease_id = %r.lease_id, why, "refundRequest refused");
@@ -196,6 +196,8 @@ impl Provider {
             payment_hash: hex::encode(checked.payment_hash),
         };
         refund.bolt11 = Some(r.bolt11.clone());
+        // Marked ours before the swap, so no resolution pass tracks it before we pay.
+        let paying = PayingGuard::new(self, &r.lease_id);
         // Only the record as read becomes `paying`: whoever swaps first pays, once.
         if !i
             .leases
@@ -207,7 +209,7 @@ impl Provider {
         }
         let due_sat = rec.refund.as_ref().map_or(0, |r| r.due_sat);
         tracing::info!(lease_id = %r.lease_id, due_sat, "paying a refund");
-        Ok(Start::Pay(checked.payment_hash, due_sat))
+        Ok(Start::Pay(checked.payment_hash, due_sat, paying))
     }
 
     /// What our node says of the refund payment `hash`; unknown to it means never started.
@@ -282,6 +284,10 @@ impl Provider {
             let Some(RefundState::Paying { payment_hash }) = rec.refund.map(|r| r.state) else {
                 continue;
             };
+            if self.paying_now(&lease_id) {
+                // Being paid by this process: its own answer resolves it.
+                continue;
+            }
             let Some(hash) = hex::decode(&payment_hash)
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
@@ -297,10 +303,53 @@ impl Provider {
     }
 }
 
+impl Provider {
+    fn paying_now(&self, lease_id: &str) -> bool {
+        self.inner
+            .refunds_paying
+            .lock()
+            .expect("refunds paying lock not poisoned")
+            .contains(lease_id)
+    }
+}
+
+/// Marks a lease's refund as being paid by this process until dropped.
+struct PayingGuard {
+    provider: Provider,
+    lease_id: String,
+}
+
+impl PayingGuard {
+    fn new(provider: &Provider, lease_id: &str) -> PayingGuard {
+        provider
+            .inner
+            .refunds_paying
+            .lock()
+            .expect("refunds paying lock not poisoned")
+            .insert(lease_id.to_owned());
+        PayingGuard {
+            provider: provider.clone(),
+            lease_id: lease_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for PayingGuard {
+    fn drop(&mut self) {
+        self.provider
+            .inner
+            .refunds_paying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.lease_id);
+    }
+}
+
 /// What [`Provider::start_refund`] decided.
 enum Start {
-    /// Marked `paying`: pay the invoice with this hash, for this many sat.
-    Pay([u8; 32], Sats),
+    /// Marked `paying`: pay the invoice with this hash, for this many sat; the guard keeps
+    /// the resolution pass off it until the payment's outcome is recorded.
+    Pay([u8; 32], Sats, PayingGuard),
     /// Nothing to pay (already paying or paid): answer with this record's status.
     Answer(Box<ProviderLease>),
     /// Refused, with why.
@@ -603,6 +652,49 @@ mod tests {
             rec.refund.unwrap().state,
             RefundState::Paid { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_tick_while_a_refund_is_being_paid_leaves_it_to_the_payer() {
+        let h = harness_with(refunding()).await;
+        let (id, _) = ended(&h, 1, 0).await;
+        let before = renter_sat(&h);
+        // The request is marked paying and reaches the node, which has not seen it yet...
+        h.ln.hold_next_pay
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let b = renter_invoice(&h, 1000, 600).await;
+        let in_flight = tokio::spawn({
+            let p = h.provider.clone();
+            let msg = request(&h, 1, &id, &b);
+            async move { p.handle(renter_peer(1), msg).await }
+        });
+        h.ln.entered.notified().await;
+        // ...while the background pass runs: it must not take it for a payment never started.
+        h.provider.tick().await.unwrap();
+        let state = || {
+            h.provider
+                .inner
+                .leases
+                .get(&id)
+                .unwrap()
+                .unwrap()
+                .refund
+                .unwrap()
+                .state
+        };
+        assert!(
+            matches!(state(), RefundState::Paying { .. }),
+            "{:?}",
+            state()
+        );
+        assert_eq!(count(&h.audit, "refund_failed"), 0);
+        h.ln.release.notify_one();
+        assert_paid(&in_flight.await.unwrap());
+        // A new invoice afterwards is not paid.
+        let again = renter_invoice(&h, 1000, 600).await;
+        assert_paid(&ask(&h, 1, &id, &again).await);
+        assert_eq!(renter_sat(&h), before + 1000);
+        assert_eq!(count(&h.audit, "refund_paid"), 1);
     }
 
     /// Puts the refund of `id` in `paying` for `bolt11`, as a crash right after the swap (or

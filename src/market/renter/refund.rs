@@ -40,10 +40,13 @@ pub struct RenterRefund {
 }
 
 impl RenterRefund {
-    /// A short word for `status`: none, due, paying, paid or received.
+    /// A short word for `status`: none, due, paying, paid or received; empty while the
+    /// provider has not said yet.
     pub fn describe(&self) -> &'static str {
         if self.received {
             "received"
+        } else if self.state.is_none() && !self.done {
+            ""
         } else {
             self.state.as_str()
         }
