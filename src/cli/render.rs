@@ -199,7 +199,7 @@ fn refund_line(l: &pb::LeaseInfo) -> Option<String> {
         "" if l.forfeit_sat > 0 => format!("{amount} expected back (the terms promise it)"),
         "" => return None,
         "none" => "none owed".to_owned(),
-        "due" => format!("{amount} due, asked for"),
+        "due" => format!("{amount} due"),
         "paying" => format!("{amount} being paid"),
         "paid" => format!(
             "{amount} paid by the provider ({})",
@@ -318,6 +318,11 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
                 l.lease_id,
                 relative_time(l.terminates_at, now)
             )?;
+        }
+        for l in s.leases.iter().filter(|l| !l.refund_state.is_empty()) {
+            if let Some(line) = refund_line(l) {
+                writeln!(w, "refund {}: {line}", l.lease_id)?;
+            }
         }
     }
     for p in &s.open_payments {
@@ -516,6 +521,14 @@ mod tests {
         let out = text(|w| lease_detail(w, &l, 1_000));
         assert!(out.contains("refund:"), "{out}");
         assert!(out.contains("700 sat received (abab"), "{out}");
+        // `status` has a line for it under the table.
+        let s = pb::StatusReply {
+            net: Some(pb::NetInfo::default()),
+            leases: vec![l],
+            ..Default::default()
+        };
+        let out = text(|w| status(w, &s, 1_000));
+        assert!(out.contains("refund L1: 700 sat received (abab"), "{out}");
     }
 
     #[test]
