@@ -82,6 +82,7 @@ fn terms(rate: u64) -> Terms {
         min_topup_sat: 10,
         max_credit_sat: 100_000,
         reserve_days: 7,
+        refund_unused: false,
     }
 }
 

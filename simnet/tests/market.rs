@@ -258,6 +258,7 @@ async fn credit_runs_out_the_tunnel_goes_off_and_back_rent_restores_it() {
         min_topup_sat: 1,
         max_credit_sat: 1_000,
         reserve_days: 1,
+        refund_unused: false,
     };
     let w = world_with(Tamper::None, terms).await;
     w.renter.discover().await.unwrap();

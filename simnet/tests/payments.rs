@@ -216,6 +216,7 @@ fn fast_terms() -> Terms {
         min_topup_sat: 50,
         max_credit_sat: 1_000_000,
         reserve_days: 1,
+        refund_unused: false,
     }
 }
 

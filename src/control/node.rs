@@ -13,6 +13,7 @@ use crate::net::NetClient;
 use crate::node::NodeHandle;
 use crate::node::config::Role;
 use crate::types::now_unix;
+use crate::wire::RefundState;
 use crate::wire::{Lease, LeaseState};
 use std::time::Duration;
 
@@ -101,6 +102,7 @@ fn lease_info(l: &Lease, state: LeaseState, paid_sat: u64, conf_path: String) ->
         conf_path,
         activated_at: l.activated_at,
         rate_sat_per_day: l.terms.rate_sat_per_day,
+        refund_unused: l.terms.refund_unused,
         ..Default::default()
     }
 }
@@ -122,6 +124,13 @@ fn rental_info(r: &Rental) -> pb::LeaseInfo {
         failed_over_from: r.failed_over_from.clone().unwrap_or_default(),
         dead_since: r.health.dead_since.unwrap_or(0),
         last_ok_at: r.health.last_ok_at.unwrap_or(0),
+        refund_sat: r.refund.refund_sat,
+        refund_state: if r.lease.terms.refund_unused && r.state == LeaseState::Released {
+            r.refund.describe().into()
+        } else {
+            String::new()
+        },
+        refund_hash: r.refund.refund_hash.clone().unwrap_or_default(),
         ..lease_info(
             &r.lease,
             r.state,
@@ -139,6 +148,18 @@ fn provider_lease_info(r: &ProviderLease) -> pb::LeaseInfo {
             .and_then(|n| n.verify().ok())
             .map(|n| n.ends_at)
             .unwrap_or(0),
+        refund_sat: r.refund.as_ref().map_or(0, |f| f.due_sat),
+        refund_state: r
+            .refund
+            .as_ref()
+            .map(|f| f.state.as_str().to_owned())
+            .unwrap_or_default(),
+        refund_hash: match r.refund.as_ref().map(|f| &f.state) {
+            Some(RefundState::Paid { payment_hash } | RefundState::Paying { payment_hash }) => {
+                payment_hash.clone()
+            }
+            _ => String::new(),
+        },
         ..lease_info(&r.lease, r.state, r.paid_sat, String::new())
     }
 }
@@ -344,13 +365,29 @@ impl ControlHandler for NodeControl {
     async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError> {
         let r = self.renter()?;
         let (rental, forfeit) = r.release_preview(&req.lease_id).map_err(market_err)?;
+        // Terms that promise a refund pay the unused credit back; otherwise it is lost.
+        let refund = if rental.lease.terms.refund_unused {
+            forfeit
+        } else {
+            0
+        };
         if !req.yes {
-            return Ok(pb::LeaseInfo {
-                forfeit_sat: forfeit,
-                confirm: format!(
+            let confirm = if refund > 0 {
+                format!(
+                    "releasing lease {} ends its remaining {forfeit} sat of credit; its terms \
+                     promise a refund, so about {refund} sat should come back",
+                    rental.lease.lease_id
+                )
+            } else {
+                format!(
                     "releasing lease {} gives up its remaining {forfeit} sat of credit",
                     rental.lease.lease_id
-                ),
+                )
+            };
+            return Ok(pb::LeaseInfo {
+                forfeit_sat: forfeit,
+                refund_sat: refund,
+                confirm,
                 ..rental_info(&rental)
             });
         }
@@ -360,6 +397,7 @@ impl ControlHandler for NodeControl {
             .map_err(market_err)?;
         Ok(pb::LeaseInfo {
             forfeit_sat: forfeit,
+            refund_sat: refund,
             ..rental_info(&released)
         })
     }

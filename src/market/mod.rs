@@ -100,6 +100,23 @@ pub enum MarketError {
     NeedsConfirmation(String),
 }
 
+impl MarketError {
+    /// A peer's answer that is not the `expected` message: its refusal (`error`), or an
+    /// unexpected message.
+    pub fn wrong_answer(answer: crate::wire::Message, expected: &'static str) -> MarketError {
+        match answer {
+            crate::wire::Message::Error(e) => MarketError::Refused {
+                code: e.code,
+                message: e.message,
+            },
+            other => MarketError::Unexpected {
+                expected,
+                got: other.name(),
+            },
+        }
+    }
+}
+
 impl From<lease::IllegalTransition> for MarketError {
     fn from(e: lease::IllegalTransition) -> Self {
         MarketError::Invalid(e.to_string())

@@ -34,6 +34,7 @@ mod endpoint;
 mod failover;
 mod manual;
 mod payment;
+mod refund;
 mod rent;
 mod tunnel;
 
@@ -43,6 +44,7 @@ pub use failover::{FailoverRecord, LeaseHealth};
 pub use manual::ManualInvoice;
 pub use payment::OpenPayment;
 use payment::PaymentRecord;
+pub use refund::{RenterRefund, refund_description_hash};
 use tunnel::lease_addresses;
 
 use super::lease::{self, Event, Kind};
@@ -174,6 +176,9 @@ pub struct Rental {
     /// Why a failover this lease would need is not done (for `status`), e.g. AutoPay is off.
     #[serde(default)]
     pub failover_note: Option<String>,
+    /// The refund of unused credit, when the lease ended early under terms that promise one.
+    #[serde(default)]
+    pub refund: RenterRefund,
 }
 
 impl Rental {
@@ -440,6 +445,16 @@ impl Renter {
             {
                 tracing::info!(lease_id = %id, error = %e, "provider still not told of the release; retrying later");
             }
+            // An ended lease whose terms promise a refund: ask for it until it has arrived.
+            if self
+                .inner
+                .rentals
+                .get(&id)?
+                .is_some_and(|r| Renter::refund_pending(&r))
+                && let Err(e) = self.claim_refund(&id).await
+            {
+                tracing::info!(lease_id = %id, error = %e, "refund not claimed yet; retrying later");
+            }
         }
         Ok(())
     }
@@ -499,13 +514,23 @@ impl Renter {
 
     /// Stores a new state for a rental, keeping whatever else changed meanwhile.
     async fn set_state(&self, id: &str, state: LeaseState) -> Result<Rental, MarketError> {
+        self.update_rental(id, |r| r.state = state).await
+    }
+
+    /// Applies `f` to the stored rental `id` (read-modify-write, retried on a concurrent
+    /// write) and returns what was stored.
+    async fn update_rental(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Rental),
+    ) -> Result<Rental, MarketError> {
         self.inner
             .rentals
             .update(id, |cur| {
                 let mut r = cur
                     .cloned()
                     .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
-                r.state = state;
+                f(&mut r);
                 Ok(Some(r))
             })
             .await?
@@ -513,7 +538,9 @@ impl Renter {
     }
 
     /// The rental `lease_id` would release, and the credit given up by releasing it now
-    /// (what the provider's ledger would still meter; nothing of it is paid back).
+    /// (what the provider's ledger would still meter). When the lease's terms promise a
+    /// refund (`lease.terms.refund_unused`), that amount is what we expect back; otherwise
+    /// nothing of it is paid back.
     ///
     /// # Errors
     /// As [`Renter::rental`]; [`MarketError::Invalid`] for a lease already released.
@@ -532,7 +559,8 @@ impl Renter {
     /// Gives a lease up: removes its interface, routes, rules, wg-quick file, link and
     /// WireGuard key, marks it released and sends the provider our signed `leaseEnd`, so it
     /// stops metering, removes the peer and frees the prefixes after its reserve period. The
-    /// remaining credit is given up. A provider that cannot be reached is told on later ticks
+    /// remaining credit is given up, unless the terms promise a refund: then later ticks
+    /// claim it ([`Rental::refund`]). A provider that cannot be reached is told on later ticks
     /// ([`Rental::end_unsent`]); the release itself is done locally either way.
     pub async fn release(&self, lease_id: &str) -> Result<Rental, MarketError> {
         let id = self.rental(lease_id)?.lease.lease_id;

@@ -120,6 +120,7 @@ mod tests {
             min_topup_sat: 100,
             max_credit_sat: 10_000,
             reserve_days: 7,
+            refund_unused: false,
         }
     }
 
@@ -216,6 +217,7 @@ mod tests {
             min_topup_sat: 1,
             max_credit_sat: 100_000,
             reserve_days: 7,
+            refund_unused: false,
         };
         static DEAR: Terms = Terms {
             activation_fee_sat: 1_000,
@@ -224,6 +226,7 @@ mod tests {
             min_topup_sat: 1,
             max_credit_sat: 100_000,
             reserve_days: 7,
+            refund_unused: false,
         };
         let ranked = rank(
             &[
@@ -280,6 +283,7 @@ mod tests {
             min_topup_sat: 1,
             max_credit_sat: 100_000,
             reserve_days: 7,
+            refund_unused: false,
         };
         static DEAR: Terms = Terms {
             activation_fee_sat: 0,
@@ -288,6 +292,7 @@ mod tests {
             min_topup_sat: 1,
             max_credit_sat: 100_000,
             reserve_days: 7,
+            refund_unused: false,
         };
         // A new provider that is cheaper beats one that delivered: history only separates
         // standings, so newcomers still compete on price.

@@ -326,6 +326,20 @@ impl RenterParts {
 }
 
 impl World {
+    /// The renter discovers the provider(s) and rents from the best offer with
+    /// `credit_sat` of credit.
+    pub async fn rent_with_credit(&self, credit_sat: u64) -> leasewire::market::renter::Rental {
+        self.renter.discover().await.expect("discovery");
+        self.renter
+            .rent(leasewire::market::renter::RentArgs {
+                offer_id: None,
+                credit_sat: Some(credit_sat),
+                timeout: std::time::Duration::from_secs(10),
+            })
+            .await
+            .expect("rent")
+    }
+
     /// The provider daemon restarted on the same database with another endpoint and
     /// WireGuard key pair (private, public): it moved.
     pub async fn restart_provider(&mut self, endpoint: &str, wg: (WgKey, WgKey)) {

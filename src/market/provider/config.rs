@@ -46,6 +46,7 @@ impl Default for ProviderConfig {
                 min_topup_sat: 100,
                 max_credit_sat: 36_500,
                 reserve_days: 7,
+                refund_unused: false,
             },
         }
     }

@@ -192,6 +192,7 @@ impl Provider {
             prefixes_held_until: None,
             lease_end: None,
             termination: None,
+            refund: None,
         })
     }
 

@@ -398,6 +398,7 @@ mod tests {
                 min_topup_sat: min_topup,
                 max_credit_sat: max_credit,
                 reserve_days: 1,
+                refund_unused: false,
             },
             credit_sat: 0,
             activated_at: 0,
