@@ -60,6 +60,8 @@ use crate::wire::{
     PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed,
     StatusRequest, TerminationNotice, TopUpRequest,
 };
+pub use crate::market::select::Filters;
+pub use crate::market::sizes::Sizes;
 pub use config::RenterConfig;
 
 /// Routing table for source policy routing of leased addresses.
@@ -269,9 +271,19 @@ pub struct RentArgs {
     pub credit_sat: Option<Sats>,
     /// How long to wait for offers.
     pub timeout: Duration,
+    /// Prefix sizes to ask for; `None` = `renter.ipv4_prefix_len` / `ipv6_prefix_len`.
+    pub sizes: Option<Sizes>,
+    /// Offer filters; `None` = the `[renter]` ones (`max_price_sat_per_day`,
+    /// `allow_providers`, `deny_providers`).
+    pub filters: Option<Filters>,
 }
 
 impl Renter {
+    /// The renter's settings.
+    pub fn config(&self) -> &RenterConfig {
+        &self.inner.cfg
+    }
+
     /// Opens the renter's state, on the system clock.
     pub fn new(p: RenterParams) -> Result<Renter, MarketError> {
         Renter::with_clock(p, Arc::new(SystemClock))

@@ -1,6 +1,7 @@
 //! Rent and top-up requests: validation, prefix reservation, invoices.
 
 use super::*;
+use crate::market::sizes::{self, Family, Sizes};
 
 impl Provider {
     /// The unreleased lease whose renter uses WireGuard key `key`, if any.
@@ -27,32 +28,24 @@ impl Provider {
                 ),
             );
         }
-        let terms = &i.cfg.terms;
+        // The sizes asked must be ones the offer lists; the lease's terms carry the rate of
+        // exactly those sizes.
+        let asked = Sizes {
+            ipv4: r.ipv4_prefix_len,
+            ipv6: r.ipv6_prefix_len,
+        };
+        let (ipv4_list, ipv6_list) = self.availability();
+        let terms = match sizes::effective_terms_of(&i.cfg.terms, &ipv4_list, &ipv6_list, asked)
+        {
+            Ok(t) => t,
+            Err(e) => return err(ErrorCode::BadRequest, e.to_string()),
+        };
         if r.credit_sat < terms.min_initial_credit_sat || r.credit_sat > terms.max_credit_sat {
             return err(
                 ErrorCode::BadRequest,
                 format!(
                     "credit {} sat outside {}..={} sat",
                     r.credit_sat, terms.min_initial_credit_sat, terms.max_credit_sat
-                ),
-            );
-        }
-        if r.ipv4_prefix_len.is_none() && r.ipv6_prefix_len.is_none() {
-            return err(ErrorCode::BadRequest, "ask for an IPv4 or IPv6 prefix");
-        }
-        let want_v4 = r.ipv4_prefix_len.is_some();
-        let want_v6 = r.ipv6_prefix_len.is_some();
-        if (want_v4
-            && (r.ipv4_prefix_len != Some(i.cfg.ipv4_prefix_len) || i.cfg.ipv4_pools.is_empty()))
-            || (want_v6
-                && (r.ipv6_prefix_len != Some(i.cfg.ipv6_prefix_len)
-                    || i.cfg.ipv6_pools.is_empty()))
-        {
-            return err(
-                ErrorCode::BadRequest,
-                format!(
-                    "this provider leases IPv4 /{} and IPv6 /{} only",
-                    i.cfg.ipv4_prefix_len, i.cfg.ipv6_prefix_len
                 ),
             );
         }
@@ -95,26 +88,26 @@ impl Provider {
         }
         let lease_id = random_id();
         let reserve = async || -> Result<(Option<String>, Option<String>), MarketError> {
-            let v4 = if want_v4 {
-                match i.pool.allocate_v4(&lease_id).await? {
+            let v4 = match asked.ipv4 {
+                Some(len) => match i.pool.allocate(Family::V4, len, &lease_id).await? {
                     Some(n) => Some(n.to_string()),
-                    None => return Err(MarketError::NoOffer("no IPv4 prefix left".into())),
-                }
-            } else {
-                None
+                    None => {
+                        return Err(MarketError::NoOffer(format!("no IPv4 /{len} left")));
+                    }
+                },
+                None => None,
             };
-            let v6 = if want_v6 {
-                match i.pool.allocate_v6(&lease_id).await? {
+            let v6 = match asked.ipv6 {
+                Some(len) => match i.pool.allocate(Family::V6, len, &lease_id).await? {
                     Some(n) => Some(n.to_string()),
                     None => {
                         if let Some(p) = &v4 {
                             i.pool.release(p, &lease_id).await?;
                         }
-                        return Err(MarketError::NoOffer("no IPv6 prefix left".into()));
+                        return Err(MarketError::NoOffer(format!("no IPv6 /{len} left")));
                     }
-                }
-            } else {
-                None
+                },
+                None => None,
             };
             Ok((v4, v6))
         };
@@ -134,7 +127,7 @@ impl Provider {
             renter: peer.to_string(),
             offer_id: r.offer_id.clone(),
             lease_id: None,
-            terms: terms.clone(),
+            terms,
             credit_sat: r.credit_sat,
             amount_sat,
             ipv4_prefix_len: r.ipv4_prefix_len,

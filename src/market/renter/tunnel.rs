@@ -221,17 +221,31 @@ impl Drop for IfaceClaim {
     }
 }
 
-/// The addresses a lease puts on the renter's interface: the leased IPv4 prefix's first
-/// address as a /32, and the first host address (`::1`) of the IPv6 prefix as a /128.
+/// The addresses a lease puts on the renter's interface: every address of the leased IPv4
+/// prefix, each as a /32 (a /30 gives four), and the first host address (`::1`) of the IPv6
+/// prefix as a /128.
+///
+/// Each IPv4 address is its own /32 rather than one address with the prefix length: with a
+/// prefix length the kernel would own only that one address (the others would not answer),
+/// and the source policy rules are per address, so every address also routes its replies back
+/// into the tunnel. The provider routes the whole prefix to this peer (its allowed IPs), so
+/// the network and broadcast addresses of the prefix are ordinary addresses here. A renter
+/// that routes part of the prefix on to a LAN removes those addresses from the interface
+/// (docs/OPERATIONS.md). IPv6 prefixes (/56../64) are far too large for that: the provider
+/// routes the whole prefix to the peer, and `::1` is configured so the host has an address.
 pub(super) fn lease_addresses(lease: &Lease) -> Result<Vec<IpNet>, MarketError> {
     let mut addresses = Vec::new();
     if let Some(v4) = &lease.ipv4 {
         let net: ipnet::Ipv4Net = v4
             .parse()
             .map_err(|_| MarketError::Store(format!("bad prefix {v4}")))?;
-        addresses.push(IpNet::V4(
-            ipnet::Ipv4Net::new(net.network(), 32).expect("/32 to be valid"),
-        ));
+        // Lease sizes stop at /28: at most 16 addresses.
+        if net.prefix_len() < 28 {
+            return Err(MarketError::Store(format!("IPv4 lease {v4} larger than a /28")));
+        }
+        for a in ipnet::Ipv4AddrRange::new(net.network(), net.broadcast()) {
+            addresses.push(IpNet::V4(ipnet::Ipv4Net::new(a, 32).expect("/32 to be valid")));
+        }
     }
     if let Some(v6) = &lease.ipv6 {
         let net: ipnet::Ipv6Net = v6
