@@ -36,6 +36,7 @@ async fn rent(w: &World, credit: u64) -> Result<Rental, MarketError> {
             offer_id: None,
             credit_sat: Some(credit),
             timeout: Duration::from_millis(500),
+            ..RentArgs::default()
         })
         .await
 }
@@ -166,6 +167,7 @@ async fn a_lease_paid_while_the_provider_is_away_is_fetched_later_never_paid_twi
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_millis(500),
+            ..RentArgs::default()
         })
         .await
         .unwrap_err();
@@ -414,6 +416,7 @@ async fn a_renter_stopped_mid_payment_tracks_it_after_restart_and_never_pays_twi
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_millis(500),
+            ..RentArgs::default()
         }),
     )
     .await;
@@ -512,6 +515,7 @@ async fn a_rent_waiting_for_offers_holds_up_no_top_up() {
                     offer_id: Some("no-such-offer".into()),
                     credit_sat: Some(1000),
                     timeout: Duration::from_secs(60),
+                    ..RentArgs::default()
                 })
                 .await
         }
