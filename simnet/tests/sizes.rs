@@ -126,7 +126,10 @@ async fn single_family_providers_serve_matching_requests_and_a_30_brings_four_ad
     assert!(own6.contains("2001:db8:200::1/128"), "{own6}");
     assert!(!own6.contains("198.51.100"), "{own6}");
     assert_eq!(
-        second.provider.leases().unwrap()[0].lease.terms.rate_sat_per_day,
+        second.provider.leases().unwrap()[0]
+            .lease
+            .terms
+            .rate_sat_per_day,
         25,
         "both sides hold the effective rate"
     );
@@ -217,11 +220,18 @@ async fn requests_no_offer_serves_are_refused_with_reasons() {
             other => panic!("a size not offered was answered with {other:?}"),
         }
     }
-    match w.provider.handle(w.renter_peer, ask(None, None, "02")).await {
+    match w
+        .provider
+        .handle(w.renter_peer, ask(None, None, "02"))
+        .await
+    {
         Message::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest),
         other => panic!("a request for nothing was answered with {other:?}"),
     }
     assert!(w.provider.leases().unwrap().is_empty());
     let o1 = w.provider.offer().verify().unwrap();
-    assert_eq!(o1.ipv4[0].available, 8, "nothing reserved for refused requests");
+    assert_eq!(
+        o1.ipv4[0].available, 8,
+        "nothing reserved for refused requests"
+    );
 }

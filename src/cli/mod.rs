@@ -453,8 +453,20 @@ mod tests {
     #[test]
     fn rent_takes_sizes_and_filters() {
         let opts = parse(&[
-            "rent", "--auto", "--ipv4", "/30", "--ipv6", "none", "--max-price", "50", "--allow",
-            "p1", "--allow", "p2", "--deny", "p3",
+            "rent",
+            "--auto",
+            "--ipv4",
+            "/30",
+            "--ipv6",
+            "none",
+            "--max-price",
+            "50",
+            "--allow",
+            "p1",
+            "--allow",
+            "p2",
+            "--deny",
+            "p3",
         ])
         .unwrap();
         match opts.command {

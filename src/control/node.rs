@@ -312,8 +312,8 @@ impl ControlHandler for NodeControl {
                             .unwrap_or_else(|_| t.clone()),
                         self.default_credit_sat,
                     )
-                        .map(|(_, p)| p)
-                        .unwrap_or(0),
+                    .map(|(_, p)| p)
+                    .unwrap_or(0),
                 }
             })
             .collect();

@@ -285,7 +285,10 @@ mod tests {
         }
         got.dedup();
         assert_eq!(got.len(), 4);
-        assert_eq!(got[0], "198.51.100.0/32", "routed pool: every address usable");
+        assert_eq!(
+            got[0], "198.51.100.0/32",
+            "routed pool: every address usable"
+        );
         assert_eq!(take(&p, 32, "lease9").await, None);
         let v6 = p.allocate(Family::V6, 64, "lease0").await.unwrap().unwrap();
         assert_eq!(v6.to_string(), "2001:db8:100::/64");

@@ -53,6 +53,8 @@ use crate::audit::{AuditKind, AuditLog};
 use crate::identity::WgKeyPair;
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
+pub use crate::market::select::Filters;
+pub use crate::market::sizes::Sizes;
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
 use crate::types::{Clock, DAY_SECS, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
@@ -60,8 +62,6 @@ use crate::wire::{
     PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, RentRequest, Signed,
     StatusRequest, TerminationNotice, TopUpRequest,
 };
-pub use crate::market::select::Filters;
-pub use crate::market::sizes::Sizes;
 pub use config::RenterConfig;
 
 /// Routing table for source policy routing of leased addresses.

@@ -438,11 +438,13 @@ mod tests {
     fn offer(ipv4: &[(u8, u32, Sats)], ipv6: &[(u8, u32, Sats)], rate: Sats) -> Offer {
         let list = |l: &[(u8, u32, Sats)]| {
             l.iter()
-                .map(|&(prefix_len, available, rate_sat_per_day)| crate::wire::PrefixAvailability {
-                    prefix_len,
-                    available,
-                    rate_sat_per_day,
-                })
+                .map(
+                    |&(prefix_len, available, rate_sat_per_day)| crate::wire::PrefixAvailability {
+                        prefix_len,
+                        available,
+                        rate_sat_per_day,
+                    },
+                )
                 .collect()
         };
         Offer {
@@ -496,7 +498,10 @@ mod tests {
             ipv4: Some(32),
             ipv6: None,
         };
-        assert!(admit(&o, "p", v4_only, &f(30)).is_ok(), "IPv6 not asked, not paid");
+        assert!(
+            admit(&o, "p", v4_only, &f(30)).is_ok(),
+            "IPv6 not asked, not paid"
+        );
     }
 
     #[test]
@@ -519,7 +524,11 @@ mod tests {
             deny: vec!["good".into()],
             ..Filters::default()
         };
-        assert_eq!(admit(&o, "good", BOTH, &both), Err(LeftOut::Denied), "deny wins");
+        assert_eq!(
+            admit(&o, "good", BOTH, &both),
+            Err(LeftOut::Denied),
+            "deny wins"
+        );
     }
 
     #[test]
@@ -547,7 +556,10 @@ mod tests {
         t.count(Err(&LeftOut::AboveMaxPrice));
         t.count(Err(&LeftOut::Without("IPv6 /64".into())));
         t.count(Err(&LeftOut::AboveMaxPrice));
-        assert_eq!(t.to_string(), "3 offers: 2 above max price, 1 without IPv6 /64");
+        assert_eq!(
+            t.to_string(),
+            "3 offers: 2 above max price, 1 without IPv6 /64"
+        );
         t.count(Ok(()));
         t.count(Err(&LeftOut::Denied));
         assert_eq!(

@@ -342,7 +342,11 @@ mod tests {
         let v4 = [pa(32, 5, 10), pa(30, 1, 40)];
         let v6 = [pa(64, 9, 5)];
         let t = terms(20);
-        let rate = |a| effective_terms_of(&t, &v4, &v6, a).unwrap().rate_sat_per_day;
+        let rate = |a| {
+            effective_terms_of(&t, &v4, &v6, a)
+                .unwrap()
+                .rate_sat_per_day
+        };
         assert_eq!(rate(sz(Some(32), None)), 30);
         assert_eq!(rate(sz(Some(30), Some(64))), 65);
         assert_eq!(rate(sz(None, Some(64))), 25);
@@ -430,7 +434,10 @@ mod tests {
         for (text, want) in [("l = 30", Some(30)), ("l = \"none\"", None)] {
             let t: T = toml::from_str(text).unwrap();
             assert_eq!(t.l, want);
-            assert_eq!(toml::from_str::<T>(&toml::to_string(&t).unwrap()).unwrap(), t);
+            assert_eq!(
+                toml::from_str::<T>(&toml::to_string(&t).unwrap()).unwrap(),
+                t
+            );
         }
         assert!(toml::from_str::<T>("l = \"all\"").is_err());
         assert!(toml::from_str::<T>("l = 300").is_err());

@@ -214,14 +214,15 @@ impl ProviderConfig {
             }
         }
         for a in &self.reserved_addresses {
-            a.parse::<IpAddr>().map_err(|_| {
-                format!("provider.reserved_addresses: {a:?} is not an IP address")
-            })?;
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("provider.reserved_addresses: {a:?} is not an IP address"))?;
         }
         if !self.offers(Family::V4) && !self.offers(Family::V6) {
-            return Err("a provider needs provider.ipv4_pools with provider.ipv4_sizes, or \
+            return Err(
+                "a provider needs provider.ipv4_pools with provider.ipv4_sizes, or \
                  provider.ipv6_pools with provider.ipv6_sizes"
-                .into());
+                    .into(),
+            );
         }
         let (v4, v6) = self.size_lists(|_, _| 0);
         sizes::validate_sizes(&self.terms, &v4, &v6).map_err(|e| format!("provider sizes: {e}"))
@@ -247,7 +248,10 @@ impl ProviderConfig {
 }
 
 fn is_family(n: &IpNet, f: Family) -> bool {
-    matches!((n, f), (IpNet::V4(_), Family::V4) | (IpNet::V6(_), Family::V6))
+    matches!(
+        (n, f),
+        (IpNet::V4(_), Family::V4) | (IpNet::V6(_), Family::V6)
+    )
 }
 
 #[cfg(test)]
@@ -272,7 +276,10 @@ mod tests {
         let c = ProviderConfig::default();
         c.validate().unwrap();
         let (v4, v6) = c.size_lists(|_, _| 5);
-        assert_eq!((v4.len(), v4[0].prefix_len, v4[0].rate_sat_per_day), (1, 32, 0));
+        assert_eq!(
+            (v4.len(), v4[0].prefix_len, v4[0].rate_sat_per_day),
+            (1, 32, 0)
+        );
         assert_eq!((v6.len(), v6[0].prefix_len), (1, 64));
         let parsed: ProviderConfig = toml::from_str("").unwrap();
         assert_eq!(parsed, c, "a section without the keys behaves as before");

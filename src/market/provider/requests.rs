@@ -35,8 +35,7 @@ impl Provider {
             ipv6: r.ipv6_prefix_len,
         };
         let (ipv4_list, ipv6_list) = self.availability();
-        let terms = match sizes::effective_terms_of(&i.cfg.terms, &ipv4_list, &ipv6_list, asked)
-        {
+        let terms = match sizes::effective_terms_of(&i.cfg.terms, &ipv4_list, &ipv6_list, asked) {
             Ok(t) => t,
             Err(e) => return err(ErrorCode::BadRequest, e.to_string()),
         };

@@ -171,9 +171,17 @@ mod tests {
             toml::from_str("ipv4_prefix_len = \"none\"\nipv6_prefix_len = \"none\"\n").unwrap();
         assert!(both.validate().unwrap_err().contains("both"));
         let bad: RenterConfig = toml::from_str("ipv4_prefix_len = 27\n").unwrap();
-        assert!(bad.validate().unwrap_err().contains("renter.ipv4_prefix_len"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("renter.ipv4_prefix_len")
+        );
         let bad: RenterConfig = toml::from_str("ipv6_prefix_len = 65\n").unwrap();
-        assert!(bad.validate().unwrap_err().contains("renter.ipv6_prefix_len"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("renter.ipv6_prefix_len")
+        );
         assert!(toml::from_str::<RenterConfig>("ipv4_prefix_len = \"all\"\n").is_err());
     }
 
@@ -189,8 +197,15 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.filters().max_price_sat_per_day, Some(50));
         assert_eq!(c.filters().allow, [peer]);
-        assert_eq!(toml::from_str::<RenterConfig>(&toml::to_string(&c).unwrap()).unwrap(), c);
+        assert_eq!(
+            toml::from_str::<RenterConfig>(&toml::to_string(&c).unwrap()).unwrap(),
+            c
+        );
         let bad: RenterConfig = toml::from_str("deny_providers = [\"x\"]\n").unwrap();
-        assert!(bad.validate().unwrap_err().contains("renter.deny_providers"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("renter.deny_providers")
+        );
     }
 }

@@ -241,10 +241,14 @@ pub(super) fn lease_addresses(lease: &Lease) -> Result<Vec<IpNet>, MarketError> 
             .map_err(|_| MarketError::Store(format!("bad prefix {v4}")))?;
         // Lease sizes stop at /28: at most 16 addresses.
         if net.prefix_len() < 28 {
-            return Err(MarketError::Store(format!("IPv4 lease {v4} larger than a /28")));
+            return Err(MarketError::Store(format!(
+                "IPv4 lease {v4} larger than a /28"
+            )));
         }
         for a in ipnet::Ipv4AddrRange::new(net.network(), net.broadcast()) {
-            addresses.push(IpNet::V4(ipnet::Ipv4Net::new(a, 32).expect("/32 to be valid")));
+            addresses.push(IpNet::V4(
+                ipnet::Ipv4Net::new(a, 32).expect("/32 to be valid"),
+            ));
         }
     }
     if let Some(v6) = &lease.ipv6 {
