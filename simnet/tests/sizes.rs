@@ -235,3 +235,58 @@ async fn requests_no_offer_serves_are_refused_with_reasons() {
         "nothing reserved for refused requests"
     );
 }
+
+#[tokio::test]
+async fn autopay_tops_up_at_the_effective_rate_of_the_lease_sizes() {
+    // 10 sat/s base, +5 sat/s for the /32: the lease's terms differ from the offer's base
+    // terms, and AutoPay still recognises them as the offer's.
+    let w = world_opts(Opts {
+        terms: Terms {
+            activation_fee_sat: 100,
+            rate_sat_per_day: 864_000,
+            min_initial_credit_sat: 100,
+            min_topup_sat: 50,
+            max_credit_sat: 1_000_000,
+            reserve_days: 1,
+        },
+        sizes: Some((vec![size(32, 432_000)], vec![size(64, 0)])),
+        renter_cfg: leasewire::config::RenterConfig {
+            autopay: leasewire::market::renter::AutopayConfig {
+                low_watermark: Duration::from_secs(60),
+                high_watermark: Duration::from_secs(120),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        verifying: true,
+        ..Opts::default()
+    })
+    .await;
+    w.renter.discover().await.unwrap();
+    let r = w
+        .renter
+        .rent(RentArgs {
+            credit_sat: Some(300),
+            timeout: Duration::from_millis(500),
+            ..RentArgs::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.lease.terms.rate_sat_per_day, 1_296_000);
+    assert_eq!(
+        r.lease.paid_until - r.lease.activated_at,
+        20,
+        "300 sat at 15 sat/s"
+    );
+    w.renter.autopay_tick().await.unwrap();
+    let after = w.renter.rental("").unwrap();
+    assert_eq!(after.stats.autopay_topups, 1, "{:?}", after.stats);
+    let left = after.lease.paid_until - leasewire::types::Clock::now_unix(&*w.clock);
+    assert!(
+        (110..=120).contains(&left),
+        "topped up to the high watermark: {left}s"
+    );
+    // What the provider received: fee + credit at the effective rate.
+    let credited = after.lease.credit_sat;
+    assert_eq!(after.paid_sat, 100 + credited);
+}

@@ -292,7 +292,7 @@ impl Renter {
     }
 
     /// The prefix sizes of a lease: (IPv4, IPv6) prefix lengths, `None` for a family it lacks.
-    fn lease_sizes(lease: &Lease) -> Sizes {
+    pub(super) fn lease_sizes(lease: &Lease) -> Sizes {
         let len = |p: &Option<String>| {
             p.as_deref()
                 .and_then(|s| s.parse::<IpNet>().ok())
