@@ -15,9 +15,9 @@ use leasewire::config::{ProviderConfig, RenterConfig};
 use leasewire::market::MarketError;
 use leasewire::market::limits::LimitsConfig;
 use leasewire::market::renter::{AutopayConfig, RentArgs, Rental};
-use leasewire::types::{Clock, Terms};
+use leasewire::types::Clock;
 use leasewire::wire::LeaseState;
-use world::{Opts, Tamper, World, kinds, world_opts};
+use world::{Opts, Tamper, World, fast_terms, kinds, world_opts};
 
 const START_MSAT: u64 = 1_000_000_000;
 
@@ -210,17 +210,6 @@ async fn a_restarted_renter_completes_what_it_paid_for() {
 }
 
 /// Fast terms: 864 000 sat/day is 10 sat a second.
-fn fast_terms() -> Terms {
-    Terms {
-        activation_fee_sat: 100,
-        rate_sat_per_day: 864_000,
-        min_initial_credit_sat: 100,
-        min_topup_sat: 50,
-        max_credit_sat: 1_000_000,
-        reserve_days: 1,
-    }
-}
-
 fn autopay_cfg() -> RenterConfig {
     RenterConfig {
         autopay: AutopayConfig {

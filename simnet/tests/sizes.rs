@@ -241,14 +241,7 @@ async fn autopay_tops_up_at_the_effective_rate_of_the_lease_sizes() {
     // 10 sat/s base, +5 sat/s for the /32: the lease's terms differ from the offer's base
     // terms, and AutoPay still recognises them as the offer's.
     let w = world_opts(Opts {
-        terms: Terms {
-            activation_fee_sat: 100,
-            rate_sat_per_day: 864_000,
-            min_initial_credit_sat: 100,
-            min_topup_sat: 50,
-            max_credit_sat: 1_000_000,
-            reserve_days: 1,
-        },
+        terms: world::fast_terms(),
         sizes: Some((vec![size(32, 432_000)], vec![size(64, 0)])),
         renter_cfg: leasewire::config::RenterConfig {
             autopay: leasewire::market::renter::AutopayConfig {

@@ -261,6 +261,12 @@ mod tests {
         Pool::open(db, &v4, &["2001:db8:100::/62".into()], rules).unwrap()
     }
 
+    fn temp_db() -> (tempfile::TempDir, sled::Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        (dir, db)
+    }
+
     fn pool(db: &sled::Db) -> Pool {
         open(db, &["198.51.100.0/30"], PoolRules::default())
     }
@@ -274,8 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn allocates_distinct_prefixes_until_exhausted() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let (_dir, db) = temp_db();
         let p = pool(&db);
         assert_eq!(p.available(Family::V4, 32), 4);
         assert_eq!(p.available(Family::V6, 64), 4);
@@ -299,8 +304,7 @@ mod tests {
 
     #[tokio::test]
     async fn mixed_sizes_never_overlap() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let (_dir, db) = temp_db();
         let p = open(&db, &["198.51.100.0/28"], PoolRules::default());
         assert_eq!(p.available(Family::V4, 30), 4);
         assert_eq!(take(&p, 32, "a").await.as_deref(), Some("198.51.100.0/32"));
@@ -322,8 +326,7 @@ mod tests {
             ["198.51.100.1/32", "198.51.100.2/32", "198.51.100.3/32"]
         );
         // Concurrent allocations of two sizes still never overlap.
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let (_dir, db) = temp_db();
         let p = open(&db, &["198.51.100.0/28"], PoolRules::default());
         let mut tasks = Vec::new();
         for i in 0..12 {
@@ -348,8 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn excluded_addresses_are_never_leased() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let (_dir, db) = temp_db();
         let rules = PoolRules {
             excluded: vec![
                 "198.51.100.1".parse().unwrap(),
@@ -370,8 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn on_link_pools_keep_network_and_broadcast() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let (_dir, db) = temp_db();
         let rules = PoolRules {
             excluded: Vec::new(),
             ipv4_on_link: true,

@@ -436,30 +436,7 @@ mod tests {
     }
 
     fn offer(ipv4: &[(u8, u32, Sats)], ipv6: &[(u8, u32, Sats)], rate: Sats) -> Offer {
-        let list = |l: &[(u8, u32, Sats)]| {
-            l.iter()
-                .map(
-                    |&(prefix_len, available, rate_sat_per_day)| crate::wire::PrefixAvailability {
-                        prefix_len,
-                        available,
-                        rate_sat_per_day,
-                    },
-                )
-                .collect()
-        };
-        Offer {
-            provider: String::new(),
-            seq: 1,
-            created_at: 0,
-            expires_at: 0,
-            network: String::new(),
-            ln_pubkey: String::new(),
-            wg_pubkey: crate::types::WgKey([0; 32]),
-            endpoint: String::new(),
-            ipv4: list(ipv4),
-            ipv6: list(ipv6),
-            terms: terms(1000, rate),
-        }
+        crate::market::sizes::testing::offer(ipv4, ipv6, terms(1000, rate))
     }
 
     const BOTH: Sizes = Sizes {

@@ -310,6 +310,40 @@ impl SizePrice {
     }
 }
 
+/// Offers for tests of the pure modules (sizes, ranking).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// An offer with these size lists, as (prefix length, available, daily price).
+    pub(crate) fn offer(ipv4: &[(u8, u32, Sats)], ipv6: &[(u8, u32, Sats)], terms: Terms) -> Offer {
+        let list = |l: &[(u8, u32, Sats)]| {
+            l.iter()
+                .map(
+                    |&(prefix_len, available, rate_sat_per_day)| PrefixAvailability {
+                        prefix_len,
+                        available,
+                        rate_sat_per_day,
+                    },
+                )
+                .collect()
+        };
+        Offer {
+            provider: String::new(),
+            seq: 1,
+            created_at: 0,
+            expires_at: 0,
+            network: String::new(),
+            ln_pubkey: String::new(),
+            wg_pubkey: crate::types::WgKey([0; 32]),
+            endpoint: String::new(),
+            ipv4: list(ipv4),
+            ipv6: list(ipv6),
+            terms,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,19 +439,7 @@ mod tests {
 
     #[test]
     fn serves_needs_every_size_asked_with_availability() {
-        let o = Offer {
-            provider: String::new(),
-            seq: 1,
-            created_at: 0,
-            expires_at: 0,
-            network: String::new(),
-            ln_pubkey: String::new(),
-            wg_pubkey: crate::types::WgKey([0; 32]),
-            endpoint: String::new(),
-            ipv4: vec![pa(32, 3, 0), pa(30, 0, 0)],
-            ipv6: vec![],
-            terms: terms(10),
-        };
+        let o = testing::offer(&[(32, 3, 0), (30, 0, 0)], &[], terms(10));
         assert!(serves(&o, sz(Some(32), None)));
         assert!(!serves(&o, sz(Some(30), None)), "none available");
         assert!(!serves(&o, sz(Some(32), Some(64))), "no IPv6");

@@ -563,6 +563,18 @@ pub async fn world_opts(opts: Opts) -> World {
     }
 }
 
+/// Terms where time is cheap to move through: 864 000 sat/day is 10 sat per second.
+pub fn fast_terms() -> leasewire::types::Terms {
+    leasewire::types::Terms {
+        activation_fee_sat: 100,
+        rate_sat_per_day: 864_000,
+        min_initial_credit_sat: 100,
+        min_topup_sat: 50,
+        max_credit_sat: 1_000_000,
+        reserve_days: 1,
+    }
+}
+
 /// The kinds of every entry of an audit log, in order.
 pub fn kinds(audit: &AuditLog) -> Vec<String> {
     audit.entries(0).map(|e| e.unwrap().kind).collect()
