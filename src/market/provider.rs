@@ -588,19 +588,28 @@ mod tests {
         }
     }
 
-    struct Harness {
+    pub(super) struct Harness {
         _dir: tempfile::TempDir,
-        net: MemNetwork,
+        pub(super) net: MemNetwork,
         ln: Arc<GatedNode>,
         tunnel: Arc<VerifyingTunnel>,
         clock: Arc<ManualClock>,
         audit: AuditLog,
-        provider: Provider,
+        pub(super) provider: Provider,
         db: sled::Db,
         key: SigningKey,
     }
 
     async fn harness() -> Harness {
+        harness_with(ProviderConfig {
+            ipv6_pools: Vec::new(),
+            ..ProviderConfig::default()
+        })
+        .await
+    }
+
+    /// A started provider with `cfg` (an IPv4-only /32 provider for [`harness`]).
+    pub(super) async fn harness_with(cfg: ProviderConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let net = MemNetwork::new(&[("provider".into(), 0), ("renter".into(), 1_000_000)]).unwrap();
         let ln = Arc::new(GatedNode {
@@ -620,10 +629,7 @@ mod tests {
         let provider = Provider::with_clock(
             ProviderParams {
                 key,
-                cfg: ProviderConfig {
-                    ipv6_pools: Vec::new(),
-                    ..ProviderConfig::default()
-                },
+                cfg,
                 network: "regtest".into(),
                 ln_pubkey: net.pubkey("provider").unwrap(),
                 wg_private: WgKey([1; 32]),
@@ -652,7 +658,7 @@ mod tests {
         }
     }
 
-    fn renter_peer(n: u8) -> PeerId {
+    pub(super) fn renter_peer(n: u8) -> PeerId {
         crate::wire::signed::peer_id_of(&SigningKey::from_bytes(&[100 + n; 32]).verifying_key())
     }
 

@@ -1,9 +1,10 @@
 //! The renter role.
 //!
 //! 1. Discovery: find providers on the DHT topic, `hello` each, verify the signed offer it
-//!    answers with (signer == provider, unexpired, our network, sane terms), and measure the
-//!    round trip.
-//! 2. Rent: rank offers ([`super::select`]), send `rentRequest`, and check the invoice before
+//!    answers with (signer == provider, unexpired, our network, sane terms and sizes), and
+//!    measure the round trip.
+//! 2. Rent: rank the offers that lease the sizes asked and pass the filters ([`super::select`],
+//!    at their effective rate, [`super::sizes`]), send `rentRequest`, and check the invoice before
 //!    paying anything: amount equals the terms, payee equals the offer's LN node, not expiring
 //!    too soon, description hash equals the commitment we compute ourselves, hash never paid.
 //! 3. Pay: the intent is persisted and audited before the payment starts; the outcome after.

@@ -292,3 +292,63 @@ fn unlink_from(dir: &Path, iface: &str, target: &Path) {
         let _ = std::fs::remove_file(&link);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(ipv4: Option<&str>, ipv6: Option<&str>) -> Lease {
+        Lease {
+            lease_id: String::new(),
+            provider: String::new(),
+            renter: String::new(),
+            offer_id: String::new(),
+            renter_wg_pubkey: WgKey([1; 32]),
+            provider_wg_pubkey: WgKey([2; 32]),
+            endpoint: String::new(),
+            ipv4: ipv4.map(str::to_owned),
+            ipv6: ipv6.map(str::to_owned),
+            allowed_ips: Vec::new(),
+            terms: crate::config::ProviderConfig::default().terms,
+            credit_sat: 0,
+            activated_at: 0,
+            paid_until: 0,
+            payment_hash: String::new(),
+            revision: 1,
+        }
+    }
+
+    fn shown(l: &Lease) -> Vec<String> {
+        lease_addresses(l)
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_ipv4_address_of_the_lease_is_configured() {
+        assert_eq!(
+            shown(&lease(Some("198.51.100.4/30"), Some("2001:db8:100:2::/64"))),
+            [
+                "198.51.100.4/32",
+                "198.51.100.5/32",
+                "198.51.100.6/32",
+                "198.51.100.7/32",
+                "2001:db8:100:2::1/128"
+            ]
+        );
+        assert_eq!(
+            shown(&lease(Some("198.51.100.9/32"), None)),
+            ["198.51.100.9/32"]
+        );
+        assert_eq!(shown(&lease(Some("198.51.100.16/28"), None)).len(), 16);
+        assert_eq!(
+            shown(&lease(None, Some("2001:db8:200::/56"))),
+            ["2001:db8:200::1/128"]
+        );
+        // Larger than any lease size: refused rather than hundreds of addresses.
+        assert!(lease_addresses(&lease(Some("198.51.100.0/24"), None)).is_err());
+        assert!(lease_addresses(&lease(Some("nope"), None)).is_err());
+    }
+}
