@@ -283,3 +283,51 @@ async fn autopay_tops_up_at_the_effective_rate_of_the_lease_sizes() {
     let credited = after.lease.credit_sat;
     assert_eq!(after.paid_sat, 100 + credited);
 }
+
+#[tokio::test]
+async fn failover_replaces_a_lease_with_the_same_families_and_sizes() {
+    // Provider 1: IPv4 only, a /30 at 100 + 40. Provider 2: both families, a /30 at 200 + 10.
+    let w = world_opts(Opts {
+        sizes: Some((vec![size(32, 0), size(30, 40)], Vec::new())),
+        second_provider: Some(Terms {
+            rate_sat_per_day: 200,
+            ..leasewire::config::ProviderConfig::default().terms
+        }),
+        second_sizes: Some((vec![size(32, 0), size(30, 10)], vec![size(64, 0)])),
+        verifying: true,
+        ..Opts::default()
+    })
+    .await;
+    w.renter.discover().await.unwrap();
+    let old = w
+        .renter
+        .rent(args(Sizes {
+            ipv4: Some(30),
+            ipv6: None,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        old.lease.provider,
+        w.provider_peer.to_string(),
+        "the cheaper /30"
+    );
+    // Provider 1 vanishes: the renter's status polls fail until it is dropped.
+    w.peers
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..leasewire::config::RenterConfig::default().drop_after_failures {
+        w.renter.tick().await.unwrap();
+    }
+    w.renter.autopay_tick().await.unwrap();
+    let rentals = w.renter.rentals().unwrap();
+    let new = rentals
+        .iter()
+        .find(|r| r.lease.lease_id != old.lease.lease_id)
+        .expect("a replacement");
+    let second = w.second.clone().unwrap();
+    assert_eq!(new.lease.provider, second.peer.to_string());
+    assert_eq!(new.lease.ipv4.as_deref(), Some("203.0.113.0/30"));
+    assert_eq!(new.lease.ipv6, None, "no IPv6: the old lease had none");
+    assert_eq!(new.lease.terms.rate_sat_per_day, 210);
+}
