@@ -499,3 +499,74 @@ impl ControlHandler for NodeControl {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RenterConfig;
+
+    #[test]
+    fn rent_sizes_override_the_config_per_family() {
+        let cfg = RenterConfig::default();
+        assert_eq!(rent_sizes(&cfg, "", "").unwrap(), None, "the config's");
+        assert_eq!(
+            rent_sizes(&cfg, "30", "none").unwrap(),
+            Some(Sizes {
+                ipv4: Some(30),
+                ipv6: None
+            })
+        );
+        assert_eq!(
+            rent_sizes(&cfg, "", "/56").unwrap(),
+            Some(Sizes {
+                ipv4: Some(32),
+                ipv6: Some(56)
+            }),
+            "IPv4 from the config"
+        );
+        for (v4, v6) in [("none", "none"), ("27", ""), ("", "65"), ("x", "")] {
+            assert!(
+                matches!(
+                    rent_sizes(&cfg, v4, v6),
+                    Err(ControlError::InvalidArgument(_))
+                ),
+                "{v4:?} {v6:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rent_filters_override_the_config_per_filter() {
+        let (a, b) = (
+            libp2p::PeerId::random().to_string(),
+            libp2p::PeerId::random().to_string(),
+        );
+        let cfg = RenterConfig {
+            max_price_sat_per_day: Some(100),
+            deny_providers: vec![a.clone()],
+            ..RenterConfig::default()
+        };
+        let f = rent_filters(&cfg, &pb::RentRequest::default()).unwrap();
+        assert_eq!(f, cfg.filters());
+        let f = rent_filters(
+            &cfg,
+            &pb::RentRequest {
+                max_price_sat_per_day: Some(50),
+                allow: vec![b.clone()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(f.max_price_sat_per_day, Some(50));
+        assert_eq!(f.allow, [b]);
+        assert_eq!(f.deny, [a], "not given: the config's");
+        let bad = pb::RentRequest {
+            deny: vec!["nope".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            rent_filters(&cfg, &bad),
+            Err(ControlError::InvalidArgument(_))
+        ));
+    }
+}
