@@ -195,6 +195,7 @@ fn auto(credit: u64) -> RentArgs {
         offer_id: None,
         credit_sat: Some(credit),
         timeout: Duration::ZERO,
+        ..RentArgs::default()
     }
 }
 

@@ -186,13 +186,22 @@ fn offer_vectors() {
         ln_pubkey: "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
         wg_pubkey: WgKey([8; 32]),
         endpoint: "203.0.113.7:51820".into(),
-        ipv4: vec![PrefixAvailability {
-            prefix_len: 32,
-            available: 3,
-        }],
+        ipv4: vec![
+            PrefixAvailability {
+                prefix_len: 32,
+                available: 3,
+                rate_sat_per_day: 0,
+            },
+            PrefixAvailability {
+                prefix_len: 30,
+                available: 1,
+                rate_sat_per_day: 40,
+            },
+        ],
         ipv6: vec![PrefixAvailability {
             prefix_len: 64,
             available: 10,
+            rate_sat_per_day: 5,
         }],
         terms: terms(),
     };

@@ -369,6 +369,7 @@ pub(super) fn offers(w: &mut dyn Write, o: &pb::OffersReply) -> io::Result<()> {
         "FREE V4/V6",
         "RTT",
         "PRICE",
+        "SIZES",
     ]);
     for x in &o.offers {
         t.row(vec![
@@ -385,6 +386,7 @@ pub(super) fn offers(w: &mut dyn Write, o: &pb::OffersReply) -> io::Result<()> {
                 "-".to_owned()
             },
             sat(x.price_sat),
+            or_dash(&x.sizes),
         ]);
     }
     t.write(w)

@@ -8,6 +8,7 @@ pub mod pool;
 pub mod provider;
 pub mod renter;
 pub mod select;
+pub mod sizes;
 pub mod store;
 
 use std::time::Duration;

@@ -201,13 +201,7 @@ impl Provider {
     /// Like [`Provider::new`], reading the time from `clock`.
     pub fn with_clock(p: ProviderParams, clock: Arc<dyn Clock>) -> Result<Provider, MarketError> {
         let db: &dyn Store = &p.db;
-        let pool = Pool::open(
-            db,
-            &p.cfg.ipv4_pools,
-            &p.cfg.ipv6_pools,
-            p.cfg.ipv4_prefix_len,
-            p.cfg.ipv6_prefix_len,
-        )?;
+        let pool = Pool::open(db, &p.cfg.ipv4_pools, &p.cfg.ipv6_pools, p.cfg.pool_rules())?;
         let meta = db.open_tree("provider_meta")?;
         let peer_id = crate::wire::signed::peer_id_of(&p.key.verifying_key());
         // A placeholder signature is replaced right below by `refresh_offer`.
@@ -389,26 +383,10 @@ impl Provider {
             .collect())
     }
 
+    /// The offer's size lists: every size leased per family, with availability and price.
     fn availability(&self) -> (Vec<PrefixAvailability>, Vec<PrefixAvailability>) {
         let i = &self.inner;
-        let (a4, a6) = i.pool.available();
-        let v4 = if i.cfg.ipv4_pools.is_empty() {
-            Vec::new()
-        } else {
-            vec![PrefixAvailability {
-                prefix_len: i.cfg.ipv4_prefix_len,
-                available: a4,
-            }]
-        };
-        let v6 = if i.cfg.ipv6_pools.is_empty() {
-            Vec::new()
-        } else {
-            vec![PrefixAvailability {
-                prefix_len: i.cfg.ipv6_prefix_len,
-                available: a6,
-            }]
-        };
-        (v4, v6)
+        i.cfg.size_lists(|f, len| i.pool.available(f, len))
     }
 
     /// Re-signs the offer when `force`, when availability changed, or when it is past half its
@@ -658,8 +636,9 @@ mod tests {
         .await
     }
 
-    /// A provider with `cfg` on a fresh database, its node "provider" and a renter node
-    /// "renter" with 1M sat on one in-memory Lightning network, and a manual clock.
+    /// A started provider with `cfg` (an IPv4-only /32 provider for [`harness`]) on a fresh
+    /// database, its node "provider" and a renter node "renter" with 1M sat on one
+    /// in-memory Lightning network, and a manual clock.
     pub(super) async fn harness_with(cfg: ProviderConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let net = MemNetwork::new(&[("provider".into(), 0), ("renter".into(), 1_000_000)]).unwrap();

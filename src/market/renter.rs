@@ -1,9 +1,10 @@
 //! The renter role.
 //!
 //! 1. Discovery: find providers on the DHT topic, `hello` each, verify the signed offer it
-//!    answers with (signer == provider, unexpired, our network, sane terms), and measure the
-//!    round trip.
-//! 2. Rent: rank offers ([`super::select`]), send `rentRequest`, and check the invoice before
+//!    answers with (signer == provider, unexpired, our network, sane terms and sizes), and
+//!    measure the round trip.
+//! 2. Rent: rank the offers that lease the sizes asked and pass the filters ([`super::select`],
+//!    at their effective rate, [`super::sizes`]), send `rentRequest`, and check the invoice before
 //!    paying anything: amount equals the terms, payee equals the offer's LN node, not expiring
 //!    too soon, description hash equals the commitment we compute ourselves, hash never paid.
 //! 3. Pay: the intent is persisted and audited before the payment starts; the outcome after.
@@ -55,6 +56,8 @@ use crate::audit::{AuditKind, AuditLog};
 use crate::identity::WgKeyPair;
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
+pub use crate::market::select::Filters;
+pub use crate::market::sizes::Sizes;
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
 use crate::types::{Clock, DAY_SECS, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
@@ -274,9 +277,19 @@ pub struct RentArgs {
     pub credit_sat: Option<Sats>,
     /// How long to wait for offers.
     pub timeout: Duration,
+    /// Prefix sizes to ask for; `None` = `renter.ipv4_prefix_len` / `ipv6_prefix_len`.
+    pub sizes: Option<Sizes>,
+    /// Offer filters; `None` = the `[renter]` ones (`max_price_sat_per_day`,
+    /// `allow_providers`, `deny_providers`).
+    pub filters: Option<Filters>,
 }
 
 impl Renter {
+    /// The renter's settings.
+    pub fn config(&self) -> &RenterConfig {
+        &self.inner.cfg
+    }
+
     /// Opens the renter's state, on the system clock.
     pub fn new(p: RenterParams) -> Result<Renter, MarketError> {
         Renter::with_clock(p, Arc::new(SystemClock))

@@ -485,6 +485,7 @@ mod tests {
             ipv4: vec![PrefixAvailability {
                 prefix_len: 32,
                 available: 3,
+                rate_sat_per_day: 0,
             }],
             ipv6: vec![],
             terms: terms.clone(),

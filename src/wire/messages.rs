@@ -98,13 +98,16 @@ impl Hello {
     }
 }
 
-/// How many prefixes of one size an offer has available.
+/// One prefix size an offer leases: how many are available and what one costs per day.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefixAvailability {
     /// Prefix length, e.g. 32 for one IPv4 address or 64 for an IPv6 /64.
     pub prefix_len: u8,
     /// How many such prefixes can still be leased.
     pub available: u32,
+    /// Daily price of one prefix of this size, added to the offer's base
+    /// `terms.rate_sat_per_day` (see [`crate::market::sizes::effective_terms`]).
+    pub rate_sat_per_day: Sats,
 }
 
 /// A provider's offer. Published signed; its id is derived from the signed bytes.
@@ -126,11 +129,12 @@ pub struct Offer {
     pub wg_pubkey: WgKey,
     /// WireGuard endpoint: "ip:port", "[ipv6]:port" or "dns-name:port".
     pub endpoint: String,
-    /// IPv4 prefix sizes on offer.
+    /// Every IPv4 prefix size on offer, with availability and price; empty: no IPv4.
     pub ipv4: Vec<PrefixAvailability>,
-    /// IPv6 prefix sizes on offer.
+    /// Every IPv6 prefix size on offer, with availability and price; empty: no IPv6.
     pub ipv6: Vec<PrefixAvailability>,
-    /// Terms of sale.
+    /// Terms of sale. `rate_sat_per_day` is the base rate of a lease; a lease's own terms
+    /// (and its invoice commitment's) carry the effective rate for its sizes.
     pub terms: Terms,
 }
 
@@ -171,7 +175,8 @@ pub struct InvoiceCommitment {
     pub offer_id: String,
     /// Lease being topped up (None for activation).
     pub lease_id: Option<String>,
-    /// Terms in force.
+    /// Terms in force: the offer's, with the effective rate of the sizes asked (activation),
+    /// or the lease's own terms (top-up).
     pub terms: Terms,
     /// Credit bought.
     pub credit_sat: Sats,
@@ -252,7 +257,7 @@ pub struct Lease {
     pub ipv6: Option<String>,
     /// Allowed IPs of the renter's peer entry at the provider: the leased prefixes.
     pub allowed_ips: Vec<String>,
-    /// Terms in force.
+    /// Terms in force, with the effective rate of the lease's sizes.
     pub terms: Terms,
     /// Total credit bought over the lease's life.
     pub credit_sat: Sats,
