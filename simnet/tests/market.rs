@@ -59,7 +59,12 @@ async fn renter_rents_pays_exactly_and_gets_a_verified_lease() {
     let (path, text) = w.renter.conf("").unwrap();
     assert!(path.ends_with("lwr0.conf"));
     assert!(text.contains("198.51.100.0/32"), "{text}");
-    assert!(text.contains("2001:db8:100::1/128"), "{text}");
+    assert!(text.contains("Address = 2001:db8:100::1/64"), "{text}");
+    // The source rule covers the whole leased IPv6 prefix.
+    assert!(
+        text.contains("ip -6 rule add from 2001:db8:100::/64 table"),
+        "{text}"
+    );
     assert!(text.contains(&WgKey([2; 32]).to_base64()), "{text}");
     assert!(text.contains("127.0.0.1:51820"), "{text}");
 

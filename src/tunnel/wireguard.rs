@@ -625,8 +625,10 @@ pub struct RoutingPlan {
 ///
 /// - [`RoutingPolicy::Provider`]: one main-table route per allowed IP, no rules;
 /// - [`RoutingPolicy::SourceOnly`]: a default route in `table` for each address family the
-///   interface has an address in, and a rule `from <address> lookup table` per address (host
-///   prefix: only the leased address itself is source-routed);
+///   interface has an address in, and a rule `from <network> lookup table` per address, the
+///   network being the address with its prefix length (a leased IPv4 address is a /32 of its
+///   own; the IPv6 address carries the leased prefix's length, so the whole prefix is
+///   source-routed);
 /// - [`RoutingPolicy::FullTunnel`]: the two halves of the address space (`0.0.0.0/1` and
 ///   `128.0.0.0/1`, `::/1` and `8000::/1`) in the main table, for each family with an address.
 ///   They beat the existing default route without replacing it, so removing the interface
@@ -650,10 +652,10 @@ pub fn desired_routing(policy: RoutingPolicy, addrs: &[IpNet], allowed: &[IpNet]
             if has_v6 {
                 routes.insert((table, IpNet::V6(Ipv6Net::default())));
             }
+            // One rule per address's network: a /32 (every leased IPv4 address is its own)
+            // covers that address, an IPv6 `::1/64` the whole leased prefix.
             for a in addrs {
-                let host = IpNet::new(a.addr(), a.max_prefix_len())
-                    .expect("the maximum prefix length to be valid");
-                rules.insert((table, host));
+                rules.insert((table, a.trunc()));
             }
         }
         RoutingPolicy::FullTunnel => {
@@ -1095,9 +1097,11 @@ mod tests {
         );
         assert_eq!(
             rules.into_iter().collect::<Vec<_>>(),
+            // Each address's network, as the file backend's PostUp rules: an address with a
+            // shorter prefix source-routes that whole prefix.
             vec![
-                (51820, net("198.51.100.2/32")),
-                (51820, net("198.51.100.3/32"))
+                (51820, net("198.51.100.0/24")),
+                (51820, net("198.51.100.2/32"))
             ]
         );
 
@@ -1108,7 +1112,7 @@ mod tests {
         );
         assert_eq!(
             rules.into_iter().collect::<Vec<_>>(),
-            vec![(51820, net("2001:db8::9/128"))]
+            vec![(51820, net("2001:db8::/64"))]
         );
 
         // No leased address: nothing to route.

@@ -223,7 +223,7 @@ impl Drop for IfaceClaim {
 
 /// The addresses a lease puts on the renter's interface: every address of the leased IPv4
 /// prefix, each as a /32 (a /30 gives four), and the first host address (`::1`) of the IPv6
-/// prefix as a /128.
+/// prefix with the prefix's length (`2001:db8:100:2::1/64`).
 ///
 /// Each IPv4 address is its own /32 rather than one address with the prefix length: with a
 /// prefix length the kernel would own only that one address (the others would not answer),
@@ -231,8 +231,11 @@ impl Drop for IfaceClaim {
 /// into the tunnel. The provider routes the whole prefix to this peer (its allowed IPs), so
 /// the network and broadcast addresses of the prefix are ordinary addresses here. A renter
 /// that routes part of the prefix on to a LAN removes those addresses from the interface
-/// (docs/OPERATIONS.md). IPv6 prefixes (/56../64) are far too large for that: the provider
-/// routes the whole prefix to the peer, and `::1` is configured so the host has an address.
+/// (docs/OPERATIONS.md). IPv6 prefixes (/56../64) are far too large for that: `::1` is
+/// configured so the host has an address, and it carries the prefix length so the source rule
+/// covers the whole prefix (the routing policy makes one rule per address's network): any
+/// address of the prefix the renter adds elsewhere (another interface, a LAN behind it) is
+/// routed back through the tunnel, as the provider routes the whole prefix to this peer.
 pub(super) fn lease_addresses(lease: &Lease) -> Result<Vec<IpNet>, MarketError> {
     let mut addresses = Vec::new();
     if let Some(v4) = &lease.ipv4 {
@@ -258,7 +261,8 @@ pub(super) fn lease_addresses(lease: &Lease) -> Result<Vec<IpNet>, MarketError> 
         // The first host address of the prefix (::1), not the subnet-router anycast address.
         let first = std::net::Ipv6Addr::from(u128::from(net.network()) + 1);
         addresses.push(IpNet::V6(
-            ipnet::Ipv6Net::new(first, 128).expect("/128 to be valid"),
+            ipnet::Ipv6Net::new(first, net.prefix_len())
+                .expect("a parsed prefix length to be valid"),
         ));
     }
     Ok(addresses)
@@ -335,7 +339,7 @@ mod tests {
                 "198.51.100.5/32",
                 "198.51.100.6/32",
                 "198.51.100.7/32",
-                "2001:db8:100:2::1/128"
+                "2001:db8:100:2::1/64"
             ]
         );
         assert_eq!(
@@ -345,7 +349,7 @@ mod tests {
         assert_eq!(shown(&lease(Some("198.51.100.16/28"), None)).len(), 16);
         assert_eq!(
             shown(&lease(None, Some("2001:db8:200::/56"))),
-            ["2001:db8:200::1/128"]
+            ["2001:db8:200::1/56"]
         );
         // Larger than any lease size: refused rather than hundreds of addresses.
         assert!(lease_addresses(&lease(Some("198.51.100.0/24"), None)).is_err());
