@@ -26,6 +26,29 @@ pub struct ProviderConfig {
     pub metering_interval_secs: u64,
     /// Terms of sale.
     pub terms: Terms,
+    /// Fault injection for the simnet only (`[provider.fault]`); never set it on a real
+    /// provider. Left out of a written config while everything in it is off.
+    #[serde(skip_serializing_if = "FaultConfig::is_off")]
+    pub fault: FaultConfig,
+}
+
+/// `[provider.fault]`: fault injection, for the simnet only. Each knob makes the provider
+/// misbehave on purpose so the simnet can check that renters survive it; the daemon logs an
+/// ERROR ("FAULT INJECTION: ...") at start while any is on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Take payment and never send the lease: invoices are issued and settle on our node, but
+    /// `paymentResult` is answered with a retryable refusal (`NotSettled`) and no lease is
+    /// ever issued for them.
+    pub withhold_leases: bool,
+}
+
+impl FaultConfig {
+    /// Whether no fault is injected.
+    pub fn is_off(&self) -> bool {
+        !self.withhold_leases
+    }
 }
 
 impl Default for ProviderConfig {
@@ -47,6 +70,25 @@ impl Default for ProviderConfig {
                 max_credit_sat: 36_500,
                 reserve_days: 7,
             },
+            fault: FaultConfig::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_injection_is_off_by_default_and_left_out_of_written_configs() {
+        let c = ProviderConfig::default();
+        assert!(c.fault.is_off());
+        let text = toml::to_string(&c).unwrap();
+        assert!(!text.contains("fault"), "{text}");
+        let on: ProviderConfig = toml::from_str("[fault]\nwithhold_leases = true\n").unwrap();
+        assert!(on.fault.withhold_leases && !on.fault.is_off());
+        let text = toml::to_string(&on).unwrap();
+        assert_eq!(toml::from_str::<ProviderConfig>(&text).unwrap(), on);
+        assert!(toml::from_str::<ProviderConfig>("[fault]\nunknown = true\n").is_err());
     }
 }
