@@ -358,7 +358,7 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
     // AutoPay is on by default in leasewire; only its own scenario wants it, so the others
     // keep exactly the payments they make themselves.
     cfg.renter.autopay.enabled = false;
-    input.scenario.tune(&mut cfg, input.kind);
+    input.scenario.tune(&mut cfg, input.kind, input.index);
     cfg.validate()
         .with_context(|| format!("config for {}", input.kind.name(input.index)))?;
     Ok(cfg)
