@@ -38,7 +38,7 @@ impl Provider {
         if i.cfg.fault.withhold_leases {
             // Fault injection (simnet): the invoice may be settled, but the renter is told to
             // ask again, forever.
-            tracing::error!(request_id = %r.request_id, "FAULT INJECTION: withholding the lease");
+            tracing::warn!(request_id = %r.request_id, "FAULT INJECTION: withholding the lease");
             return err(
                 ErrorCode::NotSettled,
                 format!(
