@@ -94,6 +94,9 @@ const OFFERS_TIMEOUT: Duration = Duration::from_secs(60);
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long each traffic check may retry (first handshakes, a re-pointed tunnel).
 const TRAFFIC_WINDOW: Duration = Duration::from_secs(30);
+/// Longest wait for AutoPay's first top-up of a lease (`--netns`): the lease falls below
+/// the 60 s low watermark 10 s after it is bought, then AutoPay's next 2 s pass pays.
+const AUTOPAY_TIMEOUT: Duration = Duration::from_secs(40);
 /// Pause between polls of the provider's `leases` while timing a release.
 const RELEASE_POLL: Duration = Duration::from_millis(20);
 /// Longest wait for a release to show on the provider's side.
@@ -344,7 +347,7 @@ pub async fn run(
     // 5. Death of provider-3 and the moves of provider-1, at once.
     let doom = async {
         let mut n = Notes::default();
-        let death_ns = doom(cluster, &cast, orphan.as_ref(), &mut n).await;
+        let death_ns = doom(cluster, &cast, prober.as_ref(), orphan.as_ref(), &mut n).await;
         (n, death_ns)
     };
     let mover = async {
@@ -361,7 +364,15 @@ pub async fn run(
             &mut n,
         )
         .await;
-        terminate(cluster, &cast, ledger, noticed.as_ref(), &mut n).await;
+        terminate(
+            cluster,
+            &cast,
+            prober.as_ref(),
+            ledger,
+            noticed.as_ref(),
+            &mut n,
+        )
+        .await;
         n
     };
     let ((dn, death_ns), mn) = tokio::join!(doom, mover);
@@ -610,10 +621,14 @@ async fn time_release(cli: &Cli, renter: &Node, provider: &Node, lease: &RentOut
 async fn doom(
     cluster: &Cluster,
     cast: &Cast<'_>,
+    prober: Option<&Prober<'_>>,
     orphan: Option<&RentOut>,
     notes: &mut Notes,
 ) -> Option<u64> {
     let doomed = cast.providers[P_DOOMED];
+    if let (Some(_), Some(old)) = (prober, orphan) {
+        autopay_first(cluster, cast.renters[R_ORPHAN], &old.lease_id, notes).await;
+    }
     if let Err(e) = cluster.kill_daemon(doomed).await {
         notes.fail(format!("cannot kill provider-3: {e:#}"));
         return None;
@@ -637,6 +652,7 @@ async fn doom(
                 &new.lease_id,
                 format!("failover after {} s", died.elapsed().as_secs()),
             );
+            replacement_traffic(prober, renter, &new, notes).await;
         }
         Err(e) => notes.fail(format!(
             "renter-2 did not fail over within {FAILOVER_LIMIT:?} of provider-3's death: {e:#}"
@@ -743,6 +759,7 @@ async fn rewrite_port(node: &Node, placement: Placement<'_>) -> Result<String> {
 async fn terminate(
     cluster: &Cluster,
     cast: &Cast<'_>,
+    prober: Option<&Prober<'_>>,
     ledger: &Ledger,
     lease: Option<&RentOut>,
     notes: &mut Notes,
@@ -751,6 +768,9 @@ async fn terminate(
     notes.role(&lease.lease_id, "terminated with notice");
     let renter = cast.renters[R_NOTICED];
     let provider = cast.providers[P_MOVER];
+    if prober.is_some() {
+        autopay_first(cluster, renter, &lease.lease_id, notes).await;
+    }
     let at = now_ns();
     if let Err(e) = cluster
         .cli
@@ -773,7 +793,10 @@ async fn terminate(
     })
     .await
     {
-        Ok(new) => notes.role(&new.lease_id, "failover after a termination notice"),
+        Ok(new) => {
+            notes.role(&new.lease_id, "failover after a termination notice");
+            replacement_traffic(prober, renter, &new, notes).await;
+        }
         Err(e) => notes.fail(format!(
             "renter-3 did not fail over after the notice: {e:#}"
         )),
@@ -795,6 +818,45 @@ async fn terminate(
             }
         }
         Err(e) => notes.fail(format!("ledger: {e:#}")),
+    }
+}
+
+/// With `--netns`, where AutoPay can verify tunnels: waits for AutoPay's first top-up of
+/// `lease_id`, so that what follows (death, notice) stops a payer that was paying.
+async fn autopay_first(cluster: &Cluster, renter: &Node, lease_id: &str, notes: &mut Notes) {
+    match wait_lease(&cluster.cli, &renter.data_dir, AUTOPAY_TIMEOUT, |l| {
+        l.lease_id == lease_id && l.autopay_topups >= 1
+    })
+    .await
+    {
+        Ok(_) => notes.role(lease_id, "topped up by AutoPay"),
+        Err(e) => notes.fail(format!(
+            "{}: AutoPay never topped up lease {lease_id}: {e:#}",
+            renter.name
+        )),
+    }
+}
+
+/// With `--netns`: the replacement lease a failover bought carries traffic.
+async fn replacement_traffic(
+    prober: Option<&Prober<'_>>,
+    renter: &Node,
+    new: &LeaseOut,
+    notes: &mut Notes,
+) {
+    let Some(p) = prober else { return };
+    let (ok, why) = match addresses(Some(&new.ipv4), Some(&new.ipv6)) {
+        Ok(a) => dataplane::check_addresses(p, renter, &a, TRAFFIC_WINDOW).await,
+        Err(e) => (false, vec![format!("{e:#}")]),
+    };
+    notes.traffic.insert(new.lease_id.clone(), ok);
+    if !ok {
+        notes.fail(format!(
+            "{}: the replacement lease {} carries no traffic: {}",
+            renter.name,
+            new.lease_id,
+            why.join("; ")
+        ));
     }
 }
 
