@@ -306,11 +306,23 @@ impl Cli {
         credit_sat: u64,
         timeout_secs: u64,
     ) -> Result<RentOut> {
-        self.json(
-            offer_rent_args(dir, offer_id, credit_sat, timeout_secs),
-            timeout_secs + 30,
-        )
-        .await
+        self.rent_offer_sized(dir, offer_id, credit_sat, timeout_secs, Sizes::default())
+            .await
+    }
+
+    /// [`Cli::rent_offer`] asking for `sizes` (`--ipv4`, `--ipv6`) instead of the renter's
+    /// configured ones.
+    pub async fn rent_offer_sized(
+        &self,
+        dir: &Path,
+        offer_id: &str,
+        credit_sat: u64,
+        timeout_secs: u64,
+        sizes: Sizes,
+    ) -> Result<RentOut> {
+        let mut args = offer_rent_args(dir, offer_id, credit_sat, timeout_secs);
+        args.extend(sizes.args());
+        self.json(args, timeout_secs + 30).await
     }
 
     /// `leasewire release --data-dir D --lease ID --yes --json`: gives the lease up and tells
@@ -414,6 +426,27 @@ fn rent_args(dir: &Path, credit_sat: u64, timeout_secs: u64) -> Vec<std::ffi::Os
         args.push(a.into());
     }
     args
+}
+
+/// The prefix sizes a `rent` asks for: `None` keeps the renter's configured size of that
+/// family, `Some("none")` asks for none, `Some("30")` for a /30.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// `--ipv4`.
+    pub ipv4: Option<&'static str>,
+    /// `--ipv6`.
+    pub ipv6: Option<&'static str>,
+}
+
+impl Sizes {
+    /// The `rent` options that ask for these sizes.
+    fn args(self) -> Vec<std::ffi::OsString> {
+        [("--ipv4", self.ipv4), ("--ipv6", self.ipv6)]
+            .into_iter()
+            .filter_map(|(flag, v)| v.map(|v| [flag.into(), v.into()]))
+            .flatten()
+            .collect()
+    }
 }
 
 /// The arguments of `rent --offer ID` (without `--json`): as [`rent_args`], with the offer
@@ -590,6 +623,15 @@ mod tests {
     fn rent_offer_args_name_the_offer_instead_of_auto() {
         let a = offer_rent_args(Path::new("/d"), "o1", 150, 60);
         let a: Vec<&str> = a.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(
+            Sizes {
+                ipv4: Some("30"),
+                ipv6: Some("none")
+            }
+            .args(),
+            ["--ipv4", "30", "--ipv6", "none"]
+        );
+        assert!(Sizes::default().args().is_empty());
         assert_eq!(&a[3..5], ["--offer", "o1"]);
         assert!(a.contains(&"--yes") && !a.contains(&"--auto"));
         let l: LeaseOut = parse_json(

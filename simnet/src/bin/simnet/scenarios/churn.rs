@@ -46,7 +46,7 @@ use leasewire::config::Config;
 use serde::Deserialize;
 
 use super::wait_lease;
-use crate::cli::{Bins, Cli, LeaseOut, RentOut};
+use crate::cli::{Bins, Cli, LeaseOut, RentOut, Sizes};
 use crate::cluster::{Cluster, Kind, NETNS_WG_PORT, Node, Placement};
 use crate::dataplane::{self, Prober};
 use crate::ledger::{self, Ledger};
@@ -82,6 +82,19 @@ const R_ORPHAN: usize = 2;
 const R_NOTICED: usize = 3;
 /// Credit price of provider `i`, sat/day: 1, 2, 1.5 and 3 sat/s, so provider-0 ranks first.
 const RATES: [u64; 4] = [86_400, 172_800, 129_600, 259_200];
+/// A lease's family name and IPv4 and IPv6 prefix lengths, as [`ChurnLease::family_of`]
+/// gives them.
+type Family = (&'static str, Option<u8>, Option<u8>);
+/// The IPv4-only provider (/32 and /30), with [`SIZED_PROVIDERS`] providers.
+const P_V4ONLY: usize = 4;
+/// The IPv6-only provider.
+const P_V6ONLY: usize = 5;
+/// The renter renting IPv4 only, a /32 and a /30.
+const R_V4: usize = 4;
+/// The renter renting IPv6 only.
+const R_V6: usize = 5;
+/// Providers (and renters) from which on the families-and-sizes part runs.
+const SIZED_PROVIDERS: usize = 6;
 /// Renters' failover grace period.
 const FAILOVER_GRACE: Duration = Duration::from_secs(15);
 /// Longest a failover may take after the provider's death: the grace period plus a minute.
@@ -169,6 +182,19 @@ impl Notes {
             .entry(lease_id.to_owned())
             .or_default()
             .push(role.into());
+    }
+
+    /// Takes in what a step run alongside others noted.
+    fn merge(&mut self, other: Notes) {
+        self.failed.extend(other.failed);
+        for (id, roles) in other.roles {
+            self.roles.entry(id).or_default().extend(roles);
+        }
+        self.lease_ms.extend(other.lease_ms);
+        self.traffic.extend(other.traffic);
+        self.leases_max = self.leases_max.max(other.leases_max);
+        self.release_ms = self.release_ms.or(other.release_ms);
+        self.endpoint_followed |= other.endpoint_followed;
     }
 
     fn fail(&mut self, what: impl Into<String>) {
@@ -284,8 +310,10 @@ pub async fn run(
         &mover_offer,
         short_credit(P_MOVER),
     );
-    let (multi, (cheat_first, cheat_second), orphan, noticed) =
-        tokio::join!(multi, cheated, orphan, noticed);
+    let families = families(cli, &cast, &offer, prober.as_ref());
+    let (multi, (cheat_first, cheat_second), orphan, noticed, fam) =
+        tokio::join!(multi, cheated, orphan, noticed, families);
+    notes.merge(fam);
 
     let held = |notes: &mut Notes, who: &str, r: Result<(RentOut, u64)>| -> Option<RentOut> {
         match r {
@@ -376,18 +404,92 @@ pub async fn run(
         n
     };
     let ((dn, death_ns), mn) = tokio::join!(doom, mover);
-    for n in [dn, mn] {
-        notes.failed.extend(n.failed);
-        for (id, roles) in n.roles {
-            notes.roles.entry(id).or_default().extend(roles);
-        }
-        notes.traffic.extend(n.traffic);
-        notes.endpoint_followed |= n.endpoint_followed;
-    }
+    notes.merge(dn);
+    notes.merge(mn);
     if let Some(p) = &prober {
         dataplane::stop_listeners(&p.procs).await;
     }
     Ok(finish(cluster, ledger, &cast, notes, start_ns, death_ns).await)
+}
+
+/// Families and sizes, with a cluster of at least [`SIZED_PROVIDERS`] providers and as many
+/// renters: renter-4 rents IPv4 only from the IPv4-only provider-4, a /32 and then a /30
+/// (`--ipv4 32|30 --ipv6 none`); renter-5 rents IPv6 only from the IPv6-only provider-5
+/// (`--ipv4 none --ipv6 64`). Each lease must have exactly the family and size asked for;
+/// with `--netns` every address of each (all four of the /30) carries traffic both ways.
+async fn families(
+    cli: &Cli,
+    cast: &Cast<'_>,
+    offer: &impl Fn(usize, usize) -> String,
+    prober: Option<&Prober<'_>>,
+) -> Notes {
+    let mut notes = Notes::default();
+    if cast.providers.len() < SIZED_PROVIDERS || cast.renters.len() < SIZED_PROVIDERS {
+        return notes;
+    }
+    let v4 = |len: &'static str| Sizes {
+        ipv4: Some(len),
+        ipv6: Some("none"),
+    };
+    let v6 = Sizes {
+        ipv4: Some("none"),
+        ipv6: Some("64"),
+    };
+    // (renter, provider, what to ask for, the family and lengths that must come back)
+    let plan: [(usize, usize, Sizes, Family); 3] = [
+        (R_V4, P_V4ONLY, v4("32"), ("ipv4", Some(32), None)),
+        (R_V4, P_V4ONLY, v4("30"), ("ipv4", Some(30), None)),
+        (R_V6, P_V6ONLY, v6, ("ipv6", None, Some(64))),
+    ];
+    for (r, p, sizes, want) in plan {
+        let renter = cast.renters[r];
+        let started = Instant::now();
+        let out = match cli
+            .rent_offer_sized(
+                &renter.data_dir,
+                &offer(r, p),
+                LONG_CREDIT_SAT,
+                RENT_TIMEOUT_SECS,
+                sizes,
+            )
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                notes.fail(format!("{} rent {sizes:?}: {e:#}", renter.name));
+                continue;
+            }
+        };
+        notes
+            .lease_ms
+            .insert(out.lease_id.clone(), millis(started.elapsed()));
+        let got = ChurnLease::family_of(out.ipv4.as_deref(), out.ipv6.as_deref());
+        if got != want {
+            notes.fail(format!(
+                "{} asked for {sizes:?} and got {:?} / {:?}",
+                renter.name, out.ipv4, out.ipv6
+            ));
+            continue;
+        }
+        notes.role(&out.lease_id, format!("{} only, asked for", want.0));
+        if let Some(p) = prober {
+            let (ok, why) = match addresses(out.ipv4.as_deref(), out.ipv6.as_deref()) {
+                Ok(a) => dataplane::check_addresses(p, renter, &a, TRAFFIC_WINDOW).await,
+                Err(e) => (false, vec![format!("{e:#}")]),
+            };
+            notes.traffic.insert(out.lease_id.clone(), ok);
+            if !ok {
+                notes.fail(format!(
+                    "{} lease {} ({:?}) carries no traffic on every address: {}",
+                    renter.name,
+                    out.lease_id,
+                    out.ipv4.as_deref().or(out.ipv6.as_deref()),
+                    why.join("; ")
+                ));
+            }
+        }
+    }
+    notes
 }
 
 /// Polls the renter's `offers` until every provider of `want` is listed; returns provider peer
