@@ -295,24 +295,12 @@ impl Cli {
             .await
     }
 
-    /// `leasewire rent --data-dir D --offer ID --credit SAT --timeout-secs N --yes --json`:
-    /// rents under one offer (a further lease from a provider already leasing to us too).
+    /// `leasewire rent --data-dir D --offer ID --credit SAT --timeout-secs N --yes [--ipv4 L]
+    /// [--ipv6 L] --json`: rents under one offer (a further lease from a provider already
+    /// leasing to us too), asking for `sizes` where given, else the renter's configured ones.
     ///
     /// The process gets 30 s beyond `timeout_secs` to report before it is killed.
     pub async fn rent_offer(
-        &self,
-        dir: &Path,
-        offer_id: &str,
-        credit_sat: u64,
-        timeout_secs: u64,
-    ) -> Result<RentOut> {
-        self.rent_offer_sized(dir, offer_id, credit_sat, timeout_secs, Sizes::default())
-            .await
-    }
-
-    /// [`Cli::rent_offer`] asking for `sizes` (`--ipv4`, `--ipv6`) instead of the renter's
-    /// configured ones.
-    pub async fn rent_offer_sized(
         &self,
         dir: &Path,
         offer_id: &str,

@@ -33,7 +33,14 @@
 //! 6. every renter's `status` gives one rental per lease; the ledger gives the figures of
 //!    [`ChurnSummary`] (see figures.rs for the criteria on them).
 
+mod faults;
 mod figures;
+mod finish;
+mod rent;
+
+use faults::{doom, move_endpoint, terminate};
+use finish::finish;
+use rent::{check_multi, families, offer_ids, time_release, timed_rent};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -101,6 +108,13 @@ const FAILOVER_GRACE: Duration = Duration::from_secs(15);
 const FAILOVER_LIMIT: Duration = Duration::from_secs(15 + 60);
 /// Notice given with the termination.
 const NOTICE_SECS: u64 = 20;
+/// `rent --offer`'s wait for the offer: the id was just read from the renter's own `offers`,
+/// so it is known at once unless superseded meanwhile.
+const OFFER_RENT_TIMEOUT_SECS: u64 = 10;
+/// Attempts of a `rent --offer` whose offer id keeps being superseded.
+const RENT_ATTEMPTS: u32 = 4;
+/// What `rent --offer` says of an offer id the renter no longer knows.
+const SUPERSEDED: &str = "not found or not usable";
 /// Longest wait for offers of every provider.
 const OFFERS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for the renter to follow a moved endpoint or to show a notice.
@@ -157,6 +171,33 @@ fn now_ns() -> u64 {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The leased addresses a traffic check uses: every address of the IPv4 prefix and the
+/// renter's address in the IPv6 prefix.
+fn addresses(ipv4: Option<&str>, ipv6: Option<&str>) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    if let Some(v4) = ipv4.filter(|p| !p.is_empty()) {
+        out.extend(dataplane::leased_v4_all(v4)?.into_iter().map(IpAddr::V4));
+    }
+    if let Some(v6) = ipv6.filter(|p| !p.is_empty()) {
+        out.push(IpAddr::V6(dataplane::leased_v6(v6)?));
+    }
+    Ok(out)
+}
+
+/// With `--netns`: real traffic both ways on every address of the lease
+/// ([`dataplane::check_addresses`]).
+async fn traffic(
+    p: &Prober<'_>,
+    renter: &Node,
+    ipv4: Option<&str>,
+    ipv6: Option<&str>,
+) -> (bool, Vec<String>) {
+    match addresses(ipv4, ipv6) {
+        Ok(a) => dataplane::check_addresses(p, renter, &a, TRAFFIC_WINDOW).await,
+        Err(e) => (false, vec![format!("{e:#}")]),
+    }
 }
 
 /// What the run learned along the way, for the report.
@@ -259,37 +300,26 @@ pub async fn run(
             .map(|r| offer_ids(&cluster.cli, r, &want)),
     )
     .await;
-    let offers = match offers.into_iter().collect::<Result<Vec<_>>>() {
-        Ok(o) => o,
-        Err(e) => {
-            notes.fail(format!("offers: {e:#}"));
-            return Ok(finish(cluster, ledger, &cast, notes, start_ns, None).await);
-        }
-    };
-    let offer = |renter: usize, provider: usize| -> String {
-        offers[renter]
-            .get(&cast.providers[provider].peer_id)
-            .cloned()
-            .unwrap_or_default()
-    };
+    if let Err(e) = offers.into_iter().collect::<Result<Vec<_>>>() {
+        notes.fail(format!("offers: {e:#}"));
+        return Ok(finish(cluster, ledger, &cast, notes, start_ns, None).await);
+    }
+    let prov = |i: usize| cast.providers[i];
 
     // 2. Every renter's rents, at once.
     tracing::info!("renting");
     let cli = &cluster.cli;
     let multi = async {
         let mut got = Vec::new();
-        for (p, credit) in [
-            (P_CHEAP, LONG_CREDIT_SAT),
-            (P_CHEAP, LONG_CREDIT_SAT),
-            (P_MOVER, LONG_CREDIT_SAT),
-        ] {
-            got.push(timed_rent(cli, cast.renters[R_MULTI], &offer(R_MULTI, p), credit).await);
+        for i in [P_CHEAP, P_CHEAP, P_MOVER] {
+            let renter = cast.renters[R_MULTI];
+            got.push(timed_rent(cli, renter, prov(i), LONG_CREDIT_SAT, Sizes::default()).await);
         }
         got
     };
     let cheated = async {
         let r = cast.renters[R_CHEATED];
-        let first = timed_rent(cli, r, &offer(R_CHEATED, P_FAULTY), LONG_CREDIT_SAT).await;
+        let first = timed_rent(cli, r, prov(P_FAULTY), LONG_CREDIT_SAT, Sizes::default()).await;
         let started = Instant::now();
         let second = cli
             .rent(&r.data_dir, LONG_CREDIT_SAT, RENT_TIMEOUT_SECS)
@@ -297,20 +327,21 @@ pub async fn run(
             .map(|out| (out, millis(started.elapsed())));
         (first, second)
     };
-    let (doomed_offer, mover_offer) = (offer(R_ORPHAN, P_DOOMED), offer(R_NOTICED, P_MOVER));
     let orphan = timed_rent(
         cli,
         cast.renters[R_ORPHAN],
-        &doomed_offer,
+        prov(P_DOOMED),
         short_credit(P_DOOMED),
+        Sizes::default(),
     );
     let noticed = timed_rent(
         cli,
         cast.renters[R_NOTICED],
-        &mover_offer,
+        prov(P_MOVER),
         short_credit(P_MOVER),
+        Sizes::default(),
     );
-    let families = families(cli, &cast, &offer, prober.as_ref());
+    let families = families(cli, &cast, prober.as_ref());
     let (multi, (cheat_first, cheat_second), orphan, noticed, fam) =
         tokio::join!(multi, cheated, orphan, noticed, families);
     notes.merge(fam);
@@ -412,759 +443,9 @@ pub async fn run(
     Ok(finish(cluster, ledger, &cast, notes, start_ns, death_ns).await)
 }
 
-/// Families and sizes, with a cluster of at least [`SIZED_PROVIDERS`] providers and as many
-/// renters: renter-4 rents IPv4 only from the IPv4-only provider-4, a /32 and then a /30
-/// (`--ipv4 32|30 --ipv6 none`); renter-5 rents IPv6 only from the IPv6-only provider-5
-/// (`--ipv4 none --ipv6 64`). Each lease must have exactly the family and size asked for;
-/// with `--netns` every address of each (all four of the /30) carries traffic both ways.
-async fn families(
-    cli: &Cli,
-    cast: &Cast<'_>,
-    offer: &impl Fn(usize, usize) -> String,
-    prober: Option<&Prober<'_>>,
-) -> Notes {
-    let mut notes = Notes::default();
-    if cast.providers.len() < SIZED_PROVIDERS || cast.renters.len() < SIZED_PROVIDERS {
-        return notes;
-    }
-    let v4 = |len: &'static str| Sizes {
-        ipv4: Some(len),
-        ipv6: Some("none"),
-    };
-    let v6 = Sizes {
-        ipv4: Some("none"),
-        ipv6: Some("64"),
-    };
-    // (renter, provider, what to ask for, the family and lengths that must come back)
-    let plan: [(usize, usize, Sizes, Family); 3] = [
-        (R_V4, P_V4ONLY, v4("32"), ("ipv4", Some(32), None)),
-        (R_V4, P_V4ONLY, v4("30"), ("ipv4", Some(30), None)),
-        (R_V6, P_V6ONLY, v6, ("ipv6", None, Some(64))),
-    ];
-    for (r, p, sizes, want) in plan {
-        let renter = cast.renters[r];
-        let started = Instant::now();
-        let out = match cli
-            .rent_offer_sized(
-                &renter.data_dir,
-                &offer(r, p),
-                LONG_CREDIT_SAT,
-                RENT_TIMEOUT_SECS,
-                sizes,
-            )
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                notes.fail(format!("{} rent {sizes:?}: {e:#}", renter.name));
-                continue;
-            }
-        };
-        notes
-            .lease_ms
-            .insert(out.lease_id.clone(), millis(started.elapsed()));
-        let got = ChurnLease::family_of(out.ipv4.as_deref(), out.ipv6.as_deref());
-        if got != want {
-            notes.fail(format!(
-                "{} asked for {sizes:?} and got {:?} / {:?}",
-                renter.name, out.ipv4, out.ipv6
-            ));
-            continue;
-        }
-        notes.role(&out.lease_id, format!("{} only, asked for", want.0));
-        if let Some(p) = prober {
-            let (ok, why) = match addresses(out.ipv4.as_deref(), out.ipv6.as_deref()) {
-                Ok(a) => dataplane::check_addresses(p, renter, &a, TRAFFIC_WINDOW).await,
-                Err(e) => (false, vec![format!("{e:#}")]),
-            };
-            notes.traffic.insert(out.lease_id.clone(), ok);
-            if !ok {
-                notes.fail(format!(
-                    "{} lease {} ({:?}) carries no traffic on every address: {}",
-                    renter.name,
-                    out.lease_id,
-                    out.ipv4.as_deref().or(out.ipv6.as_deref()),
-                    why.join("; ")
-                ));
-            }
-        }
-    }
-    notes
-}
-
-/// Polls the renter's `offers` until every provider of `want` is listed; returns provider peer
-/// id → offer id.
-///
-/// Errors: not within [`OFFERS_TIMEOUT`].
-async fn offer_ids(
-    cli: &Cli,
-    renter: &Node,
-    want: &HashSet<String>,
-) -> Result<HashMap<String, String>> {
-    let deadline = Instant::now() + OFFERS_TIMEOUT;
-    loop {
-        let seen: HashMap<String, String> = match cli.offers(&renter.data_dir).await {
-            Ok(o) => o
-                .offers
-                .into_iter()
-                .map(|o| (o.provider, o.offer_id))
-                .collect(),
-            Err(e) => {
-                tracing::debug!(renter = %renter.name, "offers: {e:#}");
-                HashMap::new()
-            }
-        };
-        if want.iter().all(|p| seen.contains_key(p)) {
-            return Ok(seen);
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "{} listed {} of {} providers within {OFFERS_TIMEOUT:?}",
-                renter.name,
-                want.iter().filter(|p| seen.contains_key(*p)).count(),
-                want.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// `rent --offer ID`, timed.
-async fn timed_rent(
-    cli: &Cli,
-    renter: &Node,
-    offer_id: &str,
-    credit: u64,
-) -> Result<(RentOut, u64)> {
-    if offer_id.is_empty() {
-        bail!("{} knows no offer of that provider", renter.name);
-    }
-    let started = Instant::now();
-    let out = cli
-        .rent_offer(&renter.data_dir, offer_id, credit, RENT_TIMEOUT_SECS)
-        .await?;
-    tracing::info!(renter = %renter.name, lease_id = %out.lease_id, ipv4 = ?out.ipv4, "leased");
-    Ok((out, millis(started.elapsed())))
-}
-
-/// The leased addresses a traffic check uses: every address of the IPv4 prefix and the
-/// renter's address in the IPv6 prefix.
-fn addresses(ipv4: Option<&str>, ipv6: Option<&str>) -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    if let Some(v4) = ipv4.filter(|p| !p.is_empty()) {
-        out.extend(dataplane::leased_v4_all(v4)?.into_iter().map(IpAddr::V4));
-    }
-    if let Some(v6) = ipv6.filter(|p| !p.is_empty()) {
-        out.push(IpAddr::V6(dataplane::leased_v6(v6)?));
-    }
-    Ok(out)
-}
-
-/// Step 3: renter-0's leases are all active at once; provider-0 holds its two as two peers;
-/// with `--netns` each carries traffic.
-async fn check_multi(
-    cluster: &Cluster,
-    cast: &Cast<'_>,
-    prober: Option<&Prober<'_>>,
-    placement: Placement<'_>,
-    multi: &[Option<RentOut>],
-    notes: &mut Notes,
-) {
-    let renter = cast.renters[R_MULTI];
-    let leases: Vec<&RentOut> = multi.iter().flatten().collect();
-    match cluster.cli.status(&renter.data_dir).await {
-        Ok(s) => {
-            let active = leases
-                .iter()
-                .filter(|l| {
-                    s.leases
-                        .iter()
-                        .any(|x| x.lease_id == l.lease_id && x.is_active())
-                })
-                .count();
-            notes.leases_max = notes.leases_max.max(u32::try_from(active).unwrap_or(0));
-            if active < 3 {
-                notes.fail(format!("renter-0 holds {active} active leases, not 3"));
-            }
-        }
-        Err(e) => notes.fail(format!("renter-0 status: {e:#}")),
-    }
-    let from_cheap: Vec<&RentOut> = multi.iter().take(2).flatten().collect();
-    if from_cheap.len() == 2 {
-        let p0 = cast.providers[P_CHEAP];
-        let peers = match placement {
-            Placement::Host => file_peers(&p0.data_dir, &Kind::Provider.interface("", p0.index)),
-            Placement::Netns { topo, tag } => {
-                let iface = Kind::Provider.interface(tag, p0.index);
-                crate::scenarios::autopay::wg(
-                    topo,
-                    topo.provider_ns(p0.index),
-                    &["show", &iface, "allowed-ips"],
-                )
-                .await
-                .map(|shown| {
-                    shown
-                        .lines()
-                        .map(|l| l.split_whitespace().skip(1).map(str::to_owned).collect())
-                        .collect()
-                })
-            }
-        };
-        match peers {
-            Ok(peers) => {
-                if let Err(e) = two_peers(&peers, from_cheap[0], from_cheap[1]) {
-                    notes.fail(format!("provider-0's peer state: {e}"));
-                }
-            }
-            Err(e) => notes.fail(format!("provider-0's peer state: {e:#}")),
-        }
-    }
-    if let Some(p) = prober {
-        let checks = leases.iter().map(|l| async move {
-            let (ok, why) = match addresses(l.ipv4.as_deref(), l.ipv6.as_deref()) {
-                Ok(a) => dataplane::check_addresses(p, renter, &a, TRAFFIC_WINDOW).await,
-                Err(e) => (false, vec![format!("{e:#}")]),
-            };
-            (l.lease_id.clone(), ok, why)
-        });
-        for (id, ok, why) in futures::future::join_all(checks).await {
-            notes.traffic.insert(id.clone(), ok);
-            if !ok {
-                notes.fail(format!(
-                    "renter-0 lease {id} carries no traffic: {}",
-                    why.join("; ")
-                ));
-            }
-        }
-    }
-}
-
-/// The allowed IPs of every peer in the file backend's state of interface `iface`
-/// (`DATA/tunnel/IFACE.state.json`).
-///
-/// Errors: the file cannot be read or parsed.
-fn file_peers(data_dir: &Path, iface: &str) -> Result<Vec<Vec<String>>> {
-    #[derive(Deserialize)]
-    struct State {
-        peers: Vec<Peer>,
-    }
-    #[derive(Deserialize)]
-    struct Peer {
-        allowed_ips: Vec<String>,
-    }
-    let path = data_dir.join("tunnel").join(format!("{iface}.state.json"));
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let state: State =
-        serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
-    Ok(state.peers.into_iter().map(|p| p.allowed_ips).collect())
-}
-
-/// Whether `peers` (each peer's allowed IPs) route each lease's prefixes to a peer of its own.
-fn two_peers(peers: &[Vec<String>], a: &RentOut, b: &RentOut) -> Result<(), String> {
-    let peer_of = |l: &RentOut| -> Result<usize, String> {
-        let prefixes: Vec<&str> = [l.ipv4.as_deref(), l.ipv6.as_deref()]
-            .into_iter()
-            .flatten()
-            .filter(|p| !p.is_empty())
-            .collect();
-        let i = peers
-            .iter()
-            .position(|ips| prefixes.iter().all(|p| ips.iter().any(|x| x == p)))
-            .ok_or_else(|| format!("no peer routes {prefixes:?} (peers: {peers:?})"))?;
-        Ok(i)
-    };
-    let (pa, pb) = (peer_of(a)?, peer_of(b)?);
-    if pa == pb {
-        return Err(format!(
-            "leases {} and {} share one peer",
-            a.lease_id, b.lease_id
-        ));
-    }
-    Ok(())
-}
-
-/// Step 4: releases `lease` while polling the provider's `leases`; returns the ms from the
-/// release command's start to the provider showing the lease released.
-///
-/// Errors: the release fails or the provider does not show it within [`RELEASE_TIMEOUT`].
-async fn time_release(cli: &Cli, renter: &Node, provider: &Node, lease: &RentOut) -> Result<u64> {
-    let started = Instant::now();
-    let release = cli.release(&renter.data_dir, &lease.lease_id);
-    let seen = async {
-        loop {
-            if let Ok(l) = cli.leases(&provider.data_dir).await
-                && l.leases
-                    .iter()
-                    .any(|x| x.lease_id == lease.lease_id && x.state == "released")
-            {
-                return millis(started.elapsed());
-            }
-            if started.elapsed() > RELEASE_TIMEOUT {
-                return u64::MAX;
-            }
-            tokio::time::sleep(RELEASE_POLL).await;
-        }
-    };
-    let (released, ms) = tokio::join!(release, seen);
-    let out = released.context("release")?;
-    tracing::info!(lease_id = %lease.lease_id, forfeit_sat = out.paid_sat, ms, "released");
-    if ms == u64::MAX {
-        bail!(
-            "provider-0 did not show lease {} released within {RELEASE_TIMEOUT:?}",
-            lease.lease_id
-        );
-    }
-    Ok(ms)
-}
-
-/// Step 5, death: SIGKILLs provider-3 and waits for renter-2's failover. Returns the time of
-/// death (Unix ns) once the process is gone.
-async fn doom(
-    cluster: &Cluster,
-    cast: &Cast<'_>,
-    prober: Option<&Prober<'_>>,
-    orphan: Option<&RentOut>,
-    notes: &mut Notes,
-) -> Option<u64> {
-    let doomed = cast.providers[P_DOOMED];
-    if let (Some(_), Some(old)) = (prober, orphan) {
-        autopay_first(cluster, cast.renters[R_ORPHAN], &old.lease_id, notes).await;
-    }
-    if let Err(e) = cluster.kill_daemon(doomed).await {
-        notes.fail(format!("cannot kill provider-3: {e:#}"));
-        return None;
-    }
-    let death = now_ns();
-    let died = Instant::now();
-    tracing::warn!("provider-3 killed for good");
-    let Some(old) = orphan else {
-        return Some(death);
-    };
-    notes.role(&old.lease_id, "provider killed");
-    let renter = cast.renters[R_ORPHAN];
-    match wait_lease(&cluster.cli, &renter.data_dir, FAILOVER_LIMIT, |l| {
-        l.failed_over_from == old.lease_id && l.is_active()
-    })
-    .await
-    {
-        Ok(new) => {
-            tracing::info!(secs = died.elapsed().as_secs(), new = %new.lease_id, "renter-2 failed over");
-            notes.role(
-                &new.lease_id,
-                format!("failover after {} s", died.elapsed().as_secs()),
-            );
-            replacement_traffic(prober, renter, &new, notes).await;
-        }
-        Err(e) => notes.fail(format!(
-            "renter-2 did not fail over within {FAILOVER_LIMIT:?} of provider-3's death: {e:#}"
-        )),
-    }
-    Some(death)
-}
-
-/// Step 5, endpoint: provider-1 moves to a new WireGuard port; renter-0's lease `lease` from
-/// it must follow with no payment by renter-0 meanwhile.
-#[allow(clippy::too_many_arguments)]
-async fn move_endpoint(
-    cluster: &Cluster,
-    bins: &Bins,
-    placement: Placement<'_>,
-    prober: Option<&Prober<'_>>,
-    cast: &Cast<'_>,
-    ledger: &Ledger,
-    lease: Option<&RentOut>,
-    notes: &mut Notes,
-) {
-    let Some(lease) = lease else { return };
-    notes.role(&lease.lease_id, "endpoint moved");
-    let renter = cast.renters[R_MULTI];
-    let mover = cast.providers[P_MOVER];
-    let before = now_ns();
-    let endpoint = match rewrite_port(mover, placement).await {
-        Ok(e) => e,
-        Err(e) => return notes.fail(format!("cannot move provider-1: {e:#}")),
-    };
-    tracing::info!(%endpoint, "restarting provider-1 on a new WireGuard port");
-    if let Err(e) = cluster
-        .restart_daemon(bins, placement, mover, STOP_GRACE)
-        .await
-    {
-        return notes.fail(format!("cannot restart provider-1: {e:#}"));
-    }
-    let id = lease.lease_id.clone();
-    let followed = wait_lease(&cluster.cli, &renter.data_dir, FOLLOW_TIMEOUT, |l| {
-        l.lease_id == id && l.endpoint == endpoint
-    })
-    .await;
-    if let Err(e) = followed {
-        return notes.fail(format!(
-            "renter-0 did not follow provider-1 to {endpoint}: {e:#}"
-        ));
-    }
-    let paid = match ledger.audit().await {
-        Ok(a) => figures::succeeded_after(&a.payments, Some(&renter.name), None, before).count(),
-        Err(e) => return notes.fail(format!("ledger: {e:#}")),
-    };
-    if paid > 0 {
-        return notes.fail(format!(
-            "renter-0 made {paid} payments while following the move"
-        ));
-    }
-    notes.endpoint_followed = true;
-    if let Some(p) = prober {
-        let (ok, why) = match addresses(lease.ipv4.as_deref(), lease.ipv6.as_deref()) {
-            Ok(a) => dataplane::check_addresses(p, renter, &a, TRAFFIC_WINDOW).await,
-            Err(e) => (false, vec![format!("{e:#}")]),
-        };
-        notes.traffic.insert(lease.lease_id.clone(), ok);
-        if !ok {
-            notes.fail(format!(
-                "renter-0's lease from provider-1 carries no traffic after the move: {}",
-                why.join("; ")
-            ));
-        }
-    }
-}
-
-/// Rewrites `node`'s config with a new WireGuard listen port and the endpoint that goes with
-/// it; returns the new endpoint.
-///
-/// Errors: the config cannot be read, changed or written.
-async fn rewrite_port(node: &Node, placement: Placement<'_>) -> Result<String> {
-    let path = node.data_dir.join("config.toml");
-    let mut cfg = Config::load(&path)?;
-    let port = match placement {
-        // Its own namespace: any other port is free.
-        Placement::Netns { .. } => NETNS_WG_PORT + 1,
-        Placement::Host => std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .context("cannot find a free UDP port")?
-            .port(),
-    };
-    let host = cfg
-        .provider
-        .endpoint
-        .rsplit_once(':')
-        .map(|(h, _)| h.to_owned())
-        .ok_or_else(|| anyhow!("endpoint {:?} has no port", cfg.provider.endpoint))?;
-    cfg.provider.endpoint = format!("{host}:{port}");
-    cfg.tunnel.listen_port = port;
-    cfg.validate()?;
-    std::fs::write(&path, cfg.to_toml())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(cfg.provider.endpoint)
-}
-
-/// Step 5, notice: provider-1 terminates renter-3's lease with notice; the notice must show
-/// in renter-3's `status`, renter-3 must fail over and pay provider-1 nothing more.
-async fn terminate(
-    cluster: &Cluster,
-    cast: &Cast<'_>,
-    prober: Option<&Prober<'_>>,
-    ledger: &Ledger,
-    lease: Option<&RentOut>,
-    notes: &mut Notes,
-) {
-    let Some(lease) = lease else { return };
-    notes.role(&lease.lease_id, "terminated with notice");
-    let renter = cast.renters[R_NOTICED];
-    let provider = cast.providers[P_MOVER];
-    if prober.is_some() {
-        autopay_first(cluster, renter, &lease.lease_id, notes).await;
-    }
-    let at = now_ns();
-    if let Err(e) = cluster
-        .cli
-        .terminate(&provider.data_dir, &lease.lease_id, NOTICE_SECS)
-        .await
-    {
-        return notes.fail(format!("terminate: {e:#}"));
-    }
-    let id = lease.lease_id.clone();
-    let shown = wait_lease(&cluster.cli, &renter.data_dir, FOLLOW_TIMEOUT, |l| {
-        l.lease_id == id && l.terminates_at > 0
-    })
-    .await;
-    let ends_at = match shown {
-        Ok(l) => l.terminates_at,
-        Err(e) => return notes.fail(format!("renter-3's status never showed the notice: {e:#}")),
-    };
-    match wait_lease(&cluster.cli, &renter.data_dir, FOLLOW_TIMEOUT, |l| {
-        l.failed_over_from == id && l.is_active()
-    })
-    .await
-    {
-        Ok(new) => {
-            notes.role(&new.lease_id, "failover after a termination notice");
-            replacement_traffic(prober, renter, &new, notes).await;
-        }
-        Err(e) => notes.fail(format!(
-            "renter-3 did not fail over after the notice: {e:#}"
-        )),
-    }
-    // AutoPay gets its chance to (wrongly) pay until the notice is over.
-    let end = UNIX_EPOCH + Duration::from_secs(ends_at + 2);
-    if let Ok(wait) = end.duration_since(SystemTime::now()) {
-        tokio::time::sleep(wait).await;
-    }
-    match ledger.audit().await {
-        Ok(a) => {
-            let n =
-                figures::succeeded_after(&a.payments, Some(&renter.name), Some(&provider.name), at)
-                    .count();
-            if n > 0 {
-                notes.fail(format!(
-                    "renter-3 paid provider-1 {n} times after the notice"
-                ));
-            }
-        }
-        Err(e) => notes.fail(format!("ledger: {e:#}")),
-    }
-}
-
-/// With `--netns`, where AutoPay can verify tunnels: waits for AutoPay's first top-up of
-/// `lease_id`, so that what follows (death, notice) stops a payer that was paying.
-async fn autopay_first(cluster: &Cluster, renter: &Node, lease_id: &str, notes: &mut Notes) {
-    match wait_lease(&cluster.cli, &renter.data_dir, AUTOPAY_TIMEOUT, |l| {
-        l.lease_id == lease_id && l.autopay_topups >= 1
-    })
-    .await
-    {
-        Ok(_) => notes.role(lease_id, "topped up by AutoPay"),
-        Err(e) => notes.fail(format!(
-            "{}: AutoPay never topped up lease {lease_id}: {e:#}",
-            renter.name
-        )),
-    }
-}
-
-/// With `--netns`: the replacement lease a failover bought carries traffic.
-async fn replacement_traffic(
-    prober: Option<&Prober<'_>>,
-    renter: &Node,
-    new: &LeaseOut,
-    notes: &mut Notes,
-) {
-    let Some(p) = prober else { return };
-    let (ok, why) = match addresses(Some(&new.ipv4), Some(&new.ipv6)) {
-        Ok(a) => dataplane::check_addresses(p, renter, &a, TRAFFIC_WINDOW).await,
-        Err(e) => (false, vec![format!("{e:#}")]),
-    };
-    notes.traffic.insert(new.lease_id.clone(), ok);
-    if !ok {
-        notes.fail(format!(
-            "{}: the replacement lease {} carries no traffic: {}",
-            renter.name,
-            new.lease_id,
-            why.join("; ")
-        ));
-    }
-}
-
-/// Step 6: one rental per lease from every renter's `status`, the ledger's figures and the
-/// criteria on them.
-async fn finish(
-    cluster: &Cluster,
-    ledger: &Ledger,
-    cast: &Cast<'_>,
-    mut notes: Notes,
-    start_ns: u64,
-    death_ns: Option<u64>,
-) -> Outcome {
-    let names = cluster.provider_names();
-    let audit = match ledger.audit().await {
-        Ok(a) => Some(a),
-        Err(e) => {
-            notes.fail(format!("cannot read lnd-sim's ledger: {e:#}"));
-            None
-        }
-    };
-    let mut rentals = Vec::new();
-    let mut undelivered = BTreeMap::new();
-    let mut failovers = 0;
-    for renter in &cast.renters {
-        let leases = match cluster.cli.status(&renter.data_dir).await {
-            Ok(s) => s.leases,
-            Err(e) => {
-                notes.fail(format!("{} status: {e:#}", renter.name));
-                continue;
-            }
-        };
-        let active = leases.iter().filter(|l| l.is_active()).count();
-        notes.leases_max = notes.leases_max.max(u32::try_from(active).unwrap_or(0));
-        let provider_of = |l: &LeaseOut| {
-            names
-                .get(&l.provider)
-                .cloned()
-                .unwrap_or_else(|| l.provider.clone())
-        };
-        let by_id: HashMap<&str, &LeaseOut> =
-            leases.iter().map(|l| (l.lease_id.as_str(), l)).collect();
-        let counted: Vec<figures::Counted> = leases
-            .iter()
-            .map(|l| figures::Counted {
-                provider: provider_of(l),
-                payments: l.payments,
-                paid_sat: l.paid_sat,
-            })
-            .collect();
-        let mut missing = 0;
-        if let Some(a) = &audit {
-            for (provider, (no_lease, ledger_sat, status_sat)) in
-                figures::unaccounted(&a.payments, &renter.name, &counted)
-            {
-                missing += no_lease;
-                // A payment that bought nothing explains the difference; anything else is a
-                // disagreement between the renter and the ledger.
-                if no_lease == 0 || counted.iter().any(|c| c.provider == provider) {
-                    notes.fail(format!(
-                        "{} payments to {provider}: status says {status_sat} sat, lnd-sim's \
-                         ledger has {ledger_sat} sat",
-                        renter.name
-                    ));
-                }
-            }
-        }
-        undelivered.insert(renter.name.clone(), missing);
-        for l in &leases {
-            let from = (!l.failed_over_from.is_empty()).then(|| {
-                by_id
-                    .get(l.failed_over_from.as_str())
-                    .map_or_else(|| l.failed_over_from.clone(), |old| provider_of(old))
-            });
-            failovers += u32::from(from.is_some());
-            let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-            let (family, ipv4_len, ipv6_len) = ChurnLease::family_of(Some(&l.ipv4), Some(&l.ipv6));
-            rentals.push(Rental {
-                renter: renter.name.clone(),
-                provider: Some(provider_of(l)),
-                ipv4: opt(&l.ipv4),
-                ipv6: opt(&l.ipv6),
-                paid_sat: Some(l.paid_sat),
-                payments: Some(l.payments),
-                topups: Some(l.topups),
-                refused_unverified: Some(l.refused_unverified),
-                lease_ms: notes.lease_ms.get(&l.lease_id).copied(),
-                paid_until: Some(l.paid_until),
-                churn: Some(ChurnLease {
-                    lease_id: l.lease_id.clone(),
-                    state: l.state.clone(),
-                    family,
-                    ipv4_len,
-                    ipv6_len,
-                    failed_over_from: from,
-                    roles: notes.roles.get(&l.lease_id).cloned().unwrap_or_default(),
-                    traffic_ok: notes.traffic.get(&l.lease_id).copied(),
-                }),
-                ..Rental::default()
-            });
-        }
-    }
-    let node_names =
-        |k: Kind| -> Vec<String> { cluster.of_kind(k).map(|n| n.name.clone()).collect() };
-    let (paid_after_death_sat, refunds_sat, double_payments) = match &audit {
-        Some(a) => (
-            death_ns.map_or(0, |at| {
-                figures::sat_after(&a.payments, None, Some(&cast.providers[P_DOOMED].name), at)
-            }),
-            figures::refunds_sat(
-                &a.payments,
-                &node_names(Kind::Provider),
-                &node_names(Kind::Renter),
-            ),
-            Ok(ledger::double_payments(a)),
-        ),
-        None => (0, 0, Err("the ledger could not be read".to_owned())),
-    };
-    if let Some(a) = &audit {
-        let faulty = &cast.providers[P_FAULTY].name;
-        let paid = figures::succeeded_after(&a.payments, None, Some(faulty), start_ns).count();
-        if paid != 1 {
-            notes.fail(format!(
-                "provider-2 (never delivers) was paid {paid} times, not once"
-            ));
-        }
-    }
-    let summary = ChurnSummary {
-        leases_per_renter_max: notes.leases_max,
-        failovers,
-        paid_after_death_sat,
-        refunds_sat,
-        undelivered_paid: undelivered,
-        endpoint_followed: notes.endpoint_followed,
-        release_seen_by_provider_ms: notes.release_ms,
-    };
-    notes.failed.extend(figures::judge(&summary, false));
-    Outcome {
-        rentals,
-        criteria_failed: notes.failed,
-        double_payments: Some(double_payments),
-        churn: Some(summary),
-        ..Outcome::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rent(id: &str, v4: &str, v6: &str) -> RentOut {
-        RentOut {
-            lease_id: id.into(),
-            provider: "P".into(),
-            ipv4: Some(v4.into()),
-            ipv6: Some(v6.into()),
-            paid_sat: 1,
-            paid_until: None,
-        }
-    }
-
-    #[test]
-    fn two_leases_need_two_peers() {
-        let a = rent("a", "198.51.100.1/32", "2001:db8:100::/64");
-        let b = rent("b", "198.51.100.2/32", "2001:db8:100:1::/64");
-        let ips = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let two = [
-            ips(&["198.51.100.1/32", "2001:db8:100::/64"]),
-            ips(&["198.51.100.2/32", "2001:db8:100:1::/64"]),
-        ];
-        assert_eq!(two_peers(&two, &a, &b), Ok(()));
-        // The old bug: one peer whose allowed IPs were replaced by the newest lease.
-        let one = [ips(&["198.51.100.2/32", "2001:db8:100:1::/64"])];
-        assert!(
-            two_peers(&one, &a, &b)
-                .unwrap_err()
-                .contains("no peer routes")
-        );
-        let shared = [ips(&[
-            "198.51.100.1/32",
-            "2001:db8:100::/64",
-            "198.51.100.2/32",
-            "2001:db8:100:1::/64",
-        ])];
-        assert!(
-            two_peers(&shared, &a, &b)
-                .unwrap_err()
-                .contains("share one peer")
-        );
-    }
-
-    #[test]
-    fn file_backend_state_is_read() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("tunnel")).unwrap();
-        std::fs::write(
-            dir.path().join("tunnel/lwp0.state.json"),
-            r#"{"version":1,"spec":{},"peers":[{"public_key":"k","allowed_ips":["198.51.100.1/32"]}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            file_peers(dir.path(), "lwp0").unwrap(),
-            [vec!["198.51.100.1/32".to_owned()]]
-        );
-        assert!(file_peers(dir.path(), "lwp1").is_err());
-    }
 
     #[test]
     fn addresses_cover_the_subnet_and_the_v6_host() {
