@@ -12,10 +12,12 @@
 //! Steps of [`run`]:
 //!
 //! 1. every renter waits until its `offers` list every provider;
-//! 2. at once: renter-0 rents twice from provider-0 (`rent --offer ... --yes`) and once from
-//!    provider-1; renter-1 rents from provider-2 (pays, gets no lease), then `rent --auto`,
-//!    which must pick another provider; renter-2 rents from provider-3, renter-3 from
-//!    provider-1;
+//! 2. at once: renter-0 rents twice from provider-0 (`rent --offer ID --yes`, under the
+//!    provider's offer as the renter knows it then) and once from provider-1; renter-1 rents
+//!    from provider-2 (pays, gets no lease), then `rent --auto`, which must pick another
+//!    provider; renter-2 rents from provider-3, renter-3 from provider-1. With six providers
+//!    and six renters, also the families and sizes part (see [`families`]): IPv4-only and
+//!    IPv6-only rentals and a /30;
 //! 3. renter-0's three leases must all be active; with the file backend provider-0's peer
 //!    state (`tunnel/IFACE.state.json`) must hold both of its leases as two peers; with
 //!    `--netns` each lease carries traffic both ways (and `wg show` on provider-0 lists both
@@ -40,7 +42,7 @@ mod rent;
 
 use faults::{doom, move_endpoint, terminate};
 use finish::finish;
-use rent::{check_multi, families, offer_ids, time_release, timed_rent};
+use rent::{check_multi, families, time_release, timed_rent, wait_offers};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -297,7 +299,7 @@ pub async fn run(
     let offers = futures::future::join_all(
         cast.renters
             .iter()
-            .map(|r| offer_ids(&cluster.cli, r, &want)),
+            .map(|r| wait_offers(&cluster.cli, r, &want)),
     )
     .await;
     if let Err(e) = offers.into_iter().collect::<Result<Vec<_>>>() {

@@ -65,36 +65,27 @@ pub(super) async fn families(cli: &Cli, cast: &Cast<'_>, prober: Option<&Prober<
     notes
 }
 
-/// Polls the renter's `offers` until every provider of `want` is listed; returns provider peer
-/// id → offer id.
+/// Polls the renter's `offers` until every provider of `want` (peer ids) is listed.
 ///
 /// Errors: not within [`OFFERS_TIMEOUT`].
-pub(super) async fn offer_ids(
-    cli: &Cli,
-    renter: &Node,
-    want: &HashSet<String>,
-) -> Result<HashMap<String, String>> {
+pub(super) async fn wait_offers(cli: &Cli, renter: &Node, want: &HashSet<String>) -> Result<()> {
     let deadline = Instant::now() + OFFERS_TIMEOUT;
     loop {
-        let seen: HashMap<String, String> = match cli.offers(&renter.data_dir).await {
-            Ok(o) => o
-                .offers
-                .into_iter()
-                .map(|o| (o.provider, o.offer_id))
-                .collect(),
+        let seen: HashSet<String> = match cli.offers(&renter.data_dir).await {
+            Ok(o) => o.offers.into_iter().map(|o| o.provider).collect(),
             Err(e) => {
                 tracing::debug!(renter = %renter.name, "offers: {e:#}");
-                HashMap::new()
+                HashSet::new()
             }
         };
-        if want.iter().all(|p| seen.contains_key(p)) {
-            return Ok(seen);
+        if want.iter().all(|p| seen.contains(p)) {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             bail!(
                 "{} listed {} of {} providers within {OFFERS_TIMEOUT:?}",
                 renter.name,
-                want.iter().filter(|p| seen.contains_key(*p)).count(),
+                want.iter().filter(|p| seen.contains(*p)).count(),
                 want.len()
             );
         }
