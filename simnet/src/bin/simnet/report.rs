@@ -395,7 +395,18 @@ impl Report {
 
         let leased = self.rentals.iter().filter(|r| r.leased()).count();
         let _ = writeln!(out, "scenario:  {}", self.scenario);
-        let _ = writeln!(out, "leases:    {leased}/{} renters", self.rentals.len());
+        if self.churn.is_some() {
+            // One rental per lease there, not per renter.
+            let renters: std::collections::BTreeSet<&str> =
+                self.rentals.iter().map(|r| r.renter.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "leases:    {leased} held by {} renters (one row per lease)",
+                renters.len()
+            );
+        } else {
+            let _ = writeln!(out, "leases:    {leased}/{} renters", self.rentals.len());
+        }
         let sum =
             |f: fn(&Rental) -> Option<u32>| -> u32 { self.rentals.iter().filter_map(f).sum() };
         let _ = writeln!(
