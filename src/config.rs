@@ -77,9 +77,15 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: e.to_string(),
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let mut message = e.to_string();
+            if let Some(hint) = crate::market::provider::config::replaced_key_hint(&message) {
+                message = format!("{hint}\n{message}");
+            }
+            ConfigError::Parse {
+                path: PathBuf::new(),
+                message,
+            }
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -120,55 +126,9 @@ impl Config {
             return bad("tunnel.interface must be 1 to 15 bytes".into());
         }
         if self.has_role(Role::Provider) {
-            let p = &self.provider;
-            p.terms
-                .validate()
-                .map_err(|e| ConfigError::Invalid(format!("provider.terms: {e}")))?;
-            if !(28..=32).contains(&p.ipv4_prefix_len) {
-                return bad("provider.ipv4_prefix_len must be 28..=32".into());
-            }
-            if !(56..=64).contains(&p.ipv6_prefix_len) {
-                return bad("provider.ipv6_prefix_len must be 56..=64".into());
-            }
-            for pool in &p.ipv4_pools {
-                let net: ipnet::Ipv4Net = pool
-                    .parse()
-                    .map_err(|_| ConfigError::Invalid(format!("bad IPv4 pool {pool:?}")))?;
-                if net.prefix_len() > p.ipv4_prefix_len {
-                    return bad(format!(
-                        "IPv4 pool {pool} is smaller than a /{}",
-                        p.ipv4_prefix_len
-                    ));
-                }
-            }
-            for pool in &p.ipv6_pools {
-                let net: ipnet::Ipv6Net = pool
-                    .parse()
-                    .map_err(|_| ConfigError::Invalid(format!("bad IPv6 pool {pool:?}")))?;
-                if net.prefix_len() > p.ipv6_prefix_len {
-                    return bad(format!(
-                        "IPv6 pool {pool} is smaller than a /{}",
-                        p.ipv6_prefix_len
-                    ));
-                }
-            }
-            if p.ipv4_pools.is_empty() && p.ipv6_pools.is_empty() {
-                return bad("a provider needs provider.ipv4_pools or provider.ipv6_pools".into());
-            }
-            if !p.endpoint.contains(':') {
-                return bad("provider.endpoint must be host:port".into());
-            }
+            self.provider.validate().map_err(ConfigError::Invalid)?;
         }
-        if let Some(l) = self.renter.ipv4_prefix_len
-            && !(28..=32).contains(&l)
-        {
-            return bad("renter.ipv4_prefix_len must be 28..=32".into());
-        }
-        if let Some(l) = self.renter.ipv6_prefix_len
-            && !(56..=64).contains(&l)
-        {
-            return bad("renter.ipv6_prefix_len must be 56..=64".into());
-        }
+        self.renter.validate().map_err(ConfigError::Invalid)?;
         self.renter
             .limits
             .validate()
@@ -216,9 +176,19 @@ mod tests {
         let e = Config::from_toml("[nod]\n").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
         let e = Config::from_toml(
-            "[node]\nroles=[\"provider\"]\n[provider]\nipv4_pools=[\"198.51.100.0/30\"]\nipv4_prefix_len=28\n",
+            "[node]\nroles=[\"provider\"]\n[provider]\nipv4_pools=[\"198.51.100.0/30\"]\nipv4_sizes=[{prefix_len=28}]\n",
         )
         .unwrap_err();
         assert!(e.to_string().contains("smaller"), "{e}");
+        let e = Config::from_toml("[provider]\nipv4_prefix_len=30\n").unwrap_err();
+        assert!(e.to_string().contains("provider.ipv4_sizes"), "{e}");
+        let e = Config::from_toml(
+            "[node]\nroles=[\"provider\"]\n[provider]\nipv4_pools=[\"198.51.100.0/28\", \"198.51.100.0/29\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overlap"), "{e}");
+        let e = Config::from_toml("[renter]\nipv4_prefix_len=\"none\"\nipv6_prefix_len=\"none\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("renter.ipv4_prefix_len"), "{e}");
     }
 }

@@ -318,10 +318,13 @@ impl Node {
             .await?;
 
         let provider = if cfg.has_role(Role::Provider) {
+            let mut provider_cfg = cfg.provider.clone();
+            // Refunds are offered only when our macaroon can pay them.
+            crate::market::provider::refunds_payable(&mut provider_cfg, ln.as_ref()).await;
             let p = Provider::with_clock(
                 ProviderParams {
                     key: identity.signing_key.clone(),
-                    cfg: cfg.provider.clone(),
+                    cfg: provider_cfg,
                     network: cfg.lightning.network.clone(),
                     ln_pubkey: info.pubkey.clone(),
                     wg_private: wg.private,

@@ -105,6 +105,12 @@ pub struct Terms {
     pub max_credit_sat: Sats,
     /// Days a suspended lease keeps its addresses before they return to the pool.
     pub reserve_days: u32,
+    /// The provider refunds the credit left unused when a lease ends early (the renter's
+    /// `leaseEnd` or the provider's termination): the renter sends an invoice for exactly that
+    /// amount (`refundRequest`). Left out of the encoding when false, so terms without
+    /// refunds encode (and hash, and sign) exactly as before the field existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refund_unused: bool,
 }
 
 /// Errors from validating [`Terms`].
@@ -254,6 +260,7 @@ mod tests {
             min_topup_sat: 100,
             max_credit_sat: 10_000,
             reserve_days: 7,
+            refund_unused: false,
         }
     }
 

@@ -82,6 +82,7 @@ fn terms(rate: u64) -> Terms {
         min_topup_sat: 10,
         max_credit_sat: 100_000,
         reserve_days: 7,
+        refund_unused: false,
     }
 }
 
@@ -194,6 +195,7 @@ fn auto(credit: u64) -> RentArgs {
         offer_id: None,
         credit_sat: Some(credit),
         timeout: Duration::ZERO,
+        ..RentArgs::default()
     }
 }
 

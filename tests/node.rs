@@ -82,6 +82,7 @@ async fn provider_and_renter_rent_and_shut_down_in_process() {
             // How long rent may wait for discovery over loopback; it returns as soon as the
             // provider's offer is found.
             timeout: Duration::from_secs(60),
+            ..RentArgs::default()
         })
         .await
         .unwrap();

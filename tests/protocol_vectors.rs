@@ -13,8 +13,8 @@ use leasewire::net::topic::{self, DEFAULT_PUBLIC_SECRET};
 use leasewire::types::{Terms, WgKey};
 use leasewire::wire::envelope::{self, Envelope, ReplayGuard, TIME_WINDOW_SECS};
 use leasewire::wire::messages::{
-    Hello, InvoiceCommitment, LeaseEnd, Message, Offer, PURPOSE_ACTIVATION, PrefixAvailability,
-    TerminationNotice,
+    Hello, InvoiceCommitment, LeaseEnd, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
+    PrefixAvailability, RefundRequest, RefundState, Status, TerminationNotice,
 };
 use leasewire::wire::signed::{Signed, peer_id_of};
 use sha2::Sha256;
@@ -59,6 +59,7 @@ fn terms() -> Terms {
         min_topup_sat: 100,
         max_credit_sat: 100_000,
         reserve_days: 7,
+        refund_unused: false,
     }
 }
 
@@ -185,13 +186,22 @@ fn offer_vectors() {
         ln_pubkey: "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
         wg_pubkey: WgKey([8; 32]),
         endpoint: "203.0.113.7:51820".into(),
-        ipv4: vec![PrefixAvailability {
-            prefix_len: 32,
-            available: 3,
-        }],
+        ipv4: vec![
+            PrefixAvailability {
+                prefix_len: 32,
+                available: 3,
+                rate_sat_per_day: 0,
+            },
+            PrefixAvailability {
+                prefix_len: 30,
+                available: 1,
+                rate_sat_per_day: 40,
+            },
+        ],
         ipv6: vec![PrefixAvailability {
             prefix_len: 64,
             available: 10,
+            rate_sat_per_day: 5,
         }],
         terms: terms(),
     };
@@ -287,6 +297,94 @@ fn termination_vectors() {
 }
 
 #[test]
+fn refund_vectors() {
+    let v = vectors();
+    let renter = key(2);
+    let req = RefundRequest {
+        lease_id: "00112233445566778899aabbccddeeff".into(),
+        provider: peer_id_of(&key(1).verifying_key()).to_string(),
+        renter: peer_id_of(&renter.verifying_key()).to_string(),
+        // A placeholder: the encoding does not depend on the invoice being valid.
+        bolt11: "lnbcrt7u1example".into(),
+        requested_at: TS,
+    };
+    let signed = Signed::sign(&renter, &req).unwrap();
+    let msg = Message::RefundRequest(signed.clone());
+    let status = Message::Status(Status {
+        lease_id: "00112233445566778899aabbccddeeff".into(),
+        state: LeaseState::Released,
+        remaining_credit_sat: 0,
+        paid_until: TS,
+        now: TS,
+        lease: None,
+        termination: None,
+        refund_due_sat: 700,
+        refund: RefundState::Paid {
+            payment_hash: "11".repeat(32),
+        },
+    });
+    let refund_terms = Terms {
+        refund_unused: true,
+        ..terms()
+    };
+    if std::env::var_os("PRINT_VECTORS").is_some() {
+        println!("refund_request.body: {}", hex::encode(&signed.body));
+        println!("refund_request.sig: {}", hex::encode(&signed.sig));
+        println!("refund_request.message: {}", hex::encode(cbor(&msg)));
+        println!("status_refund.message: {}", hex::encode(cbor(&status)));
+        println!("terms_refund.cbor: {}", hex::encode(cbor(&refund_terms)));
+    }
+    assert_eq!(hex::encode(&signed.body), get(&v, "refund_request.body"));
+    assert_eq!(hex::encode(&signed.sig), get(&v, "refund_request.sig"));
+    assert_eq!(hex::encode(cbor(&msg)), get(&v, "refund_request.message"));
+    assert_eq!(hex::encode(cbor(&status)), get(&v, "status_refund.message"));
+    assert_eq!(
+        hex::encode(cbor(&refund_terms)),
+        get(&v, "terms_refund.cbor")
+    );
+    // The documented messages decode; the request verifies as the renter's only.
+    let doc = hex::decode(get(&v, "refund_request.message")).unwrap();
+    let Message::RefundRequest(decoded) =
+        ciborium::from_reader::<Message, _>(doc.as_slice()).unwrap()
+    else {
+        panic!("refund_request.message is not a refundRequest message");
+    };
+    assert_eq!(
+        decoded
+            .verify_from(&peer_id_of(&renter.verifying_key()))
+            .unwrap(),
+        req
+    );
+    assert!(
+        decoded
+            .verify_from(&peer_id_of(&key(1).verifying_key()))
+            .is_err()
+    );
+    let doc = hex::decode(get(&v, "status_refund.message")).unwrap();
+    assert_eq!(
+        ciborium::from_reader::<Message, _>(doc.as_slice()).unwrap(),
+        status
+    );
+    // Terms without refunds, and a status without one, encode exactly as before the fields
+    // existed (no key at all), so older nodes' signatures and hashes are unchanged.
+    assert!(!hex::encode(cbor(&terms())).contains(&hex::encode("refund_unused")));
+    let Message::Status(mut plain) = status else {
+        unreachable!()
+    };
+    plain.refund_due_sat = 0;
+    plain.refund = RefundState::None;
+    assert!(!hex::encode(cbor(&Message::Status(plain))).contains(&hex::encode("refund")));
+}
+
+/// The CBOR encoding of `v`.
+fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out)
+        .expect("CBOR encoding into a Vec not to fail for plain data");
+    out
+}
+
+#[test]
 fn membership_prologue_vector() {
     let v = vectors();
     let a = peer_id_of(&key(1).verifying_key());
@@ -328,6 +426,11 @@ fn every_documented_vector_is_checked() {
         "lease_end.message",
         "termination.body",
         "termination.sig",
+        "refund_request.body",
+        "refund_request.sig",
+        "refund_request.message",
+        "status_refund.message",
+        "terms_refund.cbor",
         "membership.initiator_peer_id_bytes",
         "membership.prologue",
     ];

@@ -955,3 +955,35 @@ async fn send_payment_sync_pays_and_reports_failures_in_the_response() {
     assert_eq!(sim.ledger().lock().expect("ledger").double_payments(), 0);
     sim.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn check_macaroon_permissions_knows_the_node_macaroons_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start(dir.path()).await;
+    let alice = client(&sim, "alice").await;
+    // lnd-sim does not scope macaroons: a node's macaroon may do everything, paying included.
+    assert!(alice.can_pay().await.expect("check answers"));
+    let ask = |macaroon: Vec<u8>| {
+        let mut raw = alice.lightning_client();
+        async move {
+            raw.check_macaroon_permissions(lnrpc::CheckMacPermRequest {
+                macaroon,
+                permissions: vec![lnrpc::MacaroonPermission {
+                    entity: "offchain".into(),
+                    action: "write".into(),
+                }],
+            })
+            .await
+            .expect("check answers")
+            .into_inner()
+            .valid
+        }
+    };
+    let bob_macaroon =
+        std::fs::read(sim.lnd_config("bob").expect("bob").macaroon_path).expect("bob's macaroon");
+    assert!(
+        ask(bob_macaroon).await,
+        "another node's macaroon is one of lnd-sim's"
+    );
+    assert!(!ask(b"not a macaroon".to_vec()).await);
+}

@@ -31,6 +31,7 @@ async fn renter_rents_pays_exactly_and_gets_a_verified_lease() {
             offer_id: None,
             credit_sat: Some(3000),
             timeout: Duration::from_secs(10),
+            ..RentArgs::default()
         })
         .await
         .unwrap();
@@ -165,6 +166,7 @@ async fn refused_before_paying(tamper: Tamper, expect_in_reason: &str) {
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_millis(100),
+            ..RentArgs::default()
         })
         .await
         .unwrap_err();
@@ -258,6 +260,7 @@ async fn credit_runs_out_the_tunnel_goes_off_and_back_rent_restores_it() {
         min_topup_sat: 1,
         max_credit_sat: 1_000,
         reserve_days: 1,
+        refund_unused: false,
     };
     let w = world_with(Tamper::None, terms).await;
     w.renter.discover().await.unwrap();
@@ -267,6 +270,7 @@ async fn credit_runs_out_the_tunnel_goes_off_and_back_rent_restores_it() {
             offer_id: None,
             credit_sat: Some(2),
             timeout: Duration::from_secs(10),
+            ..RentArgs::default()
         })
         .await
         .unwrap();
@@ -323,6 +327,7 @@ async fn a_second_lease_gets_its_own_interface_and_routing_table() {
         offer_id: None,
         credit_sat: Some(1000),
         timeout: Duration::from_secs(10),
+        ..RentArgs::default()
     };
     let first = w.renter.rent(args()).await.unwrap();
     // A second lease from the same provider is bought only once confirmed; asking pays nothing.
@@ -465,6 +470,7 @@ async fn release_removes_the_tunnel_the_conf_and_its_link() {
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_secs(10),
+            ..RentArgs::default()
         })
         .await
         .unwrap();
@@ -510,6 +516,7 @@ async fn a_release_the_provider_missed_is_sent_again_on_later_ticks() {
         offer_id: None,
         credit_sat: Some(1000),
         timeout: Duration::from_secs(10),
+        ..RentArgs::default()
     };
     let first = w.renter.rent(args()).await.unwrap();
     let second = w.renter.rent(args()).await.unwrap();
@@ -583,6 +590,7 @@ async fn full_tunnel_mode_routes_everything_through_the_tunnel() {
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_secs(10),
+            ..RentArgs::default()
         })
         .await
         .unwrap();
@@ -603,6 +611,7 @@ async fn a_termination_notice_shows_on_the_renter_and_stops_autopay() {
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_secs(10),
+            ..RentArgs::default()
         })
         .await
         .unwrap();
@@ -669,6 +678,7 @@ async fn rent_one(w: &world::World) -> String {
             offer_id: None,
             credit_sat: Some(3000),
             timeout: Duration::from_secs(10),
+            ..RentArgs::default()
         })
         .await
         .unwrap()
@@ -873,6 +883,7 @@ async fn failover_world() -> (world::World, String) {
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_secs(10),
+            ..RentArgs::default()
         })
         .await
         .unwrap();
@@ -1053,6 +1064,7 @@ async fn failover_grace_off_never_fails_over() {
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_secs(10),
+            ..RentArgs::default()
         })
         .await
         .unwrap();

@@ -15,9 +15,9 @@ use leasewire::config::{ProviderConfig, RenterConfig};
 use leasewire::market::MarketError;
 use leasewire::market::limits::LimitsConfig;
 use leasewire::market::renter::{AutopayConfig, RentArgs, Rental};
-use leasewire::types::{Clock, Terms};
+use leasewire::types::Clock;
 use leasewire::wire::LeaseState;
-use world::{Opts, Tamper, World, kinds, world_opts};
+use world::{Opts, Tamper, World, fast_terms, kinds, world_opts};
 
 const START_MSAT: u64 = 1_000_000_000;
 
@@ -36,6 +36,7 @@ async fn rent(w: &World, credit: u64) -> Result<Rental, MarketError> {
             offer_id: None,
             credit_sat: Some(credit),
             timeout: Duration::from_millis(500),
+            ..RentArgs::default()
         })
         .await
 }
@@ -166,6 +167,7 @@ async fn a_lease_paid_while_the_provider_is_away_is_fetched_later_never_paid_twi
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_millis(500),
+            ..RentArgs::default()
         })
         .await
         .unwrap_err();
@@ -208,17 +210,6 @@ async fn a_restarted_renter_completes_what_it_paid_for() {
 }
 
 /// Fast terms: 864 000 sat/day is 10 sat a second.
-fn fast_terms() -> Terms {
-    Terms {
-        activation_fee_sat: 100,
-        rate_sat_per_day: 864_000,
-        min_initial_credit_sat: 100,
-        min_topup_sat: 50,
-        max_credit_sat: 1_000_000,
-        reserve_days: 1,
-    }
-}
-
 fn autopay_cfg() -> RenterConfig {
     RenterConfig {
         autopay: AutopayConfig {
@@ -414,6 +405,7 @@ async fn a_renter_stopped_mid_payment_tracks_it_after_restart_and_never_pays_twi
             offer_id: None,
             credit_sat: Some(1000),
             timeout: Duration::from_millis(500),
+            ..RentArgs::default()
         }),
     )
     .await;
@@ -512,6 +504,7 @@ async fn a_rent_waiting_for_offers_holds_up_no_top_up() {
                     offer_id: Some("no-such-offer".into()),
                     credit_sat: Some(1000),
                     timeout: Duration::from_secs(60),
+                    ..RentArgs::default()
                 })
                 .await
         }

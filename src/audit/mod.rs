@@ -251,6 +251,12 @@ audit_kinds! {
     /// A renter replaced a lease by one from another provider (dead tunnel, termination
     /// notice, vanished provider): decided, then done.
     Failover => "failover",
+    /// A provider paid a renter's invoice refunding a released lease's unused credit.
+    RefundPaid => "refund_paid",
+    /// A provider's payment of a refund failed; the refund is due again.
+    RefundFailed => "refund_failed",
+    /// A renter's own node shows its refund invoice settled.
+    RefundReceived => "refund_received",
     /// A peer was refused (rate limit, bad signature, policy).
     PeerRefused => "peer_refused",
     /// An error worth keeping a record of.
@@ -902,7 +908,7 @@ pub(crate) mod tests {
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
             assert_eq!(kind.to_string(), name);
         }
-        assert_eq!(AuditKind::ALL.len(), 31);
+        assert_eq!(AuditKind::ALL.len(), 34);
         assert_eq!(AuditKind::LeaseReactivated.as_str(), "lease_reactivated");
         assert!(matches!(
             "LeaseIssued".parse::<AuditKind>(),

@@ -177,8 +177,40 @@ struct RentArgs {
     /// Buy a second lease from a provider already leasing to us without asking
     #[arg(long)]
     yes: bool,
+    /// IPv4 prefix length to rent (28-32), or "none" [default: renter.ipv4_prefix_len]
+    #[arg(long, value_name = "LEN|none", value_parser = size_arg(28..=32))]
+    ipv4: Option<String>,
+    /// IPv6 prefix length to rent (56-64), or "none" [default: renter.ipv6_prefix_len]
+    #[arg(long, value_name = "LEN|none", value_parser = size_arg(56..=64))]
+    ipv6: Option<String>,
+    /// Leave out offers costing more than this per day for the sizes asked [default:
+    /// renter.max_price_sat_per_day]
+    #[arg(long, value_name = "SAT")]
+    max_price: Option<u64>,
+    /// Rent only from this provider (PeerId; repeatable) [default: renter.allow_providers]
+    #[arg(long, value_name = "PEER")]
+    allow: Vec<String>,
+    /// Never rent from this provider (PeerId; repeatable) [default: renter.deny_providers]
+    #[arg(long, value_name = "PEER")]
+    deny: Vec<String>,
     #[command(flatten)]
     out: Output,
+}
+
+/// Parses `--ipv4` / `--ipv6`: "none" or a prefix length within `range`, kept as text for the
+/// control API.
+fn size_arg(
+    range: std::ops::RangeInclusive<u8>,
+) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync + 'static {
+    move |s: &str| match leasewire::market::sizes::parse_len_or_none(s)? {
+        None => Ok("none".to_owned()),
+        Some(l) if range.contains(&l) => Ok(l.to_string()),
+        Some(l) => Err(format!(
+            "/{l} is outside /{}../{}",
+            range.start(),
+            range.end()
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,6 +317,11 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
                 credit_sat: args.credit.unwrap_or(0),
                 timeout_secs: args.timeout_secs.unwrap_or(0),
                 yes: args.yes,
+                ipv4: args.ipv4.unwrap_or_default(),
+                ipv6: args.ipv6.unwrap_or_default(),
+                max_price_sat_per_day: args.max_price,
+                allow: args.allow,
+                deny: args.deny,
             },
             args.out.json,
         )),
@@ -407,9 +444,44 @@ mod tests {
                 assert!(!a.auto);
                 assert_eq!(a.credit, Some(500));
                 assert!(a.out.json);
+                assert_eq!((a.ipv4, a.ipv6), (None, None));
             }
             other => panic!("parsed {other:?}"),
         }
+    }
+
+    #[test]
+    fn rent_takes_sizes_and_filters() {
+        let opts = parse(&[
+            "rent",
+            "--auto",
+            "--ipv4",
+            "/30",
+            "--ipv6",
+            "none",
+            "--max-price",
+            "50",
+            "--allow",
+            "p1",
+            "--allow",
+            "p2",
+            "--deny",
+            "p3",
+        ])
+        .unwrap();
+        match opts.command {
+            Command::Rent(a) => {
+                assert_eq!(a.ipv4.as_deref(), Some("30"));
+                assert_eq!(a.ipv6.as_deref(), Some("none"));
+                assert_eq!(a.max_price, Some(50));
+                assert_eq!(a.allow, ["p1", "p2"]);
+                assert_eq!(a.deny, ["p3"]);
+            }
+            other => panic!("parsed {other:?}"),
+        }
+        assert!(parse(&["rent", "--auto", "--ipv4", "27"]).is_err());
+        assert!(parse(&["rent", "--auto", "--ipv6", "65"]).is_err());
+        assert!(parse(&["rent", "--auto", "--ipv4", "all"]).is_err());
     }
 
     #[test]

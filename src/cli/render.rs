@@ -156,6 +156,9 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
     if l.forfeit_sat > 0 {
         pairs.push(("credit given up", sat(l.forfeit_sat)));
     }
+    if let Some(line) = refund_line(l) {
+        pairs.push(("refund", line));
+    }
     if l.terminates_at > 0 {
         pairs.push((
             "terminated",
@@ -184,6 +187,27 @@ pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io
         ));
     }
     kv(w, &pairs)
+}
+
+/// The refund of unused credit, when the terms promise one and there is something to say.
+fn refund_line(l: &pb::LeaseInfo) -> Option<String> {
+    if !l.refund_unused {
+        return None;
+    }
+    let amount = sat(l.refund_sat);
+    Some(match l.refund_state.as_str() {
+        "" if l.forfeit_sat > 0 => format!("{amount} expected back (the terms promise it)"),
+        "" => return None,
+        "none" => "none owed".to_owned(),
+        "due" => format!("{amount} due"),
+        "paying" => format!("{amount} being paid"),
+        "paid" => format!(
+            "{amount} paid by the provider ({})",
+            or_dash(&l.refund_hash)
+        ),
+        "received" => format!("{amount} received ({})", or_dash(&l.refund_hash)),
+        other => format!("{amount} {other}"),
+    })
 }
 
 /// AutoPay's state for a renter lease: on/off, then what it last did or refused.
@@ -295,6 +319,11 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
                 relative_time(l.terminates_at, now)
             )?;
         }
+        for l in s.leases.iter().filter(|l| !l.refund_state.is_empty()) {
+            if let Some(line) = refund_line(l) {
+                writeln!(w, "refund {}: {line}", l.lease_id)?;
+            }
+        }
     }
     for p in &s.open_payments {
         writeln!(
@@ -340,6 +369,7 @@ pub(super) fn offers(w: &mut dyn Write, o: &pb::OffersReply) -> io::Result<()> {
         "FREE V4/V6",
         "RTT",
         "PRICE",
+        "SIZES",
     ]);
     for x in &o.offers {
         t.row(vec![
@@ -356,6 +386,7 @@ pub(super) fn offers(w: &mut dyn Write, o: &pb::OffersReply) -> io::Result<()> {
                 "-".to_owned()
             },
             sat(x.price_sat),
+            or_dash(&x.sizes),
         ]);
     }
     t.write(w)
@@ -474,6 +505,32 @@ mod tests {
         assert!(out.contains("2 made, 1 top-ups"), "{out}");
         // No renter line on the renter's own view.
         assert!(!out.contains("renter:"));
+        assert!(!out.contains("refund"), "no refund promised: {out}");
+    }
+
+    #[test]
+    fn lease_detail_shows_the_refund() {
+        let mut l = lease("L1");
+        l.refund_unused = true;
+        l.forfeit_sat = 700;
+        l.refund_sat = 700;
+        let out = text(|w| lease_detail(w, &l, 1_000));
+        assert!(out.contains("700 sat expected back"), "{out}");
+        l.forfeit_sat = 0;
+        l.state = "released".into();
+        l.refund_state = "received".into();
+        l.refund_hash = "ab".repeat(32);
+        let out = text(|w| lease_detail(w, &l, 1_000));
+        assert!(out.contains("refund:"), "{out}");
+        assert!(out.contains("700 sat received (abab"), "{out}");
+        // `status` has a line for it under the table.
+        let s = pb::StatusReply {
+            net: Some(pb::NetInfo::default()),
+            leases: vec![l],
+            ..Default::default()
+        };
+        let out = text(|w| status(w, &s, 1_000));
+        assert!(out.contains("refund L1: 700 sat received (abab"), "{out}");
     }
 
     #[test]

@@ -8,11 +8,13 @@ use super::{ControlError, ControlHandler, pb};
 use crate::audit::AuditLog;
 use crate::market::MarketError;
 use crate::market::provider::{Provider, ProviderLease};
-use crate::market::renter::{RentArgs, Rental, Renter};
+use crate::market::renter::{Filters, RentArgs, Rental, Renter, Sizes};
+use crate::market::sizes::parse_len_or_none;
 use crate::net::NetClient;
 use crate::node::NodeHandle;
 use crate::node::config::Role;
 use crate::types::now_unix;
+use crate::wire::RefundState;
 use crate::wire::{Lease, LeaseState};
 use std::time::Duration;
 
@@ -101,8 +103,78 @@ fn lease_info(l: &Lease, state: LeaseState, paid_sat: u64, conf_path: String) ->
         conf_path,
         activated_at: l.activated_at,
         rate_sat_per_day: l.terms.rate_sat_per_day,
+        refund_unused: l.terms.refund_unused,
         ..Default::default()
     }
+}
+
+/// The sizes a `rent` asks for: each family from the request when given ("none" or a
+/// length), else from the renter's config.
+fn rent_sizes(
+    cfg: &crate::config::RenterConfig,
+    ipv4: &str,
+    ipv6: &str,
+) -> Result<Option<Sizes>, ControlError> {
+    if ipv4.is_empty() && ipv6.is_empty() {
+        return Ok(None);
+    }
+    let pick = |given: &str, default: Option<u8>| {
+        if given.is_empty() {
+            Ok(default)
+        } else {
+            parse_len_or_none(given).map_err(ControlError::InvalidArgument)
+        }
+    };
+    let sizes = Sizes {
+        ipv4: pick(ipv4, cfg.ipv4_prefix_len)?,
+        ipv6: pick(ipv6, cfg.ipv6_prefix_len)?,
+    };
+    sizes
+        .validate()
+        .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+    Ok(Some(sizes))
+}
+
+/// The offer filters of a `rent`: the renter's config, each overridden by the request's when
+/// given.
+fn rent_filters(
+    cfg: &crate::config::RenterConfig,
+    req: &pb::RentRequest,
+) -> Result<Filters, ControlError> {
+    let mut f = cfg.filters();
+    if let Some(max) = req.max_price_sat_per_day {
+        f.max_price_sat_per_day = Some(max);
+    }
+    for p in req.allow.iter().chain(&req.deny) {
+        p.parse::<libp2p::PeerId>()
+            .map_err(|_| ControlError::InvalidArgument(format!("{p:?} is not a PeerId")))?;
+    }
+    if !req.allow.is_empty() {
+        f.allow = req.allow.clone();
+    }
+    if !req.deny.is_empty() {
+        f.deny = req.deny.clone();
+    }
+    Ok(f)
+}
+
+/// "IPv4 /32 (5 left, +0/day) /30 (1 left, +40/day); IPv6 none": an offer's sizes.
+fn describe_sizes(o: &crate::wire::Offer) -> String {
+    let one = |l: &[crate::wire::PrefixAvailability]| {
+        if l.is_empty() {
+            return "none".to_owned();
+        }
+        l.iter()
+            .map(|a| {
+                format!(
+                    "/{} ({} left, +{}/day)",
+                    a.prefix_len, a.available, a.rate_sat_per_day
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!("IPv4 {}; IPv6 {}", one(&o.ipv4), one(&o.ipv6))
 }
 
 fn rental_info(r: &Rental) -> pb::LeaseInfo {
@@ -122,6 +194,13 @@ fn rental_info(r: &Rental) -> pb::LeaseInfo {
         failed_over_from: r.failed_over_from.clone().unwrap_or_default(),
         dead_since: r.health.dead_since.unwrap_or(0),
         last_ok_at: r.health.last_ok_at.unwrap_or(0),
+        refund_sat: r.refund.refund_sat,
+        refund_state: if r.lease.terms.refund_unused && r.state == LeaseState::Released {
+            r.refund.describe().into()
+        } else {
+            String::new()
+        },
+        refund_hash: r.refund.refund_hash.clone().unwrap_or_default(),
         ..lease_info(
             &r.lease,
             r.state,
@@ -139,6 +218,18 @@ fn provider_lease_info(r: &ProviderLease) -> pb::LeaseInfo {
             .and_then(|n| n.verify().ok())
             .map(|n| n.ends_at)
             .unwrap_or(0),
+        refund_sat: r.refund.as_ref().map_or(0, |f| f.due_sat),
+        refund_state: r
+            .refund
+            .as_ref()
+            .map(|f| f.state.as_str().to_owned())
+            .unwrap_or_default(),
+        refund_hash: match r.refund.as_ref().map(|f| &f.state) {
+            Some(RefundState::Paid { payment_hash } | RefundState::Paying { payment_hash }) => {
+                payment_hash.clone()
+            }
+            _ => String::new(),
+        },
         ..lease_info(&r.lease, r.state, r.paid_sat, String::new())
     }
 }
@@ -235,9 +326,15 @@ impl ControlHandler for NodeControl {
                     ipv6_available: avail(&o.offer.ipv6),
                     expires_at: o.offer.expires_at,
                     rtt_ms: o.rtt.as_secs_f64() * 1000.0,
-                    price_sat: crate::market::select::price(t, self.default_credit_sat)
-                        .map(|(_, p)| p)
-                        .unwrap_or(0),
+                    sizes: describe_sizes(&o.offer),
+                    // The price of the configured sizes (the base terms when it lacks them).
+                    price_sat: crate::market::select::price(
+                        &crate::market::sizes::effective_terms(&o.offer, r.config().sizes())
+                            .unwrap_or_else(|_| t.clone()),
+                        self.default_credit_sat,
+                    )
+                    .map(|(_, p)| p)
+                    .unwrap_or(0),
                 }
             })
             .collect();
@@ -252,13 +349,15 @@ impl ControlHandler for NodeControl {
             ));
         }
         let args = RentArgs {
-            offer_id: (!req.offer_id.is_empty()).then_some(req.offer_id),
+            offer_id: (!req.offer_id.is_empty()).then(|| req.offer_id.clone()),
             credit_sat: (req.credit_sat > 0).then_some(req.credit_sat),
             timeout: Duration::from_secs(if req.timeout_secs == 0 {
                 60
             } else {
                 u64::from(req.timeout_secs)
             }),
+            sizes: rent_sizes(r.config(), &req.ipv4, &req.ipv6)?,
+            filters: Some(rent_filters(r.config(), &req)?),
         };
         match r.rent_confirmed(args, req.yes).await {
             Ok(rental) => Ok(rental_info(&rental)),
@@ -344,13 +443,29 @@ impl ControlHandler for NodeControl {
     async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::LeaseInfo, ControlError> {
         let r = self.renter()?;
         let (rental, forfeit) = r.release_preview(&req.lease_id).map_err(market_err)?;
+        // Terms that promise a refund pay the unused credit back; otherwise it is lost.
+        let refund = if rental.lease.terms.refund_unused {
+            forfeit
+        } else {
+            0
+        };
         if !req.yes {
-            return Ok(pb::LeaseInfo {
-                forfeit_sat: forfeit,
-                confirm: format!(
+            let confirm = if refund > 0 {
+                format!(
+                    "releasing lease {} ends its remaining {forfeit} sat of credit; its terms \
+                     promise a refund, so about {refund} sat should come back",
+                    rental.lease.lease_id
+                )
+            } else {
+                format!(
                     "releasing lease {} gives up its remaining {forfeit} sat of credit",
                     rental.lease.lease_id
-                ),
+                )
+            };
+            return Ok(pb::LeaseInfo {
+                forfeit_sat: forfeit,
+                refund_sat: refund,
+                confirm,
                 ..rental_info(&rental)
             });
         }
@@ -360,6 +475,7 @@ impl ControlHandler for NodeControl {
             .map_err(market_err)?;
         Ok(pb::LeaseInfo {
             forfeit_sat: forfeit,
+            refund_sat: refund,
             ..rental_info(&released)
         })
     }
@@ -419,5 +535,76 @@ impl ControlHandler for NodeControl {
             first_bad_seq: report.first_bad.as_ref().map(|b| b.seq),
             reason: report.first_bad.map(|b| b.reason).unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RenterConfig;
+
+    #[test]
+    fn rent_sizes_override_the_config_per_family() {
+        let cfg = RenterConfig::default();
+        assert_eq!(rent_sizes(&cfg, "", "").unwrap(), None, "the config's");
+        assert_eq!(
+            rent_sizes(&cfg, "30", "none").unwrap(),
+            Some(Sizes {
+                ipv4: Some(30),
+                ipv6: None
+            })
+        );
+        assert_eq!(
+            rent_sizes(&cfg, "", "/56").unwrap(),
+            Some(Sizes {
+                ipv4: Some(32),
+                ipv6: Some(56)
+            }),
+            "IPv4 from the config"
+        );
+        for (v4, v6) in [("none", "none"), ("27", ""), ("", "65"), ("x", "")] {
+            assert!(
+                matches!(
+                    rent_sizes(&cfg, v4, v6),
+                    Err(ControlError::InvalidArgument(_))
+                ),
+                "{v4:?} {v6:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rent_filters_override_the_config_per_filter() {
+        let (a, b) = (
+            libp2p::PeerId::random().to_string(),
+            libp2p::PeerId::random().to_string(),
+        );
+        let cfg = RenterConfig {
+            max_price_sat_per_day: Some(100),
+            deny_providers: vec![a.clone()],
+            ..RenterConfig::default()
+        };
+        let f = rent_filters(&cfg, &pb::RentRequest::default()).unwrap();
+        assert_eq!(f, cfg.filters());
+        let f = rent_filters(
+            &cfg,
+            &pb::RentRequest {
+                max_price_sat_per_day: Some(50),
+                allow: vec![b.clone()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(f.max_price_sat_per_day, Some(50));
+        assert_eq!(f.allow, [b]);
+        assert_eq!(f.deny, [a], "not given: the config's");
+        let bad = pb::RentRequest {
+            deny: vec!["nope".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            rent_filters(&cfg, &bad),
+            Err(ControlError::InvalidArgument(_))
+        ));
     }
 }

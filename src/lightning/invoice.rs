@@ -145,21 +145,8 @@ pub fn check_invoice(
     bolt11: &str,
     expect: &InvoiceExpectation,
 ) -> Result<CheckedInvoice, InvoiceCheckError> {
-    let invoice = Bolt11Invoice::from_str(bolt11.trim()).map_err(|e| match e {
-        ParseOrSemanticError::SemanticError(Bolt11SemanticError::InvalidSignature) => {
-            InvoiceCheckError::BadSignature
-        }
-        other => InvoiceCheckError::Parse(other.to_string()),
-    })?;
-
-    let expected_currency = network_currency(&expect.network)?;
-    let currency = invoice.currency();
-    if currency != expected_currency {
-        return Err(InvoiceCheckError::WrongNetwork {
-            expected: currency_network_name(&expected_currency).to_owned(),
-            got: currency_network_name(&currency).to_owned(),
-        });
-    }
+    let invoice = parse(bolt11)?;
+    check_network(&invoice, &expect.network)?;
 
     // `from_str` verified the signature against the explicit payee key if present, otherwise
     // the key is recovered from the signature; either way this is the key that signed.
@@ -182,13 +169,67 @@ pub fn check_invoice(
             return Err(InvoiceCheckError::MissingDescriptionHash);
         }
     }
+    amount_and_expiry(
+        &invoice,
+        expect.amount_msat,
+        expect.now_unix,
+        expect.min_expiry_left_secs,
+    )
+}
 
+/// Checks an invoice whose payee and description the payer does not know in advance: a
+/// provider paying a renter's refund invoice. Checks well-formedness, signature, `network`,
+/// the exact `amount_msat` (an amountless invoice is refused) and that it stays valid at
+/// least `min_expiry_left_secs` after `now_unix`.
+///
+/// # Errors
+/// The first failing check, as the matching [`InvoiceCheckError`] variant.
+pub fn check_refund_invoice(
+    bolt11: &str,
+    network: &str,
+    amount_msat: u64,
+    now_unix: u64,
+    min_expiry_left_secs: u64,
+) -> Result<CheckedInvoice, InvoiceCheckError> {
+    let invoice = parse(bolt11)?;
+    check_network(&invoice, network)?;
+    amount_and_expiry(&invoice, amount_msat, now_unix, min_expiry_left_secs)
+}
+
+fn parse(bolt11: &str) -> Result<Bolt11Invoice, InvoiceCheckError> {
+    Bolt11Invoice::from_str(bolt11.trim()).map_err(|e| match e {
+        ParseOrSemanticError::SemanticError(Bolt11SemanticError::InvalidSignature) => {
+            InvoiceCheckError::BadSignature
+        }
+        other => InvoiceCheckError::Parse(other.to_string()),
+    })
+}
+
+fn check_network(invoice: &Bolt11Invoice, network: &str) -> Result<(), InvoiceCheckError> {
+    let expected_currency = network_currency(network)?;
+    let currency = invoice.currency();
+    if currency != expected_currency {
+        return Err(InvoiceCheckError::WrongNetwork {
+            expected: currency_network_name(&expected_currency).to_owned(),
+            got: currency_network_name(&currency).to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The amount and expiry checks shared by both checkers, and the facts of a passing invoice.
+fn amount_and_expiry(
+    invoice: &Bolt11Invoice,
+    expected_msat: u64,
+    now_unix: u64,
+    min_expiry_left_secs: u64,
+) -> Result<CheckedInvoice, InvoiceCheckError> {
     let amount_msat = invoice
         .amount_milli_satoshis()
         .ok_or(InvoiceCheckError::MissingAmount)?;
-    if amount_msat != expect.amount_msat {
+    if amount_msat != expected_msat {
         return Err(InvoiceCheckError::AmountMismatch {
-            expected_msat: expect.amount_msat,
+            expected_msat,
             got_msat: amount_msat,
         });
     }
@@ -198,21 +239,21 @@ pub fn check_invoice(
         .duration_since_epoch()
         .as_secs()
         .saturating_add(invoice.expiry_time().as_secs());
-    if expires_at <= expect.now_unix {
+    if expires_at <= now_unix {
         return Err(InvoiceCheckError::Expired);
     }
-    let left_secs = expires_at - expect.now_unix;
-    if left_secs < expect.min_expiry_left_secs {
+    let left_secs = expires_at - now_unix;
+    if left_secs < min_expiry_left_secs {
         return Err(InvoiceCheckError::ExpiryTooShort {
             left_secs,
-            min_secs: expect.min_expiry_left_secs,
+            min_secs: min_expiry_left_secs,
         });
     }
 
     Ok(CheckedInvoice {
         payment_hash: invoice.payment_hash().to_byte_array(),
         amount_msat,
-        payee_pubkey: payee,
+        payee_pubkey: hex::encode(invoice.get_payee_pub_key().serialize()),
         expires_at,
     })
 }

@@ -89,6 +89,8 @@ pub struct LndClient {
     lightning: LightningClient<Authed>,
     router: RouterClient<Authed>,
     address: String,
+    /// The macaroon, for `CheckMacaroonPermissions` (never logged: `Debug` omits it).
+    macaroon: std::sync::Arc<Vec<u8>>,
 }
 
 impl std::fmt::Debug for LndClient {
@@ -157,6 +159,7 @@ impl LndClient {
             lightning: LightningClient::with_interceptor(channel.clone(), interceptor.clone()),
             router: RouterClient::with_interceptor(channel, interceptor),
             address: address.to_owned(),
+            macaroon: std::sync::Arc::new(macaroon.to_vec()),
         })
     }
 
@@ -535,6 +538,23 @@ impl LndClient {
 
 #[async_trait::async_trait]
 impl LightningNode for LndClient {
+    async fn can_pay(&self) -> Result<bool, LightningError> {
+        let resp = self
+            .lightning
+            .clone()
+            .check_macaroon_permissions(lnrpc::CheckMacPermRequest {
+                macaroon: self.macaroon.to_vec(),
+                permissions: vec![lnrpc::MacaroonPermission {
+                    entity: "offchain".into(),
+                    action: "write".into(),
+                }],
+            })
+            .await
+            .map_err(rpc_error("CheckMacaroonPermissions"))?
+            .into_inner();
+        Ok(resp.valid)
+    }
+
     async fn get_info(&self) -> Result<NodeInfo, LightningError> {
         let info = self
             .lightning

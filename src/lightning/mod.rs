@@ -265,6 +265,15 @@ pub trait LightningNode: Send + Sync + 'static {
         &self,
         payment_hash: [u8; 32],
     ) -> Result<Option<PaymentStatus>, LightningError>;
+
+    /// Whether our credentials let this node pay invoices (LND: the macaroon grants
+    /// `offchain:write`, asked with `CheckMacaroonPermissions`, LND >= 0.13). A provider
+    /// offers refunds only when this is true.
+    ///
+    /// # Errors
+    /// [`LightningError::Rpc`] / [`LightningError::Connect`] when the node cannot answer (for
+    /// LND also a macaroon without `macaroon:read`, which the check itself needs).
+    async fn can_pay(&self) -> Result<bool, LightningError>;
 }
 
 #[async_trait::async_trait]
@@ -293,5 +302,9 @@ impl<T: LightningNode + ?Sized> LightningNode for Arc<T> {
         payment_hash: [u8; 32],
     ) -> Result<Option<PaymentStatus>, LightningError> {
         (**self).track_payment(payment_hash).await
+    }
+
+    async fn can_pay(&self) -> Result<bool, LightningError> {
+        (**self).can_pay().await
     }
 }

@@ -82,6 +82,8 @@ struct Node {
     pubkey: PublicKey,
     balance_msat: u64,
     next_add_index: u64,
+    /// What `can_pay` answers (see [`MemNetwork::set_can_pay`]).
+    can_pay: bool,
 }
 
 #[derive(Debug)]
@@ -172,6 +174,7 @@ impl MemNetwork {
                 secret_key,
                 balance_msat,
                 next_add_index: 1,
+                can_pay: true,
             });
         }
         Ok(MemNetwork {
@@ -216,6 +219,14 @@ impl MemNetwork {
         let mut state = lock(&self.state);
         state.fee_base_msat = base_msat;
         state.fee_ppm = ppm;
+    }
+
+    /// Sets what `can_pay` of `name` answers (true by default): false models a node whose
+    /// macaroon cannot pay. Payments themselves are not refused by it.
+    pub fn set_can_pay(&self, name: &str, can_pay: bool) {
+        if let Some(id) = self.id(name) {
+            lock(&self.state).nodes[id].can_pay = can_pay;
+        }
     }
 
     /// Number of payment hashes paid more than once (SUCCEEDED twice). A correct payer never
@@ -445,6 +456,10 @@ impl LightningNode for MemNode {
             .iter()
             .rfind(|p| p.payer == self.id && p.payment_hash == payment_hash)
             .map(|p| p.status.clone()))
+    }
+
+    async fn can_pay(&self) -> Result<bool, LightningError> {
+        Ok(lock(&self.state).nodes[self.id].can_pay)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod pool;
 pub mod provider;
 pub mod renter;
 pub mod select;
+pub mod sizes;
 pub mod store;
 
 use std::time::Duration;
@@ -98,6 +99,23 @@ pub enum MarketError {
     /// Nothing was done: the request needs the user's confirmation (`--yes`); says why.
     #[error("needs confirmation: {0}")]
     NeedsConfirmation(String),
+}
+
+impl MarketError {
+    /// A peer's answer that is not the `expected` message: its refusal (`error`), or an
+    /// unexpected message.
+    pub fn wrong_answer(answer: crate::wire::Message, expected: &'static str) -> MarketError {
+        match answer {
+            crate::wire::Message::Error(e) => MarketError::Refused {
+                code: e.code,
+                message: e.message,
+            },
+            other => MarketError::Unexpected {
+                expected,
+                got: other.name(),
+            },
+        }
+    }
 }
 
 impl From<lease::IllegalTransition> for MarketError {

@@ -30,6 +30,7 @@ use super::MarketError;
 pub mod config;
 mod ending;
 mod metering;
+mod refund;
 mod requests;
 mod settlement;
 
@@ -47,6 +48,9 @@ use crate::wire::{
     Signed, Status, StatusRequest, TerminationNotice, TopUpRequest,
 };
 pub use config::{FaultConfig, ProviderConfig};
+pub use refund::{
+    ProviderRefund, REFUND_MIN_EXPIRY_LEFT_SECS, refund_fee_limit_msat, refunds_payable,
+};
 
 /// Unpaid invoices (with reserved prefixes) one peer may hold at once.
 pub const MAX_UNPAID_PER_PEER: usize = 4;
@@ -114,6 +118,10 @@ pub struct ProviderLease {
     /// Our signed notice ending the lease at its `ends_at` (`leasewire terminate`).
     #[serde(default)]
     pub termination: Option<Signed<TerminationNotice>>,
+    /// The unused credit owed back since the lease ended early, when its terms promise a
+    /// refund; frozen once, at the end.
+    #[serde(default)]
+    pub refund: Option<ProviderRefund>,
 }
 
 impl ProviderLease {
@@ -170,6 +178,10 @@ struct Inner {
     /// One lock per lease: its settlement and metering never interleave, and nothing else
     /// waits for them.
     lease_locks: KeyedLocks,
+    /// Leases whose refund this process is paying right now: the resolution of refunds left
+    /// `paying` (for a crash) must not read a payment our node has not registered yet as
+    /// "never started".
+    refunds_paying: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Audit payload of the first offer, appended by [`Provider::start`] (construction is
     /// synchronous and must not wait on the disk).
     first_offer_audit: std::sync::Mutex<Option<serde_json::Value>>,
@@ -189,13 +201,7 @@ impl Provider {
     /// Like [`Provider::new`], reading the time from `clock`.
     pub fn with_clock(p: ProviderParams, clock: Arc<dyn Clock>) -> Result<Provider, MarketError> {
         let db: &dyn Store = &p.db;
-        let pool = Pool::open(
-            db,
-            &p.cfg.ipv4_pools,
-            &p.cfg.ipv6_pools,
-            p.cfg.ipv4_prefix_len,
-            p.cfg.ipv6_prefix_len,
-        )?;
+        let pool = Pool::open(db, &p.cfg.ipv4_pools, &p.cfg.ipv6_pools, p.cfg.pool_rules())?;
         let meta = db.open_tree("provider_meta")?;
         let peer_id = crate::wire::signed::peer_id_of(&p.key.verifying_key());
         // A placeholder signature is replaced right below by `refresh_offer`.
@@ -224,6 +230,7 @@ impl Provider {
                 recent_offers: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 offer_tx,
                 lease_locks: KeyedLocks::default(),
+                refunds_paying: std::sync::Mutex::new(std::collections::HashSet::new()),
                 first_offer_audit: std::sync::Mutex::new(None),
                 clock,
             }),
@@ -287,6 +294,8 @@ impl Provider {
             "provider tunnel ready"
         );
         self.revise_moved_leases().await?;
+        // Refunds a crash left `paying`: asked of our node, never paid again.
+        self.resolve_paying_refunds().await?;
         Ok(())
     }
 
@@ -380,26 +389,10 @@ impl Provider {
             .collect())
     }
 
+    /// The offer's size lists: every size leased per family, with availability and price.
     fn availability(&self) -> (Vec<PrefixAvailability>, Vec<PrefixAvailability>) {
         let i = &self.inner;
-        let (a4, a6) = i.pool.available();
-        let v4 = if i.cfg.ipv4_pools.is_empty() {
-            Vec::new()
-        } else {
-            vec![PrefixAvailability {
-                prefix_len: i.cfg.ipv4_prefix_len,
-                available: a4,
-            }]
-        };
-        let v6 = if i.cfg.ipv6_pools.is_empty() {
-            Vec::new()
-        } else {
-            vec![PrefixAvailability {
-                prefix_len: i.cfg.ipv6_prefix_len,
-                available: a6,
-            }]
-        };
-        (v4, v6)
+        i.cfg.size_lists(|f, len| i.pool.available(f, len))
     }
 
     /// Re-signs the offer when `force`, when availability changed, or when it is past half its
@@ -505,6 +498,7 @@ impl Provider {
             Message::PaymentResult(r) => self.on_payment_result(peer, r).await,
             Message::StatusRequest(r) => self.on_status(peer, r),
             Message::LeaseEnd(end) => self.on_lease_end(peer, end).await,
+            Message::RefundRequest(r) => self.on_refund_request(peer, r).await,
             other => err(
                 ErrorCode::Unsupported,
                 format!("a provider does not answer {}", other.name()),
@@ -536,6 +530,8 @@ impl Provider {
             now,
             lease: Some(rec.signed),
             termination: rec.termination,
+            refund_due_sat: rec.refund.as_ref().map_or(0, |r| r.due_sat),
+            refund: rec.refund.map(|r| r.state).unwrap_or_default(),
         })
     }
 }
@@ -559,6 +555,7 @@ fn empty_offer(peer_id: &PeerId) -> Offer {
             min_topup_sat: 0,
             max_credit_sat: 0,
             reserve_days: 0,
+            refund_unused: false,
         },
     }
 }
@@ -581,12 +578,14 @@ mod tests {
 
     /// The provider's node, with every `lookup_invoice` counted and the next one optionally
     /// held at a gate: a test decides exactly when a settlement check sees its answer.
-    struct GatedNode {
+    pub(super) struct GatedNode {
         inner: MemNode,
         lookups: AtomicU32,
         hold_next: AtomicBool,
-        entered: Notify,
-        release: Notify,
+        /// Hold the next `pay_invoice` at the gate too (before the node sees the payment).
+        pub(super) hold_next_pay: AtomicBool,
+        pub(super) entered: Notify,
+        pub(super) release: Notify,
     }
 
     #[async_trait::async_trait]
@@ -606,6 +605,10 @@ mod tests {
             self.inner.lookup_invoice(hash).await
         }
         async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError> {
+            if self.hold_next_pay.swap(false, Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
             self.inner.pay_invoice(req).await
         }
         async fn track_payment(
@@ -614,27 +617,42 @@ mod tests {
         ) -> Result<Option<PaymentStatus>, LightningError> {
             self.inner.track_payment(hash).await
         }
+        async fn can_pay(&self) -> Result<bool, LightningError> {
+            self.inner.can_pay().await
+        }
     }
 
-    struct Harness {
+    pub(super) struct Harness {
         _dir: tempfile::TempDir,
-        net: MemNetwork,
-        ln: Arc<GatedNode>,
+        pub(super) net: MemNetwork,
+        pub(super) ln: Arc<GatedNode>,
         tunnel: Arc<VerifyingTunnel>,
-        clock: Arc<ManualClock>,
-        audit: AuditLog,
-        provider: Provider,
+        pub(super) clock: Arc<ManualClock>,
+        pub(super) audit: AuditLog,
+        pub(super) provider: Provider,
         db: sled::Db,
         key: SigningKey,
     }
 
     async fn harness() -> Harness {
+        harness_with(ProviderConfig {
+            ipv6_pools: Vec::new(),
+            ..ProviderConfig::default()
+        })
+        .await
+    }
+
+    /// A started provider with `cfg` (an IPv4-only /32 provider for [`harness`]) on a fresh
+    /// database, its node "provider" and a renter node "renter" with 1M sat on one
+    /// in-memory Lightning network, and a manual clock.
+    pub(super) async fn harness_with(cfg: ProviderConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let net = MemNetwork::new(&[("provider".into(), 0), ("renter".into(), 1_000_000)]).unwrap();
         let ln = Arc::new(GatedNode {
             inner: net.node("provider").unwrap(),
             lookups: AtomicU32::new(0),
             hold_next: AtomicBool::new(false),
+            hold_next_pay: AtomicBool::new(false),
             entered: Notify::new(),
             release: Notify::new(),
         });
@@ -648,10 +666,7 @@ mod tests {
         let provider = Provider::with_clock(
             ProviderParams {
                 key,
-                cfg: ProviderConfig {
-                    ipv6_pools: Vec::new(),
-                    ..ProviderConfig::default()
-                },
+                cfg,
                 network: "regtest".into(),
                 ln_pubkey: net.pubkey("provider").unwrap(),
                 wg_private: WgKey([1; 32]),
@@ -680,12 +695,12 @@ mod tests {
         }
     }
 
-    fn renter_peer(n: u8) -> PeerId {
+    pub(super) fn renter_peer(n: u8) -> PeerId {
         crate::wire::signed::peer_id_of(&SigningKey::from_bytes(&[100 + n; 32]).verifying_key())
     }
 
     /// Asks for a lease as renter `n` and pays the invoice from the renter's node.
-    async fn rent_and_pay(h: &Harness, n: u8) -> PayInvoice {
+    pub(super) async fn rent_and_pay(h: &Harness, n: u8) -> PayInvoice {
         rent_and_pay_with(h, n, n, 1_000).await
     }
 
@@ -722,7 +737,7 @@ mod tests {
         })
     }
 
-    fn result_for(pay: &PayInvoice) -> Message {
+    pub(super) fn result_for(pay: &PayInvoice) -> Message {
         Message::PaymentResult(PaymentResult {
             request_id: pay.request_id.clone(),
             payment_hash: String::new(),
@@ -730,7 +745,7 @@ mod tests {
         })
     }
 
-    fn count(audit: &AuditLog, kind: &str) -> usize {
+    pub(super) fn count(audit: &AuditLog, kind: &str) -> usize {
         audit
             .entries(0)
             .filter(|e| e.as_ref().unwrap().kind == kind)
@@ -955,7 +970,7 @@ mod tests {
         assert_eq!(peers(&h).await, vec![(WgKey([12; 32]), ips(&leases[1]))]);
     }
 
-    fn lease_end(n: u8, lease_id: &str, h: &Harness) -> Message {
+    pub(super) fn lease_end(n: u8, lease_id: &str, h: &Harness) -> Message {
         let key = SigningKey::from_bytes(&[100 + n; 32]);
         let end = LeaseEnd {
             lease_id: lease_id.into(),

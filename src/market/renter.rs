@@ -1,9 +1,10 @@
 //! The renter role.
 //!
 //! 1. Discovery: find providers on the DHT topic, `hello` each, verify the signed offer it
-//!    answers with (signer == provider, unexpired, our network, sane terms), and measure the
-//!    round trip.
-//! 2. Rent: rank offers ([`super::select`]), send `rentRequest`, and check the invoice before
+//!    answers with (signer == provider, unexpired, our network, sane terms and sizes), and
+//!    measure the round trip.
+//! 2. Rent: rank the offers that lease the sizes asked and pass the filters ([`super::select`],
+//!    at their effective rate, [`super::sizes`]), send `rentRequest`, and check the invoice before
 //!    paying anything: amount equals the terms, payee equals the offer's LN node, not expiring
 //!    too soon, description hash equals the commitment we compute ourselves, hash never paid.
 //! 3. Pay: the intent is persisted and audited before the payment starts; the outcome after.
@@ -34,6 +35,7 @@ mod endpoint;
 mod failover;
 mod manual;
 mod payment;
+mod refund;
 mod rent;
 mod tunnel;
 
@@ -43,6 +45,7 @@ pub use failover::{FailoverRecord, LeaseHealth};
 pub use manual::ManualInvoice;
 pub use payment::OpenPayment;
 use payment::PaymentRecord;
+pub use refund::{RenterRefund, refund_description_hash};
 use tunnel::lease_addresses;
 
 use super::lease::{self, Event, Kind};
@@ -53,6 +56,8 @@ use crate::audit::{AuditKind, AuditLog};
 use crate::identity::WgKeyPair;
 use crate::lightning::invoice::{InvoiceExpectation, check_invoice};
 use crate::lightning::{LightningNode, PayRequest};
+pub use crate::market::select::Filters;
+pub use crate::market::sizes::Sizes;
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel, render_wg_quick};
 use crate::types::{Clock, DAY_SECS, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
@@ -174,6 +179,9 @@ pub struct Rental {
     /// Why a failover this lease would need is not done (for `status`), e.g. AutoPay is off.
     #[serde(default)]
     pub failover_note: Option<String>,
+    /// The refund of unused credit, when the lease ended early under terms that promise one.
+    #[serde(default)]
+    pub refund: RenterRefund,
 }
 
 impl Rental {
@@ -269,9 +277,19 @@ pub struct RentArgs {
     pub credit_sat: Option<Sats>,
     /// How long to wait for offers.
     pub timeout: Duration,
+    /// Prefix sizes to ask for; `None` = `renter.ipv4_prefix_len` / `ipv6_prefix_len`.
+    pub sizes: Option<Sizes>,
+    /// Offer filters; `None` = the `[renter]` ones (`max_price_sat_per_day`,
+    /// `allow_providers`, `deny_providers`).
+    pub filters: Option<Filters>,
 }
 
 impl Renter {
+    /// The renter's settings.
+    pub fn config(&self) -> &RenterConfig {
+        &self.inner.cfg
+    }
+
     /// Opens the renter's state, on the system clock.
     pub fn new(p: RenterParams) -> Result<Renter, MarketError> {
         Renter::with_clock(p, Arc::new(SystemClock))
@@ -440,6 +458,16 @@ impl Renter {
             {
                 tracing::info!(lease_id = %id, error = %e, "provider still not told of the release; retrying later");
             }
+            // An ended lease whose terms promise a refund: ask for it until it has arrived.
+            if self
+                .inner
+                .rentals
+                .get(&id)?
+                .is_some_and(|r| Renter::refund_pending(&r))
+                && let Err(e) = self.claim_refund(&id).await
+            {
+                tracing::info!(lease_id = %id, error = %e, "refund not claimed yet; retrying later");
+            }
         }
         Ok(())
     }
@@ -499,13 +527,23 @@ impl Renter {
 
     /// Stores a new state for a rental, keeping whatever else changed meanwhile.
     async fn set_state(&self, id: &str, state: LeaseState) -> Result<Rental, MarketError> {
+        self.update_rental(id, |r| r.state = state).await
+    }
+
+    /// Applies `f` to the stored rental `id` (read-modify-write, retried on a concurrent
+    /// write) and returns what was stored.
+    async fn update_rental(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Rental),
+    ) -> Result<Rental, MarketError> {
         self.inner
             .rentals
             .update(id, |cur| {
                 let mut r = cur
                     .cloned()
                     .ok_or_else(|| MarketError::NotFound(format!("lease {id}")))?;
-                r.state = state;
+                f(&mut r);
                 Ok(Some(r))
             })
             .await?
@@ -513,7 +551,9 @@ impl Renter {
     }
 
     /// The rental `lease_id` would release, and the credit given up by releasing it now
-    /// (what the provider's ledger would still meter; nothing of it is paid back).
+    /// (what the provider's ledger would still meter). When the lease's terms promise a
+    /// refund (`lease.terms.refund_unused`), that amount is what we expect back; otherwise
+    /// nothing of it is paid back.
     ///
     /// # Errors
     /// As [`Renter::rental`]; [`MarketError::Invalid`] for a lease already released.
@@ -532,7 +572,8 @@ impl Renter {
     /// Gives a lease up: removes its interface, routes, rules, wg-quick file, link and
     /// WireGuard key, marks it released and sends the provider our signed `leaseEnd`, so it
     /// stops metering, removes the peer and frees the prefixes after its reserve period. The
-    /// remaining credit is given up. A provider that cannot be reached is told on later ticks
+    /// remaining credit is given up, unless the terms promise a refund: then later ticks
+    /// claim it ([`Rental::refund`]). A provider that cannot be reached is told on later ticks
     /// ([`Rental::end_unsent`]); the release itself is done locally either way.
     pub async fn release(&self, lease_id: &str) -> Result<Rental, MarketError> {
         let id = self.rental(lease_id)?.lease.lease_id;

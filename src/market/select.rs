@@ -10,7 +10,9 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
+use crate::market::sizes::{self, Sizes};
 use crate::types::{Sats, Terms};
+use crate::wire::Offer;
 
 /// The price of renting `credit` under `terms`: (credit actually bought, total to pay), or
 /// `None` when the offer cannot sell that credit.
@@ -108,6 +110,122 @@ pub fn rank<'a>(cands: &[Candidate<'a>], credit: Sats) -> Vec<Candidate<'a>> {
     scored.into_iter().map(|(_, c)| c).collect()
 }
 
+/// Filters on the offers a renter considers (`[renter]` config, `rent` options). The default
+/// lets every offer through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Leave out offers whose effective daily rate for the sizes asked is above this.
+    pub max_price_sat_per_day: Option<Sats>,
+    /// When not empty, only these providers (PeerIds).
+    pub allow: Vec<String>,
+    /// Never these providers (PeerIds).
+    pub deny: Vec<String>,
+}
+
+/// Why an offer was left out.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LeftOut {
+    /// The provider is on the deny list.
+    Denied,
+    /// There is an allow list and the provider is not on it.
+    NotAllowed,
+    /// The offer does not list a size asked, or has none of it available: names what it
+    /// lacks ("IPv6 /64").
+    Without(String),
+    /// Its effective daily rate is above the maximum.
+    AboveMaxPrice,
+}
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeftOut::Denied => f.write_str("denied"),
+            LeftOut::NotAllowed => f.write_str("not in the allow list"),
+            LeftOut::Without(what) => write!(f, "without {what}"),
+            LeftOut::AboveMaxPrice => f.write_str("above max price"),
+        }
+    }
+}
+
+/// Checks one offer of `provider` against the sizes asked and the filters: its effective
+/// terms for `asked` when it passes, else why it is left out (the deny and allow lists
+/// first, then the sizes, then the price).
+pub fn admit(
+    offer: &Offer,
+    provider: &str,
+    asked: Sizes,
+    filters: &Filters,
+) -> Result<Terms, LeftOut> {
+    if filters.deny.iter().any(|p| p == provider) {
+        return Err(LeftOut::Denied);
+    }
+    if !filters.allow.is_empty() && !filters.allow.iter().any(|p| p == provider) {
+        return Err(LeftOut::NotAllowed);
+    }
+    let lacks = |list: &[crate::wire::PrefixAvailability], len: Option<u8>| {
+        len.is_some_and(|l| !list.iter().any(|a| a.prefix_len == l && a.available > 0))
+    };
+    let mut missing = Vec::new();
+    if lacks(&offer.ipv4, asked.ipv4) {
+        missing.push(format!("IPv4 /{}", asked.ipv4.unwrap_or_default()));
+    }
+    if lacks(&offer.ipv6, asked.ipv6) {
+        missing.push(format!("IPv6 /{}", asked.ipv6.unwrap_or_default()));
+    }
+    if !missing.is_empty() {
+        return Err(LeftOut::Without(missing.join(" and ")));
+    }
+    let terms = sizes::effective_terms(offer, asked)
+        .map_err(|e| LeftOut::Without(format!("a usable price ({e})")))?;
+    if filters
+        .max_price_sat_per_day
+        .is_some_and(|max| terms.rate_sat_per_day > max)
+    {
+        return Err(LeftOut::AboveMaxPrice);
+    }
+    Ok(terms)
+}
+
+/// How many offers each filter left out, for the error when none is left: "3 offers: 2 above
+/// max price, 1 without IPv6 /64".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Offers seen.
+    pub seen: usize,
+    /// Offers left out, by reason (most first).
+    pub left_out: Vec<(LeftOut, usize)>,
+}
+
+impl Tally {
+    /// Counts one offer and, if it was left out, why.
+    pub fn count(&mut self, outcome: Result<(), &LeftOut>) {
+        self.seen += 1;
+        if let Err(why) = outcome {
+            match self.left_out.iter_mut().find(|(w, _)| w == why) {
+                Some((_, n)) => *n += 1,
+                None => self.left_out.push((why.clone(), 1)),
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = self.left_out.clone();
+        parts.sort_by(|(a, n), (b, m)| m.cmp(n).then_with(|| a.cmp(b)));
+        write!(
+            f,
+            "{} offer{}",
+            self.seen,
+            if self.seen == 1 { "" } else { "s" }
+        )?;
+        for (i, (why, n)) in parts.iter().enumerate() {
+            write!(f, "{}{n} {why}", if i == 0 { ": " } else { ", " })?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +238,7 @@ mod tests {
             min_topup_sat: 100,
             max_credit_sat: 10_000,
             reserve_days: 7,
+            refund_unused: false,
         }
     }
 
@@ -216,6 +335,7 @@ mod tests {
             min_topup_sat: 1,
             max_credit_sat: 100_000,
             reserve_days: 7,
+            refund_unused: false,
         };
         static DEAR: Terms = Terms {
             activation_fee_sat: 1_000,
@@ -224,6 +344,7 @@ mod tests {
             min_topup_sat: 1,
             max_credit_sat: 100_000,
             reserve_days: 7,
+            refund_unused: false,
         };
         let ranked = rank(
             &[
@@ -280,6 +401,7 @@ mod tests {
             min_topup_sat: 1,
             max_credit_sat: 100_000,
             reserve_days: 7,
+            refund_unused: false,
         };
         static DEAR: Terms = Terms {
             activation_fee_sat: 0,
@@ -288,6 +410,7 @@ mod tests {
             min_topup_sat: 1,
             max_credit_sat: 100_000,
             reserve_days: 7,
+            refund_unused: false,
         };
         // A new provider that is cheaper beats one that delivered: history only separates
         // standings, so newcomers still compete on price.
@@ -315,5 +438,116 @@ mod tests {
             3000,
         );
         assert_eq!(ids(&ranked), ["new", "mixed", "good"]);
+    }
+
+    fn offer(ipv4: &[(u8, u32, Sats)], ipv6: &[(u8, u32, Sats)], rate: Sats) -> Offer {
+        crate::market::sizes::testing::offer(ipv4, ipv6, terms(1000, rate))
+    }
+
+    const BOTH: Sizes = Sizes {
+        ipv4: Some(32),
+        ipv6: Some(64),
+    };
+
+    #[test]
+    fn admit_gives_the_effective_terms() {
+        let o = offer(&[(32, 3, 10), (30, 1, 40)], &[(64, 5, 5)], 20);
+        let t = admit(&o, "p", BOTH, &Filters::default()).unwrap();
+        assert_eq!(t.rate_sat_per_day, 35);
+        let t = admit(
+            &o,
+            "p",
+            Sizes {
+                ipv4: Some(30),
+                ipv6: None,
+            },
+            &Filters::default(),
+        )
+        .unwrap();
+        assert_eq!(t.rate_sat_per_day, 60);
+    }
+
+    #[test]
+    fn max_price_compares_the_effective_rate() {
+        let o = offer(&[(32, 3, 10)], &[(64, 5, 5)], 20);
+        let f = |max| Filters {
+            max_price_sat_per_day: Some(max),
+            ..Filters::default()
+        };
+        assert!(admit(&o, "p", BOTH, &f(35)).is_ok());
+        assert_eq!(admit(&o, "p", BOTH, &f(34)), Err(LeftOut::AboveMaxPrice));
+        let v4_only = Sizes {
+            ipv4: Some(32),
+            ipv6: None,
+        };
+        assert!(
+            admit(&o, "p", v4_only, &f(30)).is_ok(),
+            "IPv6 not asked, not paid"
+        );
+    }
+
+    #[test]
+    fn allow_and_deny_lists() {
+        let o = offer(&[(32, 3, 0)], &[(64, 5, 0)], 20);
+        let deny = Filters {
+            deny: vec!["bad".into()],
+            ..Filters::default()
+        };
+        assert_eq!(admit(&o, "bad", BOTH, &deny), Err(LeftOut::Denied));
+        assert!(admit(&o, "good", BOTH, &deny).is_ok());
+        let allow = Filters {
+            allow: vec!["good".into()],
+            ..Filters::default()
+        };
+        assert!(admit(&o, "good", BOTH, &allow).is_ok());
+        assert_eq!(admit(&o, "other", BOTH, &allow), Err(LeftOut::NotAllowed));
+        let both = Filters {
+            allow: vec!["good".into()],
+            deny: vec!["good".into()],
+            ..Filters::default()
+        };
+        assert_eq!(
+            admit(&o, "good", BOTH, &both),
+            Err(LeftOut::Denied),
+            "deny wins"
+        );
+    }
+
+    #[test]
+    fn offers_without_the_sizes_are_left_out_and_named() {
+        let v4_only = offer(&[(32, 3, 0)], &[], 20);
+        assert_eq!(
+            admit(&v4_only, "p", BOTH, &Filters::default()),
+            Err(LeftOut::Without("IPv6 /64".into()))
+        );
+        let none_left = offer(&[(32, 0, 0)], &[(64, 1, 0)], 20);
+        assert_eq!(
+            admit(&none_left, "p", BOTH, &Filters::default()),
+            Err(LeftOut::Without("IPv4 /32".into()))
+        );
+        let v6_only = Sizes {
+            ipv4: None,
+            ipv6: Some(64),
+        };
+        assert!(admit(&none_left, "p", v6_only, &Filters::default()).is_ok());
+    }
+
+    #[test]
+    fn tally_says_how_many_each_filter_removed() {
+        let mut t = Tally::default();
+        t.count(Err(&LeftOut::AboveMaxPrice));
+        t.count(Err(&LeftOut::Without("IPv6 /64".into())));
+        t.count(Err(&LeftOut::AboveMaxPrice));
+        assert_eq!(
+            t.to_string(),
+            "3 offers: 2 above max price, 1 without IPv6 /64"
+        );
+        t.count(Ok(()));
+        t.count(Err(&LeftOut::Denied));
+        assert_eq!(
+            t.to_string(),
+            "5 offers: 2 above max price, 1 denied, 1 without IPv6 /64"
+        );
+        assert_eq!(Tally::default().to_string(), "0 offers");
     }
 }

@@ -65,7 +65,7 @@ impl EventLoop {
                             tracing::debug!(%peer, msg = opened.message.name(), "inbound request");
                             self.emit(NetEvent::InboundRequest {
                                 peer,
-                                message: opened.message,
+                                message: Box::new(opened.message),
                                 channel: InboundChannel(channel),
                             });
                         }

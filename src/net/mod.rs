@@ -146,8 +146,8 @@ pub enum NetEvent {
     InboundRequest {
         /// The requester.
         peer: PeerId,
-        /// The request.
-        message: Message,
+        /// The request (boxed: a `Message` is much larger than the other events).
+        message: Box<Message>,
         /// Where the response goes.
         channel: InboundChannel,
     },

@@ -107,7 +107,7 @@ impl Dispatcher {
                 };
                 let this = self.clone();
                 handlers.spawn(async move {
-                    let reply = this.answer(peer, message).await;
+                    let reply = this.answer(peer, *message).await;
                     if let Err(e) = this.net.respond(channel, reply).await {
                         tracing::debug!(%peer, error = %e, "could not answer");
                     }

@@ -471,6 +471,7 @@ mod tests {
             min_topup_sat: 100,
             max_credit_sat: 100_000,
             reserve_days: 7,
+            refund_unused: false,
         };
         let offer = Offer {
             provider: pid(1).to_string(),
@@ -484,6 +485,7 @@ mod tests {
             ipv4: vec![PrefixAvailability {
                 prefix_len: 32,
                 available: 3,
+                rate_sat_per_day: 0,
             }],
             ipv6: vec![],
             terms: terms.clone(),
@@ -541,7 +543,35 @@ mod tests {
                 now: NOW + 5,
                 lease: Some(signed_lease),
                 termination: None,
+                refund_due_sat: 0,
+                refund: RefundState::None,
             }),
+            Message::Status(Status {
+                lease_id: "ab".repeat(16),
+                state: LeaseState::Released,
+                remaining_credit_sat: 0,
+                paid_until: NOW,
+                now: NOW + 5,
+                lease: None,
+                termination: None,
+                refund_due_sat: 700,
+                refund: RefundState::Paid {
+                    payment_hash: "cd".repeat(32),
+                },
+            }),
+            Message::RefundRequest(
+                Signed::sign(
+                    &key(2),
+                    &RefundRequest {
+                        lease_id: "ab".repeat(16),
+                        provider: pid(1).to_string(),
+                        renter: pid(2).to_string(),
+                        bolt11: "lnbcrt7u1p".into(),
+                        requested_at: NOW,
+                    },
+                )
+                .unwrap(),
+            ),
             Message::TopUpRequest(TopUpRequest {
                 request_id: "02".repeat(16),
                 lease_id: "ab".repeat(16),

@@ -21,6 +21,7 @@ use crate::types::{Sats, Terms, WgKey};
 /// | `topUpRequest` | `payInvoice` |
 /// | `statusRequest` | `status` |
 /// | `leaseEnd` | `status` |
+/// | `refundRequest` | `status` |
 ///
 /// Any request may be answered with `error`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +49,8 @@ pub enum Message {
     Error(ErrorMsg),
     /// The renter gives a lease up (signed by the renter).
     LeaseEnd(Signed<LeaseEnd>),
+    /// The renter asks for the unused credit of an ended lease (signed by the renter).
+    RefundRequest(Signed<RefundRequest>),
 }
 
 impl Message {
@@ -65,6 +68,7 @@ impl Message {
             Message::TopUpRequest(_) => "topUpRequest",
             Message::Error(_) => "error",
             Message::LeaseEnd(_) => "leaseEnd",
+            Message::RefundRequest(_) => "refundRequest",
         }
     }
 }
@@ -94,13 +98,16 @@ impl Hello {
     }
 }
 
-/// How many prefixes of one size an offer has available.
+/// One prefix size an offer leases: how many are available and what one costs per day.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefixAvailability {
     /// Prefix length, e.g. 32 for one IPv4 address or 64 for an IPv6 /64.
     pub prefix_len: u8,
     /// How many such prefixes can still be leased.
     pub available: u32,
+    /// Daily price of one prefix of this size, added to the offer's base
+    /// `terms.rate_sat_per_day` (see [`crate::market::sizes::effective_terms`]).
+    pub rate_sat_per_day: Sats,
 }
 
 /// A provider's offer. Published signed; its id is derived from the signed bytes.
@@ -122,11 +129,12 @@ pub struct Offer {
     pub wg_pubkey: WgKey,
     /// WireGuard endpoint: "ip:port", "[ipv6]:port" or "dns-name:port".
     pub endpoint: String,
-    /// IPv4 prefix sizes on offer.
+    /// Every IPv4 prefix size on offer, with availability and price; empty: no IPv4.
     pub ipv4: Vec<PrefixAvailability>,
-    /// IPv6 prefix sizes on offer.
+    /// Every IPv6 prefix size on offer, with availability and price; empty: no IPv6.
     pub ipv6: Vec<PrefixAvailability>,
-    /// Terms of sale.
+    /// Terms of sale. `rate_sat_per_day` is the base rate of a lease; a lease's own terms
+    /// (and its invoice commitment's) carry the effective rate for its sizes.
     pub terms: Terms,
 }
 
@@ -167,7 +175,8 @@ pub struct InvoiceCommitment {
     pub offer_id: String,
     /// Lease being topped up (None for activation).
     pub lease_id: Option<String>,
-    /// Terms in force.
+    /// Terms in force: the offer's, with the effective rate of the sizes asked (activation),
+    /// or the lease's own terms (top-up).
     pub terms: Terms,
     /// Credit bought.
     pub credit_sat: Sats,
@@ -248,7 +257,7 @@ pub struct Lease {
     pub ipv6: Option<String>,
     /// Allowed IPs of the renter's peer entry at the provider: the leased prefixes.
     pub allowed_ips: Vec<String>,
-    /// Terms in force.
+    /// Terms in force, with the effective rate of the lease's sizes.
     pub terms: Terms,
     /// Total credit bought over the lease's life.
     pub credit_sat: Sats,
@@ -345,6 +354,77 @@ pub struct Status {
     /// encoding of older nodes, hence the default.
     #[serde(default)]
     pub termination: Option<Signed<TerminationNotice>>,
+    /// Unused credit the provider owes back for this ended lease (its terms promised
+    /// `refund_unused`); 0 when none. Left out of the encoding when 0, so older nodes decode
+    /// it and older encodings decode here.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refund_due_sat: Sats,
+    /// Where that refund stands. Left out of the encoding when `none`.
+    #[serde(default, skip_serializing_if = "RefundState::is_none")]
+    pub refund: RefundState,
+}
+
+fn is_zero(n: &Sats) -> bool {
+    *n == 0
+}
+
+/// Where a refund of unused credit stands, in the provider's ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundState {
+    /// No refund: the terms promise none, nothing was left, or the lease has not ended.
+    #[default]
+    None,
+    /// Owed: the renter may send a `refundRequest` with an invoice for `refund_due_sat`.
+    Due,
+    /// The provider's node is paying the renter's invoice with this payment hash (hex).
+    Paying {
+        /// Payment hash of the renter's invoice.
+        payment_hash: String,
+    },
+    /// Paid: the renter's invoice with this payment hash (hex) was paid.
+    Paid {
+        /// Payment hash of the renter's invoice.
+        payment_hash: String,
+    },
+}
+
+impl RefundState {
+    /// True for [`RefundState::None`].
+    pub fn is_none(&self) -> bool {
+        matches!(self, RefundState::None)
+    }
+
+    /// Lowercase name: `none`, `due`, `paying` or `paid`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RefundState::None => "none",
+            RefundState::Due => "due",
+            RefundState::Paying { .. } => "paying",
+            RefundState::Paid { .. } => "paid",
+        }
+    }
+}
+
+/// A renter asks for the unused credit of an ended lease: `bolt11` is an invoice of its own
+/// node for exactly the `refund_due_sat` the provider's `status` shows. Signed by the renter;
+/// the provider answers with its `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequest {
+    /// The ended lease.
+    pub lease_id: String,
+    /// Provider PeerId: the lease's provider.
+    pub provider: String,
+    /// Renter PeerId: the lease's renter; must equal the signer.
+    pub renter: String,
+    /// BOLT11 invoice of the renter's node for exactly the refund due.
+    pub bolt11: String,
+    /// When the renter made the request (its clock).
+    pub requested_at: u64,
+}
+
+impl SignedKind for RefundRequest {
+    const DOMAIN: &'static str = "leasewire/refund-request/v1";
 }
 
 /// A provider ends a lease with notice: the lease stays as it is until `ends_at`, then the

@@ -8,6 +8,11 @@
 //!
 //! Every call first selects the virtual node from the hex `macaroon` metadata header, as LND
 //! authenticates with it; a missing or unknown macaroon is `Unauthenticated`.
+//!
+//! Macaroons are not scoped: each virtual node has one macaroon that may do everything, like
+//! LND's `admin.macaroon`. `CheckMacaroonPermissions` therefore answers `valid` for any
+//! permission list exactly when the macaroon checked is one of the simulator's node
+//! macaroons.
 
 use std::pin::Pin;
 use std::str::FromStr as _;
@@ -278,6 +283,16 @@ impl Lightning for SimService {
             payments: page,
         }))
     }
+    async fn check_macaroon_permissions(
+        &self,
+        request: Request<lnrpc::CheckMacPermRequest>,
+    ) -> Result<Response<lnrpc::CheckMacPermResponse>, Status> {
+        self.authenticate(&request)?;
+        let req = request.into_inner();
+        let valid = self.lock().node_by_macaroon(&req.macaroon).is_some();
+        Ok(Response::new(lnrpc::CheckMacPermResponse { valid }))
+    }
+
     async fn send_payment_sync(
         &self,
         request: Request<lnrpc::SendRequest>,

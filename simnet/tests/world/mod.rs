@@ -16,6 +16,7 @@ use leasewire::lightning::lnd::LndClient;
 use leasewire::lightning::{InvoiceRequest, LightningNode};
 use leasewire::market::provider::{Provider, ProviderParams};
 use leasewire::market::renter::{Renter, RenterParams};
+use leasewire::market::sizes::SizePrice;
 use leasewire::market::{MarketError, Peers};
 use leasewire::tunnel::Tunnel;
 use leasewire::tunnel::file::FileTunnel;
@@ -215,6 +216,7 @@ pub struct World {
 struct ProviderParts {
     key: SigningKey,
     terms: leasewire::types::Terms,
+    sizes: Option<Shape>,
     db: sled::Db,
     ln: LndClient,
     ln_pubkey: String,
@@ -229,13 +231,16 @@ impl ProviderParts {
         Provider::with_clock(
             ProviderParams {
                 key: self.key.clone(),
-                cfg: ProviderConfig {
-                    endpoint: endpoint.into(),
-                    ipv4_pools: vec!["198.51.100.0/29".into()],
-                    ipv6_pools: vec!["2001:db8:100::/61".into()],
-                    terms: self.terms.clone(),
-                    ..ProviderConfig::default()
-                },
+                cfg: shaped(
+                    ProviderConfig {
+                        endpoint: endpoint.into(),
+                        ipv4_pools: vec!["198.51.100.0/29".into()],
+                        ipv6_pools: vec!["2001:db8:100::/61".into()],
+                        terms: self.terms.clone(),
+                        ..ProviderConfig::default()
+                    },
+                    &self.sizes,
+                ),
                 network: "regtest".into(),
                 ln_pubkey: self.ln_pubkey.clone(),
                 wg_private: wg.0,
@@ -263,6 +268,20 @@ struct RenterParts {
     clock: Arc<ManualClock>,
 }
 
+/// The sizes a provider leases: (IPv4 sizes, IPv6 sizes), each with its daily price; an
+/// empty list leaves that family out.
+pub type Shape = (Vec<SizePrice>, Vec<SizePrice>);
+
+/// `cfg` with the sizes of `shape`, if any (the defaults otherwise).
+fn shaped(mut cfg: ProviderConfig, shape: &Option<Shape>) -> ProviderConfig {
+    if let Some((v4, v6)) = shape {
+        cfg.ipv4_sizes = v4.clone();
+        cfg.ipv6_sizes = v6.clone();
+    }
+    cfg.validate().unwrap();
+    cfg
+}
+
 /// How to build a [`World`].
 pub struct Opts {
     pub tamper: Tamper,
@@ -275,6 +294,10 @@ pub struct Opts {
     /// A second provider with these terms (its own Lightning node, pools, WireGuard keys and
     /// endpoint).
     pub second_provider: Option<leasewire::types::Terms>,
+    /// The sizes the provider leases (default: /32 and /64 at no extra price).
+    pub sizes: Option<Shape>,
+    /// The sizes the second provider leases (default: /32 and /64 at no extra price).
+    pub second_sizes: Option<Shape>,
 }
 
 impl Default for Opts {
@@ -286,6 +309,8 @@ impl Default for Opts {
             link: false,
             verifying: false,
             second_provider: None,
+            sizes: None,
+            second_sizes: None,
         }
     }
 }
@@ -326,6 +351,21 @@ impl RenterParts {
 }
 
 impl World {
+    /// The renter discovers the provider(s) and rents from the best offer with
+    /// `credit_sat` of credit.
+    pub async fn rent_with_credit(&self, credit_sat: u64) -> leasewire::market::renter::Rental {
+        self.renter.discover().await.expect("discovery");
+        self.renter
+            .rent(leasewire::market::renter::RentArgs {
+                offer_id: None,
+                credit_sat: Some(credit_sat),
+                timeout: std::time::Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await
+            .expect("rent")
+    }
+
     /// The provider daemon restarted on the same database with another endpoint and
     /// WireGuard key pair (private, public): it moved.
     pub async fn restart_provider(&mut self, endpoint: &str, wg: (WgKey, WgKey)) {
@@ -366,7 +406,7 @@ pub async fn world_full(
         renter_cfg,
         link,
         verifying: false,
-        second_provider: None,
+        ..Opts::default()
     })
     .await
 }
@@ -379,6 +419,8 @@ pub async fn world_opts(opts: Opts) -> World {
         link,
         verifying,
         second_provider,
+        sizes,
+        second_sizes,
     } = opts;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
@@ -428,6 +470,7 @@ pub async fn world_opts(opts: Opts) -> World {
     let provider_parts = ProviderParts {
         key: pkey,
         terms,
+        sizes,
         db: pdb,
         ln: provider_ln.clone(),
         ln_pubkey: provider_info.pubkey,
@@ -449,13 +492,16 @@ pub async fn world_opts(opts: Opts) -> World {
             let p2 = Provider::with_clock(
                 ProviderParams {
                     key: key2,
-                    cfg: ProviderConfig {
-                        endpoint: "127.0.0.1:51830".into(),
-                        ipv4_pools: vec!["203.0.113.0/29".into()],
-                        ipv6_pools: vec!["2001:db8:200::/61".into()],
-                        terms,
-                        ..ProviderConfig::default()
-                    },
+                    cfg: shaped(
+                        ProviderConfig {
+                            endpoint: "127.0.0.1:51830".into(),
+                            ipv4_pools: vec!["203.0.113.0/29".into()],
+                            ipv6_pools: vec!["2001:db8:200::/61".into()],
+                            terms,
+                            ..ProviderConfig::default()
+                        },
+                        &second_sizes,
+                    ),
                     network: "regtest".into(),
                     ln_pubkey: info2.pubkey,
                     wg_private: WgKey([5; 32]),
@@ -529,6 +575,19 @@ pub async fn world_opts(opts: Opts) -> World {
         peers,
         renter_parts,
         provider_parts,
+    }
+}
+
+/// Terms where time is cheap to move through: 864 000 sat/day is 10 sat per second.
+pub fn fast_terms() -> leasewire::types::Terms {
+    leasewire::types::Terms {
+        activation_fee_sat: 100,
+        rate_sat_per_day: 864_000,
+        min_initial_credit_sat: 100,
+        min_topup_sat: 50,
+        max_credit_sat: 1_000_000,
+        reserve_days: 1,
+        refund_unused: false,
     }
 }
 

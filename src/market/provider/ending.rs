@@ -81,14 +81,22 @@ impl Provider {
         let reserve = rec.lease.terms.reserve_days;
         let held_until = lease::reserve_end(rec.lease.paid_until, reserve)
             .min(now.saturating_add(u64::from(reserve) * DAY_SECS));
-        let unused = rec.remaining_credit(now);
+        // Credit left when the lease ended: at the end of our notice if that is what ended
+        // it (metering may run a little later), otherwise now.
+        let end = notice_end(rec).filter(|e| *e <= now).unwrap_or(now);
+        let unused = rec.remaining_credit(end);
+        if rec.refund.is_none() {
+            rec.refund = super::ProviderRefund::frozen(rec, end);
+        }
+        let refund_due = rec.refund.as_ref().map_or(0, |r| r.due_sat);
         rec.state = t.state;
         rec.prefixes_held_until = Some(held_until);
         i.leases.put(lease_id, rec).await?;
         self.audit(
             AuditKind::LeaseReleased,
             json!({"lease_id": lease_id, "reason": reason, "renter": rec.renter_peer,
-                   "unused_credit_sat": unused, "prefixes_held_until": held_until}),
+                   "unused_credit_sat": unused, "refund_due_sat": refund_due,
+                   "prefixes_held_until": held_until}),
         )
         .await;
         tracing::info!(lease_id, held_until, reason, "lease released");

@@ -34,6 +34,7 @@ impl Provider {
                 self.item_failed("metering", &lease_id, &e).await;
             }
         }
+        self.resolve_paying_refunds().await?;
         self.refresh_offer(false).await?;
         Ok(())
     }

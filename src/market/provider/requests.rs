@@ -1,6 +1,7 @@
 //! Rent and top-up requests: validation, prefix reservation, invoices.
 
 use super::*;
+use crate::market::sizes::{self, Family, Sizes};
 
 impl Provider {
     /// The unreleased lease whose renter uses WireGuard key `key`, if any.
@@ -27,32 +28,23 @@ impl Provider {
                 ),
             );
         }
-        let terms = &i.cfg.terms;
+        // The sizes asked must be ones the offer lists; the lease's terms carry the rate of
+        // exactly those sizes.
+        let asked = Sizes {
+            ipv4: r.ipv4_prefix_len,
+            ipv6: r.ipv6_prefix_len,
+        };
+        let (ipv4_list, ipv6_list) = self.availability();
+        let terms = match sizes::effective_terms_of(&i.cfg.terms, &ipv4_list, &ipv6_list, asked) {
+            Ok(t) => t,
+            Err(e) => return err(ErrorCode::BadRequest, e.to_string()),
+        };
         if r.credit_sat < terms.min_initial_credit_sat || r.credit_sat > terms.max_credit_sat {
             return err(
                 ErrorCode::BadRequest,
                 format!(
                     "credit {} sat outside {}..={} sat",
                     r.credit_sat, terms.min_initial_credit_sat, terms.max_credit_sat
-                ),
-            );
-        }
-        if r.ipv4_prefix_len.is_none() && r.ipv6_prefix_len.is_none() {
-            return err(ErrorCode::BadRequest, "ask for an IPv4 or IPv6 prefix");
-        }
-        let want_v4 = r.ipv4_prefix_len.is_some();
-        let want_v6 = r.ipv6_prefix_len.is_some();
-        if (want_v4
-            && (r.ipv4_prefix_len != Some(i.cfg.ipv4_prefix_len) || i.cfg.ipv4_pools.is_empty()))
-            || (want_v6
-                && (r.ipv6_prefix_len != Some(i.cfg.ipv6_prefix_len)
-                    || i.cfg.ipv6_pools.is_empty()))
-        {
-            return err(
-                ErrorCode::BadRequest,
-                format!(
-                    "this provider leases IPv4 /{} and IPv6 /{} only",
-                    i.cfg.ipv4_prefix_len, i.cfg.ipv6_prefix_len
                 ),
             );
         }
@@ -95,26 +87,26 @@ impl Provider {
         }
         let lease_id = random_id();
         let reserve = async || -> Result<(Option<String>, Option<String>), MarketError> {
-            let v4 = if want_v4 {
-                match i.pool.allocate_v4(&lease_id).await? {
+            let v4 = match asked.ipv4 {
+                Some(len) => match i.pool.allocate(Family::V4, len, &lease_id).await? {
                     Some(n) => Some(n.to_string()),
-                    None => return Err(MarketError::NoOffer("no IPv4 prefix left".into())),
-                }
-            } else {
-                None
+                    None => {
+                        return Err(MarketError::NoOffer(format!("no IPv4 /{len} left")));
+                    }
+                },
+                None => None,
             };
-            let v6 = if want_v6 {
-                match i.pool.allocate_v6(&lease_id).await? {
+            let v6 = match asked.ipv6 {
+                Some(len) => match i.pool.allocate(Family::V6, len, &lease_id).await? {
                     Some(n) => Some(n.to_string()),
                     None => {
                         if let Some(p) = &v4 {
                             i.pool.release(p, &lease_id).await?;
                         }
-                        return Err(MarketError::NoOffer("no IPv6 prefix left".into()));
+                        return Err(MarketError::NoOffer(format!("no IPv6 /{len} left")));
                     }
-                }
-            } else {
-                None
+                },
+                None => None,
             };
             Ok((v4, v6))
         };
@@ -134,7 +126,7 @@ impl Provider {
             renter: peer.to_string(),
             offer_id: r.offer_id.clone(),
             lease_id: None,
-            terms: terms.clone(),
+            terms,
             credit_sat: r.credit_sat,
             amount_sat,
             ipv4_prefix_len: r.ipv4_prefix_len,
@@ -296,5 +288,104 @@ impl Provider {
         };
         self.create_invoice(peer, &r.request_id, &r.lease_id, commitment, None, None)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{harness_with, renter_peer};
+    use super::*;
+    use crate::market::sizes::SizePrice;
+
+    fn ask(provider: &Provider, id: u8, v4: Option<u8>, v6: Option<u8>) -> Message {
+        Message::RentRequest(RentRequest {
+            request_id: format!("{id:02}").repeat(16),
+            offer_id: provider.offer().id(),
+            credit_sat: 1_000,
+            ipv4_prefix_len: v4,
+            ipv6_prefix_len: v6,
+            wg_pubkey: WgKey([id; 32]),
+        })
+    }
+
+    #[tokio::test]
+    async fn sizes_are_priced_allocated_as_asked_and_refused_when_not_listed() {
+        let h = harness_with(ProviderConfig {
+            ipv4_sizes: vec![
+                SizePrice {
+                    prefix_len: 32,
+                    rate_sat_per_day: 0,
+                },
+                SizePrice {
+                    prefix_len: 30,
+                    rate_sat_per_day: 40,
+                },
+            ],
+            ipv6_sizes: Vec::new(),
+            ..ProviderConfig::default()
+        })
+        .await;
+        let p = &h.provider;
+        let offer = p.offer().verify().unwrap();
+        let listed: Vec<(u8, u32, Sats)> = offer
+            .ipv4
+            .iter()
+            .map(|a| (a.prefix_len, a.available, a.rate_sat_per_day))
+            .collect();
+        assert_eq!(listed, [(32, 16, 0), (30, 4, 40)]);
+        assert!(offer.ipv6.is_empty(), "no IPv6 sizes: IPv6 not offered");
+
+        // A /30: allocated as asked, the invoice commits to the effective rate.
+        let Message::PayInvoice(pay) = p.handle(renter_peer(1), ask(p, 1, Some(30), None)).await
+        else {
+            panic!("a listed size was refused")
+        };
+        assert_eq!(
+            pay.amount_sat,
+            1_000 + 1_000,
+            "fee + credit, whatever the size"
+        );
+        let pending = p.inner.pending.get(&pay.request_id).unwrap().unwrap();
+        assert_eq!(pending.ipv4.as_deref(), Some("198.51.100.0/30"));
+        assert_eq!(pending.commitment.terms.rate_sat_per_day, 140);
+        assert_eq!(pending.commitment.ipv4_prefix_len, Some(30));
+        let offer = p.offer().verify().unwrap();
+        assert_eq!((offer.ipv4[0].available, offer.ipv4[1].available), (12, 3));
+
+        // Sizes not listed, and a family not offered, are refused naming what is leased.
+        for (n, v4, v6) in [
+            (2, Some(29), None),
+            (3, None, Some(64)),
+            (4, Some(32), Some(64)),
+        ] {
+            match p.handle(renter_peer(n), ask(p, n, v4, v6)).await {
+                Message::Error(e) => {
+                    assert_eq!(e.code, ErrorCode::BadRequest);
+                    assert!(
+                        e.message
+                            .starts_with("this provider leases IPv4 /32 /30, IPv6 none"),
+                        "{}",
+                        e.message
+                    );
+                }
+                other => panic!("{v4:?}/{v6:?} answered with {other:?}"),
+            }
+        }
+        // Nothing asked at all.
+        match p.handle(renter_peer(5), ask(p, 5, None, None)).await {
+            Message::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest),
+            other => panic!("an empty request answered with {other:?}"),
+        }
+        // A listed size with none left is exhausted, not refused.
+        for n in 6..9 {
+            assert!(matches!(
+                p.handle(renter_peer(n), ask(p, n, Some(30), None)).await,
+                Message::PayInvoice(_)
+            ));
+        }
+        match p.handle(renter_peer(9), ask(p, 9, Some(30), None)).await {
+            Message::Error(e) => assert_eq!(e.code, ErrorCode::PoolExhausted, "{}", e.message),
+            other => panic!("an exhausted size answered with {other:?}"),
+        }
     }
 }

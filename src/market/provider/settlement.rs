@@ -208,6 +208,7 @@ impl Provider {
             prefixes_held_until: None,
             lease_end: None,
             termination: None,
+            refund: None,
         })
     }
 

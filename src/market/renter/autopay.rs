@@ -248,7 +248,12 @@ impl Renter {
             .fetch_offer_str(&r.lease.provider)
             .await
             .map_err(|e| Skip::Other(format!("cannot fetch the provider's current offer: {e}")))?;
-        if current.offer.terms != r.lease.terms || current.offer.ln_pubkey != r.provider_ln_pubkey {
+        // The lease holds the effective terms of its sizes: compare like with like.
+        let current_terms =
+            crate::market::sizes::effective_terms(&current.offer, Self::lease_sizes(&r.lease)).ok();
+        if current_terms.as_ref() != Some(&r.lease.terms)
+            || current.offer.ln_pubkey != r.provider_ln_pubkey
+        {
             return Err(Skip::Other(
                 "the provider's terms or Lightning node changed since the lease was made; \
                  top up by hand after reviewing them"
@@ -398,6 +403,7 @@ mod tests {
                 min_topup_sat: min_topup,
                 max_credit_sat: max_credit,
                 reserve_days: 1,
+                refund_unused: false,
             },
             credit_sat: 0,
             activated_at: 0,

@@ -150,6 +150,7 @@ impl Renter {
             failover: None,
             failed_over_from: None,
             failover_note: None,
+            refund: RenterRefund::default(),
         };
         i.rentals.put(&lease.lease_id, &rental).await?;
         drop(claim);

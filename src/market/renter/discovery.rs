@@ -143,18 +143,37 @@ impl Renter {
                 offer.network, self.inner.network
             )));
         }
-        offer.terms.validate().map_err(|e| bad(e.to_string()))?;
+        match offer.terms.validate() {
+            // A base rate of 0 is fine when every size has a price (checked below).
+            Ok(()) | Err(crate::types::TermsError::ZeroRate) => {}
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        crate::market::sizes::validate_sizes(&offer.terms, &offer.ipv4, &offer.ipv6)
+            .map_err(|e| bad(e.to_string()))?;
         Ok(offer)
     }
 
-    /// Known offers, best first for `credit` (default credit when `None`). Ranking uses this
-    /// renter's history with each provider; a provider that failed
+    /// Known offers, best first for `credit` (default credit when `None`), for the configured
+    /// sizes and filters; offers that cannot serve them (or fail a filter) follow, unranked.
+    /// Ranking uses this renter's history with each provider; a provider that failed
     /// `renter.drop_after_failures` requests in a row is left out until it answers again.
     pub fn offers(&self, credit: Option<Sats>) -> Vec<KnownOffer> {
-        let credit = credit.unwrap_or(self.inner.cfg.default_credit_sat);
+        let cfg = &self.inner.cfg;
+        let (usable, _) = self.usable_offers(credit, cfg.sizes(), &cfg.filters());
+        let mut ranked: Vec<KnownOffer> = usable.into_iter().map(|(o, _)| o).collect();
+        let rest: Vec<KnownOffer> = self
+            .known_offers()
+            .into_iter()
+            .filter(|o| !ranked.iter().any(|r| r.offer_id == o.offer_id))
+            .collect();
+        ranked.extend(rest);
+        ranked
+    }
+
+    /// Every known offer of a provider that is not dropped.
+    fn known_offers(&self) -> Vec<KnownOffer> {
         let histories = self.histories();
-        let all: Vec<KnownOffer> = self
-            .inner
+        self.inner
             .offers
             .lock()
             .expect("offers lock not poisoned")
@@ -165,14 +184,38 @@ impl Renter {
                     .is_some_and(|h| self.dropped(h.consecutive_failures))
             })
             .cloned()
-            .collect();
-        let cands: Vec<select::Candidate<'_>> = all
+            .collect()
+    }
+
+    /// The known offers that serve `asked` and pass `filters`, best first for `credit`
+    /// (default credit when `None`) at their effective terms for `asked` (returned with each),
+    /// and how many offers each filter left out.
+    pub(super) fn usable_offers(
+        &self,
+        credit: Option<Sats>,
+        asked: Sizes,
+        filters: &Filters,
+    ) -> (Vec<(KnownOffer, crate::types::Terms)>, select::Tally) {
+        let credit = credit.unwrap_or(self.inner.cfg.default_credit_sat);
+        let histories = self.histories();
+        let mut tally = select::Tally::default();
+        let mut admitted: Vec<(KnownOffer, crate::types::Terms)> = Vec::new();
+        for o in self.known_offers() {
+            match select::admit(&o.offer, &o.peer, asked, filters) {
+                Ok(terms) => {
+                    tally.count(Ok(()));
+                    admitted.push((o, terms));
+                }
+                Err(why) => tally.count(Err(&why)),
+            }
+        }
+        let cands: Vec<select::Candidate<'_>> = admitted
             .iter()
-            .map(|o| select::Candidate {
+            .map(|(o, terms)| select::Candidate {
                 offer_id: &o.offer_id,
-                terms: &o.offer.terms,
+                terms,
                 rtt: o.rtt,
-                available: self.serves(&o.offer),
+                available: true,
                 history: histories.get(&o.peer).copied().unwrap_or_default(),
             })
             .collect();
@@ -180,23 +223,11 @@ impl Renter {
             .into_iter()
             .map(|c| c.offer_id.to_owned())
             .collect();
-        let mut ranked: Vec<KnownOffer> = order
+        let ranked = order
             .iter()
-            .filter_map(|id| all.iter().find(|o| &o.offer_id == id).cloned())
+            .filter_map(|id| admitted.iter().find(|(o, _)| &o.offer_id == id).cloned())
             .collect();
-        // Offers that cannot serve us stay visible, after the others.
-        ranked.extend(all.iter().filter(|o| !order.contains(&o.offer_id)).cloned());
-        ranked
-    }
-
-    /// Whether the offer has prefixes of the sizes we want.
-    pub(super) fn serves(&self, offer: &Offer) -> bool {
-        let has = |list: &[crate::wire::PrefixAvailability], len: Option<u8>| match len {
-            None => true,
-            Some(l) => list.iter().any(|a| a.prefix_len == l && a.available > 0),
-        };
-        has(&offer.ipv4, self.inner.cfg.ipv4_prefix_len)
-            && has(&offer.ipv6, self.inner.cfg.ipv6_prefix_len)
+        (ranked, tally)
     }
 
     /// Whether a provider with `consecutive` failed requests in a row is dropped.

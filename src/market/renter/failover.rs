@@ -292,13 +292,16 @@ impl Renter {
     }
 
     /// The prefix sizes of a lease: (IPv4, IPv6) prefix lengths, `None` for a family it lacks.
-    fn lease_sizes(lease: &Lease) -> (Option<u8>, Option<u8>) {
+    pub(super) fn lease_sizes(lease: &Lease) -> Sizes {
         let len = |p: &Option<String>| {
             p.as_deref()
                 .and_then(|s| s.parse::<IpNet>().ok())
                 .map(|n| n.prefix_len())
         };
-        (len(&lease.ipv4), len(&lease.ipv6))
+        Sizes {
+            ipv4: len(&lease.ipv4),
+            ipv6: len(&lease.ipv6),
+        }
     }
 
     /// Rents the best offer of another provider serving `old`'s families and sizes, with the
@@ -307,26 +310,22 @@ impl Renter {
     async fn buy_replacement(&self, old: &Rental) -> Result<String, MarketError> {
         let id = old.lease.lease_id.as_str();
         let sizes = Self::lease_sizes(&old.lease);
-        let serves = |o: &Offer| {
-            let has = |list: &[crate::wire::PrefixAvailability], len: Option<u8>| match len {
-                None => true,
-                Some(l) => list.iter().any(|a| a.prefix_len == l && a.available > 0),
-            };
-            has(&o.ipv4, sizes.0) && has(&o.ipv6, sizes.1)
-        };
         let high = self.inner.cfg.autopay.high_watermark;
         let credit_for = |t: &crate::types::Terms| {
             let c =
                 u128::from(high.as_secs()) * u128::from(t.rate_sat_per_day) / u128::from(DAY_SECS);
             u64::try_from(c).unwrap_or(u64::MAX).max(1)
         };
-        let candidates = |me: &Self| -> Vec<KnownOffer> {
-            me.offers(None)
+        // Same families and sizes as the old lease, the configured filters, ranked at the
+        // effective rate of those sizes.
+        let filters = self.inner.cfg.filters();
+        let candidates = |me: &Self| -> Vec<(KnownOffer, crate::types::Terms)> {
+            me.usable_offers(None, sizes, &filters)
+                .0
                 .into_iter()
-                .filter(|o| o.peer != old.lease.provider)
-                .filter(|o| serves(&o.offer))
-                .filter(|o| select::price(&o.offer.terms, credit_for(&o.offer.terms)).is_some())
-                .filter(|o| me.payable(&o.peer))
+                .filter(|(o, _)| o.peer != old.lease.provider)
+                .filter(|(_, t)| select::price(t, credit_for(t)).is_some())
+                .filter(|(o, _)| me.payable(&o.peer))
                 .collect()
         };
         let mut offers = candidates(self);
@@ -337,11 +336,10 @@ impl Renter {
             offers = candidates(self);
         }
         let mut last = MarketError::NoOffer(format!(
-            "no offer from another provider serves IPv4 {:?} / IPv6 {:?} within the limits",
-            sizes.0, sizes.1
+            "no offer from another provider serves {sizes} within the limits and filters"
         ));
-        for offer in offers {
-            let credit = credit_for(&offer.offer.terms);
+        for (offer, terms) in offers {
+            let credit = credit_for(&terms);
             match self.rent_offer(&offer, credit, sizes, Some(id)).await {
                 Ok(new) => return Ok(new.lease.lease_id),
                 Err(e) => {

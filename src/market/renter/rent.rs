@@ -21,21 +21,34 @@ impl Renter {
         second_ok: bool,
     ) -> Result<Rental, MarketError> {
         let credit = args.credit_sat.unwrap_or(self.inner.cfg.default_credit_sat);
+        let asked = args.sizes.unwrap_or_else(|| self.inner.cfg.sizes());
+        asked
+            .validate()
+            .map_err(|e| MarketError::Invalid(e.to_string()))?;
+        let filters = args
+            .filters
+            .clone()
+            .unwrap_or_else(|| self.inner.cfg.filters());
         let deadline = tokio::time::Instant::now() + args.timeout;
+        let mut tally = select::Tally::default();
         loop {
-            let ranked = self.offers(Some(credit));
             let candidates: Vec<KnownOffer> = match &args.offer_id {
-                Some(id) => ranked
+                // An offer named by the user: no filters, but it must lease the sizes asked.
+                Some(id) => self
+                    .offers(Some(credit))
                     .into_iter()
                     .filter(|o| &o.offer_id == id || o.offer_id.starts_with(id.as_str()))
                     .collect(),
-                None => ranked
-                    .into_iter()
-                    .filter(|o| {
-                        self.serves(&o.offer) && select::price(&o.offer.terms, credit).is_some()
-                    })
-                    .filter(|o| self.payable(&o.peer))
-                    .collect(),
+                None => {
+                    let (usable, t) = self.usable_offers(Some(credit), asked, &filters);
+                    tally = t;
+                    usable
+                        .into_iter()
+                        .filter(|(_, terms)| select::price(terms, credit).is_some())
+                        .map(|(o, _)| o)
+                        .filter(|o| self.payable(&o.peer))
+                        .collect()
+                }
             };
             let mut last_err = None;
             for offer in candidates {
@@ -57,7 +70,7 @@ impl Renter {
                         )));
                     }
                 }
-                match self.rent_from(&offer, credit).await {
+                match self.rent_offer(&offer, credit, asked, None).await {
                     Ok(r) => return Ok(r),
                     // Offer-side problems: try the next offer. Money problems stop here.
                     Err(
@@ -85,8 +98,12 @@ impl Renter {
                                      payment whose lease has not arrived are skipped: {waiting} \
                                      such payment(s), see `status`)"
                                 )
-                            } else {
+                            } else if tally.seen > tally.left_out.iter().map(|(_, n)| n).sum() {
                                 "no usable offer found before the timeout".into()
+                            } else {
+                                format!(
+                                    "no usable offer for {asked} found before the timeout ({tally})"
+                                )
                             }
                         }
                     })
@@ -99,18 +116,6 @@ impl Renter {
         }
     }
 
-    pub(super) async fn rent_from(
-        &self,
-        known: &KnownOffer,
-        credit: Sats,
-    ) -> Result<Rental, MarketError> {
-        let sizes = (
-            self.inner.cfg.ipv4_prefix_len,
-            self.inner.cfg.ipv6_prefix_len,
-        );
-        self.rent_offer(known, credit, sizes, None).await
-    }
-
     /// Rents `known` with prefixes of `sizes` (IPv4, IPv6 prefix lengths). For a failover,
     /// `failover_from` names the lease being replaced: the new lease's id is stored in its
     /// failover record before anything is paid, so the decision survives a crash.
@@ -118,7 +123,7 @@ impl Renter {
         &self,
         known: &KnownOffer,
         credit: Sats,
-        sizes: (Option<u8>, Option<u8>),
+        sizes: Sizes,
         failover_from: Option<&str>,
     ) -> Result<Rental, MarketError> {
         let i = &self.inner;
@@ -126,7 +131,11 @@ impl Renter {
             .peer
             .parse()
             .map_err(|_| MarketError::Invalid("bad peer id".into()))?;
-        let (credit, total) = select::price(&known.offer.terms, credit)
+        // The terms of this lease: the offer's, at the rate of the sizes asked. The invoice's
+        // commitment must carry exactly these.
+        let terms = crate::market::sizes::effective_terms(&known.offer, sizes)
+            .map_err(|e| MarketError::NoOffer(format!("offer {}: {e}", known.offer_id)))?;
+        let (credit, total) = select::price(&terms, credit)
             .ok_or_else(|| MarketError::NoOffer("offer cannot sell that credit".into()))?;
         // Before the provider reserves anything for us: no second payment to a provider that
         // has not delivered the first.
@@ -138,8 +147,8 @@ impl Renter {
             request_id: request_id.clone(),
             offer_id: known.offer_id.clone(),
             credit_sat: credit,
-            ipv4_prefix_len: sizes.0,
-            ipv6_prefix_len: sizes.1,
+            ipv4_prefix_len: sizes.ipv4,
+            ipv6_prefix_len: sizes.ipv6,
             wg_pubkey: wg.public,
         };
         let pay = self
@@ -156,7 +165,7 @@ impl Renter {
             renter: i.peer_id.to_string(),
             offer_id: known.offer_id.clone(),
             lease_id: None,
-            terms: known.offer.terms.clone(),
+            terms,
             credit_sat: credit,
             amount_sat: total,
             ipv4_prefix_len: req.ipv4_prefix_len,

@@ -221,17 +221,35 @@ impl Drop for IfaceClaim {
     }
 }
 
-/// The addresses a lease puts on the renter's interface: the leased IPv4 prefix's first
-/// address as a /32, and the first host address (`::1`) of the IPv6 prefix as a /128.
+/// The addresses a lease puts on the renter's interface: every address of the leased IPv4
+/// prefix, each as a /32 (a /30 gives four), and the first host address (`::1`) of the IPv6
+/// prefix as a /128.
+///
+/// Each IPv4 address is its own /32 rather than one address with the prefix length: with a
+/// prefix length the kernel would own only that one address (the others would not answer),
+/// and the source policy rules are per address, so every address also routes its replies back
+/// into the tunnel. The provider routes the whole prefix to this peer (its allowed IPs), so
+/// the network and broadcast addresses of the prefix are ordinary addresses here. A renter
+/// that routes part of the prefix on to a LAN removes those addresses from the interface
+/// (docs/OPERATIONS.md). IPv6 prefixes (/56../64) are far too large for that: the provider
+/// routes the whole prefix to the peer, and `::1` is configured so the host has an address.
 pub(super) fn lease_addresses(lease: &Lease) -> Result<Vec<IpNet>, MarketError> {
     let mut addresses = Vec::new();
     if let Some(v4) = &lease.ipv4 {
         let net: ipnet::Ipv4Net = v4
             .parse()
             .map_err(|_| MarketError::Store(format!("bad prefix {v4}")))?;
-        addresses.push(IpNet::V4(
-            ipnet::Ipv4Net::new(net.network(), 32).expect("/32 to be valid"),
-        ));
+        // Lease sizes stop at /28: at most 16 addresses.
+        if net.prefix_len() < 28 {
+            return Err(MarketError::Store(format!(
+                "IPv4 lease {v4} larger than a /28"
+            )));
+        }
+        for a in ipnet::Ipv4AddrRange::new(net.network(), net.broadcast()) {
+            addresses.push(IpNet::V4(
+                ipnet::Ipv4Net::new(a, 32).expect("/32 to be valid"),
+            ));
+        }
     }
     if let Some(v6) = &lease.ipv6 {
         let net: ipnet::Ipv6Net = v6
@@ -272,5 +290,65 @@ fn unlink_from(dir: &Path, iface: &str, target: &Path) {
     let link = dir.join(format!("{iface}.conf"));
     if std::fs::read_link(&link).is_ok_and(|t| t == target) {
         let _ = std::fs::remove_file(&link);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(ipv4: Option<&str>, ipv6: Option<&str>) -> Lease {
+        Lease {
+            lease_id: String::new(),
+            provider: String::new(),
+            renter: String::new(),
+            offer_id: String::new(),
+            renter_wg_pubkey: WgKey([1; 32]),
+            provider_wg_pubkey: WgKey([2; 32]),
+            endpoint: String::new(),
+            ipv4: ipv4.map(str::to_owned),
+            ipv6: ipv6.map(str::to_owned),
+            allowed_ips: Vec::new(),
+            terms: crate::config::ProviderConfig::default().terms,
+            credit_sat: 0,
+            activated_at: 0,
+            paid_until: 0,
+            payment_hash: String::new(),
+            revision: 1,
+        }
+    }
+
+    fn shown(l: &Lease) -> Vec<String> {
+        lease_addresses(l)
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_ipv4_address_of_the_lease_is_configured() {
+        assert_eq!(
+            shown(&lease(Some("198.51.100.4/30"), Some("2001:db8:100:2::/64"))),
+            [
+                "198.51.100.4/32",
+                "198.51.100.5/32",
+                "198.51.100.6/32",
+                "198.51.100.7/32",
+                "2001:db8:100:2::1/128"
+            ]
+        );
+        assert_eq!(
+            shown(&lease(Some("198.51.100.9/32"), None)),
+            ["198.51.100.9/32"]
+        );
+        assert_eq!(shown(&lease(Some("198.51.100.16/28"), None)).len(), 16);
+        assert_eq!(
+            shown(&lease(None, Some("2001:db8:200::/56"))),
+            ["2001:db8:200::1/128"]
+        );
+        // Larger than any lease size: refused rather than hundreds of addresses.
+        assert!(lease_addresses(&lease(Some("198.51.100.0/24"), None)).is_err());
+        assert!(lease_addresses(&lease(Some("nope"), None)).is_err());
     }
 }

@@ -356,6 +356,7 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
                 min_topup_sat: 10,
                 max_credit_sat: 1_000_000,
                 reserve_days: 1,
+                refund_unused: false,
             };
         }
     }

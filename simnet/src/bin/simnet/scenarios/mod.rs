@@ -109,6 +109,7 @@ impl Scenario {
                         min_topup_sat: AUTOPAY_MIN_TOPUP_SAT,
                         max_credit_sat: 1_000_000,
                         reserve_days: 1,
+                        refund_unused: false,
                     };
                 }
                 Kind::Renter | Kind::Intruder => {
