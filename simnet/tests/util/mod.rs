@@ -116,6 +116,7 @@ pub fn assert_churn(v: &serde_json::Value, netns: bool) {
     assert!(v["failovers"].as_u64().expect("failovers") >= 1, "{v:#}");
     assert_eq!(v["paid_after_death_sat"], 0, "{v:#}");
     assert_eq!(v["endpoint_followed"], true, "{v:#}");
+    assert!(v["refunds_sat"].as_u64().expect("refunds_sat") > 0, "{v:#}");
     let release_ms = v["release_seen_by_provider_ms"]
         .as_u64()
         .expect("release_seen_by_provider_ms");
@@ -186,7 +187,23 @@ pub fn assert_churn(v: &serde_json::Value, netns: bool) {
             assert_ne!(r["traffic_ok"], false, "{r}");
         }
     }
+    // renter-4: IPv4 only, a /32 and a /30; renter-5: IPv6 only.
+    let sized = |renter: &str, family: &str, v4: serde_json::Value, v6: serde_json::Value| {
+        of(renter)
+            .iter()
+            .any(|r| r["family"] == family && r["ipv4_len"] == v4 && r["ipv6_len"] == v6)
+    };
+    let null = serde_json::Value::Null;
+    assert!(sized("renter-4", "ipv4", 32.into(), null.clone()), "{v:#}");
+    assert!(sized("renter-4", "ipv4", 30.into(), null.clone()), "{v:#}");
+    assert!(sized("renter-5", "ipv6", null, 64.into()), "{v:#}");
     if netns {
+        for renter in ["renter-4", "renter-5"] {
+            assert!(
+                of(renter).iter().all(|r| r["traffic_ok"] == true),
+                "{renter}'s leases must all have carried traffic on every address: {v:#}"
+            );
+        }
         assert!(
             multi.iter().all(|r| r["traffic_ok"] == true),
             "renter-0's leases must all have carried traffic: {v:#}"

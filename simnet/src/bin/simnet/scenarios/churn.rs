@@ -52,6 +52,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use leasewire::config::Config;
+use leasewire::market::sizes::SizePrice;
 use serde::Deserialize;
 
 use super::wait_lease;
@@ -64,9 +65,9 @@ use crate::report::{ChurnLease, ChurnSummary, Rental};
 use crate::scenario::{Outcome, RENT_TIMEOUT_SECS, STOP_GRACE};
 
 /// Providers the scenario needs (see the module doc for their parts).
-pub const PROVIDERS: u16 = 4;
+pub const PROVIDERS: u16 = 6;
 /// Renters the scenario needs.
-pub const RENTERS: u16 = 4;
+pub const RENTERS: u16 = 6;
 /// Credit of leases that must last the whole run (20 minutes at 1 sat/s).
 pub const LONG_CREDIT_SAT: u64 = 1_200;
 /// Service bought with the leases that fail over: 70 s, below AutoPay's 60 s low watermark
@@ -102,6 +103,8 @@ const P_V6ONLY: usize = 5;
 const R_V4: usize = 4;
 /// The renter renting IPv6 only.
 const R_V6: usize = 5;
+/// Daily price of a /30 at the IPv4-only provider, on top of its base rate.
+const V4_30_RATE: u64 = 86_400;
 /// Providers (and renters) from which on the families-and-sizes part runs.
 const SIZED_PROVIDERS: usize = 6;
 /// Renters' failover grace period.
@@ -126,6 +129,9 @@ const TRAFFIC_WINDOW: Duration = Duration::from_secs(30);
 /// Longest wait for AutoPay's first top-up of a lease (`--netns`): the lease falls below
 /// the 60 s low watermark 10 s after it is bought, then AutoPay's next 2 s pass pays.
 const AUTOPAY_TIMEOUT: Duration = Duration::from_secs(40);
+/// Longest wait, after a terminated lease's end, for its refund in the ledger: the renter
+/// claims it on its next tick (2 s) and the provider pays at once.
+const REFUND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between polls of the provider's `leases` while timing a release.
 const RELEASE_POLL: Duration = Duration::from_millis(20);
 /// Longest wait for a release to show on the provider's side.
@@ -144,7 +150,25 @@ pub fn tune(cfg: &mut Config, kind: Kind, index: usize) {
             t.min_topup_sat = 10;
             t.max_credit_sat = 1_000_000;
             t.reserve_days = 1;
+            // provider-1 promises refunds: its termination must pay one back.
+            t.refund_unused = index == P_MOVER;
             cfg.provider.fault.withhold_leases = index == P_FAULTY;
+            let size = |prefix_len, rate_sat_per_day| SizePrice {
+                prefix_len,
+                rate_sat_per_day,
+            };
+            match index {
+                P_V4ONLY => {
+                    cfg.provider.ipv6_pools.clear();
+                    cfg.provider.ipv6_sizes.clear();
+                    cfg.provider.ipv4_sizes = vec![size(32, 0), size(30, V4_30_RATE)];
+                }
+                P_V6ONLY => {
+                    cfg.provider.ipv4_pools.clear();
+                    cfg.provider.ipv4_sizes.clear();
+                }
+                _ => {}
+            }
         }
         Kind::Renter | Kind::Intruder => {
             cfg.renter.failover_grace = Some(FAILOVER_GRACE);

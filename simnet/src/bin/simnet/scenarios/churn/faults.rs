@@ -203,6 +203,28 @@ pub(super) async fn terminate(
         }
         Err(e) => notes.fail(format!("ledger: {e:#}")),
     }
+    // provider-1 promises refunds of unused credit: once the lease has ended, renter-3 claims
+    // what was left of it and provider-1 pays it back through lnd-sim.
+    let deadline = Instant::now() + REFUND_TIMEOUT;
+    loop {
+        match ledger.audit().await {
+            Ok(a) => {
+                let sat =
+                    figures::sat_after(&a.payments, Some(&provider.name), Some(&renter.name), at);
+                if sat > 0 {
+                    notes.role(&lease.lease_id, format!("refunded {sat} sat"));
+                    break;
+                }
+            }
+            Err(e) => return notes.fail(format!("ledger: {e:#}")),
+        }
+        if Instant::now() >= deadline {
+            return notes.fail(format!(
+                "provider-1 refunded nothing to renter-3 within {REFUND_TIMEOUT:?} of the lease's end"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// With `--netns`, where AutoPay can verify tunnels: waits for AutoPay's first top-up of

@@ -136,7 +136,8 @@ pub(super) async fn finish(
         endpoint_followed: notes.endpoint_followed,
         release_seen_by_provider_ms: notes.release_ms,
     };
-    notes.failed.extend(figures::judge(&summary, false));
+    // provider-1 promises refunds (see `tune`): its termination must pay one back.
+    notes.failed.extend(figures::judge(&summary, true));
     Outcome {
         rentals,
         criteria_failed: notes.failed,
