@@ -81,11 +81,11 @@ struct Opts {
     /// that never delivers).
     #[arg(long, value_enum, default_value_t = Scenario::Quickstart)]
     scenario: Scenario,
-    /// Number of provider daemons [default: 3; crash-pay 1; autopay 2; churn 4, its minimum].
+    /// Number of provider daemons [default: 3; crash-pay 1; autopay 2; churn 6].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=cluster::MAX_PROVIDERS as i64))]
     providers: Option<u16>,
     /// Number of renter daemons; each rents one lease (churn: as its part says) [default: 5;
-    /// crash-pay 2; autopay 3; churn 4, its minimum].
+    /// crash-pay 2; autopay 3; churn 6].
     #[arg(long)]
     renters: Option<u16>,
     /// Print one JSON object on stdout instead of a table.

@@ -2,12 +2,14 @@
 //! time (1 sat/s credit, 1 s metering, 2 s renter ticks, `failover_grace = "15s"`).
 //!
 //! The cast, by index (see [`tune`]): providers with different prices —
-//! provider-0 the cheapest (failovers land there), provider-1 that moves its WireGuard port
-//! and ends a lease with notice, provider-2 that takes payment and never sends the lease
-//! (`[provider.fault] withhold_leases`), provider-3 that is killed for good. Renters:
+//! provider-0 the cheapest (failovers land there), provider-1 that moves its WireGuard port,
+//! ends a lease with notice and promises refunds, provider-2 that takes payment and never
+//! sends the lease (`[provider.fault] withhold_leases`), provider-3 that is killed for good,
+//! provider-4 that leases IPv4 only (/32 and /30), provider-5 IPv6 only. Renters:
 //! renter-0 holds several leases (AutoPay off, so nothing it pays is automatic), renter-1 is
 //! cheated by provider-2, renter-2 leases from provider-3, renter-3 from provider-1 (both with
-//! AutoPay, so they fail over).
+//! AutoPay, so they fail over), renter-4 and renter-5 rent one family each. Fewer than four
+//! providers or renters cannot run it; with fewer than six the families part is left out.
 //!
 //! Steps of [`run`]:
 //!
@@ -30,8 +32,9 @@
 //!    - provider-1's config is rewritten with a new WireGuard port and it is restarted:
 //!      renter-0's lease from it must show the new endpoint with no payment by renter-0 in
 //!      between (`--netns`: and carry traffic again). Then provider-1 terminates renter-3's
-//!      lease with 20 s notice: renter-3's `status` must show it, renter-3 fails over, and
-//!      renter-3 pays provider-1 nothing after the notice;
+//!      lease with 20 s notice: renter-3's `status` must show it, renter-3 fails over,
+//!      renter-3 pays provider-1 nothing after the notice, and once it is over provider-1
+//!      refunds the unused credit through lnd-sim;
 //! 6. every renter's `status` gives one rental per lease; the ledger gives the figures of
 //!    [`ChurnSummary`] (see figures.rs for the criteria on them).
 
@@ -508,6 +511,28 @@ mod tests {
         tune(&mut orphan, Kind::Renter, R_ORPHAN);
         assert!(orphan.renter.autopay.enabled);
         assert_eq!(orphan.renter.autopay.validate(), Ok(()));
+        let mut mover = Config::default();
+        tune(&mut mover, Kind::Provider, P_MOVER);
+        assert!(mover.provider.terms.refund_unused && !cheap.provider.terms.refund_unused);
+        let mut v4 = Config::default();
+        tune(&mut v4, Kind::Provider, P_V4ONLY);
+        assert!(v4.provider.ipv6_pools.is_empty() && v4.provider.ipv6_sizes.is_empty());
+        let lens: Vec<u8> = v4
+            .provider
+            .ipv4_sizes
+            .iter()
+            .map(|s| s.prefix_len)
+            .collect();
+        assert_eq!(lens, [32, 30]);
+        let mut v6 = Config::default();
+        tune(&mut v6, Kind::Provider, P_V6ONLY);
+        assert!(v6.provider.ipv4_pools.is_empty() && v6.provider.ipv4_sizes.is_empty());
+        assert!(!v6.provider.ipv6_sizes.is_empty());
+        for c in [&v4, &v6, &faulty, &mover] {
+            let mut c = c.clone();
+            c.node.roles = vec![leasewire::config::Role::Provider];
+            assert_eq!(c.validate().map_err(|e| e.to_string()), Ok(()));
+        }
         // 70 s of service at each provider's price.
         assert_eq!(short_credit(P_DOOMED), 210);
         assert_eq!(short_credit(P_MOVER), 140);
