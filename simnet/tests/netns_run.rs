@@ -6,7 +6,9 @@
 //!
 //! A second run, `--scenario autopay` (2 providers, 3 renters), checks that AutoPay keeps
 //! healthy leases topped up over a minute and pays nothing more for a tunnel simnet breaks on
-//! purpose.
+//! purpose. A third, `--scenario churn --netns`, checks that every lease of the churn
+//! scenario (several per renter, one behind a moved endpoint, failover replacements) carries
+//! real traffic.
 //!
 //! Needs root, iproute2, wireguard-go (and `wg` for autopay). Without root it prints SKIPPED and passes, unless
 //! `CI` is set: then it fails, so CI cannot silently stop running it.
@@ -19,7 +21,7 @@ mod util;
 use std::process::Command;
 use std::time::Duration;
 
-use util::{Finished, processes_mentioning, run_simnet_process};
+use util::{Finished, assert_churn, processes_mentioning, run_simnet_process};
 
 /// Longest a run may take: cluster start, 40 s of credit, the cut, the resume, the provider
 /// restart, stop, audit.
@@ -187,6 +189,17 @@ fn netns_autopay_tops_up_and_refuses_a_broken_tunnel() {
             "{r}"
         );
     }
+}
+
+#[test]
+fn netns_churn_every_lease_carries_traffic_through_the_churn() {
+    let Some(v) = run_netns(
+        "netns_churn_every_lease_carries_traffic_through_the_churn",
+        &["--scenario", "churn", "--netns"],
+    ) else {
+        return;
+    };
+    assert_churn(&v, true);
 }
 
 /// The run tag from the "netns topology up run=TAG" log line.

@@ -2,7 +2,9 @@
 //! every check it reports is asserted here, plus that it left no process and no directory
 //! behind. A second run, `--scenario crash-pay`, kills a renter daemon and then a provider
 //! daemon while a payment is in flight, and every rental must still end with exactly one
-//! lease, one payment and no double payment.
+//! lease, one payment and no double payment. A third, `--scenario churn`, runs leases that
+//! come and go (several per renter, release, notice, an endpoint move, a provider killed and
+//! one that never delivers) and asserts every figure it reports.
 //!
 //! It drives the real `leasewire` and `lnd-sim` binaries, found next to `simnet`.
 //! `cargo test --workspace` builds them (cargo builds a package's binaries when it runs that
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 mod util;
 
-use util::{Finished, processes_mentioning, run_simnet_process};
+use util::{Finished, assert_churn, processes_mentioning, run_simnet_process};
 
 /// Longest a run may take: cluster start, 60 s rent timeout, intruder wait, stop and audit
 /// (crash-pay: two crashes of a few seconds each, or 60 s lease waits when something is
@@ -140,6 +142,12 @@ fn crash_pay_survives_killed_renter_and_provider() {
         crash(1)
     );
     assert!(crash(1).contains("provider-0 lists lease"), "{}", crash(1));
+}
+
+#[test]
+fn churn_leases_come_and_go_and_nothing_is_paid_for_nothing() {
+    let v = run_simnet(&["--scenario", "churn"]);
+    assert_churn(&v, false);
 }
 
 /// Splits "addr/len".

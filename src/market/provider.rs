@@ -47,7 +47,7 @@ use crate::wire::{
     PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest,
     Signed, Status, StatusRequest, TerminationNotice, TopUpRequest,
 };
-pub use config::ProviderConfig;
+pub use config::{FaultConfig, ProviderConfig};
 pub use refund::{
     ProviderRefund, REFUND_MIN_EXPIRY_LEFT_SECS, refund_fee_limit_msat, refunds_payable,
 };
@@ -255,6 +255,12 @@ impl Provider {
     /// re-applies every active lease (idempotent).
     pub async fn start(&self) -> Result<(), MarketError> {
         let i = &self.inner;
+        if i.cfg.fault.withhold_leases {
+            tracing::error!(
+                "FAULT INJECTION: provider.fault.withhold_leases is on: this provider takes \
+                 payment and never sends the lease (for the simnet only)"
+            );
+        }
         let first = i
             .first_offer_audit
             .lock()
@@ -1139,14 +1145,21 @@ mod tests {
     /// The harness's provider restarted on its database with `endpoint` and WireGuard key
     /// `[wg; 32]` (public `[wg + 1; 32]`).
     async fn moved(h: &Harness, endpoint: &str, wg: u8) -> Provider {
+        let cfg = ProviderConfig {
+            endpoint: endpoint.into(),
+            ipv6_pools: Vec::new(),
+            ..ProviderConfig::default()
+        };
+        restarted(h, cfg, wg).await
+    }
+
+    /// The harness's provider restarted on its database with `cfg` and WireGuard key
+    /// `[wg; 32]` (public `[wg + 1; 32]`).
+    async fn restarted(h: &Harness, cfg: ProviderConfig, wg: u8) -> Provider {
         let p = Provider::with_clock(
             ProviderParams {
                 key: h.key.clone(),
-                cfg: ProviderConfig {
-                    endpoint: endpoint.into(),
-                    ipv6_pools: Vec::new(),
-                    ..ProviderConfig::default()
-                },
+                cfg,
                 network: "regtest".into(),
                 ln_pubkey: h.net.pubkey("provider").unwrap(),
                 wg_private: WgKey([wg; 32]),
@@ -1229,5 +1242,54 @@ mod tests {
             0
         );
         assert_eq!(count(&h.audit, "lease_revised"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_provider_withholding_leases_takes_the_payment_and_never_issues() {
+        let h = harness().await;
+        let cfg = ProviderConfig {
+            ipv6_pools: Vec::new(),
+            fault: FaultConfig {
+                withhold_leases: true,
+            },
+            ..ProviderConfig::default()
+        };
+        let p = restarted(&h, cfg, 1).await;
+        let req = Message::RentRequest(RentRequest {
+            request_id: "0101".repeat(8),
+            offer_id: p.offer().id(),
+            credit_sat: 1_000,
+            ipv4_prefix_len: Some(32),
+            ipv6_prefix_len: None,
+            wg_pubkey: WgKey([1; 32]),
+        });
+        let Message::PayInvoice(pay) = p.handle(renter_peer(1), req).await else {
+            panic!("the faulty provider still sells")
+        };
+        h.net
+            .node("renter")
+            .unwrap()
+            .pay_invoice(PayRequest {
+                bolt11: pay.bolt11.clone(),
+                fee_limit_msat: 10_000,
+                timeout_secs: 30,
+            })
+            .await
+            .unwrap();
+        // Answered at once with a refusal the renter retries, never with the lease.
+        for _ in 0..2 {
+            let reply = p.handle(renter_peer(1), result_for(&pay)).await;
+            assert!(
+                matches!(&reply, Message::Error(e) if e.code == ErrorCode::NotSettled),
+                "{reply:?}"
+            );
+            p.tick().await.unwrap();
+        }
+        assert!(p.leases().unwrap().is_empty());
+        assert_eq!(count(&h.audit, "lease_issued"), 0);
+        assert_eq!(count(&h.audit, "invoice_settled"), 0);
+        assert!(h.tunnel.inner.peer_stats("lwt0").await.unwrap().is_empty());
+        // The settlement checks never even asked the node.
+        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 0);
     }
 }

@@ -16,8 +16,10 @@
 //! are this same binary, run through the hidden `probe-listen` / `probe-connect` subcommands.
 //!
 //! `--scenario` picks what runs on the cluster (see scenarios/mod.rs): `quickstart` (the
-//! default: the run above), `crash-pay` (daemons killed mid-payment) or `autopay` (AutoPay
-//! with a tunnel broken on purpose; implies `--netns`). Every scenario reports each rental's
+//! default: the run above), `crash-pay` (daemons killed mid-payment), `autopay` (AutoPay
+//! with a tunnel broken on purpose; implies `--netns`) or `churn` (leases that come and go:
+//! several per renter, release, notice, a moved endpoint, a provider killed and one that never
+//! delivers; see scenarios/churn.rs). Every scenario reports each rental's
 //! payment figures cross-checked against lnd-sim's own ledger, and `double_payments`.
 //!
 //! The `leasewire` and `lnd-sim` binaries must be built: `cargo build --workspace`.
@@ -74,13 +76,16 @@ struct Opts {
     #[command(subcommand)]
     helper: Option<Helper>,
     /// What to run: quickstart (everyone rents at once), crash-pay (daemons killed while a
-    /// payment is in flight) or autopay (AutoPay top-ups and a broken tunnel; implies --netns).
+    /// payment is in flight), autopay (AutoPay top-ups and a broken tunnel; implies --netns) or
+    /// churn (several leases per renter, release, notice, endpoint move, failover, a provider
+    /// that never delivers).
     #[arg(long, value_enum, default_value_t = Scenario::Quickstart)]
     scenario: Scenario,
-    /// Number of provider daemons [default: 3; crash-pay 1; autopay 2].
+    /// Number of provider daemons [default: 3; crash-pay 1; autopay 2; churn 6].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=cluster::MAX_PROVIDERS as i64))]
     providers: Option<u16>,
-    /// Number of renter daemons; each rents one lease [default: 5; crash-pay 2; autopay 3].
+    /// Number of renter daemons; each rents one lease (churn: as its part says) [default: 5;
+    /// crash-pay 2; autopay 3; churn 6].
     #[arg(long)]
     renters: Option<u16>,
     /// Print one JSON object on stdout instead of a table.
@@ -224,10 +229,13 @@ async fn run(mut opts: Opts) -> Result<Outcome> {
             )
         })?;
     }
-    if opts.scenario == Scenario::Autopay && netns::find_program("wg").is_none() {
+    if (opts.scenario == Scenario::Autopay || (opts.scenario == Scenario::Churn && opts.netns))
+        && netns::find_program("wg").is_none()
+    {
         anyhow::bail!(
-            "the autopay scenario breaks a tunnel with `wg`, which is not installed \
-             (apt-get install wireguard-tools)"
+            "the {} scenario reads or changes tunnels with `wg`, which is not installed \
+             (apt-get install wireguard-tools)",
+            opts.scenario.name()
         );
     }
     // Declared before `procs`: on unwind, children are killed first, then the dir removed.
@@ -398,6 +406,7 @@ mod tests {
             ("quickstart", Scenario::Quickstart),
             ("crash-pay", Scenario::CrashPay),
             ("autopay", Scenario::Autopay),
+            ("churn", Scenario::Churn),
         ] {
             let o = Opts::try_parse_from(["simnet", "--scenario", arg]).unwrap();
             assert_eq!(o.scenario, s);

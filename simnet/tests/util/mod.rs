@@ -99,3 +99,114 @@ pub fn run_simnet_process(
         stderr,
     }
 }
+
+/// Asserts every figure of a passing `simnet --scenario churn --json` report; `netns` adds the
+/// real-traffic verdicts.
+pub fn assert_churn(v: &serde_json::Value, netns: bool) {
+    assert_eq!(v["scenario"], "churn", "{v:#}");
+    assert_eq!(v["double_payments"], 0, "{v:#}");
+    assert_eq!(v["audit_ok"], true, "{v:#}");
+    assert!(
+        v["leases_per_renter_max"]
+            .as_u64()
+            .expect("leases_per_renter_max")
+            >= 3,
+        "{v:#}"
+    );
+    assert!(v["failovers"].as_u64().expect("failovers") >= 1, "{v:#}");
+    assert_eq!(v["paid_after_death_sat"], 0, "{v:#}");
+    assert_eq!(v["endpoint_followed"], true, "{v:#}");
+    assert!(v["refunds_sat"].as_u64().expect("refunds_sat") > 0, "{v:#}");
+    let release_ms = v["release_seen_by_provider_ms"]
+        .as_u64()
+        .expect("release_seen_by_provider_ms");
+    assert!(release_ms <= 1_000, "{v:#}");
+    let undelivered = v["undelivered_paid"].as_object().expect("undelivered_paid");
+    assert!(
+        undelivered
+            .values()
+            .all(|n| n.as_u64().is_some_and(|n| n <= 1)),
+        "{v:#}"
+    );
+    // The cheated renter lost exactly one invoice, and nobody else lost any.
+    assert_eq!(undelivered["renter-1"], 1, "{v:#}");
+    assert_eq!(
+        undelivered
+            .values()
+            .filter_map(serde_json::Value::as_u64)
+            .sum::<u64>(),
+        1,
+        "{v:#}"
+    );
+    let rentals = v["rentals"].as_array().expect("rentals array");
+    let of = |renter: &str| -> Vec<&serde_json::Value> {
+        rentals.iter().filter(|r| r["renter"] == renter).collect()
+    };
+    // renter-0: two leases from provider-0 (one released) and one from provider-1.
+    let multi = of("renter-0");
+    assert_eq!(multi.len(), 3, "{v:#}");
+    assert_eq!(
+        multi
+            .iter()
+            .filter(|r| r["provider"] == "provider-0")
+            .count(),
+        2,
+        "{v:#}"
+    );
+    assert_eq!(
+        multi.iter().filter(|r| r["state"] == "released").count(),
+        1,
+        "{v:#}"
+    );
+    // renter-1 leased elsewhere after paying the provider that never delivers.
+    let cheated = of("renter-1");
+    assert_eq!(cheated.len(), 1, "{v:#}");
+    assert_ne!(cheated[0]["provider"], "provider-2", "{v:#}");
+    // renter-2 and renter-3 failed over from the dead and the terminating provider.
+    for (renter, from) in [("renter-2", "provider-3"), ("renter-3", "provider-1")] {
+        assert!(
+            of(renter)
+                .iter()
+                .any(|r| r["failed_over_from"] == from && r["state"] == "active"),
+            "{renter} did not fail over from {from}: {v:#}"
+        );
+    }
+    for r in rentals {
+        assert!(r.get("lease_id").and_then(|l| l.as_str()).is_some(), "{r}");
+        assert!(
+            ["ipv4", "ipv6", "dual"].contains(&r["family"].as_str().expect("family")),
+            "{r}"
+        );
+        assert!(
+            r.get("ipv4_len").is_some() && r.get("ipv6_len").is_some(),
+            "{r}"
+        );
+        assert!(r.get("failed_over_from").is_some(), "{r}");
+        if netns && r["state"] == "active" && r["provider"] != "provider-3" {
+            // Every live lease the scenario checked carried traffic.
+            assert_ne!(r["traffic_ok"], false, "{r}");
+        }
+    }
+    // renter-4: IPv4 only, a /32 and a /30; renter-5: IPv6 only.
+    let sized = |renter: &str, family: &str, v4: serde_json::Value, v6: serde_json::Value| {
+        of(renter)
+            .iter()
+            .any(|r| r["family"] == family && r["ipv4_len"] == v4 && r["ipv6_len"] == v6)
+    };
+    let null = serde_json::Value::Null;
+    assert!(sized("renter-4", "ipv4", 32.into(), null.clone()), "{v:#}");
+    assert!(sized("renter-4", "ipv4", 30.into(), null.clone()), "{v:#}");
+    assert!(sized("renter-5", "ipv6", null, 64.into()), "{v:#}");
+    if netns {
+        for renter in ["renter-4", "renter-5"] {
+            assert!(
+                of(renter).iter().all(|r| r["traffic_ok"] == true),
+                "{renter}'s leases must all have carried traffic on every address: {v:#}"
+            );
+        }
+        assert!(
+            multi.iter().all(|r| r["traffic_ok"] == true),
+            "renter-0's leases must all have carried traffic: {v:#}"
+        );
+    }
+}

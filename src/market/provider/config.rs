@@ -43,6 +43,29 @@ pub struct ProviderConfig {
     /// Terms of sale; `rate_sat_per_day` is the base rate of a lease, to which the price of
     /// each size leased is added.
     pub terms: Terms,
+    /// Fault injection for the simnet only (`[provider.fault]`); never set it on a real
+    /// provider. Left out of a written config while everything in it is off.
+    #[serde(skip_serializing_if = "FaultConfig::is_off")]
+    pub fault: FaultConfig,
+}
+
+/// `[provider.fault]`: fault injection, for the simnet only. Each knob makes the provider
+/// misbehave on purpose so the simnet can check that renters survive it; the daemon logs an
+/// ERROR ("FAULT INJECTION: ...") at start while any is on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Take payment and never send the lease: invoices are issued and settle on our node, but
+    /// `paymentResult` is answered with a retryable refusal (`NotSettled`) and no lease is
+    /// ever issued for them.
+    pub withhold_leases: bool,
+}
+
+impl FaultConfig {
+    /// Whether no fault is injected.
+    pub fn is_off(&self) -> bool {
+        !self.withhold_leases
+    }
 }
 
 impl Default for ProviderConfig {
@@ -73,6 +96,7 @@ impl Default for ProviderConfig {
                 reserve_days: 7,
                 refund_unused: false,
             },
+            fault: FaultConfig::default(),
         }
     }
 }
@@ -258,6 +282,19 @@ fn is_family(n: &IpNet, f: Family) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_injection_is_off_by_default_and_left_out_of_written_configs() {
+        let c = ProviderConfig::default();
+        assert!(c.fault.is_off());
+        let text = toml::to_string(&c).unwrap();
+        assert!(!text.contains("fault"), "{text}");
+        let on: ProviderConfig = toml::from_str("[fault]\nwithhold_leases = true\n").unwrap();
+        assert!(on.fault.withhold_leases && !on.fault.is_off());
+        let text = toml::to_string(&on).unwrap();
+        assert_eq!(toml::from_str::<ProviderConfig>(&text).unwrap(), on);
+        assert!(toml::from_str::<ProviderConfig>("[fault]\nunknown = true\n").is_err());
+    }
 
     fn size(prefix_len: u8, rate_sat_per_day: u64) -> SizePrice {
         SizePrice {

@@ -35,6 +35,18 @@ impl Provider {
         if pending.renter_peer != peer.to_string() {
             return err(ErrorCode::NotFound, "no such request of yours");
         }
+        if i.cfg.fault.withhold_leases {
+            // Fault injection (simnet): the invoice may be settled, but the renter is told to
+            // ask again, forever.
+            tracing::warn!(request_id = %r.request_id, "FAULT INJECTION: withholding the lease");
+            return err(
+                ErrorCode::NotSettled,
+                format!(
+                    "invoice {} is not settled on the provider's node",
+                    pending.payment_hash
+                ),
+            );
+        }
         let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
         loop {
             match self.settle_if_paid(&r.request_id).await {
@@ -95,6 +107,10 @@ impl Provider {
         };
         if let Some(rec) = p.issued {
             return Ok(Some(rec.signed));
+        }
+        if i.cfg.fault.withhold_leases {
+            // Fault injection (simnet): nothing is ever issued, paid or not.
+            return Ok(None);
         }
         let hash: [u8; 32] = hex::decode(&p.payment_hash)
             .ok()

@@ -132,6 +132,14 @@ pub struct LeaseOut {
     pub refused_unverified: u32,
     /// AutoPay's last decision, as a sentence.
     pub autopay_note: String,
+    /// The provider's WireGuard endpoint the lease points at.
+    pub endpoint: String,
+    /// Unix time the provider's termination notice ends the lease; 0 without notice.
+    pub terminates_at: u64,
+    /// Renter side: what a failover of this lease did, or why one is not done; empty: none.
+    pub failover: String,
+    /// Renter side: the lease this one replaced by a failover; empty: none.
+    pub failed_over_from: String,
 }
 
 impl LeaseOut {
@@ -169,11 +177,17 @@ pub struct OffersOut {
 pub struct OfferOut {
     /// Provider peer id.
     pub provider: String,
+    /// Offer id, for `rent --offer`.
+    #[serde(default)]
+    pub offer_id: String,
 }
 
 /// `leasewire rent --json`, the parts simnet reports.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RentOut {
+    /// Lease id.
+    #[serde(default)]
+    pub lease_id: String,
     /// Provider peer id.
     pub provider: String,
     /// Leased IPv4 prefix, if any.
@@ -281,6 +295,56 @@ impl Cli {
             .await
     }
 
+    /// `leasewire rent --data-dir D --offer ID --credit SAT --timeout-secs N --yes [--ipv4 L]
+    /// [--ipv6 L] --json`: rents under one offer (a further lease from a provider already
+    /// leasing to us too), asking for `sizes` where given, else the renter's configured ones.
+    ///
+    /// The process gets 30 s beyond `timeout_secs` to report before it is killed.
+    pub async fn rent_offer(
+        &self,
+        dir: &Path,
+        offer_id: &str,
+        credit_sat: u64,
+        timeout_secs: u64,
+        sizes: Sizes,
+    ) -> Result<RentOut> {
+        let mut args = offer_rent_args(dir, offer_id, credit_sat, timeout_secs);
+        args.extend(sizes.args());
+        self.json(args, timeout_secs + 30).await
+    }
+
+    /// `leasewire release --data-dir D --lease ID --yes --json`: gives the lease up and tells
+    /// the provider.
+    ///
+    /// Errors: the CLI fails or prints no JSON.
+    pub async fn release(&self, dir: &Path, lease_id: &str) -> Result<LeaseOut> {
+        let args = data_dir_args("release", dir).into_iter().chain([
+            "--lease".as_ref(),
+            lease_id.as_ref(),
+            "--yes".as_ref(),
+        ]);
+        self.json(args, 60).await
+    }
+
+    /// `leasewire terminate --data-dir D --lease ID --notice N s --json` (provider side).
+    ///
+    /// Errors: the CLI fails or prints no JSON.
+    pub async fn terminate(
+        &self,
+        dir: &Path,
+        lease_id: &str,
+        notice_secs: u64,
+    ) -> Result<LeaseOut> {
+        let notice = format!("{notice_secs}s");
+        let args = data_dir_args("terminate", dir).into_iter().chain([
+            "--lease".as_ref(),
+            lease_id.as_ref(),
+            "--notice".as_ref(),
+            notice.as_ref(),
+        ]);
+        self.json(args, 30).await
+    }
+
     /// `leasewire add-credit --data-dir D --amount SAT --json` for the only lease.
     ///
     /// Errors: the CLI fails (no lease, payment refused, ...) or prints no JSON.
@@ -348,6 +412,43 @@ fn rent_args(dir: &Path, credit_sat: u64, timeout_secs: u64) -> Vec<std::ffi::Os
         "--yes".to_owned(),
     ] {
         args.push(a.into());
+    }
+    args
+}
+
+/// The prefix sizes a `rent` asks for: `None` keeps the renter's configured size of that
+/// family, `Some("none")` asks for none, `Some("30")` for a /30.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// `--ipv4`.
+    pub ipv4: Option<&'static str>,
+    /// `--ipv6`.
+    pub ipv6: Option<&'static str>,
+}
+
+impl Sizes {
+    /// The `rent` options that ask for these sizes.
+    fn args(self) -> Vec<std::ffi::OsString> {
+        [("--ipv4", self.ipv4), ("--ipv6", self.ipv6)]
+            .into_iter()
+            .filter_map(|(flag, v)| v.map(|v| [flag.into(), v.into()]))
+            .flatten()
+            .collect()
+    }
+}
+
+/// The arguments of `rent --offer ID` (without `--json`): as [`rent_args`], with the offer
+/// in place of `--auto`.
+fn offer_rent_args(
+    dir: &Path,
+    offer_id: &str,
+    credit_sat: u64,
+    timeout_secs: u64,
+) -> Vec<std::ffi::OsString> {
+    let mut args = rent_args(dir, credit_sat, timeout_secs);
+    if let Some(auto) = args.iter().position(|a| a == "--auto") {
+        args[auto] = "--offer".into();
+        args.insert(auto + 1, offer_id.into());
     }
     args
 }
@@ -504,6 +605,33 @@ mod tests {
                 "--yes"
             ]
         );
+    }
+
+    #[test]
+    fn rent_offer_args_name_the_offer_instead_of_auto() {
+        let a = offer_rent_args(Path::new("/d"), "o1", 150, 60);
+        let a: Vec<&str> = a.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(
+            Sizes {
+                ipv4: Some("30"),
+                ipv6: Some("none")
+            }
+            .args(),
+            ["--ipv4", "30", "--ipv6", "none"]
+        );
+        assert!(Sizes::default().args().is_empty());
+        assert_eq!(&a[3..5], ["--offer", "o1"]);
+        assert!(a.contains(&"--yes") && !a.contains(&"--auto"));
+        let l: LeaseOut = parse_json(
+            r#"{"lease_id":"l2","endpoint":"127.0.0.1:5","terminates_at":9,
+                "failover":"failed over to l3","failed_over_from":"l1"}"#,
+        )
+        .unwrap();
+        assert_eq!(l.endpoint, "127.0.0.1:5");
+        assert_eq!(l.terminates_at, 9);
+        assert_eq!(l.failed_over_from, "l1");
+        let o: OffersOut = parse_json(r#"{"offers":[{"provider":"P","offer_id":"o"}]}"#).unwrap();
+        assert_eq!(o.offers[0].offer_id, "o");
     }
 
     #[test]

@@ -179,13 +179,17 @@ impl Kind {
 
     /// Its WireGuard interface name, unique in the cluster and at most 15 bytes; `tag` (a
     /// run tag) makes it unique machine-wide, as userspace WireGuard needs.
+    ///
+    /// A renter with several leases names the further interfaces after its own: the name
+    /// without its trailing digits, then 1, 2, ... (src/market/renter/tunnel.rs). Renter names
+    /// therefore end in a letter (`lwr4l`): `lwr0` would make renter-0's second lease
+    /// `lwr1`, renter-1's own interface.
     pub fn interface(self, tag: &str, index: usize) -> String {
-        let k = match self {
-            Kind::Provider => 'p',
-            Kind::Renter => 'r',
-            Kind::Intruder => 'x',
-        };
-        format!("lw{tag}{k}{index}")
+        match self {
+            Kind::Provider => format!("lw{tag}p{index}"),
+            Kind::Renter => format!("lw{tag}r{index}l"),
+            Kind::Intruder => format!("lw{tag}x{index}l"),
+        }
     }
 
     /// Starting balance in lnd-sim: providers only receive.
@@ -359,7 +363,7 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
     // AutoPay is on by default in leasewire; only its own scenario wants it, so the others
     // keep exactly the payments they make themselves.
     cfg.renter.autopay.enabled = false;
-    input.scenario.tune(&mut cfg, input.kind);
+    input.scenario.tune(&mut cfg, input.kind, input.index);
     cfg.validate()
         .with_context(|| format!("config for {}", input.kind.name(input.index)))?;
     Ok(cfg)
@@ -840,17 +844,39 @@ mod tests {
         let lnd = lnd();
         let r = node_config(input(Kind::Renter, 4, &lnd)).unwrap();
         assert_eq!(r.node.roles, [Role::Renter]);
-        assert_eq!(r.tunnel.interface, "lwr4");
+        assert_eq!(r.tunnel.interface, "lwr4l");
         assert_eq!(r.node.bootstrap.len(), 1);
         let mut i = input(Kind::Intruder, 0, &lnd);
         i.secret = "other";
         let x = node_config(i).unwrap();
         assert_eq!(x.node.roles, [Role::Renter]);
         assert_eq!(x.node.secret, "other");
-        assert_eq!(x.tunnel.interface, "lwx0");
+        assert_eq!(x.tunnel.interface, "lwx0l");
         let mut b = input(Kind::Provider, 0, &lnd);
         b.bootstrap = None;
         assert!(node_config(b).unwrap().node.bootstrap.is_empty());
+    }
+
+    #[test]
+    fn further_lease_interfaces_of_one_renter_never_take_another_nodes_name() {
+        // The renter's naming of further interfaces (src/market/renter/tunnel.rs).
+        let further = |base: &str, n: usize| {
+            format!("{}{n}", base.trim_end_matches(|c: char| c.is_ascii_digit()))
+        };
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..20 {
+            for kind in [Kind::Provider, Kind::Renter] {
+                assert!(seen.insert(kind.interface("ab12", i)));
+            }
+        }
+        for i in 0..20 {
+            let base = Kind::Renter.interface("ab12", i);
+            for n in 1..20 {
+                let name = further(&base, n);
+                assert!(name.len() <= 15, "{name}");
+                assert!(seen.insert(name.clone()), "{name} is taken twice");
+            }
+        }
     }
 
     #[test]
@@ -882,7 +908,7 @@ mod tests {
             underlay: Ipv4Addr::new(192, 0, 2, 10),
         });
         let r = node_config(r).unwrap();
-        assert_eq!(r.tunnel.interface, "lwab12r12");
+        assert_eq!(r.tunnel.interface, "lwab12r12l");
         assert_eq!(r.node.listen, ["/ip4/192.0.2.10/tcp/0"]);
         assert_eq!(Config::from_toml(&r.to_toml()).unwrap(), r);
     }

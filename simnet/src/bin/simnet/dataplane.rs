@@ -527,6 +527,88 @@ pub async fn check_after_restart(
     (ok, notes)
 }
 
+/// Every address of a leased IPv4 prefix, network address first (a /30 gives four).
+///
+/// Errors: not an IPv4 prefix, or one of more than 256 addresses.
+pub fn leased_v4_all(prefix: &str) -> Result<Vec<Ipv4Addr>> {
+    let net: ipnet::Ipv4Net = prefix
+        .parse()
+        .with_context(|| format!("bad leased IPv4 prefix {prefix:?}"))?;
+    if net.prefix_len() < 24 {
+        bail!("{prefix} is larger than a /24");
+    }
+    let first = u32::from(net.network());
+    Ok((0..1u32 << (32 - net.prefix_len()))
+        .map(|i| Ipv4Addr::from(first + i))
+        .collect())
+}
+
+/// Real traffic to and from each of `addrs`, leased addresses configured in `node`'s
+/// namespace: for each, an outbound TCP connection from it to the internet host (which must
+/// see it as the source) and an inbound one from the internet host to a listener on it (which
+/// must see the internet host). Rounds repeat until all hold or `window` passes. Listeners
+/// are started on the first call for an address and reused by later ones.
+///
+/// Returns whether every address carried traffic both ways, and why not.
+pub async fn check_addresses(
+    p: &Prober<'_>,
+    node: &Node,
+    addrs: &[IpAddr],
+    window: Duration,
+) -> (bool, Vec<String>) {
+    let Some(ns) = node.ns.as_deref() else {
+        return (false, vec![format!("{} runs in no namespace", node.name)]);
+    };
+    if addrs.is_empty() {
+        return (false, vec!["no leased address to check".to_owned()]);
+    }
+    for a in addrs {
+        let name = format!(
+            "{PROBE_NAME_PREFIX}{}-{}",
+            node.name,
+            a.to_string().replace([':', '.'], "-")
+        );
+        if p.procs.ensure_running(&name).is_ok() {
+            continue;
+        }
+        if let Err(e) = p.listen(&name, ns, SocketAddr::new(*a, RENTER_PORT)).await {
+            return (false, vec![format!("listener on {a}: {e:#}")]);
+        }
+    }
+    let inet = p.topo.internet_ns();
+    let host = |a: &IpAddr| -> IpAddr {
+        match a {
+            IpAddr::V4(_) => p.topo.internet_host_v4().into(),
+            IpAddr::V6(_) => p.topo.internet_host_v6().into(),
+        }
+    };
+    let deadline = Instant::now() + window;
+    loop {
+        let mut errors = Vec::new();
+        for a in addrs {
+            let h = host(a);
+            // Outbound first: it makes the renter's handshake (see the module doc).
+            match p.connect(ns, *a, SocketAddr::new(h, INTERNET_PORT)).await {
+                Ok(seen) if seen.ip() == *a => {}
+                Ok(seen) => errors.push(format!("out from {a}: internet host saw {seen}")),
+                Err(e) => errors.push(format!("out from {a}: {e:#}")),
+            }
+            match p.connect(inet, h, SocketAddr::new(*a, RENTER_PORT)).await {
+                Ok(seen) if seen.ip() == h => {}
+                Ok(seen) => errors.push(format!("in to {a}: renter saw {seen}")),
+                Err(e) => errors.push(format!("in to {a}: {e:#}")),
+            }
+        }
+        if errors.is_empty() {
+            return (true, Vec::new());
+        }
+        if Instant::now() >= deadline {
+            return (false, errors);
+        }
+        tokio::time::sleep(ROUND_PAUSE).await;
+    }
+}
+
 /// Stops every probe listener in `procs` (they run until killed).
 pub async fn stop_listeners(procs: &Procs) {
     let stopped = procs
@@ -558,6 +640,22 @@ mod tests {
         );
         assert!(leased_v4("2001:db8::/64").is_err());
         assert!(leased_v6("198.51.100.0/32").is_err());
+    }
+
+    #[test]
+    fn every_address_of_a_leased_subnet() {
+        assert_eq!(
+            leased_v4_all("198.51.100.4/30").unwrap(),
+            (4..8)
+                .map(|i| Ipv4Addr::new(198, 51, 100, i))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            leased_v4_all("198.51.100.9/32").unwrap(),
+            [Ipv4Addr::new(198, 51, 100, 9)]
+        );
+        assert!(leased_v4_all("10.0.0.0/8").is_err());
+        assert!(leased_v4_all("2001:db8::/64").is_err());
     }
 
     #[test]

@@ -47,6 +47,29 @@ pub struct Report {
     /// Number of providers, for the summary.
     #[serde(skip)]
     pub providers: usize,
+    /// Churn scenario only: its top-level figures.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnSummary>,
+}
+
+/// The churn scenario's top-level figures (see scenarios/churn.rs for the criteria on them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChurnSummary {
+    /// Most leases one renter held active at once (at least 3 required).
+    pub leases_per_renter_max: u32,
+    /// Leases that replaced another one by a failover, over all renters.
+    pub failovers: u32,
+    /// Satoshis paid (SUCCEEDED, ledger) to the killed provider's node after its death.
+    pub paid_after_death_sat: u64,
+    /// Satoshis paid back by providers to renters (ledger), i.e. refunds.
+    pub refunds_sat: u64,
+    /// Per renter: its SUCCEEDED payments (ledger) for which no lease arrived.
+    pub undelivered_paid: std::collections::BTreeMap<String, u32>,
+    /// A renter followed its provider's endpoint change, with no payment in between.
+    pub endpoint_followed: bool,
+    /// Milliseconds from `release` to the provider's `leases` showing the lease released;
+    /// null when it never did.
+    pub release_seen_by_provider_ms: Option<u64>,
 }
 
 /// One renter's lease, or why it has none.
@@ -98,6 +121,55 @@ pub struct Rental {
     /// Real-packet checks through the tunnel (`--netns` only).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub dataplane: Option<DataPlane>,
+    /// Churn scenario only: what the lease is (one rental per lease there, not per renter).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnLease>,
+}
+
+/// One lease of the churn scenario, flattened into its rental.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChurnLease {
+    /// The lease id.
+    pub lease_id: String,
+    /// Its state at the end of the run, per the renter's `status`.
+    pub state: String,
+    /// `ipv4`, `ipv6` or `dual`.
+    pub family: &'static str,
+    /// IPv4 prefix length, null without IPv4.
+    pub ipv4_len: Option<u8>,
+    /// IPv6 prefix length, null without IPv6.
+    pub ipv6_len: Option<u8>,
+    /// The provider of the lease this one replaced by a failover, or null.
+    pub failed_over_from: Option<String>,
+    /// What the scenario did with the lease (`released`, `terminated`, `endpoint moved`,
+    /// `provider killed`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// With `--netns`: real traffic went through from (and to) every leased address checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_ok: Option<bool>,
+}
+
+impl ChurnLease {
+    /// The family name and prefix lengths of a lease's prefixes (empty or unparsable: none).
+    pub fn family_of(
+        ipv4: Option<&str>,
+        ipv6: Option<&str>,
+    ) -> (&'static str, Option<u8>, Option<u8>) {
+        let len = |p: Option<&str>| {
+            p.filter(|p| !p.is_empty())
+                .and_then(|p| p.parse::<ipnet::IpNet>().ok())
+                .map(|n| n.prefix_len())
+        };
+        let (v4, v6) = (len(ipv4), len(ipv6));
+        let family = match (v4, v6) {
+            (Some(_), Some(_)) => "dual",
+            (Some(_), None) => "ipv4",
+            (None, Some(_)) => "ipv6",
+            (None, None) => "none",
+        };
+        (family, v4, v6)
+    }
 }
 
 /// What real packets through one renter's tunnel showed (`--netns`).
@@ -323,7 +395,18 @@ impl Report {
 
         let leased = self.rentals.iter().filter(|r| r.leased()).count();
         let _ = writeln!(out, "scenario:  {}", self.scenario);
-        let _ = writeln!(out, "leases:    {leased}/{} renters", self.rentals.len());
+        if self.churn.is_some() {
+            // One rental per lease there, not per renter.
+            let renters: std::collections::BTreeSet<&str> =
+                self.rentals.iter().map(|r| r.renter.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "leases:    {leased} held by {} renters (one row per lease)",
+                renters.len()
+            );
+        } else {
+            let _ = writeln!(out, "leases:    {leased}/{} renters", self.rentals.len());
+        }
         let sum =
             |f: fn(&Rental) -> Option<u32>| -> u32 { self.rentals.iter().filter_map(f).sum() };
         let _ = writeln!(
@@ -395,6 +478,21 @@ impl Report {
                 out,
                 "intruder:  saw {} offers, refused by {} peers",
                 i.offers_seen, i.refused_by
+            );
+        }
+        if let Some(c) = &self.churn {
+            let _ = writeln!(
+                out,
+                "churn:     max {} leases per renter, {} failovers, {} sat paid after death, \
+                 {} sat refunded, endpoint followed: {}, release seen in {} ms, undelivered {:?}",
+                c.leases_per_renter_max,
+                c.failovers,
+                c.paid_after_death_sat,
+                c.refunds_sat,
+                c.endpoint_followed,
+                c.release_seen_by_provider_ms
+                    .map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
+                c.undelivered_paid
             );
         }
         if !self.unclean_stops.is_empty() {
@@ -477,6 +575,7 @@ mod tests {
             audits: vec![audit("provider-0", true), audit("renter-0", true)],
             unclean_stops: Vec::new(),
             providers: 2,
+            churn: None,
         }
     }
 
@@ -737,5 +836,51 @@ mod tests {
         let col = lines[0].find("IPV4").unwrap();
         assert_eq!(lines[1].find("198.51.100.1/32"), Some(col));
         assert_eq!(lines[2].find("198.51.100.2/32"), Some(col));
+    }
+
+    #[test]
+    fn churn_fields_appear_only_for_churn() {
+        let mut r = passing();
+        let (family, v4, v6) = ChurnLease::family_of(Some("198.51.100.4/30"), Some(""));
+        assert_eq!((family, v4, v6), ("ipv4", Some(30), None));
+        assert_eq!(ChurnLease::family_of(None, Some("2001:db8::/64")).0, "ipv6");
+        assert_eq!(
+            ChurnLease::family_of(Some("198.51.100.1/32"), Some("2001:db8::/64")).0,
+            "dual"
+        );
+        r.rentals[0].churn = Some(ChurnLease {
+            lease_id: "l1".into(),
+            state: "active".into(),
+            family,
+            ipv4_len: v4,
+            ipv6_len: v6,
+            failed_over_from: None,
+            roles: Vec::new(),
+            traffic_ok: None,
+        });
+        r.churn = Some(ChurnSummary {
+            leases_per_renter_max: 3,
+            failovers: 1,
+            undelivered_paid: [("renter-1".to_owned(), 1)].into(),
+            endpoint_followed: true,
+            release_seen_by_provider_ms: Some(120),
+            ..ChurnSummary::default()
+        });
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["leases_per_renter_max"], 3);
+        assert_eq!(v["undelivered_paid"]["renter-1"], 1);
+        assert_eq!(v["release_seen_by_provider_ms"], 120);
+        assert_eq!(v["rentals"][0]["family"], "ipv4");
+        assert_eq!(v["rentals"][0]["ipv4_len"], 30);
+        assert!(v["rentals"][0]["ipv6_len"].is_null());
+        assert!(v["rentals"][0]["failed_over_from"].is_null());
+        assert!(v["rentals"][1].get("family").is_none());
+        assert!(
+            r.table().contains("churn:     max 3 leases per renter"),
+            "{}",
+            r.table()
+        );
+        let plain: serde_json::Value = serde_json::from_str(&passing().to_json()).unwrap();
+        assert!(plain.get("failovers").is_none());
     }
 }

@@ -5,7 +5,7 @@
 //! 1. [`Cluster::start`] (lnd-sim, bootstrap provider, everyone else), configured for the
 //!    scenario;
 //! 2. connect to lnd-sim's admin API (the ledger);
-//! 3. the scenario's steps (scenarios/quickstart.rs, crash_pay.rs, autopay.rs), ending with
+//! 3. the scenario's steps (scenarios/quickstart.rs, crash_pay.rs, autopay.rs, churn/), ending with
 //!    each renter's payment figures cross-checked against the ledger (see
 //!    [`scenarios::payment_figures`]);
 //! 4. stop every daemon (so their stores are closed), then `audit verify` every data dir.
@@ -59,6 +59,8 @@ pub struct Outcome {
     pub criteria_failed: Vec<String>,
     /// lnd-sim's double-payment count, or why the ledger could not be read.
     pub double_payments: Option<Result<u64, String>>,
+    /// The churn scenario's top-level figures.
+    pub churn: Option<crate::report::ChurnSummary>,
 }
 
 /// Runs the scenario under `root`, registering every process in `procs`; with
@@ -93,6 +95,9 @@ pub async fn run(
         }
         (Scenario::Autopay, ledger) => {
             scenarios::autopay::run(&cluster, placement, &ledger?, plan).await
+        }
+        (Scenario::Churn, ledger) => {
+            scenarios::churn::run(&cluster, root, bins, &procs, placement, &ledger?).await?
         }
     };
 
@@ -131,6 +136,7 @@ pub async fn run(
         audits,
         unclean_stops: outcome.unclean_stops,
         providers: plan.providers,
+        churn: outcome.churn,
     })
 }
 

@@ -161,7 +161,7 @@ async fn break_after_first_topup(
 /// Runs `wg ARGS` in namespace `ns`; returns its stdout.
 ///
 /// Errors: `wg` cannot run or exits non-zero (with its stderr).
-async fn wg(topo: &Topology, ns: &str, args: &[&str]) -> Result<String> {
+pub async fn wg(topo: &Topology, ns: &str, args: &[&str]) -> Result<String> {
     let cmd = tokio::process::Command::from(topo.command(ns, "wg", args));
     let out = run_capture(cmd, Duration::from_secs(10)).await?;
     if !out.status.success() {
@@ -177,7 +177,7 @@ async fn wg(topo: &Topology, ns: &str, args: &[&str]) -> Result<String> {
 
 /// The peer whose allowed IPs include `prefix`, from `wg show IFACE allowed-ips` output
 /// (`KEY<TAB>PREFIX PREFIX...` per line).
-fn peer_with<'a>(shown: &'a str, prefix: &str) -> Option<&'a str> {
+pub fn peer_with<'a>(shown: &'a str, prefix: &str) -> Option<&'a str> {
     shown.lines().find_map(|line| {
         let mut words = line.split_whitespace();
         let key = words.next()?;

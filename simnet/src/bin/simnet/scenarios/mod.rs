@@ -7,8 +7,11 @@
 //!   twice nor lose the lease.
 //! - `autopay` ([`autopay`], `--netns`): AutoPay keeps healthy leases topped up and stops paying
 //!   for a tunnel that was broken on purpose.
+//! - `churn` ([`churn`]): several leases per renter, release, termination, an endpoint change,
+//!   a provider killed for good and one that takes payment and never delivers.
 
 pub mod autopay;
+pub mod churn;
 pub mod crash_pay;
 pub mod quickstart;
 
@@ -33,6 +36,9 @@ pub enum Scenario {
     /// AutoPay tops healthy leases up and refuses to pay for a broken tunnel (implies
     /// `--netns`).
     Autopay,
+    /// Leases come and go: several per renter, release, termination, an endpoint change, a
+    /// provider killed for good, one that never delivers.
+    Churn,
 }
 
 /// AutoPay scenario prices: 864 000 sat/day is 10 sat per second, so a lease's paid time
@@ -48,6 +54,7 @@ impl Scenario {
             Scenario::Quickstart => "quickstart",
             Scenario::CrashPay => "crash-pay",
             Scenario::Autopay => "autopay",
+            Scenario::Churn => "churn",
         }
     }
 
@@ -62,6 +69,7 @@ impl Scenario {
             Scenario::Quickstart => (3, 5),
             Scenario::CrashPay => (1, 2),
             Scenario::Autopay => (2, 3),
+            Scenario::Churn => (churn::PROVIDERS, churn::RENTERS),
         }
     }
 
@@ -74,12 +82,14 @@ impl Scenario {
             Scenario::CrashPay => Some(500),
             // 15 s at 10 sat/s: AutoPay's first top-up comes within seconds.
             Scenario::Autopay => Some(150),
+            // Each of its rents chooses its own credit; this is the default for the others.
+            Scenario::Churn => Some(churn::LONG_CREDIT_SAT),
         }
     }
 
-    /// Adjusts a node's config for this scenario (after the common simnet settings, which
-    /// leave AutoPay off).
-    pub fn tune(self, cfg: &mut Config, kind: Kind) {
+    /// Adjusts the config of node `kind`/`index` for this scenario (after the common simnet
+    /// settings, which leave AutoPay off).
+    pub fn tune(self, cfg: &mut Config, kind: Kind, index: usize) {
         match self {
             Scenario::Quickstart => {}
             Scenario::CrashPay => {
@@ -113,6 +123,7 @@ impl Scenario {
                     // covers that, and the ICMP probe is what catches a broken peer.
                 }
             },
+            Scenario::Churn => churn::tune(cfg, kind, index),
         }
     }
 }
@@ -277,21 +288,21 @@ mod tests {
     #[test]
     fn scenarios_tune_terms_and_autopay() {
         let mut p = Config::default();
-        Scenario::Autopay.tune(&mut p, Kind::Provider);
+        Scenario::Autopay.tune(&mut p, Kind::Provider, 0);
         assert_eq!(p.provider.terms.credit_secs(150), 15);
         assert_eq!(p.provider.terms.min_topup_sat, 50);
         assert_eq!(p.provider.metering_interval_secs, 1);
         let mut r = Config::default();
         r.renter.autopay.enabled = false;
-        Scenario::Autopay.tune(&mut r, Kind::Renter);
+        Scenario::Autopay.tune(&mut r, Kind::Renter, 0);
         assert!(r.renter.autopay.enabled);
         assert_eq!(r.renter.autopay.low_watermark, Duration::from_secs(8));
         assert_eq!(r.renter.autopay.validate(), Ok(()));
         let mut c = Config::default();
         let before = c.clone();
-        Scenario::Quickstart.tune(&mut c, Kind::Provider);
+        Scenario::Quickstart.tune(&mut c, Kind::Provider, 0);
         assert_eq!(c, before);
-        Scenario::CrashPay.tune(&mut c, Kind::Provider);
+        Scenario::CrashPay.tune(&mut c, Kind::Provider, 0);
         assert_eq!(c.provider.metering_interval_secs, 1);
         assert!(Scenario::Autopay.needs_netns() && !Scenario::CrashPay.needs_netns());
         assert_eq!(Scenario::CrashPay.default_counts(), (1, 2));
