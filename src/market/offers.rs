@@ -30,6 +30,12 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 /// answering `next`).
 pub const MAX_PAGES_PER_PULL: usize = 64;
 
+/// Members met within [`PULL_WINDOW_SECS`] that are asked for their offers.
+pub const PULLS_ON_MEETING: usize = 2;
+
+/// See [`PULLS_ON_MEETING`].
+pub const PULL_WINDOW_SECS: u64 = 60;
+
 /// Why a signed offer was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -129,6 +135,8 @@ pub enum Inserted {
 struct State {
     network: String,
     capacity: usize,
+    /// When this node last started exchanges prompted by meeting a member (unix seconds).
+    recent_pulls: std::collections::VecDeque<u64>,
     /// By provider PeerId (text): sorted, which pages `offers` answers.
     by_provider: BTreeMap<String, CachedOffer>,
 }
@@ -154,6 +162,7 @@ impl OfferCache {
             state: Arc::new(Mutex::new(State {
                 network: network.to_owned(),
                 capacity: capacity.max(1),
+                recent_pulls: std::collections::VecDeque::new(),
                 by_provider: BTreeMap::new(),
             })),
         }
@@ -237,6 +246,25 @@ impl OfferCache {
     /// Forgets `provider`'s offer.
     pub fn remove(&self, provider: &str) {
         self.lock().by_provider.remove(provider);
+    }
+
+    /// Whether to ask a member just met for its offers: yes for the first
+    /// [`PULLS_ON_MEETING`] members met within [`PULL_WINDOW_SECS`], no after that (a node that
+    /// dials many providers would otherwise run one exchange per connection). Counts the pull.
+    pub fn should_pull_on_meeting(&self, now: u64) -> bool {
+        let mut st = self.lock();
+        while st
+            .recent_pulls
+            .front()
+            .is_some_and(|t| t.saturating_add(PULL_WINDOW_SECS) <= now)
+        {
+            st.recent_pulls.pop_front();
+        }
+        if st.recent_pulls.len() >= PULLS_ON_MEETING {
+            return false;
+        }
+        st.recent_pulls.push_back(now);
+        true
     }
 
     /// Number of offers held (expired ones included until [`OfferCache::prune`]).
@@ -429,6 +457,16 @@ mod tests {
 
     fn signed(n: u32, seq: u64) -> Signed<Offer> {
         Signed::sign(&key(n), &offer_of(&key(n), seq, NOW + 3600)).unwrap()
+    }
+
+    #[test]
+    fn meeting_members_prompts_a_bounded_number_of_exchanges() {
+        let c = OfferCache::new("regtest", 10);
+        assert!(c.should_pull_on_meeting(NOW));
+        assert!(c.should_pull_on_meeting(NOW + 1));
+        assert!(!c.should_pull_on_meeting(NOW + 2));
+        assert!(!c.should_pull_on_meeting(NOW + PULL_WINDOW_SECS - 1));
+        assert!(c.should_pull_on_meeting(NOW + PULL_WINDOW_SECS));
     }
 
     #[test]
