@@ -40,7 +40,7 @@ mod rent;
 mod tunnel;
 
 pub use autopay::{AutopayConfig, AutopayNote, RentalStats};
-pub use discovery::ProviderHistory;
+pub use discovery::{FETCH_CONCURRENCY, ProviderHistory, RECHECK_SECS};
 pub use failover::{FailoverRecord, LeaseHealth};
 pub use manual::ManualInvoice;
 pub use payment::OpenPayment;
