@@ -106,11 +106,13 @@ fn provider(
 /// An offer of a provider that exists only on paper (signed by its key, never reachable).
 fn paper_offer(template: &Offer, seed: u8) -> Signed<Offer> {
     let key = SigningKey::from_bytes(&[seed; 32]);
-    let offer = Offer {
+    let mut offer = Offer {
         provider: peer_id_of(&key.verifying_key()).to_string(),
         seq: 1,
         ..template.clone()
     };
+    // Dearer than every real provider here.
+    offer.terms.rate_sat_per_day = 200;
     Signed::sign(&key, &offer).unwrap()
 }
 
