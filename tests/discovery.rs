@@ -28,14 +28,16 @@ use libp2p::PeerId;
 /// More providers than one DHT key keeps records for.
 const PAPER_PROVIDERS: u8 = 30;
 
+/// (asker, asked, message name) of every request.
+type RequestLog = Arc<Mutex<Vec<(PeerId, PeerId, &'static str)>>>;
+
 /// The providers reachable by a direct call, as seen by `from`.
 struct Net {
     from: PeerId,
     /// What the DHT lookup answers.
     on_dht: Vec<PeerId>,
     providers: Vec<(PeerId, Provider)>,
-    /// (asker, asked, message name) of every request.
-    log: Arc<Mutex<Vec<(PeerId, PeerId, &'static str)>>>,
+    log: RequestLog,
 }
 
 #[async_trait::async_trait]
