@@ -442,7 +442,7 @@ impl Node {
                 peers: net_peers,
                 clock: clock.clone(),
                 discover_now: discover_now.clone(),
-                refusals: dispatch::RefusalAudits::default(),
+                refusals: offers::RefusalAudits::default(),
             }
             .run(net_events, shutdown.clone()),
         );

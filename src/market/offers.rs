@@ -357,6 +357,38 @@ impl OfferCache {
     }
 }
 
+/// A refusal of the same peer is audited at most once per this many seconds (the log line is
+/// kept for every one): a peer that keeps failing the handshake must not fill the audit log.
+pub const REFUSAL_AUDIT_EVERY_SECS: u64 = 60;
+
+/// At most this many peers are remembered by [`RefusalAudits`]; beyond it the memory is
+/// cleared (at worst one extra entry per peer).
+const REFUSAL_PEERS_MAX: usize = 4096;
+
+/// Rate-limits the audit entries of refusals, per peer.
+#[derive(Debug, Default)]
+pub struct RefusalAudits {
+    last: Mutex<std::collections::HashMap<PeerId, u64>>,
+}
+
+impl RefusalAudits {
+    /// Whether a refusal of `peer` at `now` is audited (and if so, remembers it).
+    pub fn admit(&self, peer: PeerId, now: u64) -> bool {
+        let mut last = self.last.lock().expect("refusal audits lock not poisoned");
+        if last
+            .get(&peer)
+            .is_some_and(|t| now < t.saturating_add(REFUSAL_AUDIT_EVERY_SECS))
+        {
+            return false;
+        }
+        if last.len() >= REFUSAL_PEERS_MAX {
+            last.clear();
+        }
+        last.insert(peer, now);
+        true
+    }
+}
+
 /// What one exchange with a member brought.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PullReport {

@@ -261,6 +261,8 @@ struct Inner {
     /// When we last asked each member for the offers it knows (unix seconds): the exchange of
     /// a discovery pass goes to those asked least recently.
     pulled: Mutex<HashMap<PeerId, u64>>,
+    /// Rate limit of the audit entries of refused offers, per peer.
+    refusals: super::offers::RefusalAudits,
     rentals: Table<Rental>,
     payments: Table<PaymentRecord>,
     /// What this renter has seen of each provider, by PeerId: deliveries and failures.
@@ -343,6 +345,7 @@ impl Renter {
                 offers: Mutex::new(HashMap::new()),
                 offer_cache,
                 pulled: Mutex::new(HashMap::new()),
+                refusals: super::offers::RefusalAudits::default(),
                 lease_locks: KeyedLocks::default(),
                 pay_locks: KeyedLocks::default(),
                 iface_claims: Mutex::new(HashSet::new()),

@@ -6,8 +6,7 @@
 //! peers treat as "try again later", instead of piling up tasks without bound. They are also
 //! tracked, so the node's shutdown waits for the answers in flight.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use libp2p::PeerId;
 use serde_json::json;
@@ -18,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::tasks::log_audit;
 use crate::audit::{AuditKind, AuditLog};
 use crate::market::Peers;
-use crate::market::offers::{self, OfferCache};
+use crate::market::offers::{self, OfferCache, RefusalAudits};
 use crate::market::provider::Provider;
 use crate::market::renter::Renter;
 use crate::net::{NetClient, NetEvent};
@@ -54,38 +53,6 @@ impl Admission {
                 ),
             )
         })
-    }
-}
-
-/// A refusal of the same peer is audited at most once per this many seconds (the log line is
-/// kept for every one): a peer that keeps failing the handshake must not fill the audit log.
-pub(super) const REFUSAL_AUDIT_EVERY_SECS: u64 = 60;
-
-/// At most this many peers are remembered by [`RefusalAudits`]; beyond it the memory is
-/// cleared (at worst one extra entry per peer).
-const REFUSAL_PEERS_MAX: usize = 4096;
-
-/// Rate-limits the audit entries of refusals, per peer.
-#[derive(Debug, Default)]
-pub(super) struct RefusalAudits {
-    last: Mutex<HashMap<PeerId, u64>>,
-}
-
-impl RefusalAudits {
-    /// Whether a refusal of `peer` at `now` is audited (and if so, remembers it).
-    pub(super) fn admit(&self, peer: PeerId, now: u64) -> bool {
-        let mut last = self.last.lock().expect("refusal audits lock not poisoned");
-        if last
-            .get(&peer)
-            .is_some_and(|t| now < t.saturating_add(REFUSAL_AUDIT_EVERY_SECS))
-        {
-            return false;
-        }
-        if last.len() >= REFUSAL_PEERS_MAX {
-            last.clear();
-        }
-        last.insert(peer, now);
-        true
     }
 }
 
@@ -264,6 +231,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::market::offers::REFUSAL_AUDIT_EVERY_SECS;
 
     #[test]
     fn admission_refuses_beyond_the_limit_with_unavailable() {

@@ -76,9 +76,12 @@ impl Renter {
         let due = self.fetch_due(&found);
         self.fetch_offers(due).await;
         let now = self.now();
-        let mut offers = self.inner.offers.lock().expect("offers lock not poisoned");
-        offers.retain(|_, o| o.offer.expires_at > now);
-        Ok(offers.len())
+        self.inner
+            .offers
+            .lock()
+            .expect("offers lock not poisoned")
+            .retain(|_, o| o.offer.expires_at > now);
+        Ok(self.known_offers().len())
     }
 
     /// We met `peer` (it passed the membership handshake): unless this node has just asked
@@ -128,11 +131,14 @@ impl Renter {
     /// One exchange with `peer`. Its failures do not count against it as a provider: it may
     /// be an older node that does not serve `offersRequest`, and its `hello` tells.
     async fn pull_from(&self, peer: PeerId) -> Result<(), MarketError> {
-        self.inner
-            .pulled
-            .lock()
-            .expect("pulled lock not poisoned")
-            .insert(peer, self.now());
+        {
+            let mut pulled = self.inner.pulled.lock().expect("pulled lock not poisoned");
+            // Bounded like the offer cache: past it, the rotation simply starts over.
+            if pulled.len() >= super::super::offers::DEFAULT_CAPACITY {
+                pulled.clear();
+            }
+            pulled.insert(peer, self.now());
+        }
         let clock = self.inner.clock.clone();
         let now = move || clock.now_unix();
         let report = super::super::offers::pull(
@@ -144,7 +150,7 @@ impl Renter {
         .await?;
         tracing::debug!(%peer, received = report.received, new = report.new,
             updated = report.updated, rejected = report.rejected.len(), "offers exchanged");
-        if !report.rejected.is_empty() {
+        if !report.rejected.is_empty() && self.inner.refusals.admit(peer, self.now()) {
             // A member relaying offers that do not verify: worth one entry per exchange (not
             // per offer), and the offers are simply not kept.
             let (first_id, first_why) = &report.rejected[0];
@@ -285,11 +291,15 @@ impl Renter {
         let offer = match self.check_offer(peer, &signed) {
             Ok(o) => o,
             Err(e) => {
-                self.audit(
-                    AuditKind::PeerRefused,
-                    json!({"peer": peer.to_string(), "reason": e.to_string()}),
-                )
-                .await;
+                // A provider whose offer keeps failing is asked again every pass: audited at
+                // most once a minute.
+                if self.inner.refusals.admit(peer, self.now()) {
+                    self.audit(
+                        AuditKind::PeerRefused,
+                        json!({"peer": peer.to_string(), "reason": e.to_string()}),
+                    )
+                    .await;
+                }
                 return Err(e);
             }
         };
@@ -538,12 +548,15 @@ impl Renter {
         };
         let limit = self.inner.cfg.drop_after_failures;
         if limit > 0 && h.consecutive_failures == limit {
+            // Its offer stays known (the offer list leaves dropped providers out), so that the
+            // exchange does not bring it back as a newly discovered provider every pass.
             let removed = self
                 .inner
                 .offers
                 .lock()
                 .expect("offers lock not poisoned")
-                .remove(peer);
+                .get(peer)
+                .cloned();
             tracing::warn!(peer, failures = h.consecutive_failures, %error,
                 "provider failed to answer {limit} requests in a row; dropped from the offer list \
                  until it answers again");
