@@ -28,13 +28,14 @@ pub mod config;
 mod dispatch;
 mod tasks;
 
-use tasks::{announce_loop, periodic, read_secret};
+use tasks::{announce_loop, discovery_loop, periodic, read_secret};
 
 use crate::audit::{AuditKind, AuditLog};
 use crate::config::{Config, ConfigError};
 use crate::datadir::DataDir;
 use crate::identity::{Identity, WgKeyPair};
 use crate::lightning::LightningNode;
+use crate::market::offers::{self, OfferCache};
 use crate::market::provider::{Provider, ProviderParams};
 use crate::market::renter::{Renter, RenterParams};
 use crate::market::{MarketError, Peers};
@@ -317,11 +318,15 @@ impl Node {
             )
             .await?;
 
+        // One offer cache per node: its renter learns into it, and every member is served
+        // from it (`offersRequest`).
+        let offer_cache = OfferCache::new(&cfg.lightning.network, offers::DEFAULT_CAPACITY);
+        let net_peers: Arc<dyn Peers> = Arc::new(NetPeers(net_client.clone()));
         let provider = if cfg.has_role(Role::Provider) {
             let mut provider_cfg = cfg.provider.clone();
             // Refunds are offered only when our macaroon can pay them.
             crate::market::provider::refunds_payable(&mut provider_cfg, ln.as_ref()).await;
-            let p = Provider::with_clock(
+            let p = Provider::with_cache(
                 ProviderParams {
                     key: identity.signing_key.clone(),
                     cfg: provider_cfg,
@@ -337,6 +342,7 @@ impl Node {
                     db: db.clone(),
                 },
                 clock.clone(),
+                offer_cache.clone(),
             )?;
             p.start().await?;
             Some(p)
@@ -344,7 +350,7 @@ impl Node {
             None
         };
         let renter = if cfg.has_role(Role::Renter) {
-            let r = Renter::with_clock(
+            let r = Renter::with_cache(
                 RenterParams {
                     key: identity.signing_key.clone(),
                     cfg: cfg.renter.clone(),
@@ -361,10 +367,11 @@ impl Node {
                     ln: ln.clone(),
                     tunnel: tunnel.clone(),
                     audit: audit.clone(),
-                    peers: Arc::new(NetPeers(net_client.clone())),
+                    peers: net_peers.clone(),
                     db: db.clone(),
                 },
                 clock.clone(),
+                offer_cache.clone(),
             )?;
             r.start().await?;
             Some(r)
@@ -390,15 +397,18 @@ impl Node {
                 }
             }));
         }
+        let discover_now = Arc::new(tokio::sync::Notify::new());
         if let Some(r) = renter.clone() {
             let autopay_renter = r.clone();
+            tasks.spawn(discovery_loop(
+                r.clone(),
+                discovery,
+                discover_now.clone(),
+                shutdown.clone(),
+            ));
             tasks.spawn(periodic(discovery, shutdown.clone(), move || {
                 let r = r.clone();
                 async move {
-                    match r.discover().await {
-                        Ok(n) => tracing::debug!(offers = n, "discovery pass"),
-                        Err(e) => tracing::debug!(error = %e, "discovery pass failed"),
-                    }
                     if let Err(e) = r.tick().await {
                         tracing::warn!(error = %e, "renter tick failed");
                     }
@@ -427,6 +437,12 @@ impl Node {
                 network: cfg.lightning.network.clone(),
                 is_renter: renter.is_some(),
                 admission: dispatch::Admission::new(cfg.node.max_inbound_requests),
+                renter: renter.clone(),
+                offer_cache,
+                peers: net_peers,
+                clock: clock.clone(),
+                discover_now: discover_now.clone(),
+                refusals: offers::RefusalAudits::default(),
             }
             .run(net_events, shutdown.clone()),
         );

@@ -15,7 +15,7 @@ use leasewire::audit::AuditLog;
 use leasewire::config::{ProviderConfig, RenterConfig};
 use leasewire::lightning::testing::MemNetwork;
 use leasewire::market::provider::{Provider, ProviderParams};
-use leasewire::market::renter::{RentArgs, Renter, RenterParams};
+use leasewire::market::renter::{RECHECK_SECS, RentArgs, Renter, RenterParams};
 use leasewire::market::{MarketError, Peers};
 use leasewire::tunnel::FileTunnel;
 use leasewire::types::{DAY_SECS, ManualClock, Terms, WgKey};
@@ -370,8 +370,11 @@ async fn a_provider_that_stops_answering_is_demoted_then_dropped_until_it_answer
     w.renter.discover().await.unwrap();
     assert_eq!(order(&w), [cheap.clone(), honest.clone()], "cheaper first");
 
-    // One failed hello: still listed, but ranked below the provider that answers.
+    // One failed hello: still listed, but ranked below the provider that answers. A provider
+    // whose offer is fresh is asked again only after RECHECK_SECS without news of it; from its
+    // first failure on, every pass asks it.
     w.market.cheap_down.store(true, Ordering::SeqCst);
+    w.clock.advance(Duration::from_secs(RECHECK_SECS));
     w.renter.discover().await.unwrap();
     assert_eq!(order(&w), [honest.clone(), cheap.clone()], "demoted");
     // A second one: still demoted; the third drops it from the list.
@@ -411,6 +414,7 @@ async fn drop_after_failures_zero_never_drops() {
     let cheap = w.market.cheap.0.to_string();
     w.renter.discover().await.unwrap();
     w.market.cheap_down.store(true, Ordering::SeqCst);
+    w.clock.advance(Duration::from_secs(RECHECK_SECS));
     for _ in 0..5 {
         w.renter.discover().await.unwrap();
     }

@@ -105,4 +105,60 @@ async fn provider_and_renter_rent_and_shut_down_in_process() {
         assert_eq!(kinds.last(), Some(&AuditKind::NodeStopped), "{kinds:?}");
     }
     assert!(audit_kinds(&pdir).contains(&AuditKind::LeaseIssued));
+    // Hellos and membership successes change nothing: they are not audited.
+    for dir in [&pdir, &rdir] {
+        let kinds = audit_kinds(dir);
+        assert!(
+            !kinds.contains(&AuditKind::Hello) && !kinds.contains(&AuditKind::MembershipOk),
+            "{kinds:?}"
+        );
+    }
+}
+
+/// Polls `cond` every 100 ms, for at most a minute: these wait for real nodes talking over
+/// loopback, not for market time.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..600 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A renter whose discovery timer would not fire for an hour learns the market as soon as it
+/// meets its first member, and learns it from that member: the offer of a provider it was never
+/// told of comes through the member's offer cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renter_learns_the_market_from_the_first_member_it_meets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = ["a", "b", "r"].map(|n| tmp.path().join(n));
+    let ln = MemNetwork::new(&[("a".into(), 0), ("b".into(), 0), ("r".into(), 100_000)]).unwrap();
+    let slow = |role, bootstrap| {
+        let mut cfg = config(role, bootstrap);
+        cfg.node.discovery_interval_secs = 3600;
+        cfg
+    };
+    let a = start(&dirs[0], slow(Role::Provider, vec![]), &ln, "a").await;
+    let addr = a.net().listen_addrs().await.unwrap();
+    let boot = format!("{}/p2p/{}", addr[0], a.peer_id());
+    let b = start(&dirs[1], slow(Role::Provider, vec![boot.clone()]), &ln, "b").await;
+    // B meets A: A asks it for the offers it knows (its own among them).
+    let b_id = b.peer_id().to_string();
+    let a_cache = a.provider().unwrap().offer_cache().clone();
+    eventually("A learns B's offer", || a_cache.get(&b_id).is_some()).await;
+
+    let r = start(&dirs[2], slow(Role::Renter, vec![boot]), &ln, "r").await;
+    let renter = r.renter().unwrap().clone();
+    eventually("the renter lists both offers", || {
+        renter.offers(None).len() == 2
+    })
+    .await;
+    let peers: Vec<String> = renter.offers(None).into_iter().map(|o| o.peer).collect();
+    assert!(peers.contains(&b_id), "{peers:?}");
+    assert!(peers.contains(&a.peer_id().to_string()), "{peers:?}");
+    for n in [r, b, a] {
+        n.shutdown().await.unwrap();
+    }
 }

@@ -13,8 +13,9 @@ use leasewire::net::topic::{self, DEFAULT_PUBLIC_SECRET};
 use leasewire::types::{Terms, WgKey};
 use leasewire::wire::envelope::{self, Envelope, ReplayGuard, TIME_WINDOW_SECS};
 use leasewire::wire::messages::{
-    Hello, InvoiceCommitment, LeaseEnd, LeaseState, Message, Offer, PURPOSE_ACTIVATION,
-    PrefixAvailability, RefundRequest, RefundState, Status, TerminationNotice,
+    Hello, InvoiceCommitment, KnownSeq, LeaseEnd, LeaseState, Message, Offer, Offers,
+    OffersRequest, PURPOSE_ACTIVATION, PrefixAvailability, RefundRequest, RefundState, Status,
+    TerminationNotice,
 };
 use leasewire::wire::signed::{Signed, peer_id_of};
 use sha2::Sha256;
@@ -173,11 +174,9 @@ fn commitment_vectors() {
     );
 }
 
-#[test]
-fn offer_vectors() {
-    let v = vectors();
-    let k = key(1);
-    let offer = Offer {
+/// The offer of the `offer.*` vectors, signed by `k`.
+fn vector_offer(k: &SigningKey) -> Offer {
+    Offer {
         provider: peer_id_of(&k.verifying_key()).to_string(),
         seq: 1,
         created_at: TS,
@@ -204,7 +203,14 @@ fn offer_vectors() {
             rate_sat_per_day: 5,
         }],
         terms: terms(),
-    };
+    }
+}
+
+#[test]
+fn offer_vectors() {
+    let v = vectors();
+    let k = key(1);
+    let offer = vector_offer(&k);
     let signed = Signed::sign(&k, &offer).unwrap();
     assert_eq!(hex::encode(&signed.body), get(&v, "offer.body"));
     assert_eq!(hex::encode(&signed.sig), get(&v, "offer.sig"));
@@ -225,6 +231,40 @@ fn offer_vectors() {
             .verify_from(&peer_id_of(&k.verifying_key()))
             .unwrap(),
         offer
+    );
+}
+
+#[test]
+fn offers_exchange_vectors() {
+    let v = vectors();
+    let k = key(1);
+    let provider = peer_id_of(&k.verifying_key()).to_string();
+    let req = Message::OffersRequest(OffersRequest {
+        after: String::new(),
+        until: String::new(),
+        known: vec![KnownSeq {
+            provider: provider.clone(),
+            seq: 1,
+        }],
+    });
+    assert_eq!(hex::encode(cbor(&req)), get(&v, "offers_request.message"));
+    let signed = Signed::sign(&k, &vector_offer(&k)).unwrap();
+    let page = Message::Offers(Offers {
+        offers: vec![signed],
+        next: None,
+    });
+    assert_eq!(hex::encode(cbor(&page)), get(&v, "offers.message"));
+    // The documented page decodes, and its offer verifies as signed by its provider.
+    let doc = hex::decode(get(&v, "offers.message")).unwrap();
+    let Message::Offers(decoded) = ciborium::from_reader::<Message, _>(doc.as_slice()).unwrap()
+    else {
+        panic!("offers.message is not an offers message");
+    };
+    assert_eq!(
+        decoded.offers[0]
+            .verify_from(&provider.parse().unwrap())
+            .unwrap(),
+        vector_offer(&k)
     );
 }
 
@@ -421,6 +461,8 @@ fn every_documented_vector_is_checked() {
         "offer.sig",
         "offer.id",
         "offer.message",
+        "offers_request.message",
+        "offers.message",
         "lease_end.body",
         "lease_end.sig",
         "lease_end.message",

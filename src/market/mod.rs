@@ -4,6 +4,7 @@
 pub mod lease;
 pub mod limits;
 mod locks;
+pub mod offers;
 pub mod pool;
 pub mod provider;
 pub mod renter;

@@ -36,6 +36,7 @@ mod settlement;
 
 use super::lease::{self, Event, Kind};
 use super::locks::KeyedLocks;
+use super::offers::{DEFAULT_CAPACITY, OfferCache};
 use super::pool::Pool;
 use super::store::{self as kv, Store, Table, Tree};
 use crate::audit::{AuditKind, AuditLog};
@@ -43,9 +44,10 @@ use crate::lightning::{InvoiceRequest, InvoiceState, LightningNode};
 use crate::tunnel::{InterfaceSpec, PeerSpec, RoutingPolicy, Tunnel};
 use crate::types::{Clock, Sats, SystemClock, WgKey, random_id};
 use crate::wire::{
-    ErrorCode, ErrorMsg, InvoiceCommitment, Lease, LeaseEnd, LeaseState, Message, Offer,
-    PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult, PrefixAvailability, RentRequest,
-    Signed, Status, StatusRequest, TerminationNotice, TopUpRequest,
+    ErrorCode, ErrorMsg, InvoiceCommitment, Lease, LeaseEnd, LeaseState, Message, Offer, Offers,
+    OffersRequest, PURPOSE_ACTIVATION, PURPOSE_TOPUP, PayInvoice, PaymentResult,
+    PrefixAvailability, RentRequest, Signed, Status, StatusRequest, TerminationNotice,
+    TopUpRequest,
 };
 pub use config::{FaultConfig, ProviderConfig};
 pub use refund::{
@@ -185,6 +187,9 @@ struct Inner {
     /// Audit payload of the first offer, appended by [`Provider::start`] (construction is
     /// synchronous and must not wait on the disk).
     first_offer_audit: std::sync::Mutex<Option<serde_json::Value>>,
+    /// The verified offers of other providers this node knows (shared with the node's renter
+    /// when it has one), served to members that ask (`offersRequest`).
+    offer_cache: OfferCache,
     clock: Arc<dyn Clock>,
 }
 
@@ -200,6 +205,16 @@ impl Provider {
 
     /// Like [`Provider::new`], reading the time from `clock`.
     pub fn with_clock(p: ProviderParams, clock: Arc<dyn Clock>) -> Result<Provider, MarketError> {
+        let cache = OfferCache::new(&p.network, DEFAULT_CAPACITY);
+        Provider::with_cache(p, clock, cache)
+    }
+
+    /// Like [`Provider::with_clock`], serving (and sharing) the offer cache `offer_cache`.
+    pub fn with_cache(
+        p: ProviderParams,
+        clock: Arc<dyn Clock>,
+        offer_cache: OfferCache,
+    ) -> Result<Provider, MarketError> {
         let db: &dyn Store = &p.db;
         let pool = Pool::open(db, &p.cfg.ipv4_pools, &p.cfg.ipv6_pools, p.cfg.pool_rules())?;
         let meta = db.open_tree("provider_meta")?;
@@ -232,6 +247,7 @@ impl Provider {
                 lease_locks: KeyedLocks::default(),
                 refunds_paying: std::sync::Mutex::new(std::collections::HashSet::new()),
                 first_offer_audit: std::sync::Mutex::new(None),
+                offer_cache,
                 clock,
             }),
         };
@@ -486,13 +502,12 @@ impl Provider {
     pub async fn handle(&self, peer: PeerId, msg: Message) -> Message {
         match msg {
             Message::Hello(h) => {
-                self.audit(
-                    AuditKind::Hello,
-                    json!({"peer": peer.to_string(), "agent": h.agent, "renter": h.renter}),
-                )
-                .await;
+                // Not audited: a hello changes nothing, and an fsync'd entry per hello was most
+                // of a busy provider's log (and of its disk writes).
+                tracing::debug!(%peer, agent = %h.agent, renter = h.renter, "hello");
                 Message::Offer(self.offer())
             }
+            Message::OffersRequest(r) => Message::Offers(self.on_offers_request(&r)),
             Message::RentRequest(r) => self.on_rent_request(peer, r).await,
             Message::TopUpRequest(r) => self.on_topup_request(peer, r).await,
             Message::PaymentResult(r) => self.on_payment_result(peer, r).await,
@@ -504,6 +519,22 @@ impl Provider {
                 format!("a provider does not answer {}", other.name()),
             ),
         }
+    }
+
+    /// The offers this node knows that the asker lacks, our own included.
+    fn on_offers_request(&self, r: &OffersRequest) -> Offers {
+        let now = self.now();
+        // Our own offer is served like any other (re-inserting it is a no-op unless it was
+        // re-signed since).
+        if let Err(e) = self.inner.offer_cache.insert(self.offer(), now) {
+            tracing::warn!(error = %e, "own offer not cached");
+        }
+        self.inner.offer_cache.answer(r, now)
+    }
+
+    /// The offer cache this provider serves.
+    pub fn offer_cache(&self) -> &OfferCache {
+        &self.inner.offer_cache
     }
 
     fn on_status(&self, peer: PeerId, r: StatusRequest) -> Message {

@@ -40,7 +40,7 @@ mod rent;
 mod tunnel;
 
 pub use autopay::{AutopayConfig, AutopayNote, RentalStats};
-pub use discovery::ProviderHistory;
+pub use discovery::{FETCH_CONCURRENCY, ProviderHistory, RECHECK_SECS};
 pub use failover::{FailoverRecord, LeaseHealth};
 pub use manual::ManualInvoice;
 pub use payment::OpenPayment;
@@ -50,6 +50,7 @@ use tunnel::lease_addresses;
 
 use super::lease::{self, Event, Kind};
 use super::locks::KeyedLocks;
+use super::offers::OfferCache;
 use super::store::{Store, Table};
 use super::{MarketError, Peers, select};
 use crate::audit::{AuditKind, AuditLog};
@@ -122,9 +123,10 @@ pub struct KnownOffer {
     pub offer: Offer,
     /// As signed.
     pub signed: Signed<Offer>,
-    /// Round trip of the hello that fetched it.
+    /// Round trip of the hello that fetched it; zero until this renter has asked the provider
+    /// itself (an offer learned from another member's cache).
     pub rtt: Duration,
-    /// When we fetched it.
+    /// When we fetched or learned this version.
     pub seen_at: u64,
 }
 
@@ -253,6 +255,14 @@ struct Inner {
     audit: AuditLog,
     peers: Arc<dyn Peers>,
     offers: Mutex<HashMap<String, KnownOffer>>,
+    /// Every verified offer this node knows, learned from providers and from other members
+    /// (shared with the node's provider role when it has one); `offers` is filled from it.
+    offer_cache: OfferCache,
+    /// When we last asked each member for the offers it knows (unix seconds): the exchange of
+    /// a discovery pass goes to those asked least recently.
+    pulled: Mutex<HashMap<PeerId, u64>>,
+    /// Rate limit of the audit entries of refused offers, per peer.
+    refusals: super::offers::RefusalAudits,
     rentals: Table<Rental>,
     payments: Table<PaymentRecord>,
     /// What this renter has seen of each provider, by PeerId: deliveries and failures.
@@ -297,6 +307,17 @@ impl Renter {
 
     /// Like [`Renter::new`], reading the time from `clock`.
     pub fn with_clock(p: RenterParams, clock: Arc<dyn Clock>) -> Result<Renter, MarketError> {
+        let cache = OfferCache::new(&p.network, super::offers::DEFAULT_CAPACITY);
+        Renter::with_cache(p, clock, cache)
+    }
+
+    /// Like [`Renter::with_clock`], keeping the offers it learns in `offer_cache` (which the
+    /// node's provider role, if any, serves to other members).
+    pub fn with_cache(
+        p: RenterParams,
+        clock: Arc<dyn Clock>,
+        offer_cache: OfferCache,
+    ) -> Result<Renter, MarketError> {
         let peer_id = crate::wire::signed::peer_id_of(&p.key.verifying_key());
         let db: &dyn Store = &p.db;
         Ok(Renter {
@@ -322,6 +343,9 @@ impl Renter {
                 audit: p.audit,
                 peers: p.peers,
                 offers: Mutex::new(HashMap::new()),
+                offer_cache,
+                pulled: Mutex::new(HashMap::new()),
+                refusals: super::offers::RefusalAudits::default(),
                 lease_locks: KeyedLocks::default(),
                 pay_locks: KeyedLocks::default(),
                 iface_claims: Mutex::new(HashSet::new()),

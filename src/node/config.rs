@@ -35,7 +35,8 @@ pub struct NodeConfig {
     pub secret: String,
     /// Alternatively, a file holding the secret (first line), so it stays out of config.toml.
     pub secret_file: Option<PathBuf>,
-    /// Seconds between DHT lookups / offer refreshes.
+    /// Seconds between the renter's discovery passes (DHT lookup, offer exchange, the offer
+    /// fetches that are due) and its ticks; a pass also runs at once when a member is met.
     pub discovery_interval_secs: u64,
     /// Seconds to wait for a peer's answer.
     pub request_timeout_secs: u64,

@@ -8,15 +8,20 @@
 
 use std::sync::Arc;
 
+use libp2p::PeerId;
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::tasks::log_audit;
 use crate::audit::{AuditKind, AuditLog};
+use crate::market::Peers;
+use crate::market::offers::{self, OfferCache, RefusalAudits};
 use crate::market::provider::Provider;
+use crate::market::renter::Renter;
 use crate::net::{NetClient, NetEvent};
+use crate::types::Clock;
 use crate::wire::{ErrorCode, ErrorMsg, Hello, Message};
 
 /// Limits how many inbound requests are answered at once.
@@ -65,6 +70,18 @@ pub(super) struct Dispatcher {
     pub(super) is_renter: bool,
     /// Bound on concurrent request handlers.
     pub(super) admission: Admission,
+    /// The renter role, told of every member met; `None` on a provider-only node.
+    pub(super) renter: Option<Renter>,
+    /// The node's offer cache, served to members (`offersRequest`) and filled from those met.
+    pub(super) offer_cache: OfferCache,
+    /// Requests to members (the exchange of a provider-only node).
+    pub(super) peers: Arc<dyn Peers>,
+    /// Market time.
+    pub(super) clock: Arc<dyn Clock>,
+    /// Wakes the renter's discovery loop when a member is met.
+    pub(super) discover_now: Arc<Notify>,
+    /// Rate limit of refusal audits.
+    pub(super) refusals: RefusalAudits,
 }
 
 impl Dispatcher {
@@ -82,13 +99,18 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
                 ev = events.recv() => match ev { Some(ev) => ev, None => break },
             };
-            this.handle_event(ev, &handlers).await;
+            this.handle_event(ev, &handlers, &shutdown).await;
         }
         handlers.close();
         handlers.wait().await;
     }
 
-    async fn handle_event(self: &Arc<Self>, ev: NetEvent, handlers: &TaskTracker) {
+    async fn handle_event(
+        self: &Arc<Self>,
+        ev: NetEvent,
+        handlers: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
         match ev {
             NetEvent::InboundRequest {
                 peer,
@@ -115,34 +137,76 @@ impl Dispatcher {
                 });
             }
             NetEvent::MemberJoined { peer } => {
-                log_audit(
-                    &self.audit,
-                    AuditKind::MembershipOk,
-                    json!({"peer": peer.to_string()}),
-                )
-                .await;
+                // Not audited: a membership success changes nothing worth an fsync'd entry.
+                tracing::debug!(%peer, "member joined");
+                self.met(peer, handlers, shutdown);
             }
             NetEvent::MembershipRefused {
                 peer,
                 by_us,
                 reason,
             } => {
-                log_audit(
-                    &self.audit,
-                    AuditKind::MembershipRefused,
-                    json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason}),
-                )
-                .await;
+                tracing::info!(%peer, by_us, %reason, "membership refused");
+                if self.refusals.admit(peer, self.clock.now_unix()) {
+                    log_audit(
+                        &self.audit,
+                        AuditKind::MembershipRefused,
+                        json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason}),
+                    )
+                    .await;
+                }
             }
             NetEvent::BadMessage { peer, reason } => {
-                log_audit(
-                    &self.audit,
-                    AuditKind::PeerRefused,
-                    json!({"peer": peer.to_string(), "reason": reason}),
-                )
-                .await;
+                tracing::info!(%peer, %reason, "bad message; peer dropped");
+                if self.refusals.admit(peer, self.clock.now_unix()) {
+                    log_audit(
+                        &self.audit,
+                        AuditKind::PeerRefused,
+                        json!({"peer": peer.to_string(), "reason": reason}),
+                    )
+                    .await;
+                }
             }
         }
+    }
+
+    /// A member was met: a renter learns its offers and runs a discovery pass at once; a
+    /// provider-only node fills its cache from it. Both ask only the first members met in a
+    /// while ([`OfferCache::should_pull_on_meeting`]), in the background.
+    fn met(self: &Arc<Self>, peer: PeerId, handlers: &TaskTracker, shutdown: &CancellationToken) {
+        if let Some(r) = self.renter.clone() {
+            let notify = self.discover_now.clone();
+            let shutdown = shutdown.clone();
+            handlers.spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = r.met(peer) => {}
+                }
+                notify.notify_one();
+            });
+            return;
+        }
+        if !self
+            .offer_cache
+            .should_pull_on_meeting(self.clock.now_unix())
+        {
+            return;
+        }
+        let this = self.clone();
+        let shutdown = shutdown.clone();
+        handlers.spawn(async move {
+            let clock = this.clock.clone();
+            let now = move || clock.now_unix();
+            let pull = offers::pull(this.peers.as_ref(), &this.offer_cache, peer, &now);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                r = pull => match r {
+                    Ok(rep) => tracing::debug!(%peer, new = rep.new, updated = rep.updated,
+                        rejected = rep.rejected.len(), "offers exchanged"),
+                    Err(e) => tracing::debug!(%peer, error = %e, "member did not share its offers"),
+                },
+            }
+        });
     }
 
     /// The answer to one request.
@@ -151,6 +215,10 @@ impl Dispatcher {
             (Some(p), m) => p.handle(peer, m).await,
             (None, Message::Hello(_)) => {
                 Message::Hello(Hello::ours(false, self.is_renter, &self.network))
+            }
+            // Every member serves the offers it knows, provider or not.
+            (None, Message::OffersRequest(r)) => {
+                Message::Offers(self.offer_cache.answer(&r, self.clock.now_unix()))
             }
             (None, m) => Message::Error(ErrorMsg::new(
                 ErrorCode::Unsupported,
@@ -163,6 +231,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::market::offers::REFUSAL_AUDIT_EVERY_SECS;
 
     #[test]
     fn admission_refuses_beyond_the_limit_with_unavailable() {
@@ -175,6 +244,17 @@ mod tests {
         // A finished request frees its permit for the next one.
         drop(first);
         assert!(a.try_admit().is_ok());
+    }
+
+    #[test]
+    fn refusals_of_one_peer_are_audited_at_most_once_a_minute() {
+        let r = RefusalAudits::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        assert!(r.admit(a, 1_000));
+        assert!(!r.admit(a, 1_001));
+        assert!(r.admit(b, 1_001), "another peer is audited");
+        assert!(!r.admit(a, 1_000 + REFUSAL_AUDIT_EVERY_SECS - 1));
+        assert!(r.admit(a, 1_000 + REFUSAL_AUDIT_EVERY_SECS));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The node's long-running helpers: periodic work, DHT announcements, and the secret lookup
 //! at start.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use tokio_util::sync::CancellationToken;
 
@@ -10,6 +13,7 @@ use crate::audit::{AuditKind, AuditLog};
 use crate::config::Config;
 use crate::datadir::DataDir;
 use crate::market::provider::Provider;
+use crate::market::renter::Renter;
 use crate::net::{self, NetClient};
 
 /// Appends an entry and waits until it is durable; a failure is logged, not returned, since
@@ -77,6 +81,34 @@ pub(super) async fn announce_loop(
             _ = shutdown.cancelled() => return,
             _ = timer.tick() => {}
             r = changes.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Runs the renter's discovery passes: every `every`, and at once whenever `wake` is notified
+/// (a member was met), so discovery starts as soon as the node meets its first peer instead of
+/// a full interval later. Notifications during a pass coalesce into one more pass.
+pub(super) async fn discovery_loop(
+    r: Renter,
+    every: Duration,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut timer = tokio::time::interval(every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+            _ = wake.notified() => {}
+        }
+        let pass = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            pass = r.discover() => pass,
+        };
+        match pass {
+            Ok(n) => tracing::debug!(offers = n, "discovery pass"),
+            Err(e) => tracing::debug!(error = %e, "discovery pass failed"),
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::types::{Sats, Terms, WgKey};
 /// | `statusRequest` | `status` |
 /// | `leaseEnd` | `status` |
 /// | `refundRequest` | `status` |
+/// | `offersRequest` | `offers` |
 ///
 /// Any request may be answered with `error`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +52,10 @@ pub enum Message {
     LeaseEnd(Signed<LeaseEnd>),
     /// The renter asks for the unused credit of an ended lease (signed by the renter).
     RefundRequest(Signed<RefundRequest>),
+    /// A member asks another for the signed offers it knows and the asker lacks.
+    OffersRequest(OffersRequest),
+    /// The answer to `offersRequest`: offers as their providers signed them, one page.
+    Offers(Offers),
 }
 
 impl Message {
@@ -69,6 +74,8 @@ impl Message {
             Message::Error(_) => "error",
             Message::LeaseEnd(_) => "leaseEnd",
             Message::RefundRequest(_) => "refundRequest",
+            Message::OffersRequest(_) => "offersRequest",
+            Message::Offers(_) => "offers",
         }
     }
 }
@@ -496,4 +503,47 @@ impl ErrorMsg {
             message: message.into(),
         }
     }
+}
+
+/// At most this many entries in [`OffersRequest::known`] (they must fit in one frame).
+pub const MAX_KNOWN_SEQS: usize = 512;
+/// At most this many offers in one [`Offers`] page.
+pub const MAX_OFFERS_PER_PAGE: usize = 32;
+/// At most about this many bytes of signed offers in one [`Offers`] page (the frame is 64 KiB).
+pub const MAX_OFFERS_PAGE_BYTES: usize = 40 * 1024;
+
+/// The version of one provider's offer that the asker already holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownSeq {
+    /// Provider PeerId.
+    pub provider: String,
+    /// The `seq` of the offer held.
+    pub seq: u64,
+}
+
+/// Asks a member for the signed offers it knows, in provider order, skipping those the asker
+/// already holds at the same or a higher `seq`. Offers are relayed as their providers signed
+/// them: the asker verifies each one itself and trusts nothing of the relaying peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffersRequest {
+    /// Only providers whose PeerId sorts (bytewise, as text) after this one; empty: from the
+    /// first. The `next` of the previous page.
+    pub after: String,
+    /// Only providers whose PeerId sorts at or before this one; empty: no bound. Set by an
+    /// asker whose `known` list had to be cut at [`MAX_KNOWN_SEQS`] to the last provider it
+    /// lists, so that nothing it holds is sent again.
+    pub until: String,
+    /// What the asker holds in that range, ascending by provider, at most [`MAX_KNOWN_SEQS`].
+    pub known: Vec<KnownSeq>,
+}
+
+/// One page of offers answering an [`OffersRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Offers {
+    /// Offers, ascending by provider, at most [`MAX_OFFERS_PER_PAGE`] and about
+    /// [`MAX_OFFERS_PAGE_BYTES`] bytes.
+    pub offers: Vec<Signed<Offer>>,
+    /// When the page is full: ask again with `after` set to this to get the rest. `None`: the
+    /// range asked for is exhausted.
+    pub next: Option<String>,
 }

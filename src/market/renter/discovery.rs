@@ -33,24 +33,240 @@ pub struct ProviderHistory {
     pub checks_failed: u32,
 }
 
+/// At most this many offers are fetched from providers at once in a discovery pass.
+pub const FETCH_CONCURRENCY: usize = 16;
+
+/// Members asked for the offers they know in one discovery pass (those asked least recently).
+const EXCHANGE_PEERS: usize = 2;
+
+/// A provider this renter talked to is asked for its offer again after this long, even if
+/// nothing says it changed: that is how a provider that stopped answering is noticed (and,
+/// after `renter.drop_after_failures` failed requests in a row, dropped).
+pub const RECHECK_SECS: u64 = 300;
+
+/// Ranking treats an offer whose round trip was never measured (learned from another member)
+/// as this far away: it still ranks by price first, but a measured provider wins a tie.
+const UNMEASURED_RTT: Duration = Duration::from_secs(10);
+
 impl Renter {
-    /// Looks for providers and refreshes their offers. Returns how many offers are known.
+    /// One discovery pass: looks the providers up on the DHT, asks members for the signed
+    /// offers they know (verified one by one: the relaying member is not trusted), then fetches
+    /// (`hello`, at most [`FETCH_CONCURRENCY`] at once) the offers of the providers found on
+    /// the DHT only where needed: not known yet, never asked ourselves, in a run of failures,
+    /// close to expiry, or not heard from for [`RECHECK_SECS`]. Returns how many offers are
+    /// known.
+    ///
+    /// # Errors
+    /// When the DHT lookup fails (the offers learned so far are kept).
     pub async fn discover(&self) -> Result<usize, MarketError> {
-        let peers = self.inner.peers.find_providers().await?;
-        for peer in peers {
-            if peer == self.inner.peer_id {
-                continue;
-            }
-            if let Err(e) = self.fetch_offer(peer).await {
-                tracing::debug!(%peer, error = %e, "no offer from peer");
-            }
-        }
         let now = self.now();
-        let mut offers = self.inner.offers.lock().expect("offers lock not poisoned");
-        offers.retain(|_, o| o.offer.expires_at > now);
-        Ok(offers.len())
+        self.inner.offer_cache.prune(now);
+        let found: Vec<PeerId> = match self.inner.peers.find_providers().await {
+            Ok(found) => found
+                .into_iter()
+                .filter(|p| *p != self.inner.peer_id)
+                .collect(),
+            Err(e) => {
+                self.learn_from_cache().await;
+                return Err(e);
+            }
+        };
+        self.exchange(&found).await;
+        self.learn_from_cache().await;
+        let due = self.fetch_due(&found);
+        self.fetch_offers(due).await;
+        let now = self.now();
+        self.inner
+            .offers
+            .lock()
+            .expect("offers lock not poisoned")
+            .retain(|_, o| o.offer.expires_at > now);
+        Ok(self.known_offers().len())
     }
 
+    /// We met `peer` (it passed the membership handshake): unless this node has just asked
+    /// other members ([`OfferCache::should_pull_on_meeting`]), asks it for the offers it knows
+    /// and lists them at once. Returns whether it asked. The node then runs a discovery pass,
+    /// so a renter knows the market as soon as it meets its first member.
+    pub async fn met(&self, peer: PeerId) -> bool {
+        if !self.inner.offer_cache.should_pull_on_meeting(self.now()) {
+            return false;
+        }
+        if let Err(e) = self.pull_from(peer).await {
+            tracing::debug!(%peer, error = %e, "member did not share its offers");
+        }
+        self.learn_from_cache().await;
+        true
+    }
+
+    /// The offer cache this renter learns into.
+    pub fn offer_cache(&self) -> &OfferCache {
+        &self.inner.offer_cache
+    }
+
+    /// Asks up to [`EXCHANGE_PEERS`] of `found` (those asked least recently) for the offers
+    /// they know, concurrently.
+    async fn exchange(&self, found: &[PeerId]) {
+        let chosen: Vec<PeerId> = {
+            let pulled = self.inner.pulled.lock().expect("pulled lock not poisoned");
+            let mut by_age: Vec<(u64, PeerId)> = found
+                .iter()
+                .map(|p| (pulled.get(p).copied().unwrap_or(0), *p))
+                .collect();
+            by_age.sort();
+            by_age
+                .into_iter()
+                .take(EXCHANGE_PEERS)
+                .map(|(_, p)| p)
+                .collect()
+        };
+        let pulls = chosen.into_iter().map(|peer| async move {
+            if let Err(e) = self.pull_from(peer).await {
+                tracing::debug!(%peer, error = %e, "member did not share its offers");
+            }
+        });
+        futures::future::join_all(pulls).await;
+    }
+
+    /// One exchange with `peer`. Its failures do not count against it as a provider: it may
+    /// be an older node that does not serve `offersRequest`, and its `hello` tells.
+    async fn pull_from(&self, peer: PeerId) -> Result<(), MarketError> {
+        {
+            let mut pulled = self.inner.pulled.lock().expect("pulled lock not poisoned");
+            // Bounded like the offer cache: past it, the rotation simply starts over.
+            if pulled.len() >= super::super::offers::DEFAULT_CAPACITY {
+                pulled.clear();
+            }
+            pulled.insert(peer, self.now());
+        }
+        let clock = self.inner.clock.clone();
+        let now = move || clock.now_unix();
+        let report = super::super::offers::pull(
+            self.inner.peers.as_ref(),
+            &self.inner.offer_cache,
+            peer,
+            &now,
+        )
+        .await?;
+        tracing::debug!(%peer, received = report.received, new = report.new,
+            updated = report.updated, rejected = report.rejected.len(), "offers exchanged");
+        if !report.rejected.is_empty() && self.inner.refusals.admit(peer, self.now()) {
+            // A member relaying offers that do not verify: worth one entry per exchange (not
+            // per offer), and the offers are simply not kept.
+            let (first_id, first_why) = &report.rejected[0];
+            self.audit(
+                AuditKind::PeerRefused,
+                json!({"peer": peer.to_string(), "reason": format!(
+                    "relayed {} offer(s) that fail verification (first: {first_id}: {first_why})",
+                    report.rejected.len())}),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Brings the offers of the cache into the offer list: a provider not listed yet, or
+    /// listed at a lower `seq`, takes the cached offer (keeping the round trip measured
+    /// earlier). New providers and changed offers are audited, in one batch.
+    async fn learn_from_cache(&self) {
+        let now = self.now();
+        let cached = self.inner.offer_cache.snapshot(now);
+        let mut changes = Vec::new();
+        {
+            let mut offers = self.inner.offers.lock().expect("offers lock not poisoned");
+            for c in cached {
+                if c.offer.provider == self.inner.peer_id.to_string() {
+                    continue;
+                }
+                let previous = offers.get(&c.offer.provider);
+                if previous.is_some_and(|p| p.offer.seq >= c.offer.seq) {
+                    continue;
+                }
+                let known = KnownOffer {
+                    peer: c.offer.provider.clone(),
+                    offer_id: c.offer_id,
+                    rtt: previous.map(|p| p.rtt).unwrap_or_default(),
+                    offer: c.offer,
+                    signed: c.signed,
+                    seen_at: now,
+                };
+                let is_new = previous.is_none();
+                offers.insert(known.peer.clone(), known.clone());
+                changes.push((is_new, known));
+            }
+        }
+        self.audit_changes(changes).await;
+    }
+
+    /// Audits new providers (`peer_discovered`) and new offer versions (`offer_seen`), with one
+    /// flush for all of them.
+    async fn audit_changes(&self, changes: Vec<(bool, KnownOffer)>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut entries = Vec::with_capacity(changes.len() * 2);
+        for (is_new, k) in changes {
+            if is_new {
+                entries.push((AuditKind::PeerDiscovered, json!({"peer": k.peer})));
+            }
+            entries.push((
+                AuditKind::OfferSeen,
+                json!({"peer": k.peer, "offer_id": k.offer_id,
+                       "seq": k.offer.seq, "terms": k.offer.terms}),
+            ));
+        }
+        if let Err(e) = self.inner.audit.append_batch(entries).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+
+    /// The providers of `found` whose offer needs fetching (see [`Renter::discover`]).
+    fn fetch_due(&self, found: &[PeerId]) -> Vec<PeerId> {
+        let now = self.now();
+        let histories = self.inner.providers.all().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read provider history");
+            Vec::new()
+        });
+        let failing: HashSet<String> = histories
+            .into_iter()
+            .filter(|(_, h)| h.consecutive_failures > 0)
+            .map(|(p, _)| p)
+            .collect();
+        let offers = self.inner.offers.lock().expect("offers lock not poisoned");
+        found
+            .iter()
+            .filter(|peer| {
+                let id = peer.to_string();
+                let Some(o) = offers.get(&id) else {
+                    return true;
+                };
+                let lifetime = o.offer.expires_at.saturating_sub(o.offer.created_at);
+                let refresh_at = o.offer.expires_at.saturating_sub((lifetime / 4).max(60));
+                o.rtt.is_zero()
+                    || failing.contains(&id)
+                    || now >= refresh_at
+                    || now >= o.seen_at.saturating_add(RECHECK_SECS)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Fetches the offers of `peers`, at most [`FETCH_CONCURRENCY`] at once.
+    async fn fetch_offers(&self, peers: Vec<PeerId>) {
+        use futures::StreamExt as _;
+        futures::stream::iter(peers)
+            .map(|peer| async move {
+                if let Err(e) = self.fetch_offer(peer).await {
+                    tracing::debug!(%peer, error = %e, "no offer from peer");
+                }
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// Asks `peer` itself for its offer (`hello`), verifies it, measures the round trip, and
+    /// keeps it (in the offer list and the cache).
     pub(super) async fn fetch_offer(&self, peer: PeerId) -> Result<KnownOffer, MarketError> {
         let hello = Message::Hello(Hello::ours(false, true, &self.inner.network));
         let (reply, rtt) = self.ask(peer, hello).await?;
@@ -75,14 +291,21 @@ impl Renter {
         let offer = match self.check_offer(peer, &signed) {
             Ok(o) => o,
             Err(e) => {
-                self.audit(
-                    AuditKind::PeerRefused,
-                    json!({"peer": peer.to_string(), "reason": e.to_string()}),
-                )
-                .await;
+                // A provider whose offer keeps failing is asked again every pass: audited at
+                // most once a minute.
+                if self.inner.refusals.admit(peer, self.now()) {
+                    self.audit(
+                        AuditKind::PeerRefused,
+                        json!({"peer": peer.to_string(), "reason": e.to_string()}),
+                    )
+                    .await;
+                }
                 return Err(e);
             }
         };
+        if let Err(e) = self.inner.offer_cache.insert(signed.clone(), self.now()) {
+            tracing::debug!(%peer, error = %e, "offer not cached");
+        }
         let known = KnownOffer {
             peer: peer.to_string(),
             offer_id: signed.id(),
@@ -98,23 +321,9 @@ impl Renter {
             .expect("offers lock not poisoned")
             .insert(known.peer.clone(), known.clone());
         match previous {
-            None => {
-                self.audit(AuditKind::PeerDiscovered, json!({"peer": known.peer}))
-                    .await;
-                self.audit(
-                    AuditKind::OfferSeen,
-                    json!({"peer": known.peer, "offer_id": known.offer_id,
-                    "seq": known.offer.seq, "terms": known.offer.terms}),
-                )
-                .await;
-            }
+            None => self.audit_changes(vec![(true, known.clone())]).await,
             Some(p) if p.offer_id != known.offer_id => {
-                self.audit(
-                    AuditKind::OfferSeen,
-                    json!({"peer": known.peer, "offer_id": known.offer_id,
-                    "seq": known.offer.seq, "terms": known.offer.terms}),
-                )
-                .await;
+                self.audit_changes(vec![(false, known.clone())]).await
             }
             Some(_) => {}
         }
@@ -126,31 +335,11 @@ impl Renter {
         peer: PeerId,
         signed: &Signed<Offer>,
     ) -> Result<Offer, MarketError> {
-        let bad = |reason: String| MarketError::BadSigned {
-            what: "offer",
-            reason,
-        };
-        let offer = signed.verify_from(&peer).map_err(|e| bad(e.to_string()))?;
-        if offer.provider != peer.to_string() {
-            return Err(bad("offer names another provider".into()));
-        }
-        if offer.expires_at <= self.now() {
-            return Err(bad("offer expired".into()));
-        }
-        if offer.network != self.inner.network {
-            return Err(bad(format!(
-                "offer is for network {}, we use {}",
-                offer.network, self.inner.network
-            )));
-        }
-        match offer.terms.validate() {
-            // A base rate of 0 is fine when every size has a price (checked below).
-            Ok(()) | Err(crate::types::TermsError::ZeroRate) => {}
-            Err(e) => return Err(bad(e.to_string())),
-        }
-        crate::market::sizes::validate_sizes(&offer.terms, &offer.ipv4, &offer.ipv6)
-            .map_err(|e| bad(e.to_string()))?;
-        Ok(offer)
+        super::super::offers::verify_offer(signed, Some(&peer), &self.inner.network, self.now())
+            .map_err(|e| MarketError::BadSigned {
+                what: "offer",
+                reason: e.to_string(),
+            })
     }
 
     /// Known offers, best first for `credit` (default credit when `None`), for the configured
@@ -214,7 +403,11 @@ impl Renter {
             .map(|(o, terms)| select::Candidate {
                 offer_id: &o.offer_id,
                 terms,
-                rtt: o.rtt,
+                rtt: if o.rtt.is_zero() {
+                    UNMEASURED_RTT
+                } else {
+                    o.rtt
+                },
                 available: true,
                 history: histories.get(&o.peer).copied().unwrap_or_default(),
             })
@@ -355,12 +548,15 @@ impl Renter {
         };
         let limit = self.inner.cfg.drop_after_failures;
         if limit > 0 && h.consecutive_failures == limit {
+            // Its offer stays known (the offer list leaves dropped providers out), so that the
+            // exchange does not bring it back as a newly discovered provider every pass.
             let removed = self
                 .inner
                 .offers
                 .lock()
                 .expect("offers lock not poisoned")
-                .remove(peer);
+                .get(peer)
+                .cloned();
             tracing::warn!(peer, failures = h.consecutive_failures, %error,
                 "provider failed to answer {limit} requests in a row; dropped from the offer list \
                  until it answers again");
