@@ -293,14 +293,25 @@ impl Node {
         tracing::info!(backend = tunnel.kind(), "tunnel backend ready");
         let wg = WgKeyPair::load_or_create(&data_dir.wireguard_key())?;
 
+        let dht = cfg.node.dht_kind(public_market);
+        let dht_role = cfg.dht_role(dht);
+        let bootstrap = cfg.node.bootstrap_for(dht);
+        tracing::info!(?dht, ?dht_role, bootstrap_peers = bootstrap.len(), "joining the DHT");
         let (net_client, net_events, event_loop) = net::new(
             &identity.signing_key,
             NetConfig {
                 listen: parse_addrs(&cfg.node.listen)?,
-                bootstrap: parse_addrs(&cfg.node.bootstrap)?,
+                bootstrap: parse_addrs(&bootstrap)?,
                 external: parse_addrs(&cfg.node.external)?,
                 topic,
                 request_timeout: Duration::from_secs(cfg.node.request_timeout_secs),
+                dht,
+                dht_role,
+                query_timeout: cfg
+                    .node
+                    .dht_query_timeout_secs
+                    .map_or_else(|| net::default_query_timeout(dht), Duration::from_secs),
+                bootstrap_backoff: net::backoff::Backoff::default(),
             },
         )?;
         let shutdown = CancellationToken::new();

@@ -221,7 +221,10 @@ impl EventLoop {
             tracing::info!(%peer, "member joined");
             self.emit(NetEvent::MemberJoined { peer });
         }
-        // Members, and only members, enter the routing table (Manual bucket inserts).
+        self.on_not_isolated();
+        // On a private network members, and only members, enter the routing table (Manual
+        // bucket inserts). On the public DHT Kademlia adds every peer that serves it; a member
+        // is added too, so the market's own peers route even if they are DHT clients.
         for addr in self.book.get(&peer) {
             self.swarm.behaviour_mut().kad.add_address(&peer, addr);
         }
