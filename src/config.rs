@@ -266,7 +266,12 @@ mod tests {
         c.node.roles = vec![Role::Provider];
         c.provider.endpoint = "8.8.4.4:51820".into();
         assert_eq!(c.dht_role(DhtKind::Public), DhtRole::Server);
-        for private in ["10.0.0.1:51820", "127.0.0.1:1", "[fd00::1]:1", "vpn.example:1"] {
+        for private in [
+            "10.0.0.1:51820",
+            "127.0.0.1:1",
+            "[fd00::1]:1",
+            "vpn.example:1",
+        ] {
             c.provider.endpoint = private.into();
             assert_eq!(c.dht_role(DhtKind::Public), DhtRole::Client, "{private}");
         }

@@ -296,7 +296,12 @@ impl Node {
         let dht = cfg.node.dht_kind(public_market);
         let dht_role = cfg.dht_role(dht);
         let bootstrap = cfg.node.bootstrap_for(dht);
-        tracing::info!(?dht, ?dht_role, bootstrap_peers = bootstrap.len(), "joining the DHT");
+        tracing::info!(
+            ?dht,
+            ?dht_role,
+            bootstrap_peers = bootstrap.len(),
+            "joining the DHT"
+        );
         let (net_client, net_events, event_loop) = net::new(
             &identity.signing_key,
             NetConfig {

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use leasewire::net::backoff::Backoff;
-use leasewire::net::{
-    self, DhtKind, NetClient, NetConfig, NetError, NetEvent, NetStatus, Topic,
-};
+use leasewire::net::{self, DhtKind, NetClient, NetConfig, NetError, NetEvent, NetStatus, Topic};
 use leasewire::wire::messages::{Hello, Message};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -344,7 +342,11 @@ async fn start_private(
         bootstrap,
         ..test_config(topic)
     };
-    assert_eq!(cfg.dht, DhtKind::Private, "a cluster secret defaults to private");
+    assert_eq!(
+        cfg.dht,
+        DhtKind::Private,
+        "a cluster secret defaults to private"
+    );
     start_with(seed, agent, cfg, token).await
 }
 
@@ -448,18 +450,25 @@ async fn raw_kad_client(member: PeerId, member_addr: Multiaddr, key: Vec<u8>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_network_hides_members_from_a_raw_dht_client() {
-    let topic = tokio::task::spawn_blocking(|| {
-        net::topic::derive("net-test-private").expect("derive")
-    })
-    .await
-    .expect("derive task");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let topic =
+        tokio::task::spawn_blocking(|| net::topic::derive("net-test-private").expect("derive"))
+            .await
+            .expect("derive task");
     let token = CancellationToken::new();
     let any = "/ip4/127.0.0.1/tcp/0";
     let boot = start_private(31, "boot", &topic, any, vec![], &token).await;
     let boot_addr = boot.addr().await;
-    let provider = start_private(32, "provider", &topic, any, vec![boot_addr.clone()], &token).await;
+    let provider =
+        start_private(32, "provider", &topic, any, vec![boot_addr.clone()], &token).await;
     let renter = start_private(33, "renter", &topic, any, vec![boot_addr.clone()], &token).await;
-    wait_status(&provider, "provider joined", |s| s.members.contains(&boot.id)).await;
+    wait_status(&provider, "provider joined", |s| {
+        s.members.contains(&boot.id)
+    })
+    .await;
     wait_status(&renter, "renter joined", |s| s.members.contains(&boot.id)).await;
     provider
         .client
@@ -469,7 +478,10 @@ async fn private_network_hides_members_from_a_raw_dht_client() {
 
     // Members find each other through the private network.
     let found = find_provider(&renter, provider.id).await;
-    assert!(found.contains(&provider.id), "provider not found: {found:?}");
+    assert!(
+        found.contains(&provider.id),
+        "provider not found: {found:?}"
+    );
     let st = renter.status().await;
     assert_eq!(st.dht, DhtKind::Private);
     assert!(!st.isolated, "{st:?}");
@@ -477,11 +489,17 @@ async fn private_network_hides_members_from_a_raw_dht_client() {
     // A raw client that skips every handshake but the standard ones learns nothing.
     let before = boot.status().await.rejected_connections;
     let out = raw_kad_client(boot.id, boot_addr.clone(), topic.dht_key.clone()).await;
-    assert!(!out.connected, "a non-member finished a transport handshake: {out:?}");
+    assert!(
+        !out.connected,
+        "a non-member finished a transport handshake: {out:?}"
+    );
     assert!(out.dial_errors >= 1, "{out:?}");
     assert!(out.providers.is_empty(), "{out:?}");
     for member in [boot.id, provider.id, renter.id] {
-        assert!(!out.closest.contains(&member), "member {member} leaked: {out:?}");
+        assert!(
+            !out.closest.contains(&member),
+            "member {member} leaked: {out:?}"
+        );
     }
     // No peer but the one it was given enters its routing table.
     assert!(out.addresses_learned.is_empty(), "{out:?}");
@@ -490,6 +508,38 @@ async fn private_network_hides_members_from_a_raw_dht_client() {
         s.rejected_connections > before
     })
     .await;
+    // A leasewire node of another private network cannot connect either; its status says
+    // the member refused it, and it stays isolated.
+    let other = tokio::task::spawn_blocking(|| {
+        net::topic::derive("net-test-private-other").expect("derive")
+    })
+    .await
+    .expect("derive task");
+    let outsider =
+        start_private(34, "outsider", &other, any, vec![boot_addr.clone()], &token).await;
+    // Usually at once; a handshake that both sides read garbage from can wait for bytes that
+    // never come, ended by the handshake timeout (6 s), then the redial decides: so this poll
+    // is longer than wait_status's.
+    let mut st = outsider.status().await;
+    for _ in 0..300 {
+        if st.refused_by.contains(&boot.id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        st = outsider.status().await;
+    }
+    assert!(st.refused_by.contains(&boot.id), "{st:?}");
+    assert!(st.members.is_empty() && st.isolated, "{st:?}");
+    assert!(
+        outsider
+            .client
+            .find_providers()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert!(!boot.status().await.members.contains(&outsider.id));
+
     // Members are unaffected.
     let st = boot.status().await;
     assert!(st.members.contains(&provider.id) && st.members.contains(&renter.id));
@@ -499,11 +549,10 @@ async fn private_network_hides_members_from_a_raw_dht_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renter_finds_its_bootstrap_peer_after_it_comes_back() {
-    let topic = tokio::task::spawn_blocking(|| {
-        net::topic::derive("net-test-comeback").expect("derive")
-    })
-    .await
-    .expect("derive task");
+    let topic =
+        tokio::task::spawn_blocking(|| net::topic::derive("net-test-comeback").expect("derive"))
+            .await
+            .expect("derive task");
     let token = CancellationToken::new();
     // A port nobody listens on for now: the bootstrap peer will come up on it later.
     let port = {
@@ -513,7 +562,9 @@ async fn renter_finds_its_bootstrap_peer_after_it_comes_back() {
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
     let boot_key = SigningKey::from_bytes(&[41; 32]);
     let boot_id = net::keypair_of(&boot_key).public().to_peer_id();
-    let boot_addr: Multiaddr = format!("{listen}/p2p/{boot_id}").parse().expect("multiaddr");
+    let boot_addr: Multiaddr = format!("{listen}/p2p/{boot_id}")
+        .parse()
+        .expect("multiaddr");
 
     let renter = start_private(
         42,

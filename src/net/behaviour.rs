@@ -12,8 +12,10 @@
 
 use std::time::Duration;
 
+use either::Either;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
+use libp2p::core::transport::timeout::{TransportTimeout, TransportTimeoutError};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::kad::store::MemoryStore;
@@ -21,8 +23,8 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, identify, kad,
-    noise, ping, tcp, yamux,
+    PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, identify, kad, noise,
+    ping, tcp, yamux,
 };
 
 use super::codec::{FrameCodec, MEMBERSHIP_PROTOCOL, MSG_PROTOCOL};
@@ -119,6 +121,30 @@ fn kad_behaviour(local: PeerId, cfg: &NetConfig) -> kad::Behaviour<MemoryStore> 
     kad
 }
 
+/// Longest a TCP connection may take to come up on a private network.
+const PRIVATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Longest a whole connection set-up (TCP, private-network layer, Noise, Yamux) may take on a
+/// private network; longer than [`PRIVATE_CONNECT_TIMEOUT`] (see [`transport`]).
+const PRIVATE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Text carried by every dial error of a private network that failed after the TCP connection
+/// was up (in the private-network layer, multistream-select, Noise or Yamux): a peer of
+/// another network, most likely. The event loop looks for it in the dial error's text because
+/// the transport stack boxes errors into `io::Error`s whose source chains skip levels.
+pub(crate) const HANDSHAKE_FAILED_MARKER: &str = "private network handshake failed";
+
+/// Why a dial on a private network failed.
+#[derive(Debug, thiserror::Error)]
+enum PrivateDialError {
+    /// The TCP connection could not be made: the peer is down or unreachable.
+    #[error("{0}")]
+    Tcp(std::io::Error),
+    /// Connected, but the upgrade failed: the peer holds another key (or closed mid-way).
+    #[error("private network handshake failed (another network's peer?): {0}")]
+    Handshake(String),
+}
+
 /// TCP, upgraded with the private-network handshake when `psk` is set, then Noise and Yamux.
 ///
 /// The `pnet` layer sits under Noise: a dialer without the key sends bytes the listener
@@ -130,12 +156,29 @@ fn transport(
     let noise = noise::Config::new(key)?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let transport = match psk {
-        Some(psk) => tcp
+        // Connecting gets its own, shorter timeout than the whole upgrade, so a timeout of the
+        // whole means the TCP connection was up: the peer is there but speaks no protocol we
+        // can read, as a peer of another network does (garbage can also leave both sides
+        // waiting for bytes that never come, which only a timeout ends).
+        Some(psk) => TransportTimeout::new(tcp, PRIVATE_CONNECT_TIMEOUT)
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .upgrade(Version::V1Lazy)
             .authenticate(noise)
             .multiplex(yamux::Config::default())
+            .timeout(PRIVATE_HANDSHAKE_TIMEOUT)
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .map_err(|e| match e {
+                TransportTimeoutError::Timeout => {
+                    PrivateDialError::Handshake("timed out after connecting".into())
+                }
+                TransportTimeoutError::TimerError(e) => PrivateDialError::Tcp(e),
+                TransportTimeoutError::Other(Either::Left(Either::Left(Either::Left(tcp)))) => {
+                    PrivateDialError::Tcp(std::io::Error::other(tcp))
+                }
+                TransportTimeoutError::Other(other) => {
+                    PrivateDialError::Handshake(other.to_string())
+                }
+            })
             .boxed(),
         None => tcp
             .upgrade(Version::V1Lazy)
@@ -171,4 +214,22 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behavio
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_failures_carry_the_marker_and_tcp_failures_do_not() {
+        let h = PrivateDialError::Handshake("garbage".into()).to_string();
+        assert!(h.contains(HANDSHAKE_FAILED_MARKER), "{h}");
+        // Wrapped the way the boxed transport stack wraps it, the text survives.
+        let boxed = std::io::Error::other(std::io::Error::other(PrivateDialError::Handshake(
+            "x".into(),
+        )));
+        assert!(boxed.to_string().contains(HANDSHAKE_FAILED_MARKER));
+        let t = PrivateDialError::Tcp(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!t.to_string().contains(HANDSHAKE_FAILED_MARKER));
+    }
 }

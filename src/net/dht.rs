@@ -46,7 +46,13 @@ impl EventLoop {
             return;
         }
         let record = ProviderRecord::new(RecordKey::new(&self.topic.dht_key), self.local, addrs);
-        if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().add_provider(record) {
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .add_provider(record)
+        {
             tracing::debug!("cannot update our provider record: {e}");
         }
     }

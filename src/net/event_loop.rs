@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::{Backoff, RateLimit};
-use super::behaviour::{Behaviour, BehaviourEvent};
+use super::behaviour::{Behaviour, BehaviourEvent, HANDSHAKE_FAILED_MARKER};
 use super::membership::Initiator;
 use super::peers::{AddressBook, RefusedSet, Waiting};
 use super::{
@@ -95,6 +95,10 @@ pub struct EventLoop {
     pub(crate) members: HashSet<PeerId>,
     pub(crate) refused: RefusedSet,
     pub(crate) refused_by: RefusedSet,
+    /// Peers of a private network whose transport handshake failed after TCP connected (most
+    /// likely another network's). Reported in `status` as refusing us, but, unlike
+    /// `refused_by`, not blocked: a member that closed mid-handshake is tried again.
+    pub(crate) transport_refused_by: RefusedSet,
     /// Configured bootstrap peers: their addresses stay in the book.
     pub(crate) bootstrap_peers: HashSet<PeerId>,
     /// Peers with a handshake of ours in flight.
@@ -172,6 +176,7 @@ impl EventLoop {
             members: HashSet::new(),
             refused: RefusedSet::default(),
             refused_by: RefusedSet::default(),
+            transport_refused_by: RefusedSet::default(),
             bootstrap_peers: HashSet::new(),
             handshaking: HashSet::new(),
             bootstrapped: false,
@@ -271,6 +276,26 @@ impl EventLoop {
         self.arm_retry();
     }
 
+    /// Notes a private-network peer whose transport handshake failed (see
+    /// `transport_refused_by`).
+    fn on_dial_error(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
+        if self.dht != DhtKind::Private || self.members.contains(&peer) {
+            return;
+        }
+        if !error.to_string().contains(HANDSHAKE_FAILED_MARKER) {
+            return;
+        }
+        let (newly, _) = self.transport_refused_by.insert(peer);
+        if newly {
+            tracing::warn!(%peer, "peer failed the private network handshake: another network?");
+            self.emit(NetEvent::MembershipRefused {
+                peer,
+                by_us: false,
+                reason: "private network handshake failed".into(),
+            });
+        }
+    }
+
     /// The node met a member or a DHT peer: the next isolation starts the backoff afresh.
     pub(crate) fn on_not_isolated(&mut self) {
         if !self.is_isolated() {
@@ -355,7 +380,13 @@ impl EventLoop {
                     listen_addrs: self.swarm.listeners().cloned().collect(),
                     connected: self.swarm.connected_peers().count(),
                     members,
-                    refused_by: self.refused_by.sorted(),
+                    refused_by: {
+                        let mut v = self.refused_by.sorted();
+                        v.extend(self.transport_refused_by.sorted());
+                        v.sort();
+                        v.dedup();
+                        v
+                    },
                     refused: self.refused.sorted(),
                     isolated: self.is_isolated(),
                     connected_members: self
@@ -419,6 +450,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, "dial failed: {error}");
+                self.on_dial_error(peer, &error);
                 if !self.swarm.is_connected(&peer) && self.waiting.contains_key(&peer) {
                     let reason = error.to_string();
                     self.fail_waiting(peer, |peer| NetError::Dial {

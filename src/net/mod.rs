@@ -66,7 +66,10 @@ pub const PUBLIC_BOOTSTRAP_PEERS: &[&str] = &[
 pub fn public_bootstrap_peers() -> Vec<Multiaddr> {
     PUBLIC_BOOTSTRAP_PEERS
         .iter()
-        .map(|a| a.parse().expect("PUBLIC_BOOTSTRAP_PEERS to hold valid multiaddrs"))
+        .map(|a| {
+            a.parse()
+                .expect("PUBLIC_BOOTSTRAP_PEERS to hold valid multiaddrs")
+        })
         .collect()
 }
 

@@ -125,7 +125,17 @@ impl NodeConfig {
     /// `public_bootstrap` off, or is on a private DHT. Tests and the simnet assert it of every
     /// configuration they write (the network rule: nothing dials off the machine).
     pub fn bootstrap_is_explicit(&self) -> bool {
-        !self.bootstrap.is_empty() || !self.public_bootstrap || self.dht == Some(DhtKind::Private)
+        // The DHT kind as far as the configuration alone tells: a `secret_file` could hold
+        // the public secret, so it settles nothing.
+        let known_private = match self.dht {
+            Some(kind) => kind == DhtKind::Private,
+            None => {
+                self.secret_file.is_none()
+                    && !self.secret.is_empty()
+                    && self.secret != crate::net::topic::DEFAULT_PUBLIC_SECRET
+            }
+        };
+        !self.bootstrap.is_empty() || !self.public_bootstrap || known_private
     }
 }
 
@@ -158,12 +168,27 @@ mod tests {
         assert!(n.bootstrap_is_explicit());
         assert!(n.bootstrap_for(DhtKind::Public).is_empty());
         let mut n = NodeConfig::default();
-        n.bootstrap = vec!["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp".into()];
+        n.bootstrap = vec![
+            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp".into(),
+        ];
         assert!(n.bootstrap_is_explicit());
         assert_eq!(n.bootstrap_for(DhtKind::Public), n.bootstrap);
         let mut n = NodeConfig::default();
         n.dht = Some(DhtKind::Private);
         assert!(n.bootstrap_is_explicit());
+        // A cluster secret means a private DHT unless `dht` says otherwise.
+        let mut n = NodeConfig::default();
+        n.secret = "cluster".into();
+        assert!(n.bootstrap_is_explicit());
+        n.dht = Some(DhtKind::Public);
+        assert!(!n.bootstrap_is_explicit());
+        n.dht = None;
+        n.secret = crate::net::topic::DEFAULT_PUBLIC_SECRET.into();
+        assert!(!n.bootstrap_is_explicit());
+        // A secret file could hold anything.
+        n.secret = String::new();
+        n.secret_file = Some("secret".into());
+        assert!(!n.bootstrap_is_explicit());
     }
 
     #[test]
