@@ -443,6 +443,7 @@ impl Node {
                 network: cfg.lightning.network.clone(),
                 is_renter: renter.is_some(),
                 admission: dispatch::Admission::new(cfg.node.max_inbound_requests),
+                peer_audit: dispatch::PeerAudit::default(),
             }
             .run(net_events, shutdown.clone()),
         );

@@ -6,7 +6,9 @@
 //! peers treat as "try again later", instead of piling up tasks without bound. They are also
 //! tracked, so the node's shutdown waits for the answers in flight.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -16,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::tasks::log_audit;
 use crate::audit::{AuditKind, AuditLog};
 use crate::market::provider::Provider;
+use crate::net::backoff::RateLimit;
 use crate::net::{NetClient, NetEvent};
 use crate::wire::{ErrorCode, ErrorMsg, Hello, Message};
 
@@ -51,6 +54,45 @@ impl Admission {
     }
 }
 
+/// Most members remembered as met in this run; past it, first meetings are no longer audited
+/// (PeerIds cost nothing to make, so the set must not grow without bound).
+const MAX_MET: usize = 4096;
+
+/// Least time between two audited refusals; the ones in between are counted in the next.
+const REFUSAL_AUDIT_EVERY: Duration = Duration::from_secs(1);
+
+/// What is worth an audit entry among membership events, decided without touching the disk:
+/// the first meeting with each member in this run, and refusals at a bounded rate.
+#[derive(Debug)]
+pub(super) struct PeerAudit {
+    met: Mutex<HashSet<libp2p::PeerId>>,
+    refusals: Mutex<RateLimit>,
+}
+
+impl Default for PeerAudit {
+    fn default() -> Self {
+        PeerAudit {
+            met: Mutex::new(HashSet::new()),
+            refusals: Mutex::new(RateLimit::new(REFUSAL_AUDIT_EVERY)),
+        }
+    }
+}
+
+impl PeerAudit {
+    /// True the first time `peer` is met (within the bound).
+    fn first_meeting(&self, peer: libp2p::PeerId) -> bool {
+        // A poisoned lock only means a panic elsewhere mid-insert; the set is still usable.
+        let mut met = self.met.lock().unwrap_or_else(|e| e.into_inner());
+        met.len() < MAX_MET && met.insert(peer)
+    }
+
+    /// `Some(n)` if a refusal may be audited now, `n` being how many were skipped before it.
+    fn refusal(&self, now: Instant) -> Option<u64> {
+        let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        r.check(now)
+    }
+}
+
 /// What the dispatcher needs to answer requests and record network events.
 pub(super) struct Dispatcher {
     /// The provider role, which answers market requests; `None` on a renter-only node.
@@ -65,6 +107,8 @@ pub(super) struct Dispatcher {
     pub(super) is_renter: bool,
     /// Bound on concurrent request handlers.
     pub(super) admission: Admission,
+    /// Which membership events are audited.
+    pub(super) peer_audit: PeerAudit,
 }
 
 impl Dispatcher {
@@ -114,35 +158,47 @@ impl Dispatcher {
                     drop(permit);
                 });
             }
+            // Membership events are audited off the event path (the append is durable, so it
+            // waits for a disk flush), in tracked tasks so shutdown still waits for them.
             NetEvent::MemberJoined { peer } => {
-                log_audit(
-                    &self.audit,
-                    AuditKind::MembershipOk,
-                    json!({"peer": peer.to_string()}),
-                )
-                .await;
+                if self.peer_audit.first_meeting(peer) {
+                    self.audit_later(
+                        handlers,
+                        AuditKind::MembershipOk,
+                        json!({"peer": peer.to_string()}),
+                    );
+                }
             }
             NetEvent::MembershipRefused {
                 peer,
                 by_us,
                 reason,
             } => {
-                log_audit(
-                    &self.audit,
-                    AuditKind::MembershipRefused,
-                    json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason}),
-                )
-                .await;
+                if let Some(skipped) = self.peer_audit.refusal(Instant::now()) {
+                    self.audit_later(
+                        handlers,
+                        AuditKind::MembershipRefused,
+                        json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason,
+                               "skipped": skipped}),
+                    );
+                }
             }
             NetEvent::BadMessage { peer, reason } => {
-                log_audit(
-                    &self.audit,
-                    AuditKind::PeerRefused,
-                    json!({"peer": peer.to_string(), "reason": reason}),
-                )
-                .await;
+                if let Some(skipped) = self.peer_audit.refusal(Instant::now()) {
+                    self.audit_later(
+                        handlers,
+                        AuditKind::PeerRefused,
+                        json!({"peer": peer.to_string(), "reason": reason, "skipped": skipped}),
+                    );
+                }
             }
         }
+    }
+
+    /// Appends an audit entry in a tracked task, without waiting for it.
+    fn audit_later(&self, handlers: &TaskTracker, kind: AuditKind, payload: serde_json::Value) {
+        let audit = self.audit.clone();
+        handlers.spawn(async move { log_audit(&audit, kind, payload).await });
     }
 
     /// The answer to one request.
@@ -175,6 +231,24 @@ mod tests {
         // A finished request frees its permit for the next one.
         drop(first);
         assert!(a.try_admit().is_ok());
+    }
+
+    #[test]
+    fn peer_audit_keeps_first_meetings_and_paces_refusals() {
+        let a = PeerAudit::default();
+        let p = libp2p::PeerId::random();
+        assert!(a.first_meeting(p));
+        assert!(!a.first_meeting(p));
+        assert!(a.first_meeting(libp2p::PeerId::random()));
+        let t0 = Instant::now();
+        assert_eq!(a.refusal(t0), Some(0));
+        assert_eq!(a.refusal(t0), None);
+        assert_eq!(a.refusal(t0 + REFUSAL_AUDIT_EVERY), Some(1));
+        // The set is bounded.
+        for _ in 0..MAX_MET {
+            a.first_meeting(libp2p::PeerId::random());
+        }
+        assert!(!a.first_meeting(libp2p::PeerId::random()));
     }
 
     #[test]
