@@ -167,18 +167,25 @@ mod tests {
         n.public_bootstrap = false;
         assert!(n.bootstrap_is_explicit());
         assert!(n.bootstrap_for(DhtKind::Public).is_empty());
-        let mut n = NodeConfig::default();
-        n.bootstrap = vec![
-            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp".into(),
-        ];
+        let n = NodeConfig {
+            bootstrap: vec![
+                "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp"
+                    .into(),
+            ],
+            ..NodeConfig::default()
+        };
         assert!(n.bootstrap_is_explicit());
         assert_eq!(n.bootstrap_for(DhtKind::Public), n.bootstrap);
-        let mut n = NodeConfig::default();
-        n.dht = Some(DhtKind::Private);
+        let n = NodeConfig {
+            dht: Some(DhtKind::Private),
+            ..NodeConfig::default()
+        };
         assert!(n.bootstrap_is_explicit());
         // A cluster secret means a private DHT unless `dht` says otherwise.
-        let mut n = NodeConfig::default();
-        n.secret = "cluster".into();
+        let mut n = NodeConfig {
+            secret: "cluster".into(),
+            ..NodeConfig::default()
+        };
         assert!(n.bootstrap_is_explicit());
         n.dht = Some(DhtKind::Public);
         assert!(!n.bootstrap_is_explicit());
