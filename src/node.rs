@@ -302,6 +302,13 @@ impl Node {
             bootstrap_peers = bootstrap.len(),
             "joining the DHT"
         );
+        if dht == net::DhtKind::Public && !public_market {
+            // Allowed (the membership handshake still keeps outsiders out of the market), but
+            // anyone on the public DHT can see which nodes announce the topic key.
+            tracing::warn!(
+                "a private market on the public DHT: set node.dht = \"private\" to hide its members"
+            );
+        }
         let (net_client, net_events, event_loop) = net::new(
             &identity.signing_key,
             NetConfig {
