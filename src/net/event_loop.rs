@@ -233,6 +233,14 @@ impl EventLoop {
             }
             // Keep the configured address even if the book forgot it.
             self.book.add(peer, addr.clone());
+            if self.dht == DhtKind::Public {
+                // On the public DHT bootstrap peers are DHT servers, members or not: route
+                // through them at once rather than after identify.
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+            }
             let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                 .addresses(self.book.get(&peer))
                 .build();
@@ -424,6 +432,17 @@ impl EventLoop {
                 }
                 tracing::debug!(peer = %peer_id, ?endpoint, "connection established");
                 self.on_not_isolated();
+                if self.dht == DhtKind::Public
+                    && !self.bootstrapped
+                    && self.bootstrap_peers.contains(&peer_id)
+                {
+                    // Fill the routing table from the public DHT (on a private one this waits
+                    // for the first member, see `add_member`).
+                    match self.swarm.behaviour_mut().kad.bootstrap() {
+                        Ok(_) => self.bootstrapped = true,
+                        Err(e) => tracing::debug!("kademlia bootstrap deferred: {e}"),
+                    }
+                }
                 if endpoint.is_dialer() {
                     self.book
                         .add(peer_id, endpoint.get_remote_address().clone());
