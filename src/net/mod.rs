@@ -359,3 +359,62 @@ pub fn new(
     let client = NetClient::new(cmd_tx, key.clone(), local);
     Ok((client, event_rx, event_loop))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ma(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn dialable_addrs_dedup_and_drop_unspecified() {
+        let peer = PeerId::random();
+        let got = dialable_addrs([
+            ma("/ip4/127.0.0.1/tcp/4710"),
+            ma(&format!("/ip4/127.0.0.1/tcp/4710/p2p/{peer}")),
+            ma("/ip4/0.0.0.0/tcp/4710"),
+            ma("/ip6/::/tcp/4710"),
+            ma("/ip4/192.0.2.1/tcp/4710"),
+            ma("/dns4/example.org/tcp/4710"),
+            ma("/ip4/127.0.0.1/tcp/4710"),
+            ma(&format!("/p2p/{peer}")),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                ma("/ip4/127.0.0.1/tcp/4710"),
+                ma("/ip4/192.0.2.1/tcp/4710"),
+                ma("/dns4/example.org/tcp/4710"),
+            ]
+        );
+    }
+
+    #[test]
+    fn public_bootstrap_peers_parse_and_name_their_peer() {
+        let peers = public_bootstrap_peers();
+        assert_eq!(peers.len(), PUBLIC_BOOTSTRAP_PEERS.len());
+        for p in peers {
+            assert!(
+                matches!(p.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_config_follows_the_topic() {
+        let public = topic::derive(topic::DEFAULT_PUBLIC_SECRET).unwrap();
+        let cfg = NetConfig::new(public);
+        assert_eq!(cfg.dht, DhtKind::Public);
+        assert_eq!(cfg.query_timeout, DEFAULT_PUBLIC_QUERY_TIMEOUT);
+        // Used as given: NetConfig never substitutes the public list itself.
+        assert!(cfg.bootstrap.is_empty());
+        let cluster = topic::derive("test-cluster-secret").unwrap();
+        let cfg = NetConfig::new(cluster);
+        assert_eq!(cfg.dht, DhtKind::Private);
+        assert_eq!(cfg.query_timeout, DEFAULT_PRIVATE_QUERY_TIMEOUT);
+        assert_ne!(cfg.query_timeout, cfg.request_timeout);
+    }
+}
