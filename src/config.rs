@@ -15,7 +15,7 @@ use crate::datadir::DataDir;
 pub use crate::lightning::config::LightningConfig;
 pub use crate::market::provider::config::ProviderConfig;
 pub use crate::market::renter::config::RenterConfig;
-pub use crate::node::config::{NodeConfig, Role};
+pub use crate::node::config::{DhtKind, DhtMode, NodeConfig, Role};
 pub use crate::tunnel::config::{TunnelBackendKind, TunnelConfig};
 
 /// Errors loading or validating a configuration.
@@ -96,6 +96,33 @@ impl Config {
         toml::to_string_pretty(self).expect("a Config to serialize to TOML")
     }
 
+    /// Whether the node serves the DHT of kind `dht` (see [`DhtMode`]): `dht_mode` if not
+    /// `auto`; on a private DHT a server (members are the only DHT peers there is); on the
+    /// public DHT a server when the node has an `external` address or is a provider whose
+    /// endpoint is a literal public IP, else a client (it is presumably behind NAT).
+    /// AutoNAT is not used: the decision is made from the configuration alone.
+    pub fn dht_role(&self, dht: DhtKind) -> crate::net::DhtRole {
+        use crate::net::DhtRole;
+        match (self.node.dht_mode, dht) {
+            (DhtMode::Server, _) => DhtRole::Server,
+            (DhtMode::Client, _) => DhtRole::Client,
+            (DhtMode::Auto, DhtKind::Private) => DhtRole::Server,
+            (DhtMode::Auto, DhtKind::Public) => {
+                let public_endpoint = self.has_role(Role::Provider)
+                    && self
+                        .provider
+                        .endpoint
+                        .parse::<std::net::SocketAddr>()
+                        .is_ok_and(|a| is_public_ip(a.ip()));
+                if !self.node.external.is_empty() || public_endpoint {
+                    DhtRole::Server
+                } else {
+                    DhtRole::Client
+                }
+            }
+        }
+    }
+
     /// Whether the daemon runs `role`.
     pub fn has_role(&self, role: Role) -> bool {
         self.node.roles.contains(&role)
@@ -117,6 +144,9 @@ impl Config {
             if a.parse::<libp2p::Multiaddr>().is_err() {
                 return bad(format!("not a multiaddr: {a:?}"));
             }
+        }
+        if self.node.dht_query_timeout_secs == Some(0) {
+            return bad("node.dht_query_timeout_secs must be at least 1".into());
         }
         if !(1..=65_536).contains(&self.node.max_inbound_requests) {
             return bad("node.max_inbound_requests must be 1..=65536".into());
@@ -143,6 +173,37 @@ impl Config {
     /// Resolves a path from the config against the data dir (see [`DataDir::resolve`]).
     pub fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
         DataDir::new(data_dir).resolve(p)
+    }
+}
+
+/// A globally routable address: not private, loopback, link-local, shared (CGNAT),
+/// unspecified, broadcast, multicast or documentation space.
+fn is_public_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            let shared = a == 100 && (64..128).contains(&b);
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || shared)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let unique_local = seg[0] & 0xfe00 == 0xfc00;
+            let link_local = seg[0] & 0xffc0 == 0xfe80;
+            let documentation = seg[0] == 0x2001 && seg[1] == 0x0db8;
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || unique_local
+                || link_local
+                || documentation)
+        }
     }
 }
 
@@ -190,5 +251,36 @@ mod tests {
         let e = Config::from_toml("[renter]\nipv4_prefix_len=\"none\"\nipv6_prefix_len=\"none\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("renter.ipv4_prefix_len"), "{e}");
+    }
+
+    #[test]
+    fn dht_role_auto_follows_reachability() {
+        use crate::net::DhtRole;
+        let mut c = Config::default();
+        // A renter with nothing announced is behind NAT as far as we know.
+        assert_eq!(c.dht_role(DhtKind::Public), DhtRole::Client);
+        assert_eq!(c.dht_role(DhtKind::Private), DhtRole::Server);
+        c.node.external = vec!["/ip4/192.0.2.7/tcp/4710".into()];
+        assert_eq!(c.dht_role(DhtKind::Public), DhtRole::Server);
+        c.node.external.clear();
+        c.node.roles = vec![Role::Provider];
+        c.provider.endpoint = "8.8.4.4:51820".into();
+        assert_eq!(c.dht_role(DhtKind::Public), DhtRole::Server);
+        for private in [
+            "10.0.0.1:51820",
+            "127.0.0.1:1",
+            "[fd00::1]:1",
+            "vpn.example:1",
+        ] {
+            c.provider.endpoint = private.into();
+            assert_eq!(c.dht_role(DhtKind::Public), DhtRole::Client, "{private}");
+        }
+        c.node.dht_mode = DhtMode::Server;
+        assert_eq!(c.dht_role(DhtKind::Public), DhtRole::Server);
+        c.node.dht_mode = DhtMode::Client;
+        assert_eq!(c.dht_role(DhtKind::Private), DhtRole::Client);
+        assert!(is_public_ip("2606:4700::1".parse().unwrap()));
+        assert!(!is_public_ip("2001:db8::1".parse().unwrap()));
+        assert!(!is_public_ip("100.64.0.1".parse().unwrap()));
     }
 }

@@ -294,14 +294,37 @@ impl Node {
         tracing::info!(backend = tunnel.kind(), "tunnel backend ready");
         let wg = WgKeyPair::load_or_create(&data_dir.wireguard_key())?;
 
+        let dht = cfg.node.dht_kind(public_market);
+        let dht_role = cfg.dht_role(dht);
+        let bootstrap = cfg.node.bootstrap_for(dht);
+        tracing::info!(
+            ?dht,
+            ?dht_role,
+            bootstrap_peers = bootstrap.len(),
+            "joining the DHT"
+        );
+        if dht == net::DhtKind::Public && !public_market {
+            // Allowed (the membership handshake still keeps outsiders out of the market), but
+            // anyone on the public DHT can see which nodes announce the topic key.
+            tracing::warn!(
+                "a private market on the public DHT: set node.dht = \"private\" to hide its members"
+            );
+        }
         let (net_client, net_events, event_loop) = net::new(
             &identity.signing_key,
             NetConfig {
                 listen: parse_addrs(&cfg.node.listen)?,
-                bootstrap: parse_addrs(&cfg.node.bootstrap)?,
+                bootstrap: parse_addrs(&bootstrap)?,
                 external: parse_addrs(&cfg.node.external)?,
                 topic,
                 request_timeout: Duration::from_secs(cfg.node.request_timeout_secs),
+                dht,
+                dht_role,
+                query_timeout: cfg
+                    .node
+                    .dht_query_timeout_secs
+                    .map_or_else(|| net::default_query_timeout(dht), Duration::from_secs),
+                bootstrap_backoff: net::backoff::Backoff::default(),
             },
         )?;
         let shutdown = CancellationToken::new();
@@ -443,6 +466,7 @@ impl Node {
                 clock: clock.clone(),
                 discover_now: discover_now.clone(),
                 refusals: offers::RefusalAudits::default(),
+                peer_audit: dispatch::PeerAudit::default(),
             }
             .run(net_events, shutdown.clone()),
         );

@@ -1,12 +1,19 @@
-//! In-process network test on 127.0.0.1: three members discover each other through a
-//! bootstrap node and exchange signed requests; an outsider with another secret is refused.
+//! In-process network tests on 127.0.0.1 (never anything else: every configuration names its
+//! own loopback bootstrap peers):
+//! - on the public DHT protocol, three members discover each other through a bootstrap node and
+//!   exchange signed requests; an outsider with another secret is refused by the membership
+//!   handshake;
+//! - on a private network, members discover each other, and a raw libp2p client without the
+//!   network key (plain Noise/Yamux/Kademlia) learns no member's address;
+//! - a renter whose only bootstrap peer is down at its start finds it once it comes back.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use leasewire::net::{self, NetClient, NetConfig, NetError, NetEvent, NetStatus, Topic};
+use leasewire::net::backoff::Backoff;
+use leasewire::net::{self, DhtKind, NetClient, NetConfig, NetError, NetEvent, NetStatus, Topic};
 use leasewire::wire::messages::{Hello, Message};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -49,8 +56,8 @@ fn hello(agent: &str, provider: bool) -> Message {
     })
 }
 
-/// Starts a node; it answers every inbound request with a `hello` naming `agent`, and logs
-/// every event it sees.
+/// Starts a node on the public DHT protocol (loopback only: `bootstrap` is used as given);
+/// see [`start_with`].
 async fn start(
     seed: u8,
     agent: &'static str,
@@ -58,14 +65,37 @@ async fn start(
     bootstrap: Vec<Multiaddr>,
     token: &CancellationToken,
 ) -> Node {
-    let key = SigningKey::from_bytes(&[seed; 32]);
     let cfg = NetConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
         bootstrap,
-        external: Vec::new(),
-        topic: topic.clone(),
-        request_timeout: Duration::from_secs(5),
+        dht: DhtKind::Public,
+        ..test_config(topic)
     };
+    start_with(seed, agent, cfg, token).await
+}
+
+/// Short timeouts and fast bootstrap redials, on `topic`'s default DHT kind.
+fn test_config(topic: &Topic) -> NetConfig {
+    NetConfig {
+        request_timeout: Duration::from_secs(5),
+        query_timeout: Duration::from_secs(5),
+        bootstrap_backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+        },
+        ..NetConfig::new(topic.clone())
+    }
+}
+
+/// Starts a node; it answers every inbound request with a `hello` naming `agent`, and logs
+/// every event it sees.
+async fn start_with(
+    seed: u8,
+    agent: &'static str,
+    cfg: NetConfig,
+    token: &CancellationToken,
+) -> Node {
+    let key = SigningKey::from_bytes(&[seed; 32]);
     let (client, mut events, event_loop) = net::new(&key, cfg).expect("net::new");
     tokio::spawn(event_loop.run(token.child_token()));
     let log: Log = Arc::default();
@@ -195,6 +225,9 @@ async fn members_discover_and_talk_outsider_is_refused() {
     assert!(st.members.contains(&boot.id));
     assert!(st.refused.is_empty() && st.refused_by.is_empty());
     assert!(st.connected >= 1);
+    assert_eq!(st.dht, DhtKind::Public);
+    assert!(!st.isolated, "{st:?}");
+    assert!(st.connected_members >= 1);
     // The status serializes with text PeerIds.
     let json = serde_json::to_value(&st).expect("status json");
     assert_eq!(json["peer_id"], renter.id.to_string());
@@ -293,4 +326,276 @@ async fn bootstrap_address_without_peer_id_is_refused() {
         net::new(&key, cfg),
         Err(NetError::BadAddress { .. })
     ));
+}
+
+/// Starts a node on `topic`'s private network listening on `listen`.
+async fn start_private(
+    seed: u8,
+    agent: &'static str,
+    topic: &Topic,
+    listen: &str,
+    bootstrap: Vec<Multiaddr>,
+    token: &CancellationToken,
+) -> Node {
+    let cfg = NetConfig {
+        listen: vec![listen.parse().expect("multiaddr")],
+        bootstrap,
+        ..test_config(topic)
+    };
+    assert_eq!(
+        cfg.dht,
+        DhtKind::Private,
+        "a cluster secret defaults to private"
+    );
+    start_with(seed, agent, cfg, token).await
+}
+
+/// Looks up `node`'s providers until `want` is among them.
+async fn find_provider(node: &Node, want: PeerId) -> HashSet<PeerId> {
+    let mut found = HashSet::new();
+    for _ in 0..100 {
+        if let Ok(f) = node.client.find_providers().await {
+            found = f;
+            if found.contains(&want) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    found
+}
+
+/// What a raw libp2p client without the network key got out of a private member.
+#[derive(Debug, Default)]
+struct RawOutcome {
+    connected: bool,
+    dial_errors: usize,
+    providers: HashSet<PeerId>,
+    closest: Vec<PeerId>,
+    /// Addresses of peers other than the dialed member that entered the routing table.
+    addresses_learned: Vec<Multiaddr>,
+}
+
+/// A plain libp2p node (TCP, Noise, Yamux, Kademlia on both the leasewire and the IPFS
+/// protocol; no private-network key, no membership handshake) that dials `member` and asks it
+/// FIND_NODE and GET_PROVIDERS for `key`.
+async fn raw_kad_client(member: PeerId, member_addr: Multiaddr, key: Vec<u8>) -> RawOutcome {
+    use futures::StreamExt;
+    use libp2p::kad::{self, GetClosestPeersOk, GetProvidersOk, QueryResult, RecordKey};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{StreamProtocol, noise, tcp, yamux};
+
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let mut cfg = kad::Config::new(StreamProtocol::new("/leasewire/kad/1.0.0"));
+            cfg.set_query_timeout(Duration::from_secs(5));
+            let mut k =
+                kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), cfg);
+            k.set_mode(Some(kad::Mode::Client));
+            k
+        })
+        .expect("behaviour")
+        .build();
+    swarm.behaviour_mut().add_address(&member, member_addr);
+    let q1 = swarm.behaviour_mut().get_providers(RecordKey::new(&key));
+    let q2 = swarm.behaviour_mut().get_closest_peers(PeerId::random());
+    let mut open = HashSet::from([q1, q2]);
+    let mut out = RawOutcome::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !open.is_empty() {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .expect("the raw client's queries end within their timeout");
+        match ev {
+            SwarmEvent::ConnectionEstablished { .. } => out.connected = true,
+            SwarmEvent::OutgoingConnectionError { .. } => out.dial_errors += 1,
+            // The member we added ourselves is reported too; anything else was learned.
+            SwarmEvent::Behaviour(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) if peer != member => out.addresses_learned.extend(addresses.iter().cloned()),
+            SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => {
+                match result {
+                    QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
+                        providers,
+                        ..
+                    })) => out.providers.extend(providers),
+                    QueryResult::GetClosestPeers(Ok(GetClosestPeersOk { peers, .. })) => {
+                        out.closest.extend(peers.into_iter().map(|p| p.peer_id))
+                    }
+                    QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {
+                        peers,
+                        ..
+                    })) => out.closest.extend(peers.into_iter().map(|p| p.peer_id)),
+                    _ => {}
+                }
+                if step.last {
+                    open.remove(&id);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_network_hides_members_from_a_raw_dht_client() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let topic =
+        tokio::task::spawn_blocking(|| net::topic::derive("net-test-private").expect("derive"))
+            .await
+            .expect("derive task");
+    let token = CancellationToken::new();
+    let any = "/ip4/127.0.0.1/tcp/0";
+    let boot = start_private(31, "boot", &topic, any, vec![], &token).await;
+    let boot_addr = boot.addr().await;
+    let provider =
+        start_private(32, "provider", &topic, any, vec![boot_addr.clone()], &token).await;
+    let renter = start_private(33, "renter", &topic, any, vec![boot_addr.clone()], &token).await;
+    wait_status(&provider, "provider joined", |s| {
+        s.members.contains(&boot.id)
+    })
+    .await;
+    wait_status(&renter, "renter joined", |s| s.members.contains(&boot.id)).await;
+    provider
+        .client
+        .start_providing()
+        .await
+        .expect("start providing");
+
+    // Members find each other through the private network.
+    let found = find_provider(&renter, provider.id).await;
+    assert!(
+        found.contains(&provider.id),
+        "provider not found: {found:?}"
+    );
+    let st = renter.status().await;
+    assert_eq!(st.dht, DhtKind::Private);
+    assert!(!st.isolated, "{st:?}");
+
+    // A raw client that skips every handshake but the standard ones learns nothing.
+    let before = boot.status().await.rejected_connections;
+    let out = raw_kad_client(boot.id, boot_addr.clone(), topic.dht_key.clone()).await;
+    assert!(
+        !out.connected,
+        "a non-member finished a transport handshake: {out:?}"
+    );
+    assert!(out.dial_errors >= 1, "{out:?}");
+    assert!(out.providers.is_empty(), "{out:?}");
+    for member in [boot.id, provider.id, renter.id] {
+        assert!(
+            !out.closest.contains(&member),
+            "member {member} leaked: {out:?}"
+        );
+    }
+    // No peer but the one it was given enters its routing table.
+    assert!(out.addresses_learned.is_empty(), "{out:?}");
+    // The member noticed (and counted) the failed attempts.
+    wait_status(&boot, "rejected connection counted", |s| {
+        s.rejected_connections > before
+    })
+    .await;
+    // A leasewire node of another private network cannot connect either; its status says
+    // the member refused it, and it stays isolated.
+    let other = tokio::task::spawn_blocking(|| {
+        net::topic::derive("net-test-private-other").expect("derive")
+    })
+    .await
+    .expect("derive task");
+    let outsider =
+        start_private(34, "outsider", &other, any, vec![boot_addr.clone()], &token).await;
+    // Usually at once; a handshake that both sides read garbage from can wait for bytes that
+    // never come, ended by the handshake timeout (6 s), then the redial decides: so this poll
+    // is longer than wait_status's.
+    let mut st = outsider.status().await;
+    for _ in 0..300 {
+        if st.refused_by.contains(&boot.id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        st = outsider.status().await;
+    }
+    assert!(st.refused_by.contains(&boot.id), "{st:?}");
+    assert!(st.members.is_empty() && st.isolated, "{st:?}");
+    assert!(
+        outsider
+            .client
+            .find_providers()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert!(!boot.status().await.members.contains(&outsider.id));
+
+    // Members are unaffected.
+    let st = boot.status().await;
+    assert!(st.members.contains(&provider.id) && st.members.contains(&renter.id));
+
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renter_finds_its_bootstrap_peer_after_it_comes_back() {
+    let topic =
+        tokio::task::spawn_blocking(|| net::topic::derive("net-test-comeback").expect("derive"))
+            .await
+            .expect("derive task");
+    let token = CancellationToken::new();
+    // A port nobody listens on for now: the bootstrap peer will come up on it later.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("local addr").port()
+    };
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let boot_key = SigningKey::from_bytes(&[41; 32]);
+    let boot_id = net::keypair_of(&boot_key).public().to_peer_id();
+    let boot_addr: Multiaddr = format!("{listen}/p2p/{boot_id}")
+        .parse()
+        .expect("multiaddr");
+
+    let renter = start_private(
+        42,
+        "renter",
+        &topic,
+        "/ip4/127.0.0.1/tcp/0",
+        vec![boot_addr],
+        &token,
+    )
+    .await;
+    // Alone: the only bootstrap peer is down.
+    let st = renter.status().await;
+    assert!(st.isolated, "{st:?}");
+    assert!(st.members.is_empty());
+
+    // The bootstrap peer (a provider) comes up at the address the renter knows.
+    let boot = start_private(41, "boot", &topic, &listen, vec![], &token).await;
+    assert_eq!(boot.id, boot_id);
+    boot.client.start_providing().await.ok();
+    // The renter's redials find it: a member, and the DHT routes to its provider record.
+    let st = wait_status(&renter, "renter met its bootstrap peer", |s| {
+        s.members.contains(&boot_id) && !s.isolated
+    })
+    .await;
+    assert_eq!(st.connected_members, 1);
+    boot.client
+        .start_providing()
+        .await
+        .expect("start providing");
+    let found = find_provider(&renter, boot_id).await;
+    assert!(found.contains(&boot_id), "provider not found: {found:?}");
+
+    token.cancel();
 }

@@ -34,6 +34,8 @@ fn config(role: Role, bootstrap: Vec<String>) -> Config {
     cfg.tunnel.link_etc_wireguard = false;
     cfg.provider.endpoint = "127.0.0.1:51820".into();
     cfg.validate().unwrap();
+    // The network rule: a test node never falls back to the public bootstrap peers.
+    assert!(cfg.node.bootstrap_is_explicit());
     cfg
 }
 

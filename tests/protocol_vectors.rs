@@ -112,7 +112,19 @@ fn topic_vectors() {
             t.membership_key.to_vec(),
             "{name} root -> membership_key"
         );
+        assert_eq!(
+            hkdf32(&root, topic::PNET_INFO),
+            t.pnet_key.to_vec(),
+            "{name} root -> pnet_key"
+        );
     }
+    // The private-network key is documented for the cluster secret (the public market never
+    // runs a private network).
+    let cluster = topic::derive("test-cluster-secret").unwrap();
+    assert_eq!(
+        hex::encode(cluster.pnet_key),
+        get(&v, "topic.cluster.pnet_key")
+    );
 }
 
 #[test]
@@ -449,6 +461,7 @@ fn every_documented_vector_is_checked() {
         "topic.cluster.root",
         "topic.cluster.dht_key",
         "topic.cluster.membership_key",
+        "topic.cluster.pnet_key",
         "envelope.public_key",
         "envelope.peer_id",
         "envelope.body",

@@ -286,6 +286,18 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
             ),
         ),
     ];
+    if !net.dht.is_empty() {
+        pairs.push(("dht", format!("{} ({})", net.dht, or_dash(&net.dht_role))));
+    }
+    if net.isolated {
+        pairs.push((
+            "ISOLATED",
+            "no member peer connected; redialing the bootstrap peers".to_owned(),
+        ));
+    }
+    if net.rejected_connections > 0 {
+        pairs.push(("rejected connections", net.rejected_connections.to_string()));
+    }
     if !net.refused_by.is_empty() {
         pairs.push(("refused by", join(&net.refused_by)));
     }
@@ -544,6 +556,11 @@ mod tests {
                 members: vec!["a".into(), "b".into()],
                 refused_by: vec!["c".into()],
                 refused: vec![],
+                isolated: true,
+                connected_members: 0,
+                dht: "private".into(),
+                dht_role: "server".into(),
+                rejected_connections: 7,
             }),
             offers_known: 4,
             leases: vec![lease("L1"), lease("L2")],
@@ -567,6 +584,9 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("3 connected, 2 market members"), "{out}");
+        assert!(out.contains("ISOLATED"), "{out}");
+        assert!(out.contains("private (server)"), "{out}");
+        assert!(out.contains("rejected connections: 7"), "{out}");
         assert!(out.contains("refused by:"));
         assert!(!out.contains("refused:  "), "empty list omitted: {out}");
         assert!(out.contains("private"));

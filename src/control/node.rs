@@ -286,6 +286,19 @@ impl ControlHandler for NodeControl {
                 members: s(st.members),
                 refused_by: s(st.refused_by),
                 refused: s(st.refused),
+                isolated: st.isolated,
+                connected_members: st.connected_members as u32,
+                dht: match st.dht {
+                    crate::net::DhtKind::Public => "public",
+                    crate::net::DhtKind::Private => "private",
+                }
+                .to_owned(),
+                dht_role: match st.dht_role {
+                    crate::net::DhtRole::Server => "server",
+                    crate::net::DhtRole::Client => "client",
+                }
+                .to_owned(),
+                rejected_connections: st.rejected_connections,
             }),
             offers_known: self
                 .renter

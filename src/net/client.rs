@@ -179,9 +179,8 @@ mod tests {
         let cfg = |bootstrap| NetConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             bootstrap,
-            external: Vec::new(),
-            topic: topic.clone(),
             request_timeout: Duration::from_secs(5),
+            ..NetConfig::new(topic.clone())
         };
         let key_a = SigningKey::from_bytes(&[21; 32]);
         let (a, _a_events, a_loop) = crate::net::new(&key_a, cfg(vec![])).unwrap();

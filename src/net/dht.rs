@@ -1,17 +1,23 @@
 //! DHT side of the event loop: provider records under the topic key, provider lookups, and
 //! the addresses Kademlia and identify teach us.
 //!
-//! Only members enter the routing table (`BucketInserts::Manual`, see [`super::behaviour`]);
-//! addresses of other peers are kept in the address book so a request can dial them.
+//! On a private network only members enter the routing table (`BucketInserts::Manual`, see
+//! [`super::behaviour`]); addresses of other peers are kept in the address book so a request
+//! can dial them. On the public DHT Kademlia fills its table itself.
+//!
+//! Our own provider record is stored with an explicit address list ([`dialable_addrs`] of our
+//! external addresses): left empty, Kademlia would answer lookups with our listen and external
+//! addresses chained, which lists every announced listen address twice.
 
 use std::collections::HashSet;
 
-use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{self, GetProvidersOk, ProviderRecord, QueryResult, RecordKey};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{PeerId, identify};
 
-use super::NetError;
 use super::event_loop::{EventLoop, Reply};
+use super::{DhtKind, NetError, dialable_addrs};
 
 impl EventLoop {
     /// Publishes our provider record; answered when the query completes.
@@ -19,11 +25,35 @@ impl EventLoop {
         let key = RecordKey::new(&self.topic.dht_key);
         match self.swarm.behaviour_mut().kad.start_providing(key) {
             Ok(id) => {
+                self.providing = true;
+                self.refresh_local_provider_record();
                 self.pending_providing.insert(id, reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(NetError::Dht(e.to_string())));
             }
+        }
+    }
+
+    /// Replaces our own provider record's addresses with our deduplicated, dialable external
+    /// addresses (see the module documentation). A no-op until we provide.
+    pub(crate) fn refresh_local_provider_record(&mut self) {
+        if !self.providing {
+            return;
+        }
+        let addrs = dialable_addrs(self.swarm.external_addresses().cloned());
+        if addrs.is_empty() {
+            return;
+        }
+        let record = ProviderRecord::new(RecordKey::new(&self.topic.dht_key), self.local, addrs);
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .add_provider(record)
+        {
+            tracing::debug!("cannot update our provider record: {e}");
         }
     }
 
@@ -112,7 +142,7 @@ impl EventLoop {
                     return;
                 }
                 self.book.add(peer, address.clone());
-                if self.members.contains(&peer) {
+                if self.members.contains(&peer) && self.dht == DhtKind::Private {
                     self.swarm.behaviour_mut().kad.add_address(&peer, address);
                 }
             }
@@ -127,8 +157,8 @@ impl EventLoop {
                 return;
             }
             tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
-            let member = self.members.contains(&peer_id);
-            for addr in info.listen_addrs {
+            let member = self.members.contains(&peer_id) && self.dht == DhtKind::Private;
+            for addr in dialable_addrs(info.listen_addrs) {
                 if self.book.add(peer_id, addr.clone()) && member {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }

@@ -5,11 +5,15 @@
 //!    [`super::peers`]), addresses, DHT query progress, handshake and message traffic;
 //! 2. a command: answered at once, or parked in a `pending_*` map keyed by the libp2p query or
 //!    request id until the matching swarm event arrives;
-//! 3. a periodic sweep failing requests whose membership handshake did not come in time.
+//! 3. a periodic sweep failing requests whose membership handshake did not come in time;
+//! 4. while the node is isolated (no member connected and, on the public DHT, no peer at all),
+//!    dials of the bootstrap peers, again and again with exponential backoff (see
+//!    [`super::backoff`]), and a rate-limited warning.
 //!
 //! When the loop ends, every parked reply is dropped, so waiting callers get `Closed`.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -20,10 +24,14 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::behaviour::{Behaviour, BehaviourEvent};
+use super::backoff::{Backoff, RateLimit};
+use super::behaviour::{Behaviour, BehaviourEvent, HANDSHAKE_FAILED_MARKER};
 use super::membership::Initiator;
 use super::peers::{AddressBook, RefusedSet, Waiting};
-use super::{InboundChannel, NetConfig, NetError, NetEvent, NetStatus, Topic};
+use super::{
+    DhtKind, DhtRole, InboundChannel, NetConfig, NetError, NetEvent, NetStatus, Topic,
+    dialable_addrs,
+};
 use crate::wire::envelope::ReplayGuard;
 use crate::wire::messages::Message;
 
@@ -32,6 +40,10 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
 
 /// How often requests waiting for a membership handshake are checked for their deadline.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Least time between two warnings that the node is isolated, and between two log lines about
+/// failed incoming connections.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A client's request to the loop.
 pub(crate) enum Command {
@@ -83,6 +95,10 @@ pub struct EventLoop {
     pub(crate) members: HashSet<PeerId>,
     pub(crate) refused: RefusedSet,
     pub(crate) refused_by: RefusedSet,
+    /// Peers of a private network whose transport handshake failed after TCP connected (most
+    /// likely another network's). Reported in `status` as refusing us, but, unlike
+    /// `refused_by`, not blocked: a member that closed mid-handshake is tried again.
+    pub(crate) transport_refused_by: RefusedSet,
     /// Configured bootstrap peers: their addresses stay in the book.
     pub(crate) bootstrap_peers: HashSet<PeerId>,
     /// Peers with a handshake of ours in flight.
@@ -94,6 +110,21 @@ pub struct EventLoop {
     pending_listen: Vec<Reply<Vec<Multiaddr>>>,
     pub(crate) pending_providing: HashMap<QueryId, Reply<()>>,
     pub(crate) pending_find: HashMap<QueryId, (HashSet<PeerId>, Reply<HashSet<PeerId>>)>,
+    pub(crate) dht: DhtKind,
+    dht_role: DhtRole,
+    /// The configured bootstrap peers with their addresses.
+    bootstrap_list: Vec<(PeerId, Multiaddr)>,
+    backoff: Backoff,
+    /// Redials since the node last stopped being isolated.
+    bootstrap_attempt: u32,
+    /// When the next redial is due; only polled while `retry_armed`.
+    retry: Pin<Box<tokio::time::Sleep>>,
+    retry_armed: bool,
+    isolation_log: RateLimit,
+    rejected_log: RateLimit,
+    rejected_connections: u64,
+    /// We announced ourselves as a provider: our local record follows our addresses.
+    pub(crate) providing: bool,
 }
 
 impl EventLoop {
@@ -127,8 +158,8 @@ impl EventLoop {
                 .listen_on(addr.clone())
                 .map_err(|e| NetError::Transport(format!("cannot listen on {addr}: {e}")))?;
         }
-        for addr in &cfg.external {
-            swarm.add_external_address(addr.clone());
+        for addr in dialable_addrs(cfg.external.iter().cloned()) {
+            swarm.add_external_address(addr);
         }
         let local = *swarm.local_peer_id();
         let mut el = EventLoop {
@@ -145,6 +176,7 @@ impl EventLoop {
             members: HashSet::new(),
             refused: RefusedSet::default(),
             refused_by: RefusedSet::default(),
+            transport_refused_by: RefusedSet::default(),
             bootstrap_peers: HashSet::new(),
             handshaking: HashSet::new(),
             bootstrapped: false,
@@ -154,6 +186,17 @@ impl EventLoop {
             pending_listen: Vec::new(),
             pending_providing: HashMap::new(),
             pending_find: HashMap::new(),
+            dht: cfg.dht,
+            dht_role: cfg.dht_role,
+            bootstrap_list: Vec::new(),
+            backoff: cfg.bootstrap_backoff,
+            bootstrap_attempt: 0,
+            retry: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            retry_armed: false,
+            isolation_log: RateLimit::new(LOG_EVERY),
+            rejected_log: RateLimit::new(LOG_EVERY),
+            rejected_connections: 0,
+            providing: false,
         };
         for (peer, addr) in bootstrap {
             if peer == local {
@@ -161,15 +204,111 @@ impl EventLoop {
             }
             el.bootstrap_peers.insert(peer);
             el.book.add(peer, addr.clone());
+            el.bootstrap_list.push((peer, addr.clone()));
+        }
+        if el.bootstrap_list.is_empty() {
+            tracing::info!("no bootstrap peers: waiting for peers to dial us");
+        }
+        el.dial_bootstrap_peers();
+        el.arm_retry();
+        Ok(el)
+    }
+
+    /// True while the node cannot discover anything: no member connected and, on the public
+    /// DHT (where any peer routes queries), no peer connected at all.
+    pub(crate) fn is_isolated(&self) -> bool {
+        let no_member = !self.members.iter().any(|m| self.swarm.is_connected(m));
+        match self.dht {
+            DhtKind::Private => no_member,
+            DhtKind::Public => no_member && self.swarm.connected_peers().next().is_none(),
+        }
+    }
+
+    /// Dials every configured bootstrap peer we are not connected to.
+    fn dial_bootstrap_peers(&mut self) {
+        for i in 0..self.bootstrap_list.len() {
+            let (peer, addr) = self.bootstrap_list[i].clone();
+            if self.swarm.is_connected(&peer) || self.is_refused(&peer) {
+                continue;
+            }
+            // Keep the configured address even if the book forgot it.
+            self.book.add(peer, addr.clone());
+            if self.dht == DhtKind::Public {
+                // On the public DHT bootstrap peers are DHT servers, members or not: route
+                // through them at once rather than after identify.
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+            }
             let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                .addresses(el.book.get(&peer))
+                .addresses(self.book.get(&peer))
                 .build();
             // A bootstrap peer that is down must not keep the node from starting.
-            if let Err(e) = el.swarm.dial(opts) {
-                tracing::warn!(%peer, %addr, "cannot dial bootstrap peer: {e}");
+            match self.swarm.dial(opts) {
+                Ok(()) => tracing::debug!(%peer, %addr, "dialing bootstrap peer"),
+                Err(e) => tracing::debug!(%peer, %addr, "cannot dial bootstrap peer: {e}"),
             }
         }
-        Ok(el)
+    }
+
+    /// Schedules the next bootstrap redial if the node is isolated and none is scheduled.
+    pub(crate) fn arm_retry(&mut self) {
+        if self.retry_armed || self.bootstrap_list.is_empty() || !self.is_isolated() {
+            return;
+        }
+        let delay = self.backoff.random_delay(self.bootstrap_attempt);
+        self.retry
+            .as_mut()
+            .reset(tokio::time::Instant::now() + delay);
+        self.retry_armed = true;
+    }
+
+    /// A redial is due: dial again if still isolated, warn (rate-limited), schedule the next.
+    fn on_retry(&mut self) {
+        self.retry_armed = false;
+        if !self.is_isolated() {
+            self.bootstrap_attempt = 0;
+            return;
+        }
+        if let Some(held_back) = self.isolation_log.check(Instant::now()) {
+            tracing::warn!(
+                bootstrap_peers = self.bootstrap_list.len(),
+                attempt = self.bootstrap_attempt,
+                held_back,
+                "isolated: no member peer connected; dialing the bootstrap peers again"
+            );
+        }
+        self.dial_bootstrap_peers();
+        self.bootstrap_attempt = self.bootstrap_attempt.saturating_add(1);
+        self.arm_retry();
+    }
+
+    /// Notes a private-network peer whose transport handshake failed (see
+    /// `transport_refused_by`).
+    fn on_dial_error(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
+        if self.dht != DhtKind::Private || self.members.contains(&peer) {
+            return;
+        }
+        if !error.to_string().contains(HANDSHAKE_FAILED_MARKER) {
+            return;
+        }
+        let (newly, _) = self.transport_refused_by.insert(peer);
+        if newly {
+            tracing::warn!(%peer, "peer failed the private network handshake: another network?");
+            self.emit(NetEvent::MembershipRefused {
+                peer,
+                by_us: false,
+                reason: "private network handshake failed".into(),
+            });
+        }
+    }
+
+    /// The node met a member or a DHT peer: the next isolation starts the backoff afresh.
+    pub(crate) fn on_not_isolated(&mut self) {
+        if !self.is_isolated() {
+            self.bootstrap_attempt = 0;
+        }
     }
 
     /// Runs until `shutdown` fires or every [`super::NetClient`] is dropped.
@@ -185,6 +324,7 @@ impl EventLoop {
                     None => break,
                 },
                 _ = sweep.tick() => self.sweep_waiting(),
+                _ = &mut self.retry, if self.retry_armed => self.on_retry(),
             }
         }
         tracing::debug!("network event loop stopped");
@@ -248,8 +388,23 @@ impl EventLoop {
                     listen_addrs: self.swarm.listeners().cloned().collect(),
                     connected: self.swarm.connected_peers().count(),
                     members,
-                    refused_by: self.refused_by.sorted(),
+                    refused_by: {
+                        let mut v = self.refused_by.sorted();
+                        v.extend(self.transport_refused_by.sorted());
+                        v.sort();
+                        v.dedup();
+                        v
+                    },
                     refused: self.refused.sorted(),
+                    isolated: self.is_isolated(),
+                    connected_members: self
+                        .members
+                        .iter()
+                        .filter(|m| self.swarm.is_connected(m))
+                        .count(),
+                    dht: self.dht,
+                    dht_role: self.dht_role,
+                    rejected_connections: self.rejected_connections,
                 });
             }
         }
@@ -261,6 +416,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Membership(e)) => self.on_membership(e),
             SwarmEvent::Behaviour(BehaviourEvent::Msg(e)) => self.on_msg(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                tracing::trace!(peer = %e.peer, result = ?e.result, "ping")
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Blocked(never)) => match never {},
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -273,6 +431,18 @@ impl EventLoop {
                     return;
                 }
                 tracing::debug!(peer = %peer_id, ?endpoint, "connection established");
+                self.on_not_isolated();
+                if self.dht == DhtKind::Public
+                    && !self.bootstrapped
+                    && self.bootstrap_peers.contains(&peer_id)
+                {
+                    // Fill the routing table from the public DHT (on a private one this waits
+                    // for the first member, see `add_member`).
+                    match self.swarm.behaviour_mut().kad.bootstrap() {
+                        Ok(_) => self.bootstrapped = true,
+                        Err(e) => tracing::debug!("kademlia bootstrap deferred: {e}"),
+                    }
+                }
                 if endpoint.is_dialer() {
                     self.book
                         .add(peer_id, endpoint.get_remote_address().clone());
@@ -290,6 +460,7 @@ impl EventLoop {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
                     self.on_last_connection_closed(peer_id);
+                    self.arm_retry();
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -298,6 +469,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, "dial failed: {error}");
+                self.on_dial_error(peer, &error);
                 if !self.swarm.is_connected(&peer) && self.waiting.contains_key(&peer) {
                     let reason = error.to_string();
                     self.fail_waiting(peer, |peer| NetError::Dial {
@@ -306,10 +478,32 @@ impl EventLoop {
                     });
                 }
             }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                // On a private network this is mostly a non-member without the network key:
+                // its bytes decrypt to garbage and the upgrade fails. Count every one, log a
+                // few (an outsider can make as many as it likes).
+                self.rejected_connections = self.rejected_connections.saturating_add(1);
+                if let Some(held_back) = self.rejected_log.check(Instant::now()) {
+                    tracing::warn!(
+                        from = %send_back_addr,
+                        dht = ?self.dht,
+                        held_back,
+                        "incoming connection failed before the transport handshake completed \
+                         (a non-member without the network key?): {error}"
+                    );
+                }
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
                 if self.announce_listen_addrs {
-                    self.swarm.add_external_address(address);
+                    for addr in dialable_addrs([address]) {
+                        self.swarm.add_external_address(addr);
+                    }
+                    self.refresh_local_provider_record();
                 }
                 let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
                 for reply in self.pending_listen.drain(..) {

@@ -15,6 +15,7 @@
 //!
 //! Nothing a peer sends can stop the loop: bad input is logged and the peer dropped.
 
+pub mod backoff;
 pub mod behaviour;
 pub mod client;
 pub mod codec;
@@ -44,6 +45,57 @@ use crate::wire::signed::WireError;
 /// Default time to wait for a response (and for a membership handshake).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default Kademlia query timeout on the public DHT: queries cross many slow, distant peers.
+pub const DEFAULT_PUBLIC_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default Kademlia query timeout on a private DHT: every peer is a member, few and close.
+pub const DEFAULT_PRIVATE_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The well-known bootstrap peers of the public IPFS ("Amino") DHT, dialed only by a node on
+/// the public DHT whose configuration names no bootstrap peer of its own (see
+/// [`NetConfig::bootstrap`]). Tests and the simnet never use them.
+pub const PUBLIC_BOOTSTRAP_PEERS: &[&str] = &[
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+];
+
+/// The well-known public bootstrap peers, parsed.
+pub fn public_bootstrap_peers() -> Vec<Multiaddr> {
+    PUBLIC_BOOTSTRAP_PEERS
+        .iter()
+        .map(|a| {
+            a.parse()
+                .expect("PUBLIC_BOOTSTRAP_PEERS to hold valid multiaddrs")
+        })
+        .collect()
+}
+
+/// Which DHT a node joins (`node.dht` in the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhtKind {
+    /// The public IPFS Kademlia DHT (`/ipfs/kad/1.0.0`): anyone is a DHT peer; only members
+    /// (membership handshake) exchange market messages.
+    Public,
+    /// A private network: every connection is encrypted with a pre-shared key derived from
+    /// the cluster secret (libp2p `pnet`) before Noise, so a non-member cannot even finish a
+    /// transport handshake; the DHT (`/leasewire/kad/1.0.0`) routes through members only.
+    Private,
+}
+
+/// Whether the node answers DHT queries of others (server) or only asks (client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhtRole {
+    /// Serve the DHT: the node must be reachable at the addresses it announces.
+    Server,
+    /// Only query it (a node behind NAT).
+    Client,
+}
+
 /// Capacity of the command and event channels. Events are dropped (with a warning) rather
 /// than stalling the swarm when the consumer falls this far behind.
 const CHANNEL_CAPACITY: usize = 256;
@@ -53,29 +105,81 @@ const CHANNEL_CAPACITY: usize = 256;
 pub struct NetConfig {
     /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4001` (empty: do not listen).
     pub listen: Vec<Multiaddr>,
-    /// Peers to join through; each must end with `/p2p/<PeerId>`.
+    /// Peers to join through; each must end with `/p2p/<PeerId>`. Used as given: the caller
+    /// (the node) substitutes [`PUBLIC_BOOTSTRAP_PEERS`] when the configuration asks for it.
+    /// Dialed again with [`NetConfig::bootstrap_backoff`] as long as the node is isolated.
     pub bootstrap: Vec<Multiaddr>,
     /// Addresses to announce to the DHT. If empty, every confirmed listen address is
     /// announced instead, which is right on loopback and LANs (Kademlia stores no provider
     /// record for a node without an external address).
     pub external: Vec<Multiaddr>,
-    /// The market's topic (DHT key and membership PSK).
+    /// The market's topic (DHT key, membership PSK and private-network key).
     pub topic: Topic,
     /// Time to wait for a response or a membership handshake.
     pub request_timeout: Duration,
+    /// Public or private DHT.
+    pub dht: DhtKind,
+    /// DHT server or client.
+    pub dht_role: DhtRole,
+    /// Time a Kademlia query (provider lookup, announcement) may run; separate from
+    /// `request_timeout`.
+    pub query_timeout: Duration,
+    /// Delays between dials of the bootstrap peers while the node is isolated.
+    pub bootstrap_backoff: backoff::Backoff,
 }
 
 impl NetConfig {
-    /// A configuration with the given topic, no addresses and the default timeout.
+    /// A configuration with the given topic, no addresses and the default timeouts: the
+    /// public DHT for the public market's topic, a private one otherwise, as a DHT server.
     pub fn new(topic: Topic) -> Self {
+        let dht = if topic.is_public {
+            DhtKind::Public
+        } else {
+            DhtKind::Private
+        };
         NetConfig {
             listen: Vec::new(),
             bootstrap: Vec::new(),
             external: Vec::new(),
             topic,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            dht,
+            dht_role: DhtRole::Server,
+            query_timeout: default_query_timeout(dht),
+            bootstrap_backoff: backoff::Backoff::default(),
         }
     }
+}
+
+/// The default Kademlia query timeout of a DHT kind.
+pub fn default_query_timeout(dht: DhtKind) -> Duration {
+    match dht {
+        DhtKind::Public => DEFAULT_PUBLIC_QUERY_TIMEOUT,
+        DhtKind::Private => DEFAULT_PRIVATE_QUERY_TIMEOUT,
+    }
+}
+
+/// Normalises announced addresses: drops a trailing `/p2p/..`, unspecified IPs (`0.0.0.0`,
+/// `::`, which nobody can dial) and empty addresses, and removes duplicates, keeping the first
+/// occurrence's order.
+pub fn dialable_addrs(addrs: impl IntoIterator<Item = Multiaddr>) -> Vec<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut out: Vec<Multiaddr> = Vec::new();
+    for mut addr in addrs {
+        if let Some(Protocol::P2p(_)) = addr.iter().last() {
+            addr.pop();
+        }
+        let unspecified = addr.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_unspecified(),
+            Protocol::Ip6(ip) => ip.is_unspecified(),
+            _ => false,
+        });
+        if addr.is_empty() || unspecified || out.contains(&addr) {
+            continue;
+        }
+        out.push(addr);
+    }
+    out
 }
 
 /// Errors of the network layer.
@@ -200,6 +304,18 @@ pub struct NetStatus {
     /// Peers whose handshake we refused, sorted.
     #[serde(serialize_with = "display_seq")]
     pub refused: Vec<PeerId>,
+    /// True while the node has no connected member and (on the public DHT) no connected peer
+    /// at all: it cannot discover anything, and redials its bootstrap peers with backoff.
+    pub isolated: bool,
+    /// Members with an open connection.
+    pub connected_members: usize,
+    /// The DHT the node is on.
+    pub dht: DhtKind,
+    /// Whether it serves the DHT.
+    pub dht_role: DhtRole,
+    /// Incoming connections that failed before a transport handshake completed (on a private
+    /// network: mostly non-members without the network key).
+    pub rejected_connections: u64,
 }
 
 // PeerId and Multiaddr serialize as their usual text forms (libp2p's serde feature is off).
@@ -229,7 +345,7 @@ pub fn new(
     cfg: NetConfig,
 ) -> Result<(NetClient, mpsc::Receiver<NetEvent>, EventLoop), NetError> {
     let keypair = keypair_of(key);
-    let swarm = behaviour::build_swarm(keypair, cfg.request_timeout)?;
+    let swarm = behaviour::build_swarm(keypair, &cfg)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (event_tx, event_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let local = *swarm.local_peer_id();
@@ -242,4 +358,63 @@ pub fn new(
     )?;
     let client = NetClient::new(cmd_tx, key.clone(), local);
     Ok((client, event_rx, event_loop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ma(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn dialable_addrs_dedup_and_drop_unspecified() {
+        let peer = PeerId::random();
+        let got = dialable_addrs([
+            ma("/ip4/127.0.0.1/tcp/4710"),
+            ma(&format!("/ip4/127.0.0.1/tcp/4710/p2p/{peer}")),
+            ma("/ip4/0.0.0.0/tcp/4710"),
+            ma("/ip6/::/tcp/4710"),
+            ma("/ip4/192.0.2.1/tcp/4710"),
+            ma("/dns4/example.org/tcp/4710"),
+            ma("/ip4/127.0.0.1/tcp/4710"),
+            ma(&format!("/p2p/{peer}")),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                ma("/ip4/127.0.0.1/tcp/4710"),
+                ma("/ip4/192.0.2.1/tcp/4710"),
+                ma("/dns4/example.org/tcp/4710"),
+            ]
+        );
+    }
+
+    #[test]
+    fn public_bootstrap_peers_parse_and_name_their_peer() {
+        let peers = public_bootstrap_peers();
+        assert_eq!(peers.len(), PUBLIC_BOOTSTRAP_PEERS.len());
+        for p in peers {
+            assert!(
+                matches!(p.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_config_follows_the_topic() {
+        let public = topic::derive(topic::DEFAULT_PUBLIC_SECRET).unwrap();
+        let cfg = NetConfig::new(public);
+        assert_eq!(cfg.dht, DhtKind::Public);
+        assert_eq!(cfg.query_timeout, DEFAULT_PUBLIC_QUERY_TIMEOUT);
+        // Used as given: NetConfig never substitutes the public list itself.
+        assert!(cfg.bootstrap.is_empty());
+        let cluster = topic::derive("test-cluster-secret").unwrap();
+        let cfg = NetConfig::new(cluster);
+        assert_eq!(cfg.dht, DhtKind::Private);
+        assert_eq!(cfg.query_timeout, DEFAULT_PRIVATE_QUERY_TIMEOUT);
+        assert_ne!(cfg.query_timeout, cfg.request_timeout);
+    }
 }

@@ -63,6 +63,15 @@ impl RefusedSet {
         (true, evicted)
     }
 
+    /// Forgets `peer`; returns whether it was there.
+    pub(crate) fn remove(&mut self, peer: &PeerId) -> bool {
+        if !self.set.remove(peer) {
+            return false;
+        }
+        self.order.retain(|p| p != peer);
+        true
+    }
+
     /// The refused peers, sorted.
     pub(crate) fn sorted(&self) -> Vec<PeerId> {
         let mut v: Vec<PeerId> = self.set.iter().copied().collect();
@@ -221,7 +230,11 @@ impl EventLoop {
             tracing::info!(%peer, "member joined");
             self.emit(NetEvent::MemberJoined { peer });
         }
-        // Members, and only members, enter the routing table (Manual bucket inserts).
+        self.on_not_isolated();
+        self.transport_refused_by.remove(&peer);
+        // On a private network members, and only members, enter the routing table (Manual
+        // bucket inserts). On the public DHT Kademlia adds every peer that serves it; a member
+        // is added too, so the market's own peers route even if they are DHT clients.
         for addr in self.book.get(&peer) {
             self.swarm.behaviour_mut().kad.add_address(&peer, addr);
         }
@@ -390,5 +403,10 @@ mod tests {
         assert_eq!(evicted, Some(first));
         assert!(!set.contains(&first));
         assert_eq!(set.sorted().len(), MAX_REFUSED);
+        let last = *set.order.back().unwrap();
+        assert!(set.remove(&last));
+        assert!(!set.remove(&last));
+        assert!(!set.contains(&last));
+        assert_eq!(set.order.len(), MAX_REFUSED - 1);
     }
 }

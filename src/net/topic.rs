@@ -32,6 +32,8 @@ pub const ARGON2_P: u32 = 1;
 pub const DHT_KEY_INFO: &[u8] = b"leasewire/dht-key/v1";
 /// HKDF info string of the membership pre-shared key.
 pub const MEMBERSHIP_INFO: &[u8] = b"leasewire/membership-psk/v1";
+/// HKDF info string of the private-network (libp2p `pnet`) key of a private cluster.
+pub const PNET_INFO: &[u8] = b"leasewire/pnet-psk/v1";
 /// Multihash prefix of the DHT key: code 0x12 (sha2-256), length 0x20 (32 bytes).
 pub const MULTIHASH_SHA2_256_PREFIX: [u8; 2] = [0x12, 0x20];
 
@@ -57,6 +59,8 @@ pub struct Topic {
     pub dht_key: Vec<u8>,
     /// Pre-shared key of the membership handshake. Secret: never log or send it.
     pub membership_key: [u8; 32],
+    /// Pre-shared key of the private network (libp2p `pnet`) of a private cluster. Secret.
+    pub pnet_key: [u8; 32],
     /// True for the public market ([`DEFAULT_PUBLIC_SECRET`]).
     pub is_public: bool,
 }
@@ -104,6 +108,9 @@ pub fn derive(secret: &str) -> Result<Topic, TopicError> {
     let mut membership_key = [0u8; 32];
     hk.expand(MEMBERSHIP_INFO, &mut membership_key)
         .expect("32 bytes to be a valid HKDF-SHA256 output length");
+    let mut pnet_key = [0u8; 32];
+    hk.expand(PNET_INFO, &mut pnet_key)
+        .expect("32 bytes to be a valid HKDF-SHA256 output length");
 
     let mut dht_key = Vec::with_capacity(34);
     dht_key.extend_from_slice(&MULTIHASH_SHA2_256_PREFIX);
@@ -112,6 +119,7 @@ pub fn derive(secret: &str) -> Result<Topic, TopicError> {
         root,
         dht_key,
         membership_key,
+        pnet_key,
         is_public: secret == DEFAULT_PUBLIC_SECRET,
     })
 }
@@ -128,6 +136,8 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a.dht_key, c.dht_key);
         assert_ne!(a.membership_key, c.membership_key);
+        assert_ne!(a.pnet_key, c.pnet_key);
+        assert_ne!(a.pnet_key, a.membership_key);
         assert!(!a.is_public);
     }
 
@@ -160,6 +170,10 @@ mod tests {
         assert_eq!(hex::encode(public.root), vector("topic.public.root"));
         let cluster = derive("test-cluster-secret").unwrap();
         assert_eq!(hex::encode(cluster.root), vector("topic.cluster.root"));
+        assert_eq!(
+            hex::encode(cluster.pnet_key),
+            vector("topic.cluster.pnet_key")
+        );
     }
 
     #[test]
@@ -174,6 +188,7 @@ mod tests {
         assert!(shown.contains(&t.dht_key_hex()));
         assert!(!shown.contains(&hex::encode(t.membership_key)));
         assert!(!shown.contains(&hex::encode(t.root)));
+        assert!(!shown.contains(&hex::encode(t.pnet_key)));
         assert!(!shown.contains("membership"));
     }
 }

@@ -6,7 +6,8 @@
 //! peers treat as "try again later", instead of piling up tasks without bound. They are also
 //! tracked, so the node's shutdown waits for the answers in flight.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use serde_json::json;
@@ -20,6 +21,7 @@ use crate::market::Peers;
 use crate::market::offers::{self, OfferCache, RefusalAudits};
 use crate::market::provider::Provider;
 use crate::market::renter::Renter;
+use crate::net::backoff::RateLimit;
 use crate::net::{NetClient, NetEvent};
 use crate::types::Clock;
 use crate::wire::{ErrorCode, ErrorMsg, Hello, Message};
@@ -56,6 +58,32 @@ impl Admission {
     }
 }
 
+/// Least time between two audited refusals; the ones in between are counted in the next.
+const REFUSAL_AUDIT_EVERY: Duration = Duration::from_secs(1);
+
+/// Refusals are audited at a bounded rate, decided without touching the disk. (Meeting a
+/// member is not audited at all: it changes nothing worth an entry.)
+#[derive(Debug)]
+pub(super) struct PeerAudit {
+    refusals: Mutex<RateLimit>,
+}
+
+impl Default for PeerAudit {
+    fn default() -> Self {
+        PeerAudit {
+            refusals: Mutex::new(RateLimit::new(REFUSAL_AUDIT_EVERY)),
+        }
+    }
+}
+
+impl PeerAudit {
+    /// `Some(n)` if a refusal may be audited now, `n` being how many were skipped before it.
+    fn refusal(&self, now: Instant) -> Option<u64> {
+        let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        r.check(now)
+    }
+}
+
 /// What the dispatcher needs to answer requests and record network events.
 pub(super) struct Dispatcher {
     /// The provider role, which answers market requests; `None` on a renter-only node.
@@ -82,6 +110,9 @@ pub(super) struct Dispatcher {
     pub(super) discover_now: Arc<Notify>,
     /// Rate limit of refusal audits.
     pub(super) refusals: RefusalAudits,
+    /// Global pacing of refusal audits (on top of the per-peer limit): a flood of fresh
+    /// identities writes at most one entry a second.
+    pub(super) peer_audit: PeerAudit,
 }
 
 impl Dispatcher {
@@ -136,6 +167,8 @@ impl Dispatcher {
                     drop(permit);
                 });
             }
+            // Membership events are audited off the event path (the append is durable, so it
+            // waits for a disk flush), in tracked tasks so shutdown still waits for them.
             NetEvent::MemberJoined { peer } => {
                 // Not audited: a membership success changes nothing worth an fsync'd entry.
                 tracing::debug!(%peer, "member joined");
@@ -147,24 +180,27 @@ impl Dispatcher {
                 reason,
             } => {
                 tracing::info!(%peer, by_us, %reason, "membership refused");
-                if self.refusals.admit(peer, self.clock.now_unix()) {
-                    log_audit(
-                        &self.audit,
+                if self.refusals.admit(peer, self.clock.now_unix())
+                    && let Some(skipped) = self.peer_audit.refusal(Instant::now())
+                {
+                    self.audit_later(
+                        handlers,
                         AuditKind::MembershipRefused,
-                        json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason}),
-                    )
-                    .await;
+                        json!({"peer": peer.to_string(), "by_us": by_us, "reason": reason,
+                               "skipped": skipped}),
+                    );
                 }
             }
             NetEvent::BadMessage { peer, reason } => {
                 tracing::info!(%peer, %reason, "bad message; peer dropped");
-                if self.refusals.admit(peer, self.clock.now_unix()) {
-                    log_audit(
-                        &self.audit,
+                if self.refusals.admit(peer, self.clock.now_unix())
+                    && let Some(skipped) = self.peer_audit.refusal(Instant::now())
+                {
+                    self.audit_later(
+                        handlers,
                         AuditKind::PeerRefused,
-                        json!({"peer": peer.to_string(), "reason": reason}),
-                    )
-                    .await;
+                        json!({"peer": peer.to_string(), "reason": reason, "skipped": skipped}),
+                    );
                 }
             }
         }
@@ -207,6 +243,12 @@ impl Dispatcher {
                 },
             }
         });
+    }
+
+    /// Appends an audit entry in a tracked task, without waiting for it.
+    fn audit_later(&self, handlers: &TaskTracker, kind: AuditKind, payload: serde_json::Value) {
+        let audit = self.audit.clone();
+        handlers.spawn(async move { log_audit(&audit, kind, payload).await });
     }
 
     /// The answer to one request.
@@ -255,6 +297,15 @@ mod tests {
         assert!(r.admit(b, 1_001), "another peer is audited");
         assert!(!r.admit(a, 1_000 + REFUSAL_AUDIT_EVERY_SECS - 1));
         assert!(r.admit(a, 1_000 + REFUSAL_AUDIT_EVERY_SECS));
+    }
+
+    #[test]
+    fn peer_audit_paces_refusals() {
+        let a = PeerAudit::default();
+        let t0 = Instant::now();
+        assert_eq!(a.refusal(t0), Some(0));
+        assert_eq!(a.refusal(t0), None);
+        assert_eq!(a.refusal(t0 + REFUSAL_AUDIT_EVERY), Some(1));
     }
 
     #[test]

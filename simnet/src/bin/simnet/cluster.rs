@@ -316,6 +316,9 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
         .to_string();
     cfg.node.listen = vec![format!("/ip4/{host}/tcp/{}", input.tcp_port)];
     cfg.node.bootstrap = input.bootstrap.map(str::to_owned).into_iter().collect();
+    // The first node has no bootstrap peer: it must wait to be dialed, never fall back to the
+    // public IPFS bootstrap peers (nothing in the simnet dials off the machine).
+    cfg.node.public_bootstrap = false;
     cfg.node.secret = input.secret.to_owned();
     cfg.node.discovery_interval_secs = DISCOVERY_INTERVAL_SECS;
 
@@ -366,6 +369,12 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
     input.scenario.tune(&mut cfg, input.kind, input.index);
     cfg.validate()
         .with_context(|| format!("config for {}", input.kind.name(input.index)))?;
+    if !cfg.node.bootstrap_is_explicit() {
+        bail!(
+            "config for {} could fall back to the public bootstrap peers",
+            input.kind.name(input.index)
+        );
+    }
     Ok(cfg)
 }
 
@@ -837,6 +846,48 @@ mod tests {
         }
         let e = node_config(input(Kind::Provider, MAX_PROVIDERS, &lnd)).unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
+    }
+
+    /// The network rule: no config the simnet writes, for any kind of node, scenario or
+    /// secret (the public market's included), lets a daemon dial the public IPFS bootstrap
+    /// peers.
+    #[test]
+    fn no_config_falls_back_to_the_public_bootstrap_peers() {
+        use clap::ValueEnum;
+        let lnd = lnd();
+        for scenario in Scenario::value_variants() {
+            for kind in [Kind::Provider, Kind::Renter, Kind::Intruder] {
+                for secret in [
+                    "simnet-cluster-x",
+                    leasewire::net::topic::DEFAULT_PUBLIC_SECRET,
+                ] {
+                    for bootstrap in [true, false] {
+                        let mut i = input(kind, 0, &lnd);
+                        i.scenario = *scenario;
+                        i.secret = secret;
+                        if !bootstrap {
+                            i.bootstrap = None;
+                        }
+                        let cfg = node_config(i).unwrap();
+                        assert!(
+                            cfg.node.bootstrap_is_explicit(),
+                            "{scenario:?} {kind:?} {secret} bootstrap={bootstrap}"
+                        );
+                        let dht = cfg
+                            .node
+                            .dht_kind(secret == leasewire::net::topic::DEFAULT_PUBLIC_SECRET);
+                        assert!(
+                            cfg.node
+                                .bootstrap_for(dht)
+                                .iter()
+                                .all(|a| a.starts_with("/ip4/127.0.0.1/")),
+                            "{scenario:?} {kind:?}: {:?}",
+                            cfg.node.bootstrap_for(dht)
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
