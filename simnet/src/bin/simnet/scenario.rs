@@ -34,7 +34,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// What to run.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
-    /// Number of providers (1..=16).
+    /// Number of providers (1..=`cluster::MAX_PROVIDERS`).
     pub providers: usize,
     /// Number of renters.
     pub renters: usize,
@@ -93,6 +93,9 @@ pub async fn run(
         }
         (Scenario::Autopay, ledger) => {
             scenarios::autopay::run(&cluster, placement, &ledger?, plan).await
+        }
+        (Scenario::Discovery, _) => {
+            anyhow::bail!("the discovery scenario runs through scenarios::discovery::run")
         }
     };
 

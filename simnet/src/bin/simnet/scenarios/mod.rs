@@ -7,9 +7,12 @@
 //!   twice nor lose the lease.
 //! - `autopay` ([`autopay`], `--netns`): AutoPay keeps healthy leases topped up and stops paying
 //!   for a tunnel that was broken on purpose.
+//! - `discovery` ([`discovery`]): providers announce, then every renter starts at once and is
+//!   timed until it has verified every provider's offer; nothing is rented.
 
 pub mod autopay;
 pub mod crash_pay;
+pub mod discovery;
 pub mod quickstart;
 
 use std::time::Duration;
@@ -33,6 +36,9 @@ pub enum Scenario {
     /// AutoPay tops healthy leases up and refuses to pay for a broken tunnel (implies
     /// `--netns`).
     Autopay,
+    /// Every renter starts at once and is timed until it knows every provider's signed offer
+    /// (no renting); mirrors the Hyperswarm discovery anchor.
+    Discovery,
 }
 
 /// AutoPay scenario prices: 864 000 sat/day is 10 sat per second, so a lease's paid time
@@ -48,6 +54,7 @@ impl Scenario {
             Scenario::Quickstart => "quickstart",
             Scenario::CrashPay => "crash-pay",
             Scenario::Autopay => "autopay",
+            Scenario::Discovery => "discovery",
         }
     }
 
@@ -62,6 +69,7 @@ impl Scenario {
             Scenario::Quickstart => (3, 5),
             Scenario::CrashPay => (1, 2),
             Scenario::Autopay => (2, 3),
+            Scenario::Discovery => (5, 5),
         }
     }
 
@@ -69,7 +77,7 @@ impl Scenario {
     /// quickstart default.
     pub fn default_credit_sat(self) -> Option<u64> {
         match self {
-            Scenario::Quickstart => None,
+            Scenario::Quickstart | Scenario::Discovery => None,
             // Any amount: the payment is what matters.
             Scenario::CrashPay => Some(500),
             // 15 s at 10 sat/s: AutoPay's first top-up comes within seconds.
@@ -77,11 +85,32 @@ impl Scenario {
         }
     }
 
+    /// How many daemons after the bootstrap provider start together, each batch ready before
+    /// the next; `None` starts them all at once.
+    pub fn start_batch(self) -> Option<usize> {
+        match self {
+            Scenario::Discovery => Some(discovery::START_BATCH),
+            _ => None,
+        }
+    }
+
+    /// Whether renters wait for `Cluster::start_held` instead of starting with the cluster.
+    pub fn holds_renters(self) -> bool {
+        self == Scenario::Discovery
+    }
+
     /// Adjusts a node's config for this scenario (after the common simnet settings, which
     /// leave AutoPay off).
     pub fn tune(self, cfg: &mut Config, kind: Kind) {
         match self {
             Scenario::Quickstart => {}
+            Scenario::Discovery => {
+                // Hundreds of idle providers: meter rarely (nothing is leased) so their ticks
+                // do not compete with discovery for the CPU.
+                if kind == Kind::Provider {
+                    cfg.provider.metering_interval_secs = discovery::METERING_INTERVAL_SECS;
+                }
+            }
             Scenario::CrashPay => {
                 if kind == Kind::Provider {
                     // The provider's pending-invoice watcher runs on this tick; a short one
