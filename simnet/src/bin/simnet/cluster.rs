@@ -900,7 +900,10 @@ mod tests {
             let cfg = node_config(input(Kind::Provider, i, &lnd)).unwrap();
             let v4: IpNet = cfg.provider.ipv4_pools[0].parse().unwrap();
             let v6: IpNet = cfg.provider.ipv6_pools[0].parse().unwrap();
-            assert_eq!(v4.prefix_len(), if i < WIDE_POOL_PROVIDERS { 28 } else { 31 });
+            assert_eq!(
+                v4.prefix_len(),
+                if i < WIDE_POOL_PROVIDERS { 28 } else { 31 }
+            );
             assert!(doc.iter().any(|d| d.contains(&v4)), "{v4}");
             assert_eq!(v6.prefix_len(), 48);
             assert!(v6_doc.contains(&v6), "{v6}");

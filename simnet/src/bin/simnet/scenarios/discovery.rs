@@ -157,7 +157,8 @@ impl DiscoveryReport {
                 num(r.all_exchanged_ms),
                 r.offers_seen,
                 num(r.cpu_ms),
-                r.rss_mb.map_or_else(|| "-".to_owned(), |m| format!("{m:.1}")),
+                r.rss_mb
+                    .map_or_else(|| "-".to_owned(), |m| format!("{m:.1}")),
             ));
         }
         out.push_str(&format!(
@@ -534,7 +535,11 @@ mod tests {
         assert_eq!(announce_outcome(&log), None);
         std::fs::write(&log, "x DEBUG something else\n").unwrap();
         assert_eq!(announce_outcome(&log), None);
-        std::fs::write(&log, "x DEBUG leasewire: DHT announce incomplete; will retry\n").unwrap();
+        std::fs::write(
+            &log,
+            "x DEBUG leasewire: DHT announce incomplete; will retry\n",
+        )
+        .unwrap();
         assert_eq!(announce_outcome(&log), Some(false));
         std::fs::write(&log, "x DEBUG leasewire: announced on the DHT offer_id=a\n").unwrap();
         assert_eq!(announce_outcome(&log), Some(true));
