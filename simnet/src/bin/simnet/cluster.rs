@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
 use ipnet::IpNet;
 use leasewire::config::{Config, Role, TunnelBackendKind};
 use leasewire::types::Terms;
@@ -50,6 +51,8 @@ const NARROW_POOL_PROVIDERS: usize = 256;
 pub const MAX_PROVIDERS: usize = WIDE_POOL_PROVIDERS + NARROW_POOL_PROVIDERS;
 /// Registry name of the lnd-sim process.
 pub const LND_SIM: &str = "lnd-sim";
+/// `leasewire init` processes run at the same time.
+const INIT_CONCURRENCY: usize = 8;
 /// How long a daemon may take to answer its first `status`.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long lnd-sim may take to write `lnd-sim.json`.
@@ -523,7 +526,12 @@ impl Cluster {
                 })
             }
         });
-        let mut nodes = futures::future::try_join_all(inits).await?;
+        // A bounded number at a time: hundreds of `init` processes at once swamp a small
+        // machine. `buffered` keeps the plan's order.
+        let mut nodes: Vec<Node> = futures::stream::iter(inits)
+            .buffered(INIT_CONCURRENCY)
+            .try_collect()
+            .await?;
 
         let secret = random_secret("simnet-cluster")?;
         let intruder_secret = random_secret("simnet-intruder")?;

@@ -109,6 +109,10 @@ impl Scenario {
                 // do not compete with discovery for the CPU.
                 if kind == Kind::Provider {
                     cfg.provider.metering_interval_secs = discovery::METERING_INTERVAL_SECS;
+                    // A provider's interval only paces its re-announces (every 3 intervals):
+                    // the renters, which are timed, come after every first announce and keep
+                    // the simnet's interval.
+                    cfg.node.discovery_interval_secs = discovery::PROVIDER_DISCOVERY_INTERVAL_SECS;
                 }
             }
             Scenario::CrashPay => {
@@ -324,5 +328,30 @@ mod tests {
         assert_eq!(c.provider.metering_interval_secs, 1);
         assert!(Scenario::Autopay.needs_netns() && !Scenario::CrashPay.needs_netns());
         assert_eq!(Scenario::CrashPay.default_counts(), (1, 2));
+    }
+
+    #[test]
+    fn discovery_keeps_providers_quiet_and_holds_renters() {
+        let mut p = Config::default();
+        Scenario::Discovery.tune(&mut p, Kind::Provider);
+        assert_eq!(
+            p.provider.metering_interval_secs,
+            discovery::METERING_INTERVAL_SECS
+        );
+        assert_eq!(
+            p.node.discovery_interval_secs,
+            discovery::PROVIDER_DISCOVERY_INTERVAL_SECS
+        );
+        // Renters, which are timed, are left as the simnet configures them.
+        let mut r = Config::default();
+        Scenario::Discovery.tune(&mut r, Kind::Renter);
+        assert_eq!(r, Config::default());
+        assert!(Scenario::Discovery.holds_renters() && !Scenario::Quickstart.holds_renters());
+        assert_eq!(
+            Scenario::Discovery.start_batch(),
+            Some(discovery::START_BATCH)
+        );
+        assert_eq!(Scenario::Quickstart.start_batch(), None);
+        assert!(!Scenario::Discovery.needs_netns());
     }
 }
