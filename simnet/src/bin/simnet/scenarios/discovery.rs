@@ -35,8 +35,6 @@ use crate::scenario::{Plan, STOP_GRACE};
 
 /// Providers' metering tick in this scenario: nothing is leased, so rarely.
 pub const METERING_INTERVAL_SECS: u64 = 60;
-/// Providers' discovery interval in this scenario: it paces their re-announces only.
-pub const PROVIDER_DISCOVERY_INTERVAL_SECS: u64 = 30;
 /// Daemons started together while the providers come up.
 pub const START_BATCH: usize = 10;
 /// How long after the renters start every one of them must know every provider.

@@ -109,10 +109,9 @@ impl Scenario {
                 // do not compete with discovery for the CPU.
                 if kind == Kind::Provider {
                     cfg.provider.metering_interval_secs = discovery::METERING_INTERVAL_SECS;
-                    // A provider's interval only paces its re-announces (every 3 intervals):
-                    // the renters, which are timed, come after every first announce and keep
-                    // the simnet's interval.
-                    cfg.node.discovery_interval_secs = discovery::PROVIDER_DISCOVERY_INTERVAL_SECS;
+                    // The discovery interval stays: it paces the providers' re-announces, and
+                    // a first announce made before a provider met its bootstrap peer reaches
+                    // nobody, so a longer one leaves providers unfindable for longer.
                 }
             }
             Scenario::CrashPay => {
@@ -340,7 +339,7 @@ mod tests {
         );
         assert_eq!(
             p.node.discovery_interval_secs,
-            discovery::PROVIDER_DISCOVERY_INTERVAL_SECS
+            Config::default().node.discovery_interval_secs
         );
         // Renters, which are timed, are left as the simnet configures them.
         let mut r = Config::default();
