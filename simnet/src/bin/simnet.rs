@@ -76,16 +76,18 @@ struct Opts {
     #[command(subcommand)]
     helper: Option<Helper>,
     /// What to run: quickstart (everyone rents at once), crash-pay (daemons killed while a
-    /// payment is in flight), autopay (AutoPay top-ups and a broken tunnel; implies --netns) or
+    /// payment is in flight), autopay (AutoPay top-ups and a broken tunnel; implies --netns),
     /// churn (several leases per renter, release, notice, endpoint move, failover, a provider
-    /// that never delivers).
+    /// that never delivers) or discovery (every renter timed until it holds every provider's
+    /// offer; no renting).
     #[arg(long, value_enum, default_value_t = Scenario::Quickstart)]
     scenario: Scenario,
-    /// Number of provider daemons [default: 3; crash-pay 1; autopay 2; churn 6].
+    /// Number of provider daemons, up to 272 (16 with --netns) [default: 3; crash-pay 1;
+    /// autopay 2; churn 6; discovery 5].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=cluster::MAX_PROVIDERS as i64))]
     providers: Option<u16>,
     /// Number of renter daemons; each rents one lease (churn: as its part says) [default: 5;
-    /// crash-pay 2; autopay 3; churn 6].
+    /// crash-pay 2; autopay 3; churn 6; discovery 5].
     #[arg(long)]
     renters: Option<u16>,
     /// Print one JSON object on stdout instead of a table.
@@ -213,6 +215,19 @@ async fn run(mut opts: Opts) -> Result<Outcome> {
     if opts.intruder && opts.scenario != Scenario::Quickstart {
         anyhow::bail!("--intruder is part of the quickstart scenario only");
     }
+    if opts.scenario == Scenario::Discovery && (opts.netns || opts.intruder) {
+        anyhow::bail!("the discovery scenario runs on loopback, without --netns or --intruder");
+    }
+    if opts.netns
+        && opts
+            .providers
+            .is_some_and(|p| usize::from(p) > cluster::WIDE_POOL_PROVIDERS)
+    {
+        anyhow::bail!(
+            "--netns routes at most {} providers' pools",
+            cluster::WIDE_POOL_PROVIDERS
+        );
+    }
     if opts.scenario.needs_netns() && !opts.netns {
         tracing::info!(
             scenario = opts.scenario.name(),
@@ -276,7 +291,7 @@ async fn run(mut opts: Opts) -> Result<Outcome> {
     };
 
     let result = tokio::select! {
-        r = scenario::run(&root, &bins, procs.clone(), plan, placement) => Some(r),
+        r = run_scenario(&root, &bins, procs.clone(), plan, placement) => Some(r),
         sig = signals.recv() => {
             tracing::warn!("{sig} received; stopping every process");
             None
@@ -313,11 +328,11 @@ async fn run(mut opts: Opts) -> Result<Outcome> {
         Some(r) => r?,
     };
     if opts.json {
-        println!("{}", report.to_json());
+        println!("{}", report.json);
     } else {
-        print!("{}", report.table());
+        print!("{}", report.table);
     }
-    let mut failures = report.failures();
+    let mut failures = report.failures;
     if cleanup_failed {
         failures.push("the network namespaces were not all removed".to_owned());
     }
@@ -328,6 +343,40 @@ async fn run(mut opts: Opts) -> Result<Outcome> {
         Outcome::Passed
     } else {
         Outcome::Failed
+    })
+}
+
+/// What a finished scenario prints and whether it passed.
+struct Finished {
+    /// The `--json` object.
+    json: String,
+    /// The human table.
+    table: String,
+    /// Why it failed; empty when it passed.
+    failures: Vec<String>,
+}
+
+/// Runs the chosen scenario: discovery has a report of its own, the others share `report::Report`.
+async fn run_scenario(
+    root: &Path,
+    bins: &Bins,
+    procs: Arc<Procs>,
+    plan: Plan,
+    placement: Placement<'_>,
+) -> Result<Finished> {
+    if plan.scenario == Scenario::Discovery {
+        let r = scenarios::discovery::run(root, bins, procs, plan).await?;
+        return Ok(Finished {
+            json: r.to_json(),
+            table: r.table(),
+            failures: r.failures(),
+        });
+    }
+    let r = scenario::run(root, bins, procs, plan, placement).await?;
+    Ok(Finished {
+        json: r.to_json(),
+        table: r.table(),
+        failures: r.failures(),
     })
 }
 
@@ -407,6 +456,7 @@ mod tests {
             ("crash-pay", Scenario::CrashPay),
             ("autopay", Scenario::Autopay),
             ("churn", Scenario::Churn),
+            ("discovery", Scenario::Discovery),
         ] {
             let o = Opts::try_parse_from(["simnet", "--scenario", arg]).unwrap();
             assert_eq!(o.scenario, s);
@@ -455,8 +505,11 @@ mod tests {
     #[test]
     fn provider_count_is_bounded_by_the_address_plan() {
         assert!(Opts::try_parse_from(["simnet", "--providers", "0"]).is_err());
-        assert!(Opts::try_parse_from(["simnet", "--providers", "17"]).is_err());
-        assert!(Opts::try_parse_from(["simnet", "--providers", "16"]).is_ok());
+        assert!(Opts::try_parse_from(["simnet", "--providers", "273"]).is_err());
+        assert!(Opts::try_parse_from(["simnet", "--providers", "272"]).is_ok());
+        let o = Opts::try_parse_from(["simnet", "--scenario", "discovery", "--providers", "200"])
+            .unwrap();
+        assert_eq!((o.scenario, o.providers), (Scenario::Discovery, Some(200)));
     }
 
     #[test]

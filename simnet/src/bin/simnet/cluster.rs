@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
 use ipnet::IpNet;
 use leasewire::config::{Config, Role, TunnelBackendKind};
 use leasewire::types::Terms;
@@ -40,10 +41,18 @@ use crate::scenarios::Scenario;
 pub const DISCOVERY_INTERVAL_SECS: u64 = 2;
 /// Satoshis each paying node (renters, the intruder) starts with in lnd-sim.
 pub const PAYER_BALANCE_SAT: u64 = 1_000_000;
-/// Most providers a cluster can have: each gets its own /28 of 198.51.100.0/24.
-pub const MAX_PROVIDERS: usize = 16;
+/// Providers that get a /28 of 198.51.100.0/24 each (the first ones, and every provider
+/// with `--netns`, whose topology routes only these pools).
+pub const WIDE_POOL_PROVIDERS: usize = 16;
+/// Providers after the first [`WIDE_POOL_PROVIDERS`]: one /31 each of 192.0.2.0/24 and then
+/// 203.0.113.0/24 (128 per /24).
+const NARROW_POOL_PROVIDERS: usize = 256;
+/// Most providers a cluster can have: the address plan of [`provider_pools`].
+pub const MAX_PROVIDERS: usize = WIDE_POOL_PROVIDERS + NARROW_POOL_PROVIDERS;
 /// Registry name of the lnd-sim process.
 pub const LND_SIM: &str = "lnd-sim";
+/// `leasewire init` processes run at the same time.
+const INIT_CONCURRENCY: usize = 8;
 /// How long a daemon may take to answer its first `status`.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long lnd-sim may take to write `lnd-sim.json`.
@@ -299,8 +308,8 @@ pub struct ConfigInput<'a> {
 
 /// The `config.toml` of one simnet node, validated.
 ///
-/// Providers get their own /28 of 198.51.100.0/24 and /48 under 2001:db8::/32 (documentation
-/// prefixes), and advertise a loopback WireGuard endpoint on `udp_port`. With
+/// Providers get their own pools in documentation prefixes (see [`provider_pools`]), and
+/// advertise a loopback WireGuard endpoint on `udp_port`. With
 /// [`ConfigInput::netns`], libp2p listens on the underlay address, the tunnel backend is
 /// WireGuard, providers advertise `underlay:udp_port`, meter every second and sell credit at
 /// [`NETNS_RATE_SAT_PER_DAY`] (1 sat per second).
@@ -378,16 +387,28 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Provider `index`'s address pools: its own /28 of 198.51.100.0/24 and the /48
-/// `2001:db8:(100+index)::/48` (documentation prefixes). The `--netns` topology routes these
-/// to the provider.
+/// Provider `index`'s address pools, all in documentation prefixes, distinct per provider:
+///
+/// - providers 0..16: their own /28 of 198.51.100.0/24 (`198.51.100.(16·i)/28`); the
+///   `--netns` topology routes these to the provider;
+/// - providers 16..272: a /31 (two /32 leases) of 192.0.2.0/24, then of 203.0.113.0/24, for
+///   markets too large to lease much from each provider (host placement only: with `--netns`
+///   those /24s are the underlay and the internet host);
+/// - every provider: the /48 `2001:db8:(100+i)::/48` (the index's decimal digits read as hex,
+///   distinct for every index in the plan).
 ///
 /// Errors: `index` is not below [`MAX_PROVIDERS`].
 pub fn provider_pools(index: usize) -> Result<Vec<IpNet>> {
     if index >= MAX_PROVIDERS {
-        bail!("at most {MAX_PROVIDERS} providers fit in 198.51.100.0/24");
+        bail!("at most {MAX_PROVIDERS} providers fit in the simnet's address plan");
     }
-    let v4 = format!("198.51.100.{}/28", 16 * index);
+    let v4 = if index < WIDE_POOL_PROVIDERS {
+        format!("198.51.100.{}/28", 16 * index)
+    } else {
+        let slot = index - WIDE_POOL_PROVIDERS;
+        let net = if slot < 128 { "192.0.2" } else { "203.0.113" };
+        format!("{net}.{}/31", 2 * (slot % 128))
+    };
     let v6 = format!("2001:db8:{}::/48", 100 + index);
     [v4, v6]
         .iter()
@@ -463,6 +484,8 @@ pub struct Cluster {
     /// The running lnd-sim, as its `lnd-sim.json` describes it.
     pub lnd: LndSimInfo,
     procs: Arc<Procs>,
+    /// Nodes whose config is written but whose daemon waits for [`Cluster::start_held`].
+    held: Vec<String>,
 }
 
 impl Cluster {
@@ -516,7 +539,12 @@ impl Cluster {
                 })
             }
         });
-        let mut nodes = futures::future::try_join_all(inits).await?;
+        // A bounded number at a time: hundreds of `init` processes at once swamp a small
+        // machine. `buffered` keeps the plan's order.
+        let mut nodes: Vec<Node> = futures::stream::iter(inits)
+            .buffered(INIT_CONCURRENCY)
+            .try_collect()
+            .await?;
 
         let secret = random_secret("simnet-cluster")?;
         let intruder_secret = random_secret("simnet-intruder")?;
@@ -572,22 +600,71 @@ impl Cluster {
         let bootstrap = bootstrap_addr(&status.listen_addrs, &status.peer_id, boot_host)?;
         tracing::info!(%bootstrap, "bootstrap provider ready");
 
-        for (node, &port) in rest.iter().zip(&ports[1..]) {
-            write_config(node, port, Some(&bootstrap))?;
-            start_daemon(&procs, bins, placement, node)?;
+        // Large markets start in batches, each ready before the next, so hundreds of daemons
+        // do not all initialise at once on a small machine. Renters the scenario holds back
+        // get their config now and start later, all at once (`start_held`).
+        let batch = scenario.start_batch().unwrap_or(rest.len()).max(1);
+        let mut held = Vec::new();
+        for (chunk, ports) in rest.chunks_mut(batch).zip(ports[1..].chunks(batch)) {
+            let mut started = Vec::new();
+            for (node, &port) in chunk.iter_mut().zip(ports) {
+                write_config(node, port, Some(&bootstrap))?;
+                if node.kind == Kind::Renter && scenario.holds_renters() {
+                    held.push(node.name.clone());
+                } else {
+                    start_daemon(&procs, bins, placement, node)?;
+                    started.push(node);
+                }
+            }
+            let ready = started.into_iter().map(|node| {
+                let (procs, cli) = (&procs, &cli);
+                async move { wait_ready(procs, cli, node).await.map(|_| ()) }
+            });
+            futures::future::try_join_all(ready).await?;
         }
-        let ready = rest.iter_mut().map(|node| {
-            let (procs, cli) = (&procs, &cli);
-            async move { wait_ready(procs, cli, node).await.map(|_| ()) }
-        });
-        futures::future::try_join_all(ready).await?;
-        tracing::info!(nodes = nodes.len(), "all daemons ready");
+        tracing::info!(
+            nodes = nodes.len() - held.len(),
+            held = held.len(),
+            "all daemons ready"
+        );
         Ok(Cluster {
             cli,
             nodes,
             lnd,
             procs,
+            held,
         })
+    }
+
+    /// Starts every daemon the scenario held back (see [`Scenario::holds_renters`]) at once,
+    /// without waiting for them; returns each one's name and the instant it was spawned.
+    ///
+    /// Errors: a daemon cannot be spawned.
+    pub fn start_held(
+        &self,
+        bins: &Bins,
+        placement: Placement<'_>,
+    ) -> Result<Vec<(String, Instant)>> {
+        self.held
+            .iter()
+            .map(|name| {
+                let node = self
+                    .nodes
+                    .iter()
+                    .find(|n| &n.name == name)
+                    .expect("held names come from the cluster's nodes");
+                start_daemon(&self.procs, bins, placement, node)?;
+                Ok((name.clone(), Instant::now()))
+            })
+            .collect()
+    }
+
+    /// The pid of the running daemon (or lnd-sim) `name`.
+    ///
+    /// Errors: it is not running.
+    pub fn pid(&self, name: &str) -> Result<u32> {
+        // Signal 0 delivers nothing: it only checks the process is there.
+        self.procs.signal(name, 0)
     }
 
     /// Nodes of one kind, in index order.
@@ -834,16 +911,41 @@ mod tests {
     #[test]
     fn every_provider_pool_is_distinct_and_inside_the_plan() {
         let lnd = lnd();
-        let mut v4 = std::collections::HashSet::new();
+        let doc: Vec<IpNet> = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let v6_doc: IpNet = "2001:db8::/32".parse().unwrap();
+        let mut seen: Vec<IpNet> = Vec::new();
         for i in 0..MAX_PROVIDERS {
             let cfg = node_config(input(Kind::Provider, i, &lnd)).unwrap();
-            let (addr, len) = cfg.provider.ipv4_pools[0].split_once('/').unwrap();
-            let addr: std::net::Ipv4Addr = addr.parse().unwrap();
-            assert_eq!(len, "28");
-            assert_eq!(addr.octets()[..3], [198, 51, 100]);
-            assert_eq!(addr.octets()[3] % 16, 0);
-            assert!(v4.insert(addr));
+            let v4: IpNet = cfg.provider.ipv4_pools[0].parse().unwrap();
+            let v6: IpNet = cfg.provider.ipv6_pools[0].parse().unwrap();
+            assert_eq!(
+                v4.prefix_len(),
+                if i < WIDE_POOL_PROVIDERS { 28 } else { 31 }
+            );
+            assert!(doc.iter().any(|d| d.contains(&v4)), "{v4}");
+            assert_eq!(v6.prefix_len(), 48);
+            assert!(v6_doc.contains(&v6), "{v6}");
+            for p in [v4, v6] {
+                assert!(
+                    seen.iter().all(|q| !q.contains(&p) && !p.contains(q)),
+                    "{p} overlaps another provider's pool"
+                );
+                seen.push(p);
+            }
         }
+        // The first providers keep the plan the --netns topology routes.
+        assert_eq!(
+            provider_pools(15).unwrap()[0].to_string(),
+            "198.51.100.240/28"
+        );
+        assert_eq!(provider_pools(16).unwrap()[0].to_string(), "192.0.2.0/31");
+        assert_eq!(
+            provider_pools(MAX_PROVIDERS - 1).unwrap()[0].to_string(),
+            "203.0.113.254/31"
+        );
         let e = node_config(input(Kind::Provider, MAX_PROVIDERS, &lnd)).unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
     }

@@ -34,7 +34,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// What to run.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
-    /// Number of providers (1..=16).
+    /// Number of providers (1..=`cluster::MAX_PROVIDERS`).
     pub providers: usize,
     /// Number of renters.
     pub renters: usize,
@@ -98,6 +98,9 @@ pub async fn run(
         }
         (Scenario::Churn, ledger) => {
             scenarios::churn::run(&cluster, root, bins, &procs, placement, &ledger?).await?
+        }
+        (Scenario::Discovery, _) => {
+            anyhow::bail!("the discovery scenario runs through scenarios::discovery::run")
         }
     };
 

@@ -9,10 +9,13 @@
 //!   for a tunnel that was broken on purpose.
 //! - `churn` ([`churn`]): several leases per renter, release, termination, an endpoint change,
 //!   a provider killed for good and one that takes payment and never delivers.
+//! - `discovery` ([`discovery`]): providers announce, then every renter starts at once and is
+//!   timed until it has verified every provider's offer; nothing is rented.
 
 pub mod autopay;
 pub mod churn;
 pub mod crash_pay;
+pub mod discovery;
 pub mod quickstart;
 
 use std::time::Duration;
@@ -39,6 +42,9 @@ pub enum Scenario {
     /// Leases come and go: several per renter, release, termination, an endpoint change, a
     /// provider killed for good, one that never delivers.
     Churn,
+    /// Every renter starts at once and is timed until it knows every provider's signed offer
+    /// (no renting); mirrors the Hyperswarm discovery anchor.
+    Discovery,
 }
 
 /// AutoPay scenario prices: 864 000 sat/day is 10 sat per second, so a lease's paid time
@@ -55,6 +61,7 @@ impl Scenario {
             Scenario::CrashPay => "crash-pay",
             Scenario::Autopay => "autopay",
             Scenario::Churn => "churn",
+            Scenario::Discovery => "discovery",
         }
     }
 
@@ -70,6 +77,7 @@ impl Scenario {
             Scenario::CrashPay => (1, 2),
             Scenario::Autopay => (2, 3),
             Scenario::Churn => (churn::PROVIDERS, churn::RENTERS),
+            Scenario::Discovery => (5, 5),
         }
     }
 
@@ -77,7 +85,7 @@ impl Scenario {
     /// quickstart default.
     pub fn default_credit_sat(self) -> Option<u64> {
         match self {
-            Scenario::Quickstart => None,
+            Scenario::Quickstart | Scenario::Discovery => None,
             // Any amount: the payment is what matters.
             Scenario::CrashPay => Some(500),
             // 15 s at 10 sat/s: AutoPay's first top-up comes within seconds.
@@ -87,11 +95,35 @@ impl Scenario {
         }
     }
 
+    /// How many daemons after the bootstrap provider start together, each batch ready before
+    /// the next; `None` starts them all at once.
+    pub fn start_batch(self) -> Option<usize> {
+        match self {
+            Scenario::Discovery => Some(discovery::START_BATCH),
+            _ => None,
+        }
+    }
+
+    /// Whether renters wait for `Cluster::start_held` instead of starting with the cluster.
+    pub fn holds_renters(self) -> bool {
+        self == Scenario::Discovery
+    }
+
     /// Adjusts the config of node `kind`/`index` for this scenario (after the common simnet
     /// settings, which leave AutoPay off).
     pub fn tune(self, cfg: &mut Config, kind: Kind, index: usize) {
         match self {
             Scenario::Quickstart => {}
+            Scenario::Discovery => {
+                // Hundreds of idle providers: meter rarely (nothing is leased) so their ticks
+                // do not compete with discovery for the CPU.
+                if kind == Kind::Provider {
+                    cfg.provider.metering_interval_secs = discovery::METERING_INTERVAL_SECS;
+                    // The discovery interval stays: it paces the providers' re-announces, and
+                    // a first announce made before a provider met its bootstrap peer reaches
+                    // nobody, so a longer one leaves providers unfindable for longer.
+                }
+            }
             Scenario::CrashPay => {
                 if kind == Kind::Provider {
                     // The provider's pending-invoice watcher runs on this tick; a short one
@@ -306,5 +338,30 @@ mod tests {
         assert_eq!(c.provider.metering_interval_secs, 1);
         assert!(Scenario::Autopay.needs_netns() && !Scenario::CrashPay.needs_netns());
         assert_eq!(Scenario::CrashPay.default_counts(), (1, 2));
+    }
+
+    #[test]
+    fn discovery_keeps_providers_quiet_and_holds_renters() {
+        let mut p = Config::default();
+        Scenario::Discovery.tune(&mut p, Kind::Provider, 0);
+        assert_eq!(
+            p.provider.metering_interval_secs,
+            discovery::METERING_INTERVAL_SECS
+        );
+        assert_eq!(
+            p.node.discovery_interval_secs,
+            Config::default().node.discovery_interval_secs
+        );
+        // Renters, which are timed, are left as the simnet configures them.
+        let mut r = Config::default();
+        Scenario::Discovery.tune(&mut r, Kind::Renter, 0);
+        assert_eq!(r, Config::default());
+        assert!(Scenario::Discovery.holds_renters() && !Scenario::Quickstart.holds_renters());
+        assert_eq!(
+            Scenario::Discovery.start_batch(),
+            Some(discovery::START_BATCH)
+        );
+        assert_eq!(Scenario::Quickstart.start_batch(), None);
+        assert!(!Scenario::Discovery.needs_netns());
     }
 }
