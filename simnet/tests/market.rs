@@ -1153,3 +1153,38 @@ async fn a_paid_replacement_whose_lease_is_late_is_never_bought_twice() {
     assert_eq!(paid_to_second(&w), 1);
     assert_eq!(failover_entries(&w).len(), 2);
 }
+
+#[tokio::test]
+async fn an_offer_id_superseded_by_one_selling_the_same_still_rents() {
+    let w = world(Tamper::None).await;
+    w.renter.discover().await.unwrap();
+    let old_id = w.renter.offers(None)[0].offer_id.clone();
+    let args = |offer_id: Option<String>| RentArgs {
+        offer_id,
+        credit_sat: Some(1000),
+        timeout: Duration::from_secs(2),
+        ..RentArgs::default()
+    };
+    // The first lease takes an address: the provider re-signs its offer (fewer free), with a
+    // new id, and the renter learns it.
+    w.renter.rent(args(None)).await.unwrap();
+    w.provider.refresh_offer(false).await.unwrap();
+    w.renter.discover().await.unwrap();
+    let new_id = w.renter.offers(None)[0].offer_id.clone();
+    assert_ne!(new_id, old_id, "availability changed: a new offer version");
+
+    // The id the user copied before still buys, under the offer that replaced it.
+    let second = w
+        .renter
+        .rent_confirmed(args(Some(old_id[..12].to_owned())), true)
+        .await
+        .unwrap();
+    assert_eq!(second.lease.offer_id, new_id);
+    // An id never seen names nothing.
+    let e = w
+        .renter
+        .rent_confirmed(args(Some("00".repeat(16))), true)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not found"), "{e}");
+}

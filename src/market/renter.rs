@@ -255,6 +255,12 @@ struct Inner {
     audit: AuditLog,
     peers: Arc<dyn Peers>,
     offers: Mutex<HashMap<String, KnownOffer>>,
+    /// Offers replaced by a newer version of the same provider, by old id: the provider and
+    /// the old offer with its availability and dates left out ([`discovery::sale_terms`]).
+    /// A provider re-signs its offer each time what it has free changes, so an id the user
+    /// copied a moment ago may be gone; `rent --offer OLD` still buys when nothing for sale
+    /// changed. Bounded: emptied when it reaches [`discovery::MAX_SUPERSEDED`].
+    superseded: Mutex<HashMap<String, (String, Offer)>>,
     /// Every verified offer this node knows, learned from providers and from other members
     /// (shared with the node's provider role when it has one); `offers` is filled from it.
     offer_cache: OfferCache,
@@ -343,6 +349,7 @@ impl Renter {
                 audit: p.audit,
                 peers: p.peers,
                 offers: Mutex::new(HashMap::new()),
+                superseded: Mutex::new(HashMap::new()),
                 offer_cache,
                 pulled: Mutex::new(HashMap::new()),
                 refusals: super::offers::RefusalAudits::default(),

@@ -191,7 +191,9 @@ impl Renter {
                     seen_at: now,
                 };
                 let is_new = previous.is_none();
-                offers.insert(known.peer.clone(), known.clone());
+                if let Some(old) = offers.insert(known.peer.clone(), known.clone()) {
+                    self.note_superseded(&old);
+                }
                 changes.push((is_new, known));
             }
         }
@@ -323,6 +325,7 @@ impl Renter {
         match previous {
             None => self.audit_changes(vec![(true, known.clone())]).await,
             Some(p) if p.offer_id != known.offer_id => {
+                self.note_superseded(&p);
                 self.audit_changes(vec![(false, known.clone())]).await
             }
             Some(_) => {}
@@ -357,6 +360,53 @@ impl Renter {
             .collect();
         ranked.extend(rest);
         ranked
+    }
+
+    /// Remembers that `old` was replaced, so `rent --offer <old id>` can still find its
+    /// provider's current offer ([`Renter::current_for_superseded`]).
+    fn note_superseded(&self, old: &KnownOffer) {
+        let mut map = self
+            .inner
+            .superseded
+            .lock()
+            .expect("superseded lock not poisoned");
+        if map.len() >= MAX_SUPERSEDED {
+            map.clear();
+        }
+        map.insert(
+            old.offer_id.clone(),
+            (old.peer.clone(), sale_terms(&old.offer)),
+        );
+    }
+
+    /// The current offer that replaced the offer `id` names (a full id or a prefix), if it
+    /// sells exactly what that one did: same provider, keys, endpoint, network, terms and
+    /// sizes with their prices. Only availability, `seq` and dates may differ.
+    pub(super) fn current_for_superseded(&self, id: &str) -> Option<KnownOffer> {
+        let (peer, old) = {
+            let map = self
+                .inner
+                .superseded
+                .lock()
+                .expect("superseded lock not poisoned");
+            let mut matching = map
+                .iter()
+                .filter(|(k, _)| k.as_str() == id || k.starts_with(id));
+            let (_, found) = matching.next()?;
+            // An ambiguous prefix names nothing.
+            if matching.next().is_some() {
+                return None;
+            }
+            found.clone()
+        };
+        let current = self
+            .inner
+            .offers
+            .lock()
+            .expect("offers lock not poisoned")
+            .get(&peer)
+            .cloned()?;
+        (sale_terms(&current.offer) == old).then_some(current)
     }
 
     /// Every known offer of a provider that is not dropped.
@@ -619,4 +669,20 @@ impl Renter {
             .map_err(|_| MarketError::Invalid("bad peer id".into()))?;
         self.fetch_offer(peer).await
     }
+}
+
+/// Most replaced offer ids remembered (see `Inner::superseded`).
+pub(super) const MAX_SUPERSEDED: usize = 4096;
+
+/// What an offer sells, without what changes as it sells (availability) or as it is re-signed
+/// (`seq`, dates): two offers with equal `sale_terms` sell the same thing at the same price.
+pub(super) fn sale_terms(offer: &Offer) -> Offer {
+    let mut o = offer.clone();
+    o.seq = 0;
+    o.created_at = 0;
+    o.expires_at = 0;
+    for size in o.ipv4.iter_mut().chain(o.ipv6.iter_mut()) {
+        size.available = 0;
+    }
+    o
 }

@@ -34,11 +34,25 @@ impl Renter {
         loop {
             let candidates: Vec<KnownOffer> = match &args.offer_id {
                 // An offer named by the user: no filters, but it must lease the sizes asked.
-                Some(id) => self
-                    .offers(Some(credit))
-                    .into_iter()
-                    .filter(|o| &o.offer_id == id || o.offer_id.starts_with(id.as_str()))
-                    .collect(),
+                Some(id) => {
+                    let named: Vec<KnownOffer> = self
+                        .offers(Some(credit))
+                        .into_iter()
+                        .filter(|o| &o.offer_id == id || o.offer_id.starts_with(id.as_str()))
+                        .collect();
+                    if named.is_empty() {
+                        // The provider re-signed it since (what it has free changed): its
+                        // current offer, if it sells the same thing at the same price.
+                        let current = self.current_for_superseded(id);
+                        if let Some(c) = &current {
+                            tracing::info!(named = %id, current = %c.offer_id,
+                                "offer superseded by one selling the same; renting under that");
+                        }
+                        current.into_iter().collect()
+                    } else {
+                        named
+                    }
+                }
                 None => {
                     let (usable, t) = self.usable_offers(Some(credit), asked, &filters);
                     tally = t;
