@@ -546,7 +546,7 @@ impl EventLoop {
             },
             request_response::Event::OutboundFailure {
                 request_id, error, ..
-            } => self.on_membership_failure(request_id, error.to_string()),
+            } => self.on_membership_failure(request_id, error),
             other => tracing::debug!(?other, "membership protocol event"),
         }
     }

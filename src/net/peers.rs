@@ -8,7 +8,9 @@
 //! 2. the responder checks it ([`EventLoop::on_membership_request`]): success makes the
 //!    initiator a member and answers message 2; failure refuses the initiator;
 //! 3. the initiator checks message 2 ([`EventLoop::on_membership_response`]); a bad answer, or
-//!    none (the responder drops the stream and the connection), refuses the responder.
+//!    none (the responder drops the stream and the connection), refuses the responder. On the
+//!    public DHT a responder that does not serve the membership protocol at all is a DHT-only
+//!    peer (an IPFS node): it is not a member, and not refused either.
 //!
 //! A refused peer is blocked (connections closed now and denied later), leaves the DHT
 //! routing table and the address book, and its waiting requests fail with `NotMember`.
@@ -17,12 +19,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::ResponseChannel;
+use libp2p::request_response::{OutboundFailure, ResponseChannel};
 use libp2p::{Multiaddr, PeerId};
 
 use super::event_loop::{EventLoop, Reply};
 use super::membership::{self, Initiator, MembershipError};
-use super::{NetError, NetEvent};
+use super::{DhtKind, NetError, NetEvent};
 use crate::wire::messages::Message;
 
 /// Most addresses remembered per peer; identify data is peer-controlled, so it is bounded.
@@ -214,14 +216,25 @@ impl EventLoop {
     pub(crate) fn on_membership_failure(
         &mut self,
         id: libp2p::request_response::OutboundRequestId,
-        reason: String,
+        error: OutboundFailure,
     ) {
         let Some((peer, _)) = self.pending_handshakes.remove(&id) else {
             return;
         };
         self.handshaking.remove(&peer);
-        tracing::warn!(%peer, "membership handshake failed: {reason}");
-        self.refuse(peer, false, format!("no membership answer: {reason}"));
+        if self.dht == DhtKind::Public && matches!(error, OutboundFailure::UnsupportedProtocols) {
+            // A plain DHT peer (an IPFS node, another Kademlia implementation, a bootstrap
+            // peer): not a member, but it routes our DHT queries and may hold our provider
+            // records, so it keeps its connection and its routing-table entry. Blocking it would
+            // cut the node off the public DHT. It can send us no market message either way.
+            tracing::debug!(%peer, "peer does not speak leasewire: a DHT-only peer");
+            for w in self.waiting.remove(&peer).unwrap_or_default() {
+                let _ = w.reply.send(Err(NetError::NotMember { peer }));
+            }
+            return;
+        }
+        tracing::warn!(%peer, "membership handshake failed: {error}");
+        self.refuse(peer, false, format!("no membership answer: {error}"));
     }
 
     /// Records a successful handshake: DHT routing, bootstrap, waiting requests.
