@@ -26,12 +26,48 @@ impl EventLoop {
         match self.swarm.behaviour_mut().kad.start_providing(key) {
             Ok(id) => {
                 self.providing = true;
+                // With an empty routing table the query reaches nobody: announce again as soon
+                // as a peer is routable (see `reannounce_if_needed`).
+                self.reannounce_when_routable = !self.has_routable_peer();
                 self.refresh_local_provider_record();
                 self.pending_providing.insert(id, reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(NetError::Dht(e.to_string())));
             }
+        }
+    }
+
+    /// True if Kademlia's routing table holds at least one peer to send queries to.
+    fn has_routable_peer(&mut self) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .any(|b| b.num_entries() > 0)
+    }
+
+    /// Announces our provider record again, without a caller waiting, if the last announce
+    /// reached nobody and a DHT peer is routable now. Called when a member joins, a connection
+    /// opens and the routing table gains a peer: a provider whose first announce ran before it
+    /// met its bootstrap peer is then findable at once instead of at its next timed
+    /// re-announce.
+    pub(crate) fn reannounce_if_needed(&mut self) {
+        if !self.providing
+            || !self.reannounce_when_routable
+            || self.is_isolated()
+            || !self.has_routable_peer()
+        {
+            return;
+        }
+        self.reannounce_when_routable = false;
+        let key = RecordKey::new(&self.topic.dht_key);
+        match self.swarm.behaviour_mut().kad.start_providing(key) {
+            Ok(id) => {
+                tracing::debug!("a DHT peer is routable: announcing again");
+                self.background_announces.insert(id);
+            }
+            Err(e) => tracing::debug!("cannot announce again: {e}"),
         }
     }
 
@@ -87,11 +123,28 @@ impl EventLoop {
     pub(crate) fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => match result {
                 QueryResult::StartProviding(res) => {
-                    if let Some(reply) = self.pending_providing.remove(&id) {
-                        tracing::debug!(?res, "start providing finished");
+                    let background = self.background_announces.remove(&id);
+                    let reply = self.pending_providing.remove(&id);
+                    if !background && reply.is_none() {
+                        return;
+                    }
+                    tracing::debug!(
+                        ?res,
+                        reached = stats.num_successes(),
+                        background,
+                        "start providing finished"
+                    );
+                    if stats.num_successes() == 0 {
+                        // Nobody holds our record: try again when the routing table changes.
+                        self.reannounce_when_routable = true;
+                    }
+                    if let Some(reply) = reply {
                         let _ = reply.send(res.map(|_| ()).map_err(|_| NetError::Timeout));
                     }
                 }
@@ -135,6 +188,7 @@ impl EventLoop {
                 for addr in addresses.iter() {
                     self.book.add(peer, addr.clone());
                 }
+                self.reannounce_if_needed();
             }
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => {

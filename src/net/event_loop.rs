@@ -125,6 +125,11 @@ pub struct EventLoop {
     rejected_connections: u64,
     /// We announced ourselves as a provider: our local record follows our addresses.
     pub(crate) providing: bool,
+    /// Our last announce reached no DHT peer (none was routable yet, or we were isolated
+    /// since): announce again as soon as one is, rather than at the next timed re-announce.
+    pub(crate) reannounce_when_routable: bool,
+    /// Announces the loop started itself (see `reannounce_when_routable`), not a caller.
+    pub(crate) background_announces: HashSet<QueryId>,
 }
 
 impl EventLoop {
@@ -197,6 +202,8 @@ impl EventLoop {
             rejected_log: RateLimit::new(LOG_EVERY),
             rejected_connections: 0,
             providing: false,
+            reannounce_when_routable: false,
+            background_announces: HashSet::new(),
         };
         for (peer, addr) in bootstrap {
             if peer == local {
@@ -443,6 +450,7 @@ impl EventLoop {
                         Err(e) => tracing::debug!("kademlia bootstrap deferred: {e}"),
                     }
                 }
+                self.reannounce_if_needed();
                 if endpoint.is_dialer() {
                     self.book
                         .add(peer_id, endpoint.get_remote_address().clone());
@@ -460,6 +468,10 @@ impl EventLoop {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
                     self.on_last_connection_closed(peer_id);
+                    if self.providing && self.is_isolated() {
+                        // Whoever held our record may be gone: announce again once we are back.
+                        self.reannounce_when_routable = true;
+                    }
                     self.arm_retry();
                 }
             }
