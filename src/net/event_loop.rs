@@ -412,6 +412,8 @@ impl EventLoop {
                     dht: self.dht,
                     dht_role: self.dht_role,
                     rejected_connections: self.rejected_connections,
+                    announce_pending: self.providing
+                        && (self.reannounce_when_routable || !self.background_announces.is_empty()),
                 });
             }
         }
