@@ -16,7 +16,9 @@ use libp2p::kad::{self, GetProvidersOk, ProviderRecord, QueryResult, RecordKey};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{PeerId, identify};
 
-use super::event_loop::{EventLoop, Reply};
+use tokio::sync::mpsc;
+
+use super::event_loop::{EventLoop, PendingFind, Reply};
 use super::{DhtKind, NetError, dialable_addrs};
 
 impl EventLoop {
@@ -94,10 +96,22 @@ impl EventLoop {
     }
 
     /// Looks up the topic's providers; answered when the query completes.
-    pub(crate) fn find_providers(&mut self, reply: Reply<HashSet<PeerId>>) {
+    /// Each new provider also goes to `progress` as soon as Kademlia reports it.
+    pub(crate) fn find_providers(
+        &mut self,
+        progress: Option<mpsc::UnboundedSender<PeerId>>,
+        reply: Reply<HashSet<PeerId>>,
+    ) {
         let key = RecordKey::new(&self.topic.dht_key);
         let id = self.swarm.behaviour_mut().kad.get_providers(key);
-        self.pending_find.insert(id, (HashSet::new(), reply));
+        self.pending_find.insert(
+            id,
+            PendingFind {
+                found: HashSet::new(),
+                progress,
+                reply,
+            },
+        );
     }
 
     /// Dials newly found providers while their lookup is still running: Kademlia knows their
@@ -149,14 +163,28 @@ impl EventLoop {
                     }
                 }
                 QueryResult::GetProviders(res) => {
-                    let Some((found, _)) = self.pending_find.get_mut(&id) else {
+                    if !self.pending_find.contains_key(&id) {
                         return;
-                    };
-                    // Kademlia reports providers as it meets them; answer once the query is
+                    }
+                    // Kademlia reports providers as it meets them: each new one goes to the
+                    // caller's progress channel at once; the answer comes once the query is
                     // over, with everything found.
                     let (done, timed_out) = match res {
                         Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
-                            found.extend(providers.iter().copied());
+                            let fresh: Vec<PeerId> = providers
+                                .iter()
+                                .copied()
+                                .filter(|p| *p != self.local && !self.is_refused(p))
+                                .collect();
+                            if let Some(pending) = self.pending_find.get_mut(&id) {
+                                for peer in fresh {
+                                    if pending.found.insert(peer)
+                                        && let Some(progress) = &pending.progress
+                                    {
+                                        let _ = progress.send(peer);
+                                    }
+                                }
+                            }
                             self.connect_to_providers(providers);
                             (step.last, false)
                         }
@@ -169,7 +197,10 @@ impl EventLoop {
                     if !(done || step.last) {
                         return;
                     }
-                    let Some((mut found, reply)) = self.pending_find.remove(&id) else {
+                    let Some(PendingFind {
+                        mut found, reply, ..
+                    }) = self.pending_find.remove(&id)
+                    else {
                         return;
                     };
                     found.retain(|p| *p != self.local && !self.is_refused(p));

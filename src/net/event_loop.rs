@@ -54,6 +54,8 @@ pub(crate) enum Command {
         reply: Reply<()>,
     },
     FindProviders {
+        /// Gets each provider as the lookup meets it, if given.
+        progress: Option<mpsc::UnboundedSender<PeerId>>,
         reply: Reply<HashSet<PeerId>>,
     },
     Request {
@@ -76,6 +78,15 @@ pub(crate) struct PendingRequest {
     pub(crate) peer: PeerId,
     pub(crate) sent_at: Instant,
     pub(crate) reply: Reply<(Message, Duration)>,
+}
+
+/// A provider lookup in flight.
+pub(crate) struct PendingFind {
+    /// Providers found so far.
+    pub(crate) found: HashSet<PeerId>,
+    /// Where each new provider goes at once (see [`super::NetClient::find_providers_each`]).
+    pub(crate) progress: Option<mpsc::UnboundedSender<PeerId>>,
+    pub(crate) reply: Reply<HashSet<PeerId>>,
 }
 
 /// The network actor; see the module documentation. Built by [`super::new`].
@@ -109,7 +120,7 @@ pub struct EventLoop {
     pub(crate) pending_requests: HashMap<OutboundRequestId, PendingRequest>,
     pending_listen: Vec<Reply<Vec<Multiaddr>>>,
     pub(crate) pending_providing: HashMap<QueryId, Reply<()>>,
-    pub(crate) pending_find: HashMap<QueryId, (HashSet<PeerId>, Reply<HashSet<PeerId>>)>,
+    pub(crate) pending_find: HashMap<QueryId, PendingFind>,
     pub(crate) dht: DhtKind,
     dht_role: DhtRole,
     /// The configured bootstrap peers with their addresses.
@@ -359,7 +370,7 @@ impl EventLoop {
                 }
             }
             Command::StartProviding { reply } => self.start_providing(reply),
-            Command::FindProviders { reply } => self.find_providers(reply),
+            Command::FindProviders { progress, reply } => self.find_providers(progress, reply),
             Command::Request {
                 peer,
                 envelope,
