@@ -653,5 +653,20 @@ async fn provider_announces_again_when_it_meets_its_first_member() {
         "record not on the member: {found:?}"
     );
 
+    // The progressive lookup hands over each provider it returns, once.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let all = renter
+        .client
+        .find_providers_each(tx)
+        .await
+        .expect("find providers");
+    let mut streamed = Vec::new();
+    while let Some(peer) = rx.recv().await {
+        streamed.push(peer);
+    }
+    assert!(all.contains(&provider.id), "{all:?}");
+    assert_eq!(streamed.len(), all.len(), "{streamed:?} vs {all:?}");
+    assert_eq!(streamed.into_iter().collect::<HashSet<_>>(), all);
+
     token.cancel();
 }
