@@ -205,6 +205,19 @@ impl Peers for NetPeers {
             .collect())
     }
 
+    async fn find_providers_each(
+        &self,
+        progress: tokio::sync::mpsc::UnboundedSender<PeerId>,
+    ) -> Result<Vec<PeerId>, MarketError> {
+        Ok(self
+            .0
+            .find_providers_each(progress)
+            .await
+            .map_err(|e| MarketError::Net(e.to_string()))?
+            .into_iter()
+            .collect())
+    }
+
     async fn request(
         &self,
         peer: PeerId,

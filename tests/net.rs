@@ -5,7 +5,9 @@
 //!   handshake;
 //! - on a private network, members discover each other, and a raw libp2p client without the
 //!   network key (plain Noise/Yamux/Kademlia) learns no member's address;
-//! - a renter whose only bootstrap peer is down at its start finds it once it comes back.
+//! - a renter whose only bootstrap peer is down at its start finds it once it comes back;
+//! - a provider whose first announce reached nobody announces again as soon as it meets a
+//!   member, so its record is on that member even after the provider is gone.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -596,6 +598,75 @@ async fn renter_finds_its_bootstrap_peer_after_it_comes_back() {
         .expect("start providing");
     let found = find_provider(&renter, boot_id).await;
     assert!(found.contains(&boot_id), "provider not found: {found:?}");
+
+    token.cancel();
+}
+
+/// A provider announces while alone (its announce reaches nobody), then a member joins it: the
+/// provider announces again at once, without waiting for a timed re-announce. The record is
+/// then held by the member: once the provider is gone, a renter that only knows the member
+/// still finds it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_announces_again_when_it_meets_its_first_member() {
+    let topic =
+        tokio::task::spawn_blocking(|| net::topic::derive("net-test-reannounce").expect("derive"))
+            .await
+            .expect("derive task");
+    let token = CancellationToken::new();
+    let provider_token = CancellationToken::new();
+    let any = "/ip4/127.0.0.1/tcp/0";
+    let provider = start_private(51, "provider", &topic, any, vec![], &provider_token).await;
+    let provider_addr = provider.addr().await;
+    provider
+        .client
+        .start_providing()
+        .await
+        .expect("start providing");
+    let st = provider.status().await;
+    assert!(
+        st.announce_pending,
+        "alone, the announce reached nobody: {st:?}"
+    );
+
+    // A member dials the provider; nobody calls start_providing again.
+    let member = start_private(52, "member", &topic, any, vec![provider_addr], &token).await;
+    wait_status(&provider, "provider announced to its member", |s| {
+        s.members.contains(&member.id) && !s.announce_pending
+    })
+    .await;
+
+    // The provider leaves: only the member's copy of its record remains.
+    provider_token.cancel();
+    wait_status(&member, "member saw the provider leave", |s| {
+        s.connected_members == 0
+    })
+    .await;
+    let member_addr = member.addr().await;
+    let renter = start_private(53, "renter", &topic, any, vec![member_addr], &token).await;
+    wait_status(&renter, "renter joined the member", |s| {
+        s.members.contains(&member.id)
+    })
+    .await;
+    let found = find_provider(&renter, provider.id).await;
+    assert!(
+        found.contains(&provider.id),
+        "record not on the member: {found:?}"
+    );
+
+    // The progressive lookup hands over each provider it returns, once.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let all = renter
+        .client
+        .find_providers_each(tx)
+        .await
+        .expect("find providers");
+    let mut streamed = Vec::new();
+    while let Some(peer) = rx.recv().await {
+        streamed.push(peer);
+    }
+    assert!(all.contains(&provider.id), "{all:?}");
+    assert_eq!(streamed.len(), all.len(), "{streamed:?} vs {all:?}");
+    assert_eq!(streamed.into_iter().collect::<HashSet<_>>(), all);
 
     token.cancel();
 }

@@ -24,6 +24,20 @@ use crate::wire::{ErrorCode, Message};
 pub trait Peers: Send + Sync + 'static {
     /// Peers announcing themselves as providers on our topic.
     async fn find_providers(&self) -> Result<Vec<PeerId>, MarketError>;
+    /// Like [`Peers::find_providers`], and also sends each provider to `progress` as soon as
+    /// the lookup meets it, so the caller can talk to the first ones while it still runs.
+    /// `progress` is dropped when the lookup ends. By default, every provider is sent once the
+    /// whole lookup is over.
+    async fn find_providers_each(
+        &self,
+        progress: tokio::sync::mpsc::UnboundedSender<PeerId>,
+    ) -> Result<Vec<PeerId>, MarketError> {
+        let found = self.find_providers().await?;
+        for peer in &found {
+            let _ = progress.send(*peer);
+        }
+        Ok(found)
+    }
     /// Sends a request and returns the verified response and the round-trip time.
     async fn request(&self, peer: PeerId, msg: Message)
     -> Result<(Message, Duration), MarketError>;

@@ -87,7 +87,28 @@ impl NetClient {
     /// # Errors
     /// [`NetError::Timeout`] if the query timed out before finding any provider.
     pub async fn find_providers(&self) -> Result<HashSet<PeerId>, NetError> {
-        self.call(|reply| Command::FindProviders { reply }).await?
+        self.call(|reply| Command::FindProviders {
+            progress: None,
+            reply,
+        })
+        .await?
+    }
+
+    /// Like [`NetClient::find_providers`], and also sends each provider to `progress` as soon
+    /// as the lookup meets it (once per provider), so the caller can start talking to the
+    /// first providers while the query still runs. `progress` is dropped when the lookup ends.
+    ///
+    /// # Errors
+    /// As [`NetClient::find_providers`].
+    pub async fn find_providers_each(
+        &self,
+        progress: mpsc::UnboundedSender<PeerId>,
+    ) -> Result<HashSet<PeerId>, NetError> {
+        self.call(|reply| Command::FindProviders {
+            progress: Some(progress),
+            reply,
+        })
+        .await?
     }
 
     /// Signs `msg` into an envelope, dials `peer` if needed, waits until the membership

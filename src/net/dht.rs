@@ -16,7 +16,9 @@ use libp2p::kad::{self, GetProvidersOk, ProviderRecord, QueryResult, RecordKey};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{PeerId, identify};
 
-use super::event_loop::{EventLoop, Reply};
+use tokio::sync::mpsc;
+
+use super::event_loop::{EventLoop, PendingFind, Reply};
 use super::{DhtKind, NetError, dialable_addrs};
 
 impl EventLoop {
@@ -26,12 +28,48 @@ impl EventLoop {
         match self.swarm.behaviour_mut().kad.start_providing(key) {
             Ok(id) => {
                 self.providing = true;
+                // With an empty routing table the query reaches nobody: announce again as soon
+                // as a peer is routable (see `reannounce_if_needed`).
+                self.reannounce_when_routable = !self.has_routable_peer();
                 self.refresh_local_provider_record();
                 self.pending_providing.insert(id, reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(NetError::Dht(e.to_string())));
             }
+        }
+    }
+
+    /// True if Kademlia's routing table holds at least one peer to send queries to.
+    fn has_routable_peer(&mut self) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .any(|b| b.num_entries() > 0)
+    }
+
+    /// Announces our provider record again, without a caller waiting, if the last announce
+    /// reached nobody and a DHT peer is routable now. Called when a member joins, a connection
+    /// opens and the routing table gains a peer: a provider whose first announce ran before it
+    /// met its bootstrap peer is then findable at once instead of at its next timed
+    /// re-announce.
+    pub(crate) fn reannounce_if_needed(&mut self) {
+        if !self.providing
+            || !self.reannounce_when_routable
+            || self.is_isolated()
+            || !self.has_routable_peer()
+        {
+            return;
+        }
+        self.reannounce_when_routable = false;
+        let key = RecordKey::new(&self.topic.dht_key);
+        match self.swarm.behaviour_mut().kad.start_providing(key) {
+            Ok(id) => {
+                tracing::debug!("a DHT peer is routable: announcing again");
+                self.background_announces.insert(id);
+            }
+            Err(e) => tracing::debug!("cannot announce again: {e}"),
         }
     }
 
@@ -58,10 +96,22 @@ impl EventLoop {
     }
 
     /// Looks up the topic's providers; answered when the query completes.
-    pub(crate) fn find_providers(&mut self, reply: Reply<HashSet<PeerId>>) {
+    /// Each new provider also goes to `progress` as soon as Kademlia reports it.
+    pub(crate) fn find_providers(
+        &mut self,
+        progress: Option<mpsc::UnboundedSender<PeerId>>,
+        reply: Reply<HashSet<PeerId>>,
+    ) {
         let key = RecordKey::new(&self.topic.dht_key);
         let id = self.swarm.behaviour_mut().kad.get_providers(key);
-        self.pending_find.insert(id, (HashSet::new(), reply));
+        self.pending_find.insert(
+            id,
+            PendingFind {
+                found: HashSet::new(),
+                progress,
+                reply,
+            },
+        );
     }
 
     /// Dials newly found providers while their lookup is still running: Kademlia knows their
@@ -87,23 +137,54 @@ impl EventLoop {
     pub(crate) fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => match result {
                 QueryResult::StartProviding(res) => {
-                    if let Some(reply) = self.pending_providing.remove(&id) {
-                        tracing::debug!(?res, "start providing finished");
+                    let background = self.background_announces.remove(&id);
+                    let reply = self.pending_providing.remove(&id);
+                    if !background && reply.is_none() {
+                        return;
+                    }
+                    tracing::debug!(
+                        ?res,
+                        reached = stats.num_successes(),
+                        background,
+                        "start providing finished"
+                    );
+                    if stats.num_successes() == 0 {
+                        // Nobody holds our record: try again when the routing table changes.
+                        self.reannounce_when_routable = true;
+                    }
+                    if let Some(reply) = reply {
                         let _ = reply.send(res.map(|_| ()).map_err(|_| NetError::Timeout));
                     }
                 }
                 QueryResult::GetProviders(res) => {
-                    let Some((found, _)) = self.pending_find.get_mut(&id) else {
+                    if !self.pending_find.contains_key(&id) {
                         return;
-                    };
-                    // Kademlia reports providers as it meets them; answer once the query is
+                    }
+                    // Kademlia reports providers as it meets them: each new one goes to the
+                    // caller's progress channel at once; the answer comes once the query is
                     // over, with everything found.
                     let (done, timed_out) = match res {
                         Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
-                            found.extend(providers.iter().copied());
+                            let fresh: Vec<PeerId> = providers
+                                .iter()
+                                .copied()
+                                .filter(|p| *p != self.local && !self.is_refused(p))
+                                .collect();
+                            if let Some(pending) = self.pending_find.get_mut(&id) {
+                                for peer in fresh {
+                                    if pending.found.insert(peer)
+                                        && let Some(progress) = &pending.progress
+                                    {
+                                        let _ = progress.send(peer);
+                                    }
+                                }
+                            }
                             self.connect_to_providers(providers);
                             (step.last, false)
                         }
@@ -116,7 +197,10 @@ impl EventLoop {
                     if !(done || step.last) {
                         return;
                     }
-                    let Some((mut found, reply)) = self.pending_find.remove(&id) else {
+                    let Some(PendingFind {
+                        mut found, reply, ..
+                    }) = self.pending_find.remove(&id)
+                    else {
                         return;
                     };
                     found.retain(|p| *p != self.local && !self.is_refused(p));
@@ -135,6 +219,7 @@ impl EventLoop {
                 for addr in addresses.iter() {
                     self.book.add(peer, addr.clone());
                 }
+                self.reannounce_if_needed();
             }
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => {

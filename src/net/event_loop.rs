@@ -54,6 +54,8 @@ pub(crate) enum Command {
         reply: Reply<()>,
     },
     FindProviders {
+        /// Gets each provider as the lookup meets it, if given.
+        progress: Option<mpsc::UnboundedSender<PeerId>>,
         reply: Reply<HashSet<PeerId>>,
     },
     Request {
@@ -76,6 +78,15 @@ pub(crate) struct PendingRequest {
     pub(crate) peer: PeerId,
     pub(crate) sent_at: Instant,
     pub(crate) reply: Reply<(Message, Duration)>,
+}
+
+/// A provider lookup in flight.
+pub(crate) struct PendingFind {
+    /// Providers found so far.
+    pub(crate) found: HashSet<PeerId>,
+    /// Where each new provider goes at once (see [`super::NetClient::find_providers_each`]).
+    pub(crate) progress: Option<mpsc::UnboundedSender<PeerId>>,
+    pub(crate) reply: Reply<HashSet<PeerId>>,
 }
 
 /// The network actor; see the module documentation. Built by [`super::new`].
@@ -109,7 +120,7 @@ pub struct EventLoop {
     pub(crate) pending_requests: HashMap<OutboundRequestId, PendingRequest>,
     pending_listen: Vec<Reply<Vec<Multiaddr>>>,
     pub(crate) pending_providing: HashMap<QueryId, Reply<()>>,
-    pub(crate) pending_find: HashMap<QueryId, (HashSet<PeerId>, Reply<HashSet<PeerId>>)>,
+    pub(crate) pending_find: HashMap<QueryId, PendingFind>,
     pub(crate) dht: DhtKind,
     dht_role: DhtRole,
     /// The configured bootstrap peers with their addresses.
@@ -125,6 +136,11 @@ pub struct EventLoop {
     rejected_connections: u64,
     /// We announced ourselves as a provider: our local record follows our addresses.
     pub(crate) providing: bool,
+    /// Our last announce reached no DHT peer (none was routable yet, or we were isolated
+    /// since): announce again as soon as one is, rather than at the next timed re-announce.
+    pub(crate) reannounce_when_routable: bool,
+    /// Announces the loop started itself (see `reannounce_when_routable`), not a caller.
+    pub(crate) background_announces: HashSet<QueryId>,
 }
 
 impl EventLoop {
@@ -197,6 +213,8 @@ impl EventLoop {
             rejected_log: RateLimit::new(LOG_EVERY),
             rejected_connections: 0,
             providing: false,
+            reannounce_when_routable: false,
+            background_announces: HashSet::new(),
         };
         for (peer, addr) in bootstrap {
             if peer == local {
@@ -352,7 +370,7 @@ impl EventLoop {
                 }
             }
             Command::StartProviding { reply } => self.start_providing(reply),
-            Command::FindProviders { reply } => self.find_providers(reply),
+            Command::FindProviders { progress, reply } => self.find_providers(progress, reply),
             Command::Request {
                 peer,
                 envelope,
@@ -405,6 +423,8 @@ impl EventLoop {
                     dht: self.dht,
                     dht_role: self.dht_role,
                     rejected_connections: self.rejected_connections,
+                    announce_pending: self.providing
+                        && (self.reannounce_when_routable || !self.background_announces.is_empty()),
                 });
             }
         }
@@ -443,6 +463,7 @@ impl EventLoop {
                         Err(e) => tracing::debug!("kademlia bootstrap deferred: {e}"),
                     }
                 }
+                self.reannounce_if_needed();
                 if endpoint.is_dialer() {
                     self.book
                         .add(peer_id, endpoint.get_remote_address().clone());
@@ -460,6 +481,10 @@ impl EventLoop {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
                     self.on_last_connection_closed(peer_id);
+                    if self.providing && self.is_isolated() {
+                        // Whoever held our record may be gone: announce again once we are back.
+                        self.reannounce_when_routable = true;
+                    }
                     self.arm_retry();
                 }
             }

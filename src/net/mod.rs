@@ -316,6 +316,9 @@ pub struct NetStatus {
     /// Incoming connections that failed before a transport handshake completed (on a private
     /// network: mostly non-members without the network key).
     pub rejected_connections: u64,
+    /// True while we provide and our last announce reached no DHT peer: the node announces
+    /// again as soon as a peer is routable (and no longer counts on its timed re-announce).
+    pub announce_pending: bool,
 }
 
 // PeerId and Multiaddr serialize as their usual text forms (libp2p's serde feature is off).

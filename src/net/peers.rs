@@ -262,6 +262,7 @@ impl EventLoop {
         for w in self.waiting.remove(&peer).unwrap_or_default() {
             self.send_msg_request(peer, w.envelope, w.reply);
         }
+        self.reannounce_if_needed();
     }
 
     /// Refuses `peer` for the life of the loop (see the module documentation).

@@ -48,8 +48,16 @@ pub const RECHECK_SECS: u64 = 300;
 /// as this far away: it still ranks by price first, but a measured provider wins a tie.
 const UNMEASURED_RTT: Duration = Duration::from_secs(10);
 
+/// The peers a receiver yields, as a stream that ends when every sender is dropped.
+fn tokio_stream_of(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<PeerId>,
+) -> impl futures::Stream<Item = PeerId> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 impl Renter {
-    /// One discovery pass: looks the providers up on the DHT, asks members for the signed
+    /// One discovery pass: looks the providers up on the DHT (fetching the offer of each
+    /// provider we hold none from as soon as the lookup meets it), asks members for the signed
     /// offers they know (verified one by one: the relaying member is not trusted), then fetches
     /// (`hello`, at most [`FETCH_CONCURRENCY`] at once) the offers of the providers found on
     /// the DHT only where needed: not known yet, never asked ourselves, in a run of failures,
@@ -59,9 +67,34 @@ impl Renter {
     /// # Errors
     /// When the DHT lookup fails (the offers learned so far are kept).
     pub async fn discover(&self) -> Result<usize, MarketError> {
+        use futures::StreamExt as _;
         let now = self.now();
         self.inner.offer_cache.prune(now);
-        let found: Vec<PeerId> = match self.inner.peers.find_providers().await {
+        // Providers we hold no offer from are asked as soon as the lookup meets them, not
+        // once it is over (at most FETCH_CONCURRENCY at once).
+        let (progress, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let lookup = self.inner.peers.find_providers_each(progress);
+        let early = tokio_stream_of(arrivals)
+            .filter(|peer| {
+                let unknown = *peer != self.inner.peer_id
+                    && !self
+                        .inner
+                        .offers
+                        .lock()
+                        .expect("offers lock not poisoned")
+                        .contains_key(&peer.to_string());
+                std::future::ready(unknown)
+            })
+            .map(|peer| async move {
+                if let Err(e) = self.fetch_offer(peer).await {
+                    tracing::debug!(%peer, error = %e, "no offer from peer");
+                }
+                peer
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .collect::<HashSet<PeerId>>();
+        let (found, fetched) = futures::future::join(lookup, early).await;
+        let found: Vec<PeerId> = match found {
             Ok(found) => found
                 .into_iter()
                 .filter(|p| *p != self.inner.peer_id)
@@ -73,7 +106,9 @@ impl Renter {
         };
         self.exchange(&found).await;
         self.learn_from_cache().await;
-        let due = self.fetch_due(&found);
+        let mut due = self.fetch_due(&found);
+        // Asked moments ago in this pass: an answer is fresh, a failure is counted already.
+        due.retain(|p| !fetched.contains(p));
         self.fetch_offers(due).await;
         let now = self.now();
         self.inner
