@@ -7,20 +7,23 @@
 // Tests may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::provider;
 use ed25519_dalek::SigningKey;
 use leasewire::audit::AuditLog;
-use leasewire::config::{ProviderConfig, RenterConfig};
+use leasewire::config::RenterConfig;
 use leasewire::lightning::testing::MemNetwork;
 use leasewire::market::offers::{self, Inserted, OfferCache};
-use leasewire::market::provider::{Provider, ProviderParams};
+use leasewire::market::provider::Provider;
 use leasewire::market::renter::{RentArgs, Renter, RenterParams};
 use leasewire::market::{MarketError, Peers};
 use leasewire::tunnel::FileTunnel;
-use leasewire::types::{Clock, DAY_SECS, ManualClock, Terms, WgKey};
+use leasewire::types::{Clock, ManualClock, WgKey};
 use leasewire::wire::signed::peer_id_of;
 use leasewire::wire::{Message, Offer, Signed};
 use libp2p::PeerId;
@@ -57,52 +60,6 @@ impl Peers for Net {
         };
         Ok((p.handle(self.from, msg).await, Duration::from_millis(3)))
     }
-}
-
-fn provider(
-    dir: &std::path::Path,
-    name: &str,
-    seed: u8,
-    rate: u64,
-    net: &MemNetwork,
-    clock: &Arc<ManualClock>,
-) -> (PeerId, Provider) {
-    let db = sled::open(dir.join(name).join("db")).unwrap();
-    let key = SigningKey::from_bytes(&[seed; 32]);
-    let peer = peer_id_of(&key.verifying_key());
-    let audit = AuditLog::open(&db, key.clone()).unwrap();
-    let p = Provider::with_clock(
-        ProviderParams {
-            key,
-            cfg: ProviderConfig {
-                ipv6_pools: Vec::new(),
-                terms: Terms {
-                    activation_fee_sat: 1_000,
-                    rate_sat_per_day: rate,
-                    min_initial_credit_sat: 100,
-                    min_topup_sat: 10,
-                    max_credit_sat: 100_000,
-                    reserve_days: 7,
-                    refund_unused: false,
-                },
-                invoice_expiry_secs: DAY_SECS,
-                ..ProviderConfig::default()
-            },
-            network: "regtest".into(),
-            ln_pubkey: net.pubkey(name).unwrap(),
-            wg_private: WgKey([seed; 32]),
-            wg_public: WgKey([seed + 1; 32]),
-            iface: format!("lw{seed}"),
-            listen_port: 51820,
-            ln: Arc::new(net.node(name).unwrap()),
-            tunnel: Arc::new(FileTunnel::new(dir.join(name).join("tunnel")).unwrap()),
-            audit,
-            db,
-        },
-        clock.clone(),
-    )
-    .unwrap();
-    (peer, p)
 }
 
 /// An offer of a provider that exists only on paper (signed by its key, never reachable).

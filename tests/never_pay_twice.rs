@@ -6,19 +6,22 @@
 // Tests may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::provider;
 use ed25519_dalek::SigningKey;
 use leasewire::audit::AuditLog;
-use leasewire::config::{ProviderConfig, RenterConfig};
+use leasewire::config::RenterConfig;
 use leasewire::lightning::testing::MemNetwork;
-use leasewire::market::provider::{Provider, ProviderParams};
+use leasewire::market::provider::Provider;
 use leasewire::market::renter::{RECHECK_SECS, RentArgs, Renter, RenterParams};
 use leasewire::market::{MarketError, Peers};
 use leasewire::tunnel::FileTunnel;
-use leasewire::types::{DAY_SECS, ManualClock, Terms, WgKey};
+use leasewire::types::{DAY_SECS, ManualClock, WgKey};
 use leasewire::wire::Message;
 use leasewire::wire::signed::peer_id_of;
 use libp2p::PeerId;
@@ -72,58 +75,6 @@ struct World {
     market: Arc<Market>,
     renter: Renter,
     audit: AuditLog,
-}
-
-fn terms(rate: u64) -> Terms {
-    Terms {
-        activation_fee_sat: 1_000,
-        rate_sat_per_day: rate,
-        min_initial_credit_sat: 100,
-        min_topup_sat: 10,
-        max_credit_sat: 100_000,
-        reserve_days: 7,
-        refund_unused: false,
-    }
-}
-
-fn provider(
-    dir: &std::path::Path,
-    name: &str,
-    seed: u8,
-    rate: u64,
-    net: &MemNetwork,
-    clock: &Arc<ManualClock>,
-) -> (PeerId, Provider) {
-    let db = sled::open(dir.join(name).join("db")).unwrap();
-    let key = SigningKey::from_bytes(&[seed; 32]);
-    let peer = peer_id_of(&key.verifying_key());
-    let audit = AuditLog::open(&db, key.clone()).unwrap();
-    let p = Provider::with_clock(
-        ProviderParams {
-            key,
-            cfg: ProviderConfig {
-                ipv6_pools: Vec::new(),
-                terms: terms(rate),
-                // Invoices carry the wall-clock time they were made; market time runs ahead of
-                // it here, so they must outlive the days the tests skip.
-                invoice_expiry_secs: 60 * DAY_SECS,
-                ..ProviderConfig::default()
-            },
-            network: "regtest".into(),
-            ln_pubkey: net.pubkey(name).unwrap(),
-            wg_private: WgKey([seed; 32]),
-            wg_public: WgKey([seed + 1; 32]),
-            iface: format!("lw{seed}"),
-            listen_port: 51820,
-            ln: Arc::new(net.node(name).unwrap()),
-            tunnel: Arc::new(FileTunnel::new(dir.join(name).join("tunnel")).unwrap()),
-            audit,
-            db,
-        },
-        clock.clone(),
-    )
-    .unwrap();
-    (peer, p)
 }
 
 async fn world() -> World {
