@@ -277,7 +277,8 @@ impl Node {
         let audit = AuditLog::open(&db, identity.signing_key.clone())?;
 
         let secret = read_secret(&data_dir, &cfg)?;
-        let topic = tokio::task::spawn_blocking(move || net::topic::derive(&secret))
+        let topic_dir = data_dir.clone();
+        let topic = tokio::task::spawn_blocking(move || tasks::derive_topic(&topic_dir, &secret))
             .await
             .map_err(|e| NodeError::Other(format!("topic derivation panicked: {e}")))?
             .map_err(|e| NodeError::Other(format!("topic derivation: {e}")))?;
@@ -323,6 +324,11 @@ impl Node {
                 "a private market on the public DHT: set node.dht = \"private\" to hide its members"
             );
         }
+        // The moment a Hyperswarm node would call join(): what the simnet's discovery figures
+        // count from (wall clock, for measurement only).
+        let joined_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let (net_client, net_events, event_loop) = net::new(
             &identity.signing_key,
             NetConfig {
@@ -480,6 +486,7 @@ impl Node {
                 discover_now: discover_now.clone(),
                 refusals: offers::RefusalAudits::default(),
                 peer_audit: dispatch::PeerAudit::default(),
+                pull_backs: offers::PullBacks::default(),
             }
             .run(net_events, shutdown.clone()),
         );
@@ -490,6 +497,7 @@ impl Node {
             peer_id: identity.peer_id,
             ln_pubkey: info.pubkey,
             public_market,
+            joined_at_ms,
             config: cfg,
             net: net_client,
             provider,
@@ -511,6 +519,7 @@ pub struct NodeHandle {
     peer_id: PeerId,
     ln_pubkey: String,
     public_market: bool,
+    joined_at_ms: u64,
     config: Config,
     net: NetClient,
     provider: Option<Provider>,
@@ -551,6 +560,12 @@ impl NodeHandle {
     /// The Lightning node's public key.
     pub fn ln_pubkey(&self) -> &str {
         &self.ln_pubkey
+    }
+
+    /// When the node started joining the network (its swarm was created and began dialing),
+    /// unix milliseconds of the wall clock.
+    pub fn joined_at_ms(&self) -> u64 {
+        self.joined_at_ms
     }
 
     /// Whether the node joined the public market (no secret configured).

@@ -561,6 +561,7 @@ mod tests {
                 dht: "private".into(),
                 dht_role: "server".into(),
                 rejected_connections: 7,
+                joined_at_unix_ms: 0,
             }),
             offers_known: 4,
             leases: vec![lease("L1"), lease("L2")],

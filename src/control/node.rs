@@ -27,6 +27,7 @@ pub struct NodeControl {
     renter: Option<Renter>,
     audit: AuditLog,
     public_market: bool,
+    joined_at_ms: u64,
     ln_pubkey: String,
     network: String,
     /// Credit a `rent` without `--credit` buys; offers are priced for it.
@@ -45,6 +46,7 @@ impl NodeControl {
             renter: node.renter().cloned(),
             audit: node.audit().clone(),
             public_market: node.public_market(),
+            joined_at_ms: node.joined_at_ms(),
             ln_pubkey: node.ln_pubkey().to_owned(),
             network: cfg.lightning.network.clone(),
             default_credit_sat: cfg.renter.default_credit_sat,
@@ -299,6 +301,7 @@ impl ControlHandler for NodeControl {
                 }
                 .to_owned(),
                 rejected_connections: st.rejected_connections,
+                joined_at_unix_ms: self.joined_at_ms,
             }),
             offers_known: self
                 .renter
@@ -339,6 +342,7 @@ impl ControlHandler for NodeControl {
                     ipv6_available: avail(&o.offer.ipv6),
                     expires_at: o.offer.expires_at,
                     rtt_ms: o.rtt.as_secs_f64() * 1000.0,
+                    first_verified_unix_ms: o.first_verified_ms,
                     sizes: describe_sizes(&o.offer),
                     // The price of the configured sizes (the base terms when it lacks them).
                     price_sat: crate::market::select::price(

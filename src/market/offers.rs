@@ -267,6 +267,19 @@ impl OfferCache {
         true
     }
 
+    /// Whether the asker of `req` holds an offer this cache lacks or holds at a lower `seq`
+    /// (its `known` list says so): then it is worth asking it back ([`PullBacks`]). This is how
+    /// a member that others pull from (a bootstrap peer, say) learns of every member that asks
+    /// it, without pulling from each member it meets.
+    pub fn asker_knows_more(&self, req: &OffersRequest) -> bool {
+        let st = self.lock();
+        req.known.iter().take(MAX_KNOWN_SEQS).any(|k| {
+            st.by_provider
+                .get(&k.provider)
+                .is_none_or(|c| c.offer.seq < k.seq)
+        })
+    }
+
     /// Number of offers held (expired ones included until [`OfferCache::prune`]).
     pub fn len(&self) -> usize {
         self.lock().by_provider.len()
@@ -354,6 +367,63 @@ impl OfferCache {
             None
         };
         Offers { offers, next }
+    }
+}
+
+/// A member whose `offersRequest` shows it knows more than we do is pulled from at most once
+/// per this many seconds (a peer cannot make us pull in a loop by listing offers it lacks).
+pub const PULL_BACK_EVERY_SECS: u64 = 10;
+
+/// Peers remembered by [`PullBacks`] (past it, the oldest are forgotten).
+pub const PULL_BACK_PEERS: usize = 4096;
+
+/// Which askers to pull from in return, at most once per [`PULL_BACK_EVERY_SECS`] each, and
+/// with at most [`PULL_BACKS_AT_ONCE`] pulls running.
+#[derive(Debug, Default)]
+pub struct PullBacks {
+    last: Mutex<std::collections::HashMap<PeerId, u64>>,
+    running: std::sync::atomic::AtomicUsize,
+}
+
+/// Pull-backs running at once on one node.
+pub const PULL_BACKS_AT_ONCE: usize = 8;
+
+/// A running pull-back: frees its slot when dropped.
+#[derive(Debug)]
+pub struct PullBackSlot<'a>(&'a PullBacks);
+
+impl Drop for PullBackSlot<'_> {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl PullBacks {
+    /// A slot to pull from `peer` now, unless it was pulled from in the last
+    /// [`PULL_BACK_EVERY_SECS`] or [`PULL_BACKS_AT_ONCE`] pulls already run.
+    pub fn admit(&self, peer: PeerId, now: u64) -> Option<PullBackSlot<'_>> {
+        use std::sync::atomic::Ordering;
+        let mut last = self.last.lock().expect("pull-back lock not poisoned");
+        if last
+            .get(&peer)
+            .is_some_and(|t| now < t.saturating_add(PULL_BACK_EVERY_SECS))
+        {
+            return None;
+        }
+        if self.running.fetch_add(1, Ordering::AcqRel) >= PULL_BACKS_AT_ONCE {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        if last.len() >= PULL_BACK_PEERS {
+            last.retain(|_, t| now < t.saturating_add(PULL_BACK_EVERY_SECS));
+            if last.len() >= PULL_BACK_PEERS {
+                last.clear();
+            }
+        }
+        last.insert(peer, now);
+        Some(PullBackSlot(self))
     }
 }
 
@@ -489,6 +559,47 @@ mod tests {
 
     fn signed(n: u32, seq: u64) -> Signed<Offer> {
         Signed::sign(&key(n), &offer_of(&key(n), seq, NOW + 3600)).unwrap()
+    }
+
+    #[test]
+    fn asker_knows_more_when_it_lists_an_offer_we_lack_or_a_newer_seq() {
+        let ours = OfferCache::new("regtest", 10);
+        ours.insert(signed(1, 5), NOW).unwrap();
+        let theirs = OfferCache::new("regtest", 10);
+        theirs.insert(signed(1, 5), NOW).unwrap();
+        // Same knowledge: nothing to pull back.
+        assert!(!ours.asker_knows_more(&theirs.request_after("")));
+        // An older version on their side: still nothing.
+        let older = OfferCache::new("regtest", 10);
+        older.insert(signed(1, 4), NOW).unwrap();
+        assert!(!ours.asker_knows_more(&older.request_after("")));
+        // A newer version, or a provider we lack: worth asking back.
+        let newer = OfferCache::new("regtest", 10);
+        newer.insert(signed(1, 6), NOW).unwrap();
+        assert!(ours.asker_knows_more(&newer.request_after("")));
+        theirs.insert(signed(2, 1), NOW).unwrap();
+        assert!(ours.asker_knows_more(&theirs.request_after("")));
+        // An empty asker knows nothing.
+        let empty = OfferCache::new("regtest", 10);
+        assert!(!ours.asker_knows_more(&empty.request_after("")));
+    }
+
+    #[test]
+    fn pull_backs_are_paced_per_peer_and_bounded_at_once() {
+        let pb = PullBacks::default();
+        let a = PeerId::random();
+        let slot = pb.admit(a, NOW).expect("first pull-back");
+        drop(slot);
+        // Again within the window: refused, even with no pull running.
+        assert!(pb.admit(a, NOW + PULL_BACK_EVERY_SECS - 1).is_none());
+        assert!(pb.admit(a, NOW + PULL_BACK_EVERY_SECS).is_some());
+        // At most PULL_BACKS_AT_ONCE run together; a finished one frees its slot.
+        let slots: Vec<_> = (0..PULL_BACKS_AT_ONCE)
+            .map(|_| pb.admit(PeerId::random(), NOW).expect("a free slot"))
+            .collect();
+        assert!(pb.admit(PeerId::random(), NOW).is_none());
+        drop(slots);
+        assert!(pb.admit(PeerId::random(), NOW).is_some());
     }
 
     #[test]

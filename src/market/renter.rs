@@ -128,6 +128,10 @@ pub struct KnownOffer {
     pub rtt: Duration,
     /// When we fetched or learned this version.
     pub seen_at: u64,
+    /// When this renter first verified an offer of this provider, unix milliseconds of the
+    /// wall clock (a measurement for operators and the simnet, not market time: kept across
+    /// the provider's later versions).
+    pub first_verified_ms: u64,
 }
 
 /// A lease as the renter keeps it.

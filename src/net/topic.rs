@@ -100,28 +100,40 @@ pub fn derive(secret: &str) -> Result<Topic, TopicError> {
     argon
         .hash_password_into(secret.as_bytes(), ARGON2_SALT, &mut root)
         .map_err(|e| TopicError::Kdf(e.to_string()))?;
+    Ok(Topic::from_root(root, secret == DEFAULT_PUBLIC_SECRET))
+}
 
-    let hk = Hkdf::<Sha256>::new(None, &root);
-    let mut digest = [0u8; 32];
-    hk.expand(DHT_KEY_INFO, &mut digest)
-        .expect("32 bytes to be a valid HKDF-SHA256 output length");
-    let mut membership_key = [0u8; 32];
-    hk.expand(MEMBERSHIP_INFO, &mut membership_key)
-        .expect("32 bytes to be a valid HKDF-SHA256 output length");
-    let mut pnet_key = [0u8; 32];
-    hk.expand(PNET_INFO, &mut pnet_key)
-        .expect("32 bytes to be a valid HKDF-SHA256 output length");
+impl Topic {
+    /// The keys of the market whose Argon2id root is `root` (the fast HKDF half of
+    /// [`derive`]): for a node that kept the root of its secret from an earlier start.
+    pub fn from_root(root: [u8; 32], is_public: bool) -> Topic {
+        let hk = Hkdf::<Sha256>::new(None, &root);
+        let mut digest = [0u8; 32];
+        hk.expand(DHT_KEY_INFO, &mut digest)
+            .expect("32 bytes to be a valid HKDF-SHA256 output length");
+        let mut membership_key = [0u8; 32];
+        hk.expand(MEMBERSHIP_INFO, &mut membership_key)
+            .expect("32 bytes to be a valid HKDF-SHA256 output length");
+        let mut pnet_key = [0u8; 32];
+        hk.expand(PNET_INFO, &mut pnet_key)
+            .expect("32 bytes to be a valid HKDF-SHA256 output length");
 
-    let mut dht_key = Vec::with_capacity(34);
-    dht_key.extend_from_slice(&MULTIHASH_SHA2_256_PREFIX);
-    dht_key.extend_from_slice(&digest);
-    Ok(Topic {
-        root,
-        dht_key,
-        membership_key,
-        pnet_key,
-        is_public: secret == DEFAULT_PUBLIC_SECRET,
-    })
+        let mut dht_key = Vec::with_capacity(34);
+        dht_key.extend_from_slice(&MULTIHASH_SHA2_256_PREFIX);
+        dht_key.extend_from_slice(&digest);
+        Topic {
+            root,
+            dht_key,
+            membership_key,
+            pnet_key,
+            is_public,
+        }
+    }
+
+    /// The Argon2id root every key derives from. Secret (it stands for the market secret).
+    pub fn root(&self) -> &[u8; 32] {
+        &self.root
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::tasks::log_audit;
 use crate::audit::{AuditKind, AuditLog};
 use crate::market::Peers;
-use crate::market::offers::{self, OfferCache, RefusalAudits};
+use crate::market::offers::{self, OfferCache, PullBacks, RefusalAudits};
 use crate::market::provider::Provider;
 use crate::market::renter::Renter;
 use crate::net::backoff::RateLimit;
@@ -113,6 +113,8 @@ pub(super) struct Dispatcher {
     /// Global pacing of refusal audits (on top of the per-peer limit): a flood of fresh
     /// identities writes at most one entry a second.
     pub(super) peer_audit: PeerAudit,
+    /// Askers that knew offers we lacked, pulled from in return.
+    pub(super) pull_backs: PullBacks,
 }
 
 impl Dispatcher {
@@ -158,13 +160,25 @@ impl Dispatcher {
                         return;
                     }
                 };
+                // An asker that knows offers we lack is asked back once we have answered.
+                let pull_back = match message.as_ref() {
+                    Message::OffersRequest(r) => self.offer_cache.asker_knows_more(r),
+                    _ => false,
+                };
                 let this = self.clone();
+                let shutdown = shutdown.clone();
                 handlers.spawn(async move {
                     let reply = this.answer(peer, *message).await;
                     if let Err(e) = this.net.respond(channel, reply).await {
                         tracing::debug!(%peer, error = %e, "could not answer");
                     }
                     drop(permit);
+                    if pull_back {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = this.pull_back(peer) => {}
+                        }
+                    }
                 });
             }
             // Membership events are audited off the event path (the append is durable, so it
@@ -243,6 +257,24 @@ impl Dispatcher {
                 },
             }
         });
+    }
+
+    /// Pulls the offers `peer` knows and we lack (its `offersRequest` listed them), unless
+    /// [`PullBacks`] says not now. A renter lists what it learned at once.
+    async fn pull_back(&self, peer: PeerId) {
+        let Some(_slot) = self.pull_backs.admit(peer, self.clock.now_unix()) else {
+            return;
+        };
+        let clock = self.clock.clone();
+        let now = move || clock.now_unix();
+        match offers::pull(self.peers.as_ref(), &self.offer_cache, peer, &now).await {
+            Ok(rep) => tracing::debug!(%peer, new = rep.new, updated = rep.updated,
+                rejected = rep.rejected.len(), "offers pulled back from an asker"),
+            Err(e) => tracing::debug!(%peer, error = %e, "asker did not share its offers"),
+        }
+        if let Some(r) = &self.renter {
+            r.learn_offers().await;
+        }
     }
 
     /// Appends an audit entry in a tracked task, without waiting for it.

@@ -46,6 +46,51 @@ pub(super) fn read_secret(data_dir: &DataDir, cfg: &Config) -> Result<String, No
     }
 }
 
+/// File in the data dir that keeps the Argon2id root of the market secret between starts.
+pub(super) const TOPIC_CACHE_FILE: &str = "topic.key";
+
+/// The market's keys from `secret`, without the slow Argon2id step when an earlier start
+/// kept its root in [`TOPIC_CACHE_FILE`] (mode 0600, beside the node key and the config that
+/// holds the secret itself, so it exposes nothing they do not). The file holds a tag of the
+/// secret and parameters, then the root; a changed secret does not match the tag and is
+/// derived again. Run it off the async runtime: a miss costs an Argon2id run.
+pub(super) fn derive_topic(
+    data_dir: &DataDir,
+    secret: &str,
+) -> Result<net::topic::Topic, net::topic::TopicError> {
+    use sha2::{Digest as _, Sha256};
+    let path = data_dir.root().join(TOPIC_CACHE_FILE);
+    let tag: [u8; 32] = {
+        let mut h = Sha256::new();
+        h.update(b"leasewire/topic-cache/v1");
+        h.update(net::topic::ARGON2_M_KIB.to_be_bytes());
+        h.update(net::topic::ARGON2_T.to_be_bytes());
+        h.update(net::topic::ARGON2_P.to_be_bytes());
+        h.update(net::topic::ARGON2_SALT);
+        h.update(secret.as_bytes());
+        h.finalize().into()
+    };
+    let is_public = secret == net::topic::DEFAULT_PUBLIC_SECRET;
+    if !secret.is_empty()
+        && let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() == 64
+        && bytes[..32] == tag
+    {
+        let mut root = [0u8; 32];
+        root.copy_from_slice(&bytes[32..]);
+        return Ok(net::topic::Topic::from_root(root, is_public));
+    }
+    let topic = net::topic::derive(secret)?;
+    let mut bytes = Vec::with_capacity(64);
+    bytes.extend_from_slice(&tag);
+    bytes.extend_from_slice(topic.root());
+    if let Err(e) = crate::fsutil::write_private(&path, &bytes) {
+        // Only the next start gets slower.
+        tracing::warn!(error = %e, "cannot keep the derived market key");
+    }
+    Ok(topic)
+}
+
 /// Runs `f` every `every` until cancelled.
 pub(super) async fn periodic<F, Fut>(every: Duration, shutdown: CancellationToken, f: F)
 where
@@ -110,5 +155,37 @@ pub(super) async fn discovery_loop(
             Ok(n) => tracing::debug!(offers = n, "discovery pass"),
             Err(e) => tracing::debug!(error = %e, "discovery pass failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_cache_gives_the_derived_keys_and_follows_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::new(dir.path());
+        let fresh = derive_topic(&data_dir, "cluster-a").unwrap();
+        assert_eq!(fresh, net::topic::derive("cluster-a").unwrap());
+        let path = dir.path().join(TOPIC_CACHE_FILE);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        // Served from the file: same keys.
+        assert_eq!(derive_topic(&data_dir, "cluster-a").unwrap(), fresh);
+        // Another secret is derived again, not read from the file.
+        let other = derive_topic(&data_dir, "cluster-b").unwrap();
+        assert_eq!(other, net::topic::derive("cluster-b").unwrap());
+        assert_ne!(other.dht_key, fresh.dht_key);
+        // A damaged file is ignored and rewritten.
+        std::fs::write(&path, b"junk").unwrap();
+        assert_eq!(derive_topic(&data_dir, "cluster-a").unwrap(), fresh);
+        assert_eq!(std::fs::read(&path).unwrap().len(), 64);
+        // The public market's flag survives the cache.
+        let public = net::topic::DEFAULT_PUBLIC_SECRET;
+        assert!(derive_topic(&data_dir, public).unwrap().is_public);
+        assert!(derive_topic(&data_dir, public).unwrap().is_public);
     }
 }

@@ -44,9 +44,23 @@ const EXCHANGE_PEERS: usize = 2;
 /// after `renter.drop_after_failures` failed requests in a row, dropped).
 pub const RECHECK_SECS: u64 = 300;
 
+/// An offer learned from another member (verified, but its provider never asked by us) is
+/// fetched from its provider, which measures the round trip, only once it has been known this
+/// long: a renter that just learned the whole market from its first member does not dial
+/// every provider at once (nor do all the renters that started with it).
+pub const MEASURE_AFTER_SECS: u64 = 30;
+
 /// Ranking treats an offer whose round trip was never measured (learned from another member)
 /// as this far away: it still ranks by price first, but a measured provider wins a tie.
 const UNMEASURED_RTT: Duration = Duration::from_secs(10);
+
+/// The wall clock in unix milliseconds (0 if it is before 1970): when an offer was first
+/// verified, for measurement only.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// The peers a receiver yields, as a stream that ends when every sender is dropped.
 fn tokio_stream_of(
@@ -60,8 +74,9 @@ impl Renter {
     /// provider we hold none from as soon as the lookup meets it), asks members for the signed
     /// offers they know (verified one by one: the relaying member is not trusted), then fetches
     /// (`hello`, at most [`FETCH_CONCURRENCY`] at once) the offers of the providers found on
-    /// the DHT only where needed: not known yet, never asked ourselves, in a run of failures,
-    /// close to expiry, or not heard from for [`RECHECK_SECS`]. Returns how many offers are
+    /// the DHT only where needed: not known yet, never asked ourselves (once known for
+    /// [`MEASURE_AFTER_SECS`]), in a run of failures, close to expiry, or not heard from for
+    /// [`RECHECK_SECS`]. Returns how many offers are
     /// known.
     ///
     /// # Errors
@@ -132,6 +147,12 @@ impl Renter {
         }
         self.learn_from_cache().await;
         true
+    }
+
+    /// Lists the offers of the cache this renter does not list yet (or lists at a lower
+    /// `seq`): after something else filled the cache.
+    pub async fn learn_offers(&self) {
+        self.learn_from_cache().await;
     }
 
     /// The offer cache this renter learns into.
@@ -224,6 +245,7 @@ impl Renter {
                     offer: c.offer,
                     signed: c.signed,
                     seen_at: now,
+                    first_verified_ms: previous.map_or_else(wall_ms, |p| p.first_verified_ms),
                 };
                 let is_new = previous.is_none();
                 if let Some(old) = offers.insert(known.peer.clone(), known.clone()) {
@@ -279,7 +301,7 @@ impl Renter {
                 };
                 let lifetime = o.offer.expires_at.saturating_sub(o.offer.created_at);
                 let refresh_at = o.offer.expires_at.saturating_sub((lifetime / 4).max(60));
-                o.rtt.is_zero()
+                (o.rtt.is_zero() && now >= o.seen_at.saturating_add(MEASURE_AFTER_SECS))
                     || failing.contains(&id)
                     || now >= refresh_at
                     || now >= o.seen_at.saturating_add(RECHECK_SECS)
@@ -343,20 +365,22 @@ impl Renter {
         if let Err(e) = self.inner.offer_cache.insert(signed.clone(), self.now()) {
             tracing::debug!(%peer, error = %e, "offer not cached");
         }
-        let known = KnownOffer {
-            peer: peer.to_string(),
-            offer_id: signed.id(),
-            offer,
-            signed,
-            rtt,
-            seen_at: self.now(),
+        let (previous, known) = {
+            let mut offers = self.inner.offers.lock().expect("offers lock not poisoned");
+            let first_verified_ms = offers
+                .get(&peer.to_string())
+                .map_or_else(wall_ms, |p| p.first_verified_ms);
+            let known = KnownOffer {
+                peer: peer.to_string(),
+                offer_id: signed.id(),
+                offer,
+                signed,
+                rtt,
+                seen_at: self.now(),
+                first_verified_ms,
+            };
+            (offers.insert(known.peer.clone(), known.clone()), known)
         };
-        let previous = self
-            .inner
-            .offers
-            .lock()
-            .expect("offers lock not poisoned")
-            .insert(known.peer.clone(), known.clone());
         match previous {
             None => self.audit_changes(vec![(true, known.clone())]).await,
             Some(p) if p.offer_id != known.offer_id => {

@@ -6,11 +6,18 @@
 //!    next), and every provider finishes its first DHT announce (the anchor's `flushed()`);
 //! 2. all M renter daemons are spawned at once;
 //! 3. each renter is watched through its control API (`Offers`, over its Unix socket, every
-//!    [`POLL`]): the time from its spawn to its first offer and to holding the signed offer of
-//!    every provider. A renter lists an offer only after verifying its provider's signature,
-//!    so "listed" is "verified". The watch ends when every renter has all N, or at
-//!    [`EXCHANGE_TIMEOUT`] after the renters started;
-//! 4. the renters' CPU time (`utime + stime` of `/proc/<pid>/stat`) and every daemon's RSS are
+//!    [`POLL`]) until it holds the signed offer of every provider. A renter lists an offer only
+//!    after verifying its provider's signature, so "listed" is "verified". The watch ends when
+//!    every renter has all N, or at [`EXCHANGE_TIMEOUT`] after the renters started;
+//! 4. the times come from the renter itself, not from the polls: its `status` says when it
+//!    started joining the network (`joined_at_unix_ms`: its swarm was created and began
+//!    dialing, the anchor's `join()`), and each offer says when the renter first verified one
+//!    of that provider (`first_verified_unix_ms`). `all_exchanged_ms` and `first_offer_ms`
+//!    count from the join, as the anchor counts from `join()` (its `new Hyperswarm()`, key
+//!    pair and DHT node are made before its clock starts); the daemon's own start-up (process
+//!    spawn, config, store, Lightning connection) is reported beside them as `join_ms` and
+//!    included in `all_exchanged_from_spawn_ms`;
+//! 5. the renters' CPU time (`utime + stime` of `/proc/<pid>/stat`) and every daemon's RSS are
 //!    read while they still run.
 //!
 //! The anchor times a signed hello and ack per pair; here the matching step is the renter's
@@ -58,12 +65,17 @@ pub struct DiscoveryReport {
     pub renters: usize,
     /// Whether every renter held every provider's offer within [`EXCHANGE_TIMEOUT`].
     pub complete: bool,
-    /// Slowest renter's time from its start to every provider's offer; null unless all got
-    /// there.
+    /// Slowest renter's time from its join (see the module doc) to having verified every
+    /// provider's offer; null unless all got there.
     pub all_exchanged_ms: Option<u64>,
-    /// Median over renters of the time from start to the first offer (renters that saw none
-    /// are left out).
+    /// Median over renters of the time from its join to its first verified offer (renters
+    /// that saw none are left out).
     pub first_offer_ms: Option<u64>,
+    /// Slowest renter's time from its process spawn to every provider's offer: start-up
+    /// included.
+    pub all_exchanged_from_spawn_ms: Option<u64>,
+    /// Slowest renter's start-up: from its spawn to its join.
+    pub join_ms_max: Option<u64>,
     /// The fewest providers' offers any renter held at the end.
     pub offers_seen_min: usize,
     /// CPU time (user + system) of all renter daemons, read when the watch ended.
@@ -98,10 +110,14 @@ pub struct RenterDiscovery {
     pub renter: String,
     /// From its spawn to its control API answering.
     pub api_ms: Option<u64>,
-    /// From its spawn to its first offer.
+    /// From its spawn to its join (its swarm created and dialing).
+    pub join_ms: Option<u64>,
+    /// From its join to its first verified offer.
     pub first_offer_ms: Option<u64>,
-    /// From its spawn to holding every provider's offer.
+    /// From its join to having verified every provider's offer.
     pub all_exchanged_ms: Option<u64>,
+    /// From its spawn to having verified every provider's offer.
+    pub all_exchanged_from_spawn_ms: Option<u64>,
     /// Providers whose offer it held at the end.
     pub offers_seen: usize,
     /// Its CPU time (user + system) when the watch ended.
@@ -145,14 +161,15 @@ impl DiscoveryReport {
     pub fn table(&self) -> String {
         let num = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
         let mut out = format!(
-            "{:<10} {:>8} {:>10} {:>10} {:>7} {:>8} {:>7}\n",
-            "RENTER", "API MS", "FIRST MS", "ALL MS", "OFFERS", "CPU MS", "RSS MB"
+            "{:<10} {:>8} {:>8} {:>10} {:>10} {:>7} {:>8} {:>7}\n",
+            "RENTER", "API MS", "JOIN MS", "FIRST MS", "ALL MS", "OFFERS", "CPU MS", "RSS MB"
         );
         for r in &self.per_renter {
             out.push_str(&format!(
-                "{:<10} {:>8} {:>10} {:>10} {:>7} {:>8} {:>7}\n",
+                "{:<10} {:>8} {:>8} {:>10} {:>10} {:>7} {:>8} {:>7}\n",
                 r.renter,
                 num(r.api_ms),
+                num(r.join_ms),
                 num(r.first_offer_ms),
                 num(r.all_exchanged_ms),
                 r.offers_seen,
@@ -162,11 +179,13 @@ impl DiscoveryReport {
             ));
         }
         out.push_str(&format!(
-            "\ndiscovery {}x{}: all exchanged {} ms (max), first offer {} ms (median), \
-             fewest offers {}; renters' CPU {} ms; RSS max {:.1} MiB, total {:.1} MiB\n",
+            "\ndiscovery {}x{}: all exchanged {} ms after join (max; {} ms after spawn), \
+             first offer {} ms (median), fewest offers {}; renters' CPU {} ms; \
+             RSS max {:.1} MiB, total {:.1} MiB\n",
             self.providers,
             self.renters,
             num(self.all_exchanged_ms),
+            num(self.all_exchanged_from_spawn_ms),
             num(self.first_offer_ms),
             self.offers_seen_min,
             self.client_cpu_ms,
@@ -264,11 +283,21 @@ fn summarize(report: &mut DiscoveryReport, per_renter: Vec<RenterDiscovery>) {
     report.complete = !per_renter.is_empty()
         && per_renter.iter().all(|r| r.all_exchanged_ms.is_some())
         && report.errors.is_empty();
-    report.all_exchanged_ms = if per_renter.iter().all(|r| r.all_exchanged_ms.is_some()) {
+    let all = per_renter.iter().all(|r| r.all_exchanged_ms.is_some());
+    report.all_exchanged_ms = if all {
         per_renter.iter().filter_map(|r| r.all_exchanged_ms).max()
     } else {
         None
     };
+    report.all_exchanged_from_spawn_ms = if all {
+        per_renter
+            .iter()
+            .filter_map(|r| r.all_exchanged_from_spawn_ms)
+            .max()
+    } else {
+        None
+    };
+    report.join_ms_max = per_renter.iter().filter_map(|r| r.join_ms).max();
     let mut firsts: Vec<u64> = per_renter.iter().filter_map(|r| r.first_offer_ms).collect();
     report.first_offer_ms = median(&mut firsts);
     report.offers_seen_min = per_renter.iter().map(|r| r.offers_seen).min().unwrap_or(0);
@@ -317,9 +346,11 @@ fn announce_outcome(log: &Path) -> Option<bool> {
     })
 }
 
-/// Watches one renter from `started` until it lists an offer of every provider in `ids`, or
-/// [`EXCHANGE_TIMEOUT`].
+/// Watches one renter from `started` (its spawn) until it lists an offer of every provider in
+/// `ids`, or [`EXCHANGE_TIMEOUT`]; then reads its own times (see the module doc).
 async fn watch(node: &Node, started: Instant, ids: &HashSet<String>) -> RenterDiscovery {
+    // The spawn on the wall clock, which the daemon's own timestamps use.
+    let spawned_ms = wall_ms().saturating_sub(ms(started.elapsed()));
     let deadline = started + EXCHANGE_TIMEOUT;
     let socket = DataDir::new(&node.data_dir).control_socket();
     let mut r = RenterDiscovery {
@@ -337,30 +368,27 @@ async fn watch(node: &Node, started: Instant, ids: &HashSet<String>) -> RenterDi
             Err(_) => tokio::time::sleep(POLL).await,
         }
     };
-    let mut api = false;
     loop {
         r.polls += 1;
         match client.offers().await {
             Ok(reply) => {
-                let at = ms(started.elapsed());
-                if !api {
-                    api = true;
-                    r.api_ms = Some(at);
+                if r.api_ms.is_none() {
+                    r.api_ms = Some(ms(started.elapsed()));
                 }
-                let seen: HashSet<&str> = reply
+                // Provider -> when this renter first verified an offer of it.
+                let seen: std::collections::HashMap<&str, u64> = reply
                     .offers
                     .iter()
-                    .map(|o| o.provider.as_str())
-                    .filter(|p| ids.contains(*p))
+                    .filter(|o| ids.contains(&o.provider))
+                    .map(|o| (o.provider.as_str(), o.first_verified_unix_ms))
                     .collect();
                 r.offers_seen = seen.len();
-                if !seen.is_empty() && r.first_offer_ms.is_none() {
-                    r.first_offer_ms = Some(at);
-                }
-                if seen.len() == ids.len() {
-                    r.all_exchanged_ms = Some(at);
-                    r.error = None;
-                    tracing::info!(renter = %r.renter, ms = at, "every offer held");
+                let done = seen.len() == ids.len();
+                if done || Instant::now() >= deadline {
+                    times(&mut r, &client, spawned_ms, &seen, done).await;
+                    if done {
+                        tracing::info!(renter = %r.renter, ms = ?r.all_exchanged_ms, "every offer held");
+                    }
                     return r;
                 }
             }
@@ -371,6 +399,44 @@ async fn watch(node: &Node, started: Instant, ids: &HashSet<String>) -> RenterDi
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Fills `r`'s times from the renter's join (read from its `status`) and the first-verified
+/// times of the offers it holds (`seen`); `done` when it holds every provider's.
+async fn times(
+    r: &mut RenterDiscovery,
+    client: &ControlClient,
+    spawned_ms: u64,
+    seen: &std::collections::HashMap<&str, u64>,
+    done: bool,
+) {
+    let joined = match client.status().await {
+        Ok(st) => st.net.map(|n| n.joined_at_unix_ms).filter(|t| *t > 0),
+        Err(e) => {
+            r.error = Some(format!("status: {e}"));
+            None
+        }
+    };
+    let Some(joined) = joined else {
+        r.error
+            .get_or_insert_with(|| "no join time in status".to_owned());
+        return;
+    };
+    r.join_ms = Some(joined.saturating_sub(spawned_ms));
+    r.first_offer_ms = seen.values().min().map(|t| t.saturating_sub(joined));
+    if done {
+        let last = seen.values().max().copied().unwrap_or(joined);
+        r.all_exchanged_ms = Some(last.saturating_sub(joined));
+        r.all_exchanged_from_spawn_ms = Some(last.saturating_sub(spawned_ms));
+        r.error = None;
+    }
+}
+
+/// The wall clock in unix milliseconds.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Resident and peak resident set of a process, MiB.
