@@ -476,6 +476,11 @@ impl Provider {
         };
         let signed = Signed::sign(&i.key, &offer).map_err(|e| MarketError::Store(e.to_string()))?;
         let id = signed.id();
+        // Our own offer is in the cache we serve and whose `seq` list we send when we ask
+        // others: a member we ask sees it is missing there and pulls it back.
+        if let Err(e) = i.offer_cache.insert(signed.clone(), now) {
+            tracing::warn!(error = %e, "own offer not cached");
+        }
         *i.offer.write().expect("offer lock not to be poisoned") = signed;
         {
             let mut recent = i
