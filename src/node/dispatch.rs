@@ -220,7 +220,8 @@ impl Dispatcher {
         }
     }
 
-    /// A member was met: a renter learns its offers and runs a discovery pass at once; a
+    /// A member was met: a renter learns its offers and then runs a discovery pass (only after
+    /// the first members it meets, see [`OfferCache::should_pull_on_meeting`]); a
     /// provider-only node fills its cache from it. Both ask only the first members met in a
     /// while ([`OfferCache::should_pull_on_meeting`]), in the background.
     fn met(self: &Arc<Self>, peer: PeerId, handlers: &TaskTracker, shutdown: &CancellationToken) {
@@ -228,11 +229,15 @@ impl Dispatcher {
             let notify = self.discover_now.clone();
             let shutdown = shutdown.clone();
             handlers.spawn(async move {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = r.met(peer) => {}
+                // A pass follows an exchange that happened: meeting the hundredth provider
+                // while its DHT walk dials them is no reason for another walk.
+                let asked = tokio::select! {
+                    _ = shutdown.cancelled() => false,
+                    asked = r.met(peer) => asked,
+                };
+                if asked {
+                    notify.notify_one();
                 }
-                notify.notify_one();
             });
             return;
         }

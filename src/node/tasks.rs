@@ -130,16 +130,19 @@ pub(super) async fn announce_loop(
     }
 }
 
-/// Runs the renter's discovery passes: every `every`, and at once whenever `wake` is notified
-/// (a member was met), so discovery starts as soon as the node meets its first peer instead of
-/// a full interval later. Notifications during a pass coalesce into one more pass.
+/// Runs the renter's discovery passes: every `every` (the first one `every` after start), and
+/// at once whenever `wake` is notified (a member was met, and its offers were asked for), so
+/// discovery starts as soon as the node meets its first peer instead of a full interval later. Notifications during a pass coalesce into one more pass.
 pub(super) async fn discovery_loop(
     r: Renter,
     every: Duration,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut timer = tokio::time::interval(every);
+    // No pass at start: with no member met there is nothing to ask, and a DHT walk started
+    // then would race the first member's offers and dial every provider it finds. The first
+    // pass comes with the first member met (`wake`), or an interval later.
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
