@@ -107,16 +107,32 @@ where
     }
 }
 
-/// Announces the provider on the DHT at start, whenever its offer changes, and periodically
-/// (records expire, and peers that joined later must be able to find it).
+/// Shortest and longest time between two announces of the same provider.
+const REANNOUNCE_MIN: Duration = Duration::from_secs(60);
+/// See [`REANNOUNCE_MIN`].
+const REANNOUNCE_MAX: Duration = Duration::from_secs(600);
+
+/// How often a provider announces itself again: 30 discovery intervals, within
+/// [`REANNOUNCE_MIN`]..=[`REANNOUNCE_MAX`] (7.5 minutes at the default 15 s).
+pub(super) fn reannounce_every(discovery: Duration) -> Duration {
+    (discovery * 30).clamp(REANNOUNCE_MIN, REANNOUNCE_MAX)
+}
+
+/// Announces the provider on the DHT at start and then every [`reannounce_every`]: a provider
+/// record only says "this peer sells here" (the offer itself travels by the exchange), and it
+/// is refreshed so that DHT nodes that joined since, or restarted, learn it. An announce that
+/// reached nobody is retried as soon as a DHT peer is routable (the network layer's
+/// `announce_pending`), not by announcing more often: hundreds of providers each walking the
+/// DHT every few seconds would keep every node busy with the walks of the others.
 pub(super) async fn announce_loop(
     p: Provider,
     net: NetClient,
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut changes = p.subscribe_offer();
-    let mut timer = tokio::time::interval(every.max(Duration::from_secs(5)) * 3);
+    let period = reannounce_every(every);
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         match net.start_providing().await {
             Ok(()) => tracing::debug!(offer_id = %p.offer().id(), "announced on the DHT"),
@@ -125,7 +141,6 @@ pub(super) async fn announce_loop(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = timer.tick() => {}
-            r = changes.changed() => if r.is_err() { return },
         }
     }
 }
@@ -164,6 +179,16 @@ pub(super) async fn discovery_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reannounces_are_paced_by_the_discovery_interval_within_bounds() {
+        assert_eq!(
+            reannounce_every(Duration::from_secs(15)),
+            Duration::from_secs(450)
+        );
+        assert_eq!(reannounce_every(Duration::from_secs(1)), REANNOUNCE_MIN);
+        assert_eq!(reannounce_every(Duration::from_secs(3600)), REANNOUNCE_MAX);
+    }
 
     #[test]
     fn topic_cache_gives_the_derived_keys_and_follows_the_secret() {
