@@ -377,53 +377,67 @@ pub const PULL_BACK_EVERY_SECS: u64 = 10;
 /// Peers remembered by [`PullBacks`] (past it, the oldest are forgotten).
 pub const PULL_BACK_PEERS: usize = 4096;
 
-/// Which askers to pull from in return, at most once per [`PULL_BACK_EVERY_SECS`] each, and
-/// with at most [`PULL_BACKS_AT_ONCE`] pulls running.
-#[derive(Debug, Default)]
+/// Which askers to pull from in return: at most once per [`PULL_BACK_EVERY_SECS`] each, at
+/// most [`PULL_BACKS_AT_ONCE`] running and [`PULL_BACKS_WAITING`] waiting for a turn. An asker
+/// asks once (when it meets us), so a pull-back is queued rather than dropped while others run:
+/// a bootstrap peer met by a batch of newcomers at once still learns every one of them.
+#[derive(Debug)]
 pub struct PullBacks {
     last: Mutex<std::collections::HashMap<PeerId, u64>>,
-    running: std::sync::atomic::AtomicUsize,
+    running: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// Pull-backs running at once on one node.
 pub const PULL_BACKS_AT_ONCE: usize = 8;
 
-/// A running pull-back: frees its slot when dropped.
-#[derive(Debug)]
-pub struct PullBackSlot<'a>(&'a PullBacks);
+/// Pull-backs waiting for a turn on one node; past it, new ones are dropped.
+pub const PULL_BACKS_WAITING: usize = 1024;
 
-impl Drop for PullBackSlot<'_> {
-    fn drop(&mut self) {
-        self.0
-            .running
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+impl Default for PullBacks {
+    fn default() -> Self {
+        PullBacks {
+            last: Mutex::new(std::collections::HashMap::new()),
+            running: Arc::new(tokio::sync::Semaphore::new(PULL_BACKS_AT_ONCE)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 }
 
+/// A turn to pull back from one asker: held while the pull runs.
+#[derive(Debug)]
+pub struct PullBackTurn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 impl PullBacks {
-    /// A slot to pull from `peer` now, unless it was pulled from in the last
-    /// [`PULL_BACK_EVERY_SECS`] or [`PULL_BACKS_AT_ONCE`] pulls already run.
-    pub fn admit(&self, peer: PeerId, now: u64) -> Option<PullBackSlot<'_>> {
+    /// Waits for a turn to pull from `peer`; `None` (at once) if it was pulled from in the last
+    /// [`PULL_BACK_EVERY_SECS`], or if [`PULL_BACKS_WAITING`] pull-backs already wait.
+    pub async fn admit(&self, peer: PeerId, now: u64) -> Option<PullBackTurn> {
         use std::sync::atomic::Ordering;
-        let mut last = self.last.lock().expect("pull-back lock not poisoned");
-        if last
-            .get(&peer)
-            .is_some_and(|t| now < t.saturating_add(PULL_BACK_EVERY_SECS))
         {
-            return None;
-        }
-        if self.running.fetch_add(1, Ordering::AcqRel) >= PULL_BACKS_AT_ONCE {
-            self.running.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        if last.len() >= PULL_BACK_PEERS {
-            last.retain(|_, t| now < t.saturating_add(PULL_BACK_EVERY_SECS));
-            if last.len() >= PULL_BACK_PEERS {
-                last.clear();
+            let mut last = self.last.lock().expect("pull-back lock not poisoned");
+            if last
+                .get(&peer)
+                .is_some_and(|t| now < t.saturating_add(PULL_BACK_EVERY_SECS))
+            {
+                return None;
             }
+            if self.waiting.load(Ordering::Acquire) >= PULL_BACKS_WAITING {
+                return None;
+            }
+            if last.len() >= PULL_BACK_PEERS {
+                last.retain(|_, t| now < t.saturating_add(PULL_BACK_EVERY_SECS));
+                if last.len() >= PULL_BACK_PEERS {
+                    last.clear();
+                }
+            }
+            last.insert(peer, now);
         }
-        last.insert(peer, now);
-        Some(PullBackSlot(self))
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let permit = self.running.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit.ok().map(|p| PullBackTurn { _permit: p })
     }
 }
 
@@ -584,22 +598,27 @@ mod tests {
         assert!(!ours.asker_knows_more(&empty.request_after("")));
     }
 
-    #[test]
-    fn pull_backs_are_paced_per_peer_and_bounded_at_once() {
-        let pb = PullBacks::default();
+    #[tokio::test]
+    async fn pull_backs_are_paced_per_peer_and_wait_their_turn() {
+        let pb = Arc::new(PullBacks::default());
         let a = PeerId::random();
-        let slot = pb.admit(a, NOW).expect("first pull-back");
-        drop(slot);
+        let turn = pb.admit(a, NOW).await.expect("first pull-back");
+        drop(turn);
         // Again within the window: refused, even with no pull running.
-        assert!(pb.admit(a, NOW + PULL_BACK_EVERY_SECS - 1).is_none());
-        assert!(pb.admit(a, NOW + PULL_BACK_EVERY_SECS).is_some());
-        // At most PULL_BACKS_AT_ONCE run together; a finished one frees its slot.
-        let slots: Vec<_> = (0..PULL_BACKS_AT_ONCE)
-            .map(|_| pb.admit(PeerId::random(), NOW).expect("a free slot"))
-            .collect();
-        assert!(pb.admit(PeerId::random(), NOW).is_none());
-        drop(slots);
-        assert!(pb.admit(PeerId::random(), NOW).is_some());
+        assert!(pb.admit(a, NOW + PULL_BACK_EVERY_SECS - 1).await.is_none());
+        assert!(pb.admit(a, NOW + PULL_BACK_EVERY_SECS).await.is_some());
+        // At most PULL_BACKS_AT_ONCE run together; the next one waits (it is not dropped)
+        // and runs once a running one ends.
+        let mut turns = Vec::new();
+        for _ in 0..PULL_BACKS_AT_ONCE {
+            turns.push(pb.admit(PeerId::random(), NOW).await.expect("a free slot"));
+        }
+        let pb2 = pb.clone();
+        let waiter = tokio::spawn(async move { pb2.admit(PeerId::random(), NOW).await.is_some() });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        turns.pop();
+        assert!(waiter.await.unwrap());
     }
 
     #[test]

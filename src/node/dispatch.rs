@@ -267,7 +267,7 @@ impl Dispatcher {
     /// Pulls the offers `peer` knows and we lack (its `offersRequest` listed them), unless
     /// [`PullBacks`] says not now. A renter lists what it learned at once.
     async fn pull_back(&self, peer: PeerId) {
-        let Some(_slot) = self.pull_backs.admit(peer, self.clock.now_unix()) else {
+        let Some(_turn) = self.pull_backs.admit(peer, self.clock.now_unix()).await else {
             return;
         };
         let clock = self.clock.clone();

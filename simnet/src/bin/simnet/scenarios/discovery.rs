@@ -42,6 +42,8 @@ use crate::scenario::{Plan, STOP_GRACE};
 
 /// Providers' metering tick in this scenario: nothing is leased, so rarely.
 pub const METERING_INTERVAL_SECS: u64 = 60;
+/// Every node's discovery interval in this scenario: the daemon's default.
+pub const DISCOVERY_INTERVAL_SECS: u64 = 15;
 /// Daemons started together while the providers come up.
 pub const START_BATCH: usize = 10;
 /// How long after the renters start every one of them must know every provider.
