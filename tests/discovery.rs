@@ -220,7 +220,7 @@ async fn a_renter_meeting_one_member_learns_every_offer_and_rents_from_one_it_ne
     assert_eq!(ln.balance_msat("far"), Some(2_000_000));
 }
 
-/// A member that answers `offersRequest` with a page it made up.
+/// A member that answers `offersRequest` with a page it made up (to the first range asked).
 struct Liar(Vec<Signed<Offer>>);
 
 #[async_trait::async_trait]
@@ -234,12 +234,17 @@ impl Peers for Liar {
         _peer: PeerId,
         msg: Message,
     ) -> Result<(Message, Duration), MarketError> {
-        assert_eq!(msg.name(), "offersRequest");
+        let Message::OffersRequest(req) = msg else {
+            panic!("expected offersRequest, got {}", msg.name());
+        };
+        // Its made-up page answers the first range; the other ranges of the pull get nothing.
+        let offers = if req.after.is_empty() {
+            self.0.clone()
+        } else {
+            Vec::new()
+        };
         Ok((
-            Message::Offers(leasewire::wire::Offers {
-                offers: self.0.clone(),
-                next: None,
-            }),
+            Message::Offers(leasewire::wire::Offers { offers, next: None }),
             Duration::from_millis(3),
         ))
     }
