@@ -26,6 +26,8 @@
 
 // A non-`main.rs` binary root resolves `mod x;` next to itself (src/bin/x.rs); the modules
 // live in src/bin/simnet/ so they cannot be mistaken for binaries of their own.
+#[path = "simnet/attacker/mod.rs"]
+mod attacker;
 #[path = "simnet/cli.rs"]
 mod cli;
 #[path = "simnet/cluster.rs"]
@@ -141,6 +143,22 @@ enum Helper {
         #[arg(long, default_value_t = 1500)]
         timeout_ms: u64,
     },
+    /// Run one attack of the siege scenario against TARGETs and print what it did as JSON.
+    #[command(hide = true)]
+    Attack {
+        /// Which attack.
+        #[arg(long, value_enum)]
+        attack: attacker::AttackKind,
+        /// The market secret.
+        #[arg(long)]
+        secret: String,
+        /// A daemon to attack: `/ip4/A/tcp/P/p2p/ID` (repeatable).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// How long to keep at it, in seconds.
+        #[arg(long)]
+        secs: u64,
+    },
 }
 
 /// Runs a helper subcommand; exit 0 on success, 1 with the error on stderr otherwise.
@@ -154,6 +172,12 @@ fn run_helper(h: Helper) -> ExitCode {
         } => probe::connect(bind, to, std::time::Duration::from_millis(timeout_ms)).map(|seen| {
             println!("{seen}");
         }),
+        Helper::Attack {
+            attack,
+            secret,
+            targets,
+            secs,
+        } => run_attack(attack, &secret, &targets, secs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,6 +186,37 @@ fn run_helper(h: Helper) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The `attack` helper: its own multi-threaded runtime (the attacker signs and sends as fast
+/// as it can), logs on stderr, the stats as one JSON object on stdout.
+fn run_attack(
+    attack: attacker::AttackKind,
+    secret: &str,
+    targets: &[String],
+    secs: u64,
+) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the attacker's runtime")?;
+    let stats = rt.block_on(attacker::run(attack, secret, targets, secs))?;
+    println!(
+        "{}",
+        serde_json::to_string(&stats).context("cannot print the attack's figures")?
+    );
+    // Whatever task is still stuck on a socket dies with the process.
+    rt.shutdown_background();
+    Ok(())
 }
 
 /// How a run ended, mapped to the exit status in `main`.
