@@ -19,7 +19,9 @@
 //! default: the run above), `crash-pay` (daemons killed mid-payment), `autopay` (AutoPay
 //! with a tunnel broken on purpose; implies `--netns`) or `churn` (leases that come and go:
 //! several per renter, release, notice, a moved endpoint, a provider killed and one that never
-//! delivers; see scenarios/churn.rs). Every scenario reports each rental's
+//! delivers; see scenarios/churn.rs) or `siege` (adversarial members attack, one attack at a
+//! time, while honest renters keep renting; see scenarios/siege.rs and the hidden `attack`
+//! subcommand, attacker/). Every scenario reports each rental's
 //! payment figures cross-checked against lnd-sim's own ledger, and `double_payments`.
 //!
 //! The `leasewire` and `lnd-sim` binaries must be built: `cargo build --workspace`.
@@ -80,16 +82,16 @@ struct Opts {
     /// What to run: quickstart (everyone rents at once), crash-pay (daemons killed while a
     /// payment is in flight), autopay (AutoPay top-ups and a broken tunnel; implies --netns),
     /// churn (several leases per renter, release, notice, endpoint move, failover, a provider
-    /// that never delivers) or discovery (every renter timed until it holds every provider's
-    /// offer; no renting).
+    /// that never delivers), discovery (every renter timed until it holds every provider's
+    /// offer; no renting) or siege (attacks one after another while honest renters rent).
     #[arg(long, value_enum, default_value_t = Scenario::Quickstart)]
     scenario: Scenario,
     /// Number of provider daemons, up to 272 (16 with --netns) [default: 3; crash-pay 1;
-    /// autopay 2; churn 6; discovery 5].
+    /// autopay 2; churn 6; discovery 5; siege 3].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=cluster::MAX_PROVIDERS as i64))]
     providers: Option<u16>,
     /// Number of renter daemons; each rents one lease (churn: as its part says) [default: 5;
-    /// crash-pay 2; autopay 3; churn 6; discovery 5].
+    /// crash-pay 2; autopay 3; churn 6; discovery 5; siege 2].
     #[arg(long)]
     renters: Option<u16>,
     /// Print one JSON object on stdout instead of a table.
@@ -113,6 +115,10 @@ struct Opts {
     /// Directory to create the run's temporary root in (default: the system temp dir).
     #[arg(long)]
     base_dir: Option<PathBuf>,
+    /// Siege: seconds each of its seven attacks runs.
+    #[arg(long, default_value_t = scenarios::siege::DEFAULT_ATTACK_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    attack_secs: u64,
 }
 
 /// Credit per renter without `--netns`.
@@ -327,6 +333,7 @@ async fn run(mut opts: Opts) -> Result<Outcome> {
                 DEFAULT_CREDIT_SAT
             }),
         scenario: opts.scenario,
+        attack_secs: opts.attack_secs,
     };
     // Built before any child starts, and removed only after every child has stopped.
     let net = if opts.netns {
@@ -512,6 +519,7 @@ mod tests {
             ("autopay", Scenario::Autopay),
             ("churn", Scenario::Churn),
             ("discovery", Scenario::Discovery),
+            ("siege", Scenario::Siege),
         ] {
             let o = Opts::try_parse_from(["simnet", "--scenario", arg]).unwrap();
             assert_eq!(o.scenario, s);
