@@ -108,7 +108,8 @@ pub async fn run(
             scenarios::churn::run(&cluster, root, bins, &procs, placement, &ledger?).await?
         }
         (Scenario::Siege, ledger) => {
-            let disk = disk.unwrap_or_else(|| Err("not prepared".to_owned()));
+            let unprepared = Err("not prepared".to_owned());
+            let disk = disk.as_ref().unwrap_or(&unprepared);
             scenarios::siege::run(&cluster, placement, &ledger?, plan, disk).await?
         }
         (Scenario::Discovery, _) => {

@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 use leasewire::net::topic::{self, Topic};
 use leasewire::types::WgKey;
 use leasewire::wire::envelope;
-use leasewire::wire::messages::{Hello, Message, RentRequest};
+use leasewire::wire::messages::{Hello, Message, RentRequest, StatusRequest};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
@@ -239,7 +239,7 @@ pub async fn run(kind: AttackKind, secret: &str, targets: &[String], secs: u64) 
         match kind {
             AttackKind::ReplayPoison => {
                 for _ in 0..IDS_PER_TARGET_POISON {
-                    tasks.spawn(flood(ctx.clone(), t.clone(), Payload::FutureHello));
+                    tasks.spawn(flood(ctx.clone(), t.clone(), Payload::FutureStatus));
                 }
             }
             AttackKind::Oversized => {
@@ -304,8 +304,8 @@ fn raise_fd_limit() {
 enum Payload {
     /// Ordinary hellos.
     Hello,
-    /// Valid hellos dated [`FUTURE_SECS`] ahead.
-    FutureHello,
+    /// Valid status requests dated [`FUTURE_SECS`] ahead.
+    FutureStatus,
     /// 60 KB agent strings and offer ids.
     Oversized,
     /// One of the garbage kinds, in turn.
@@ -329,7 +329,14 @@ fn make(payload: Payload, key: &ed25519_dalek::SigningKey, n: u64) -> Result<Out
     let now = leasewire::types::now_unix();
     Ok(match payload {
         Payload::Hello => Outgoing::Frame(seal(&hello(None), now)?),
-        Payload::FutureHello => Outgoing::Frame(seal(&hello(None), now + FUTURE_SECS)?),
+        // A request answered with a short error, so the target spends its time on the
+        // envelope check (which records the nonce) rather than on the answer.
+        Payload::FutureStatus => Outgoing::Frame(seal(
+            &Message::StatusRequest(StatusRequest {
+                lease_id: leasewire::types::random_id(),
+            }),
+            now + FUTURE_SECS,
+        )?),
         Payload::Oversized => {
             let big = "A".repeat(OVERSIZED_BYTES);
             let msg = if n % 2 == 0 {
@@ -647,8 +654,8 @@ mod tests {
         let peer = leasewire::wire::signed::peer_id_of(&key.verifying_key());
         let guard = envelope::ReplayGuard::new(envelope::TIME_WINDOW_SECS);
         let now = leasewire::types::now_unix();
-        // Future-dated hellos are valid envelopes, inside the window.
-        let Outgoing::Frame(f) = make(Payload::FutureHello, &key, 0).unwrap() else {
+        // Future-dated requests are valid envelopes, inside the window.
+        let Outgoing::Frame(f) = make(Payload::FutureStatus, &key, 0).unwrap() else {
             panic!("a frame");
         };
         let opened = envelope::open(&f, &peer, &guard, now).unwrap();
