@@ -165,7 +165,7 @@ impl Scenario {
                 }
             },
             Scenario::Churn => churn::tune(cfg, kind, index),
-            Scenario::Siege => siege::tune(cfg, kind),
+            Scenario::Siege => siege::tune(cfg, kind, index),
         }
     }
 }

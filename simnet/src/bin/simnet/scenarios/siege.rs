@@ -10,9 +10,10 @@
 //! 4. `hold-open`: raw connections, extra connections and never-finishing streams;
 //! 5. `reservation-grab`: fresh identities reserving addresses they never pay for;
 //! 6. `garbage`: broken framing, non-envelopes, bad signatures, garbage handshakes;
-//! 7. `full-disk`: the last provider's data dir is a small tmpfs ([`TMPFS_MB`] MiB), filled
-//!    for the attack's duration and freed after it (root only: otherwise `SKIPPED`, in the
-//!    JSON and on stderr). Its daemon must recover by itself.
+//! 7. `full-disk`: provider-1's data dir is a small tmpfs ([`TMPFS_MB`] MiB), filled for
+//!    the attack's duration and freed after it (root only: otherwise `SKIPPED`, in the JSON
+//!    and on stderr). Provider-1 is the cheapest, so the honest renters rent from it unless
+//!    it refuses; its daemon must recover by itself.
 //!
 //! Steps of [`run`]: every renter waits for every provider's offer and rents one lease it
 //! holds all run with AutoPay on; then per attack, at once: the attack, each honest renter
@@ -36,7 +37,7 @@ use leasewire::datadir::DataDir;
 use serde::Serialize;
 
 use crate::attacker::{AttackKind, AttackerStats};
-use crate::cli::{Cli, LeaseOut};
+use crate::cli::{Cli, LeaseOut, RentOut};
 use crate::cluster::{Cluster, Kind, Node, Placement};
 use crate::ledger::Ledger;
 use crate::procs::run_capture;
@@ -51,6 +52,11 @@ pub const RENTERS: u16 = 2;
 pub const DEFAULT_ATTACK_SECS: u64 = 12;
 /// Price: 864 000 sat/day is 10 sat/s, so AutoPay tops up within seconds.
 pub const RATE_SAT_PER_DAY: u64 = 864_000;
+/// The full-disk provider's price, 9 sat/s: the cheapest, so honest renters go there first.
+pub const FULL_DISK_RATE_SAT_PER_DAY: u64 = 777_600;
+/// The provider whose data dir is a tmpfs that the full-disk attack fills (not provider-0,
+/// the bootstrap node, whose DHT role would blur what the attack shows).
+pub const FULL_DISK_PROVIDER: usize = 1;
 /// Credit of each rent of the honest rent-and-release loop (the providers' minimum).
 const CYCLE_CREDIT_SAT: u64 = 50;
 /// Credit of the lease each renter holds all run, without `--netns` (300 s at 10 sat/s:
@@ -68,6 +74,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// Size of the full-disk provider's tmpfs data dir.
 pub const TMPFS_MB: u64 = 48;
+/// How long after `rent` returned the provider's tunnel may take to show the lease's peer.
+const TUNNEL_WAIT: Duration = Duration::from_secs(2);
 /// How long a provider may take to answer `status` again once its disk has space.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for every provider's offer at a renter.
@@ -116,6 +124,17 @@ impl Attack {
             Attack::FullDisk => "full-disk",
         }
     }
+}
+
+/// One honest rent that got a lease.
+#[derive(Debug)]
+struct HonestRent {
+    /// From the start of `rent` to the lease.
+    ms: u64,
+    /// The provider's peer id.
+    provider: String,
+    /// Whether the provider's tunnel carried the lease's prefixes.
+    tunnel: bool,
 }
 
 /// The siege's figures, flattened into the report's top level.
@@ -196,6 +215,8 @@ pub struct AttackReport {
     pub rent_ms_p50: Option<u64>,
     /// 99th percentile milliseconds of the honest rents that succeeded.
     pub rent_ms_p99: Option<u64>,
+    /// Honest rents that succeeded, by the provider that leased.
+    pub honest_by_provider: BTreeMap<String, u32>,
     /// Per daemon: its largest resident set meanwhile, MiB.
     pub rss_mb_max: BTreeMap<String, f64>,
     /// Per daemon: most open file descriptors meanwhile.
@@ -203,7 +224,9 @@ pub struct AttackReport {
     /// Growth of every daemon's store (the sled db holding the audit log) over the attack,
     /// bytes.
     pub audit_bytes_written: u64,
-    /// Active leases on the providers' side without a tunnel peer, after the attack.
+    /// Paid leases without a tunnel peer: honest rents whose provider did not carry the new
+    /// lease (within 2 s of `rent` returning), plus active leases without one after the
+    /// attack.
     pub paid_without_tunnel: u32,
     /// AutoPay top-ups of the held leases meanwhile.
     pub autopay_topups: u32,
@@ -226,15 +249,19 @@ pub struct AttackReport {
     pub failed: Vec<String>,
 }
 
-/// Adjusts node `kind`'s config for the siege (see the module doc).
-pub fn tune(cfg: &mut Config, kind: Kind) {
+/// Adjusts node `kind`/`index`'s config for the siege (see the module doc).
+pub fn tune(cfg: &mut Config, kind: Kind, index: usize) {
     match kind {
         Kind::Provider => {
             cfg.provider.metering_interval_secs = 1;
             // Field by field, so terms other helpers add keep their defaults.
             let t = &mut cfg.provider.terms;
             t.activation_fee_sat = 10;
-            t.rate_sat_per_day = RATE_SAT_PER_DAY;
+            t.rate_sat_per_day = if index == FULL_DISK_PROVIDER {
+                FULL_DISK_RATE_SAT_PER_DAY
+            } else {
+                RATE_SAT_PER_DAY
+            };
             t.min_initial_credit_sat = CYCLE_CREDIT_SAT;
             t.min_topup_sat = CYCLE_CREDIT_SAT;
             t.max_credit_sat = 1_000_000;
@@ -355,6 +382,16 @@ impl FullDisk {
 impl Drop for FullDisk {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.ballast());
+        // The logs go with the tmpfs: keep a copy beside it for `--keep`.
+        let logs = self.dir.with_extension("logs");
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            let _ = std::fs::create_dir_all(&logs);
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    let _ = std::fs::copy(e.path(), logs.join(e.file_name()));
+                }
+            }
+        }
         let status = std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.dir)
@@ -366,14 +403,18 @@ impl Drop for FullDisk {
     }
 }
 
-/// Before the cluster starts: mounts a [`TMPFS_MB`] MiB tmpfs (mode 0700) where the last
-/// provider's data dir goes. `Err` says why the full-disk attack will be skipped.
+/// Before the cluster starts: mounts a [`TMPFS_MB`] MiB tmpfs (mode 0700) where
+/// [`FULL_DISK_PROVIDER`]'s data dir goes. `Err` says why the full-disk attack will be
+/// skipped.
 pub fn prepare(root: &Path, plan: &Plan) -> Result<FullDisk, String> {
+    let provider = FULL_DISK_PROVIDER;
+    if plan.providers <= provider {
+        return Err(format!("needs at least {} providers", provider + 1));
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("not root: a tmpfs data dir needs root".to_owned());
     }
-    let provider = plan.providers.saturating_sub(1);
     let dir = root.join(Kind::Provider.name(provider));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let out = std::process::Command::new("mount")
@@ -572,7 +613,7 @@ impl Siege<'_> {
             }
         };
         let honest =
-            futures::future::join_all(self.renters.iter().map(|r| honest(cli, r, deadline)));
+            futures::future::join_all(self.renters.iter().map(|r| self.honest(r, deadline)));
         let sample = sample(self.cluster, deadline + SETTLE);
         let (attacker, honest, (rss, fds)) = tokio::join!(attacker, honest, sample);
         report.secs = round1(started.elapsed().as_secs_f64());
@@ -597,11 +638,21 @@ impl Siege<'_> {
             None => {}
         }
         let mut times = Vec::new();
+        let names = self.cluster.provider_names();
         for result in honest.into_iter().flatten() {
             match result {
-                Ok(ms) => {
+                Ok(HonestRent {
+                    ms,
+                    provider,
+                    tunnel,
+                }) => {
                     report.honest_rentals_ok += 1;
                     times.push(ms);
+                    if !tunnel {
+                        report.paid_without_tunnel += 1;
+                    }
+                    let name = names.get(&provider).cloned().unwrap_or(provider);
+                    *report.honest_by_provider.entry(name).or_insert(0) += 1;
                 }
                 Err(e) => {
                     report.honest_rentals_failed += 1;
@@ -623,7 +674,7 @@ impl Siege<'_> {
         let topups_after = self.held_topups().await;
         report.autopay_topups = topups_after.saturating_sub(topups_before);
         match self.paid_without_tunnel().await {
-            Ok(n) => report.paid_without_tunnel = n,
+            Ok(n) => report.paid_without_tunnel += n,
             Err(e) => report.notes.push(format!("tunnel check: {e:#}")),
         }
     }
@@ -690,6 +741,75 @@ impl Siege<'_> {
             }
         }
         total
+    }
+
+    /// One honest renter until `deadline`: rent (`rent --auto`, the providers' minimum
+    /// credit), check the provider's tunnel carries the new lease, release, again. Each rent's
+    /// milliseconds, provider (peer id) and whether the tunnel carried it, or why it failed.
+    async fn honest(&self, renter: &Node, deadline: Instant) -> Vec<Result<HonestRent, String>> {
+        let cli = &self.cluster.cli;
+        let mut out = Vec::new();
+        while Instant::now() < deadline {
+            let started = Instant::now();
+            match cli
+                .rent(&renter.data_dir, CYCLE_CREDIT_SAT, RENT_TIMEOUT_SECS)
+                .await
+            {
+                Ok(lease) => {
+                    let ms = ms(started.elapsed());
+                    let tunnel = self.carried(&lease).await;
+                    if !tunnel {
+                        tracing::error!(renter = %renter.name, lease_id = %lease.lease_id,
+                            "paid lease without a tunnel peer at the provider");
+                    }
+                    out.push(Ok(HonestRent {
+                        ms,
+                        provider: lease.provider.clone(),
+                        tunnel,
+                    }));
+                    if let Err(e) = cli.release(&renter.data_dir, &lease.lease_id).await {
+                        tracing::warn!(renter = %renter.name, "release: {e:#}");
+                    }
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    tracing::warn!(renter = %renter.name, "honest rent failed: {e}");
+                    out.push(Err(e));
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the provider of a lease just rented has a tunnel peer for each of its
+    /// prefixes, polled for up to [`TUNNEL_WAIT`] in case the peer lands just after the
+    /// lease.
+    async fn carried(&self, lease: &RentOut) -> bool {
+        let Some(p) = self
+            .cluster
+            .of_kind(Kind::Provider)
+            .find(|n| n.peer_id == lease.provider)
+        else {
+            return true;
+        };
+        let want: Vec<&str> = [lease.ipv4.as_deref(), lease.ipv6.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|x| !x.is_empty())
+            .collect();
+        let until = Instant::now() + TUNNEL_WAIT;
+        loop {
+            if let Ok(peers) = self.peer_prefixes(p).await
+                && want.iter().all(|w| peers.iter().any(|x| x == w))
+            {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Active leases on the providers' side whose prefixes no tunnel peer carries.
@@ -798,33 +918,6 @@ async fn wait_offers(cli: &Cli, renter: &Node, want: &[&str]) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-/// One honest renter until `deadline`: rent (`rent --auto`, the providers' minimum credit),
-/// release, again. Each rent's milliseconds, or why it failed.
-async fn honest(cli: &Cli, renter: &Node, deadline: Instant) -> Vec<Result<u64, String>> {
-    let mut out = Vec::new();
-    while Instant::now() < deadline {
-        let started = Instant::now();
-        match cli
-            .rent(&renter.data_dir, CYCLE_CREDIT_SAT, RENT_TIMEOUT_SECS)
-            .await
-        {
-            Ok(lease) => {
-                out.push(Ok(ms(started.elapsed())));
-                if let Err(e) = cli.release(&renter.data_dir, &lease.lease_id).await {
-                    tracing::warn!(renter = %renter.name, "release: {e:#}");
-                }
-            }
-            Err(e) => {
-                let e = format!("{e:#}");
-                tracing::warn!(renter = %renter.name, "honest rent failed: {e}");
-                out.push(Err(e));
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-        }
-    }
-    out
 }
 
 /// Samples every daemon's resident set (MiB) and open descriptors until `until`; the largest
@@ -1018,12 +1111,17 @@ mod tests {
     #[test]
     fn siege_tunes_fast_terms_and_autopay() {
         let mut p = Config::default();
-        tune(&mut p, Kind::Provider);
+        tune(&mut p, Kind::Provider, 0);
         assert_eq!(p.provider.terms.credit_secs(150), 15);
         assert_eq!(p.provider.metering_interval_secs, 1);
+        assert_eq!(p.provider.terms.reserve_days, 0);
+        // The full-disk provider is the cheapest: honest renters go there first.
+        let mut cheap = Config::default();
+        tune(&mut cheap, Kind::Provider, FULL_DISK_PROVIDER);
+        assert!(cheap.provider.terms.rate_sat_per_day < p.provider.terms.rate_sat_per_day);
         let mut r = Config::default();
         r.renter.autopay.enabled = false;
-        tune(&mut r, Kind::Renter);
+        tune(&mut r, Kind::Renter, 0);
         assert!(r.renter.autopay.enabled);
         assert_eq!(r.renter.autopay.validate(), Ok(()));
     }
