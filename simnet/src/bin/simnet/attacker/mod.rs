@@ -222,13 +222,15 @@ impl Ctx {
 ///
 /// Errors: the secret or a target is unusable. Everything the targets do to the attacker is
 /// counted, not an error.
-pub async fn run(kind: AttackKind, secret: &str, targets: &[String], secs: u64) -> Result<AttackerStats> {
+pub async fn run(
+    kind: AttackKind,
+    secret: &str,
+    targets: &[String],
+    secs: u64,
+) -> Result<AttackerStats> {
     raise_fd_limit();
     let topic = topic::derive(secret).context("market secret")?;
-    let targets: Vec<Target> = targets
-        .iter()
-        .map(|t| t.parse())
-        .collect::<Result<_>>()?;
+    let targets: Vec<Target> = targets.iter().map(|t| t.parse()).collect::<Result<_>>()?;
     let ctx = Ctx {
         topic,
         deadline: Instant::now() + Duration::from_secs(secs),
@@ -339,7 +341,7 @@ fn make(payload: Payload, key: &ed25519_dalek::SigningKey, n: u64) -> Result<Out
         )?),
         Payload::Oversized => {
             let big = "A".repeat(OVERSIZED_BYTES);
-            let msg = if n % 2 == 0 {
+            let msg = if n.is_multiple_of(2) {
                 hello(Some(big))
             } else {
                 Message::RentRequest(RentRequest {
@@ -492,11 +494,9 @@ async fn hold_raw(ctx: Ctx, target: Target) {
         return;
     };
     while !ctx.over() {
-        let Ok(Ok(mut s)) = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await
+        let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
         else {
             Counters::add(&ctx.stats.failed);
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -689,7 +689,9 @@ mod tests {
     fn targets_need_a_peer_id_and_give_a_socket() {
         let key = swarm::fresh_key().unwrap();
         let peer = leasewire::wire::signed::peer_id_of(&key.verifying_key());
-        let t: Target = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}").parse().unwrap();
+        let t: Target = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")
+            .parse()
+            .unwrap();
         assert_eq!(t.peer, peer);
         assert_eq!(
             socket_addr(&t.addr),

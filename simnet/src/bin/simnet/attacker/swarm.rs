@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use ed25519_dalek::SigningKey;
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt as _};
+use leasewire::net::codec::{MEMBERSHIP_PROTOCOL, MSG_PROTOCOL};
+use leasewire::net::membership::Initiator;
+use leasewire::net::topic::Topic;
+use leasewire::wire::envelope::{self, ReplayGuard, TIME_WINDOW_SECS};
+use leasewire::wire::framing::{self, MAX_FRAME};
+use leasewire::wire::messages::Message;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
@@ -20,13 +26,9 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, noise, tcp, yamux};
-use leasewire::net::codec::{MEMBERSHIP_PROTOCOL, MSG_PROTOCOL};
-use leasewire::net::membership::Initiator;
-use leasewire::net::topic::Topic;
-use leasewire::wire::envelope::{self, ReplayGuard, TIME_WINDOW_SECS};
-use leasewire::wire::framing::{self, MAX_FRAME};
-use leasewire::wire::messages::Message;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, noise, tcp, yamux,
+};
 
 /// How long a dial plus membership handshake may take before the attempt counts as failed.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -361,8 +363,7 @@ impl Member {
                 Step::Other
             }
             SwarmEvent::ConnectionClosed {
-                num_established: 0,
-                ..
+                num_established: 0, ..
             } => {
                 self.connected = false;
                 self.member = false;

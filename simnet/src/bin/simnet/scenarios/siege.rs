@@ -418,7 +418,13 @@ pub fn prepare(root: &Path, plan: &Plan) -> Result<FullDisk, String> {
     let dir = root.join(Kind::Provider.name(provider));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let out = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_MB}m,mode=0700"), "tmpfs"])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={TMPFS_MB}m,mode=0700"),
+            "tmpfs",
+        ])
         .arg(&dir)
         .output()
         .map_err(|e| format!("cannot run mount: {e}"))?;
@@ -526,7 +532,11 @@ pub async fn run(
             summary.attacks.push(report);
             continue;
         }
-        tracing::info!(attack = attack.name(), secs = plan.attack_secs, "attack starts");
+        tracing::info!(
+            attack = attack.name(),
+            secs = plan.attack_secs,
+            "attack starts"
+        );
         let ctx = Siege {
             cluster,
             placement,
@@ -558,9 +568,20 @@ pub async fn run(
     // The held leases' figures from the renters' `status`. Unlike the other scenarios they are
     // not matched against the ledger's payments per provider: the rent-and-release loop pays
     // the same providers many times over.
-    for (node, r) in renters.iter().zip(outcome.rentals.iter_mut()) {
+    // Matched by lease id: with `reserve_days = 0` a lapsed held lease's address can go to a
+    // later lease of the same renter.
+    for ((node, r), id) in renters.iter().zip(outcome.rentals.iter_mut()).zip(&held) {
+        let Some(id) = id else { continue };
         match cli.status(&node.data_dir).await {
-            Ok(s) => super::apply_status(r, &s.leases),
+            Ok(s) => match s.leases.iter().find(|l| &l.lease_id == id) {
+                Some(l) => {
+                    r.payments = Some(l.payments);
+                    r.paid_sat = Some(l.paid_sat);
+                    r.topups = Some(l.topups);
+                    r.refused_unverified = Some(l.refused_unverified);
+                }
+                None => r.mismatch = Some(format!("status lists no lease {id}")),
+            },
             Err(e) => r.mismatch = Some(format!("status: {e:#}")),
         }
     }
@@ -893,8 +914,8 @@ pub fn file_peer_prefixes(data_dir: &Path, iface: &str) -> Result<Vec<String>> {
 /// The market secret, from a node's `config.toml`.
 fn market_secret(node: &Node) -> Result<String> {
     let path = DataDir::new(&node.data_dir).config_file();
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let cfg = Config::from_toml(&text).with_context(|| format!("invalid {}", path.display()))?;
     Ok(cfg.node.secret)
 }
@@ -922,7 +943,10 @@ async fn wait_offers(cli: &Cli, renter: &Node, want: &[&str]) -> Result<()> {
 
 /// Samples every daemon's resident set (MiB) and open descriptors until `until`; the largest
 /// of each per daemon.
-async fn sample(cluster: &Cluster, until: Instant) -> (BTreeMap<String, f64>, BTreeMap<String, u64>) {
+async fn sample(
+    cluster: &Cluster,
+    until: Instant,
+) -> (BTreeMap<String, f64>, BTreeMap<String, u64>) {
     let mut rss = BTreeMap::new();
     let mut fds = BTreeMap::new();
     loop {
