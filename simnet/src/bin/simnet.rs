@@ -526,6 +526,13 @@ mod tests {
             assert_eq!(s.name(), arg);
         }
         assert!(Opts::try_parse_from(["simnet", "--scenario", "nope"]).is_err());
+        let o = Opts::try_parse_from(["simnet", "--scenario", "siege"]).unwrap();
+        assert_eq!(o.attack_secs, scenarios::siege::DEFAULT_ATTACK_SECS);
+        assert_eq!(o.scenario.default_counts(), (3, 2));
+        let o =
+            Opts::try_parse_from(["simnet", "--scenario", "siege", "--attack-secs", "3"]).unwrap();
+        assert_eq!(o.attack_secs, 3);
+        assert!(Opts::try_parse_from(["simnet", "--attack-secs", "0"]).is_err());
     }
 
     #[test]
