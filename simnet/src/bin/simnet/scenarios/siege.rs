@@ -2,9 +2,11 @@
 //!
 //! A small market (3 providers, 2 renters, 10 sat/s so credit moves fast) is attacked by
 //! adversarial members, one attack at a time, each for `--attack-secs` seconds. The attacks
-//! (see attacker/) run in a process of their own, `simnet attack`, against every provider:
+//! (see attacker/) run in a process of their own, `simnet attack`, against every provider
+//! (and for the replay poisoning every renter):
 //!
-//! 1. `replay-poison`: valid envelopes dated 110 s ahead from 17 identities per provider;
+//! 1. `replay-poison`: valid envelopes dated 110 s ahead from 17 identities per daemon
+//!    (renters too: envelopes to a renter pass a replay cache as well);
 //! 2. `oversized`: 60 KB `agent` strings and offer ids;
 //! 3. `floods`: hello floods and wrong-key membership handshakes from fresh identities;
 //! 4. `hold-open`: raw connections, extra connections and never-finishing streams;
@@ -452,18 +454,23 @@ pub async fn run(
     let providers: Vec<&Node> = cluster.of_kind(Kind::Provider).collect();
     let renters: Vec<&Node> = cluster.of_kind(Kind::Renter).collect();
     let secret = market_secret(providers[0])?;
+    // Every daemon's address: providers are every attack's targets, renters also the replay
+    // poisoning's (envelopes to a renter pass a replay cache too).
     let mut targets = Vec::new();
-    for p in &providers {
-        let st = cli.status(&p.data_dir).await?;
-        let host = match placement {
-            Placement::Host => std::net::Ipv4Addr::LOCALHOST,
-            Placement::Netns { topo, .. } => topo.provider_underlay_v4(p.index),
+    let mut renter_targets = Vec::new();
+    for n in providers.iter().chain(renters.iter()) {
+        let st = cli.status(&n.data_dir).await?;
+        let host = match (placement, n.kind) {
+            (Placement::Host, _) => std::net::Ipv4Addr::LOCALHOST,
+            (Placement::Netns { topo, .. }, Kind::Provider) => topo.provider_underlay_v4(n.index),
+            (Placement::Netns { topo, .. }, _) => topo.renter_underlay_v4(n.index),
         };
-        targets.push(crate::cluster::bootstrap_addr(
-            &st.listen_addrs,
-            &st.peer_id,
-            host,
-        )?);
+        let addr = crate::cluster::bootstrap_addr(&st.listen_addrs, &st.peer_id, host)?;
+        if n.kind == Kind::Provider {
+            targets.push(addr);
+        } else {
+            renter_targets.push(addr);
+        }
     }
     let mut outcome = Outcome::default();
 
@@ -542,6 +549,7 @@ pub async fn run(
             placement,
             secret: &secret,
             targets: &targets,
+            renter_targets: &renter_targets,
             renters: &renters,
             held: &held,
         };
@@ -599,6 +607,7 @@ struct Siege<'a> {
     placement: Placement<'a>,
     secret: &'a str,
     targets: &'a [String],
+    renter_targets: &'a [String],
     renters: &'a [&'a Node],
     held: &'a [Option<String>],
 }
@@ -716,7 +725,11 @@ impl Siege<'_> {
             "--secs".into(),
             secs.to_string(),
         ];
-        for t in self.targets {
+        let renters = match kind {
+            AttackKind::ReplayPoison => self.renter_targets,
+            _ => &[],
+        };
+        for t in self.targets.iter().chain(renters) {
             args.push("--target".into());
             args.push(t.clone());
         }
