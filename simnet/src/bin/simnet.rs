@@ -19,13 +19,17 @@
 //! default: the run above), `crash-pay` (daemons killed mid-payment), `autopay` (AutoPay
 //! with a tunnel broken on purpose; implies `--netns`) or `churn` (leases that come and go:
 //! several per renter, release, notice, a moved endpoint, a provider killed and one that never
-//! delivers; see scenarios/churn.rs). Every scenario reports each rental's
+//! delivers; see scenarios/churn.rs) or `siege` (adversarial members attack, one attack at a
+//! time, while honest renters keep renting; see scenarios/siege.rs and the hidden `attack`
+//! subcommand, attacker/). Every scenario reports each rental's
 //! payment figures cross-checked against lnd-sim's own ledger, and `double_payments`.
 //!
 //! The `leasewire` and `lnd-sim` binaries must be built: `cargo build --workspace`.
 
 // A non-`main.rs` binary root resolves `mod x;` next to itself (src/bin/x.rs); the modules
 // live in src/bin/simnet/ so they cannot be mistaken for binaries of their own.
+#[path = "simnet/attacker/mod.rs"]
+mod attacker;
 #[path = "simnet/cli.rs"]
 mod cli;
 #[path = "simnet/cluster.rs"]
@@ -78,16 +82,16 @@ struct Opts {
     /// What to run: quickstart (everyone rents at once), crash-pay (daemons killed while a
     /// payment is in flight), autopay (AutoPay top-ups and a broken tunnel; implies --netns),
     /// churn (several leases per renter, release, notice, endpoint move, failover, a provider
-    /// that never delivers) or discovery (every renter timed until it holds every provider's
-    /// offer; no renting).
+    /// that never delivers), discovery (every renter timed until it holds every provider's
+    /// offer; no renting) or siege (attacks one after another while honest renters rent).
     #[arg(long, value_enum, default_value_t = Scenario::Quickstart)]
     scenario: Scenario,
     /// Number of provider daemons, up to 272 (16 with --netns) [default: 3; crash-pay 1;
-    /// autopay 2; churn 6; discovery 5].
+    /// autopay 2; churn 6; discovery 5; siege 3].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=cluster::MAX_PROVIDERS as i64))]
     providers: Option<u16>,
     /// Number of renter daemons; each rents one lease (churn: as its part says) [default: 5;
-    /// crash-pay 2; autopay 3; churn 6; discovery 5].
+    /// crash-pay 2; autopay 3; churn 6; discovery 5; siege 2].
     #[arg(long)]
     renters: Option<u16>,
     /// Print one JSON object on stdout instead of a table.
@@ -111,6 +115,10 @@ struct Opts {
     /// Directory to create the run's temporary root in (default: the system temp dir).
     #[arg(long)]
     base_dir: Option<PathBuf>,
+    /// Siege: seconds each of its seven attacks runs.
+    #[arg(long, default_value_t = scenarios::siege::DEFAULT_ATTACK_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    attack_secs: u64,
 }
 
 /// Credit per renter without `--netns`.
@@ -141,6 +149,22 @@ enum Helper {
         #[arg(long, default_value_t = 1500)]
         timeout_ms: u64,
     },
+    /// Run one attack of the siege scenario against TARGETs and print what it did as JSON.
+    #[command(hide = true)]
+    Attack {
+        /// Which attack.
+        #[arg(long, value_enum)]
+        attack: attacker::AttackKind,
+        /// The market secret.
+        #[arg(long)]
+        secret: String,
+        /// A daemon to attack: `/ip4/A/tcp/P/p2p/ID` (repeatable).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// How long to keep at it, in seconds.
+        #[arg(long)]
+        secs: u64,
+    },
 }
 
 /// Runs a helper subcommand; exit 0 on success, 1 with the error on stderr otherwise.
@@ -154,6 +178,12 @@ fn run_helper(h: Helper) -> ExitCode {
         } => probe::connect(bind, to, std::time::Duration::from_millis(timeout_ms)).map(|seen| {
             println!("{seen}");
         }),
+        Helper::Attack {
+            attack,
+            secret,
+            targets,
+            secs,
+        } => run_attack(attack, &secret, &targets, secs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,6 +192,37 @@ fn run_helper(h: Helper) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The `attack` helper: its own multi-threaded runtime (the attacker signs and sends as fast
+/// as it can), logs on stderr, the stats as one JSON object on stdout.
+fn run_attack(
+    attack: attacker::AttackKind,
+    secret: &str,
+    targets: &[String],
+    secs: u64,
+) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the attacker's runtime")?;
+    let stats = rt.block_on(attacker::run(attack, secret, targets, secs))?;
+    println!(
+        "{}",
+        serde_json::to_string(&stats).context("cannot print the attack's figures")?
+    );
+    // Whatever task is still stuck on a socket dies with the process.
+    rt.shutdown_background();
+    Ok(())
 }
 
 /// How a run ended, mapped to the exit status in `main`.
@@ -272,6 +333,7 @@ async fn run(mut opts: Opts) -> Result<Outcome> {
                 DEFAULT_CREDIT_SAT
             }),
         scenario: opts.scenario,
+        attack_secs: opts.attack_secs,
     };
     // Built before any child starts, and removed only after every child has stopped.
     let net = if opts.netns {
@@ -457,12 +519,20 @@ mod tests {
             ("autopay", Scenario::Autopay),
             ("churn", Scenario::Churn),
             ("discovery", Scenario::Discovery),
+            ("siege", Scenario::Siege),
         ] {
             let o = Opts::try_parse_from(["simnet", "--scenario", arg]).unwrap();
             assert_eq!(o.scenario, s);
             assert_eq!(s.name(), arg);
         }
         assert!(Opts::try_parse_from(["simnet", "--scenario", "nope"]).is_err());
+        let o = Opts::try_parse_from(["simnet", "--scenario", "siege"]).unwrap();
+        assert_eq!(o.attack_secs, scenarios::siege::DEFAULT_ATTACK_SECS);
+        assert_eq!(o.scenario.default_counts(), (3, 2));
+        let o =
+            Opts::try_parse_from(["simnet", "--scenario", "siege", "--attack-secs", "3"]).unwrap();
+        assert_eq!(o.attack_secs, 3);
+        assert!(Opts::try_parse_from(["simnet", "--attack-secs", "0"]).is_err());
     }
 
     #[test]

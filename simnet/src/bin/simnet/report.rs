@@ -50,6 +50,9 @@ pub struct Report {
     /// Churn scenario only: its top-level figures.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub churn: Option<ChurnSummary>,
+    /// Siege scenario only: `attack_secs` and the per-attack figures.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub siege: Option<crate::scenarios::siege::SiegeSummary>,
 }
 
 /// The churn scenario's top-level figures (see scenarios/churn.rs for the criteria on them).
@@ -495,6 +498,9 @@ impl Report {
                 c.undelivered_paid
             );
         }
+        if let Some(s) = &self.siege {
+            out.push_str(&s.table());
+        }
         if !self.unclean_stops.is_empty() {
             let _ = writeln!(
                 out,
@@ -576,6 +582,7 @@ mod tests {
             unclean_stops: Vec::new(),
             providers: 2,
             churn: None,
+            siege: None,
         }
     }
 

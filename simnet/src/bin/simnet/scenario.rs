@@ -44,6 +44,8 @@ pub struct Plan {
     pub credit_sat: u64,
     /// What to run.
     pub scenario: Scenario,
+    /// Siege: seconds each attack runs.
+    pub attack_secs: u64,
 }
 
 /// What a scenario's steps produced, before the common payment figures, stop and audit.
@@ -61,6 +63,8 @@ pub struct Outcome {
     pub double_payments: Option<Result<u64, String>>,
     /// The churn scenario's top-level figures.
     pub churn: Option<crate::report::ChurnSummary>,
+    /// The siege scenario's per-attack figures.
+    pub siege: Option<scenarios::siege::SiegeSummary>,
 }
 
 /// Runs the scenario under `root`, registering every process in `procs`; with
@@ -76,6 +80,10 @@ pub async fn run(
     plan: Plan,
     placement: Placement<'_>,
 ) -> Result<Report> {
+    // The siege's full-disk provider gets a tmpfs data dir before anything is written there;
+    // it is unmounted when this function returns, after every daemon stopped (or, on an
+    // error, lazily while the caller stops them).
+    let disk = (plan.scenario == Scenario::Siege).then(|| scenarios::siege::prepare(root, &plan));
     let cluster = Cluster::start(root, bins, procs.clone(), &plan, placement).await?;
     let lnd_ns = placement.topology().map(|t| t.internet_ns());
     let ledger = Ledger::connect(&cluster.lnd.dir, lnd_ns).await;
@@ -98,6 +106,11 @@ pub async fn run(
         }
         (Scenario::Churn, ledger) => {
             scenarios::churn::run(&cluster, root, bins, &procs, placement, &ledger?).await?
+        }
+        (Scenario::Siege, ledger) => {
+            let unprepared = Err("not prepared".to_owned());
+            let disk = disk.as_ref().unwrap_or(&unprepared);
+            scenarios::siege::run(&cluster, placement, &ledger?, plan, disk).await?
         }
         (Scenario::Discovery, _) => {
             anyhow::bail!("the discovery scenario runs through scenarios::discovery::run")
@@ -140,6 +153,7 @@ pub async fn run(
         unclean_stops: outcome.unclean_stops,
         providers: plan.providers,
         churn: outcome.churn,
+        siege: outcome.siege,
     })
 }
 

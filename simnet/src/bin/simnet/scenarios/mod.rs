@@ -11,12 +11,15 @@
 //!   a provider killed for good and one that takes payment and never delivers.
 //! - `discovery` ([`discovery`]): providers announce, then every renter starts at once and is
 //!   timed until it has verified every provider's offer; nothing is rented.
+//! - `siege` ([`siege`]): adversarial members attack the market one attack at a time while
+//!   honest renters keep renting; judged against issue 11's thresholds.
 
 pub mod autopay;
 pub mod churn;
 pub mod crash_pay;
 pub mod discovery;
 pub mod quickstart;
+pub mod siege;
 
 use std::time::Duration;
 
@@ -45,6 +48,8 @@ pub enum Scenario {
     /// Every renter starts at once and is timed until it knows every provider's signed offer
     /// (no renting); mirrors the Hyperswarm discovery anchor.
     Discovery,
+    /// Adversarial members attack, one attack at a time, while honest renters keep renting.
+    Siege,
 }
 
 /// AutoPay scenario prices: 864 000 sat/day is 10 sat per second, so a lease's paid time
@@ -62,6 +67,7 @@ impl Scenario {
             Scenario::Autopay => "autopay",
             Scenario::Churn => "churn",
             Scenario::Discovery => "discovery",
+            Scenario::Siege => "siege",
         }
     }
 
@@ -78,6 +84,7 @@ impl Scenario {
             Scenario::Autopay => (2, 3),
             Scenario::Churn => (churn::PROVIDERS, churn::RENTERS),
             Scenario::Discovery => (5, 5),
+            Scenario::Siege => (siege::PROVIDERS, siege::RENTERS),
         }
     }
 
@@ -92,6 +99,8 @@ impl Scenario {
             Scenario::Autopay => Some(150),
             // Each of its rents chooses its own credit; this is the default for the others.
             Scenario::Churn => Some(churn::LONG_CREDIT_SAT),
+            // Its rents choose their credit (siege.rs); this is only the nominal figure.
+            Scenario::Siege => Some(siege::HELD_CREDIT_SAT),
         }
     }
 
@@ -160,6 +169,7 @@ impl Scenario {
                 }
             },
             Scenario::Churn => churn::tune(cfg, kind, index),
+            Scenario::Siege => siege::tune(cfg, kind, index),
         }
     }
 }
