@@ -61,6 +61,7 @@ fn terms() -> Terms {
         max_credit_sat: 100_000,
         reserve_days: 7,
         refund_unused: false,
+        reservation_secs: 0,
     }
 }
 
@@ -377,6 +378,7 @@ fn refund_vectors() {
     });
     let refund_terms = Terms {
         refund_unused: true,
+        reservation_secs: 0,
         ..terms()
     };
     if std::env::var_os("PRINT_VECTORS").is_some() {

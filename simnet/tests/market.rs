@@ -267,6 +267,7 @@ async fn credit_runs_out_the_tunnel_goes_off_and_back_rent_restores_it() {
         max_credit_sat: 1_000,
         reserve_days: 1,
         refund_unused: false,
+        reservation_secs: 0,
     };
     let w = world_with(Tamper::None, terms).await;
     w.renter.discover().await.unwrap();

@@ -32,6 +32,7 @@ mod ending;
 mod metering;
 mod refund;
 mod requests;
+mod reservations;
 mod settlement;
 
 use super::lease::{self, Event, Kind};
@@ -54,8 +55,9 @@ pub use refund::{
     ProviderRefund, REFUND_MIN_EXPIRY_LEFT_SECS, refund_fee_limit_msat, refunds_payable,
 };
 
-/// Unpaid invoices (with reserved prefixes) one peer may hold at once.
-pub const MAX_UNPAID_PER_PEER: usize = 4;
+/// Unpaid invoices one peer may hold at once under the default configuration
+/// ([`ProviderConfig::max_unpaid_per_peer`]).
+pub const MAX_UNPAID_PER_PEER: usize = config::DEFAULT_MAX_UNPAID_PER_PEER;
 
 /// Recent offer versions a rent request may still name.
 const RECENT_OFFERS: usize = 64;
@@ -145,9 +147,20 @@ struct PendingInvoice {
     expires_at: u64,
     ipv4: Option<String>,
     ipv6: Option<String>,
+    /// Our node's add index of the invoice: the expiry pass lists the node's invoices from
+    /// the oldest unpaid one on. 0 in records of older versions (listed from the start).
+    #[serde(default)]
+    add_index: u64,
     /// The lease record this invoice's payment produced; `None` while unpaid.
     #[serde(default)]
     issued: Option<ProviderLease>,
+}
+
+impl PendingInvoice {
+    /// Whether this invoice holds prefixes (an activation), and so counts as a reservation.
+    fn holds_prefixes(&self) -> bool {
+        self.commitment.purpose == PURPOSE_ACTIVATION
+    }
 }
 
 /// The provider role. Cheap to clone.
@@ -180,6 +193,8 @@ struct Inner {
     /// One lock per lease: its settlement and metering never interleave, and nothing else
     /// waits for them.
     lease_locks: KeyedLocks,
+    /// Unpaid invoices counted per peer and in total, with their caps.
+    reservations: reservations::Reservations,
     /// Leases whose refund this process is paying right now: the resolution of refunds left
     /// `paying` (for a crash) must not read a payment our node has not registered yet as
     /// "never started".
@@ -223,10 +238,19 @@ impl Provider {
         let placeholder = Signed::sign(&p.key, &empty_offer(&peer_id))
             .map_err(|e| MarketError::Store(e.to_string()))?;
         let (offer_tx, _) = watch::channel(0);
+        let pending: Table<PendingInvoice> = Table::open(db, "provider_pending")?;
+        let reservations =
+            reservations::Reservations::new(p.cfg.max_unpaid_per_peer, p.cfg.max_unpaid_total);
+        for (_, inv) in pending.all()? {
+            if inv.issued.is_none() {
+                reservations.count_existing(&inv.renter_peer, inv.holds_prefixes());
+            }
+        }
         let provider = Provider {
             inner: Arc::new(Inner {
                 leases: Table::open(db, "provider_leases")?,
-                pending: Table::open(db, "provider_pending")?,
+                pending,
+                reservations,
                 key: p.key,
                 peer_id,
                 cfg: p.cfg,
@@ -587,6 +611,7 @@ fn empty_offer(peer_id: &PeerId) -> Offer {
             max_credit_sat: 0,
             reserve_days: 0,
             refund_unused: false,
+            reservation_secs: 0,
         },
     }
 }
@@ -611,7 +636,9 @@ mod tests {
     /// held at a gate: a test decides exactly when a settlement check sees its answer.
     pub(super) struct GatedNode {
         inner: MemNode,
-        lookups: AtomicU32,
+        pub(super) lookups: AtomicU32,
+        /// `list_invoices` calls (the expiry and settlement pass).
+        pub(super) lists: AtomicU32,
         hold_next: AtomicBool,
         /// Hold the next `pay_invoice` at the gate too (before the node sees the payment).
         pub(super) hold_next_pay: AtomicBool,
@@ -635,6 +662,14 @@ mod tests {
             }
             self.inner.lookup_invoice(hash).await
         }
+        async fn list_invoices(
+            &self,
+            index_offset: u64,
+            max: u64,
+        ) -> Result<crate::lightning::InvoicePage, LightningError> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list_invoices(index_offset, max).await
+        }
         async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError> {
             if self.hold_next_pay.swap(false, Ordering::SeqCst) {
                 self.entered.notify_one();
@@ -657,12 +692,12 @@ mod tests {
         _dir: tempfile::TempDir,
         pub(super) net: MemNetwork,
         pub(super) ln: Arc<GatedNode>,
-        tunnel: Arc<VerifyingTunnel>,
+        pub(super) tunnel: Arc<VerifyingTunnel>,
         pub(super) clock: Arc<ManualClock>,
         pub(super) audit: AuditLog,
         pub(super) provider: Provider,
-        db: sled::Db,
-        key: SigningKey,
+        pub(super) db: sled::Db,
+        pub(super) key: SigningKey,
     }
 
     async fn harness() -> Harness {
@@ -682,6 +717,7 @@ mod tests {
         let ln = Arc::new(GatedNode {
             inner: net.node("provider").unwrap(),
             lookups: AtomicU32::new(0),
+            lists: AtomicU32::new(0),
             hold_next: AtomicBool::new(false),
             hold_next_pay: AtomicBool::new(false),
             entered: Notify::new(),
@@ -810,8 +846,10 @@ mod tests {
             Message::Lease(l) => assert_eq!(l, issued[0].signed),
             other => panic!("wanted the issued lease, got {other:?}"),
         }
-        // One check each: the handler never went round the not-settled loop.
-        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 2);
+        // One check each: the handler's lookup (it never went round the not-settled loop)
+        // and the watcher's one listing.
+        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 1);
+        assert_eq!(h.ln.lists.load(Ordering::SeqCst), 1);
         assert_eq!(count(&h.audit, "lease_issued"), 1);
         assert_eq!(count(&h.audit, "invoice_settled"), 1);
         assert_eq!(h.tunnel.inner.peer_stats("lwt0").await.unwrap().len(), 1);
@@ -819,7 +857,7 @@ mod tests {
         // Late retries get it from the settled marker, without asking the node.
         let again = h.provider.handle(renter_peer(1), result_for(&pay)).await;
         assert!(matches!(again, Message::Lease(l) if l == issued[0].signed));
-        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 2);
+        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 1);
         // Another peer does not get someone else's lease.
         let theirs = h.provider.handle(renter_peer(2), result_for(&pay)).await;
         assert!(matches!(theirs, Message::Error(e) if e.code == ErrorCode::NotFound));

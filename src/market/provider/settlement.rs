@@ -112,12 +112,25 @@ impl Provider {
             // Fault injection (simnet): nothing is ever issued, paid or not.
             return Ok(None);
         }
-        let hash: [u8; 32] = hex::decode(&p.payment_hash)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| MarketError::Store("bad stored payment hash".into()))?;
+        let hash = p.hash()?;
         // Asked with no lock held: other leases, and other requests of this one, go on.
         let status = i.ln.lookup_invoice(hash).await?;
+        self.settle_with_status(request_id, &p, &status).await
+    }
+
+    /// Issues or extends the lease of `request_id` (exactly once) when `status`, our node's
+    /// answer about its invoice `p`, says it is settled; `None` when it is not.
+    pub(super) async fn settle_with_status(
+        &self,
+        request_id: &str,
+        p: &PendingInvoice,
+        status: &crate::lightning::InvoiceStatus,
+    ) -> Result<Option<Signed<Lease>>, MarketError> {
+        let i = &self.inner;
+        if i.cfg.fault.withhold_leases {
+            // Fault injection (simnet): nothing is ever issued, paid or not.
+            return Ok(None);
+        }
         if status.state != InvoiceState::Settled {
             return Ok(None);
         }
@@ -152,6 +165,9 @@ impl Provider {
             );
             return Ok(self.issued_for(request_id)?.map(|r| r.signed));
         }
+        // No longer unpaid: its slot under the unpaid-invoice caps is free again.
+        i.reservations
+            .release(&current.value.renter_peer, current.value.holds_prefixes());
         self.audit(
             AuditKind::InvoiceSettled,
             json!({"request_id": request_id, "payment_hash": p.payment_hash,
@@ -387,6 +403,16 @@ impl Provider {
             )
             .await?;
         Ok(())
+    }
+}
+
+impl PendingInvoice {
+    /// The stored payment hash.
+    pub(super) fn hash(&self) -> Result<[u8; 32], MarketError> {
+        hex::decode(&self.payment_hash)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| MarketError::Store("bad stored payment hash".into()))
     }
 }
 
