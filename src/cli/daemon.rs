@@ -51,6 +51,13 @@ pub(super) fn run(data_dir: &Path) -> anyhow::Result<()> {
 /// control API) and shuts both down.
 async fn run_daemon(data_dir: &Path) -> anyhow::Result<()> {
     let dir = DataDir::new(data_dir);
+    // Before anything in it is read or written: only its owner may enter it.
+    if let leasewire::datadir::Secured::Tightened(mode) = dir.secure()? {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "data dir was mode {mode:03o}; tightened to 0700 (it holds the node key and database)"
+        );
+    }
     let lock = DaemonLock::acquire(&dir)?;
     let cfg = Config::load(&dir.config_file())?;
     let backends = Backends::from_config(&cfg, &dir).await?;
