@@ -383,6 +383,7 @@ impl Node {
                 clock.clone(),
                 offer_cache.clone(),
             )?;
+            p.watch_disk(db_dir.clone());
             p.start().await?;
             Some(p)
         } else {

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use super::MarketError;
 pub mod config;
+mod disk;
 mod ending;
 mod metering;
 mod refund;
@@ -126,6 +127,11 @@ pub struct ProviderLease {
     /// refund; frozen once, at the end.
     #[serde(default)]
     pub refund: Option<ProviderRefund>,
+    /// The lease is active but its WireGuard peer could not be put in place (the tunnel
+    /// backend failed: out of file descriptors, a netlink error); every metering pass tries
+    /// again until it is.
+    #[serde(default)]
+    pub tunnel_pending: bool,
 }
 
 impl ProviderLease {
@@ -195,6 +201,8 @@ struct Inner {
     lease_locks: KeyedLocks,
     /// Unpaid invoices counted per peer and in total, with their caps.
     reservations: reservations::Reservations,
+    /// Free space and write failures of the disk: new work is refused while it is unhealthy.
+    disk: disk::DiskGuard,
     /// Leases whose refund this process is paying right now: the resolution of refunds left
     /// `paying` (for a crash) must not read a payment our node has not registered yet as
     /// "never started".
@@ -251,6 +259,7 @@ impl Provider {
                 leases: Table::open(db, "provider_leases")?,
                 pending,
                 reservations,
+                disk: disk::DiskGuard::default(),
                 key: p.key,
                 peer_id,
                 cfg: p.cfg,
@@ -321,10 +330,13 @@ impl Provider {
         // Settlements a crash cut short: their lease records and peers, before the restore.
         self.finish_issued_all().await;
         let mut restored = 0;
-        for (_, rec) in i.leases.all()? {
+        for (id, rec) in i.leases.all()? {
             if rec.state == LeaseState::Active {
-                self.apply_peer(&rec.lease).await?;
-                restored += 1;
+                // A peer the tunnel refuses now is retried by every tick, not a failed start.
+                let _lease = i.lease_locks.lock(&id).await;
+                if self.place_peer_locked(&id).await? {
+                    restored += 1;
+                }
             }
         }
         tracing::info!(
@@ -515,9 +527,10 @@ impl Provider {
         Ok(json!({"offer_id": id, "seq": seq, "ipv4": offer.ipv4, "ipv6": offer.ipv6}))
     }
 
-    /// Appends to the audit log, awaiting durability; a failure is logged, never fatal.
+    /// Appends to the audit log, awaiting durability (at most [`disk::AUDIT_TIMEOUT`]); a
+    /// failure is logged and refuses new work until the disk takes writes again, never fatal.
     async fn audit(&self, kind: AuditKind, payload: serde_json::Value) {
-        if let Err(e) = self.inner.audit.append_async(kind, &payload).await {
+        if let Err(e) = self.audit_checked(kind, payload).await {
             tracing::error!(error = %e, ?kind, "audit append failed");
         }
     }
@@ -1360,5 +1373,231 @@ mod tests {
         assert!(h.tunnel.inner.peer_stats("lwt0").await.unwrap().is_empty());
         // The settlement checks never even asked the node.
         assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_the_tunnel_refuses_is_retried_until_it_is_in_place() {
+        let h = harness().await;
+        // Out of file descriptors: every peer change fails.
+        h.tunnel.add_fails.store(true, Ordering::SeqCst);
+        let pay = rent_and_pay(&h, 1).await;
+        let reply = h.provider.handle(renter_peer(1), result_for(&pay)).await;
+        assert!(
+            matches!(reply, Message::Lease(_)),
+            "paid: issued: {reply:?}"
+        );
+        let rec = |h: &Harness| h.provider.inner.leases.get(&pay.lease_id).unwrap().unwrap();
+        assert_eq!(rec(&h).state, LeaseState::Active);
+        assert!(rec(&h).tunnel_pending, "no peer yet: pending");
+        assert!(peers(&h).await.is_empty());
+        assert_eq!(count(&h.audit, "error"), 1);
+
+        // Retried every pass, audited once; a restart meanwhile does not fail on it.
+        h.provider.tick().await.unwrap();
+        let again = restarted(
+            &h,
+            ProviderConfig {
+                ipv6_pools: Vec::new(),
+                ..ProviderConfig::default()
+            },
+            1,
+        )
+        .await;
+        again.tick().await.unwrap();
+        assert!(rec(&h).tunnel_pending);
+        assert_eq!(count(&h.audit, "error"), 1, "one entry per outage");
+
+        // The backend works again: the next pass puts the peer in place.
+        h.tunnel.add_fails.store(false, Ordering::SeqCst);
+        h.provider.tick().await.unwrap();
+        assert!(!rec(&h).tunnel_pending);
+        assert_eq!(peers(&h).await.len(), 1);
+        assert_eq!(peers(&h).await[0].0, WgKey([1; 32]));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_refuses_new_work_until_a_probe_succeeds() {
+        let h = harness().await;
+        h.provider
+            .inner
+            .disk
+            .record_failure("No space left on device (os error 28)");
+        for msg in [
+            rent_request(&h, 1, 1, 1_000),
+            Message::TopUpRequest(TopUpRequest {
+                request_id: "ab".repeat(16),
+                lease_id: "L".into(),
+                amount_sat: 500,
+            }),
+        ] {
+            match h.provider.handle(renter_peer(1), msg).await {
+                Message::Error(e) => {
+                    assert_eq!(e.code, ErrorCode::Unavailable);
+                    assert!(
+                        e.message.contains("cannot write to its disk"),
+                        "{}",
+                        e.message
+                    );
+                }
+                other => panic!("new work taken on a failing disk: {other:?}"),
+            }
+        }
+        // Reads are served meanwhile.
+        let hello = Message::Hello(crate::wire::Hello::ours(false, true, "regtest"));
+        assert!(matches!(
+            h.provider.handle(renter_peer(1), hello).await,
+            Message::Offer(_)
+        ));
+        // The next pass probes the disk; the write works, so new work is taken again.
+        h.provider.tick().await.unwrap();
+        assert_eq!(h.provider.disk_refusal(), None);
+        assert!(matches!(
+            h.provider
+                .handle(renter_peer(1), rent_request(&h, 1, 1, 1_000))
+                .await,
+            Message::PayInvoice(_)
+        ));
+    }
+
+    /// A tmpfs of `mib` MiB mounted for one test, unmounted on drop.
+    struct Tmpfs {
+        dir: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        fn mount(mib: u64) -> Option<Tmpfs> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            ok.then_some(Tmpfs { dir })
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nearly_full_disk_refuses_new_leases_credits_a_payment_and_recovers_by_itself() {
+        let Some(fs) = Tmpfs::mount(32) else {
+            eprintln!(
+                "SKIPPED a_nearly_full_disk_refuses_new_leases_credits_a_payment_and_recovers_by_itself: \
+                 needs root to mount a tmpfs"
+            );
+            return;
+        };
+        let root = fs.dir.path().to_owned();
+        let net = MemNetwork::new(&[("provider".into(), 0), ("renter".into(), 1_000_000)]).unwrap();
+        let ln = Arc::new(net.node("provider").unwrap());
+        let tunnel = Arc::new(FileTunnel::new(root.join("tunnel")).unwrap());
+        let db = sled::open(root.join("db")).unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let audit = AuditLog::open(&db, key.clone()).unwrap();
+        let clock = Arc::new(ManualClock::starting_now());
+        let p = Provider::with_clock(
+            ProviderParams {
+                key,
+                cfg: ProviderConfig {
+                    ipv6_pools: Vec::new(),
+                    min_free_disk_mib: 12,
+                    ..ProviderConfig::default()
+                },
+                network: "regtest".into(),
+                ln_pubkey: net.pubkey("provider").unwrap(),
+                wg_private: WgKey([1; 32]),
+                wg_public: WgKey([2; 32]),
+                iface: "lwt0".into(),
+                listen_port: 51820,
+                ln,
+                tunnel: tunnel.clone(),
+                audit: audit.clone(),
+                db: db.clone(),
+            },
+            clock.clone(),
+        )
+        .unwrap();
+        p.watch_disk(root.join("db"));
+        p.start().await.unwrap();
+        let ask = |n: u8| {
+            Message::RentRequest(RentRequest {
+                request_id: format!("{n:02}").repeat(16),
+                offer_id: p.offer().id(),
+                credit_sat: 1_000,
+                ipv4_prefix_len: Some(32),
+                ipv6_prefix_len: None,
+                wg_pubkey: WgKey([n; 32]),
+            })
+        };
+        let Message::PayInvoice(first) = p.handle(renter_peer(1), ask(1)).await else {
+            panic!("a healthy disk refused work")
+        };
+
+        // Something else fills the disk to below the floor.
+        let ballast = root.join("ballast");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&ballast).unwrap();
+            let chunk = vec![0u8; 1 << 20];
+            while disk::free_bytes(&root).unwrap() > 6 << 20 {
+                f.write_all(&chunk).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        match p.handle(renter_peer(2), ask(2)).await {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::Unavailable);
+                assert!(e.message.contains("disk nearly full"), "{}", e.message);
+            }
+            other => panic!("new work taken on a full disk: {other:?}"),
+        }
+        assert!(p.disk_refusal().is_some(), "the CLI's status shows it");
+        // Reads are served.
+        let offer = p
+            .handle(
+                renter_peer(2),
+                Message::Hello(crate::wire::Hello::ours(false, true, "regtest")),
+            )
+            .await;
+        assert!(matches!(offer, Message::Offer(_)), "{offer:?}");
+
+        // A payment that lands meanwhile is credited at once, from the space kept for it.
+        net.node("renter")
+            .unwrap()
+            .pay_invoice(PayRequest {
+                bolt11: first.bolt11.clone(),
+                fee_limit_msat: 10_000,
+                timeout_secs: 30,
+            })
+            .await
+            .unwrap();
+        p.tick().await.unwrap();
+        let leases = p.leases().unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].state, LeaseState::Active);
+        assert_eq!(tunnel.peer_stats("lwt0").await.unwrap().len(), 1);
+        assert_eq!(count(&audit, "lease_issued"), 1);
+
+        // Space comes back: new work is taken again, without a restart.
+        std::fs::remove_file(&ballast).unwrap();
+        assert_eq!(p.disk_refusal(), None);
+        assert!(matches!(
+            p.handle(renter_peer(2), ask(2)).await,
+            Message::PayInvoice(_)
+        ));
+        drop(p);
+        drop(audit);
+        drop(db);
     }
 }

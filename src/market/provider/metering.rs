@@ -16,9 +16,17 @@ impl Provider {
     /// audited and the pass goes on with the others.
     pub async fn tick(&self) -> Result<(), MarketError> {
         let i = &self.inner;
+        // First: a disk that failed a write is probed, so new work resumes as soon as it can.
+        self.probe_disk().await;
         self.finish_issued_all().await;
         self.settle_and_expire_unpaid().await?;
-        for (lease_id, _) in i.leases.all()? {
+        for (lease_id, rec) in i.leases.all()? {
+            if rec.tunnel_pending {
+                let _lease = i.lease_locks.lock(&lease_id).await;
+                if let Err(e) = self.place_peer_locked(&lease_id).await {
+                    self.item_failed("tunnel peer", &lease_id, &e).await;
+                }
+            }
             if let Err(e) = self.meter(&lease_id).await {
                 self.item_failed("metering", &lease_id, &e).await;
             }

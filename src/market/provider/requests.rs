@@ -17,6 +17,11 @@ impl Provider {
 
     pub(super) async fn on_rent_request(&self, peer: PeerId, r: RentRequest) -> Message {
         let i = &self.inner;
+        // A disk nearly full (or failing) takes no new work: what space is left is for the
+        // settlements and suspensions already under way.
+        if let Some(why) = self.disk_refusal() {
+            return err(ErrorCode::Unavailable, why);
+        }
         let offer = self.offer();
         if !self.accepts_offer(&r.offer_id) {
             return err(
@@ -103,6 +108,7 @@ impl Provider {
             Err(MarketError::NoOffer(m)) => return err(ErrorCode::PoolExhausted, m),
             Err(e) => {
                 tracing::error!(error = %e, "pool allocation failed");
+                i.disk.record_failure(&e.to_string());
                 return err(ErrorCode::Unavailable, "provider storage error");
             }
         };
@@ -208,6 +214,7 @@ impl Provider {
             Ok(false) => return err(ErrorCode::BadRequest, "request id already used"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot persist pending invoice");
+                i.disk.record_failure(&e.to_string());
                 return err(ErrorCode::Unavailable, "provider storage error");
             }
         }
@@ -228,6 +235,9 @@ impl Provider {
 
     pub(super) async fn on_topup_request(&self, peer: PeerId, r: TopUpRequest) -> Message {
         let i = &self.inner;
+        if let Some(why) = self.disk_refusal() {
+            return err(ErrorCode::Unavailable, why);
+        }
         let rec = match i.leases.get(&r.lease_id) {
             Ok(Some(rec)) if rec.renter_peer == peer.to_string() => rec,
             Ok(_) => {
