@@ -1600,4 +1600,131 @@ mod tests {
         drop(audit);
         drop(db);
     }
+
+    #[tokio::test]
+    async fn a_store_failed_by_a_full_disk_asks_for_a_reopen_which_credits_the_payment() {
+        let Some(fs) = Tmpfs::mount(32) else {
+            eprintln!(
+                "SKIPPED a_store_failed_by_a_full_disk_asks_for_a_reopen_which_credits_the_payment: \
+                 needs root to mount a tmpfs"
+            );
+            return;
+        };
+        let root = fs.dir.path().to_owned();
+        let net = MemNetwork::new(&[("provider".into(), 0), ("renter".into(), 1_000_000)]).unwrap();
+        let ln = Arc::new(net.node("provider").unwrap());
+        let tunnel = Arc::new(FileTunnel::new(root.join("tunnel")).unwrap());
+        let clock = Arc::new(ManualClock::starting_now());
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let open = |db: &sled::Db, audit: &AuditLog| {
+            let p = Provider::with_clock(
+                ProviderParams {
+                    key: key.clone(),
+                    cfg: ProviderConfig {
+                        ipv6_pools: Vec::new(),
+                        min_free_disk_mib: 12,
+                        ..ProviderConfig::default()
+                    },
+                    network: "regtest".into(),
+                    ln_pubkey: net.pubkey("provider").unwrap(),
+                    wg_private: WgKey([1; 32]),
+                    wg_public: WgKey([2; 32]),
+                    iface: "lwt0".into(),
+                    listen_port: 51820,
+                    ln: ln.clone(),
+                    tunnel: tunnel.clone(),
+                    audit: audit.clone(),
+                    db: db.clone(),
+                },
+                clock.clone(),
+            )
+            .unwrap();
+            p.watch_disk(root.join("db"));
+            p
+        };
+        let ask = |p: &Provider, n: u8| {
+            Message::RentRequest(RentRequest {
+                request_id: format!("{n:02}").repeat(16),
+                offer_id: p.offer().id(),
+                credit_sat: 1_000,
+                ipv4_prefix_len: Some(32),
+                ipv6_prefix_len: None,
+                wg_pubkey: WgKey([n; 32]),
+            })
+        };
+        let db = crate::datadir::open_db(&root.join("db")).unwrap();
+        let audit = AuditLog::open(&db, key.clone()).unwrap();
+        let p = open(&db, &audit);
+        p.start().await.unwrap();
+        let Message::PayInvoice(first) = p.handle(renter_peer(1), ask(&p, 1)).await else {
+            panic!("a healthy disk refused work")
+        };
+
+        // Something fills the disk to the last byte; the store's next writes fail.
+        let ballast = root.join("ballast");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&ballast).unwrap();
+            let chunk = vec![0u8; 64 << 10];
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.sync_all();
+        }
+        net.node("renter")
+            .unwrap()
+            .pay_invoice(PayRequest {
+                bolt11: first.bolt11.clone(),
+                fee_limit_msat: 10_000,
+                timeout_secs: 30,
+            })
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if p.inner.disk.is_failing() {
+                break;
+            }
+            let _ = p.tick().await;
+            let _ = p.refresh_offer(true).await.map_err(|e| {
+                p.inner.disk.record_failure(&e.to_string());
+            });
+        }
+        assert!(p.inner.disk.is_failing(), "no write failed on a full disk");
+        assert!(
+            !p.store_needs_reopen(),
+            "no reopen while the disk is still full"
+        );
+
+        // Space comes back, but sled keeps failing until the database is opened again: the
+        // probes see it, and the provider asks for a reopen (the daemon restarts the node).
+        std::fs::remove_file(&ballast).unwrap();
+        for _ in 0..3 {
+            let _ = p.tick().await;
+        }
+        assert!(p.store_needs_reopen());
+        assert!(matches!(
+            p.handle(renter_peer(2), ask(&p, 2)).await,
+            Message::Error(e) if e.code == ErrorCode::Unavailable
+        ));
+        drop(p);
+        drop(audit);
+        drop(db);
+
+        // Reopened: the payment that landed meanwhile is credited, and new work is taken.
+        let db = crate::datadir::open_db(&root.join("db")).unwrap();
+        let audit = AuditLog::open(&db, key.clone()).unwrap();
+        let p = open(&db, &audit);
+        p.start().await.unwrap();
+        p.tick().await.unwrap();
+        let leases = p.leases().unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].lease.lease_id, first.lease_id);
+        assert_eq!(leases[0].state, LeaseState::Active);
+        assert!(!p.store_needs_reopen());
+        assert!(matches!(
+            p.handle(renter_peer(2), ask(&p, 2)).await,
+            Message::PayInvoice(_)
+        ));
+        drop(p);
+        drop(audit);
+        drop(db);
+    }
 }

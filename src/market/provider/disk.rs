@@ -29,7 +29,12 @@ pub(super) struct DiskGuard {
     dir: OnceLock<PathBuf>,
     /// The last write failure, until a probe succeeds.
     failed: Mutex<Option<String>>,
+    /// Probes that failed in a row while the disk had room: the store itself refuses writes.
+    probe_failures: std::sync::atomic::AtomicU32,
 }
+
+/// Probes failing in a row, with room on the disk, after which the store needs reopening.
+const REOPEN_AFTER_PROBES: u32 = 3;
 
 impl DiskGuard {
     fn failed(&self) -> std::sync::MutexGuard<'_, Option<String>> {
@@ -55,8 +60,21 @@ impl DiskGuard {
 
     /// A probe write succeeded: new work is accepted again.
     pub(super) fn record_ok(&self) {
+        self.probe_failures
+            .store(0, std::sync::atomic::Ordering::SeqCst);
         if self.failed().take().is_some() {
             tracing::info!("the provider's disk takes writes again; accepting new leases");
+        }
+    }
+
+    /// Whether the free space of the watched directory is above the floor (true when no
+    /// directory is watched or the floor is 0).
+    fn has_room(&self, min_free_mib: u64) -> bool {
+        match self.dir.get() {
+            Some(dir) if min_free_mib > 0 => {
+                free_bytes(dir).is_ok_and(|f| f >= min_free_mib.saturating_mul(1 << 20))
+            }
+            _ => true,
         }
     }
 
@@ -118,6 +136,18 @@ impl Provider {
         self.inner.disk.refusal(self.inner.cfg.min_free_disk_mib)
     }
 
+    /// Whether the store refuses every write although the disk has room again: sled keeps
+    /// failing after a write failed (`ENOSPC`) until the database is opened again, so the
+    /// daemon restarts the node in-process (`leasewire daemon` checks this). Never true on a
+    /// disk that is still below the floor: space has to come back first.
+    pub fn store_needs_reopen(&self) -> bool {
+        let d = &self.inner.disk;
+        d.is_failing()
+            && d.dir.get().is_some()
+            && d.has_room(self.inner.cfg.min_free_disk_mib)
+            && d.probe_failures.load(std::sync::atomic::Ordering::SeqCst) >= REOPEN_AFTER_PROBES
+    }
+
     /// Records the outcome of a store write of request handling or a background pass.
     pub(super) fn note_write<T>(&self, r: &Result<T, MarketError>) {
         if let Err(e) = r {
@@ -156,6 +186,11 @@ impl Provider {
             Err(e) => {
                 tracing::debug!(error = %e, "disk probe failed; still refusing new work");
                 i.disk.record_failure(&e.to_string());
+                if i.disk.has_room(i.cfg.min_free_disk_mib) {
+                    i.disk
+                        .probe_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }
         }
     }

@@ -32,7 +32,9 @@ impl Provider {
             }
         }
         self.resolve_paying_refunds().await?;
-        self.refresh_offer(false).await?;
+        let refreshed = self.refresh_offer(false).await;
+        self.note_write(&refreshed);
+        refreshed?;
         Ok(())
     }
 
