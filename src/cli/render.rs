@@ -630,9 +630,18 @@ mod tests {
             ..Default::default()
         };
         let out = text(|w| status(w, &s, 1_000));
-        assert!(out.contains("DISK: provider disk nearly full"), "{out}");
+        let line = |key: &str| {
+            out.lines()
+                .find(|l| l.starts_with(key))
+                .map(|l| l[key.len()..].trim_start().to_owned())
+                .unwrap_or_default()
+        };
         assert!(
-            out.contains("tunnel pending: L7 (the tunnel backend"),
+            line("DISK:").starts_with("provider disk nearly full"),
+            "{out}"
+        );
+        assert!(
+            line("tunnel pending:").starts_with("L7 (the tunnel backend"),
             "{out}"
         );
         let mut l = lease("L7");
