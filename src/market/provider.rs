@@ -249,9 +249,9 @@ impl Provider {
         let pending: Table<PendingInvoice> = Table::open(db, "provider_pending")?;
         let reservations =
             reservations::Reservations::new(p.cfg.max_unpaid_per_peer, p.cfg.max_unpaid_total);
-        for (_, inv) in pending.all()? {
+        for (request_id, inv) in pending.all()? {
             if inv.issued.is_none() {
-                reservations.count_existing(&inv.renter_peer, inv.holds_prefixes());
+                reservations.count_existing(&request_id, &inv.renter_peer, inv.holds_prefixes());
             }
         }
         let provider = Provider {

@@ -48,12 +48,24 @@ impl Provider {
     /// (nothing is settled or expired this pass; `paymentResult` still settles by lookup).
     async fn settle_and_expire_unpaid(&self) -> Result<(), MarketError> {
         let i = &self.inner;
+        // Slots stored before the table is read: those no longer unpaid in it were settled or
+        // expired by a write that failed after it took effect, and are given back here.
+        let kept = i.reservations.kept();
         let unpaid: Vec<(String, PendingInvoice)> = i
             .pending
             .all()?
             .into_iter()
             .filter(|(_, p)| p.issued.is_none())
             .collect();
+        let unpaid_ids: std::collections::HashSet<String> =
+            unpaid.iter().map(|(id, _)| id.clone()).collect();
+        let resynced = i.reservations.forget_settled(&kept, &unpaid_ids);
+        if resynced > 0 {
+            tracing::info!(
+                resynced,
+                "unpaid-invoice slots given back after failed writes"
+            );
+        }
         let Some(oldest) = unpaid.iter().map(|(_, p)| p.add_index).min() else {
             return Ok(());
         };
@@ -147,7 +159,7 @@ impl Provider {
             return Ok(());
         }
         // No longer unpaid: its slot under the unpaid-invoice caps is free again.
-        i.reservations.release(&p.renter_peer, p.holds_prefixes());
+        i.reservations.release(request_id);
         for prefix in p.ipv4.iter().chain(p.ipv6.iter()) {
             i.pool.release(prefix, &p.lease_id).await?;
         }

@@ -74,7 +74,7 @@ impl Provider {
         // Each unpaid invoice holds prefixes until it expires: a cap per peer keeps one peer
         // from reserving the whole pool, and a cap on all reservations bounds what many fresh
         // identities can hold together. Counted before anything is allocated, in one step.
-        let slot = match i.reservations.take(&peer.to_string(), true) {
+        let slot = match i.reservations.take(&r.request_id, &peer.to_string(), true) {
             Ok(slot) => slot,
             Err(e) => return refuse_cap(peer, &e),
         };
@@ -289,7 +289,7 @@ impl Provider {
             ipv6_prefix_len: None,
             renter_wg_pubkey: rec.lease.renter_wg_pubkey,
         };
-        let slot = match i.reservations.take(&peer.to_string(), false) {
+        let slot = match i.reservations.take(&r.request_id, &peer.to_string(), false) {
             Ok(slot) => slot,
             Err(e) => return refuse_cap(peer, &e),
         };
@@ -314,7 +314,9 @@ impl Provider {
 fn refuse_cap(peer: PeerId, e: &reservations::CapReached) -> Message {
     tracing::warn!(%peer, reason = %e, "request refused: unpaid-invoice cap");
     let code = match e {
-        reservations::CapReached::Peer(_) => ErrorCode::BadRequest,
+        reservations::CapReached::Peer(_) | reservations::CapReached::Duplicate => {
+            ErrorCode::BadRequest
+        }
         // Not the asker's fault: it may try again once reservations expire.
         reservations::CapReached::Total(_) => ErrorCode::Unavailable,
     };

@@ -7,7 +7,10 @@
 //! start, so a rent request neither scans the table nor races another request between the
 //! check and the reservation: a [`Slot`] is taken (counted) under one mutex before any prefix
 //! is allocated, and given back if the invoice is never stored. Once stored, the slot is
-//! given back when the invoice stops being unpaid (settled or expired).
+//! given back when the invoice stops being unpaid (settled or expired); slots are kept by
+//! request id, so giving one back twice changes nothing, and every expiry pass gives back the
+//! stored slots whose invoice the table no longer holds unpaid (a settlement or expiry whose
+//! flush failed after the swap took effect).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -21,6 +24,9 @@ pub enum CapReached {
     /// All peers together hold this many unpaid reservations.
     #[error("the provider holds {0} unpaid reservations, its limit; try again in a few minutes")]
     Total(usize),
+    /// The request id has a slot already (the same request sent twice at once).
+    #[error("request id already used")]
+    Duplicate,
 }
 
 /// The counts and their caps.
@@ -31,20 +37,56 @@ pub(super) struct Reservations {
     counts: Mutex<Counts>,
 }
 
+/// One counted invoice.
+#[derive(Debug, Clone)]
+struct Entry {
+    peer: String,
+    /// Holds prefixes (an activation invoice).
+    reservation: bool,
+    /// Stored: only settlement, expiry or a resync give it back.
+    kept: bool,
+}
+
 #[derive(Debug, Default)]
 struct Counts {
+    /// Every counted invoice, by request id: giving one back twice changes nothing.
+    entries: HashMap<String, Entry>,
     /// Unpaid invoices (any purpose) per peer.
     by_peer: HashMap<String, usize>,
     /// Unpaid activation invoices of all peers.
     reservations: usize,
 }
 
+impl Counts {
+    fn insert(&mut self, request_id: &str, e: Entry) {
+        *self.by_peer.entry(e.peer.clone()).or_default() += 1;
+        if e.reservation {
+            self.reservations += 1;
+        }
+        self.entries.insert(request_id.to_owned(), e);
+    }
+
+    fn remove(&mut self, request_id: &str) {
+        let Some(e) = self.entries.remove(request_id) else {
+            return;
+        };
+        if let Some(n) = self.by_peer.get_mut(&e.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_peer.remove(&e.peer);
+            }
+        }
+        if e.reservation {
+            self.reservations = self.reservations.saturating_sub(1);
+        }
+    }
+}
+
 /// One counted unpaid invoice: given back on drop unless [`Slot::keep`] was called.
 #[must_use]
 pub(super) struct Slot<'a> {
     owner: &'a Reservations,
-    peer: String,
-    reservation: bool,
+    request_id: String,
     kept: bool,
 }
 
@@ -52,13 +94,16 @@ impl Slot<'_> {
     /// The invoice is stored: the slot stays counted until [`Reservations::release`].
     pub(super) fn keep(mut self) {
         self.kept = true;
+        if let Some(e) = self.owner.counts().entries.get_mut(&self.request_id) {
+            e.kept = true;
+        }
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.kept {
-            self.owner.release(&self.peer, self.reservation);
+            self.owner.release(&self.request_id);
         }
     }
 }
@@ -74,23 +119,35 @@ impl Reservations {
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        // Every change below is a single increment or decrement: a panic cannot tear it.
+        // Every change below completes under the lock before it is let go.
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counts a stored unpaid invoice (at start, from the pending table), caps ignored.
-    pub(super) fn count_existing(&self, peer: &str, reservation: bool) {
+    pub(super) fn count_existing(&self, request_id: &str, peer: &str, reservation: bool) {
         let mut c = self.counts();
-        *c.by_peer.entry(peer.to_owned()).or_default() += 1;
-        if reservation {
-            c.reservations += 1;
+        if !c.entries.contains_key(request_id) {
+            let e = Entry {
+                peer: peer.to_owned(),
+                reservation,
+                kept: true,
+            };
+            c.insert(request_id, e);
         }
     }
 
-    /// Takes a slot for a new unpaid invoice of `peer` (a `reservation` when it holds
-    /// prefixes), or says which cap is reached. Check and count are one step.
-    pub(super) fn take(&self, peer: &str, reservation: bool) -> Result<Slot<'_>, CapReached> {
+    /// Takes a slot for a new unpaid invoice `request_id` of `peer` (a `reservation` when it
+    /// holds prefixes), or says which cap is reached. Check and count are one step.
+    pub(super) fn take(
+        &self,
+        request_id: &str,
+        peer: &str,
+        reservation: bool,
+    ) -> Result<Slot<'_>, CapReached> {
         let mut c = self.counts();
+        if c.entries.contains_key(request_id) {
+            return Err(CapReached::Duplicate);
+        }
         let mine = c.by_peer.get(peer).copied().unwrap_or(0);
         if mine >= self.max_per_peer {
             return Err(CapReached::Peer(mine));
@@ -98,30 +155,52 @@ impl Reservations {
         if reservation && c.reservations >= self.max_total {
             return Err(CapReached::Total(c.reservations));
         }
-        *c.by_peer.entry(peer.to_owned()).or_default() += 1;
-        if reservation {
-            c.reservations += 1;
-        }
-        Ok(Slot {
-            owner: self,
+        let e = Entry {
             peer: peer.to_owned(),
             reservation,
+            kept: false,
+        };
+        c.insert(request_id, e);
+        Ok(Slot {
+            owner: self,
+            request_id: request_id.to_owned(),
             kept: false,
         })
     }
 
-    /// A stored unpaid invoice of `peer` was settled or expired.
-    pub(super) fn release(&self, peer: &str, reservation: bool) {
+    /// The invoice `request_id` was settled or expired (or never stored). Idempotent.
+    pub(super) fn release(&self, request_id: &str) {
+        self.counts().remove(request_id);
+    }
+
+    /// The stored (kept) slots now. Pass them to [`Reservations::forget_settled`] with what
+    /// the pending table says after this call.
+    pub(super) fn kept(&self) -> Vec<String> {
+        self.counts()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kept)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Gives back every slot of `kept` (taken before the pending table was read) whose
+    /// invoice the table no longer holds unpaid: a settlement or expiry whose write failed
+    /// after it took effect never released its slot. Returns how many were given back.
+    pub(super) fn forget_settled(
+        &self,
+        kept: &[String],
+        unpaid: &std::collections::HashSet<String>,
+    ) -> usize {
         let mut c = self.counts();
-        if let Some(n) = c.by_peer.get_mut(peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.by_peer.remove(peer);
+        let mut n = 0;
+        for id in kept.iter().filter(|id| !unpaid.contains(*id)) {
+            if c.entries.contains_key(id) {
+                c.remove(id);
+                n += 1;
             }
         }
-        if reservation {
-            c.reservations = c.reservations.saturating_sub(1);
-        }
+        n
     }
 
     /// `(unpaid invoices of peer, unpaid reservations of all peers)`.
@@ -139,28 +218,44 @@ mod tests {
     #[test]
     fn caps_per_peer_and_in_total_and_slots_come_back() {
         let r = Reservations::new(2, 3);
-        let a1 = r.take("a", true).unwrap();
-        let a2 = r.take("a", true).unwrap();
-        assert_eq!(r.take("a", false).err(), Some(CapReached::Peer(2)));
+        let a1 = r.take("a1", "a", true).unwrap();
+        let a2 = r.take("a2", "a", true).unwrap();
+        assert_eq!(r.take("a3", "a", false).err(), Some(CapReached::Peer(2)));
+        assert_eq!(r.take("a1", "b", true).err(), Some(CapReached::Duplicate));
         a1.keep();
-        let b1 = r.take("b", true).unwrap();
+        let b1 = r.take("b1", "b", true).unwrap();
         // Three reservations held: a fourth peer is refused, but a top-up (no prefixes) of a
         // peer under its own cap is not.
-        assert_eq!(r.take("c", true).err(), Some(CapReached::Total(3)));
-        let c_topup = r.take("c", false).unwrap();
+        assert_eq!(r.take("c1", "c", true).err(), Some(CapReached::Total(3)));
+        let c_topup = r.take("c0", "c", false).unwrap();
         assert_eq!(r.snapshot("c"), (1, 3));
         // A slot dropped without keep (the invoice was never stored) is given back.
         drop(a2);
         drop(c_topup);
         assert_eq!(r.snapshot("a"), (1, 2));
-        let c1 = r.take("c", true).unwrap();
-        c1.keep();
+        r.take("c1", "c", true).unwrap().keep();
         b1.keep();
-        // A kept slot comes back only when released (settled or expired).
-        r.release("a", true);
+        // A kept slot comes back only when released (settled or expired), once.
+        r.release("a1");
+        r.release("a1");
         assert_eq!(r.snapshot("a"), (0, 2));
-        r.take("a", true).unwrap().keep();
+        r.take("a4", "a", true).unwrap().keep();
         assert_eq!(r.snapshot("a"), (1, 3));
+    }
+
+    #[test]
+    fn a_resync_gives_back_what_is_no_longer_unpaid_and_nothing_in_flight() {
+        let r = Reservations::new(4, 4);
+        r.take("x", "p", true).unwrap().keep();
+        r.take("y", "p", true).unwrap().keep();
+        let kept = r.kept();
+        // Taken after the snapshot and not stored yet: never touched by the resync.
+        let in_flight = r.take("z", "p", true).unwrap();
+        let unpaid: std::collections::HashSet<String> = ["y".to_owned()].into();
+        assert_eq!(r.forget_settled(&kept, &unpaid), 1, "x was settled");
+        assert_eq!(r.snapshot("p"), (2, 2));
+        drop(in_flight);
+        assert_eq!(r.snapshot("p"), (1, 1));
     }
 
     #[test]
@@ -171,7 +266,7 @@ mod tests {
             for t in 0..16 {
                 let (r, kept) = (r.clone(), kept.clone());
                 s.spawn(move || {
-                    if let Ok(slot) = r.take(&format!("peer{t}"), true) {
+                    if let Ok(slot) = r.take(&format!("r{t}"), &format!("peer{t}"), true) {
                         slot.keep();
                         kept.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }

@@ -166,8 +166,7 @@ impl Provider {
             return Ok(self.issued_for(request_id)?.map(|r| r.signed));
         }
         // No longer unpaid: its slot under the unpaid-invoice caps is free again.
-        i.reservations
-            .release(&current.value.renter_peer, current.value.holds_prefixes());
+        i.reservations.release(request_id);
         self.audit(
             AuditKind::InvoiceSettled,
             json!({"request_id": request_id, "payment_hash": p.payment_hash,
