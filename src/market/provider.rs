@@ -251,7 +251,8 @@ impl Provider {
             reservations::Reservations::new(p.cfg.max_unpaid_per_peer, p.cfg.max_unpaid_total);
         for (request_id, inv) in pending.all()? {
             if inv.issued.is_none() {
-                reservations.count_existing(&request_id, &inv.renter_peer, inv.holds_prefixes());
+                let topup_of = (!inv.holds_prefixes()).then_some(inv.lease_id.as_str());
+                reservations.count_existing(&request_id, &inv.renter_peer, topup_of);
             }
         }
         let provider = Provider {

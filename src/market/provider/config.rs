@@ -52,7 +52,8 @@ pub struct ProviderConfig {
     /// Expiry of top-up invoices, and of activation invoices when the terms do not state
     /// `reservation_secs`.
     pub invoice_expiry_secs: u64,
-    /// Unpaid invoices (activation or top-up) one peer may hold at once.
+    /// Unpaid activation invoices (each holding prefixes) one peer may hold at once. Top-ups
+    /// are capped per lease instead (two at once).
     pub max_unpaid_per_peer: usize,
     /// Unpaid activation invoices (each holding prefixes until it expires) all peers together
     /// may hold at once.

@@ -74,7 +74,7 @@ impl Provider {
         // Each unpaid invoice holds prefixes until it expires: a cap per peer keeps one peer
         // from reserving the whole pool, and a cap on all reservations bounds what many fresh
         // identities can hold together. Counted before anything is allocated, in one step.
-        let slot = match i.reservations.take(&r.request_id, &peer.to_string(), true) {
+        let slot = match i.reservations.take(&r.request_id, &peer.to_string(), None) {
             Ok(slot) => slot,
             Err(e) => return refuse_cap(peer, &e),
         };
@@ -289,7 +289,10 @@ impl Provider {
             ipv6_prefix_len: None,
             renter_wg_pubkey: rec.lease.renter_wg_pubkey,
         };
-        let slot = match i.reservations.take(&r.request_id, &peer.to_string(), false) {
+        let slot = match i
+            .reservations
+            .take(&r.request_id, &peer.to_string(), Some(&r.lease_id))
+        {
             Ok(slot) => slot,
             Err(e) => return refuse_cap(peer, &e),
         };
@@ -314,9 +317,9 @@ impl Provider {
 fn refuse_cap(peer: PeerId, e: &reservations::CapReached) -> Message {
     tracing::warn!(%peer, reason = %e, "request refused: unpaid-invoice cap");
     let code = match e {
-        reservations::CapReached::Peer(_) | reservations::CapReached::Duplicate => {
-            ErrorCode::BadRequest
-        }
+        reservations::CapReached::Peer(_)
+        | reservations::CapReached::Lease(_)
+        | reservations::CapReached::Duplicate => ErrorCode::BadRequest,
         // Not the asker's fault: it may try again once reservations expire.
         reservations::CapReached::Total(_) => ErrorCode::Unavailable,
     };
@@ -581,5 +584,55 @@ mod tests {
             h.ln.lists.load(std::sync::atomic::Ordering::SeqCst),
             lists + 1
         );
+    }
+
+    #[tokio::test]
+    async fn top_ups_are_capped_per_lease_not_by_the_reservation_caps() {
+        // One reservation per peer: a renter with a lease still tops it up.
+        let h = harness_with(ipv4_only(1, 1)).await;
+        let p = &h.provider;
+        let Message::PayInvoice(pay) = p.handle(renter_peer(1), ask(p, 1, Some(32), None)).await
+        else {
+            panic!("refused")
+        };
+        h.net
+            .node("renter")
+            .unwrap()
+            .pay_invoice(crate::lightning::PayRequest {
+                bolt11: pay.bolt11.clone(),
+                fee_limit_msat: 10_000,
+                timeout_secs: 30,
+            })
+            .await
+            .unwrap();
+        p.tick().await.unwrap();
+        assert_eq!(p.leases().unwrap().len(), 1);
+        let topup = |n: u8| {
+            Message::TopUpRequest(TopUpRequest {
+                request_id: format!("{n:02x}").repeat(16),
+                lease_id: pay.lease_id.clone(),
+                amount_sat: 500,
+            })
+        };
+        for n in [0xa1, 0xa2] {
+            let reply = p.handle(renter_peer(1), topup(n)).await;
+            assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
+        }
+        match p.handle(renter_peer(1), topup(0xa3)).await {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::BadRequest);
+                assert!(
+                    e.message.contains("2 unpaid top-up invoices"),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("a third unpaid top-up was made: {other:?}"),
+        }
+        // The reservation caps are untouched: another peer still reserves.
+        assert!(matches!(
+            p.handle(renter_peer(2), ask(p, 2, Some(32), None)).await,
+            Message::PayInvoice(_)
+        ));
     }
 }

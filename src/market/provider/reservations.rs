@@ -1,9 +1,9 @@
 //! Caps on unpaid invoices, counted in memory and checked atomically.
 //!
 //! Every unpaid invoice costs the provider an LND invoice and audit entries, and an unpaid
-//! activation invoice also holds prefixes until it expires. Two caps bound that: one per peer
-//! on unpaid invoices of any purpose, and one for all peers together on unpaid activation
-//! invoices (reservations). The counts live in memory, rebuilt from the pending table at
+//! activation invoice also holds prefixes until it expires. Caps bound that: unpaid activation
+//! invoices (reservations) per peer and for all peers together, and unpaid top-up invoices per
+//! lease (a top-up needs a paid lease; AutoPay asks for one at a time). The counts live in memory, rebuilt from the pending table at
 //! start, so a rent request neither scans the table nor races another request between the
 //! check and the reservation: a [`Slot`] is taken (counted) under one mutex before any prefix
 //! is allocated, and given back if the invoice is never stored. Once stored, the slot is
@@ -15,6 +15,10 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+/// Unpaid top-up invoices one lease may have at once (AutoPay asks for one at a time; one
+/// more covers a manual top-up meanwhile).
+pub const MAX_UNPAID_TOPUPS_PER_LEASE: usize = 2;
+
 /// Why a slot was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CapReached {
@@ -24,6 +28,9 @@ pub enum CapReached {
     /// All peers together hold this many unpaid reservations.
     #[error("the provider holds {0} unpaid reservations, its limit; try again in a few minutes")]
     Total(usize),
+    /// The lease has this many unpaid top-up invoices already.
+    #[error("{0} unpaid top-up invoices for this lease already; pay one or let it expire")]
+    Lease(usize),
     /// The request id has a slot already (the same request sent twice at once).
     #[error("request id already used")]
     Duplicate,
@@ -41,8 +48,8 @@ pub(super) struct Reservations {
 #[derive(Debug, Clone)]
 struct Entry {
     peer: String,
-    /// Holds prefixes (an activation invoice).
-    reservation: bool,
+    /// The lease a top-up invoice credits; `None` for an activation (which holds prefixes).
+    topup_of: Option<String>,
     /// Stored: only settlement, expiry or a resync give it back.
     kept: bool,
 }
@@ -51,17 +58,22 @@ struct Entry {
 struct Counts {
     /// Every counted invoice, by request id: giving one back twice changes nothing.
     entries: HashMap<String, Entry>,
-    /// Unpaid invoices (any purpose) per peer.
+    /// Unpaid activation invoices per peer.
     by_peer: HashMap<String, usize>,
+    /// Unpaid top-up invoices per lease.
+    by_lease: HashMap<String, usize>,
     /// Unpaid activation invoices of all peers.
     reservations: usize,
 }
 
 impl Counts {
     fn insert(&mut self, request_id: &str, e: Entry) {
-        *self.by_peer.entry(e.peer.clone()).or_default() += 1;
-        if e.reservation {
-            self.reservations += 1;
+        match &e.topup_of {
+            None => {
+                *self.by_peer.entry(e.peer.clone()).or_default() += 1;
+                self.reservations += 1;
+            }
+            Some(lease) => *self.by_lease.entry(lease.clone()).or_default() += 1,
         }
         self.entries.insert(request_id.to_owned(), e);
     }
@@ -70,14 +82,18 @@ impl Counts {
         let Some(e) = self.entries.remove(request_id) else {
             return;
         };
-        if let Some(n) = self.by_peer.get_mut(&e.peer) {
+        let (map, key) = match &e.topup_of {
+            None => {
+                self.reservations = self.reservations.saturating_sub(1);
+                (&mut self.by_peer, &e.peer)
+            }
+            Some(lease) => (&mut self.by_lease, lease),
+        };
+        if let Some(n) = map.get_mut(key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.by_peer.remove(&e.peer);
+                map.remove(key);
             }
-        }
-        if e.reservation {
-            self.reservations = self.reservations.saturating_sub(1);
         }
     }
 }
@@ -124,40 +140,51 @@ impl Reservations {
     }
 
     /// Counts a stored unpaid invoice (at start, from the pending table), caps ignored.
-    pub(super) fn count_existing(&self, request_id: &str, peer: &str, reservation: bool) {
+    pub(super) fn count_existing(&self, request_id: &str, peer: &str, topup_of: Option<&str>) {
         let mut c = self.counts();
         if !c.entries.contains_key(request_id) {
             let e = Entry {
                 peer: peer.to_owned(),
-                reservation,
+                topup_of: topup_of.map(str::to_owned),
                 kept: true,
             };
             c.insert(request_id, e);
         }
     }
 
-    /// Takes a slot for a new unpaid invoice `request_id` of `peer` (a `reservation` when it
-    /// holds prefixes), or says which cap is reached. Check and count are one step.
+    /// Takes a slot for a new unpaid invoice `request_id` of `peer`: an activation (which
+    /// holds prefixes) when `topup_of` is `None`, else a top-up of that lease. Says which cap
+    /// is reached otherwise. Check and count are one step.
     pub(super) fn take(
         &self,
         request_id: &str,
         peer: &str,
-        reservation: bool,
+        topup_of: Option<&str>,
     ) -> Result<Slot<'_>, CapReached> {
         let mut c = self.counts();
         if c.entries.contains_key(request_id) {
             return Err(CapReached::Duplicate);
         }
-        let mine = c.by_peer.get(peer).copied().unwrap_or(0);
-        if mine >= self.max_per_peer {
-            return Err(CapReached::Peer(mine));
-        }
-        if reservation && c.reservations >= self.max_total {
-            return Err(CapReached::Total(c.reservations));
+        match topup_of {
+            None => {
+                let mine = c.by_peer.get(peer).copied().unwrap_or(0);
+                if mine >= self.max_per_peer {
+                    return Err(CapReached::Peer(mine));
+                }
+                if c.reservations >= self.max_total {
+                    return Err(CapReached::Total(c.reservations));
+                }
+            }
+            Some(lease) => {
+                let open = c.by_lease.get(lease).copied().unwrap_or(0);
+                if open >= MAX_UNPAID_TOPUPS_PER_LEASE {
+                    return Err(CapReached::Lease(open));
+                }
+            }
         }
         let e = Entry {
             peer: peer.to_owned(),
-            reservation,
+            topup_of: topup_of.map(str::to_owned),
             kept: false,
         };
         c.insert(request_id, e);
@@ -203,7 +230,7 @@ impl Reservations {
         n
     }
 
-    /// `(unpaid invoices of peer, unpaid reservations of all peers)`.
+    /// `(unpaid activation invoices of peer, unpaid reservations of all peers)`.
     #[cfg(test)]
     pub(super) fn snapshot(&self, peer: &str) -> (usize, usize) {
         let c = self.counts();
@@ -216,41 +243,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn caps_per_peer_and_in_total_and_slots_come_back() {
+    fn caps_per_peer_in_total_and_per_lease_and_slots_come_back() {
         let r = Reservations::new(2, 3);
-        let a1 = r.take("a1", "a", true).unwrap();
-        let a2 = r.take("a2", "a", true).unwrap();
-        assert_eq!(r.take("a3", "a", false).err(), Some(CapReached::Peer(2)));
-        assert_eq!(r.take("a1", "b", true).err(), Some(CapReached::Duplicate));
+        let a1 = r.take("a1", "a", None).unwrap();
+        let a2 = r.take("a2", "a", None).unwrap();
+        assert_eq!(r.take("a3", "a", None).err(), Some(CapReached::Peer(2)));
+        assert_eq!(r.take("a1", "b", None).err(), Some(CapReached::Duplicate));
         a1.keep();
-        let b1 = r.take("b1", "b", true).unwrap();
-        // Three reservations held: a fourth peer is refused, but a top-up (no prefixes) of a
-        // peer under its own cap is not.
-        assert_eq!(r.take("c1", "c", true).err(), Some(CapReached::Total(3)));
-        let c_topup = r.take("c0", "c", false).unwrap();
-        assert_eq!(r.snapshot("c"), (1, 3));
+        let b1 = r.take("b1", "b", None).unwrap();
+        // Three reservations held: a fourth peer is refused.
+        assert_eq!(r.take("c1", "c", None).err(), Some(CapReached::Total(3)));
+        // Top-ups hold no prefixes: capped per lease, not by the reservation caps.
+        let t1 = r.take("t1", "a", Some("L")).unwrap();
+        r.take("t2", "a", Some("L")).unwrap().keep();
+        assert_eq!(
+            r.take("t3", "a", Some("L")).err(),
+            Some(CapReached::Lease(2))
+        );
+        r.take("t4", "a", Some("M")).unwrap().keep();
+        assert_eq!(r.snapshot("a"), (2, 3));
         // A slot dropped without keep (the invoice was never stored) is given back.
         drop(a2);
-        drop(c_topup);
+        drop(t1);
         assert_eq!(r.snapshot("a"), (1, 2));
-        r.take("c1", "c", true).unwrap().keep();
+        r.take("t3", "a", Some("L")).unwrap().keep();
+        r.take("c1", "c", None).unwrap().keep();
         b1.keep();
         // A kept slot comes back only when released (settled or expired), once.
         r.release("a1");
         r.release("a1");
         assert_eq!(r.snapshot("a"), (0, 2));
-        r.take("a4", "a", true).unwrap().keep();
+        r.take("a4", "a", None).unwrap().keep();
         assert_eq!(r.snapshot("a"), (1, 3));
     }
 
     #[test]
     fn a_resync_gives_back_what_is_no_longer_unpaid_and_nothing_in_flight() {
         let r = Reservations::new(4, 4);
-        r.take("x", "p", true).unwrap().keep();
-        r.take("y", "p", true).unwrap().keep();
+        r.take("x", "p", None).unwrap().keep();
+        r.take("y", "p", None).unwrap().keep();
         let kept = r.kept();
         // Taken after the snapshot and not stored yet: never touched by the resync.
-        let in_flight = r.take("z", "p", true).unwrap();
+        let in_flight = r.take("z", "p", None).unwrap();
         let unpaid: std::collections::HashSet<String> = ["y".to_owned()].into();
         assert_eq!(r.forget_settled(&kept, &unpaid), 1, "x was settled");
         assert_eq!(r.snapshot("p"), (2, 2));
@@ -266,7 +300,7 @@ mod tests {
             for t in 0..16 {
                 let (r, kept) = (r.clone(), kept.clone());
                 s.spawn(move || {
-                    if let Ok(slot) = r.take(&format!("r{t}"), &format!("peer{t}"), true) {
+                    if let Ok(slot) = r.take(&format!("r{t}"), &format!("peer{t}"), None) {
                         slot.keep();
                         kept.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
