@@ -153,6 +153,10 @@ struct PendingInvoice {
     expires_at: u64,
     ipv4: Option<String>,
     ipv6: Option<String>,
+    /// The IP address the rent request came from, when the network layer told us: counted
+    /// under the per-IP cap while unpaid.
+    #[serde(default)]
+    remote_ip: Option<String>,
     /// Our node's add index of the invoice: the expiry pass lists the node's invoices from
     /// the oldest unpaid one on. 0 in records of older versions (listed from the start).
     #[serde(default)]
@@ -247,12 +251,20 @@ impl Provider {
             .map_err(|e| MarketError::Store(e.to_string()))?;
         let (offer_tx, _) = watch::channel(0);
         let pending: Table<PendingInvoice> = Table::open(db, "provider_pending")?;
-        let reservations =
-            reservations::Reservations::new(p.cfg.max_unpaid_per_peer, p.cfg.max_unpaid_total);
+        let reservations = reservations::Reservations::new(
+            p.cfg.max_unpaid_per_peer,
+            p.cfg.max_unpaid_per_ip,
+            p.cfg.max_unpaid_total,
+        );
         for (request_id, inv) in pending.all()? {
             if inv.issued.is_none() {
                 let topup_of = (!inv.holds_prefixes()).then_some(inv.lease_id.as_str());
-                reservations.count_existing(&request_id, &inv.renter_peer, topup_of);
+                reservations.count_existing(
+                    &request_id,
+                    &inv.renter_peer,
+                    inv.remote_ip.as_deref(),
+                    topup_of,
+                );
             }
         }
         let provider = Provider {
@@ -538,6 +550,18 @@ impl Provider {
 
     /// Answers one request from `peer`. Never fails: problems become `error` messages.
     pub async fn handle(&self, peer: PeerId, msg: Message) -> Message {
+        self.handle_from(peer, None, msg).await
+    }
+
+    /// Like [`Provider::handle`], for a request that arrived from `remote_ip` when the network
+    /// layer knows it: unpaid reservations are then also capped per IP address
+    /// (`provider.max_unpaid_per_ip`), so fresh identities behind one address share one cap.
+    pub async fn handle_from(
+        &self,
+        peer: PeerId,
+        remote_ip: Option<std::net::IpAddr>,
+        msg: Message,
+    ) -> Message {
         match msg {
             Message::Hello(h) => {
                 // Not audited: a hello changes nothing, and an fsync'd entry per hello was most
@@ -546,7 +570,7 @@ impl Provider {
                 Message::Offer(self.offer())
             }
             Message::OffersRequest(r) => Message::Offers(self.on_offers_request(&r)),
-            Message::RentRequest(r) => self.on_rent_request(peer, r).await,
+            Message::RentRequest(r) => self.on_rent_request(peer, remote_ip, r).await,
             Message::TopUpRequest(r) => self.on_topup_request(peer, r).await,
             Message::PaymentResult(r) => self.on_payment_result(peer, r).await,
             Message::StatusRequest(r) => self.on_status(peer, r),

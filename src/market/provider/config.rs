@@ -15,6 +15,8 @@ use crate::wire::PrefixAvailability;
 pub const DEFAULT_RESERVATION_SECS: u64 = 120;
 /// Default of [`ProviderConfig::max_unpaid_per_peer`].
 pub const DEFAULT_MAX_UNPAID_PER_PEER: usize = 4;
+/// Default of [`ProviderConfig::max_unpaid_per_ip`].
+pub const DEFAULT_MAX_UNPAID_PER_IP: usize = 8;
 /// Default of [`ProviderConfig::max_unpaid_total`].
 pub const DEFAULT_MAX_UNPAID_TOTAL: usize = 32;
 /// Default of [`ProviderConfig::min_free_disk_mib`].
@@ -58,6 +60,9 @@ pub struct ProviderConfig {
     /// Unpaid activation invoices (each holding prefixes until it expires) all peers together
     /// may hold at once.
     pub max_unpaid_total: usize,
+    /// Unpaid activation invoices the peers behind one IP address may hold at once, when the
+    /// network layer tells the provider the address ([`super::Provider::handle_from`]).
+    pub max_unpaid_per_ip: usize,
     /// New work (rent and top-up requests) is refused while the data dir's file system has
     /// less than this many MiB free, so that what is already under way (a settlement, a
     /// suspension) still finds room. 0: no check of the free space.
@@ -112,6 +117,7 @@ impl Default for ProviderConfig {
             invoice_expiry_secs: 600,
             max_unpaid_per_peer: DEFAULT_MAX_UNPAID_PER_PEER,
             max_unpaid_total: DEFAULT_MAX_UNPAID_TOTAL,
+            max_unpaid_per_ip: DEFAULT_MAX_UNPAID_PER_IP,
             min_free_disk_mib: DEFAULT_MIN_FREE_DISK_MIB,
             metering_interval_secs: 5,
             terms: Terms {
@@ -238,9 +244,13 @@ impl ProviderConfig {
                  (or 0 to leave it out of the terms)"
             ));
         }
-        if self.max_unpaid_per_peer == 0 || self.max_unpaid_total == 0 {
+        if self.max_unpaid_per_peer == 0
+            || self.max_unpaid_per_ip == 0
+            || self.max_unpaid_total == 0
+        {
             return Err(
-                "provider.max_unpaid_per_peer and provider.max_unpaid_total must be at least 1"
+                "provider.max_unpaid_per_peer, provider.max_unpaid_per_ip and \
+                 provider.max_unpaid_total must be at least 1"
                     .into(),
             );
         }
@@ -477,6 +487,7 @@ mod tests {
         for edit in [
             (|c: &mut ProviderConfig| c.max_unpaid_per_peer = 0) as fn(&mut ProviderConfig),
             |c: &mut ProviderConfig| c.max_unpaid_total = 0,
+            |c: &mut ProviderConfig| c.max_unpaid_per_ip = 0,
         ] {
             let e = check(edit).unwrap_err();
             assert!(e.contains("max_unpaid"), "{e}");

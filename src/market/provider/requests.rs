@@ -3,6 +3,15 @@
 use super::*;
 use crate::market::sizes::{self, Family, Sizes};
 
+/// What an invoice's pending record holds besides the commitment: the prefixes reserved for
+/// it and the address its request came from.
+#[derive(Default)]
+pub(super) struct Held {
+    ipv4: Option<String>,
+    ipv6: Option<String>,
+    remote_ip: Option<String>,
+}
+
 impl Provider {
     /// The unreleased lease whose renter uses WireGuard key `key`, if any.
     fn lease_of_key(&self, key: &WgKey) -> Result<Option<String>, MarketError> {
@@ -15,7 +24,12 @@ impl Provider {
             .map(|(id, _)| id))
     }
 
-    pub(super) async fn on_rent_request(&self, peer: PeerId, r: RentRequest) -> Message {
+    pub(super) async fn on_rent_request(
+        &self,
+        peer: PeerId,
+        remote_ip: Option<std::net::IpAddr>,
+        r: RentRequest,
+    ) -> Message {
         let i = &self.inner;
         // A disk nearly full (or failing) takes no new work: what space is left is for the
         // settlements and suspensions already under way.
@@ -74,7 +88,12 @@ impl Provider {
         // Each unpaid invoice holds prefixes until it expires: a cap per peer keeps one peer
         // from reserving the whole pool, and a cap on all reservations bounds what many fresh
         // identities can hold together. Counted before anything is allocated, in one step.
-        let slot = match i.reservations.take(&r.request_id, &peer.to_string(), None) {
+        let slot = match i.reservations.take(
+            &r.request_id,
+            &peer.to_string(),
+            remote_ip.map(|a| a.to_string()).as_deref(),
+            None,
+        ) {
             Ok(slot) => slot,
             Err(e) => return refuse_cap(peer, &e),
         };
@@ -133,7 +152,11 @@ impl Provider {
                 &r.request_id,
                 &lease_id,
                 commitment,
-                (ipv4.clone(), ipv6.clone()),
+                Held {
+                    ipv4: ipv4.clone(),
+                    ipv6: ipv6.clone(),
+                    remote_ip: remote_ip.map(|a| a.to_string()),
+                },
                 i.cfg.activation_expiry_secs(),
             )
             .await;
@@ -167,7 +190,7 @@ impl Provider {
         request_id: &str,
         lease_id: &str,
         commitment: InvoiceCommitment,
-        (ipv4, ipv6): (Option<String>, Option<String>),
+        held: Held,
         expiry_secs: u64,
     ) -> Message {
         let i = &self.inner;
@@ -198,8 +221,9 @@ impl Provider {
             payment_hash: payment_hash.clone(),
             bolt11: created.bolt11.clone(),
             expires_at: self.now() + expiry_secs,
-            ipv4,
-            ipv6,
+            ipv4: held.ipv4,
+            ipv6: held.ipv6,
+            remote_ip: held.remote_ip,
             add_index: created.add_index,
             issued: None,
         };
@@ -289,20 +313,21 @@ impl Provider {
             ipv6_prefix_len: None,
             renter_wg_pubkey: rec.lease.renter_wg_pubkey,
         };
-        let slot = match i
-            .reservations
-            .take(&r.request_id, &peer.to_string(), Some(&r.lease_id))
-        {
-            Ok(slot) => slot,
-            Err(e) => return refuse_cap(peer, &e),
-        };
+        let slot =
+            match i
+                .reservations
+                .take(&r.request_id, &peer.to_string(), None, Some(&r.lease_id))
+            {
+                Ok(slot) => slot,
+                Err(e) => return refuse_cap(peer, &e),
+            };
         let reply = self
             .create_invoice(
                 peer,
                 &r.request_id,
                 &r.lease_id,
                 commitment,
-                (None, None),
+                Held::default(),
                 i.cfg.invoice_expiry_secs,
             )
             .await;
@@ -318,6 +343,7 @@ fn refuse_cap(peer: PeerId, e: &reservations::CapReached) -> Message {
     tracing::warn!(%peer, reason = %e, "request refused: unpaid-invoice cap");
     let code = match e {
         reservations::CapReached::Peer(_)
+        | reservations::CapReached::Ip(_)
         | reservations::CapReached::Lease(_)
         | reservations::CapReached::Duplicate => ErrorCode::BadRequest,
         // Not the asker's fault: it may try again once reservations expire.
@@ -632,6 +658,41 @@ mod tests {
         // The reservation caps are untouched: another peer still reserves.
         assert!(matches!(
             p.handle(renter_peer(2), ask(p, 2, Some(32), None)).await,
+            Message::PayInvoice(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn identities_behind_one_address_share_the_per_ip_cap() {
+        let h = harness_with(ProviderConfig {
+            max_unpaid_per_ip: 2,
+            ..ipv4_only(4, 32)
+        })
+        .await;
+        let p = &h.provider;
+        let ip: std::net::IpAddr = "192.0.2.77".parse().unwrap();
+        for n in 1..=2 {
+            let reply = p
+                .handle_from(renter_peer(n), Some(ip), ask(p, n, Some(32), None))
+                .await;
+            assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
+        }
+        match p
+            .handle_from(renter_peer(3), Some(ip), ask(p, 3, Some(32), None))
+            .await
+        {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::BadRequest);
+                assert!(e.message.contains("from your address"), "{}", e.message);
+            }
+            other => panic!("a third identity from one address reserved: {other:?}"),
+        }
+        assert_eq!(available(p), 14);
+        // The same identity from another address is served.
+        let other: std::net::IpAddr = "192.0.2.78".parse().unwrap();
+        assert!(matches!(
+            p.handle_from(renter_peer(3), Some(other), ask(p, 3, Some(32), None))
+                .await,
             Message::PayInvoice(_)
         ));
     }

@@ -28,6 +28,9 @@ pub enum CapReached {
     /// All peers together hold this many unpaid reservations.
     #[error("the provider holds {0} unpaid reservations, its limit; try again in a few minutes")]
     Total(usize),
+    /// The peer's IP address has this many unpaid reservations already (of any identity).
+    #[error("{0} unpaid reservations from your address already; pay them or let them expire")]
+    Ip(usize),
     /// The lease has this many unpaid top-up invoices already.
     #[error("{0} unpaid top-up invoices for this lease already; pay one or let it expire")]
     Lease(usize),
@@ -40,6 +43,7 @@ pub enum CapReached {
 #[derive(Debug)]
 pub(super) struct Reservations {
     max_per_peer: usize,
+    max_per_ip: usize,
     max_total: usize,
     counts: Mutex<Counts>,
 }
@@ -48,6 +52,8 @@ pub(super) struct Reservations {
 #[derive(Debug, Clone)]
 struct Entry {
     peer: String,
+    /// The address an activation's request came from, when known.
+    ip: Option<String>,
     /// The lease a top-up invoice credits; `None` for an activation (which holds prefixes).
     topup_of: Option<String>,
     /// Stored: only settlement, expiry or a resync give it back.
@@ -60,6 +66,8 @@ struct Counts {
     entries: HashMap<String, Entry>,
     /// Unpaid activation invoices per peer.
     by_peer: HashMap<String, usize>,
+    /// Unpaid activation invoices per IP address (when known).
+    by_ip: HashMap<String, usize>,
     /// Unpaid top-up invoices per lease.
     by_lease: HashMap<String, usize>,
     /// Unpaid activation invoices of all peers.
@@ -71,6 +79,9 @@ impl Counts {
         match &e.topup_of {
             None => {
                 *self.by_peer.entry(e.peer.clone()).or_default() += 1;
+                if let Some(ip) = &e.ip {
+                    *self.by_ip.entry(ip.clone()).or_default() += 1;
+                }
                 self.reservations += 1;
             }
             Some(lease) => *self.by_lease.entry(lease.clone()).or_default() += 1,
@@ -85,6 +96,14 @@ impl Counts {
         let (map, key) = match &e.topup_of {
             None => {
                 self.reservations = self.reservations.saturating_sub(1);
+                if let Some(ip) = &e.ip
+                    && let Some(n) = self.by_ip.get_mut(ip)
+                {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.by_ip.remove(ip);
+                    }
+                }
                 (&mut self.by_peer, &e.peer)
             }
             Some(lease) => (&mut self.by_lease, lease),
@@ -126,9 +145,10 @@ impl Drop for Slot<'_> {
 
 impl Reservations {
     /// Empty counts under these caps.
-    pub(super) fn new(max_per_peer: usize, max_total: usize) -> Self {
+    pub(super) fn new(max_per_peer: usize, max_per_ip: usize, max_total: usize) -> Self {
         Reservations {
             max_per_peer,
+            max_per_ip,
             max_total,
             counts: Mutex::new(Counts::default()),
         }
@@ -140,11 +160,18 @@ impl Reservations {
     }
 
     /// Counts a stored unpaid invoice (at start, from the pending table), caps ignored.
-    pub(super) fn count_existing(&self, request_id: &str, peer: &str, topup_of: Option<&str>) {
+    pub(super) fn count_existing(
+        &self,
+        request_id: &str,
+        peer: &str,
+        ip: Option<&str>,
+        topup_of: Option<&str>,
+    ) {
         let mut c = self.counts();
         if !c.entries.contains_key(request_id) {
             let e = Entry {
                 peer: peer.to_owned(),
+                ip: ip.map(str::to_owned),
                 topup_of: topup_of.map(str::to_owned),
                 kept: true,
             };
@@ -152,13 +179,14 @@ impl Reservations {
         }
     }
 
-    /// Takes a slot for a new unpaid invoice `request_id` of `peer`: an activation (which
-    /// holds prefixes) when `topup_of` is `None`, else a top-up of that lease. Says which cap
-    /// is reached otherwise. Check and count are one step.
+    /// Takes a slot for a new unpaid invoice `request_id` of `peer` (from address `ip` when
+    /// known): an activation (which holds prefixes) when `topup_of` is `None`, else a top-up
+    /// of that lease. Says which cap is reached otherwise. Check and count are one step.
     pub(super) fn take(
         &self,
         request_id: &str,
         peer: &str,
+        ip: Option<&str>,
         topup_of: Option<&str>,
     ) -> Result<Slot<'_>, CapReached> {
         let mut c = self.counts();
@@ -170,6 +198,12 @@ impl Reservations {
                 let mine = c.by_peer.get(peer).copied().unwrap_or(0);
                 if mine >= self.max_per_peer {
                     return Err(CapReached::Peer(mine));
+                }
+                if let Some(ip) = ip {
+                    let theirs = c.by_ip.get(ip).copied().unwrap_or(0);
+                    if theirs >= self.max_per_ip {
+                        return Err(CapReached::Ip(theirs));
+                    }
                 }
                 if c.reservations >= self.max_total {
                     return Err(CapReached::Total(c.reservations));
@@ -184,6 +218,7 @@ impl Reservations {
         }
         let e = Entry {
             peer: peer.to_owned(),
+            ip: ip.filter(|_| topup_of.is_none()).map(str::to_owned),
             topup_of: topup_of.map(str::to_owned),
             kept: false,
         };
@@ -244,47 +279,72 @@ mod tests {
 
     #[test]
     fn caps_per_peer_in_total_and_per_lease_and_slots_come_back() {
-        let r = Reservations::new(2, 3);
-        let a1 = r.take("a1", "a", None).unwrap();
-        let a2 = r.take("a2", "a", None).unwrap();
-        assert_eq!(r.take("a3", "a", None).err(), Some(CapReached::Peer(2)));
-        assert_eq!(r.take("a1", "b", None).err(), Some(CapReached::Duplicate));
-        a1.keep();
-        let b1 = r.take("b1", "b", None).unwrap();
-        // Three reservations held: a fourth peer is refused.
-        assert_eq!(r.take("c1", "c", None).err(), Some(CapReached::Total(3)));
-        // Top-ups hold no prefixes: capped per lease, not by the reservation caps.
-        let t1 = r.take("t1", "a", Some("L")).unwrap();
-        r.take("t2", "a", Some("L")).unwrap().keep();
+        let r = Reservations::new(2, 8, 3);
+        let a1 = r.take("a1", "a", None, None).unwrap();
+        let a2 = r.take("a2", "a", None, None).unwrap();
         assert_eq!(
-            r.take("t3", "a", Some("L")).err(),
+            r.take("a3", "a", None, None).err(),
+            Some(CapReached::Peer(2))
+        );
+        assert_eq!(
+            r.take("a1", "b", None, None).err(),
+            Some(CapReached::Duplicate)
+        );
+        a1.keep();
+        let b1 = r.take("b1", "b", None, None).unwrap();
+        // Three reservations held: a fourth peer is refused.
+        assert_eq!(
+            r.take("c1", "c", None, None).err(),
+            Some(CapReached::Total(3))
+        );
+        // Top-ups hold no prefixes: capped per lease, not by the reservation caps.
+        let t1 = r.take("t1", "a", None, Some("L")).unwrap();
+        r.take("t2", "a", None, Some("L")).unwrap().keep();
+        assert_eq!(
+            r.take("t3", "a", None, Some("L")).err(),
             Some(CapReached::Lease(2))
         );
-        r.take("t4", "a", Some("M")).unwrap().keep();
+        r.take("t4", "a", None, Some("M")).unwrap().keep();
         assert_eq!(r.snapshot("a"), (2, 3));
         // A slot dropped without keep (the invoice was never stored) is given back.
         drop(a2);
         drop(t1);
         assert_eq!(r.snapshot("a"), (1, 2));
-        r.take("t3", "a", Some("L")).unwrap().keep();
-        r.take("c1", "c", None).unwrap().keep();
+        r.take("t3", "a", None, Some("L")).unwrap().keep();
+        r.take("c1", "c", None, None).unwrap().keep();
         b1.keep();
         // A kept slot comes back only when released (settled or expired), once.
         r.release("a1");
         r.release("a1");
         assert_eq!(r.snapshot("a"), (0, 2));
-        r.take("a4", "a", None).unwrap().keep();
+        r.take("a4", "a", None, None).unwrap().keep();
         assert_eq!(r.snapshot("a"), (1, 3));
     }
 
     #[test]
+    fn fresh_identities_behind_one_address_share_its_cap() {
+        let r = Reservations::new(4, 2, 32);
+        r.take("1", "p1", Some("192.0.2.9"), None).unwrap().keep();
+        r.take("2", "p2", Some("192.0.2.9"), None).unwrap().keep();
+        assert_eq!(
+            r.take("3", "p3", Some("192.0.2.9"), None).err(),
+            Some(CapReached::Ip(2))
+        );
+        // Another address, or an unknown one, is not held back by it.
+        r.take("4", "p3", Some("192.0.2.10"), None).unwrap().keep();
+        r.take("5", "p4", None, None).unwrap().keep();
+        r.release("1");
+        r.take("3", "p3", Some("192.0.2.9"), None).unwrap().keep();
+    }
+
+    #[test]
     fn a_resync_gives_back_what_is_no_longer_unpaid_and_nothing_in_flight() {
-        let r = Reservations::new(4, 4);
-        r.take("x", "p", None).unwrap().keep();
-        r.take("y", "p", None).unwrap().keep();
+        let r = Reservations::new(4, 8, 4);
+        r.take("x", "p", None, None).unwrap().keep();
+        r.take("y", "p", None, None).unwrap().keep();
         let kept = r.kept();
         // Taken after the snapshot and not stored yet: never touched by the resync.
-        let in_flight = r.take("z", "p", None).unwrap();
+        let in_flight = r.take("z", "p", None, None).unwrap();
         let unpaid: std::collections::HashSet<String> = ["y".to_owned()].into();
         assert_eq!(r.forget_settled(&kept, &unpaid), 1, "x was settled");
         assert_eq!(r.snapshot("p"), (2, 2));
@@ -294,13 +354,13 @@ mod tests {
 
     #[test]
     fn concurrent_takes_never_pass_the_total() {
-        let r = std::sync::Arc::new(Reservations::new(1, 5));
+        let r = std::sync::Arc::new(Reservations::new(1, 8, 5));
         let kept = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         std::thread::scope(|s| {
             for t in 0..16 {
                 let (r, kept) = (r.clone(), kept.clone());
                 s.spawn(move || {
-                    if let Ok(slot) = r.take(&format!("r{t}"), &format!("peer{t}"), None) {
+                    if let Ok(slot) = r.take(&format!("r{t}"), &format!("peer{t}"), None, None) {
                         slot.keep();
                         kept.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
