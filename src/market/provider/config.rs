@@ -55,7 +55,7 @@ pub struct ProviderConfig {
     /// `reservation_secs`.
     pub invoice_expiry_secs: u64,
     /// Unpaid activation invoices (each holding prefixes) one peer may hold at once. Top-ups
-    /// are capped per lease instead (two at once).
+    /// are capped per lease instead (eight at once).
     pub max_unpaid_per_peer: usize,
     /// Unpaid activation invoices (each holding prefixes until it expires) all peers together
     /// may hold at once.

@@ -640,15 +640,16 @@ mod tests {
                 amount_sat: 500,
             })
         };
-        for n in [0xa1, 0xa2] {
+        let max = reservations::MAX_UNPAID_TOPUPS_PER_LEASE as u8;
+        for n in 0xa0..0xa0 + max {
             let reply = p.handle(renter_peer(1), topup(n)).await;
             assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
         }
-        match p.handle(renter_peer(1), topup(0xa3)).await {
+        match p.handle(renter_peer(1), topup(0xa0 + max)).await {
             Message::Error(e) => {
                 assert_eq!(e.code, ErrorCode::BadRequest);
                 assert!(
-                    e.message.contains("2 unpaid top-up invoices"),
+                    e.message.contains(&format!("{max} unpaid top-up invoices")),
                     "{}",
                     e.message
                 );

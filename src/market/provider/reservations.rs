@@ -15,9 +15,10 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-/// Unpaid top-up invoices one lease may have at once (AutoPay asks for one at a time; one
-/// more covers a manual top-up meanwhile).
-pub const MAX_UNPAID_TOPUPS_PER_LEASE: usize = 2;
+/// Unpaid top-up invoices one lease may have at once. AutoPay asks for one at a time, but a
+/// payment that fails (no route, a limit) leaves its invoice open until it expires and the
+/// next attempt asks for a new one: room for several retries within an invoice's expiry.
+pub const MAX_UNPAID_TOPUPS_PER_LEASE: usize = 8;
 
 /// Why a slot was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -299,10 +300,14 @@ mod tests {
         );
         // Top-ups hold no prefixes: capped per lease, not by the reservation caps.
         let t1 = r.take("t1", "a", None, Some("L")).unwrap();
-        r.take("t2", "a", None, Some("L")).unwrap().keep();
+        for k in 1..MAX_UNPAID_TOPUPS_PER_LEASE {
+            r.take(&format!("t1-{k}"), "a", None, Some("L"))
+                .unwrap()
+                .keep();
+        }
         assert_eq!(
-            r.take("t3", "a", None, Some("L")).err(),
-            Some(CapReached::Lease(2))
+            r.take("tx", "a", None, Some("L")).err(),
+            Some(CapReached::Lease(MAX_UNPAID_TOPUPS_PER_LEASE))
         );
         r.take("t4", "a", None, Some("M")).unwrap().keep();
         assert_eq!(r.snapshot("a"), (2, 3));
@@ -310,7 +315,7 @@ mod tests {
         drop(a2);
         drop(t1);
         assert_eq!(r.snapshot("a"), (1, 2));
-        r.take("t3", "a", None, Some("L")).unwrap().keep();
+        r.take("tx", "a", None, Some("L")).unwrap().keep();
         r.take("c1", "c", None, None).unwrap().keep();
         b1.keep();
         // A kept slot comes back only when released (settled or expired), once.
