@@ -66,6 +66,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        // An empty file would run a renter on the public market with every default: almost
+        // certainly not what was meant (a truncated write, a forgotten `init`).
+        let sets_nothing = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.is_empty());
+        if sets_nothing {
+            return Err(ConfigError::Invalid(format!(
+                "{} sets nothing; run `leasewire init --role provider|renter` to write a \
+                 commented one, or set at least [node] roles",
+                path.display()
+            )));
+        }
         Config::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
@@ -170,9 +180,72 @@ impl Config {
         Ok(())
     }
 
+    /// For a provider, what is still the template's: an endpoint or pools in documentation
+    /// address space (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32), which no
+    /// renter could use. `None` when the `[provider]` section names real addresses (or the node
+    /// is no provider). The node refuses to publish such an offer on the public market; a
+    /// private cluster (tests, a lab) may use them.
+    pub fn unedited_provider_template(&self) -> Option<String> {
+        if !self.has_role(Role::Provider) {
+            return None;
+        }
+        let mut what = Vec::new();
+        let endpoint_ip = self
+            .provider
+            .endpoint
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip());
+        if endpoint_ip.is_some_and(is_documentation_ip) {
+            what.push(format!(
+                "provider.endpoint ({}): the public ip:port renters reach your WireGuard on",
+                self.provider.endpoint
+            ));
+        }
+        for (key, pools) in [
+            ("provider.ipv4_pools", &self.provider.ipv4_pools),
+            ("provider.ipv6_pools", &self.provider.ipv6_pools),
+        ] {
+            let doc: Vec<&str> = pools
+                .iter()
+                .filter(|p| {
+                    p.parse::<ipnet::IpNet>()
+                        .is_ok_and(|n| is_documentation_ip(n.network()))
+                })
+                .map(String::as_str)
+                .collect();
+            if !doc.is_empty() {
+                what.push(format!(
+                    "{key} ({}): the prefixes routed to this host that you lease out \
+                     (or [] to lease none of that family)",
+                    doc.join(", ")
+                ));
+            }
+        }
+        if what.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "the provider configuration still has the template's documentation addresses, so \
+             no offer is published on the public market; edit config.toml: {}",
+            what.join("; ")
+        ))
+    }
+
     /// Resolves a path from the config against the data dir (see [`DataDir::resolve`]).
     pub fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
         DataDir::new(data_dir).resolve(p)
+    }
+}
+
+/// An address of the documentation ranges (RFC 5737, RFC 3849): the template's placeholders.
+fn is_documentation_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_documentation(),
+        std::net::IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            seg[0] == 0x2001 && seg[1] == 0x0db8
+        }
     }
 }
 
@@ -251,6 +324,50 @@ mod tests {
         let e = Config::from_toml("[renter]\nipv4_prefix_len=\"none\"\nipv6_prefix_len=\"none\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("renter.ipv4_prefix_len"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_config_file_is_refused_naming_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        for text in ["", "\n\n", "# only comments\n"] {
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("sets nothing") && e.contains("leasewire init"),
+                "{e}"
+            );
+        }
+        std::fs::write(&path, "[node]\nroles = [\"renter\"]\n").unwrap();
+        Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn the_unedited_provider_template_is_named_and_edits_clear_it() {
+        let mut c = Config::from_toml(include_str!("../config/provider.toml")).unwrap();
+        let m = c
+            .unedited_provider_template()
+            .expect("the template is flagged");
+        for key in [
+            "provider.endpoint",
+            "provider.ipv4_pools",
+            "provider.ipv6_pools",
+            "public market",
+        ] {
+            assert!(m.contains(key), "{m}");
+        }
+        c.provider.endpoint = "8.8.4.4:51820".into();
+        c.provider.ipv4_pools = vec!["5.6.7.0/28".into()];
+        let m = c.unedited_provider_template().unwrap();
+        assert!(
+            !m.contains("provider.endpoint") && m.contains("ipv6_pools"),
+            "{m}"
+        );
+        c.provider.ipv6_pools = vec!["2a01:4f8::/48".into()];
+        assert_eq!(c.unedited_provider_template(), None);
+        // A renter has no offer to hold back.
+        let r = Config::from_toml(include_str!("../config/renter.toml")).unwrap();
+        assert_eq!(r.unedited_provider_template(), None);
     }
 
     #[test]

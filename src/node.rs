@@ -270,7 +270,7 @@ impl Node {
         tracing::info!(peer_id = %identity.peer_id, data_dir = %data_dir.root().display(), "starting leasewire daemon");
 
         let db_dir = data_dir.db();
-        let db = sled::open(&db_dir).map_err(|e| NodeError::Db {
+        let db = crate::datadir::open_db(&db_dir).map_err(|e| NodeError::Db {
             path: db_dir.clone(),
             reason: e.to_string(),
         })?;
@@ -291,6 +291,9 @@ impl Node {
             tracing::info!("joining a private market (secret from config)");
         }
         let public_market = topic.is_public;
+        if public_market && let Some(what) = cfg.unedited_provider_template() {
+            return Err(NodeError::Config(ConfigError::Invalid(what)));
+        }
 
         let Backends {
             lightning: ln,
@@ -386,6 +389,7 @@ impl Node {
                 clock.clone(),
                 offer_cache.clone(),
             )?;
+            p.watch_disk(db_dir.clone());
             p.start().await?;
             Some(p)
         } else {

@@ -111,6 +111,17 @@ pub struct Terms {
     /// refunds encode (and hash, and sign) exactly as before the field existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refund_unused: bool,
+    /// Seconds an unpaid activation invoice holds its prefixes: the provider's activation
+    /// invoices expire after this long, and the prefixes go back to the pool then. 0 means not
+    /// stated (the invoice's own expiry applies). Left out of the encoding when 0, so terms
+    /// that do not state it encode, hash and sign exactly as before the field existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reservation_secs: u64,
+}
+
+/// For `skip_serializing_if`: a zero that is left out of the encoding.
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Errors from validating [`Terms`].
@@ -261,6 +272,7 @@ mod tests {
             max_credit_sat: 10_000,
             reserve_days: 7,
             refund_unused: false,
+            reservation_secs: 0,
         }
     }
 

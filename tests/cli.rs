@@ -228,3 +228,32 @@ fn audit_without_database_fails_without_creating_one() {
     assert!(stderr(&out).contains("no audit log at"), "{}", stderr(&out));
     assert!(!tmp.path().join("db").exists());
 }
+
+#[test]
+fn audit_verify_says_when_the_store_itself_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_with_audit_log(dir, 2_000);
+    // Damage the sled files themselves (not an entry): the store cannot be opened at all.
+    for entry in std::fs::read_dir(dir.join("db")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            let mut bytes = std::fs::read(&p).unwrap();
+            for b in bytes.iter_mut().step_by(7) {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&p, bytes).unwrap();
+        }
+    }
+    let out = leasewire(dir, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "error: store corrupt at {}",
+            dir.join("db").display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

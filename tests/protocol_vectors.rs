@@ -61,6 +61,7 @@ fn terms() -> Terms {
         max_credit_sat: 100_000,
         reserve_days: 7,
         refund_unused: false,
+        reservation_secs: 0,
     }
 }
 
@@ -377,6 +378,7 @@ fn refund_vectors() {
     });
     let refund_terms = Terms {
         refund_unused: true,
+        reservation_secs: 0,
         ..terms()
     };
     if std::env::var_os("PRINT_VECTORS").is_some() {
@@ -426,6 +428,27 @@ fn refund_vectors() {
     plain.refund_due_sat = 0;
     plain.refund = RefundState::None;
     assert!(!hex::encode(cbor(&Message::Status(plain))).contains(&hex::encode("refund")));
+    // A reservation time is encoded (last) only when stated.
+    let reservation_terms = Terms {
+        reservation_secs: 120,
+        ..terms()
+    };
+    if std::env::var_os("PRINT_VECTORS").is_some() {
+        println!(
+            "terms_reservation.cbor: {}",
+            hex::encode(cbor(&reservation_terms))
+        );
+    }
+    assert_eq!(
+        hex::encode(cbor(&reservation_terms)),
+        get(&v, "terms_reservation.cbor")
+    );
+    let doc = hex::decode(get(&v, "terms_reservation.cbor")).unwrap();
+    assert_eq!(
+        ciborium::from_reader::<Terms, _>(doc.as_slice()).unwrap(),
+        reservation_terms
+    );
+    assert!(!hex::encode(cbor(&terms())).contains(&hex::encode("reservation_secs")));
 }
 
 /// The CBOR encoding of `v`.
@@ -486,6 +509,7 @@ fn every_documented_vector_is_checked() {
         "refund_request.message",
         "status_refund.message",
         "terms_refund.cbor",
+        "terms_reservation.cbor",
         "membership.initiator_peer_id_bytes",
         "membership.prologue",
     ];

@@ -267,6 +267,7 @@ async fn credit_runs_out_the_tunnel_goes_off_and_back_rent_restores_it() {
         max_credit_sat: 1_000,
         reserve_days: 1,
         refund_unused: false,
+        reservation_secs: 0,
     };
     let w = world_with(Tamper::None, terms).await;
     w.renter.discover().await.unwrap();
@@ -877,6 +878,10 @@ async fn failover_world() -> (world::World, String) {
         second_provider: Some(leasewire::types::Terms {
             rate_sat_per_day: 200,
             min_initial_credit_sat: 2_000,
+            // The market clock runs ahead of lnd-sim's invoice timestamps (real time) by the
+            // grace period before this provider is rented: a 120 s reservation would look
+            // expired to the renter. Not stated: its invoices keep the 600 s expiry.
+            reservation_secs: 0,
             ..ProviderConfig::default().terms
         }),
         ..world::Opts::default()

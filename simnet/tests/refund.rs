@@ -19,6 +19,7 @@ use world::{Tamper, World, kinds, world_with};
 fn refunding() -> Terms {
     Terms {
         refund_unused: true,
+        reservation_secs: 0,
         ..ProviderConfig::default().terms
     }
 }

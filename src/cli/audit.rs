@@ -23,11 +23,11 @@ fn open_db(data_dir: &Path) -> anyhow::Result<Option<sled::Db>> {
             path.display()
         );
     }
-    match sled::open(&path) {
+    match leasewire::datadir::open_db(&path) {
         Ok(db) => Ok(Some(db)),
-        // sled reports a held lock only as an `Other` I/O error with this text.
-        Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot open database {}", path.display())),
+        Err(leasewire::datadir::DbOpenError::Locked(_)) => Ok(None),
+        // "store corrupt at <path>: ..." when the sled files themselves are damaged.
+        Err(e) => Err(e.into()),
     }
 }
 

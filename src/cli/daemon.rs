@@ -47,14 +47,73 @@ pub(super) fn run(data_dir: &Path) -> anyhow::Result<()> {
     result
 }
 
-/// Locks the data dir, starts the node and its control API, waits for a signal (or a failing
-/// control API) and shuts both down.
+/// How the node of one run of [`run_node`] ended.
+enum Ended {
+    /// A signal, or the control API failed: the daemon stops.
+    Stop(anyhow::Result<()>),
+    /// The store refuses writes though the disk has room again: start the node again, which
+    /// opens the database afresh.
+    Reopen,
+}
+
+/// How often the daemon asks whether the provider's store needs reopening.
+const REOPEN_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the node again at most this often after a reopen.
+const REOPEN_MIN_GAP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Secures and locks the data dir, and runs the node and its control API until a signal (or a
+/// failing control API). When the provider finds its store refusing every write although the
+/// disk has room again (sled stays failed after an `ENOSPC` until it is reopened), the node is
+/// stopped and started again in this process, so it recovers by itself without a supervisor.
 async fn run_daemon(data_dir: &Path) -> anyhow::Result<()> {
     let dir = DataDir::new(data_dir);
-    let lock = DaemonLock::acquire(&dir)?;
-    let cfg = Config::load(&dir.config_file())?;
-    let backends = Backends::from_config(&cfg, &dir).await?;
-    let node = Node::start(lock, cfg, backends).await?;
+    // Before anything in it is read or written: only its owner may enter it.
+    if let leasewire::datadir::Secured::Tightened(mode) = dir.secure()? {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "data dir was mode {mode:03o}; tightened to 0700 (it holds the node key and database)"
+        );
+    }
+    let mut restarts = 0u32;
+    loop {
+        let started = tokio::time::Instant::now();
+        match run_node(&dir, restarts > 0).await? {
+            Ended::Stop(r) => return r,
+            Ended::Reopen => {
+                restarts += 1;
+                tracing::warn!(
+                    restarts,
+                    "the store refused writes after the disk was full; restarting the node to reopen it"
+                );
+                // A store that fails again at once is not restarted in a tight loop.
+                tokio::time::sleep_until(started + REOPEN_MIN_GAP).await;
+            }
+        }
+    }
+}
+
+/// One run of the node: start, serve, and stop on a signal or for a reopen. `again`: this is
+/// a restart, and the previous run's handles may take a moment to let go of the data dir.
+async fn run_node(dir: &DataDir, again: bool) -> anyhow::Result<Ended> {
+    let mut attempt = 0;
+    let node = loop {
+        attempt += 1;
+        let started = async {
+            let lock = DaemonLock::acquire(dir)?;
+            let cfg = Config::load(&dir.config_file())?;
+            let backends = Backends::from_config(&cfg, dir).await?;
+            anyhow::Ok(Node::start(lock, cfg, backends).await?)
+        };
+        match started.await {
+            Ok(node) => break node,
+            Err(e) if again && attempt < 10 => {
+                tracing::warn!(error = %e, attempt, "restart failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
 
     let handler = Arc::new(NodeControl::new(&node));
     let socket = dir.control_socket();
@@ -65,13 +124,23 @@ async fn run_daemon(data_dir: &Path) -> anyhow::Result<()> {
     };
     tracing::info!(socket = %socket.display(), "control API listening; daemon ready");
 
-    let outcome: anyhow::Result<()> = tokio::select! {
-        r = wait_for_signal() => r,
-        r = &mut control => match r {
+    let provider = node.provider().cloned();
+    let reopen = async move {
+        loop {
+            tokio::time::sleep(REOPEN_CHECK).await;
+            if provider.as_ref().is_some_and(|p| p.store_needs_reopen()) {
+                return;
+            }
+        }
+    };
+    let ended = tokio::select! {
+        r = wait_for_signal() => Ended::Stop(r),
+        r = &mut control => Ended::Stop(match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(anyhow::Error::from(e).context("control API")),
             Err(e) => Err(anyhow::anyhow!("control API task failed: {e}")),
-        },
+        }),
+        () = reopen => Ended::Reopen,
     };
     let stopped = node.shutdown().await;
     if !control.is_finished() {
@@ -80,8 +149,20 @@ async fn run_daemon(data_dir: &Path) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "control API task failed");
         }
     }
-    outcome?;
-    Ok(stopped?)
+    match ended {
+        Ended::Stop(outcome) => {
+            outcome?;
+            stopped?;
+            Ok(Ended::Stop(Ok(())))
+        }
+        Ended::Reopen => {
+            // Its last writes (node_stopped) fail on the failed store; the restart is the fix.
+            if let Err(e) = stopped {
+                tracing::warn!(error = %e, "node stopped with an error before the reopen");
+            }
+            Ok(Ended::Reopen)
+        }
+    }
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -123,7 +123,7 @@ fn kv(w: &mut dyn Write, pairs: &[(&str, String)]) -> io::Result<()> {
 pub(super) fn lease_detail(w: &mut dyn Write, l: &pb::LeaseInfo, now: u64) -> io::Result<()> {
     let mut pairs = vec![
         ("lease", l.lease_id.clone()),
-        ("state", or_dash(&l.state)),
+        ("state", provider_state(l)),
         ("provider", or_dash(&l.provider)),
     ];
     if !l.renter.is_empty() {
@@ -304,6 +304,18 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
     if !net.refused.is_empty() {
         pairs.push(("refused", join(&net.refused)));
     }
+    if !s.provider_disk.is_empty() {
+        pairs.push(("DISK", s.provider_disk.clone()));
+    }
+    if !s.tunnel_pending.is_empty() {
+        pairs.push((
+            "tunnel pending",
+            format!(
+                "{} (the tunnel backend refused their peers; retried every pass)",
+                join(&s.tunnel_pending)
+            ),
+        ));
+    }
     pairs.push(("offers known", s.offers_known.to_string()));
     pairs.push(("leases", s.leases.len().to_string()));
     kv(w, &pairs)?;
@@ -404,6 +416,15 @@ pub(super) fn offers(w: &mut dyn Write, o: &pb::OffersReply) -> io::Result<()> {
     t.write(w)
 }
 
+/// A provider lease's state, with "tunnel pending" while its peer is not in place.
+fn provider_state(l: &pb::LeaseInfo) -> String {
+    if l.tunnel_pending {
+        format!("{} (tunnel pending)", or_dash(&l.state))
+    } else {
+        or_dash(&l.state)
+    }
+}
+
 /// `leasewire leases` (provider view).
 pub(super) fn provider_leases(w: &mut dyn Write, r: &pb::LeasesReply, now: u64) -> io::Result<()> {
     if r.leases.is_empty() {
@@ -423,7 +444,7 @@ pub(super) fn provider_leases(w: &mut dyn Write, r: &pb::LeasesReply, now: u64) 
     for l in &r.leases {
         t.row(vec![
             l.lease_id.clone(),
-            or_dash(&l.state),
+            provider_state(l),
             short_peer(&l.renter),
             or_dash(&l.ipv4),
             or_dash(&l.ipv6),
@@ -578,8 +599,14 @@ mod tests {
                 advice: "wait".into(),
                 ..Default::default()
             }],
+            provider_disk: String::new(),
+            tunnel_pending: Vec::new(),
         };
         let out = text(|w| status(w, &s, 1_000));
+        assert!(
+            !out.contains("DISK") && !out.contains("tunnel pending"),
+            "{out}"
+        );
         assert!(
             out.contains("WAITING FOR A LEASE: activation payment ab12 of 4000 sat to 12D3KooWP (paid, 90s ago)"),
             "{out}"
@@ -593,6 +620,36 @@ mod tests {
         assert!(out.contains("private"));
         assert!(out.contains("LEASE"));
         assert_eq!(out.lines().filter(|l| l.starts_with("L")).count(), 3);
+    }
+
+    #[test]
+    fn a_provider_shows_its_disk_refusal_and_pending_tunnels() {
+        let s = pb::StatusReply {
+            net: Some(pb::NetInfo::default()),
+            provider_disk: "provider disk nearly full (3 MiB free, 64 MiB needed)".into(),
+            tunnel_pending: vec!["L7".into()],
+            ..Default::default()
+        };
+        let out = text(|w| status(w, &s, 1_000));
+        let line = |key: &str| {
+            out.lines()
+                .find(|l| l.starts_with(key))
+                .map(|l| l[key.len()..].trim_start().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(
+            line("DISK:").starts_with("provider disk nearly full"),
+            "{out}"
+        );
+        assert!(
+            line("tunnel pending:").starts_with("L7 (the tunnel backend"),
+            "{out}"
+        );
+        let mut l = lease("L7");
+        l.tunnel_pending = true;
+        let r = pb::LeasesReply { leases: vec![l] };
+        let out = text(|w| provider_leases(w, &r, 1_000));
+        assert!(out.contains("active (tunnel pending)"), "{out}");
     }
 
     #[test]

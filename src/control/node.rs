@@ -214,6 +214,7 @@ fn rental_info(r: &Rental) -> pb::LeaseInfo {
 
 fn provider_lease_info(r: &ProviderLease) -> pb::LeaseInfo {
     pb::LeaseInfo {
+        tunnel_pending: r.tunnel_pending,
         terminates_at: r
             .termination
             .as_ref()
@@ -271,7 +272,21 @@ impl ControlHandler for NodeControl {
                 .collect(),
             None => Vec::new(),
         };
+        let (provider_disk, tunnel_pending) = match &self.provider {
+            Some(p) => (
+                p.disk_refusal().unwrap_or_default(),
+                p.leases()
+                    .map_err(market_err)?
+                    .into_iter()
+                    .filter(|l| l.tunnel_pending)
+                    .map(|l| l.lease.lease_id)
+                    .collect(),
+            ),
+            None => (String::new(), Vec::new()),
+        };
         Ok(pb::StatusReply {
+            provider_disk,
+            tunnel_pending,
             open_payments,
             peer_id: self.peer_id.to_string(),
             roles: self

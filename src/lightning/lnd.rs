@@ -36,8 +36,8 @@ use super::proto::lnrpc::{
 };
 use super::proto::routerrpc::{self, router_client::RouterClient};
 use super::{
-    CreatedInvoice, InvoiceRequest, InvoiceState, InvoiceStatus, LightningError, LightningNode,
-    NodeInfo, PayRequest, PaymentOutcome, PaymentStatus,
+    CreatedInvoice, InvoicePage, InvoiceRequest, InvoiceState, InvoiceStatus, LightningError,
+    LightningNode, ListedInvoice, NodeInfo, PayRequest, PaymentOutcome, PaymentStatus,
 };
 
 /// How long to wait for TCP + TLS + HTTP/2 setup.
@@ -443,6 +443,30 @@ fn non_negative(v: i64, what: &str) -> Result<u64, LightningError> {
 }
 
 /// Converts LND's final `Payment` update into an outcome, checking the proof of payment.
+/// The payee-side state of an LND invoice.
+fn invoice_status(inv: &lnrpc::Invoice) -> Result<InvoiceStatus, LightningError> {
+    let state = match LndInvoiceState::try_from(inv.state) {
+        Ok(LndInvoiceState::Open) => InvoiceState::Open,
+        Ok(LndInvoiceState::Settled) => InvoiceState::Settled,
+        Ok(LndInvoiceState::Canceled) => InvoiceState::Canceled,
+        Ok(LndInvoiceState::Accepted) => InvoiceState::Accepted,
+        Err(_) => {
+            return Err(LightningError::InvalidResponse(format!(
+                "unknown invoice state {}",
+                inv.state
+            )));
+        }
+    };
+    let settled_at = (state == InvoiceState::Settled && inv.settle_date > 0)
+        .then(|| non_negative(inv.settle_date, "settle_date"))
+        .transpose()?;
+    Ok(InvoiceStatus {
+        state,
+        amount_paid_msat: non_negative(inv.amt_paid_msat, "amt_paid_msat")?,
+        settled_at,
+    })
+}
+
 fn payment_outcome(p: &lnrpc::Payment) -> Result<PaymentOutcome, LightningError> {
     let payment_hash = hex_hash(&p.payment_hash, "payment_hash")?;
     let preimage = hex_hash(&p.payment_preimage, "payment_preimage")?;
@@ -626,25 +650,39 @@ impl LightningNode for LndClient {
             .await
             .map_err(rpc_error("LookupInvoice"))?
             .into_inner();
-        let state = match LndInvoiceState::try_from(inv.state) {
-            Ok(LndInvoiceState::Open) => InvoiceState::Open,
-            Ok(LndInvoiceState::Settled) => InvoiceState::Settled,
-            Ok(LndInvoiceState::Canceled) => InvoiceState::Canceled,
-            Ok(LndInvoiceState::Accepted) => InvoiceState::Accepted,
-            Err(_) => {
-                return Err(LightningError::InvalidResponse(format!(
-                    "unknown invoice state {}",
-                    inv.state
-                )));
-            }
-        };
-        let settled_at = (state == InvoiceState::Settled && inv.settle_date > 0)
-            .then(|| non_negative(inv.settle_date, "settle_date"))
-            .transpose()?;
-        Ok(InvoiceStatus {
-            state,
-            amount_paid_msat: non_negative(inv.amt_paid_msat, "amt_paid_msat")?,
-            settled_at,
+        invoice_status(&inv)
+    }
+
+    async fn list_invoices(
+        &self,
+        index_offset: u64,
+        max: u64,
+    ) -> Result<InvoicePage, LightningError> {
+        let resp = self
+            .lightning
+            .clone()
+            .list_invoices(lnrpc::ListInvoiceRequest {
+                index_offset,
+                num_max_invoices: max,
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc_error("ListInvoices"))?
+            .into_inner();
+        let invoices = resp
+            .invoices
+            .iter()
+            .map(|inv| {
+                Ok(ListedInvoice {
+                    payment_hash: to_hash(&inv.r_hash, "r_hash")?,
+                    add_index: inv.add_index,
+                    status: invoice_status(inv)?,
+                })
+            })
+            .collect::<Result<Vec<_>, LightningError>>()?;
+        Ok(InvoicePage {
+            invoices,
+            last_index_offset: resp.last_index_offset,
         })
     }
 

@@ -95,6 +95,27 @@ pub struct InvoiceStatus {
     pub settled_at: Option<u64>,
 }
 
+/// One invoice of a [`LightningNode::list_invoices`] page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedInvoice {
+    /// Payment hash.
+    pub payment_hash: [u8; 32],
+    /// The node's add index of the invoice (see [`CreatedInvoice::add_index`]).
+    pub add_index: u64,
+    /// Its state now.
+    pub status: InvoiceStatus,
+}
+
+/// A page of [`LightningNode::list_invoices`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InvoicePage {
+    /// The invoices, by add index, oldest first.
+    pub invoices: Vec<ListedInvoice>,
+    /// The add index of the last invoice of the page (pass it as the next `index_offset`);
+    /// 0 for an empty page.
+    pub last_index_offset: u64,
+}
+
 /// A payment the payer's node should make.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PayRequest {
@@ -242,6 +263,20 @@ pub trait LightningNode: Send + Sync + 'static {
     async fn lookup_invoice(&self, payment_hash: [u8; 32])
     -> Result<InvoiceStatus, LightningError>;
 
+    /// This node's own invoices whose add index is above `index_offset`, oldest first, at most
+    /// `max` of them (LND: `ListInvoices` with `index_offset`, `num_max_invoices`). A payee
+    /// learns the state of all its open invoices with a few such pages instead of one lookup
+    /// per invoice.
+    ///
+    /// # Errors
+    /// [`LightningError::Rpc`] / [`LightningError::Connect`] when the node cannot answer;
+    /// [`LightningError::InvalidResponse`] for an invoice without a valid hash or state.
+    async fn list_invoices(
+        &self,
+        index_offset: u64,
+        max: u64,
+    ) -> Result<InvoicePage, LightningError>;
+
     /// Pays a BOLT11 invoice and waits for the final outcome.
     ///
     /// # Errors
@@ -291,6 +326,14 @@ impl<T: LightningNode + ?Sized> LightningNode for Arc<T> {
         payment_hash: [u8; 32],
     ) -> Result<InvoiceStatus, LightningError> {
         (**self).lookup_invoice(payment_hash).await
+    }
+
+    async fn list_invoices(
+        &self,
+        index_offset: u64,
+        max: u64,
+    ) -> Result<InvoicePage, LightningError> {
+        (**self).list_invoices(index_offset, max).await
     }
 
     async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError> {

@@ -41,8 +41,8 @@ use lightning_invoice::{Bolt11Invoice, Currency, InvoiceBuilder, PaymentSecret};
 
 use super::invoice::{InvoiceExpectation, check_invoice};
 use super::{
-    CreatedInvoice, InvoiceRequest, InvoiceState, InvoiceStatus, LightningError, LightningNode,
-    NodeInfo, PayRequest, PaymentOutcome, PaymentStatus,
+    CreatedInvoice, InvoicePage, InvoiceRequest, InvoiceState, InvoiceStatus, LightningError,
+    LightningNode, ListedInvoice, NodeInfo, PayRequest, PaymentOutcome, PaymentStatus,
 };
 
 /// The block height every [`MemNode`] reports (lnd-sim reports the same).
@@ -89,6 +89,7 @@ struct Node {
 #[derive(Debug)]
 struct Invoice {
     payee: usize,
+    add_index: u64,
     preimage: [u8; 32],
     amount_msat: u64,
     expires_at: u64,
@@ -386,6 +387,7 @@ impl LightningNode for MemNode {
             payment_hash,
             Invoice {
                 payee: self.id,
+                add_index,
                 preimage,
                 amount_msat: req.amount_msat,
                 expires_at: created.saturating_add(req.expiry_secs),
@@ -422,6 +424,34 @@ impl LightningNode for MemNode {
             state: inv.state,
             amount_paid_msat: inv.amount_paid_msat,
             settled_at: inv.settled_at,
+        })
+    }
+
+    async fn list_invoices(
+        &self,
+        index_offset: u64,
+        max: u64,
+    ) -> Result<InvoicePage, LightningError> {
+        let state = lock(&self.state);
+        let mut invoices: Vec<ListedInvoice> = state
+            .invoices
+            .iter()
+            .filter(|(_, inv)| inv.payee == self.id && inv.add_index > index_offset)
+            .map(|(hash, inv)| ListedInvoice {
+                payment_hash: *hash,
+                add_index: inv.add_index,
+                status: InvoiceStatus {
+                    state: inv.state,
+                    amount_paid_msat: inv.amount_paid_msat,
+                    settled_at: inv.settled_at,
+                },
+            })
+            .collect();
+        invoices.sort_by_key(|i| i.add_index);
+        invoices.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+        Ok(InvoicePage {
+            last_index_offset: invoices.last().map_or(0, |i| i.add_index),
+            invoices,
         })
     }
 
@@ -472,7 +502,7 @@ impl LightningNode for MemNode {
 /// [`check_invoice`](super::invoice::check_invoice) with the requested amount, description
 /// hash and expiry; a request the backend must refuse (zero amount, zero timeout);
 /// `lookup_invoice` before and after payment (Open, then Settled with the amount paid), and
-/// only by the payee; `pay_invoice` returns a preimage that hashes to the payment hash; a
+/// only by the payee; `list_invoices` pages after an index with the states of the moment; `pay_invoice` returns a preimage that hashes to the payment hash; a
 /// second payment of the same invoice is refused as already paid and debits nothing; a
 /// payment the payer cannot afford fails with `FAILURE_REASON_INSUFFICIENT_BALANCE`, debits
 /// nothing and leaves the invoice open; `track_payment` of a paid, a failed and an unknown
@@ -618,6 +648,40 @@ pub async fn conformance(
         .await
         .expect("lookup");
     assert_eq!(still.amount_paid_msat, AMOUNT_MSAT);
+
+    // Listing: the payee's own invoices after an index, oldest first, a page at a time, each
+    // with its state now (the paid one settled, the second open).
+    let page = payee
+        .list_invoices(inv.add_index - 1, 1)
+        .await
+        .expect("list_invoices");
+    assert_eq!(page.invoices.len(), 1, "at most `max` per page");
+    assert_eq!(page.invoices[0].payment_hash, inv.payment_hash);
+    assert_eq!(page.invoices[0].status.state, InvoiceState::Settled);
+    assert_eq!(page.invoices[0].status.amount_paid_msat, AMOUNT_MSAT);
+    assert_eq!(page.last_index_offset, inv.add_index);
+    let next = payee
+        .list_invoices(page.last_index_offset, 100)
+        .await
+        .expect("list_invoices");
+    let open = next
+        .invoices
+        .iter()
+        .find(|i| i.payment_hash == second.payment_hash)
+        .expect("the second invoice is listed after the first");
+    assert_eq!(open.status.state, InvoiceState::Open);
+    assert!(
+        next.invoices.iter().all(|i| i.add_index > inv.add_index),
+        "only invoices after the offset"
+    );
+    let theirs = payer.list_invoices(0, 1_000).await.expect("list_invoices");
+    assert!(
+        theirs
+            .invoices
+            .iter()
+            .all(|i| i.payment_hash != inv.payment_hash),
+        "only the payee lists its invoice"
+    );
 
     // A payment the payer cannot afford fails cleanly, and can be tracked.
     if let Some(balance) = payer_balance_msat() {

@@ -28,10 +28,12 @@ use tokio::sync::watch;
 
 use super::MarketError;
 pub mod config;
+mod disk;
 mod ending;
 mod metering;
 mod refund;
 mod requests;
+mod reservations;
 mod settlement;
 
 use super::lease::{self, Event, Kind};
@@ -54,8 +56,9 @@ pub use refund::{
     ProviderRefund, REFUND_MIN_EXPIRY_LEFT_SECS, refund_fee_limit_msat, refunds_payable,
 };
 
-/// Unpaid invoices (with reserved prefixes) one peer may hold at once.
-pub const MAX_UNPAID_PER_PEER: usize = 4;
+/// Unpaid invoices one peer may hold at once under the default configuration
+/// ([`ProviderConfig::max_unpaid_per_peer`]).
+pub const MAX_UNPAID_PER_PEER: usize = config::DEFAULT_MAX_UNPAID_PER_PEER;
 
 /// Recent offer versions a rent request may still name.
 const RECENT_OFFERS: usize = 64;
@@ -124,6 +127,11 @@ pub struct ProviderLease {
     /// refund; frozen once, at the end.
     #[serde(default)]
     pub refund: Option<ProviderRefund>,
+    /// The lease is active but its WireGuard peer could not be put in place (the tunnel
+    /// backend failed: out of file descriptors, a netlink error); every metering pass tries
+    /// again until it is.
+    #[serde(default)]
+    pub tunnel_pending: bool,
 }
 
 impl ProviderLease {
@@ -145,9 +153,24 @@ struct PendingInvoice {
     expires_at: u64,
     ipv4: Option<String>,
     ipv6: Option<String>,
+    /// The IP address the rent request came from, when the network layer told us: counted
+    /// under the per-IP cap while unpaid.
+    #[serde(default)]
+    remote_ip: Option<String>,
+    /// Our node's add index of the invoice: the expiry pass lists the node's invoices from
+    /// the oldest unpaid one on. 0 in records of older versions (listed from the start).
+    #[serde(default)]
+    add_index: u64,
     /// The lease record this invoice's payment produced; `None` while unpaid.
     #[serde(default)]
     issued: Option<ProviderLease>,
+}
+
+impl PendingInvoice {
+    /// Whether this invoice holds prefixes (an activation), and so counts as a reservation.
+    fn holds_prefixes(&self) -> bool {
+        self.commitment.purpose == PURPOSE_ACTIVATION
+    }
 }
 
 /// The provider role. Cheap to clone.
@@ -180,6 +203,10 @@ struct Inner {
     /// One lock per lease: its settlement and metering never interleave, and nothing else
     /// waits for them.
     lease_locks: KeyedLocks,
+    /// Unpaid invoices counted per peer and in total, with their caps.
+    reservations: reservations::Reservations,
+    /// Free space and write failures of the disk: new work is refused while it is unhealthy.
+    disk: disk::DiskGuard,
     /// Leases whose refund this process is paying right now: the resolution of refunds left
     /// `paying` (for a crash) must not read a payment our node has not registered yet as
     /// "never started".
@@ -223,10 +250,29 @@ impl Provider {
         let placeholder = Signed::sign(&p.key, &empty_offer(&peer_id))
             .map_err(|e| MarketError::Store(e.to_string()))?;
         let (offer_tx, _) = watch::channel(0);
+        let pending: Table<PendingInvoice> = Table::open(db, "provider_pending")?;
+        let reservations = reservations::Reservations::new(
+            p.cfg.max_unpaid_per_peer,
+            p.cfg.max_unpaid_per_ip,
+            p.cfg.max_unpaid_total,
+        );
+        for (request_id, inv) in pending.all()? {
+            if inv.issued.is_none() {
+                let topup_of = (!inv.holds_prefixes()).then_some(inv.lease_id.as_str());
+                reservations.count_existing(
+                    &request_id,
+                    &inv.renter_peer,
+                    inv.remote_ip.as_deref(),
+                    topup_of,
+                );
+            }
+        }
         let provider = Provider {
             inner: Arc::new(Inner {
                 leases: Table::open(db, "provider_leases")?,
-                pending: Table::open(db, "provider_pending")?,
+                pending,
+                reservations,
+                disk: disk::DiskGuard::default(),
                 key: p.key,
                 peer_id,
                 cfg: p.cfg,
@@ -297,10 +343,13 @@ impl Provider {
         // Settlements a crash cut short: their lease records and peers, before the restore.
         self.finish_issued_all().await;
         let mut restored = 0;
-        for (_, rec) in i.leases.all()? {
+        for (id, rec) in i.leases.all()? {
             if rec.state == LeaseState::Active {
-                self.apply_peer(&rec.lease).await?;
-                restored += 1;
+                // A peer the tunnel refuses now is retried by every tick, not a failed start.
+                let _lease = i.lease_locks.lock(&id).await;
+                if self.place_peer_locked(&id).await? {
+                    restored += 1;
+                }
             }
         }
         tracing::info!(
@@ -496,15 +545,28 @@ impl Provider {
         Ok(json!({"offer_id": id, "seq": seq, "ipv4": offer.ipv4, "ipv6": offer.ipv6}))
     }
 
-    /// Appends to the audit log, awaiting durability; a failure is logged, never fatal.
+    /// Appends to the audit log, awaiting durability (at most [`disk::AUDIT_TIMEOUT`]); a
+    /// failure is logged and refuses new work until the disk takes writes again, never fatal.
     async fn audit(&self, kind: AuditKind, payload: serde_json::Value) {
-        if let Err(e) = self.inner.audit.append_async(kind, &payload).await {
+        if let Err(e) = self.audit_checked(kind, payload).await {
             tracing::error!(error = %e, ?kind, "audit append failed");
         }
     }
 
     /// Answers one request from `peer`. Never fails: problems become `error` messages.
     pub async fn handle(&self, peer: PeerId, msg: Message) -> Message {
+        self.handle_from(peer, None, msg).await
+    }
+
+    /// Like [`Provider::handle`], for a request that arrived from `remote_ip` when the network
+    /// layer knows it: unpaid reservations are then also capped per IP address
+    /// (`provider.max_unpaid_per_ip`), so fresh identities behind one address share one cap.
+    pub async fn handle_from(
+        &self,
+        peer: PeerId,
+        remote_ip: Option<std::net::IpAddr>,
+        msg: Message,
+    ) -> Message {
         match msg {
             Message::Hello(h) => {
                 // Not audited: a hello changes nothing, and an fsync'd entry per hello was most
@@ -513,7 +575,7 @@ impl Provider {
                 Message::Offer(self.offer())
             }
             Message::OffersRequest(r) => Message::Offers(self.on_offers_request(&r)),
-            Message::RentRequest(r) => self.on_rent_request(peer, r).await,
+            Message::RentRequest(r) => self.on_rent_request(peer, remote_ip, r).await,
             Message::TopUpRequest(r) => self.on_topup_request(peer, r).await,
             Message::PaymentResult(r) => self.on_payment_result(peer, r).await,
             Message::StatusRequest(r) => self.on_status(peer, r),
@@ -592,6 +654,7 @@ fn empty_offer(peer_id: &PeerId) -> Offer {
             max_credit_sat: 0,
             reserve_days: 0,
             refund_unused: false,
+            reservation_secs: 0,
         },
     }
 }
@@ -616,7 +679,9 @@ mod tests {
     /// held at a gate: a test decides exactly when a settlement check sees its answer.
     pub(super) struct GatedNode {
         inner: MemNode,
-        lookups: AtomicU32,
+        pub(super) lookups: AtomicU32,
+        /// `list_invoices` calls (the expiry and settlement pass).
+        pub(super) lists: AtomicU32,
         hold_next: AtomicBool,
         /// Hold the next `pay_invoice` at the gate too (before the node sees the payment).
         pub(super) hold_next_pay: AtomicBool,
@@ -640,6 +705,14 @@ mod tests {
             }
             self.inner.lookup_invoice(hash).await
         }
+        async fn list_invoices(
+            &self,
+            index_offset: u64,
+            max: u64,
+        ) -> Result<crate::lightning::InvoicePage, LightningError> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list_invoices(index_offset, max).await
+        }
         async fn pay_invoice(&self, req: PayRequest) -> Result<PaymentOutcome, LightningError> {
             if self.hold_next_pay.swap(false, Ordering::SeqCst) {
                 self.entered.notify_one();
@@ -662,12 +735,12 @@ mod tests {
         _dir: tempfile::TempDir,
         pub(super) net: MemNetwork,
         pub(super) ln: Arc<GatedNode>,
-        tunnel: Arc<VerifyingTunnel>,
+        pub(super) tunnel: Arc<VerifyingTunnel>,
         pub(super) clock: Arc<ManualClock>,
         pub(super) audit: AuditLog,
         pub(super) provider: Provider,
-        db: sled::Db,
-        key: SigningKey,
+        pub(super) db: sled::Db,
+        pub(super) key: SigningKey,
     }
 
     async fn harness() -> Harness {
@@ -687,6 +760,7 @@ mod tests {
         let ln = Arc::new(GatedNode {
             inner: net.node("provider").unwrap(),
             lookups: AtomicU32::new(0),
+            lists: AtomicU32::new(0),
             hold_next: AtomicBool::new(false),
             hold_next_pay: AtomicBool::new(false),
             entered: Notify::new(),
@@ -815,8 +889,10 @@ mod tests {
             Message::Lease(l) => assert_eq!(l, issued[0].signed),
             other => panic!("wanted the issued lease, got {other:?}"),
         }
-        // One check each: the handler never went round the not-settled loop.
-        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 2);
+        // One check each: the handler's lookup (it never went round the not-settled loop)
+        // and the watcher's one listing.
+        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 1);
+        assert_eq!(h.ln.lists.load(Ordering::SeqCst), 1);
         assert_eq!(count(&h.audit, "lease_issued"), 1);
         assert_eq!(count(&h.audit, "invoice_settled"), 1);
         assert_eq!(h.tunnel.inner.peer_stats("lwt0").await.unwrap().len(), 1);
@@ -824,7 +900,7 @@ mod tests {
         // Late retries get it from the settled marker, without asking the node.
         let again = h.provider.handle(renter_peer(1), result_for(&pay)).await;
         assert!(matches!(again, Message::Lease(l) if l == issued[0].signed));
-        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 2);
+        assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 1);
         // Another peer does not get someone else's lease.
         let theirs = h.provider.handle(renter_peer(2), result_for(&pay)).await;
         assert!(matches!(theirs, Message::Error(e) if e.code == ErrorCode::NotFound));
@@ -1327,5 +1403,358 @@ mod tests {
         assert!(h.tunnel.inner.peer_stats("lwt0").await.unwrap().is_empty());
         // The settlement checks never even asked the node.
         assert_eq!(h.ln.lookups.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_the_tunnel_refuses_is_retried_until_it_is_in_place() {
+        let h = harness().await;
+        // Out of file descriptors: every peer change fails.
+        h.tunnel.add_fails.store(true, Ordering::SeqCst);
+        let pay = rent_and_pay(&h, 1).await;
+        let reply = h.provider.handle(renter_peer(1), result_for(&pay)).await;
+        assert!(
+            matches!(reply, Message::Lease(_)),
+            "paid: issued: {reply:?}"
+        );
+        let rec = |h: &Harness| h.provider.inner.leases.get(&pay.lease_id).unwrap().unwrap();
+        assert_eq!(rec(&h).state, LeaseState::Active);
+        assert!(rec(&h).tunnel_pending, "no peer yet: pending");
+        assert!(peers(&h).await.is_empty());
+        assert_eq!(count(&h.audit, "error"), 1);
+
+        // Retried every pass, audited once; a restart meanwhile does not fail on it.
+        h.provider.tick().await.unwrap();
+        let again = restarted(
+            &h,
+            ProviderConfig {
+                ipv6_pools: Vec::new(),
+                ..ProviderConfig::default()
+            },
+            1,
+        )
+        .await;
+        again.tick().await.unwrap();
+        assert!(rec(&h).tunnel_pending);
+        assert_eq!(count(&h.audit, "error"), 1, "one entry per outage");
+
+        // The backend works again: the next pass puts the peer in place.
+        h.tunnel.add_fails.store(false, Ordering::SeqCst);
+        h.provider.tick().await.unwrap();
+        assert!(!rec(&h).tunnel_pending);
+        assert_eq!(peers(&h).await.len(), 1);
+        assert_eq!(peers(&h).await[0].0, WgKey([1; 32]));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_refuses_new_work_until_a_probe_succeeds() {
+        let h = harness().await;
+        h.provider
+            .inner
+            .disk
+            .record_failure("No space left on device (os error 28)");
+        for msg in [
+            rent_request(&h, 1, 1, 1_000),
+            Message::TopUpRequest(TopUpRequest {
+                request_id: "ab".repeat(16),
+                lease_id: "L".into(),
+                amount_sat: 500,
+            }),
+        ] {
+            match h.provider.handle(renter_peer(1), msg).await {
+                Message::Error(e) => {
+                    assert_eq!(e.code, ErrorCode::Unavailable);
+                    assert!(
+                        e.message.contains("cannot write to its disk"),
+                        "{}",
+                        e.message
+                    );
+                }
+                other => panic!("new work taken on a failing disk: {other:?}"),
+            }
+        }
+        // Reads are served meanwhile.
+        let hello = Message::Hello(crate::wire::Hello::ours(false, true, "regtest"));
+        assert!(matches!(
+            h.provider.handle(renter_peer(1), hello).await,
+            Message::Offer(_)
+        ));
+        // The next pass probes the disk; the write works, so new work is taken again.
+        h.provider.tick().await.unwrap();
+        assert_eq!(h.provider.disk_refusal(), None);
+        assert!(matches!(
+            h.provider
+                .handle(renter_peer(1), rent_request(&h, 1, 1, 1_000))
+                .await,
+            Message::PayInvoice(_)
+        ));
+    }
+
+    /// A tmpfs of `mib` MiB mounted for one test, unmounted on drop.
+    struct Tmpfs {
+        dir: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        fn mount(mib: u64) -> Option<Tmpfs> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            ok.then_some(Tmpfs { dir })
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nearly_full_disk_refuses_new_leases_credits_a_payment_and_recovers_by_itself() {
+        let Some(fs) = Tmpfs::mount(32) else {
+            eprintln!(
+                "SKIPPED a_nearly_full_disk_refuses_new_leases_credits_a_payment_and_recovers_by_itself: \
+                 needs root to mount a tmpfs"
+            );
+            return;
+        };
+        let root = fs.dir.path().to_owned();
+        let net = MemNetwork::new(&[("provider".into(), 0), ("renter".into(), 1_000_000)]).unwrap();
+        let ln = Arc::new(net.node("provider").unwrap());
+        let tunnel = Arc::new(FileTunnel::new(root.join("tunnel")).unwrap());
+        let db = sled::open(root.join("db")).unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let audit = AuditLog::open(&db, key.clone()).unwrap();
+        let clock = Arc::new(ManualClock::starting_now());
+        let p = Provider::with_clock(
+            ProviderParams {
+                key,
+                cfg: ProviderConfig {
+                    ipv6_pools: Vec::new(),
+                    min_free_disk_mib: 12,
+                    ..ProviderConfig::default()
+                },
+                network: "regtest".into(),
+                ln_pubkey: net.pubkey("provider").unwrap(),
+                wg_private: WgKey([1; 32]),
+                wg_public: WgKey([2; 32]),
+                iface: "lwt0".into(),
+                listen_port: 51820,
+                ln,
+                tunnel: tunnel.clone(),
+                audit: audit.clone(),
+                db: db.clone(),
+            },
+            clock.clone(),
+        )
+        .unwrap();
+        p.watch_disk(root.join("db"));
+        p.start().await.unwrap();
+        let ask = |n: u8| {
+            Message::RentRequest(RentRequest {
+                request_id: format!("{n:02}").repeat(16),
+                offer_id: p.offer().id(),
+                credit_sat: 1_000,
+                ipv4_prefix_len: Some(32),
+                ipv6_prefix_len: None,
+                wg_pubkey: WgKey([n; 32]),
+            })
+        };
+        let Message::PayInvoice(first) = p.handle(renter_peer(1), ask(1)).await else {
+            panic!("a healthy disk refused work")
+        };
+
+        // Something else fills the disk to below the floor.
+        let ballast = root.join("ballast");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&ballast).unwrap();
+            let chunk = vec![0u8; 1 << 20];
+            while disk::free_bytes(&root).unwrap() > 6 << 20 {
+                f.write_all(&chunk).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        match p.handle(renter_peer(2), ask(2)).await {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::Unavailable);
+                assert!(e.message.contains("disk nearly full"), "{}", e.message);
+            }
+            other => panic!("new work taken on a full disk: {other:?}"),
+        }
+        assert!(p.disk_refusal().is_some(), "the CLI's status shows it");
+        // Reads are served.
+        let offer = p
+            .handle(
+                renter_peer(2),
+                Message::Hello(crate::wire::Hello::ours(false, true, "regtest")),
+            )
+            .await;
+        assert!(matches!(offer, Message::Offer(_)), "{offer:?}");
+
+        // A payment that lands meanwhile is credited at once, from the space kept for it.
+        net.node("renter")
+            .unwrap()
+            .pay_invoice(PayRequest {
+                bolt11: first.bolt11.clone(),
+                fee_limit_msat: 10_000,
+                timeout_secs: 30,
+            })
+            .await
+            .unwrap();
+        p.tick().await.unwrap();
+        let leases = p.leases().unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].state, LeaseState::Active);
+        assert_eq!(tunnel.peer_stats("lwt0").await.unwrap().len(), 1);
+        assert_eq!(count(&audit, "lease_issued"), 1);
+
+        // Space comes back: new work is taken again, without a restart.
+        std::fs::remove_file(&ballast).unwrap();
+        assert_eq!(p.disk_refusal(), None);
+        assert!(matches!(
+            p.handle(renter_peer(2), ask(2)).await,
+            Message::PayInvoice(_)
+        ));
+        drop(p);
+        drop(audit);
+        drop(db);
+    }
+
+    #[tokio::test]
+    async fn a_store_failed_by_a_full_disk_asks_for_a_reopen_which_credits_the_payment() {
+        let Some(fs) = Tmpfs::mount(32) else {
+            eprintln!(
+                "SKIPPED a_store_failed_by_a_full_disk_asks_for_a_reopen_which_credits_the_payment: \
+                 needs root to mount a tmpfs"
+            );
+            return;
+        };
+        let root = fs.dir.path().to_owned();
+        let net = MemNetwork::new(&[("provider".into(), 0), ("renter".into(), 1_000_000)]).unwrap();
+        let ln = Arc::new(net.node("provider").unwrap());
+        let tunnel = Arc::new(FileTunnel::new(root.join("tunnel")).unwrap());
+        let clock = Arc::new(ManualClock::starting_now());
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let open = |db: &sled::Db, audit: &AuditLog| {
+            let p = Provider::with_clock(
+                ProviderParams {
+                    key: key.clone(),
+                    cfg: ProviderConfig {
+                        ipv6_pools: Vec::new(),
+                        min_free_disk_mib: 12,
+                        ..ProviderConfig::default()
+                    },
+                    network: "regtest".into(),
+                    ln_pubkey: net.pubkey("provider").unwrap(),
+                    wg_private: WgKey([1; 32]),
+                    wg_public: WgKey([2; 32]),
+                    iface: "lwt0".into(),
+                    listen_port: 51820,
+                    ln: ln.clone(),
+                    tunnel: tunnel.clone(),
+                    audit: audit.clone(),
+                    db: db.clone(),
+                },
+                clock.clone(),
+            )
+            .unwrap();
+            p.watch_disk(root.join("db"));
+            p
+        };
+        let ask = |p: &Provider, n: u8| {
+            Message::RentRequest(RentRequest {
+                request_id: format!("{n:02}").repeat(16),
+                offer_id: p.offer().id(),
+                credit_sat: 1_000,
+                ipv4_prefix_len: Some(32),
+                ipv6_prefix_len: None,
+                wg_pubkey: WgKey([n; 32]),
+            })
+        };
+        let db = crate::datadir::open_db(&root.join("db")).unwrap();
+        let audit = AuditLog::open(&db, key.clone()).unwrap();
+        let p = open(&db, &audit);
+        p.start().await.unwrap();
+        let Message::PayInvoice(first) = p.handle(renter_peer(1), ask(&p, 1)).await else {
+            panic!("a healthy disk refused work")
+        };
+
+        // Something fills the disk to the last byte; the store's next writes fail.
+        let ballast = root.join("ballast");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&ballast).unwrap();
+            let chunk = vec![0u8; 64 << 10];
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.sync_all();
+        }
+        net.node("renter")
+            .unwrap()
+            .pay_invoice(PayRequest {
+                bolt11: first.bolt11.clone(),
+                fee_limit_msat: 10_000,
+                timeout_secs: 30,
+            })
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if p.inner.disk.is_failing() {
+                break;
+            }
+            let _ = p.tick().await;
+            let _ = p.refresh_offer(true).await.map_err(|e| {
+                p.inner.disk.record_failure(&e.to_string());
+            });
+        }
+        assert!(p.inner.disk.is_failing(), "no write failed on a full disk");
+        assert!(
+            !p.store_needs_reopen(),
+            "no reopen while the disk is still full"
+        );
+
+        // Space comes back, but sled keeps failing until the database is opened again: the
+        // probes see it, and the provider asks for a reopen (the daemon restarts the node).
+        std::fs::remove_file(&ballast).unwrap();
+        for _ in 0..3 {
+            let _ = p.tick().await;
+        }
+        assert!(p.store_needs_reopen());
+        assert!(matches!(
+            p.handle(renter_peer(2), ask(&p, 2)).await,
+            Message::Error(e) if e.code == ErrorCode::Unavailable
+        ));
+        drop(p);
+        drop(audit);
+        drop(db);
+
+        // Reopened: the payment that landed meanwhile is credited, and new work is taken.
+        let db = crate::datadir::open_db(&root.join("db")).unwrap();
+        let audit = AuditLog::open(&db, key.clone()).unwrap();
+        let p = open(&db, &audit);
+        p.start().await.unwrap();
+        p.tick().await.unwrap();
+        let leases = p.leases().unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].lease.lease_id, first.lease_id);
+        assert_eq!(leases[0].state, LeaseState::Active);
+        assert!(!p.store_needs_reopen());
+        assert!(matches!(
+            p.handle(renter_peer(2), ask(&p, 2)).await,
+            Message::PayInvoice(_)
+        ));
+        drop(p);
+        drop(audit);
+        drop(db);
     }
 }

@@ -257,6 +257,8 @@ struct Inner {
     ln: Arc<dyn LightningNode>,
     tunnel: Arc<dyn Tunnel>,
     audit: AuditLog,
+    /// Payment history for the spending limits, kept beside the audit log.
+    payment_index: super::limits::PaymentIndex,
     peers: Arc<dyn Peers>,
     offers: Mutex<HashMap<String, KnownOffer>>,
     /// Offers replaced by a newer version of the same provider, by old id: the provider and
@@ -350,6 +352,8 @@ impl Renter {
                 etc_wireguard: p.etc_wireguard,
                 ln: p.ln,
                 tunnel: p.tunnel,
+                payment_index: super::limits::PaymentIndex::open(&p.db)
+                    .map_err(|e| MarketError::Store(e.to_string()))?,
                 audit: p.audit,
                 peers: p.peers,
                 offers: Mutex::new(HashMap::new()),

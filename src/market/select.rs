@@ -239,6 +239,7 @@ mod tests {
             max_credit_sat: 10_000,
             reserve_days: 7,
             refund_unused: false,
+            reservation_secs: 0,
         }
     }
 
@@ -336,6 +337,7 @@ mod tests {
             max_credit_sat: 100_000,
             reserve_days: 7,
             refund_unused: false,
+            reservation_secs: 0,
         };
         static DEAR: Terms = Terms {
             activation_fee_sat: 1_000,
@@ -345,6 +347,7 @@ mod tests {
             max_credit_sat: 100_000,
             reserve_days: 7,
             refund_unused: false,
+            reservation_secs: 0,
         };
         let ranked = rank(
             &[
@@ -402,6 +405,7 @@ mod tests {
             max_credit_sat: 100_000,
             reserve_days: 7,
             refund_unused: false,
+            reservation_secs: 0,
         };
         static DEAR: Terms = Terms {
             activation_fee_sat: 0,
@@ -411,6 +415,7 @@ mod tests {
             max_credit_sat: 100_000,
             reserve_days: 7,
             refund_unused: false,
+            reservation_secs: 0,
         };
         // A new provider that is cheaper beats one that delivered: history only separates
         // standings, so newcomers still compete on price.

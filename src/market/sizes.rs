@@ -357,6 +357,7 @@ mod tests {
             max_credit_sat: 10_000,
             reserve_days: 7,
             refund_unused: false,
+            reservation_secs: 0,
         }
     }
 

@@ -128,13 +128,28 @@ impl Store for sled::Db {
     }
 }
 
-/// Flushes `tree` on Tokio's blocking pool, so no runtime worker waits on the disk.
+/// How long [`flush`] waits for the disk before it reports the flush as failed. A stalled
+/// disk then fails the write that waited (and whatever lock its caller holds is let go)
+/// instead of hanging it; the flush itself may still finish later.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Flushes `tree` on Tokio's blocking pool, so no runtime worker waits on the disk, and waits
+/// at most [`FLUSH_TIMEOUT`].
 pub async fn flush(tree: &Arc<dyn Tree>) -> Result<(), StoreError> {
+    flush_within(tree, FLUSH_TIMEOUT).await
+}
+
+async fn flush_within(tree: &Arc<dyn Tree>, limit: std::time::Duration) -> Result<(), StoreError> {
     let tree = tree.clone();
-    match tokio::task::spawn_blocking(move || tree.flush_blocking()).await {
-        Ok(r) => r,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(StoreError::Task(e.to_string())),
+    let task = tokio::task::spawn_blocking(move || tree.flush_blocking());
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => Err(StoreError::Task(e.to_string())),
+        Err(_) => Err(StoreError::Task(format!(
+            "the disk did not finish a flush within {} ms",
+            limit.as_millis()
+        ))),
     }
 }
 
@@ -306,6 +321,51 @@ fn encode_ops<T: Serialize>(ops: Vec<(String, Option<&T>)>) -> Result<Vec<RawOp>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tree whose flush blocks until released, as on a stalled disk.
+    struct StalledTree {
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Tree for StalledTree {
+        fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+        fn scan(&self) -> Result<Vec<RawEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn compare_and_swap(
+            &self,
+            _: &[u8],
+            _: Option<&[u8]>,
+            _: Option<Vec<u8>>,
+        ) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        fn apply_batch(&self, _: Vec<RawOp>) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn flush_blocking(&self) -> Result<(), StoreError> {
+            let _ = self.release.lock().unwrap().recv();
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_flush_is_an_error_not_a_hang() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tree: Arc<dyn Tree> = Arc::new(StalledTree {
+            release: std::sync::Mutex::new(rx),
+        });
+        // The flush never finishes before it is released, so the short limit always expires:
+        // the outcome does not depend on timing.
+        let e = flush_within(&tree, std::time::Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("did not finish a flush"), "{e}");
+        // Let the blocked flush thread end.
+        tx.send(()).unwrap();
+    }
 
     fn table(dir: &std::path::Path) -> Table<u32> {
         let db = sled::open(dir).unwrap();

@@ -274,7 +274,9 @@ async fn check_verify(t: &dyn Tunnel, iface: &str, peer: &PeerSpec) {
 /// chooses: all tunnels answer while [`VerifyingTunnel::healthy`] is set, except those to
 /// peers marked dead with [`VerifyingTunnel::set_peer_dead`]. A verified check reports a
 /// handshake 5 s old and a 2 ms probe round trip. [`VerifyingTunnel::set_remove_fails`] makes
-/// removing one peer fail, for tests of passes that must go on after a failing item.
+/// removing one peer fail, for tests of passes that must go on after a failing item;
+/// [`VerifyingTunnel::add_fails`] makes adding any peer fail as the kernel does when out of
+/// file descriptors (`EMFILE`).
 pub struct VerifyingTunnel {
     /// The backend holding interfaces and peers.
     pub inner: std::sync::Arc<dyn Tunnel>,
@@ -286,6 +288,8 @@ pub struct VerifyingTunnel {
     dead: std::sync::Mutex<std::collections::HashSet<WgKey>>,
     /// Peers whose `remove_peer` fails.
     stuck: std::sync::Mutex<std::collections::HashSet<WgKey>>,
+    /// While set, every `add_peer` fails with "Too many open files".
+    pub add_fails: std::sync::atomic::AtomicBool,
 }
 
 impl VerifyingTunnel {
@@ -297,6 +301,7 @@ impl VerifyingTunnel {
             checks: Default::default(),
             dead: Default::default(),
             stuck: Default::default(),
+            add_fails: Default::default(),
         }
     }
 
@@ -330,6 +335,12 @@ impl Tunnel for VerifyingTunnel {
         self.inner.ensure_interface(spec).await
     }
     async fn add_peer(&self, iface: &str, peer: &PeerSpec) -> Result<(), TunnelError> {
+        if self.add_fails.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(TunnelError::Io {
+                context: format!("adding a peer to {iface}"),
+                source: std::io::Error::from_raw_os_error(libc::EMFILE),
+            });
+        }
         self.inner.add_peer(iface, peer).await
     }
     async fn remove_peer(&self, iface: &str, key: &WgKey) -> Result<(), TunnelError> {

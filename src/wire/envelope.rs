@@ -472,6 +472,7 @@ mod tests {
             max_credit_sat: 100_000,
             reserve_days: 7,
             refund_unused: false,
+            reservation_secs: 0,
         };
         let offer = Offer {
             provider: pid(1).to_string(),

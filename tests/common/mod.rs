@@ -23,6 +23,7 @@ pub fn terms(rate: u64) -> Terms {
         max_credit_sat: 100_000,
         reserve_days: 7,
         refund_unused: false,
+        reservation_secs: 0,
     }
 }
 

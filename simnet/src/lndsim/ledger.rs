@@ -625,6 +625,27 @@ impl Ledger {
             .filter(|inv| inv.payee == node)
     }
 
+    /// `node`'s invoices with `add_index > index_offset`, oldest first, at most `max` (LND's
+    /// `ListInvoices`, not reversed); only open ones when `pending_only`.
+    pub fn list_invoices(
+        &self,
+        node: NodeId,
+        index_offset: u64,
+        max: usize,
+        pending_only: bool,
+    ) -> Vec<InvoiceRecord> {
+        let mut out: Vec<InvoiceRecord> = self
+            .invoices
+            .values()
+            .filter(|i| i.payee == node && i.add_index > index_offset)
+            .filter(|i| !pending_only || i.state == InvoiceState::Open)
+            .cloned()
+            .collect();
+        out.sort_by_key(|i| i.add_index);
+        out.truncate(max);
+        out
+    }
+
     /// Subscribes to `node`'s invoice events, returning the backlog LND would replay first:
     /// invoices with `add_index > add_index` and settled ones with `settle_index >
     /// settle_index` (each only when the given index is non-zero).

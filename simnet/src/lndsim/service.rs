@@ -205,6 +205,35 @@ impl Lightning for SimService {
             .ok_or_else(|| Status::not_found("unable to locate invoice"))
     }
 
+    async fn list_invoices(
+        &self,
+        request: Request<lnrpc::ListInvoiceRequest>,
+    ) -> Result<Response<lnrpc::ListInvoiceResponse>, Status> {
+        let node = self.authenticate(&request)?;
+        let req = request.into_inner();
+        if req.reversed || req.creation_date_start != 0 || req.creation_date_end != 0 {
+            return Err(Status::unimplemented(
+                "lnd-sim lists invoices forward by index only",
+            ));
+        }
+        // LND answers at most 100 invoices when no maximum is given.
+        let max = match req.num_max_invoices {
+            0 => 100,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let invoices: Vec<lnrpc::Invoice> = self
+            .lock()
+            .list_invoices(node, req.index_offset, max, req.pending_only)
+            .iter()
+            .map(|i| i.to_proto())
+            .collect();
+        Ok(Response::new(lnrpc::ListInvoiceResponse {
+            first_index_offset: invoices.first().map_or(0, |i| i.add_index),
+            last_index_offset: invoices.last().map_or(0, |i| i.add_index),
+            invoices,
+        }))
+    }
+
     type SubscribeInvoicesStream = BoxStream<lnrpc::Invoice>;
 
     async fn subscribe_invoices(

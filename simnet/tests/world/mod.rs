@@ -588,6 +588,7 @@ pub fn fast_terms() -> leasewire::types::Terms {
         max_credit_sat: 1_000_000,
         reserve_days: 1,
         refund_unused: false,
+        reservation_secs: 0,
     }
 }
 

@@ -8,7 +8,9 @@
 //! lease, a provider limit the payments to that provider, a base limit every payment.
 //!
 //! The history comes from the audit log ([`history_from_audit`]), so limits survive restarts
-//! and cannot be bypassed by clearing some other table. The payer then calls [`check`] with
+//! and cannot be bypassed by clearing some other table. A payer keeps it incrementally in a
+//! [`PaymentIndex`] beside the log (rebuilt from the log when missing), so a check reads the
+//! payments, not the whole log. The payer then calls [`check`] with
 //! the payment it is about to make; a refusal says which limit refused, in which scope, and
 //! when the same payment would be allowed.
 //!
@@ -55,10 +57,13 @@ pub enum LimitsError {
         /// Why it was rejected.
         reason: String,
     },
+    /// The payment history index beside the log cannot be read or written.
+    #[error("payment history index: {0}")]
+    Index(String),
 }
 
 pub use duration::{format_duration, parse_duration, serde_duration};
-pub use history::{PastPayment, history_from_audit};
+pub use history::{INDEX_TREE, PastPayment, PaymentIndex, history_from_audit};
 
 /// One level of limit settings. Every field is optional; `None` means this level does not
 /// set it (a less specific level may, else there is no such limit).
@@ -1028,5 +1033,90 @@ mod tests {
             matches!(e, LimitsError::BadEntry { seq: 0, ref kind, .. } if kind == "payment_attempt"),
             "{e}"
         );
+    }
+
+    /// A log with every kind of payment history: retries, late outcomes, duplicates,
+    /// successes without attempts, and many entries that are not payments.
+    fn busy_log(log: &AuditLog, rounds: u64) {
+        for r in 0..rounds {
+            let hash = |n: u64| format!("{:02x}", (r * 7 + n) % 23);
+            for _ in 0..5 {
+                log.append(AuditKind::NodeStarted, &json!({})).unwrap();
+            }
+            log.append(
+                AuditKind::PaymentAttempt,
+                &json!({"payment_hash": hash(0), "amount_sat": 100 + r, "provider": "P",
+                        "lease_id": format!("L{}", r % 3), "fee_limit_msat": 1_500}),
+            )
+            .unwrap();
+            match r % 4 {
+                0 => log.append(
+                    AuditKind::PaymentSucceeded,
+                    &json!({"payment_hash": hash(0),
+                        "amount_msat": (100 + r) * 1000, "fee_msat": 999, "provider": "P"}),
+                ),
+                1 => log.append(AuditKind::PaymentFailed, &json!({"payment_hash": hash(0)})),
+                2 => log.append(
+                    AuditKind::PaymentSucceeded,
+                    &json!({"payment_hash": hash(5),
+                        "amount_msat": 7_001, "provider": "Q"}),
+                ),
+                _ => log.append(AuditKind::PaymentFailed, &json!({"payment_hash": hash(3)})),
+            }
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn the_index_reads_what_the_full_scan_reads_at_every_step() {
+        let (_dir, db) = temp_db();
+        let log = AuditLog::open(&db, test_key(9)).unwrap();
+        let index = PaymentIndex::open(&db).unwrap();
+        assert_eq!(index.history(&log).unwrap(), Vec::new());
+        for step in 0..12 {
+            busy_log(&log, 3 + step);
+            let full = history_from_audit(&log).unwrap();
+            assert!(!full.is_empty());
+            assert_eq!(index.history(&log).unwrap(), full, "after step {step}");
+        }
+        // The index only reads what was appended since: its cursor is the log's end.
+        let cursor = db
+            .open_tree(INDEX_TREE)
+            .unwrap()
+            .get(b"cursor")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            u64::from_be_bytes(cursor.as_ref().try_into().unwrap()),
+            log.len()
+        );
+    }
+
+    #[test]
+    fn a_missing_or_damaged_index_is_rebuilt_from_the_log() {
+        let (_dir, db) = temp_db();
+        let log = AuditLog::open(&db, test_key(10)).unwrap();
+        busy_log(&log, 20);
+        let full = history_from_audit(&log).unwrap();
+        let index = PaymentIndex::open(&db).unwrap();
+        assert_eq!(index.history(&log).unwrap(), full);
+        let tree = db.open_tree(INDEX_TREE).unwrap();
+        // Dropped: rebuilt from the start of the log.
+        tree.clear().unwrap();
+        assert_eq!(index.history(&log).unwrap(), full);
+        // A record that does not decode, or a cursor past the end of the log: rebuilt.
+        let some = tree.scan_prefix(b"p/").next().unwrap().unwrap().0;
+        tree.insert(some, b"garbage".as_slice()).unwrap();
+        assert_eq!(index.history(&log).unwrap(), full);
+        tree.insert(b"cursor", &(log.len() + 5).to_be_bytes())
+            .unwrap();
+        assert_eq!(index.history(&log).unwrap(), full);
+        // A malformed payment entry still fails closed.
+        log.append(AuditKind::PaymentAttempt, &json!({"payment_hash": "zz"}))
+            .unwrap();
+        assert!(matches!(
+            index.history(&log),
+            Err(LimitsError::BadEntry { .. })
+        ));
     }
 }

@@ -11,6 +11,21 @@ use crate::market::sizes::{self, Family, SizePrice};
 use crate::types::{Terms, TermsError};
 use crate::wire::PrefixAvailability;
 
+/// How long an unpaid activation invoice holds its prefixes by default (`terms.reservation_secs`).
+pub const DEFAULT_RESERVATION_SECS: u64 = 120;
+/// Default of [`ProviderConfig::max_unpaid_per_peer`].
+pub const DEFAULT_MAX_UNPAID_PER_PEER: usize = 4;
+/// Default of [`ProviderConfig::max_unpaid_per_ip`].
+pub const DEFAULT_MAX_UNPAID_PER_IP: usize = 8;
+/// Default of [`ProviderConfig::max_unpaid_total`].
+pub const DEFAULT_MAX_UNPAID_TOTAL: usize = 32;
+/// Default of [`ProviderConfig::min_free_disk_mib`].
+pub const DEFAULT_MIN_FREE_DISK_MIB: u64 = 64;
+/// Shortest `terms.reservation_secs`: renters refuse invoices that expire within a minute.
+pub const MIN_RESERVATION_SECS: u64 = 60;
+/// Longest `terms.reservation_secs`.
+pub const MAX_RESERVATION_SECS: u64 = 3_600;
+
 /// `[provider]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -36,8 +51,22 @@ pub struct ProviderConfig {
     pub ipv4_on_link: bool,
     /// Offers expire after this many seconds and are re-signed before then.
     pub offer_ttl_secs: u64,
-    /// Invoice expiry.
+    /// Expiry of top-up invoices, and of activation invoices when the terms do not state
+    /// `reservation_secs`.
     pub invoice_expiry_secs: u64,
+    /// Unpaid activation invoices (each holding prefixes) one peer may hold at once. Top-ups
+    /// are capped per lease instead (eight at once).
+    pub max_unpaid_per_peer: usize,
+    /// Unpaid activation invoices (each holding prefixes until it expires) all peers together
+    /// may hold at once.
+    pub max_unpaid_total: usize,
+    /// Unpaid activation invoices the peers behind one IP address may hold at once, when the
+    /// network layer tells the provider the address ([`super::Provider::handle_from`]).
+    pub max_unpaid_per_ip: usize,
+    /// New work (rent and top-up requests) is refused while the data dir's file system has
+    /// less than this many MiB free, so that what is already under way (a settlement, a
+    /// suspension) still finds room. 0: no check of the free space.
+    pub min_free_disk_mib: u64,
     /// Seconds between metering passes.
     pub metering_interval_secs: u64,
     /// Terms of sale; `rate_sat_per_day` is the base rate of a lease, to which the price of
@@ -86,6 +115,10 @@ impl Default for ProviderConfig {
             ipv4_on_link: false,
             offer_ttl_secs: 3600,
             invoice_expiry_secs: 600,
+            max_unpaid_per_peer: DEFAULT_MAX_UNPAID_PER_PEER,
+            max_unpaid_total: DEFAULT_MAX_UNPAID_TOTAL,
+            max_unpaid_per_ip: DEFAULT_MAX_UNPAID_PER_IP,
+            min_free_disk_mib: DEFAULT_MIN_FREE_DISK_MIB,
             metering_interval_secs: 5,
             terms: Terms {
                 activation_fee_sat: 1_000,
@@ -95,6 +128,7 @@ impl Default for ProviderConfig {
                 max_credit_sat: 36_500,
                 reserve_days: 7,
                 refund_unused: false,
+                reservation_secs: DEFAULT_RESERVATION_SECS,
             },
             fault: FaultConfig::default(),
         }
@@ -126,6 +160,14 @@ pub fn replaced_key_hint(parse_message: &str) -> Option<&'static str> {
 }
 
 impl ProviderConfig {
+    /// Seconds an activation invoice stays payable (and holds its prefixes).
+    pub fn activation_expiry_secs(&self) -> u64 {
+        match self.terms.reservation_secs {
+            0 => self.invoice_expiry_secs,
+            r => r,
+        }
+    }
+
     /// Whether `family` is offered: it has pools and sizes.
     pub fn offers(&self, family: Family) -> bool {
         match family {
@@ -194,6 +236,23 @@ impl ProviderConfig {
             // A base rate of 0 is fine when every size has a price: checked per combination.
             Ok(()) | Err(TermsError::ZeroRate) => {}
             Err(e) => return Err(format!("provider.terms: {e}")),
+        }
+        let r = self.terms.reservation_secs;
+        if r != 0 && !(MIN_RESERVATION_SECS..=MAX_RESERVATION_SECS).contains(&r) {
+            return Err(format!(
+                "provider.terms.reservation_secs = {r}: use {MIN_RESERVATION_SECS}..={MAX_RESERVATION_SECS} \
+                 (or 0 to leave it out of the terms)"
+            ));
+        }
+        if self.max_unpaid_per_peer == 0
+            || self.max_unpaid_per_ip == 0
+            || self.max_unpaid_total == 0
+        {
+            return Err(
+                "provider.max_unpaid_per_peer, provider.max_unpaid_per_ip and \
+                 provider.max_unpaid_total must be at least 1"
+                    .into(),
+            );
         }
         if !self.endpoint.contains(':') {
             return Err("provider.endpoint must be host:port".into());
@@ -403,6 +462,36 @@ mod tests {
         .unwrap();
         let e = check(|c| c.terms.min_initial_credit_sat = 1_000_000).unwrap_err();
         assert!(e.contains("provider.terms"), "{e}");
+    }
+
+    #[test]
+    fn reservation_time_and_unpaid_caps_are_checked() {
+        let d = ProviderConfig::default();
+        assert_eq!(d.terms.reservation_secs, DEFAULT_RESERVATION_SECS);
+        assert_eq!(d.activation_expiry_secs(), DEFAULT_RESERVATION_SECS);
+        for bad in [1, MIN_RESERVATION_SECS - 1, MAX_RESERVATION_SECS + 1] {
+            let e = check(|c| c.terms.reservation_secs = bad).unwrap_err();
+            assert!(e.contains("provider.terms.reservation_secs"), "{e}");
+        }
+        check(|c| c.terms.reservation_secs = MIN_RESERVATION_SECS).unwrap();
+        // Not stated: the activation invoice expires like any other.
+        check(|c| c.terms.reservation_secs = 0).unwrap();
+        let c = ProviderConfig {
+            terms: Terms {
+                reservation_secs: 0,
+                ..d.terms.clone()
+            },
+            ..ProviderConfig::default()
+        };
+        assert_eq!(c.activation_expiry_secs(), c.invoice_expiry_secs);
+        for edit in [
+            (|c: &mut ProviderConfig| c.max_unpaid_per_peer = 0) as fn(&mut ProviderConfig),
+            |c: &mut ProviderConfig| c.max_unpaid_total = 0,
+            |c: &mut ProviderConfig| c.max_unpaid_per_ip = 0,
+        ] {
+            let e = check(edit).unwrap_err();
+            assert!(e.contains("max_unpaid"), "{e}");
+        }
     }
 
     #[test]

@@ -3,6 +3,15 @@
 use super::*;
 use crate::market::sizes::{self, Family, Sizes};
 
+/// What an invoice's pending record holds besides the commitment: the prefixes reserved for
+/// it and the address its request came from.
+#[derive(Default)]
+pub(super) struct Held {
+    ipv4: Option<String>,
+    ipv6: Option<String>,
+    remote_ip: Option<String>,
+}
+
 impl Provider {
     /// The unreleased lease whose renter uses WireGuard key `key`, if any.
     fn lease_of_key(&self, key: &WgKey) -> Result<Option<String>, MarketError> {
@@ -15,8 +24,18 @@ impl Provider {
             .map(|(id, _)| id))
     }
 
-    pub(super) async fn on_rent_request(&self, peer: PeerId, r: RentRequest) -> Message {
+    pub(super) async fn on_rent_request(
+        &self,
+        peer: PeerId,
+        remote_ip: Option<std::net::IpAddr>,
+        r: RentRequest,
+    ) -> Message {
         let i = &self.inner;
+        // A disk nearly full (or failing) takes no new work: what space is left is for the
+        // settlements and suspensions already under way.
+        if let Some(why) = self.disk_refusal() {
+            return err(ErrorCode::Unavailable, why);
+        }
         let offer = self.offer();
         if !self.accepts_offer(&r.offer_id) {
             return err(
@@ -66,25 +85,18 @@ impl Provider {
                 return err(ErrorCode::Unavailable, "provider storage error");
             }
         }
-        // Each unpaid invoice holds prefixes until it expires; a cap per peer keeps one peer
-        // from reserving the whole pool.
-        let unpaid = match i.pending.all() {
-            Ok(all) => all
-                .iter()
-                .filter(|(_, p)| p.issued.is_none() && p.renter_peer == peer.to_string())
-                .count(),
-            Err(e) => {
-                tracing::error!(error = %e, "pending lookup failed");
-                return err(ErrorCode::Unavailable, "provider storage error");
-            }
+        // Each unpaid invoice holds prefixes until it expires: a cap per peer keeps one peer
+        // from reserving the whole pool, and a cap on all reservations bounds what many fresh
+        // identities can hold together. Counted before anything is allocated, in one step.
+        let slot = match i.reservations.take(
+            &r.request_id,
+            &peer.to_string(),
+            remote_ip.map(|a| a.to_string()).as_deref(),
+            None,
+        ) {
+            Ok(slot) => slot,
+            Err(e) => return refuse_cap(peer, &e),
         };
-        if unpaid >= MAX_UNPAID_PER_PEER {
-            tracing::warn!(%peer, unpaid, "rent request refused: too many unpaid invoices");
-            return err(
-                ErrorCode::BadRequest,
-                format!("{unpaid} unpaid invoices already; pay them or let them expire"),
-            );
-        }
         let lease_id = random_id();
         let reserve = async || -> Result<(Option<String>, Option<String>), MarketError> {
             let v4 = match asked.ipv4 {
@@ -115,6 +127,7 @@ impl Provider {
             Err(MarketError::NoOffer(m)) => return err(ErrorCode::PoolExhausted, m),
             Err(e) => {
                 tracing::error!(error = %e, "pool allocation failed");
+                i.disk.record_failure(&e.to_string());
                 return err(ErrorCode::Unavailable, "provider storage error");
             }
         };
@@ -139,10 +152,18 @@ impl Provider {
                 &r.request_id,
                 &lease_id,
                 commitment,
-                ipv4.clone(),
-                ipv6.clone(),
+                Held {
+                    ipv4: ipv4.clone(),
+                    ipv6: ipv6.clone(),
+                    remote_ip: remote_ip.map(|a| a.to_string()),
+                },
+                i.cfg.activation_expiry_secs(),
             )
             .await;
+        if matches!(reply, Message::PayInvoice(_)) {
+            // Stored unpaid: counted until it is settled or expires.
+            slot.keep();
+        }
         if matches!(reply, Message::Error(_)) {
             for p in ipv4.iter().chain(ipv6.iter()) {
                 if let Err(e) = i.pool.release(p, &lease_id).await {
@@ -169,8 +190,8 @@ impl Provider {
         request_id: &str,
         lease_id: &str,
         commitment: InvoiceCommitment,
-        ipv4: Option<String>,
-        ipv6: Option<String>,
+        held: Held,
+        expiry_secs: u64,
     ) -> Message {
         let i = &self.inner;
         let amount_sat = commitment.amount_sat;
@@ -179,7 +200,7 @@ impl Provider {
             .add_invoice(InvoiceRequest {
                 amount_msat: amount_sat * 1000,
                 description_hash: commitment.description_hash(),
-                expiry_secs: i.cfg.invoice_expiry_secs,
+                expiry_secs,
             })
             .await
         {
@@ -199,9 +220,11 @@ impl Provider {
             commitment,
             payment_hash: payment_hash.clone(),
             bolt11: created.bolt11.clone(),
-            expires_at: self.now() + i.cfg.invoice_expiry_secs,
-            ipv4,
-            ipv6,
+            expires_at: self.now() + expiry_secs,
+            ipv4: held.ipv4,
+            ipv6: held.ipv6,
+            remote_ip: held.remote_ip,
+            add_index: created.add_index,
             issued: None,
         };
         // Created only if the request id is still unused: two requests racing with one id
@@ -215,6 +238,7 @@ impl Provider {
             Ok(false) => return err(ErrorCode::BadRequest, "request id already used"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot persist pending invoice");
+                i.disk.record_failure(&e.to_string());
                 return err(ErrorCode::Unavailable, "provider storage error");
             }
         }
@@ -235,6 +259,9 @@ impl Provider {
 
     pub(super) async fn on_topup_request(&self, peer: PeerId, r: TopUpRequest) -> Message {
         let i = &self.inner;
+        if let Some(why) = self.disk_refusal() {
+            return err(ErrorCode::Unavailable, why);
+        }
         let rec = match i.leases.get(&r.lease_id) {
             Ok(Some(rec)) if rec.renter_peer == peer.to_string() => rec,
             Ok(_) => {
@@ -286,14 +313,48 @@ impl Provider {
             ipv6_prefix_len: None,
             renter_wg_pubkey: rec.lease.renter_wg_pubkey,
         };
-        self.create_invoice(peer, &r.request_id, &r.lease_id, commitment, None, None)
-            .await
+        let slot =
+            match i
+                .reservations
+                .take(&r.request_id, &peer.to_string(), None, Some(&r.lease_id))
+            {
+                Ok(slot) => slot,
+                Err(e) => return refuse_cap(peer, &e),
+            };
+        let reply = self
+            .create_invoice(
+                peer,
+                &r.request_id,
+                &r.lease_id,
+                commitment,
+                Held::default(),
+                i.cfg.invoice_expiry_secs,
+            )
+            .await;
+        if matches!(reply, Message::PayInvoice(_)) {
+            slot.keep();
+        }
+        reply
     }
+}
+
+/// The refusal of a request over a cap on unpaid invoices.
+fn refuse_cap(peer: PeerId, e: &reservations::CapReached) -> Message {
+    tracing::warn!(%peer, reason = %e, "request refused: unpaid-invoice cap");
+    let code = match e {
+        reservations::CapReached::Peer(_)
+        | reservations::CapReached::Ip(_)
+        | reservations::CapReached::Lease(_)
+        | reservations::CapReached::Duplicate => ErrorCode::BadRequest,
+        // Not the asker's fault: it may try again once reservations expire.
+        reservations::CapReached::Total(_) => ErrorCode::Unavailable,
+    };
+    err(code, e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{harness_with, renter_peer};
+    use super::super::tests::{count, harness_with, renter_peer};
     use super::*;
     use crate::market::sizes::SizePrice;
 
@@ -387,5 +448,253 @@ mod tests {
             Message::Error(e) => assert_eq!(e.code, ErrorCode::PoolExhausted, "{}", e.message),
             other => panic!("an exhausted size answered with {other:?}"),
         }
+    }
+
+    fn ipv4_only(max_per_peer: usize, max_total: usize) -> ProviderConfig {
+        ProviderConfig {
+            ipv6_pools: Vec::new(),
+            max_unpaid_per_peer: max_per_peer,
+            max_unpaid_total: max_total,
+            ..ProviderConfig::default()
+        }
+    }
+
+    fn available(p: &Provider) -> u32 {
+        p.offer().verify().unwrap().ipv4[0].available
+    }
+
+    #[tokio::test]
+    async fn unpaid_reservations_are_capped_in_total_and_held_only_briefly() {
+        let h = harness_with(ipv4_only(4, 3)).await;
+        let p = &h.provider;
+        let reservation = p.inner.cfg.terms.reservation_secs;
+        assert_eq!(reservation, 120, "the default reservation time");
+        // The offer states how long a reservation holds, and the invoice expires then.
+        assert_eq!(p.offer().verify().unwrap().terms.reservation_secs, 120);
+        let now = h.clock.now_unix();
+        for n in 1..=3 {
+            let reply = p.handle(renter_peer(n), ask(p, n, Some(32), None)).await;
+            let Message::PayInvoice(pay) = reply else {
+                panic!("{reply:?}")
+            };
+            let pending = p.inner.pending.get(&pay.request_id).unwrap().unwrap();
+            assert_eq!(pending.expires_at, now + reservation);
+            assert_eq!(pending.commitment.terms.reservation_secs, reservation);
+            let inv: lightning_invoice::Bolt11Invoice = pay.bolt11.parse().unwrap();
+            assert_eq!(inv.expiry_time().as_secs(), reservation);
+        }
+        assert_eq!(available(p), 13);
+        // A fourth fresh identity is refused while three reservations are held, without any
+        // prefix, invoice or audit entry made for it.
+        let invoices = count(&h.audit, "invoice_created");
+        match p.handle(renter_peer(4), ask(p, 4, Some(32), None)).await {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::Unavailable);
+                assert!(e.message.contains("3 unpaid reservations"), "{}", e.message);
+            }
+            other => panic!("a reservation over the total cap was made: {other:?}"),
+        }
+        assert_eq!(available(p), 13);
+        assert_eq!(count(&h.audit, "invoice_created"), invoices);
+
+        // The reservations lapse after reservation_secs (plus a minute's grace): the
+        // prefixes come back and the next identity is served.
+        h.clock.advance(Duration::from_secs(reservation + 61));
+        p.tick().await.unwrap();
+        assert_eq!(available(p), 16);
+        assert!(matches!(
+            p.handle(renter_peer(4), ask(p, 4, Some(32), None)).await,
+            Message::PayInvoice(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn one_peer_is_capped_and_a_paid_invoice_frees_its_slot() {
+        let h = harness_with(ipv4_only(2, 32)).await;
+        let p = &h.provider;
+        let mut pays = Vec::new();
+        for k in [1, 2] {
+            let reply = p.handle(renter_peer(1), ask(p, k, Some(32), None)).await;
+            let Message::PayInvoice(pay) = reply else {
+                panic!("{reply:?}")
+            };
+            pays.push(pay);
+        }
+        match p.handle(renter_peer(1), ask(p, 3, Some(32), None)).await {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::BadRequest);
+                assert!(e.message.contains("2 unpaid invoices"), "{}", e.message);
+            }
+            other => panic!("a peer over its cap was served: {other:?}"),
+        }
+        // Paid and settled (by the watcher's listing): the slot is free again.
+        h.net
+            .node("renter")
+            .unwrap()
+            .pay_invoice(crate::lightning::PayRequest {
+                bolt11: pays[0].bolt11.clone(),
+                fee_limit_msat: 10_000,
+                timeout_secs: 30,
+            })
+            .await
+            .unwrap();
+        p.tick().await.unwrap();
+        assert_eq!(p.leases().unwrap().len(), 1);
+        assert!(matches!(
+            p.handle(renter_peer(1), ask(p, 3, Some(32), None)).await,
+            Message::PayInvoice(_)
+        ));
+        // The counts survive a restart: rebuilt from the stored unpaid invoices.
+        let again = Provider::with_clock(
+            ProviderParams {
+                key: h.key.clone(),
+                cfg: ipv4_only(2, 32),
+                network: "regtest".into(),
+                ln_pubkey: h.net.pubkey("provider").unwrap(),
+                wg_private: WgKey([1; 32]),
+                wg_public: WgKey([2; 32]),
+                iface: "lwt0".into(),
+                listen_port: 51820,
+                ln: h.ln.clone(),
+                tunnel: h.tunnel.clone(),
+                audit: h.audit.clone(),
+                db: h.db.clone(),
+            },
+            h.clock.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            again
+                .inner
+                .reservations
+                .snapshot(&renter_peer(1).to_string()),
+            (2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn expiry_is_one_listing_for_many_invoices_never_a_lookup_each() {
+        let h = harness_with(ipv4_only(4, 64)).await;
+        let p = &h.provider;
+        let mut n = 0u8;
+        for peer in 1..=4 {
+            for _ in 0..4 {
+                n += 1;
+                let reply = p.handle(renter_peer(peer), ask(p, n, Some(32), None)).await;
+                assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
+            }
+        }
+        assert_eq!(available(p), 0);
+        let (lookups, lists) = (
+            h.ln.lookups.load(std::sync::atomic::Ordering::SeqCst),
+            h.ln.lists.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        h.clock.advance(Duration::from_secs(120 + 61));
+        p.tick().await.unwrap();
+        assert_eq!(available(p), 16, "all 16 reservations lapsed in one pass");
+        assert!(p.inner.pending.all().unwrap().is_empty());
+        assert_eq!(count(&h.audit, "lease_released"), 16);
+        assert_eq!(
+            h.ln.lookups.load(std::sync::atomic::Ordering::SeqCst),
+            lookups,
+            "no lookup per invoice"
+        );
+        assert_eq!(
+            h.ln.lists.load(std::sync::atomic::Ordering::SeqCst),
+            lists + 1,
+            "one page listed them all"
+        );
+        // Nothing unpaid: the next pass does not even ask the node.
+        p.tick().await.unwrap();
+        assert_eq!(
+            h.ln.lists.load(std::sync::atomic::Ordering::SeqCst),
+            lists + 1
+        );
+    }
+
+    #[tokio::test]
+    async fn top_ups_are_capped_per_lease_not_by_the_reservation_caps() {
+        // One reservation per peer: a renter with a lease still tops it up.
+        let h = harness_with(ipv4_only(1, 1)).await;
+        let p = &h.provider;
+        let Message::PayInvoice(pay) = p.handle(renter_peer(1), ask(p, 1, Some(32), None)).await
+        else {
+            panic!("refused")
+        };
+        h.net
+            .node("renter")
+            .unwrap()
+            .pay_invoice(crate::lightning::PayRequest {
+                bolt11: pay.bolt11.clone(),
+                fee_limit_msat: 10_000,
+                timeout_secs: 30,
+            })
+            .await
+            .unwrap();
+        p.tick().await.unwrap();
+        assert_eq!(p.leases().unwrap().len(), 1);
+        let topup = |n: u8| {
+            Message::TopUpRequest(TopUpRequest {
+                request_id: format!("{n:02x}").repeat(16),
+                lease_id: pay.lease_id.clone(),
+                amount_sat: 500,
+            })
+        };
+        let max = reservations::MAX_UNPAID_TOPUPS_PER_LEASE as u8;
+        for n in 0xa0..0xa0 + max {
+            let reply = p.handle(renter_peer(1), topup(n)).await;
+            assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
+        }
+        match p.handle(renter_peer(1), topup(0xa0 + max)).await {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::BadRequest);
+                assert!(
+                    e.message.contains(&format!("{max} unpaid top-up invoices")),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("a third unpaid top-up was made: {other:?}"),
+        }
+        // The reservation caps are untouched: another peer still reserves.
+        assert!(matches!(
+            p.handle(renter_peer(2), ask(p, 2, Some(32), None)).await,
+            Message::PayInvoice(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn identities_behind_one_address_share_the_per_ip_cap() {
+        let h = harness_with(ProviderConfig {
+            max_unpaid_per_ip: 2,
+            ..ipv4_only(4, 32)
+        })
+        .await;
+        let p = &h.provider;
+        let ip: std::net::IpAddr = "192.0.2.77".parse().unwrap();
+        for n in 1..=2 {
+            let reply = p
+                .handle_from(renter_peer(n), Some(ip), ask(p, n, Some(32), None))
+                .await;
+            assert!(matches!(reply, Message::PayInvoice(_)), "{reply:?}");
+        }
+        match p
+            .handle_from(renter_peer(3), Some(ip), ask(p, 3, Some(32), None))
+            .await
+        {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::BadRequest);
+                assert!(e.message.contains("from your address"), "{}", e.message);
+            }
+            other => panic!("a third identity from one address reserved: {other:?}"),
+        }
+        assert_eq!(available(p), 14);
+        // The same identity from another address is served.
+        let other: std::net::IpAddr = "192.0.2.78".parse().unwrap();
+        assert!(matches!(
+            p.handle_from(renter_peer(3), Some(other), ask(p, 3, Some(32), None))
+                .await,
+            Message::PayInvoice(_)
+        ));
     }
 }

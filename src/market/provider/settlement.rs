@@ -112,12 +112,25 @@ impl Provider {
             // Fault injection (simnet): nothing is ever issued, paid or not.
             return Ok(None);
         }
-        let hash: [u8; 32] = hex::decode(&p.payment_hash)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| MarketError::Store("bad stored payment hash".into()))?;
+        let hash = p.hash()?;
         // Asked with no lock held: other leases, and other requests of this one, go on.
         let status = i.ln.lookup_invoice(hash).await?;
+        self.settle_with_status(request_id, &p, &status).await
+    }
+
+    /// Issues or extends the lease of `request_id` (exactly once) when `status`, our node's
+    /// answer about its invoice `p`, says it is settled; `None` when it is not.
+    pub(super) async fn settle_with_status(
+        &self,
+        request_id: &str,
+        p: &PendingInvoice,
+        status: &crate::lightning::InvoiceStatus,
+    ) -> Result<Option<Signed<Lease>>, MarketError> {
+        let i = &self.inner;
+        if i.cfg.fault.withhold_leases {
+            // Fault injection (simnet): nothing is ever issued, paid or not.
+            return Ok(None);
+        }
         if status.state != InvoiceState::Settled {
             return Ok(None);
         }
@@ -152,6 +165,8 @@ impl Provider {
             );
             return Ok(self.issued_for(request_id)?.map(|r| r.signed));
         }
+        // No longer unpaid: its slot under the unpaid-invoice caps is free again.
+        i.reservations.release(request_id);
         self.audit(
             AuditKind::InvoiceSettled,
             json!({"request_id": request_id, "payment_hash": p.payment_hash,
@@ -209,6 +224,7 @@ impl Provider {
             lease_end: None,
             termination: None,
             refund: None,
+            tunnel_pending: false,
         })
     }
 
@@ -278,16 +294,8 @@ impl Provider {
         let c = &p.commitment;
         match kind {
             Some(Kind::Issued) => {
-                if rec.state == LeaseState::Active
-                    && let Err(e) = self.apply_peer(&rec.lease).await
-                {
-                    tracing::error!(error = %e, lease_id, "cannot add tunnel peer");
-                    self.audit(
-                        AuditKind::Error,
-                        json!({"lease_id": lease_id, "error": e.to_string()}),
-                    )
-                    .await;
-                }
+                // A peer the tunnel refuses now is marked pending and retried by every tick.
+                self.place_peer_locked(lease_id).await?;
                 self.audit(
                     AuditKind::LeaseIssued,
                     json!({"lease_id": lease_id, "renter": c.renter, "ipv4": p.ipv4,
@@ -305,7 +313,7 @@ impl Provider {
                 )
                 .await;
                 if kind == Kind::Reactivated {
-                    self.apply_peer(&rec.lease).await?;
+                    self.place_peer_locked(lease_id).await?;
                     self.audit(AuditKind::LeaseReactivated, json!({"lease_id": lease_id}))
                         .await;
                     tracing::info!(lease_id, "lease reactivated");
@@ -314,8 +322,8 @@ impl Provider {
             None => {
                 // Finishing after a failure or a crash: the record is stored; make sure the
                 // tunnel matches it (adding a peer is idempotent).
-                if let Some(now) = before.filter(|b| b.state == LeaseState::Active) {
-                    self.apply_peer(&now.lease).await?;
+                if before.is_some_and(|b| b.state == LeaseState::Active) {
+                    self.place_peer_locked(lease_id).await?;
                 }
             }
         }
@@ -358,11 +366,62 @@ impl Provider {
     /// Logs and audits a failure of one item of a background pass, which then goes on.
     pub(super) async fn item_failed(&self, what: &str, lease_id: &str, e: &MarketError) {
         tracing::warn!(error = %e, lease_id, "{what} failed; going on with the others");
+        if matches!(e, MarketError::Store(_) | MarketError::Audit(_)) {
+            // Retried by the next pass; meanwhile no new work adds to the disk's trouble.
+            self.inner.disk.record_failure(&format!("{what}: {e}"));
+        }
         self.audit(
             AuditKind::Error,
             json!({"lease_id": lease_id, "error": format!("{what}: {e}")}),
         )
         .await;
+    }
+
+    /// Puts the peer of lease `lease_id` in place when the lease is active. When the tunnel
+    /// refuses (out of file descriptors, a netlink error), the lease is marked
+    /// `tunnel_pending` (audited once) and `Ok(false)` returned: the tick tries again until it
+    /// is in place, and `leases` shows it meanwhile. A lease that is not active is never
+    /// pending. The caller holds the lease's lock.
+    ///
+    /// # Errors
+    /// Only the store: the lease cannot be read or its mark written.
+    pub(super) async fn place_peer_locked(&self, lease_id: &str) -> Result<bool, MarketError> {
+        let i = &self.inner;
+        let Some(mut rec) = i.leases.get(lease_id)? else {
+            return Ok(false);
+        };
+        if rec.state != LeaseState::Active {
+            if rec.tunnel_pending {
+                rec.tunnel_pending = false;
+                i.leases.put(lease_id, &rec).await?;
+            }
+            return Ok(false);
+        }
+        match self.apply_peer(&rec.lease).await {
+            Ok(()) => {
+                if rec.tunnel_pending {
+                    rec.tunnel_pending = false;
+                    i.leases.put(lease_id, &rec).await?;
+                    tracing::info!(lease_id, "tunnel peer in place after a retry");
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, lease_id, "cannot add the tunnel peer; retrying every tick");
+                if !rec.tunnel_pending {
+                    rec.tunnel_pending = true;
+                    i.leases.put(lease_id, &rec).await?;
+                    // Audited once per outage, not once per retry.
+                    self.audit(
+                        AuditKind::Error,
+                        json!({"lease_id": lease_id,
+                               "error": format!("tunnel peer pending: {e}")}),
+                    )
+                    .await;
+                }
+                Ok(false)
+            }
+        }
     }
 
     pub(super) async fn apply_peer(&self, lease: &Lease) -> Result<(), MarketError> {
@@ -387,6 +446,16 @@ impl Provider {
             )
             .await?;
         Ok(())
+    }
+}
+
+impl PendingInvoice {
+    /// The stored payment hash.
+    pub(super) fn hash(&self) -> Result<[u8; 32], MarketError> {
+        hex::decode(&self.payment_hash)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| MarketError::Store("bad stored payment hash".into()))
     }
 }
 

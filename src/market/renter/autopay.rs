@@ -404,6 +404,7 @@ mod tests {
                 max_credit_sat: max_credit,
                 reserve_days: 1,
                 refund_unused: false,
+                reservation_secs: 0,
             },
             credit_sat: 0,
             activated_at: 0,

@@ -332,7 +332,9 @@ impl Renter {
         lease_id: &str,
     ) -> Result<(), MarketError> {
         let i = &self.inner;
-        let history = limits::history_from_audit(&i.audit)
+        let history = i
+            .payment_index
+            .history(&i.audit)
             .map_err(|e| MarketError::Store(format!("cannot read payment history: {e}")))?;
         let proposed = limits::Proposed {
             now: self.now(),

@@ -369,6 +369,7 @@ pub fn node_config(input: ConfigInput<'_>) -> Result<Config> {
                 max_credit_sat: 1_000_000,
                 reserve_days: 1,
                 refund_unused: false,
+                reservation_secs: 0,
             };
         }
     }

@@ -155,6 +155,7 @@ impl Scenario {
                         max_credit_sat: 1_000_000,
                         reserve_days: 1,
                         refund_unused: false,
+                        reservation_secs: 0,
                     };
                 }
                 Kind::Renter | Kind::Intruder => {
