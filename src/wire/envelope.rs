@@ -23,6 +23,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use super::messages::Message;
 use super::signed::{WireError, peer_id_of};
 
@@ -115,7 +116,7 @@ impl Envelope {
         let mut cursor = std::io::Cursor::new(bytes);
         let env: Envelope = ciborium::from_reader(&mut cursor).map_err(|e| WireError::Decode {
             what: "envelope",
-            reason: e.to_string(),
+            reason: short_reason(&e.to_string()),
         })?;
         let used = cursor.position();
         if used != bytes.len() as u64 {
@@ -198,7 +199,9 @@ pub fn seal_at(key: &SigningKey, msg: &Message, ts: u64, nonce: u64) -> Result<V
 /// 5. `|now_secs - ts| <= guard window` ([`WireError::Stale`]),
 /// 6. (sender, nonce) not seen before ([`WireError::Replay`], or
 ///    [`WireError::ReplayUndecidable`] when the bounded cache had to forget that far back),
-/// 7. the body decodes as a [`Message`] ([`WireError::Decode`]).
+/// 7. the body decodes as a [`Message`] ([`WireError::Decode`]),
+/// 8. every field is within its size limit ([`super::limits::check`]:
+///    [`WireError::FieldTooLong`], [`WireError::TooManyItems`]).
 ///
 /// The nonce is recorded only once steps 1–5 passed, so forged or stale envelopes cannot fill
 /// the cache. A body that fails step 7 still consumes its nonce: it was genuinely sent.
@@ -229,14 +232,31 @@ pub fn open(
     let message: Message =
         ciborium::from_reader(env.body.as_slice()).map_err(|e| WireError::Decode {
             what: "message",
-            reason: e.to_string(),
+            reason: short_reason(&e.to_string()),
         })?;
+    limits::check(&message)?;
     Ok(Opened {
         message,
         sender,
         ts: env.ts,
         nonce: env.nonce,
     })
+}
+
+/// Longest decoder message kept in a [`WireError::Decode`]: decoders quote the input they
+/// choke on, and a peer's input must not travel on into logs and audit entries at any size.
+const MAX_REASON: usize = 160;
+
+/// `reason` cut to [`MAX_REASON`] bytes (on a character boundary), marked when cut.
+fn short_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason.to_owned();
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &reason[..end], reason.len())
 }
 
 /// Thread-safe replay cache shared by every connection of a node (cheap to clone: the clones
@@ -848,6 +868,45 @@ mod tests {
             })
         ));
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn oversized_fields_are_refused_without_echoing_them() {
+        let mut h = Hello::ours(true, false, "regtest");
+        h.agent = "A".repeat(60_000);
+        let bytes = seal_at(&key(1), &Message::Hello(h), NOW, 5).unwrap();
+        let err = open(&bytes, &pid(1), &guard(), NOW).unwrap_err();
+        assert!(matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "hello.agent",
+                len: 60_000,
+                ..
+            }
+        ));
+        assert!(!err.to_string().contains("AAAA"), "{err}");
+    }
+
+    #[test]
+    fn decode_errors_do_not_carry_the_input_at_length() {
+        // A WireGuard key field holding 10 KB of text: the decoder quotes it.
+        let mut env = Envelope {
+            v: PROTOCOL_VERSION,
+            from: key(1).verifying_key().to_bytes().to_vec(),
+            ts: NOW,
+            nonce: 9,
+            body: Vec::new(),
+            sig: Vec::new(),
+        };
+        let rr = ciborium::Value::Map(vec![(
+            "rentRequest".into(),
+            ciborium::Value::Map(vec![("wg_pubkey".into(), "B".repeat(10_000).into())]),
+        )]);
+        ciborium::into_writer(&rr, &mut env.body).unwrap();
+        env.sig = key(1).sign(&env.signed_bytes()).to_bytes().to_vec();
+        let err = open(&env.to_cbor().unwrap(), &pid(1), &guard(), NOW).unwrap_err();
+        assert!(matches!(err, WireError::Decode { .. }));
+        assert!(err.to_string().len() < 400, "{err}");
     }
 
     #[test]
