@@ -74,6 +74,9 @@ pub struct NodeConfig {
     /// Inbound requests answered at the same time; more are refused at once with an
     /// `Unavailable` error (the peer retries) instead of queueing without bound.
     pub max_inbound_requests: usize,
+    /// `[node.limits]`: connection bounds, handshake timeout, memory, streams, per-peer request
+    /// rates and bans (docs/OPERATIONS.md, "Limits").
+    pub limits: crate::net::limits::NetLimits,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +95,7 @@ impl Default for NodeConfig {
             discovery_interval_secs: 15,
             request_timeout_secs: 30,
             max_inbound_requests: DEFAULT_MAX_INBOUND_REQUESTS,
+            limits: crate::net::limits::NetLimits::default(),
         }
     }
 }

@@ -1,0 +1,693 @@
+//! Bounds on what a remote peer can make the node spend, and the penalties for bad peers.
+//!
+//! - [`NetLimits`]: the `[node.limits]` configuration (connection counts, pending handshakes and
+//!   their timeout, memory, streams, per-peer request rates, bans), with defaults sized for a
+//!   provider serving hundreds of renters;
+//! - [`IpLimit`]: a small swarm behaviour capping incoming connections (pending and established)
+//!   per remote IP address, which libp2p's `connection_limits` does not do;
+//! - [`Offenses`]: counts each peer's offenses (malformed frames, bad envelopes, oversized
+//!   fields) and bans repeat offenders for a while;
+//! - [`RateLimiter`]: token buckets per (peer, message kind), checked before a request is
+//!   answered.
+//!
+//! Time comes in as an argument (`now`), so every rule is tested without waiting.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+/// `[node.limits]`: every bound a remote peer meets. Zero turns a limit off where the key's
+/// documentation says so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetLimits {
+    /// Established connections in total (both directions).
+    pub max_connections: u32,
+    /// Established incoming connections.
+    pub max_incoming_connections: u32,
+    /// Established connections with one peer (one is normal; two when both dial at once).
+    pub max_connections_per_peer: u32,
+    /// Incoming connections (in handshake or established) from one IP address.
+    pub max_connections_per_ip: u32,
+    /// Count loopback addresses against `max_connections_per_ip` too. Off by default, so many
+    /// nodes can share one machine (the simnet, tests); turn on to test the limit locally.
+    pub limit_loopback: bool,
+    /// Incoming connections still in their transport handshake (TCP accepted, Noise/Yamux
+    /// not done).
+    pub max_pending_incoming: u32,
+    /// Outgoing dials in progress.
+    pub max_pending_outgoing: u32,
+    /// Seconds a transport handshake (private-network layer, Noise, Yamux) may take before
+    /// the connection is dropped.
+    pub handshake_timeout_secs: u64,
+    /// New connections are refused while the process uses more memory than this, in MiB
+    /// (resident set). 0: no memory limit.
+    pub max_memory_mb: u64,
+    /// Streams open at once on one connection (the multiplexer refuses more), and requests
+    /// in flight at once per connection and protocol.
+    pub max_streams_per_connection: u32,
+    /// Requests of one kind one peer may send per minute (sustained), except those below.
+    pub requests_per_minute: u32,
+    /// Requests of one kind one peer may send at once before the per-minute rate applies.
+    pub request_burst: u32,
+    /// `rentRequest` and `topUpRequest` (each makes an invoice) one peer may send per minute;
+    /// the burst is `request_burst` or this, whichever is smaller.
+    pub invoice_requests_per_minute: u32,
+    /// Offenses (malformed frames, bad envelopes, oversized fields) within
+    /// `offense_window_secs` after which a peer is banned. Every offense disconnects the peer.
+    pub ban_after_offenses: u32,
+    /// Seconds over which offenses are counted.
+    pub offense_window_secs: u64,
+    /// Seconds a ban lasts: the peer's connections are refused meanwhile.
+    pub ban_secs: u64,
+}
+
+/// Default of [`NetLimits::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Default of [`NetLimits::max_connections_per_ip`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 16;
+/// Default of [`NetLimits::max_pending_incoming`].
+pub const DEFAULT_MAX_PENDING_INCOMING: u32 = 64;
+/// Default of [`NetLimits::handshake_timeout_secs`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+
+impl Default for NetLimits {
+    fn default() -> Self {
+        NetLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_incoming_connections: 768,
+            max_connections_per_peer: 3,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            limit_loopback: false,
+            max_pending_incoming: DEFAULT_MAX_PENDING_INCOMING,
+            max_pending_outgoing: 256,
+            handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+            max_memory_mb: 1024,
+            max_streams_per_connection: 32,
+            requests_per_minute: 120,
+            request_burst: 20,
+            invoice_requests_per_minute: 20,
+            ban_after_offenses: 3,
+            offense_window_secs: 600,
+            ban_secs: 3600,
+        }
+    }
+}
+
+impl NetLimits {
+    /// The handshake timeout (at least one second).
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs.max(1))
+    }
+
+    /// Checks the values make sense.
+    ///
+    /// # Errors
+    /// A message naming the first key whose value cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        let nonzero = [
+            ("max_connections", u64::from(self.max_connections)),
+            (
+                "max_incoming_connections",
+                u64::from(self.max_incoming_connections),
+            ),
+            (
+                "max_connections_per_peer",
+                u64::from(self.max_connections_per_peer),
+            ),
+            (
+                "max_connections_per_ip",
+                u64::from(self.max_connections_per_ip),
+            ),
+            ("max_pending_incoming", u64::from(self.max_pending_incoming)),
+            ("max_pending_outgoing", u64::from(self.max_pending_outgoing)),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            (
+                "max_streams_per_connection",
+                u64::from(self.max_streams_per_connection),
+            ),
+            ("requests_per_minute", u64::from(self.requests_per_minute)),
+            ("request_burst", u64::from(self.request_burst)),
+            (
+                "invoice_requests_per_minute",
+                u64::from(self.invoice_requests_per_minute),
+            ),
+            ("ban_after_offenses", u64::from(self.ban_after_offenses)),
+        ];
+        for (key, value) in nonzero {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rate limiter these limits describe.
+    pub fn rate_limiter(&self) -> RateLimiter {
+        RateLimiter::new(
+            Bucket::per_minute(self.requests_per_minute, self.request_burst),
+            Bucket::per_minute(
+                self.invoice_requests_per_minute,
+                self.request_burst.min(self.invoice_requests_per_minute),
+            ),
+        )
+    }
+
+    /// The offense tracker these limits describe.
+    pub fn offenses(&self) -> Offenses {
+        Offenses::new(
+            self.ban_after_offenses,
+            Duration::from_secs(self.offense_window_secs),
+            Duration::from_secs(self.ban_secs),
+        )
+    }
+}
+
+/// The IP address of a multiaddr (`/ip4/..` or `/ip6/..` first), if it has one.
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// Why an incoming connection was refused by [`IpLimit`].
+#[derive(Debug, thiserror::Error)]
+#[error("too many connections from {ip} (limit {limit})")]
+pub struct TooManyFromIp {
+    /// The remote address.
+    pub ip: IpAddr,
+    /// The limit.
+    pub limit: u32,
+}
+
+/// Caps incoming connections (from the first byte: pending handshakes count) per remote IP.
+pub struct IpLimit {
+    max_per_ip: u32,
+    limit_loopback: bool,
+    by_connection: HashMap<ConnectionId, IpAddr>,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+impl IpLimit {
+    /// At most `max_per_ip` incoming connections per address (loopback too if
+    /// `limit_loopback`).
+    pub fn new(max_per_ip: u32, limit_loopback: bool) -> Self {
+        IpLimit {
+            max_per_ip: max_per_ip.max(1),
+            limit_loopback,
+            by_connection: HashMap::new(),
+            per_ip: HashMap::new(),
+        }
+    }
+
+    /// Connections counted for `ip` now.
+    pub fn count(&self, ip: &IpAddr) -> u32 {
+        self.per_ip.get(ip).copied().unwrap_or(0)
+    }
+
+    /// Admits or refuses a new incoming connection from `remote`.
+    fn admit(&mut self, id: ConnectionId, remote: &Multiaddr) -> Result<(), TooManyFromIp> {
+        let Some(ip) = ip_of(remote) else {
+            return Ok(());
+        };
+        if ip.is_loopback() && !self.limit_loopback {
+            return Ok(());
+        }
+        let n = self.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(TooManyFromIp {
+                ip,
+                limit: self.max_per_ip,
+            });
+        }
+        *n += 1;
+        self.by_connection.insert(id, ip);
+        Ok(())
+    }
+
+    /// A connection ended (or was refused after we admitted it).
+    fn release(&mut self, id: ConnectionId) {
+        let Some(ip) = self.by_connection.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl NetworkBehaviour for IpLimit {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        _local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.admit(connection_id, remote_addr)
+            .map_err(ConnectionDenied::new)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _connection_id: ConnectionId,
+        _peer: PeerId,
+        _local_addr: &Multiaddr,
+        _remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _connection_id: ConnectionId,
+        _peer: PeerId,
+        _addr: &Multiaddr,
+        _role_override: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionClosed(c) => self.release(c.connection_id),
+            FromSwarm::ListenFailure(f) => self.release(f.connection_id),
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _peer: PeerId,
+        _connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+/// Most peers whose recent offenses are remembered; past it the one whose last offense is
+/// oldest is forgotten (fresh identities are free, so this must be bounded).
+const MAX_OFFENDERS: usize = 4096;
+
+/// Most peers banned at once; past it the ban ending soonest is lifted early.
+const MAX_BANNED: usize = 4096;
+
+/// What an offense led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Counted: the peer has this many offenses in the window (below the ban threshold).
+    Counted(u32),
+    /// The peer is banned until then.
+    Banned(Instant),
+}
+
+/// Offense counts and bans (see the module documentation).
+#[derive(Debug)]
+pub struct Offenses {
+    threshold: u32,
+    window: Duration,
+    ban: Duration,
+    recent: HashMap<PeerId, VecDeque<Instant>>,
+    bans: HashMap<PeerId, Instant>,
+}
+
+impl Offenses {
+    /// Bans for `ban` a peer with `threshold` offenses within `window`.
+    pub fn new(threshold: u32, window: Duration, ban: Duration) -> Self {
+        Offenses {
+            threshold: threshold.max(1),
+            window,
+            ban,
+            recent: HashMap::new(),
+            bans: HashMap::new(),
+        }
+    }
+
+    /// Records an offense of `peer` at `now`. Returns the verdict, and a peer whose ban was
+    /// lifted early to make room (to unblock), if any.
+    pub fn offend(&mut self, peer: PeerId, now: Instant) -> (Verdict, Option<PeerId>) {
+        if let Some(&until) = self.bans.get(&peer)
+            && until > now
+        {
+            return (Verdict::Banned(until), None);
+        }
+        if !self.recent.contains_key(&peer) && self.recent.len() >= MAX_OFFENDERS {
+            let window = self.window;
+            self.recent.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|&t| now.duration_since(t) < window)
+            });
+            if self.recent.len() >= MAX_OFFENDERS
+                && let Some(oldest) = self
+                    .recent
+                    .iter()
+                    .min_by_key(|(_, times)| times.back().copied())
+                    .map(|(p, _)| *p)
+            {
+                self.recent.remove(&oldest);
+            }
+        }
+        let times = self.recent.entry(peer).or_default();
+        while times
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= self.window)
+        {
+            times.pop_front();
+        }
+        times.push_back(now);
+        let count = u32::try_from(times.len()).unwrap_or(u32::MAX);
+        if count < self.threshold {
+            return (Verdict::Counted(count), None);
+        }
+        self.recent.remove(&peer);
+        let mut lifted = None;
+        if self.bans.len() >= MAX_BANNED
+            && let Some(soonest) = self
+                .bans
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(p, _)| *p)
+        {
+            self.bans.remove(&soonest);
+            lifted = Some(soonest);
+        }
+        let until = now + self.ban;
+        self.bans.insert(peer, until);
+        (Verdict::Banned(until), lifted)
+    }
+
+    /// True while `peer` is banned.
+    pub fn is_banned(&self, peer: &PeerId, now: Instant) -> bool {
+        self.bans.get(peer).is_some_and(|&until| until > now)
+    }
+
+    /// Number of bans in force or not yet swept.
+    pub fn banned(&self) -> usize {
+        self.bans.len()
+    }
+
+    /// Lifts the bans that ended by `now`; returns those peers.
+    pub fn expire(&mut self, now: Instant) -> Vec<PeerId> {
+        let mut ended = Vec::new();
+        self.bans.retain(|p, until| {
+            let keep = *until > now;
+            if !keep {
+                ended.push(*p);
+            }
+            keep
+        });
+        ended
+    }
+}
+
+/// A token bucket's shape: `burst` tokens, refilled at `per_minute` a minute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    burst: f64,
+    per_sec: f64,
+}
+
+impl Bucket {
+    /// `per_minute` requests a minute sustained, `burst` at once (each at least 1).
+    pub fn per_minute(per_minute: u32, burst: u32) -> Bucket {
+        Bucket {
+            burst: f64::from(burst.max(1)),
+            per_sec: f64::from(per_minute.max(1)) / 60.0,
+        }
+    }
+}
+
+/// Most (peer, kind) buckets kept; past it full buckets (idle peers) are dropped first.
+const MAX_BUCKETS: usize = 16_384;
+
+/// Per-peer, per-message-kind token buckets.
+#[derive(Debug)]
+pub struct RateLimiter {
+    normal: Bucket,
+    invoice: Bucket,
+    /// (peer, kind) -> (tokens, last refill).
+    buckets: HashMap<(PeerId, &'static str), (f64, Instant)>,
+}
+
+/// Request kinds that make the provider create a Lightning invoice.
+const INVOICE_KINDS: &[&str] = &["rentRequest", "topUpRequest"];
+
+impl RateLimiter {
+    /// `normal` for most kinds, `invoice` for the kinds that create an invoice.
+    pub fn new(normal: Bucket, invoice: Bucket) -> RateLimiter {
+        RateLimiter {
+            normal,
+            invoice,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes a token for one `kind` request of `peer` at `now`: `Ok`, or `Err(wait)` with how
+    /// long until the next token.
+    pub fn check(
+        &mut self,
+        peer: PeerId,
+        kind: &'static str,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let shape = if INVOICE_KINDS.contains(&kind) {
+            self.invoice
+        } else {
+            self.normal
+        };
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&(peer, kind)) {
+            self.shrink(now);
+        }
+        let (tokens, last) = self
+            .buckets
+            .entry((peer, kind))
+            .or_insert((shape.burst, now));
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *tokens = (*tokens + elapsed * shape.per_sec).min(shape.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64((1.0 - *tokens) / shape.per_sec))
+    }
+
+    /// Drops buckets that have refilled (their peers are idle: a new bucket starts full
+    /// anyway); if none has, the least recently used half.
+    fn shrink(&mut self, now: Instant) {
+        let (normal, invoice) = (self.normal, self.invoice);
+        self.buckets.retain(|(_, kind), (tokens, last)| {
+            let shape = if INVOICE_KINDS.contains(kind) {
+                invoice
+            } else {
+                normal
+            };
+            let refilled =
+                *tokens + now.saturating_duration_since(*last).as_secs_f64() * shape.per_sec;
+            refilled < shape.burst
+        });
+        if self.buckets.len() >= MAX_BUCKETS {
+            let mut lasts: Vec<Instant> = self.buckets.values().map(|(_, l)| *l).collect();
+            lasts.sort();
+            let median = lasts[lasts.len() / 2];
+            self.buckets.retain(|_, (_, last)| *last > median);
+        }
+    }
+
+    /// Number of buckets kept.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// True when no bucket is kept.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_parse_from_toml() {
+        NetLimits::default().validate().unwrap();
+        let l: NetLimits = toml::from_str("max_connections_per_ip = 4\nban_secs = 60\n").unwrap();
+        assert_eq!(l.max_connections_per_ip, 4);
+        assert_eq!(l.ban_secs, 60);
+        assert_eq!(l.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert!(toml::from_str::<NetLimits>("no_such_limit = 1\n").is_err());
+        let zero = NetLimits {
+            request_burst: 0,
+            ..NetLimits::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("request_burst"));
+    }
+
+    #[test]
+    fn ip_limit_counts_pending_and_established_and_releases() {
+        let mut l = IpLimit::new(2, false);
+        let a = addr("/ip4/192.0.2.1/tcp/5000");
+        let (c1, c2, c3, c4) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+            ConnectionId::new_unchecked(4),
+        );
+        l.admit(c1, &a).unwrap();
+        l.admit(c2, &addr("/ip4/192.0.2.1/tcp/5001")).unwrap();
+        let err = l.admit(c3, &a).unwrap_err();
+        assert!(err.to_string().contains("192.0.2.1"), "{err}");
+        // Another address is not affected.
+        l.admit(c4, &addr("/ip4/192.0.2.2/tcp/5000")).unwrap();
+        // A closed (or failed) connection frees its slot; an unknown id changes nothing.
+        l.release(c1);
+        l.release(c3);
+        assert_eq!(l.count(&"192.0.2.1".parse().unwrap()), 1);
+        l.admit(c3, &a).unwrap();
+        assert!(l.admit(ConnectionId::new_unchecked(5), &a).is_err());
+    }
+
+    #[test]
+    fn ip_limit_leaves_loopback_alone_unless_asked() {
+        let lo = addr("/ip4/127.0.0.1/tcp/5000");
+        let mut l = IpLimit::new(1, false);
+        for i in 0..10 {
+            l.admit(ConnectionId::new_unchecked(i), &lo).unwrap();
+        }
+        let mut l = IpLimit::new(1, true);
+        l.admit(ConnectionId::new_unchecked(1), &lo).unwrap();
+        assert!(l.admit(ConnectionId::new_unchecked(2), &lo).is_err());
+    }
+
+    #[test]
+    fn repeat_offenders_are_banned_and_bans_expire() {
+        let t0 = Instant::now();
+        let mut o = Offenses::new(3, Duration::from_secs(600), Duration::from_secs(3600));
+        let (bad, other) = (PeerId::random(), PeerId::random());
+        assert_eq!(o.offend(bad, t0).0, Verdict::Counted(1));
+        assert_eq!(o.offend(other, t0).0, Verdict::Counted(1));
+        assert_eq!(
+            o.offend(bad, t0 + Duration::from_secs(1)).0,
+            Verdict::Counted(2)
+        );
+        let until = t0 + Duration::from_secs(2) + Duration::from_secs(3600);
+        assert_eq!(
+            o.offend(bad, t0 + Duration::from_secs(2)).0,
+            Verdict::Banned(until)
+        );
+        assert!(o.is_banned(&bad, t0 + Duration::from_secs(3)));
+        assert!(!o.is_banned(&other, t0 + Duration::from_secs(3)));
+        assert!(o.expire(until - Duration::from_secs(1)).is_empty());
+        assert_eq!(o.expire(until), vec![bad]);
+        assert!(!o.is_banned(&bad, until));
+        // After the ban the count starts afresh.
+        assert_eq!(o.offend(bad, until).0, Verdict::Counted(1));
+    }
+
+    #[test]
+    fn offenses_outside_the_window_do_not_count() {
+        let t0 = Instant::now();
+        let mut o = Offenses::new(2, Duration::from_secs(60), Duration::from_secs(60));
+        let p = PeerId::random();
+        assert_eq!(o.offend(p, t0).0, Verdict::Counted(1));
+        assert_eq!(
+            o.offend(p, t0 + Duration::from_secs(61)).0,
+            Verdict::Counted(1)
+        );
+        assert!(matches!(
+            o.offend(p, t0 + Duration::from_secs(62)).0,
+            Verdict::Banned(_)
+        ));
+    }
+
+    #[test]
+    fn offender_memory_is_bounded() {
+        let t0 = Instant::now();
+        let mut o = Offenses::new(2, Duration::from_secs(600), Duration::from_secs(60));
+        for i in 0..(MAX_OFFENDERS as u64 + 10) {
+            o.offend(PeerId::random(), t0 + Duration::from_millis(i));
+        }
+        assert!(o.recent.len() <= MAX_OFFENDERS);
+        for i in 0..(MAX_BANNED as u64 + 10) {
+            let p = PeerId::random();
+            o.offend(p, t0 + Duration::from_millis(i));
+            o.offend(p, t0 + Duration::from_millis(i));
+        }
+        assert!(o.banned() <= MAX_BANNED);
+    }
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(Bucket::per_minute(60, 3), Bucket::per_minute(6, 1));
+        let (p, q) = (PeerId::random(), PeerId::random());
+        for _ in 0..3 {
+            r.check(p, "statusRequest", t0).unwrap();
+        }
+        let wait = r.check(p, "statusRequest", t0).unwrap_err();
+        assert!(
+            wait <= Duration::from_secs(1) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        // Another kind and another peer have their own buckets.
+        r.check(p, "hello", t0).unwrap();
+        r.check(q, "statusRequest", t0).unwrap();
+        // One token a second comes back.
+        r.check(p, "statusRequest", t0 + Duration::from_secs(1))
+            .unwrap();
+        assert!(
+            r.check(p, "statusRequest", t0 + Duration::from_secs(1))
+                .is_err()
+        );
+        // Invoice-making requests have the tighter bucket.
+        r.check(p, "rentRequest", t0).unwrap();
+        let wait = r.check(p, "rentRequest", t0).unwrap_err();
+        assert!(wait > Duration::from_secs(9), "{wait:?}");
+        r.check(p, "rentRequest", t0 + Duration::from_secs(10))
+            .unwrap();
+    }
+
+    #[test]
+    fn rate_limiter_memory_is_bounded() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(Bucket::per_minute(60, 2), Bucket::per_minute(6, 1));
+        for i in 0..(MAX_BUCKETS as u64 + 100) {
+            // Each peer spends a token, so its bucket is not full and is kept as long as
+            // possible.
+            r.check(PeerId::random(), "hello", t0 + Duration::from_micros(i))
+                .unwrap();
+        }
+        assert!(r.len() <= MAX_BUCKETS);
+    }
+}
