@@ -156,8 +156,7 @@ fn raw_peer() -> libp2p::Swarm<request_response::Behaviour<FrameCodec>> {
             request_response::Behaviour::with_codec(
                 FrameCodec::new(MAX_FRAME),
                 [(MEMBERSHIP_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(5)),
+                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
             )
         })
         .expect("behaviour")
@@ -231,7 +230,10 @@ async fn malformed_frames_are_penalised_and_repeat_offenders_banned() {
         bad[0].contains("malformed membership frame") && bad[0].contains("2000 bytes"),
         "{bad:?}"
     );
-    assert!(!bad[0].contains("abab"), "the peer's bytes are not echoed: {bad:?}");
+    assert!(
+        !bad[0].contains("abab"),
+        "the peer's bytes are not echoed: {bad:?}"
+    );
     assert_eq!(a.status().await.banned, 0);
 
     // Second offense: banned.
@@ -274,7 +276,10 @@ async fn oversized_fields_are_refused_without_echo() {
     assert!(bad[0].contains("hello.agent"), "{bad:?}");
     assert!(bad[0].contains("60000"), "{bad:?}");
     assert!(!bad[0].contains("ZZZZ"), "{bad:?}");
-    assert!(a.logged("request").is_empty(), "the request reached the application");
+    assert!(
+        a.logged("request").is_empty(),
+        "the request reached the application"
+    );
     token.cancel();
 }
 
@@ -332,7 +337,12 @@ async fn connections_per_ip_are_capped_from_the_first_byte() {
 
     // A member from the same IP is refused while the slots are taken, and gets in once they
     // are freed.
-    let b = start(45, config(&topic, vec![a.addr().await], NetLimits::default()), &token).await;
+    let b = start(
+        45,
+        config(&topic, vec![a.addr().await], NetLimits::default()),
+        &token,
+    )
+    .await;
     drop((c1, c2));
     wait_for("B joins A once the slots are free", async || {
         a.status().await.members.contains(&b.id)

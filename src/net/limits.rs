@@ -62,9 +62,10 @@ pub struct NetLimits {
     pub requests_per_minute: u32,
     /// Requests of one kind one peer may send at once before the per-minute rate applies.
     pub request_burst: u32,
-    /// `rentRequest` and `topUpRequest` (each makes an invoice) one peer may send per minute;
-    /// the burst is `request_burst` or this, whichever is smaller.
+    /// `rentRequest` and `topUpRequest` (each makes an invoice) one peer may send per minute.
     pub invoice_requests_per_minute: u32,
+    /// `rentRequest` and `topUpRequest` one peer may send at once.
+    pub invoice_request_burst: u32,
     /// Offenses (malformed frames, bad envelopes, oversized fields) within
     /// `offense_window_secs` after which a peer is banned. Every offense disconnects the peer.
     pub ban_after_offenses: u32,
@@ -96,9 +97,12 @@ impl Default for NetLimits {
             handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
             max_memory_mb: 1024,
             max_streams_per_connection: 32,
-            requests_per_minute: 120,
-            request_burst: 20,
-            invoice_requests_per_minute: 20,
+            // Generous: a renter paging through a member's offers, or checking many leases
+            // with one provider, stays far below; a flood (hundreds a second) does not.
+            requests_per_minute: 600,
+            request_burst: 100,
+            invoice_requests_per_minute: 120,
+            invoice_request_burst: 30,
             ban_after_offenses: 3,
             offense_window_secs: 600,
             ban_secs: 3600,
@@ -144,6 +148,10 @@ impl NetLimits {
                 "invoice_requests_per_minute",
                 u64::from(self.invoice_requests_per_minute),
             ),
+            (
+                "invoice_request_burst",
+                u64::from(self.invoice_request_burst),
+            ),
             ("ban_after_offenses", u64::from(self.ban_after_offenses)),
         ];
         for (key, value) in nonzero {
@@ -158,10 +166,7 @@ impl NetLimits {
     pub fn rate_limiter(&self) -> RateLimiter {
         RateLimiter::new(
             Bucket::per_minute(self.requests_per_minute, self.request_burst),
-            Bucket::per_minute(
-                self.invoice_requests_per_minute,
-                self.request_burst.min(self.invoice_requests_per_minute),
-            ),
+            Bucket::per_minute(self.invoice_requests_per_minute, self.invoice_request_burst),
         )
     }
 

@@ -204,6 +204,25 @@ mod tests {
     }
 
     #[test]
+    fn limits_parse_from_their_own_table() {
+        let n: NodeConfig =
+            toml::from_str("[limits]\nmax_connections_per_ip = 4\nlimit_loopback = true\n")
+                .unwrap();
+        assert_eq!(n.limits.max_connections_per_ip, 4);
+        assert!(n.limits.limit_loopback);
+        assert_eq!(
+            n.limits.max_connections,
+            crate::net::limits::DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(NodeConfig::default().limits, Default::default());
+        assert!(toml::from_str::<NodeConfig>("[limits]\nmax_conections = 4\n").is_err());
+        // The daemon's configuration refuses a limit that cannot work, naming it.
+        let e = crate::config::Config::from_toml("[node.limits]\nrequest_burst = 0\n").unwrap_err();
+        assert!(e.to_string().contains("node.limits.request_burst"), "{e}");
+        crate::config::Config::from_toml("[node.limits]\nmax_memory_mb = 0\n").unwrap();
+    }
+
+    #[test]
     fn dht_settings_parse_from_toml() {
         let n: NodeConfig = toml::from_str(
             "dht = \"private\"\ndht_mode = \"client\"\ndht_query_timeout_secs = 5\npublic_bootstrap = false\n",
