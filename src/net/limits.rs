@@ -100,7 +100,7 @@ impl Default for NetLimits {
             // Generous: a renter paging through a member's offers, or checking many leases
             // with one provider, stays far below; a flood (hundreds a second) does not.
             requests_per_minute: 600,
-            request_burst: 100,
+            request_burst: 200,
             invoice_requests_per_minute: 120,
             invoice_request_burst: 30,
             ban_after_offenses: 3,
