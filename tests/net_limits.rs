@@ -6,7 +6,8 @@
 //! - incoming connections per IP are capped (loopback counted here on purpose), from the first
 //!   byte, and a slot is freed when its connection goes;
 //! - a transport handshake that never finishes is dropped after the handshake timeout;
-//! - with the memory limit below the process's size, no connection is accepted.
+//! - with the memory limit below the process's size, no connection is accepted;
+//! - handshakes in progress and established incoming connections are capped.
 //!
 //! Waits below poll real sockets and swarms (with an upper bound); nothing asserts a duration.
 
@@ -392,5 +393,74 @@ async fn no_connection_is_accepted_over_the_memory_limit() {
     })
     .await;
     assert_eq!(a.status().await.connected, 0);
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_handshakes_are_capped() {
+    let topic = topic().await;
+    let token = CancellationToken::new();
+    let limits = NetLimits {
+        max_pending_incoming: 1,
+        handshake_timeout_secs: 600,
+        ..NetLimits::default()
+    };
+    let a = start(48, config(&topic, vec![], limits), &token).await;
+    let port = a.tcp_port().await;
+    let c1 = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    // The second handshake in progress is one too many: refused at once.
+    let mut c2 = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    wait_closed(&mut c2).await;
+    assert!(still_open(&c1));
+    wait_for("the refusal is counted", async || {
+        a.status().await.rejected_connections >= 1
+    })
+    .await;
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_connections_are_capped() {
+    let topic = topic().await;
+    let token = CancellationToken::new();
+    let limits = NetLimits {
+        max_incoming_connections: 1,
+        ..NetLimits::default()
+    };
+    let a = start(49, config(&topic, vec![], limits), &token).await;
+    let a_addr = a.addr().await;
+    let b_token = token.child_token();
+    let b = start(
+        50,
+        config(&topic, vec![a_addr.clone()], NetLimits::default()),
+        &b_token,
+    )
+    .await;
+    wait_for("B joins A", async || {
+        a.status().await.members.contains(&b.id)
+    })
+    .await;
+    // C is refused while B holds the only incoming slot (it keeps redialing A)...
+    let c = start(
+        51,
+        config(&topic, vec![a_addr], NetLimits::default()),
+        &token,
+    )
+    .await;
+    wait_for("C is refused", async || {
+        a.status().await.rejected_connections >= 1
+    })
+    .await;
+    assert!(!a.status().await.members.contains(&c.id));
+    // ...and gets in once B is gone.
+    b_token.cancel();
+    wait_for("C joins A", async || {
+        a.status().await.members.contains(&c.id)
+    })
+    .await;
     token.cancel();
 }

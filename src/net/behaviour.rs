@@ -10,9 +10,10 @@
 //! - `msg`: signed envelopes over request-response.
 //! - `blocked`: peers that failed the handshake either way, and banned peers
 //!   ([`super::limits::Offenses`]); their connections are denied.
-//! - `limits`, `memory`, `per_ip`: connection bounds from [`super::limits::NetLimits`] (total,
-//!   incoming, per peer, pending; process memory; per remote IP). They come first, so a
-//!   refused connection costs no other behaviour anything.
+//! - `inbound`, `limits`, `memory`: connection bounds from [`super::limits::NetLimits`]
+//!   (incoming per IP, incoming and in all, before the handshake; per peer, pending, and the
+//!   established counts again as a backstop; process memory). They come first, so a refused
+//!   connection costs no other behaviour anything.
 
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ use libp2p::{
 };
 
 use super::codec::{FrameCodec, MEMBERSHIP_PROTOCOL, MSG_PROTOCOL};
-use super::limits::{IpLimit, NetLimits};
+use super::limits::{InboundLimit, NetLimits};
 use super::membership::MAX_HANDSHAKE_MESSAGE;
 use super::{DhtKind, DhtRole, NetConfig, NetError};
 
@@ -57,12 +58,13 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// enum the derive generates is an implementation detail of the event loop.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Incoming connections per remote IP, incoming and in all, refused before their
+    /// handshake (see [`InboundLimit`]).
+    pub inbound: InboundLimit,
     /// Connection counts: total, incoming, per peer, pending.
     pub limits: connection_limits::Behaviour,
     /// No new connection while the process uses more memory than configured.
     pub memory: Toggle<memory_connection_limits::Behaviour>,
-    /// Incoming connections per remote IP.
-    pub per_ip: IpLimit,
     /// Peers refused by the handshake (either side) or banned: connections denied and closed.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// The DHT carrying provider records under the topic key.
@@ -122,7 +124,7 @@ impl Behaviour {
         Behaviour {
             limits,
             memory,
-            per_ip: IpLimit::new(l.max_connections_per_ip, l.limit_loopback),
+            inbound: InboundLimit::new(l),
             blocked: allow_block_list::Behaviour::default(),
             kad,
             identify,

@@ -12,7 +12,7 @@
 //!
 //! Time comes in as an argument (`now`), so every rule is tested without waiting.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::task::{Context, Poll};
@@ -189,67 +189,113 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     })
 }
 
-/// Why an incoming connection was refused by [`IpLimit`].
+/// Why an incoming connection was refused by [`InboundLimit`].
 #[derive(Debug, thiserror::Error)]
-#[error("too many connections from {ip} (limit {limit})")]
-pub struct TooManyFromIp {
-    /// The remote address.
-    pub ip: IpAddr,
-    /// The limit.
-    pub limit: u32,
+#[non_exhaustive]
+pub enum InboundRefused {
+    /// Too many from one remote IP.
+    #[error("too many connections from {ip} (limit {limit})")]
+    PerIp {
+        /// The remote address.
+        ip: IpAddr,
+        /// The limit.
+        limit: u32,
+    },
+    /// Too many incoming connections.
+    #[error("too many incoming connections (limit {limit})")]
+    Incoming {
+        /// The limit.
+        limit: u32,
+    },
+    /// Too many connections in all.
+    #[error("too many connections (limit {limit})")]
+    Total {
+        /// The limit.
+        limit: u32,
+    },
 }
 
-/// Caps incoming connections (from the first byte: pending handshakes count) per remote IP.
-pub struct IpLimit {
+/// Admits incoming connections before their transport handshake: at most `max_per_ip` from one
+/// remote IP, `max_incoming` incoming and `max_total` in all (handshakes in progress count).
+///
+/// Refusing here, rather than once the connection is established as libp2p's
+/// `connection_limits` does for its established-connection bounds, matters: a dialer whose
+/// connection is closed right after it came up sees its membership handshake fail, exactly as
+/// when a responder refuses it, and would refuse that node for the rest of its run. A dialer
+/// refused here only sees a failed dial, and tries again later.
+pub struct InboundLimit {
     max_per_ip: u32,
     limit_loopback: bool,
-    by_connection: HashMap<ConnectionId, IpAddr>,
+    max_incoming: u32,
+    max_total: u32,
+    /// Incoming connections counted, with the IP they count against (None: loopback exempt).
+    by_connection: HashMap<ConnectionId, Option<IpAddr>>,
     per_ip: HashMap<IpAddr, u32>,
+    /// Established outgoing connections (they count against `max_total`).
+    outgoing: HashSet<ConnectionId>,
 }
 
-impl IpLimit {
-    /// At most `max_per_ip` incoming connections per address (loopback too if
-    /// `limit_loopback`).
-    pub fn new(max_per_ip: u32, limit_loopback: bool) -> Self {
-        IpLimit {
-            max_per_ip: max_per_ip.max(1),
-            limit_loopback,
+impl InboundLimit {
+    /// The bounds of `limits`.
+    pub fn new(limits: &NetLimits) -> Self {
+        InboundLimit {
+            max_per_ip: limits.max_connections_per_ip.max(1),
+            limit_loopback: limits.limit_loopback,
+            max_incoming: limits.max_incoming_connections.max(1),
+            max_total: limits.max_connections.max(1),
             by_connection: HashMap::new(),
             per_ip: HashMap::new(),
+            outgoing: HashSet::new(),
         }
     }
 
-    /// Connections counted for `ip` now.
+    /// Incoming connections counted for `ip` now.
     pub fn count(&self, ip: &IpAddr) -> u32 {
         self.per_ip.get(ip).copied().unwrap_or(0)
     }
 
+    /// Incoming connections counted now (in handshake or established).
+    pub fn incoming(&self) -> usize {
+        self.by_connection.len()
+    }
+
     /// Admits or refuses a new incoming connection from `remote`.
-    fn admit(&mut self, id: ConnectionId, remote: &Multiaddr) -> Result<(), TooManyFromIp> {
-        let Some(ip) = ip_of(remote) else {
-            return Ok(());
-        };
-        if ip.is_loopback() && !self.limit_loopback {
-            return Ok(());
-        }
-        let n = self.per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err(TooManyFromIp {
-                ip,
-                limit: self.max_per_ip,
+    fn admit(&mut self, id: ConnectionId, remote: &Multiaddr) -> Result<(), InboundRefused> {
+        let incoming = self.by_connection.len();
+        if incoming >= self.max_incoming as usize {
+            return Err(InboundRefused::Incoming {
+                limit: self.max_incoming,
             });
         }
-        *n += 1;
+        if incoming + self.outgoing.len() >= self.max_total as usize {
+            return Err(InboundRefused::Total {
+                limit: self.max_total,
+            });
+        }
+        let ip = ip_of(remote).filter(|ip| self.limit_loopback || !ip.is_loopback());
+        if let Some(ip) = ip {
+            let n = self.per_ip.entry(ip).or_insert(0);
+            if *n >= self.max_per_ip {
+                return Err(InboundRefused::PerIp {
+                    ip,
+                    limit: self.max_per_ip,
+                });
+            }
+            *n += 1;
+        }
         self.by_connection.insert(id, ip);
         Ok(())
     }
 
     /// A connection ended (or was refused after we admitted it).
     fn release(&mut self, id: ConnectionId) {
+        self.outgoing.remove(&id);
         let Some(ip) = self.by_connection.remove(&id) else {
             return;
         };
-        if let Some(n) = self.per_ip.get_mut(&ip) {
+        if let Some(ip) = ip
+            && let Some(n) = self.per_ip.get_mut(&ip)
+        {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.per_ip.remove(&ip);
@@ -258,7 +304,7 @@ impl IpLimit {
     }
 }
 
-impl NetworkBehaviour for IpLimit {
+impl NetworkBehaviour for InboundLimit {
     type ConnectionHandler = dummy::ConnectionHandler;
     type ToSwarm = Infallible;
 
@@ -295,6 +341,9 @@ impl NetworkBehaviour for IpLimit {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
+            FromSwarm::ConnectionEstablished(c) if c.endpoint.is_dialer() => {
+                self.outgoing.insert(c.connection_id);
+            }
             FromSwarm::ConnectionClosed(c) => self.release(c.connection_id),
             FromSwarm::ListenFailure(f) => self.release(f.connection_id),
             _ => {}
@@ -559,40 +608,72 @@ mod tests {
         assert!(zero.validate().unwrap_err().contains("request_burst"));
     }
 
+    fn limit(per_ip: u32, loopback: bool, incoming: u32, total: u32) -> InboundLimit {
+        InboundLimit::new(&NetLimits {
+            max_connections_per_ip: per_ip,
+            limit_loopback: loopback,
+            max_incoming_connections: incoming,
+            max_connections: total,
+            ..NetLimits::default()
+        })
+    }
+
+    fn cid(n: usize) -> ConnectionId {
+        ConnectionId::new_unchecked(n)
+    }
+
     #[test]
     fn ip_limit_counts_pending_and_established_and_releases() {
-        let mut l = IpLimit::new(2, false);
+        let mut l = limit(2, false, 100, 100);
         let a = addr("/ip4/192.0.2.1/tcp/5000");
-        let (c1, c2, c3, c4) = (
-            ConnectionId::new_unchecked(1),
-            ConnectionId::new_unchecked(2),
-            ConnectionId::new_unchecked(3),
-            ConnectionId::new_unchecked(4),
-        );
-        l.admit(c1, &a).unwrap();
-        l.admit(c2, &addr("/ip4/192.0.2.1/tcp/5001")).unwrap();
-        let err = l.admit(c3, &a).unwrap_err();
+        l.admit(cid(1), &a).unwrap();
+        l.admit(cid(2), &addr("/ip4/192.0.2.1/tcp/5001")).unwrap();
+        let err = l.admit(cid(3), &a).unwrap_err();
+        assert!(matches!(err, InboundRefused::PerIp { limit: 2, .. }));
         assert!(err.to_string().contains("192.0.2.1"), "{err}");
         // Another address is not affected.
-        l.admit(c4, &addr("/ip4/192.0.2.2/tcp/5000")).unwrap();
+        l.admit(cid(4), &addr("/ip4/192.0.2.2/tcp/5000")).unwrap();
         // A closed (or failed) connection frees its slot; an unknown id changes nothing.
-        l.release(c1);
-        l.release(c3);
+        l.release(cid(1));
+        l.release(cid(3));
         assert_eq!(l.count(&"192.0.2.1".parse().unwrap()), 1);
-        l.admit(c3, &a).unwrap();
-        assert!(l.admit(ConnectionId::new_unchecked(5), &a).is_err());
+        l.admit(cid(3), &a).unwrap();
+        assert!(l.admit(cid(5), &a).is_err());
     }
 
     #[test]
     fn ip_limit_leaves_loopback_alone_unless_asked() {
         let lo = addr("/ip4/127.0.0.1/tcp/5000");
-        let mut l = IpLimit::new(1, false);
+        let mut l = limit(1, false, 100, 100);
         for i in 0..10 {
-            l.admit(ConnectionId::new_unchecked(i), &lo).unwrap();
+            l.admit(cid(i), &lo).unwrap();
         }
-        let mut l = IpLimit::new(1, true);
-        l.admit(ConnectionId::new_unchecked(1), &lo).unwrap();
-        assert!(l.admit(ConnectionId::new_unchecked(2), &lo).is_err());
+        // Exempt from the per-IP cap, but still counted as incoming.
+        assert_eq!(l.incoming(), 10);
+        let mut l = limit(1, true, 100, 100);
+        l.admit(cid(1), &lo).unwrap();
+        assert!(l.admit(cid(2), &lo).is_err());
+    }
+
+    #[test]
+    fn incoming_and_total_caps_refuse_before_the_handshake() {
+        let mut l = limit(100, true, 2, 3);
+        l.admit(cid(1), &addr("/ip4/192.0.2.1/tcp/1")).unwrap();
+        l.admit(cid(2), &addr("/ip4/192.0.2.2/tcp/1")).unwrap();
+        assert!(matches!(
+            l.admit(cid(3), &addr("/ip4/192.0.2.3/tcp/1")),
+            Err(InboundRefused::Incoming { limit: 2 })
+        ));
+        l.release(cid(2));
+        // One outgoing connection is up: with one incoming, one more fits under the total.
+        l.outgoing.insert(cid(10));
+        l.outgoing.insert(cid(11));
+        assert!(matches!(
+            l.admit(cid(3), &addr("/ip4/192.0.2.3/tcp/1")),
+            Err(InboundRefused::Total { limit: 3 })
+        ));
+        l.release(cid(11));
+        l.admit(cid(3), &addr("/ip4/192.0.2.3/tcp/1")).unwrap();
     }
 
     #[test]
