@@ -299,6 +299,7 @@ impl ControlHandler for NodeControl {
                 }
                 .to_owned(),
                 rejected_connections: st.rejected_connections,
+                banned: u32::try_from(st.banned).unwrap_or(u32::MAX),
             }),
             offers_known: self
                 .renter
