@@ -9,8 +9,8 @@
 //! The same goes for a malformed *frame* (an announced length over the limit, or a stream that
 //! ends mid-frame): libp2p's request-response reports a failed `read_request` only as a debug
 //! line about an unknown request id, so the codec does not fail there. It returns
-//! [`Frame::Malformed`] as the request instead, which reaches the event loop with the peer that
-//! sent it, to be penalised ([`super::limits::Offenses`]). A malformed *response* fails the
+//! [`Frame::Malformed`] (or [`Frame::Truncated`]) as the request instead, which reaches the event
+//! loop with the peer that sent it, to be penalised ([`super::limits::Offenses`]). A malformed *response* fails the
 //! outbound request with an `InvalidData` or `UnexpectedEof` I/O error, which libp2p does
 //! report with the peer.
 
@@ -34,8 +34,12 @@ pub const MSG_PROTOCOL: StreamProtocol = StreamProtocol::new("/leasewire/msg/1.0
 pub enum Frame {
     /// A well-formed frame's payload.
     Data(Vec<u8>),
-    /// The peer broke the framing rules: what was wrong, for logs (never the peer's bytes).
+    /// The peer broke the framing rules (an announced length over the limit): what was
+    /// wrong, for logs (never the peer's bytes).
     Malformed(String),
+    /// The stream ended before a whole frame arrived. Also what a connection lost mid-request
+    /// can look like, so it is not held against the peer as hard as [`Frame::Malformed`].
+    Truncated,
 }
 
 /// One-frame-each-way codec; frames above `max_frame` bytes are refused in both directions.
@@ -79,7 +83,7 @@ impl FrameCodec {
             Ok(payload) => Ok(Frame::Data(payload)),
             Err(e @ WireError::FrameTooLarge { .. }) => Ok(Frame::Malformed(e.to_string())),
             Err(WireError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Ok(Frame::Malformed("stream ended inside a frame".into()))
+                Ok(Frame::Truncated)
             }
             Err(e) => Err(to_io(e)),
         }
@@ -129,7 +133,7 @@ impl request_response::Codec for FrameCodec {
     {
         match req {
             Frame::Data(data) => self.write(io, &data).await,
-            Frame::Malformed(_) => Err(io::Error::new(
+            Frame::Malformed(_) | Frame::Truncated => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a malformed frame is never sent",
             )),
@@ -233,7 +237,7 @@ mod tests {
             .read_request(&MSG_PROTOCOL, &mut Cursor::new(bytes.clone()))
             .await
             .unwrap();
-        assert!(matches!(got, Frame::Malformed(_)), "{got:?}");
+        assert_eq!(got, Frame::Truncated);
         let err = codec
             .read_response(&MSG_PROTOCOL, &mut Cursor::new(bytes))
             .await
@@ -244,7 +248,7 @@ mod tests {
             .read_request(&MSG_PROTOCOL, &mut Cursor::new(Vec::new()))
             .await
             .unwrap();
-        assert!(matches!(got, Frame::Malformed(_)), "{got:?}");
+        assert_eq!(got, Frame::Truncated);
     }
 
     #[tokio::test]

@@ -583,6 +583,14 @@ impl EventLoop {
                     drop(channel);
                     self.bad_message(peer, format!("malformed membership frame: {reason}"), true);
                 }
+                request_response::Message::Request {
+                    request: Frame::Truncated,
+                    channel,
+                    ..
+                } => {
+                    drop(channel);
+                    self.bad_message(peer, "membership frame cut short".into(), false);
+                }
                 request_response::Message::Response {
                     request_id,
                     response,
@@ -596,9 +604,10 @@ impl EventLoop {
     }
 
     /// Drops a misbehaving peer's message and connection, and reports it. An `offense`
-    /// (malformed frame, forged or undecodable envelope, oversized field: nothing an honest
+    /// (oversized frame, forged or undecodable envelope, oversized field: nothing an honest
     /// peer sends) also counts towards a ban; a stale or undecidable envelope (a bad clock, an
-    /// honest peer's own flood) does not.
+    /// honest peer's own flood) or a frame cut short (a lost connection looks the same) does
+    /// not.
     pub(crate) fn bad_message(&mut self, peer: PeerId, reason: String, offense: bool) {
         tracing::warn!(%peer, offense, "dropping bad message, disconnecting: {reason}");
         let _ = self.swarm.disconnect_peer_id(peer);

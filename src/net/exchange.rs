@@ -62,6 +62,14 @@ impl EventLoop {
                     self.bad_message(peer, format!("malformed frame: {reason}"), true);
                 }
                 request_response::Message::Request {
+                    request: Frame::Truncated,
+                    channel,
+                    ..
+                } => {
+                    drop(channel);
+                    self.bad_message(peer, "request frame cut short".into(), false);
+                }
+                request_response::Message::Request {
                     request: Frame::Data(request),
                     channel,
                     ..
@@ -115,16 +123,17 @@ impl EventLoop {
                     return;
                 };
                 let err = match error {
-                    // A malformed response frame (oversized, or cut short): as bad as a
-                    // malformed request.
+                    // A malformed response frame: as bad as a malformed request. One cut short
+                    // is dropped too, but (like a truncated request) not counted as an offense.
                     OutboundFailure::Io(e)
                         if matches!(
                             e.kind(),
                             std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
                         ) =>
                     {
+                        let offense = e.kind() == std::io::ErrorKind::InvalidData;
                         let reason = format!("malformed response frame: {e}");
-                        self.bad_message(peer, reason.clone(), true);
+                        self.bad_message(peer, reason.clone(), offense);
                         NetError::Outbound { peer, reason }
                     }
                     OutboundFailure::Timeout => NetError::Timeout,
