@@ -33,11 +33,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetLimits {
-    /// Established connections in total (both directions).
+    /// Connections in total, both directions (incoming ones count from their first byte).
     pub max_connections: u32,
-    /// Established incoming connections.
+    /// Incoming connections, in handshake or established.
     pub max_incoming_connections: u32,
     /// Established connections with one peer (one is normal; two when both dial at once).
+    /// Loose on purpose: it can only act once a connection is up, and a connection closed
+    /// then looks like a membership refusal to a leasewire dialer.
     pub max_connections_per_peer: u32,
     /// Incoming connections (in handshake or established) from one IP address.
     pub max_connections_per_ip: u32,
@@ -89,7 +91,7 @@ impl Default for NetLimits {
         NetLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_incoming_connections: 768,
-            max_connections_per_peer: 3,
+            max_connections_per_peer: 8,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             limit_loopback: false,
             max_pending_incoming: DEFAULT_MAX_PENDING_INCOMING,
