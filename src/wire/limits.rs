@@ -30,7 +30,7 @@ pub const MAX_PREFIX_TEXT: usize = 64;
 /// Longest BOLT11 invoice (bech32 invoices with many route hints stay well under this).
 pub const MAX_BOLT11: usize = 4096;
 /// Longest `error.message`.
-pub const MAX_ERROR_MESSAGE: usize = 1024;
+pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// Most prefix sizes an offer lists per address family.
 pub const MAX_PREFIX_SIZES: usize = 16;
 /// Most entries of a lease's `allowed_ips`.
