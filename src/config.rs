@@ -161,6 +161,10 @@ impl Config {
         if !(1..=65_536).contains(&self.node.max_inbound_requests) {
             return bad("node.max_inbound_requests must be 1..=65536".into());
         }
+        self.node
+            .limits
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("node.limits.{e}")))?;
         self.lightning.validate().map_err(ConfigError::Invalid)?;
         if self.tunnel.interface.is_empty() || self.tunnel.interface.len() > 15 {
             return bad("tunnel.interface must be 1 to 15 bytes".into());

@@ -347,6 +347,7 @@ impl Node {
                     .dht_query_timeout_secs
                     .map_or_else(|| net::default_query_timeout(dht), Duration::from_secs),
                 bootstrap_backoff: net::backoff::Backoff::default(),
+                limits: cfg.node.limits.clone(),
             },
         )?;
         let shutdown = CancellationToken::new();
@@ -483,6 +484,7 @@ impl Node {
                 network: cfg.lightning.network.clone(),
                 is_renter: renter.is_some(),
                 admission: dispatch::Admission::new(cfg.node.max_inbound_requests),
+                rate: std::sync::Mutex::new(cfg.node.limits.rate_limiter()),
                 renter: renter.clone(),
                 offer_cache,
                 peers: net_peers,

@@ -298,6 +298,9 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
     if net.rejected_connections > 0 {
         pairs.push(("rejected connections", net.rejected_connections.to_string()));
     }
+    if net.banned > 0 {
+        pairs.push(("banned peers", net.banned.to_string()));
+    }
     if !net.refused_by.is_empty() {
         pairs.push(("refused by", join(&net.refused_by)));
     }
@@ -583,6 +586,7 @@ mod tests {
                 dht_role: "server".into(),
                 rejected_connections: 7,
                 joined_at_unix_ms: 0,
+                banned: 2,
             }),
             offers_known: 4,
             leases: vec![lease("L1"), lease("L2")],
@@ -615,6 +619,11 @@ mod tests {
         assert!(out.contains("ISOLATED"), "{out}");
         assert!(out.contains("private (server)"), "{out}");
         assert!(out.contains("rejected connections: 7"), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("banned peers:") && l.ends_with(" 2")),
+            "{out}"
+        );
         assert!(out.contains("refused by:"));
         assert!(!out.contains("refused:  "), "empty list omitted: {out}");
         assert!(out.contains("private"));

@@ -317,6 +317,7 @@ impl ControlHandler for NodeControl {
                 .to_owned(),
                 rejected_connections: st.rejected_connections,
                 joined_at_unix_ms: self.joined_at_ms,
+                banned: u32::try_from(st.banned).unwrap_or(u32::MAX),
             }),
             offers_known: self
                 .renter

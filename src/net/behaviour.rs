@@ -8,7 +8,12 @@
 //! - `ping`: `/ipfs/ping/1.0.0`, which public DHT implementations require of their peers.
 //! - `membership`: the PSK handshake ([`super::membership`]) over request-response.
 //! - `msg`: signed envelopes over request-response.
-//! - `blocked`: peers that failed the handshake either way; their connections are denied.
+//! - `blocked`: peers that failed the handshake either way, and banned peers
+//!   ([`super::limits::Offenses`]); their connections are denied.
+//! - `inbound`, `limits`, `memory`: connection bounds from [`super::limits::NetLimits`]
+//!   (incoming per IP, incoming and in all, before the handshake; per peer, pending, and the
+//!   established counts again as a backstop; process memory). They come first, so a refused
+//!   connection costs no other behaviour anything.
 
 use std::time::Duration;
 
@@ -22,12 +27,15 @@ use libp2p::kad::store::MemoryStore;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, identify, kad, noise,
-    ping, tcp, yamux,
+    PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, connection_limits,
+    identify, kad, memory_connection_limits, noise, ping, tcp, yamux,
 };
 
 use super::codec::{FrameCodec, MEMBERSHIP_PROTOCOL, MSG_PROTOCOL};
+use super::limits::{InboundLimit, NetLimits};
+use super::membership::MAX_HANDSHAKE_MESSAGE;
 use super::{DhtKind, DhtRole, NetConfig, NetError};
 
 /// Kademlia protocol name of a private leasewire DHT.
@@ -50,7 +58,14 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// enum the derive generates is an implementation detail of the event loop.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
-    /// Peers refused by the handshake (either side): connections denied and closed.
+    /// Incoming connections per remote IP, incoming and in all, refused before their
+    /// handshake (see [`InboundLimit`]).
+    pub inbound: InboundLimit,
+    /// Connection counts: total, incoming, per peer, pending.
+    pub limits: connection_limits::Behaviour,
+    /// No new connection while the process uses more memory than configured.
+    pub memory: Toggle<memory_connection_limits::Behaviour>,
+    /// Peers refused by the handshake (either side) or banned: connections denied and closed.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// The DHT carrying provider records under the topic key.
     pub kad: kad::Behaviour<MemoryStore>,
@@ -75,9 +90,14 @@ impl Behaviour {
                 .with_agent_version(format!("leasewire/{}", env!("CARGO_PKG_VERSION"))),
         );
 
-        let rr_cfg = request_response::Config::default().with_request_timeout(request_timeout);
+        let l = &cfg.limits;
+        let rr_cfg = request_response::Config::default()
+            .with_request_timeout(request_timeout)
+            .with_max_concurrent_streams(l.max_streams_per_connection.max(1) as usize);
+        // The only protocol a peer may use before it proved membership carries one Noise
+        // message each way (48 bytes): its frames are capped at 1 KiB, not 64.
         let membership = request_response::Behaviour::with_codec(
-            FrameCodec::default(),
+            FrameCodec::new(MAX_HANDSHAKE_MESSAGE),
             [(MEMBERSHIP_PROTOCOL, ProtocolSupport::Full)],
             rr_cfg.clone(),
         );
@@ -87,7 +107,24 @@ impl Behaviour {
             rr_cfg,
         );
 
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(l.max_connections))
+                .with_max_established_incoming(Some(l.max_incoming_connections))
+                .with_max_established_per_peer(Some(l.max_connections_per_peer))
+                .with_max_pending_incoming(Some(l.max_pending_incoming))
+                .with_max_pending_outgoing(Some(l.max_pending_outgoing)),
+        );
+        let memory = Toggle::from((l.max_memory_mb > 0).then(|| {
+            let bytes = l.max_memory_mb.saturating_mul(1024 * 1024);
+            memory_connection_limits::Behaviour::with_max_bytes(
+                usize::try_from(bytes).unwrap_or(usize::MAX),
+            )
+        }));
         Behaviour {
+            limits,
+            memory,
+            inbound: InboundLimit::new(l),
             blocked: allow_block_list::Behaviour::default(),
             kad,
             identify,
@@ -152,8 +189,15 @@ enum PrivateDialError {
 fn transport(
     key: &Keypair,
     psk: Option<PreSharedKey>,
+    limits: &NetLimits,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let noise = noise::Config::new(key)?;
+    let mut yamux = yamux::Config::default();
+    yamux.set_max_num_streams(limits.max_streams_per_connection.max(1) as usize);
+    // A transport handshake that has not finished by then is dropped: a peer cannot hold a
+    // pending slot (see `max_pending_incoming`) open for free. (A private network keeps its
+    // own, shorter timeouts, see below.)
+    let handshake_timeout = limits.handshake_timeout();
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let transport = match psk {
         // Connecting gets its own, shorter timeout than the whole upgrade, so a timeout of the
@@ -164,7 +208,7 @@ fn transport(
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .upgrade(Version::V1Lazy)
             .authenticate(noise)
-            .multiplex(yamux::Config::default())
+            .multiplex(yamux)
             .timeout(PRIVATE_HANDSHAKE_TIMEOUT)
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .map_err(|e| match e {
@@ -183,7 +227,8 @@ fn transport(
         None => tcp
             .upgrade(Version::V1Lazy)
             .authenticate(noise)
-            .multiplex(yamux::Config::default())
+            .multiplex(yamux)
+            .timeout(handshake_timeout)
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
     };
@@ -204,14 +249,20 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behavio
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| {
-            transport(key, psk).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            transport(key, psk, &cfg.limits)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(|e| NetError::Transport(format!("tcp/noise: {e}")))?
         .with_dns()
         .map_err(|e| NetError::Transport(format!("dns: {e}")))?
         .with_behaviour(|key| Behaviour::new(key, cfg))
         .map_err(|e| NetError::Transport(format!("behaviour: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                .with_max_negotiating_inbound_streams(
+                    cfg.limits.max_streams_per_connection.max(1) as usize
+                )
+        })
         .build();
     Ok(swarm)
 }

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::{Backoff, RateLimit};
 use super::behaviour::{Behaviour, BehaviourEvent, HANDSHAKE_FAILED_MARKER};
+use super::codec::Frame;
+use super::limits::{Offenses, Verdict};
 use super::membership::Initiator;
 use super::peers::{AddressBook, RefusedSet, Waiting};
 use super::{
@@ -141,6 +143,8 @@ pub struct EventLoop {
     pub(crate) reannounce_when_routable: bool,
     /// Announces the loop started itself (see `reannounce_when_routable`), not a caller.
     pub(crate) background_announces: HashSet<QueryId>,
+    /// Offense counts and bans of misbehaving peers.
+    pub(crate) offenses: Offenses,
 }
 
 impl EventLoop {
@@ -215,6 +219,7 @@ impl EventLoop {
             providing: false,
             reannounce_when_routable: false,
             background_announces: HashSet::new(),
+            offenses: cfg.limits.offenses(),
         };
         for (peer, addr) in bootstrap {
             if peer == local {
@@ -341,7 +346,10 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                _ = sweep.tick() => self.sweep_waiting(),
+                _ = sweep.tick() => {
+                    self.sweep_waiting();
+                    self.lift_ended_bans();
+                }
                 _ = &mut self.retry, if self.retry_armed => self.on_retry(),
             }
         }
@@ -425,6 +433,7 @@ impl EventLoop {
                     rejected_connections: self.rejected_connections,
                     announce_pending: self.providing
                         && (self.reannounce_when_routable || !self.background_announces.is_empty()),
+                    banned: self.offenses.banned(),
                 });
             }
         }
@@ -558,12 +567,30 @@ impl EventLoop {
     }
 
     /// Routes `/leasewire/membership/1.0.0` traffic to the handshake state machine.
-    fn on_membership(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn on_membership(&mut self, event: request_response::Event<Frame, Vec<u8>>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request: Frame::Data(request),
+                    channel,
+                    ..
                 } => self.on_membership_request(peer, request, channel),
+                request_response::Message::Request {
+                    request: Frame::Malformed(reason),
+                    channel,
+                    ..
+                } => {
+                    drop(channel);
+                    self.bad_message(peer, format!("malformed membership frame: {reason}"), true);
+                }
+                request_response::Message::Request {
+                    request: Frame::Truncated,
+                    channel,
+                    ..
+                } => {
+                    drop(channel);
+                    self.bad_message(peer, "membership frame cut short".into(), false);
+                }
                 request_response::Message::Response {
                     request_id,
                     response,
@@ -573,6 +600,54 @@ impl EventLoop {
                 request_id, error, ..
             } => self.on_membership_failure(request_id, error),
             other => tracing::debug!(?other, "membership protocol event"),
+        }
+    }
+
+    /// Drops a misbehaving peer's message and connection, and reports it. An `offense`
+    /// (oversized frame, forged or undecodable envelope, oversized field: nothing an honest
+    /// peer sends) also counts towards a ban; a stale or undecidable envelope (a bad clock, an
+    /// honest peer's own flood) or a frame cut short (a lost connection looks the same) does
+    /// not.
+    pub(crate) fn bad_message(&mut self, peer: PeerId, reason: String, offense: bool) {
+        tracing::warn!(%peer, offense, "dropping bad message, disconnecting: {reason}");
+        let _ = self.swarm.disconnect_peer_id(peer);
+        if offense {
+            let (verdict, lifted) = self.offenses.offend(peer, Instant::now());
+            if let Some(old) = lifted
+                && !self.is_refused(&old)
+            {
+                self.swarm.behaviour_mut().blocked.unblock_peer(old);
+            }
+            if let Verdict::Banned(until) = verdict {
+                let secs = until.saturating_duration_since(Instant::now()).as_secs();
+                if !self
+                    .swarm
+                    .behaviour()
+                    .blocked
+                    .blocked_peers()
+                    .contains(&peer)
+                {
+                    tracing::warn!(%peer, secs, "peer banned for repeated offenses");
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                    self.members.remove(&peer);
+                    self.emit(NetEvent::PeerBanned {
+                        peer,
+                        secs,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        self.emit(NetEvent::BadMessage { peer, reason });
+    }
+
+    /// Lifts ended bans (a refused peer stays blocked).
+    fn lift_ended_bans(&mut self) {
+        for peer in self.offenses.expire(Instant::now()) {
+            if !self.is_refused(&peer) {
+                tracing::info!(%peer, "ban ended");
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
         }
     }
 }

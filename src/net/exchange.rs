@@ -10,10 +10,19 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundFailure};
 
+use super::codec::Frame;
 use super::event_loop::{EventLoop, PendingRequest, Reply};
 use super::{InboundChannel, NetError, NetEvent};
 use crate::wire::envelope;
 use crate::wire::messages::Message;
+use crate::wire::signed::WireError;
+
+/// Whether a refused envelope counts towards a ban: everything but a timestamp out of the
+/// window or an envelope the replay cache cannot decide on, which an honest peer with a bad
+/// clock, or one that sent a burst, can cause.
+fn is_offense(e: &WireError) -> bool {
+    !matches!(e, WireError::Stale { .. } | WireError::ReplayUndecidable(_))
+}
 
 impl EventLoop {
     /// Sends an envelope to a member (dialing it through the known addresses if needed).
@@ -24,11 +33,11 @@ impl EventLoop {
         reply: Reply<(Message, Duration)>,
     ) {
         let addrs = self.book.get(&peer);
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .msg
-            .send_request_with_addresses(&peer, envelope, addrs);
+        let id = self.swarm.behaviour_mut().msg.send_request_with_addresses(
+            &peer,
+            Frame::Data(envelope),
+            addrs,
+        );
         let sent_at = Instant::now();
         self.pending_requests.insert(
             id,
@@ -40,19 +49,30 @@ impl EventLoop {
         );
     }
 
-    /// Drops a misbehaving peer's envelope and connection.
-    fn bad_message(&mut self, peer: PeerId, reason: String) {
-        tracing::warn!(%peer, "dropping bad message, disconnecting: {reason}");
-        let _ = self.swarm.disconnect_peer_id(peer);
-        self.emit(NetEvent::BadMessage { peer, reason });
-    }
-
     /// Handles `/leasewire/msg/1.0.0` traffic: inbound requests, responses, failures.
-    pub(crate) fn on_msg(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    pub(crate) fn on_msg(&mut self, event: request_response::Event<Frame, Vec<u8>>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request: Frame::Malformed(reason),
+                    channel,
+                    ..
+                } => {
+                    drop(channel);
+                    self.bad_message(peer, format!("malformed frame: {reason}"), true);
+                }
+                request_response::Message::Request {
+                    request: Frame::Truncated,
+                    channel,
+                    ..
+                } => {
+                    drop(channel);
+                    self.bad_message(peer, "request frame cut short".into(), false);
+                }
+                request_response::Message::Request {
+                    request: Frame::Data(request),
+                    channel,
+                    ..
                 } => {
                     if !self.members.contains(&peer) {
                         tracing::warn!(%peer, "request from a non-member; disconnecting");
@@ -69,7 +89,7 @@ impl EventLoop {
                                 channel: InboundChannel(channel),
                             });
                         }
-                        Err(e) => self.bad_message(peer, e.to_string()),
+                        Err(e) => self.bad_message(peer, e.to_string(), is_offense(&e)),
                     }
                 }
                 request_response::Message::Response {
@@ -87,7 +107,7 @@ impl EventLoop {
                             let _ = p.reply.send(Ok((opened.message, rtt)));
                         }
                         Err(e) => {
-                            self.bad_message(p.peer, e.to_string());
+                            self.bad_message(p.peer, e.to_string(), is_offense(&e));
                             let _ = p.reply.send(Err(NetError::Wire(e)));
                         }
                     }
@@ -103,6 +123,19 @@ impl EventLoop {
                     return;
                 };
                 let err = match error {
+                    // A malformed response frame: as bad as a malformed request. One cut short
+                    // is dropped too, but (like a truncated request) not counted as an offense.
+                    OutboundFailure::Io(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                        ) =>
+                    {
+                        let offense = e.kind() == std::io::ErrorKind::InvalidData;
+                        let reason = format!("malformed response frame: {e}");
+                        self.bad_message(peer, reason.clone(), offense);
+                        NetError::Outbound { peer, reason }
+                    }
                     OutboundFailure::Timeout => NetError::Timeout,
                     OutboundFailure::DialFailure => NetError::Dial {
                         peer,
@@ -120,7 +153,7 @@ impl EventLoop {
                 request_response::InboundFailure::Io(e)
                     if e.kind() == std::io::ErrorKind::InvalidData =>
                 {
-                    self.bad_message(peer, e.to_string())
+                    self.bad_message(peer, e.to_string(), true)
                 }
                 other => tracing::debug!(%peer, "inbound request failed: {other}"),
             },

@@ -22,6 +22,7 @@ pub mod codec;
 mod dht;
 pub mod event_loop;
 mod exchange;
+pub mod limits;
 pub mod membership;
 mod peers;
 pub mod topic;
@@ -126,6 +127,8 @@ pub struct NetConfig {
     pub query_timeout: Duration,
     /// Delays between dials of the bootstrap peers while the node is isolated.
     pub bootstrap_backoff: backoff::Backoff,
+    /// Connection bounds, handshake timeout, streams and bans (`[node.limits]`).
+    pub limits: limits::NetLimits,
 }
 
 impl NetConfig {
@@ -147,6 +150,7 @@ impl NetConfig {
             dht_role: DhtRole::Server,
             query_timeout: default_query_timeout(dht),
             bootstrap_backoff: backoff::Backoff::default(),
+            limits: limits::NetLimits::default(),
         }
     }
 }
@@ -277,6 +281,16 @@ pub enum NetEvent {
         /// Why, for logs.
         reason: String,
     },
+    /// A peer broke the rules too often (see [`limits::Offenses`]): its connections are refused
+    /// until the ban ends.
+    PeerBanned {
+        /// The peer.
+        peer: PeerId,
+        /// How long the ban lasts.
+        secs: u64,
+        /// The last offense, for logs.
+        reason: String,
+    },
 }
 
 /// Where the response to an [`NetEvent::InboundRequest`] goes. Opaque; pass it to
@@ -319,6 +333,8 @@ pub struct NetStatus {
     /// True while we provide and our last announce reached no DHT peer: the node announces
     /// again as soon as a peer is routable (and no longer counts on its timed re-announce).
     pub announce_pending: bool,
+    /// Peers banned now for repeated offenses (malformed frames, bad envelopes).
+    pub banned: usize,
 }
 
 // PeerId and Multiaddr serialize as their usual text forms (libp2p's serde feature is off).

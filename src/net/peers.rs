@@ -22,6 +22,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{OutboundFailure, ResponseChannel};
 use libp2p::{Multiaddr, PeerId};
 
+use super::codec::Frame;
 use super::event_loop::{EventLoop, Reply};
 use super::membership::{self, Initiator, MembershipError};
 use super::{DhtKind, NetError, NetEvent};
@@ -143,7 +144,7 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .membership
-                    .send_request(&peer, message1);
+                    .send_request(&peer, Frame::Data(message1));
                 tracing::debug!(%peer, "membership handshake started");
                 self.pending_handshakes.insert(id, (peer, state));
                 self.handshaking.insert(peer);
@@ -274,6 +275,7 @@ impl EventLoop {
         };
         if let Some(old) = evicted
             && !self.is_refused(&old)
+            && !self.offenses.is_banned(&old, Instant::now())
         {
             self.swarm.behaviour_mut().blocked.unblock_peer(old);
         }

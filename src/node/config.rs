@@ -74,6 +74,9 @@ pub struct NodeConfig {
     /// Inbound requests answered at the same time; more are refused at once with an
     /// `Unavailable` error (the peer retries) instead of queueing without bound.
     pub max_inbound_requests: usize,
+    /// `[node.limits]`: connection bounds, handshake timeout, memory, streams, per-peer request
+    /// rates and bans (docs/OPERATIONS.md, "Limits").
+    pub limits: crate::net::limits::NetLimits,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +95,7 @@ impl Default for NodeConfig {
             discovery_interval_secs: 15,
             request_timeout_secs: 30,
             max_inbound_requests: DEFAULT_MAX_INBOUND_REQUESTS,
+            limits: crate::net::limits::NetLimits::default(),
         }
     }
 }
@@ -197,6 +201,25 @@ mod tests {
         n.secret = String::new();
         n.secret_file = Some("secret".into());
         assert!(!n.bootstrap_is_explicit());
+    }
+
+    #[test]
+    fn limits_parse_from_their_own_table() {
+        let n: NodeConfig =
+            toml::from_str("[limits]\nmax_connections_per_ip = 4\nlimit_loopback = true\n")
+                .unwrap();
+        assert_eq!(n.limits.max_connections_per_ip, 4);
+        assert!(n.limits.limit_loopback);
+        assert_eq!(
+            n.limits.max_connections,
+            crate::net::limits::DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(NodeConfig::default().limits, Default::default());
+        assert!(toml::from_str::<NodeConfig>("[limits]\nmax_conections = 4\n").is_err());
+        // The daemon's configuration refuses a limit that cannot work, naming it.
+        let e = crate::config::Config::from_toml("[node.limits]\nrequest_burst = 0\n").unwrap_err();
+        assert!(e.to_string().contains("node.limits.request_burst"), "{e}");
+        crate::config::Config::from_toml("[node.limits]\nmax_memory_mb = 0\n").unwrap();
     }
 
     #[test]

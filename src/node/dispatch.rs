@@ -5,6 +5,10 @@
 //! permits are taken, the request is refused at once with [`ErrorCode::Unavailable`], which
 //! peers treat as "try again later", instead of piling up tasks without bound. They are also
 //! tracked, so the node's shutdown waits for the answers in flight.
+//!
+//! Before that, each request spends a token of its peer's bucket for its kind
+//! ([`crate::net::limits::RateLimiter`]); a peer out of tokens gets [`ErrorCode::Unavailable`]
+//! with the wait, and nothing else is done for it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +26,7 @@ use crate::market::offers::{self, OfferCache, PullBacks, RefusalAudits};
 use crate::market::provider::Provider;
 use crate::market::renter::Renter;
 use crate::net::backoff::RateLimit;
+use crate::net::limits::RateLimiter;
 use crate::net::{NetClient, NetEvent};
 use crate::types::Clock;
 use crate::wire::{ErrorCode, ErrorMsg, Hello, Message};
@@ -56,6 +61,17 @@ impl Admission {
             )
         })
     }
+}
+
+/// The refusal of a rate-limited request: `Unavailable` (peers retry), with the wait.
+fn rate_refusal(kind: &str, wait: Duration) -> ErrorMsg {
+    ErrorMsg::new(
+        ErrorCode::Unavailable,
+        format!(
+            "rate limit: too many {kind} requests; try again in {} ms",
+            wait.as_millis().max(1)
+        ),
+    )
 }
 
 /// Least time between two audited refusals; the ones in between are counted in the next.
@@ -115,6 +131,8 @@ pub(super) struct Dispatcher {
     pub(super) peer_audit: PeerAudit,
     /// Askers that knew offers we lacked, pulled from in return.
     pub(super) pull_backs: PullBacks,
+    /// Per-peer, per-kind request rates (`[node.limits]`).
+    pub(super) rate: Mutex<RateLimiter>,
 }
 
 impl Dispatcher {
@@ -150,6 +168,13 @@ impl Dispatcher {
                 message,
                 channel,
             } => {
+                if let Err(refusal) = self.rate_check(peer, message.name(), Instant::now()) {
+                    tracing::debug!(%peer, request = message.name(), "rate limited");
+                    if let Err(e) = self.net.respond(channel, Message::Error(refusal)).await {
+                        tracing::debug!(%peer, error = %e, "could not answer");
+                    }
+                    return;
+                }
                 let permit = match self.admission.try_admit() {
                     Ok(p) => p,
                     Err(busy) => {
@@ -205,6 +230,19 @@ impl Dispatcher {
                     );
                 }
             }
+            NetEvent::PeerBanned { peer, secs, reason } => {
+                tracing::warn!(%peer, secs, %reason, "peer banned");
+                // Bans are few (each takes several offenses), but fresh identities are free:
+                // the same global pacing as refusals applies.
+                if let Some(skipped) = self.peer_audit.refusal(Instant::now()) {
+                    self.audit_later(
+                        handlers,
+                        AuditKind::PeerRefused,
+                        json!({"peer": peer.to_string(), "reason": reason, "banned_secs": secs,
+                               "skipped": skipped}),
+                    );
+                }
+            }
             NetEvent::BadMessage { peer, reason } => {
                 tracing::info!(%peer, %reason, "bad message; peer dropped");
                 if self.refusals.admit(peer, self.clock.now_unix())
@@ -218,6 +256,13 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Spends a token of `peer`'s bucket for `kind`, or says how long to wait.
+    fn rate_check(&self, peer: PeerId, kind: &'static str, now: Instant) -> Result<(), ErrorMsg> {
+        let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        rate.check(peer, kind, now)
+            .map_err(|wait| rate_refusal(kind, wait))
     }
 
     /// A member was met: a renter learns its offers and then runs a discovery pass (only after
@@ -343,6 +388,32 @@ mod tests {
         assert_eq!(a.refusal(t0), Some(0));
         assert_eq!(a.refusal(t0), None);
         assert_eq!(a.refusal(t0 + REFUSAL_AUDIT_EVERY), Some(1));
+    }
+
+    #[test]
+    fn rate_limited_requests_are_refused_with_unavailable_and_the_wait() {
+        let limits = crate::net::limits::NetLimits {
+            requests_per_minute: 60,
+            request_burst: 2,
+            ..Default::default()
+        };
+        let rate = Mutex::new(limits.rate_limiter());
+        let check = |peer, kind, now| {
+            let mut r = rate.lock().unwrap();
+            r.check(peer, kind, now).map_err(|w| rate_refusal(kind, w))
+        };
+        let (p, t0) = (PeerId::random(), Instant::now());
+        check(p, "statusRequest", t0).unwrap();
+        check(p, "statusRequest", t0).unwrap();
+        let refusal = check(p, "statusRequest", t0).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::Unavailable);
+        assert!(
+            refusal.message.contains("statusRequest"),
+            "{}",
+            refusal.message
+        );
+        assert!(refusal.message.contains("1000 ms"), "{}", refusal.message);
+        check(p, "statusRequest", t0 + Duration::from_secs(1)).unwrap();
     }
 
     #[test]

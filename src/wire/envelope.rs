@@ -23,28 +23,36 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use super::messages::Message;
 use super::signed::{WireError, peer_id_of};
 
 /// Envelope format version carried in `v`; anything else is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// Largest accepted difference, in seconds, between an envelope's `ts` and the local clock
-/// (both directions). Use it as the window of the [`ReplayGuard`] passed to [`open`].
-pub const TIME_WINDOW_SECS: u64 = 120;
+/// Largest accepted difference, in seconds, between an envelope's `ts` and the local clock,
+/// both ways: an envelope dated further in the past is stale, one dated further in the future is
+/// refused too (it would otherwise sit in the replay cache for longer). Tight, so the replay
+/// cache only has to remember a minute of traffic; keep clocks NTP-synced. Use it as the window
+/// of the [`ReplayGuard`] passed to [`open`].
+pub const TIME_WINDOW_SECS: u64 = 30;
 
 /// Domain-separation prefix of the envelope's signed bytes (followed by a 0x00 byte).
 pub const ENVELOPE_DOMAIN: &str = "leasewire/envelope/v1";
 
-/// Most nonces remembered per sender within the window. A sender that exceeds it loses its
-/// oldest entries, and envelopes no newer than the evicted ones are refused from then on
-/// (fail closed: an evicted nonce could otherwise be replayed).
-pub const REPLAY_MAX_PER_SENDER: usize = 4096;
+/// Most nonces remembered per sender within the window (an honest peer sends a few a
+/// minute). A sender that exceeds it loses its oldest entries, and its envelopes no newer than
+/// the evicted ones are refused from then on (fail closed: an evicted nonce could otherwise be
+/// replayed). Only that sender is affected.
+pub const REPLAY_MAX_PER_SENDER: usize = 1024;
 
-/// Most nonces remembered in total (all senders). Past it the globally oldest entries are
-/// evicted with the same fail-closed rule, for every sender. At roughly 100 bytes an entry
-/// this bounds the cache to a few megabytes.
+/// Most nonces remembered in total (all senders). Past it the sender holding the most entries
+/// loses the older half of its own, with the same fail-closed rule for that sender only. At
+/// roughly 100 bytes an entry this bounds the cache to a few megabytes.
 pub const REPLAY_MAX_TOTAL: usize = 65_536;
+
+/// Most senders tracked at once; past it the sender seen least recently is forgotten.
+pub const REPLAY_MAX_SENDERS: usize = 16_384;
 
 /// Envelope on the wire (a CBOR map with these text keys, in this order).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +116,7 @@ impl Envelope {
         let mut cursor = std::io::Cursor::new(bytes);
         let env: Envelope = ciborium::from_reader(&mut cursor).map_err(|e| WireError::Decode {
             what: "envelope",
-            reason: e.to_string(),
+            reason: short_reason(&e.to_string()),
         })?;
         let used = cursor.position();
         if used != bytes.len() as u64 {
@@ -191,7 +199,9 @@ pub fn seal_at(key: &SigningKey, msg: &Message, ts: u64, nonce: u64) -> Result<V
 /// 5. `|now_secs - ts| <= guard window` ([`WireError::Stale`]),
 /// 6. (sender, nonce) not seen before ([`WireError::Replay`], or
 ///    [`WireError::ReplayUndecidable`] when the bounded cache had to forget that far back),
-/// 7. the body decodes as a [`Message`] ([`WireError::Decode`]).
+/// 7. the body decodes as a [`Message`] ([`WireError::Decode`]),
+/// 8. every field is within its size limit ([`super::limits::check`]:
+///    [`WireError::FieldTooLong`], [`WireError::TooManyItems`]).
 ///
 /// The nonce is recorded only once steps 1–5 passed, so forged or stale envelopes cannot fill
 /// the cache. A body that fails step 7 still consumes its nonce: it was genuinely sent.
@@ -222,8 +232,9 @@ pub fn open(
     let message: Message =
         ciborium::from_reader(env.body.as_slice()).map_err(|e| WireError::Decode {
             what: "message",
-            reason: e.to_string(),
+            reason: short_reason(&e.to_string()),
         })?;
+    limits::check(&message)?;
     Ok(Opened {
         message,
         sender,
@@ -232,15 +243,42 @@ pub fn open(
     })
 }
 
+/// Longest decoder message kept in a [`WireError::Decode`]: decoders quote the input they
+/// choke on, and a peer's input must not travel on into logs and audit entries at any size.
+const MAX_REASON: usize = 160;
+
+/// `reason` cut to [`MAX_REASON`] bytes (on a character boundary), marked when cut.
+fn short_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason.to_owned();
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &reason[..end], reason.len())
+}
+
 /// Thread-safe replay cache shared by every connection of a node (cheap to clone: the clones
 /// share one cache).
 ///
-/// Remembers `(sender, nonce)` with the envelope's own timestamp and forgets an entry once that
-/// timestamp falls out of the window, because [`open`] refuses such envelopes as stale anyway.
-/// Memory is bounded by [`REPLAY_MAX_PER_SENDER`] and [`REPLAY_MAX_TOTAL`]; when a bound is
-/// reached the oldest entries are evicted and a floor is raised so that envelopes no newer than
-/// an evicted one are refused ([`WireError::ReplayUndecidable`]) rather than risk a replay.
-/// Honest peers send fresh timestamps, so they stay above the floor.
+/// State is kept per sender, so what one peer sends can only ever get that peer's own
+/// envelopes refused:
+/// - each sender's `(nonce, ts)` pairs are remembered until `ts` leaves the window (older
+///   envelopes are refused as stale anyway);
+/// - a sender over [`REPLAY_MAX_PER_SENDER`] loses its own oldest entries, and a floor is
+///   raised *for that sender only*: its envelopes no newer than an evicted one are refused
+///   ([`WireError::ReplayUndecidable`]) rather than risk a replay;
+/// - when the whole cache holds [`REPLAY_MAX_TOTAL`] entries, the sender holding the most
+///   (a flooder) loses the older half of its entries, with the same per-sender floor. An
+///   honest peer sends a few envelopes a minute and is never the largest, so its envelopes
+///   keep passing while a flood goes on;
+/// - at most [`REPLAY_MAX_SENDERS`] senders are tracked; past it the sender seen least
+///   recently is forgotten whole. Only that sender could replay its envelopes (an envelope is
+///   accepted only from the peer whose key signed it), so this can only help it re-send its
+///   own old messages, which it can as well send anew.
+///
+/// There is no global floor: nothing one sender does raises the bar for another.
 #[derive(Clone, Debug)]
 pub struct ReplayGuard {
     inner: Arc<Mutex<ReplayInner>>,
@@ -251,13 +289,14 @@ struct ReplayInner {
     window: u64,
     per_sender_cap: usize,
     total_cap: usize,
+    sender_cap: usize,
     /// Largest `now` seen: pruning follows it, so the stale check must too (see `check`).
     high_water: u64,
     senders: HashMap<PeerId, SenderLog>,
-    /// Every entry ordered by timestamp, for pruning and global eviction.
+    /// Every entry ordered by timestamp, for pruning.
     order: BTreeSet<(u64, PeerId, u64)>,
-    /// Envelopes with `ts <= global_floor` are refused (entries that old were evicted).
-    global_floor: Option<u64>,
+    /// Counter stamping each sender's latest acceptance, for least-recently-seen eviction.
+    tick: u64,
 }
 
 #[derive(Debug, Default)]
@@ -268,25 +307,40 @@ struct SenderLog {
     nonces: HashMap<u64, u64>,
     /// Envelopes with `ts <= floor` are refused (this sender's entries that old were evicted).
     floor: Option<u64>,
+    /// `tick` of this sender's latest accepted envelope.
+    last_seen: u64,
 }
 
 impl ReplayGuard {
     /// A cache whose entries live `window_secs` past their timestamp; [`open`] also accepts
     /// only timestamps within `window_secs` of the local clock. Use [`TIME_WINDOW_SECS`].
     pub fn new(window_secs: u64) -> Self {
-        Self::with_caps(window_secs, REPLAY_MAX_PER_SENDER, REPLAY_MAX_TOTAL)
+        Self::with_caps(
+            window_secs,
+            REPLAY_MAX_PER_SENDER,
+            REPLAY_MAX_TOTAL,
+            REPLAY_MAX_SENDERS,
+        )
     }
 
-    fn with_caps(window_secs: u64, per_sender_cap: usize, total_cap: usize) -> Self {
+    /// Like [`ReplayGuard::new`] with explicit bounds (each at least 1): most entries per
+    /// sender, in total, and most senders tracked.
+    pub fn with_caps(
+        window_secs: u64,
+        per_sender_cap: usize,
+        total_cap: usize,
+        sender_cap: usize,
+    ) -> Self {
         ReplayGuard {
             inner: Arc::new(Mutex::new(ReplayInner {
                 window: window_secs,
                 per_sender_cap: per_sender_cap.max(1),
                 total_cap: total_cap.max(1),
+                sender_cap: sender_cap.max(1),
                 high_water: 0,
                 senders: HashMap::new(),
                 order: BTreeSet::new(),
-                global_floor: None,
+                tick: 0,
             })),
         }
     }
@@ -299,6 +353,19 @@ impl ReplayGuard {
     /// Number of remembered nonces (all senders).
     pub fn len(&self) -> usize {
         self.lock().order.len()
+    }
+
+    /// Number of remembered nonces of one sender.
+    pub fn len_of(&self, sender: &PeerId) -> usize {
+        self.lock()
+            .senders
+            .get(sender)
+            .map_or(0, |l| l.entries.len())
+    }
+
+    /// Number of senders tracked (with entries or a floor).
+    pub fn senders(&self) -> usize {
+        self.lock().senders.len()
     }
 
     /// True when no nonce is remembered.
@@ -349,73 +416,109 @@ impl ReplayInner {
         }
         self.prune(cutoff);
 
-        if self.global_floor.is_some_and(|f| ts <= f) {
-            return Err(WireError::ReplayUndecidable(nonce));
-        }
-        let per_sender_cap = self.per_sender_cap;
-        let log = self.senders.entry(sender).or_default();
-        if log.nonces.contains_key(&nonce) {
-            return Err(WireError::Replay(nonce));
-        }
-        if log.floor.is_some_and(|f| ts <= f) {
-            return Err(WireError::ReplayUndecidable(nonce));
-        }
-        if log.nonces.len() >= per_sender_cap {
-            let &(old_ts, old_nonce) = log
-                .entries
-                .first()
-                .expect("a sender at its cap to have entries");
-            if ts <= old_ts {
-                // The new envelope would be the oldest entry: refusing it keeps the floor rule.
+        if let Some(log) = self.senders.get(&sender) {
+            if log.nonces.contains_key(&nonce) {
+                return Err(WireError::Replay(nonce));
+            }
+            if log.floor.is_some_and(|f| ts <= f) {
                 return Err(WireError::ReplayUndecidable(nonce));
             }
-            log.entries.remove(&(old_ts, old_nonce));
-            log.nonces.remove(&old_nonce);
-            log.floor = Some(old_ts);
-            self.order.remove(&(old_ts, sender, old_nonce));
+            if log.entries.len() >= self.per_sender_cap {
+                let &(old_ts, _) = log
+                    .entries
+                    .first()
+                    .expect("a sender at its cap to have entries");
+                if ts <= old_ts {
+                    // The new envelope would be the oldest entry: refusing it keeps the floor
+                    // rule.
+                    return Err(WireError::ReplayUndecidable(nonce));
+                }
+                self.evict_oldest(sender, 1);
+            }
+        } else if self.senders.len() >= self.sender_cap {
+            self.forget_least_recent_sender();
         }
         if self.order.len() >= self.total_cap {
-            let &(old_ts, old_sender, old_nonce) = self
-                .order
-                .first()
-                .expect("a cache at its cap to have entries");
-            if ts <= old_ts {
-                return Err(WireError::ReplayUndecidable(nonce));
-            }
-            self.order.remove(&(old_ts, old_sender, old_nonce));
-            self.global_floor = Some(old_ts);
-            self.forget(old_sender, old_ts, old_nonce);
+            self.evict_from_largest(sender, ts, nonce)?;
         }
+        self.tick += 1;
+        let tick = self.tick;
         let log = self.senders.entry(sender).or_default();
         log.entries.insert((ts, nonce));
         log.nonces.insert(nonce, ts);
+        log.last_seen = tick;
         self.order.insert((ts, sender, nonce));
         Ok(())
     }
 
-    /// Drops every entry with a timestamp below `cutoff`: such envelopes are refused as stale.
+    /// Makes room when the cache is full: the sender with the most entries loses the older
+    /// half of them (at least one). If that is the sender of the envelope being checked and
+    /// the envelope would fall under its new floor, the envelope is refused instead.
+    fn evict_from_largest(&mut self, sender: PeerId, ts: u64, nonce: u64) -> Result<(), WireError> {
+        let Some((&largest, count)) = self
+            .senders
+            .iter()
+            .map(|(p, l)| (p, l.entries.len()))
+            .max_by_key(|&(_, n)| n)
+        else {
+            return Ok(());
+        };
+        let n = (count / 2).max(1);
+        if largest == sender
+            && let Some(log) = self.senders.get(&sender)
+            && let Some(&(nth_ts, _)) = log.entries.iter().nth(n - 1)
+            && ts <= nth_ts
+        {
+            return Err(WireError::ReplayUndecidable(nonce));
+        }
+        self.evict_oldest(largest, n);
+        Ok(())
+    }
+
+    /// Evicts `sender`'s `n` oldest entries, raising its floor to the newest evicted `ts`.
+    fn evict_oldest(&mut self, sender: PeerId, n: usize) {
+        let Some(log) = self.senders.get_mut(&sender) else {
+            return;
+        };
+        for _ in 0..n {
+            let Some((ts, nonce)) = log.entries.pop_first() else {
+                break;
+            };
+            log.nonces.remove(&nonce);
+            log.floor = Some(log.floor.map_or(ts, |f| f.max(ts)));
+            self.order.remove(&(ts, sender, nonce));
+        }
+    }
+
+    /// Forgets the sender seen least recently, entries, floor and all.
+    fn forget_least_recent_sender(&mut self) {
+        let Some((&oldest, _)) = self.senders.iter().min_by_key(|(_, l)| l.last_seen) else {
+            return;
+        };
+        if let Some(log) = self.senders.remove(&oldest) {
+            for (ts, nonce) in log.entries {
+                self.order.remove(&(ts, oldest, nonce));
+            }
+        }
+    }
+
+    /// Drops every entry with a timestamp below `cutoff` (such envelopes are refused as
+    /// stale), and floors below it, which no longer refuse anything the window lets through.
     fn prune(&mut self, cutoff: u64) {
         while let Some(&(ts, sender, nonce)) = self.order.first() {
             if ts >= cutoff {
                 break;
             }
             self.order.pop_first();
-            self.forget(sender, ts, nonce);
-        }
-        if self.global_floor.is_some_and(|f| f < cutoff) {
-            self.global_floor = None;
-        }
-    }
-
-    /// Removes one entry from its sender's log, and the log itself once it holds nothing that
-    /// still matters (an emptied log's floor lies below every entry it had, all of which are
-    /// gone to pruning or covered by the global floor).
-    fn forget(&mut self, sender: PeerId, ts: u64, nonce: u64) {
-        if let Some(log) = self.senders.get_mut(&sender) {
-            log.entries.remove(&(ts, nonce));
-            log.nonces.remove(&nonce);
-            if log.entries.is_empty() {
-                self.senders.remove(&sender);
+            if let Some(log) = self.senders.get_mut(&sender) {
+                log.entries.remove(&(ts, nonce));
+                log.nonces.remove(&nonce);
+                if log.floor.is_some_and(|f| f < cutoff) {
+                    log.floor = None;
+                }
+                if log.entries.is_empty() && log.floor.is_none() {
+                    self.senders.remove(&sender);
+                }
             }
         }
     }
@@ -769,6 +872,45 @@ mod tests {
     }
 
     #[test]
+    fn oversized_fields_are_refused_without_echoing_them() {
+        let mut h = Hello::ours(true, false, "regtest");
+        h.agent = "A".repeat(60_000);
+        let bytes = seal_at(&key(1), &Message::Hello(h), NOW, 5).unwrap();
+        let err = open(&bytes, &pid(1), &guard(), NOW).unwrap_err();
+        assert!(matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "hello.agent",
+                len: 60_000,
+                ..
+            }
+        ));
+        assert!(!err.to_string().contains("AAAA"), "{err}");
+    }
+
+    #[test]
+    fn decode_errors_do_not_carry_the_input_at_length() {
+        // A WireGuard key field holding 10 KB of text: the decoder quotes it.
+        let mut env = Envelope {
+            v: PROTOCOL_VERSION,
+            from: key(1).verifying_key().to_bytes().to_vec(),
+            ts: NOW,
+            nonce: 9,
+            body: Vec::new(),
+            sig: Vec::new(),
+        };
+        let rr = ciborium::Value::Map(vec![(
+            "rentRequest".into(),
+            ciborium::Value::Map(vec![("wg_pubkey".into(), "B".repeat(10_000).into())]),
+        )]);
+        ciborium::into_writer(&rr, &mut env.body).unwrap();
+        env.sig = key(1).sign(&env.signed_bytes()).to_bytes().to_vec();
+        let err = open(&env.to_cbor().unwrap(), &pid(1), &guard(), NOW).unwrap_err();
+        assert!(matches!(err, WireError::Decode { .. }));
+        assert!(err.to_string().len() < 400, "{err}");
+    }
+
+    #[test]
     fn forged_envelopes_do_not_fill_the_cache() {
         let g = guard();
         let bytes = seal_at(&key(1), &hello(), NOW, 42).unwrap();
@@ -800,7 +942,7 @@ mod tests {
 
     #[test]
     fn per_sender_cap_evicts_oldest_and_fails_closed() {
-        let g = ReplayGuard::with_caps(TIME_WINDOW_SECS, 3, 100);
+        let g = ReplayGuard::with_caps(TIME_WINDOW_SECS, 3, 100, 100);
         for n in 0..3 {
             let b = seal_at(&key(1), &hello(), NOW + n, n).unwrap();
             open(&b, &pid(1), &g, NOW).unwrap();
@@ -821,23 +963,108 @@ mod tests {
     }
 
     #[test]
-    fn total_cap_bounds_memory_and_fails_closed() {
-        let g = ReplayGuard::with_caps(TIME_WINDOW_SECS, 100, 4);
-        for b in 1..=4u8 {
-            let m = seal_at(&key(b), &hello(), NOW + u64::from(b), 7).unwrap();
-            open(&m, &pid(b), &g, NOW).unwrap();
+    fn total_cap_evicts_the_largest_sender_and_fails_closed_for_it_only() {
+        let g = ReplayGuard::with_caps(TIME_WINDOW_SECS, 100, 4, 100);
+        // Key 1 holds three entries, key 2 one: the cache is full.
+        for n in 0..3u64 {
+            let m = seal_at(&key(1), &hello(), NOW + n, n).unwrap();
+            open(&m, &pid(1), &g, NOW).unwrap();
         }
-        let m = seal_at(&key(5), &hello(), NOW + 5, 7).unwrap();
-        open(&m, &pid(5), &g, NOW).unwrap();
+        let m = seal_at(&key(2), &hello(), NOW, 7).unwrap();
+        open(&m, &pid(2), &g, NOW).unwrap();
         assert_eq!(g.len(), 4);
-        // Key 1's entry (ts NOW+1) was evicted: its replay must not pass.
-        let replay = seal_at(&key(1), &hello(), NOW + 1, 7).unwrap();
+        // Key 3 arrives: key 1, the largest, loses its oldest entry (ts NOW).
+        let m = seal_at(&key(3), &hello(), NOW, 7).unwrap();
+        open(&m, &pid(3), &g, NOW).unwrap();
+        assert_eq!(g.len(), 4);
+        assert_eq!(g.len_of(&pid(1)), 2);
+        assert_eq!(g.len_of(&pid(2)), 1);
+        // Key 1's evicted envelope cannot be replayed.
+        let replay = seal_at(&key(1), &hello(), NOW, 0).unwrap();
         assert!(matches!(
             open(&replay, &pid(1), &g, NOW),
-            Err(WireError::ReplayUndecidable(7))
+            Err(WireError::ReplayUndecidable(0))
         ));
-        // Fresh traffic still passes.
-        let fresh = seal_at(&key(1), &hello(), NOW + 6, 8).unwrap();
-        open(&fresh, &pid(1), &g, NOW).unwrap();
+        // Key 2's entry was kept: its replay is a plain replay, and its fresh traffic passes
+        // (at the same timestamp as the evicted entry of key 1: no floor is shared).
+        assert!(matches!(
+            open(&m, &pid(3), &g, NOW),
+            Err(WireError::Replay(7))
+        ));
+        let fresh = seal_at(&key(2), &hello(), NOW, 8).unwrap();
+        open(&fresh, &pid(2), &g, NOW).unwrap();
+    }
+
+    /// The attack of issue 11: a member floods valid envelopes dated as far in the future as
+    /// the window allows, at a high rate. Honest peers' envelopes must keep passing.
+    #[test]
+    fn a_future_dated_flood_does_not_shut_out_an_honest_peer() {
+        let g = ReplayGuard::with_caps(TIME_WINDOW_SECS, 1_000_000, 256, 100);
+        let flooder = key(9);
+        let mut nonce = 0u64;
+        for second in 0..20u64 {
+            let now = NOW + second;
+            // 500 envelopes a second from the flooder, all dated now + window.
+            for _ in 0..500 {
+                nonce += 1;
+                let m = seal_at(&flooder, &hello(), now + TIME_WINDOW_SECS, nonce).unwrap();
+                // Some are refused once the flooder's own floor rises: that is its problem.
+                let _ = open(&m, &pid(9), &g, now);
+            }
+            assert!(g.len() <= 256, "the cache stays bounded");
+            // An honest envelope, dated now, passes every second of the flood.
+            for b in 1..=3u8 {
+                let m = seal_at(&key(b), &hello(), now, second).unwrap();
+                open(&m, &pid(b), &g, now)
+                    .unwrap_or_else(|e| panic!("honest peer {b} refused at second {second}: {e}"));
+            }
+        }
+        // The honest entries are all still there, so honest replays are still caught.
+        let replay = seal_at(&key(1), &hello(), NOW + 19, 19).unwrap();
+        assert!(matches!(
+            open(&replay, &pid(1), &g, NOW + 19),
+            Err(WireError::Replay(19))
+        ));
+    }
+
+    #[test]
+    fn sender_cap_forgets_the_least_recently_seen_sender() {
+        let g = ReplayGuard::with_caps(TIME_WINDOW_SECS, 100, 100, 2);
+        let m1 = seal_at(&key(1), &hello(), NOW, 1).unwrap();
+        open(&m1, &pid(1), &g, NOW).unwrap();
+        let m2 = seal_at(&key(2), &hello(), NOW, 1).unwrap();
+        open(&m2, &pid(2), &g, NOW).unwrap();
+        // Key 1 is seen again, so key 2 is the least recent when key 3 arrives.
+        let m1b = seal_at(&key(1), &hello(), NOW, 2).unwrap();
+        open(&m1b, &pid(1), &g, NOW).unwrap();
+        let m3 = seal_at(&key(3), &hello(), NOW, 1).unwrap();
+        open(&m3, &pid(3), &g, NOW).unwrap();
+        assert_eq!(g.senders(), 2);
+        assert_eq!(g.len_of(&pid(2)), 0);
+        assert_eq!(g.len_of(&pid(1)), 2);
+        assert!(matches!(
+            open(&m1, &pid(1), &g, NOW),
+            Err(WireError::Replay(1))
+        ));
+    }
+
+    #[test]
+    fn floors_expire_with_the_window() {
+        let g = ReplayGuard::with_caps(TIME_WINDOW_SECS, 1, 100, 100);
+        let a = seal_at(&key(1), &hello(), NOW, 1).unwrap();
+        open(&a, &pid(1), &g, NOW).unwrap();
+        let b = seal_at(&key(1), &hello(), NOW + 1, 2).unwrap();
+        open(&b, &pid(1), &g, NOW).unwrap();
+        // Nonce 1 was evicted: the floor is NOW.
+        let c = seal_at(&key(1), &hello(), NOW, 3).unwrap();
+        assert!(matches!(
+            open(&c, &pid(1), &g, NOW),
+            Err(WireError::ReplayUndecidable(3))
+        ));
+        // Once NOW + 1 is out of the window, everything about key 1 is gone.
+        let later = NOW + TIME_WINDOW_SECS + 2;
+        let d = seal_at(&key(2), &hello(), later, 1).unwrap();
+        open(&d, &pid(2), &g, later).unwrap();
+        assert_eq!(g.senders(), 1);
     }
 }

@@ -2,8 +2,9 @@
 //! traits; tokio streams do through `tokio_util::compat`).
 //!
 //! A frame is a `u32` big-endian payload length followed by the payload. The length is checked
-//! against the limit before any buffer is allocated or any payload byte is read, so a peer
-//! cannot make us allocate more than the limit.
+//! against the limit before any payload byte is read, so a peer cannot make us allocate more
+//! than the limit; and the payload buffer grows with the bytes that actually arrive, so
+//! announcing a large frame allocates nothing by itself.
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -53,10 +54,25 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<V
     if len > max {
         return Err(WireError::FrameTooLarge { len, max });
     }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
+    // Grow the buffer as bytes arrive rather than allocating `len` up front: a peer that
+    // announces a 64 KiB frame and sends nothing more costs us nothing, and one that trickles
+    // bytes costs what it sent.
+    let mut payload = Vec::with_capacity(len.min(READ_CHUNK));
+    let mut chunk = [0u8; READ_CHUNK];
+    while payload.len() < len {
+        let want = (len - payload.len()).min(READ_CHUNK);
+        let n = r.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        payload.extend_from_slice(&chunk[..n]);
+    }
     Ok(payload)
 }
+
+/// Bytes read at a time by [`read_frame`]; the payload buffer grows by at most this much
+/// beyond what the peer actually sent.
+const READ_CHUNK: usize = 4096;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 
 pub mod envelope;
 pub mod framing;
+pub mod limits;
 pub mod messages;
 pub mod signed;
 

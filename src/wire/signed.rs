@@ -81,6 +81,27 @@ pub enum WireError {
         /// Limit.
         max: usize,
     },
+    /// A field of a message is longer than its limit ([`super::limits`]). Names the field and
+    /// its size, never its content.
+    #[error("field {field} is {len} bytes long, over its limit of {max}")]
+    FieldTooLong {
+        /// The field, as `message.field`.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A list field of a message has more items than its limit ([`super::limits`]).
+    #[error("field {field} has {len} items, over its limit of {max}")]
+    TooManyItems {
+        /// The field, as `message.field`.
+        field: &'static str,
+        /// Its number of items.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// I/O error while reading or writing a frame.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
