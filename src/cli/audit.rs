@@ -58,7 +58,10 @@ pub(super) fn verify(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             hex::encode(key.as_bytes())
         )?;
     }
-    let report = audit::verify(&open_tree(&db)?, &key);
+    // The signed heads kept outside the database reveal a truncated or rewritten log.
+    let kept = audit::head_file::load_all(&data_dir.join(audit::head_file::HEAD_FILE_NAME))
+        .context("cannot read the kept audit head")?;
+    let report = audit::verify_with_heads(&open_tree(&db)?, &key, &kept);
     let mut out = io::stdout().lock();
     if json {
         print_json(&mut out, &report)?;
