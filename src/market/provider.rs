@@ -30,6 +30,7 @@ use super::MarketError;
 pub mod config;
 mod ending;
 mod metering;
+mod receipts;
 mod refund;
 mod requests;
 mod settlement;
@@ -172,6 +173,8 @@ struct Inner {
     pool: Pool,
     leases: Table<ProviderLease>,
     pending: Table<PendingInvoice>,
+    /// Signed receipts of settled payments, per lease id (see `receipts`).
+    receipts: Table<Vec<Signed<crate::wire::Receipt>>>,
     meta: Arc<dyn Tree>,
     offer: RwLock<Signed<Offer>>,
     /// Offers signed by this run, newest last, for [`Provider::accepts_offer`].
@@ -227,6 +230,7 @@ impl Provider {
             inner: Arc::new(Inner {
                 leases: Table::open(db, "provider_leases")?,
                 pending: Table::open(db, "provider_pending")?,
+                receipts: Table::open(db, "provider_receipts")?,
                 key: p.key,
                 peer_id,
                 cfg: p.cfg,
@@ -514,6 +518,7 @@ impl Provider {
             Message::StatusRequest(r) => self.on_status(peer, r),
             Message::LeaseEnd(end) => self.on_lease_end(peer, end).await,
             Message::RefundRequest(r) => self.on_refund_request(peer, r).await,
+            Message::ReceiptsRequest(r) => self.on_receipts_request(peer, &r),
             other => err(
                 ErrorCode::Unsupported,
                 format!("a provider does not answer {}", other.name()),

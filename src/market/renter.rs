@@ -35,6 +35,7 @@ mod endpoint;
 mod failover;
 mod manual;
 mod payment;
+mod receipts;
 mod refund;
 mod rent;
 mod tunnel;
@@ -45,6 +46,7 @@ pub use failover::{FailoverRecord, LeaseHealth};
 pub use manual::ManualInvoice;
 pub use payment::OpenPayment;
 use payment::PaymentRecord;
+pub use receipts::KeptReceipt;
 pub use refund::{RenterRefund, refund_description_hash};
 use tunnel::lease_addresses;
 
@@ -271,6 +273,8 @@ struct Inner {
     refusals: super::offers::RefusalAudits,
     rentals: Table<Rental>,
     payments: Table<PaymentRecord>,
+    /// Every receipt the providers signed, per lease id (see `receipts`).
+    receipts: Table<Vec<KeptReceipt>>,
     /// What this renter has seen of each provider, by PeerId: deliveries and failures.
     providers: Table<ProviderHistory>,
     /// Per lease: one top-up, manual invoice or release at a time.
@@ -330,6 +334,7 @@ impl Renter {
             inner: Arc::new(Inner {
                 rentals: Table::open(db, "renter_rentals")?,
                 payments: Table::open(db, "renter_payments")?,
+                receipts: Table::open(db, "renter_receipts")?,
                 providers: Table::open(db, "renter_providers")?,
                 key: p.key,
                 peer_id,

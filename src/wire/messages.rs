@@ -23,6 +23,7 @@ use crate::types::{Sats, Terms, WgKey};
 /// | `leaseEnd` | `status` |
 /// | `refundRequest` | `status` |
 /// | `offersRequest` | `offers` |
+/// | `receiptsRequest` | `receipts` |
 ///
 /// Any request may be answered with `error`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +57,10 @@ pub enum Message {
     OffersRequest(OffersRequest),
     /// The answer to `offersRequest`: offers as their providers signed them, one page.
     Offers(Offers),
+    /// A renter asks for the provider's signed receipts of a lease's settled payments.
+    ReceiptsRequest(ReceiptsRequest),
+    /// The answer to `receiptsRequest`: every receipt of the lease, oldest first.
+    Receipts(Receipts),
 }
 
 impl Message {
@@ -76,6 +81,8 @@ impl Message {
             Message::RefundRequest(_) => "refundRequest",
             Message::OffersRequest(_) => "offersRequest",
             Message::Offers(_) => "offers",
+            Message::ReceiptsRequest(_) => "receiptsRequest",
+            Message::Receipts(_) => "receipts",
         }
     }
 }
@@ -546,4 +553,53 @@ pub struct Offers {
     /// When the page is full: ask again with `after` set to this to get the rest. `None`: the
     /// range asked for is exhausted.
     pub next: Option<String>,
+}
+
+/// A provider's receipt for one settled payment: signed by the provider when its own node
+/// shows the invoice settled and the lease is credited, and kept by the renter as proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The lease paid for.
+    pub lease_id: String,
+    /// Provider PeerId; must equal the signer.
+    pub provider: String,
+    /// Renter PeerId.
+    pub renter: String,
+    /// Payment hash (hex) of the settled invoice.
+    pub payment_hash: String,
+    /// Amount settled, sat.
+    pub amount_sat: Sats,
+    /// The lease's `paid_until` after this payment.
+    pub paid_until: u64,
+    /// The lease revision this payment produced.
+    pub revision: u64,
+    /// Seq of the provider's `invoice_settled` audit entry for this payment: its position in
+    /// the provider's Merkle log.
+    pub log_seq: u64,
+    /// When the provider settled it (Unix seconds).
+    pub settled_at: u64,
+}
+
+impl SignedKind for Receipt {
+    const DOMAIN: &'static str = "leasewire/receipt/v1";
+}
+
+/// At most this many receipts in one [`Receipts`] answer (the newest are kept).
+pub const MAX_RECEIPTS_PER_ANSWER: usize = 64;
+
+/// Asks a provider for its receipts of one lease (only that lease's renter gets them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptsRequest {
+    /// The lease.
+    pub lease_id: String,
+}
+
+/// The provider's signed receipts of a lease, oldest first, at most
+/// [`MAX_RECEIPTS_PER_ANSWER`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipts {
+    /// The lease.
+    pub lease_id: String,
+    /// The receipts.
+    pub receipts: Vec<Signed<Receipt>>,
 }

@@ -1,0 +1,102 @@
+//! Receipts: for every settled payment the provider signs a [`Receipt`] (payment hash, amount,
+//! lease, new `paid_until`, and the position of its `invoice_settled` entry in the provider's
+//! Merkle audit log), keeps it, and hands a lease's receipts to its renter on
+//! `receiptsRequest`.
+
+use super::*;
+use crate::wire::{MAX_RECEIPTS_PER_ANSWER, Receipt, Receipts, ReceiptsRequest};
+
+impl Provider {
+    /// Appends to the audit log like `audit`, returning the entry's seq (`None`, logged,
+    /// when the append failed).
+    pub(super) async fn audit_seq(&self, kind: AuditKind, payload: serde_json::Value) -> Option<u64> {
+        match self.inner.audit.append_async(kind, &payload).await {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::error!(error = %e, ?kind, "audit append failed");
+                None
+            }
+        }
+    }
+
+    /// Signs and keeps the receipt of a settled payment: `amount_sat` paid by `payment_hash`
+    /// for the lease of `rec`, whose `invoice_settled` entry is `log_seq`. A failure is
+    /// logged, never fatal: the payment is credited either way.
+    pub(super) async fn issue_receipt(
+        &self,
+        rec: &ProviderLease,
+        payment_hash: &str,
+        amount_sat: Sats,
+        log_seq: u64,
+    ) {
+        let receipt = Receipt {
+            lease_id: rec.lease.lease_id.clone(),
+            provider: self.inner.peer_id.to_string(),
+            renter: rec.lease.renter.clone(),
+            payment_hash: payment_hash.to_owned(),
+            amount_sat,
+            paid_until: rec.lease.paid_until,
+            revision: rec.lease.revision,
+            log_seq,
+            settled_at: self.now(),
+        };
+        let signed = match Signed::sign(&self.inner.key, &receipt) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign a receipt");
+                return;
+            }
+        };
+        let stored = self
+            .inner
+            .receipts
+            .update(&receipt.lease_id, |old| {
+                let mut all = old.cloned().unwrap_or_default();
+                // Idempotent: a settlement finished twice keeps one receipt per payment.
+                if !all.iter().any(|r: &Signed<Receipt>| {
+                    r.verify().is_ok_and(|x| x.payment_hash == receipt.payment_hash)
+                }) {
+                    all.push(signed.clone());
+                }
+                Ok(Some(all))
+            })
+            .await;
+        if let Err(e) = stored {
+            tracing::error!(error = %e, lease_id = %receipt.lease_id, "cannot keep a receipt");
+        }
+    }
+
+    /// Every receipt kept for `lease_id`, oldest first.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn receipts(&self, lease_id: &str) -> Result<Vec<Signed<Receipt>>, MarketError> {
+        Ok(self.inner.receipts.get(lease_id)?.unwrap_or_default())
+    }
+
+    /// Answers `receiptsRequest`: the lease's receipts, to its renter only.
+    pub(super) fn on_receipts_request(&self, peer: PeerId, r: &ReceiptsRequest) -> Message {
+        match self.inner.leases.get(&r.lease_id) {
+            Ok(Some(rec)) if rec.renter_peer == peer.to_string() => {}
+            Ok(_) => return err(ErrorCode::NotFound, "no such lease of yours"),
+            Err(e) => {
+                tracing::error!(error = %e, "lease lookup failed");
+                return err(ErrorCode::Unavailable, "provider storage error");
+            }
+        }
+        match self.receipts(&r.lease_id) {
+            Ok(mut all) => {
+                let skip = all.len().saturating_sub(MAX_RECEIPTS_PER_ANSWER);
+                all.drain(..skip);
+                Message::Receipts(Receipts {
+                    lease_id: r.lease_id.clone(),
+                    receipts: all,
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "receipt lookup failed");
+                err(ErrorCode::Unavailable, "provider storage error")
+            }
+        }
+    }
+}
