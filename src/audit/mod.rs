@@ -51,6 +51,7 @@
 //! (batch signature verification on all cores), [`export_jsonl`] and [`show`], all of which
 //! also work on a bare `sled::Tree` so the CLI can inspect a log without the node's key.
 
+pub mod certificate;
 mod export;
 pub mod head_file;
 pub mod merkle;
@@ -267,6 +268,9 @@ audit_kinds! {
     PeerRefused => "peer_refused",
     /// An error worth keeping a record of.
     Error => "error",
+    /// A provider certified one of its leases for a third party (`lease export`): the
+    /// entry a lease certificate's inclusion proof points to.
+    LeaseCertified => "lease_certified",
 }
 
 impl fmt::Display for AuditKind {
@@ -1080,7 +1084,7 @@ pub(crate) mod tests {
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
             assert_eq!(kind.to_string(), name);
         }
-        assert_eq!(AuditKind::ALL.len(), 34);
+        assert_eq!(AuditKind::ALL.len(), 35);
         assert_eq!(AuditKind::LeaseReactivated.as_str(), "lease_reactivated");
         assert!(matches!(
             "LeaseIssued".parse::<AuditKind>(),

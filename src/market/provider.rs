@@ -175,6 +175,8 @@ struct Inner {
     pending: Table<PendingInvoice>,
     /// Signed receipts of settled payments, per lease id (see `receipts`).
     receipts: Table<Vec<Signed<crate::wire::Receipt>>>,
+    /// The signed offers leases were made under, by offer id (see `receipts`).
+    lease_offers: Table<Signed<Offer>>,
     meta: Arc<dyn Tree>,
     offer: RwLock<Signed<Offer>>,
     /// Offers signed by this run, newest last, for [`Provider::accepts_offer`].
@@ -231,6 +233,7 @@ impl Provider {
                 leases: Table::open(db, "provider_leases")?,
                 pending: Table::open(db, "provider_pending")?,
                 receipts: Table::open(db, "provider_receipts")?,
+                lease_offers: Table::open(db, "provider_lease_offers")?,
                 key: p.key,
                 peer_id,
                 cfg: p.cfg,

@@ -1,9 +1,11 @@
 //! Receipts: for every settled payment the provider signs a [`Receipt`] (payment hash, amount,
 //! lease, new `paid_until`, and the position of its `invoice_settled` entry in the provider's
 //! Merkle audit log), keeps it, and hands a lease's receipts to its renter on
-//! `receiptsRequest`.
+//! `receiptsRequest`. It also keeps the signed offer each lease was made under, so that a
+//! lease certificate (`lease export`) can carry it long after the offer was re-signed.
 
 use super::*;
+use crate::audit::certificate::{LeaseCertificate, build_certificate};
 use crate::wire::{MAX_RECEIPTS_PER_ANSWER, Receipt, Receipts, ReceiptsRequest};
 
 impl Provider {
@@ -40,6 +42,9 @@ impl Provider {
             log_seq,
             settled_at: self.now(),
         };
+        if rec.lease.revision == 1 {
+            self.keep_lease_offer(&rec.lease.offer_id).await;
+        }
         let signed = match Signed::sign(&self.inner.key, &receipt) {
             Ok(s) => s,
             Err(e) => {
@@ -98,5 +103,76 @@ impl Provider {
                 err(ErrorCode::Unavailable, "provider storage error")
             }
         }
+    }
+
+    /// The signed offer with id `offer_id`: kept at activation, or the current one, or one
+    /// signed recently in this run (signing is deterministic, so re-signing the same offer
+    /// gives the same bytes and id).
+    fn signed_offer(&self, offer_id: &str) -> Result<Option<Signed<Offer>>, MarketError> {
+        if let Some(kept) = self.inner.lease_offers.get(offer_id)? {
+            return Ok(Some(kept));
+        }
+        let current = self.offer();
+        if current.id() == offer_id {
+            return Ok(Some(current));
+        }
+        let recent: Vec<Offer> = self
+            .inner
+            .recent_offers
+            .lock()
+            .expect("recent offers lock not poisoned")
+            .iter()
+            .filter(|(id, _)| id == offer_id)
+            .map(|(_, o)| o.clone())
+            .collect();
+        for offer in recent {
+            let signed = Signed::sign(&self.inner.key, &offer)
+                .map_err(|e| MarketError::Store(e.to_string()))?;
+            if signed.id() == offer_id {
+                return Ok(Some(signed));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Keeps the signed offer a new lease was made under (logged, never fatal, if missing).
+    async fn keep_lease_offer(&self, offer_id: &str) {
+        let kept = match self.signed_offer(offer_id) {
+            Ok(Some(signed)) => self.inner.lease_offers.put(offer_id, &signed).await,
+            Ok(None) => {
+                tracing::warn!(offer_id, "offer of a new lease no longer known; not kept");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, offer_id, "cannot find the offer of a new lease");
+                return;
+            }
+        };
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, offer_id, "cannot keep the offer of a new lease");
+        }
+    }
+
+    /// A lease certificate for one of this provider's leases: its current signed revision
+    /// and offer, proven in the audit log (see [`crate::audit::certificate`]).
+    ///
+    /// # Errors
+    /// [`MarketError::NotFound`] for an unknown lease; audit and store errors.
+    pub async fn lease_certificate(&self, lease_id: &str) -> Result<LeaseCertificate, MarketError> {
+        let rec = self
+            .inner
+            .leases
+            .get(lease_id)?
+            .ok_or_else(|| MarketError::NotFound(format!("no lease {lease_id}")))?;
+        let offer = self.signed_offer(&rec.lease.offer_id)?;
+        if offer.is_none() {
+            tracing::warn!(lease_id, "the lease's offer is no longer known; certificate without it");
+        }
+        build_certificate(&self.inner.audit, &rec.signed, offer.as_ref())
+            .await
+            .map_err(|e| match e {
+                crate::audit::certificate::CertificateError::Audit(a) => MarketError::Audit(a),
+                other => MarketError::Invalid(other.to_string()),
+            })
     }
 }
