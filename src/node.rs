@@ -279,7 +279,9 @@ impl Node {
         let audit = AuditLog::open_keeping_head(
             &db,
             identity.signing_key.clone(),
-            &data_dir.root().join(crate::audit::head_file::HEAD_FILE_NAME),
+            &data_dir
+                .root()
+                .join(crate::audit::head_file::HEAD_FILE_NAME),
         )?;
 
         let secret = read_secret(&data_dir, &cfg)?;

@@ -107,7 +107,10 @@ async fn every_settled_payment_has_a_signed_receipt_the_renter_keeps() {
     assert_eq!(first.paid_until, rental.lease.paid_until);
     assert_eq!(first.payment_hash, rental.lease.payment_hash);
     assert_eq!(first.renter, market.renter.to_string());
-    assert_eq!(kept[0].signed.verify_from(&market.provider.0).unwrap(), *first);
+    assert_eq!(
+        kept[0].signed.verify_from(&market.provider.0).unwrap(),
+        *first
+    );
 
     // Two top-ups: one receipt each, with the lease's new paid_until.
     for amount in [100, 250] {

@@ -82,7 +82,10 @@ impl SignedHex {
     pub fn to_signed<T: SignedKind>(&self) -> Result<Signed<T>, CertificateError> {
         use ciborium::Value;
         let map = Value::Map(vec![
-            (Value::Text("signer".into()), Value::Bytes(self.signer.to_vec())),
+            (
+                Value::Text("signer".into()),
+                Value::Bytes(self.signer.to_vec()),
+            ),
             (Value::Text("body".into()), Value::Bytes(self.body.clone())),
             (Value::Text("sig".into()), Value::Bytes(self.sig.to_vec())),
         ]);
@@ -226,9 +229,7 @@ pub async fn build_certificate(
     if lease.signer.as_slice() != me {
         return Err(invalid("the lease is not signed by this node's key"));
     }
-    let decoded = lease
-        .verify()
-        .map_err(|e| invalid(format!("lease: {e}")))?;
+    let decoded = lease.verify().map_err(|e| invalid(format!("lease: {e}")))?;
     if let Some(o) = offer
         && (o.signer.as_slice() != me || o.id() != decoded.offer_id)
     {
@@ -240,7 +241,9 @@ pub async fn build_certificate(
         lease_sha256: sha256_hex(&lease.body),
         offer_id: decoded.offer_id.clone(),
     };
-    let seq = log.append_async(AuditKind::LeaseCertified, &payload).await?;
+    let seq = log
+        .append_async(AuditKind::LeaseCertified, &payload)
+        .await?;
     let head = log.signed_head();
     if head.head.size <= seq {
         // The writer publishes the head before it answers; this would be a bug.
@@ -321,7 +324,10 @@ pub fn verify_certificate(cert: &LeaseCertificate) -> Result<CertificateSummary,
         return Err(invalid("the log entry is not signed by the provider"));
     }
     if entry.kind != AuditKind::LeaseCertified.as_str() {
-        return Err(invalid(format!("the log entry is a {:?} entry", entry.kind)));
+        return Err(invalid(format!(
+            "the log entry is a {:?} entry",
+            entry.kind
+        )));
     }
     let payload: CertifiedPayload = entry
         .payload_as()
@@ -339,9 +345,10 @@ pub fn verify_certificate(cert: &LeaseCertificate) -> Result<CertificateSummary,
     cert.head
         .verify()
         .map_err(|e| invalid(format!("tree head: {e}")))?;
-    if cert.inclusion.leaf_index != entry.seq || cert.inclusion.tree_size != cert.head.head.size
-    {
-        return Err(invalid("the inclusion proof is for another position or tree"));
+    if cert.inclusion.leaf_index != entry.seq || cert.inclusion.tree_size != cert.head.head.size {
+        return Err(invalid(
+            "the inclusion proof is for another position or tree",
+        ));
     }
     merkle::verify_inclusion(
         &merkle::leaf_hash(&entry.hash),
@@ -468,7 +475,10 @@ mod tests {
         let tampers: Vec<(&str, Tamper)> = vec![
             ("lease body", Box::new(|c| c.lease.body[10] ^= 1)),
             ("lease sig", Box::new(|c| c.lease.sig[0] ^= 1)),
-            ("offer body", Box::new(|c| c.offer.as_mut().unwrap().body[5] ^= 1)),
+            (
+                "offer body",
+                Box::new(|c| c.offer.as_mut().unwrap().body[5] ^= 1),
+            ),
             ("entry payload", Box::new(|c| c.entry.payload[3] ^= 1)),
             ("entry seq", Box::new(|c| c.entry.seq += 1)),
             ("entry sig", Box::new(|c| c.entry.sig[1] ^= 1)),

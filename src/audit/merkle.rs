@@ -118,7 +118,9 @@ pub trait NodeSource {
 impl NodeSource for [Hash] {
     fn perfect(&self, level: u8, index: u64) -> Result<Hash, AuditError> {
         let width = 1usize << level;
-        let lo = usize::try_from(index).unwrap_or(usize::MAX).saturating_mul(width);
+        let lo = usize::try_from(index)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(width);
         self.get(lo..lo.saturating_add(width))
             .map(root_of)
             .ok_or_else(|| AuditError::Decode {
@@ -245,7 +247,9 @@ pub fn verify_inclusion(
     root: &Hash,
 ) -> Result<(), ProofError> {
     if index >= size {
-        return Err(ProofError::Malformed("leaf index is not below the tree size"));
+        return Err(ProofError::Malformed(
+            "leaf index is not below the tree size",
+        ));
     }
     let (mut fnode, mut snode) = (index, size - 1);
     let mut r = *leaf;
@@ -291,7 +295,9 @@ pub fn verify_consistency(
     }
     if old_size == new_size {
         if !proof.is_empty() {
-            return Err(ProofError::Malformed("proof between equal sizes must be empty"));
+            return Err(ProofError::Malformed(
+                "proof between equal sizes must be empty",
+            ));
         }
         return if old_root == new_root {
             Ok(())
@@ -302,7 +308,9 @@ pub fn verify_consistency(
     if old_size == 0 {
         // Every tree extends the empty one.
         if !proof.is_empty() {
-            return Err(ProofError::Malformed("proof from the empty tree must be empty"));
+            return Err(ProofError::Malformed(
+                "proof from the empty tree must be empty",
+            ));
         }
         return if *old_root == empty_root() {
             Ok(())
@@ -676,7 +684,9 @@ mod tests {
                 let other = leaf_hash(b"other");
                 assert!(verify_inclusion(&other, i, n, &path, &root).is_err());
                 if n > 1 {
-                    assert!(verify_inclusion(&l[i as usize], (i + 1) % n, n, &path, &root).is_err());
+                    assert!(
+                        verify_inclusion(&l[i as usize], (i + 1) % n, n, &path, &root).is_err()
+                    );
                 }
                 assert!(verify_inclusion(&l[i as usize], i, n, &path, &[7u8; 32]).is_err());
                 for j in 0..path.len() {

@@ -1524,7 +1524,8 @@ pub(crate) mod tests {
         let db = sled::open(&db_path).unwrap();
         let log = AuditLog::open_keeping_head(&db, test_key(1), &head_path).unwrap();
         for i in 0..n {
-            log.append(AuditKind::PaymentSucceeded, &payment(i)).unwrap();
+            log.append(AuditKind::PaymentSucceeded, &payment(i))
+                .unwrap();
         }
         futures::executor::block_on(log.close()).unwrap();
         drop((log, db));
@@ -1594,7 +1595,10 @@ pub(crate) mod tests {
             prev = e.hash;
             tree.insert(seq.to_be_bytes(), e.encode().unwrap()).unwrap();
         }
-        assert!(verify(&tree, &test_key(1).verifying_key()).ok, "the chain alone passes");
+        assert!(
+            verify(&tree, &test_key(1).verifying_key()).ok,
+            "the chain alone passes"
+        );
         let kept = head_file::load_all(&head_path).unwrap();
         let report = verify_with_heads(&tree, &test_key(1).verifying_key(), &kept);
         assert!(!report.ok);

@@ -185,9 +185,9 @@ impl Writer {
         let mut previous = 0usize;
         loop {
             let first = if self.head_dirty {
-                let due = self
-                    .head_written
-                    .map_or(Duration::ZERO, |t| HEAD_FILE_INTERVAL.saturating_sub(t.elapsed()));
+                let due = self.head_written.map_or(Duration::ZERO, |t| {
+                    HEAD_FILE_INTERVAL.saturating_sub(t.elapsed())
+                });
                 match rx.recv_timeout(due) {
                     Ok(req) => req,
                     Err(RecvTimeoutError::Timeout) => {

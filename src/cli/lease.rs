@@ -29,7 +29,11 @@ pub(super) async fn export(
             bytes.push(b'\n');
             std::fs::write(path, bytes)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            writeln!(io::stderr(), "lease certificate written to {}", path.display())?;
+            writeln!(
+                io::stderr(),
+                "lease certificate written to {}",
+                path.display()
+            )?;
         }
         None => writeln!(io::stdout().lock(), "{}", reply.certificate_json)?,
     }
@@ -45,7 +49,12 @@ pub(super) fn verify(file: &Path, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&mut out, &s);
     }
-    let prefixes: Vec<&str> = s.ipv4.iter().chain(s.ipv6.iter()).map(String::as_str).collect();
+    let prefixes: Vec<&str> = s
+        .ipv4
+        .iter()
+        .chain(s.ipv6.iter())
+        .map(String::as_str)
+        .collect();
     writeln!(out, "lease certificate valid")?;
     writeln!(out, "  lease      {} (revision {})", s.lease_id, s.revision)?;
     writeln!(out, "  holder     {} (renter)", s.renter)?;
@@ -56,7 +65,11 @@ pub(super) fn verify(file: &Path, json: bool) -> anyhow::Result<()> {
         rfc3339(s.activated_at),
         rfc3339(s.paid_until)
     )?;
-    writeln!(out, "  signed by  {} (provider key {})", s.provider, s.provider_key)?;
+    writeln!(
+        out,
+        "  signed by  {} (provider key {})",
+        s.provider, s.provider_key
+    )?;
     writeln!(
         out,
         "  offer      {}{}",

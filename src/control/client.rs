@@ -210,7 +210,10 @@ impl ControlClient {
     ///
     /// # Errors
     /// As [`ControlClient::status`].
-    pub async fn receipts(&self, lease_id: Option<String>) -> Result<pb::ReceiptsReply, ControlError> {
+    pub async fn receipts(
+        &self,
+        lease_id: Option<String>,
+    ) -> Result<pb::ReceiptsReply, ControlError> {
         Ok(self
             .inner
             .clone()

@@ -586,7 +586,10 @@ impl ControlHandler for NodeControl {
                 "lease certificates are made by the lease's provider; this node is not one".into(),
             )
         })?;
-        let cert = p.lease_certificate(&req.lease_id).await.map_err(market_err)?;
+        let cert = p
+            .lease_certificate(&req.lease_id)
+            .await
+            .map_err(market_err)?;
         let certificate_json = serde_json::to_string_pretty(&cert)
             .map_err(|e| ControlError::Internal(format!("cannot encode the certificate: {e}")))?;
         Ok(pb::LeaseCertificateReply { certificate_json })

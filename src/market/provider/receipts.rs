@@ -11,7 +11,11 @@ use crate::wire::{MAX_RECEIPTS_PER_ANSWER, Receipt, Receipts, ReceiptsRequest};
 impl Provider {
     /// Appends to the audit log like `audit`, returning the entry's seq (`None`, logged,
     /// when the append failed).
-    pub(super) async fn audit_seq(&self, kind: AuditKind, payload: serde_json::Value) -> Option<u64> {
+    pub(super) async fn audit_seq(
+        &self,
+        kind: AuditKind,
+        payload: serde_json::Value,
+    ) -> Option<u64> {
         match self.inner.audit.append_async(kind, &payload).await {
             Ok(seq) => Some(seq),
             Err(e) => {
@@ -59,7 +63,8 @@ impl Provider {
                 let mut all = old.cloned().unwrap_or_default();
                 // Idempotent: a settlement finished twice keeps one receipt per payment.
                 if !all.iter().any(|r: &Signed<Receipt>| {
-                    r.verify().is_ok_and(|x| x.payment_hash == receipt.payment_hash)
+                    r.verify()
+                        .is_ok_and(|x| x.payment_hash == receipt.payment_hash)
                 }) {
                     all.push(signed.clone());
                 }
@@ -166,7 +171,10 @@ impl Provider {
             .ok_or_else(|| MarketError::NotFound(format!("no lease {lease_id}")))?;
         let offer = self.signed_offer(&rec.lease.offer_id)?;
         if offer.is_none() {
-            tracing::warn!(lease_id, "the lease's offer is no longer known; certificate without it");
+            tracing::warn!(
+                lease_id,
+                "the lease's offer is no longer known; certificate without it"
+            );
         }
         build_certificate(&self.inner.audit, &rec.signed, offer.as_ref())
             .await

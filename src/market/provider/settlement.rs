@@ -160,8 +160,13 @@ impl Provider {
             )
             .await;
         if let Some(log_seq) = log_seq {
-            self.issue_receipt(&rec, &p.payment_hash, status.amount_paid_msat / 1000, log_seq)
-                .await;
+            self.issue_receipt(
+                &rec,
+                &p.payment_hash,
+                status.amount_paid_msat / 1000,
+                log_seq,
+            )
+            .await;
         }
         self.finish_issued(request_id, &settled).await?;
         Ok(Some(rec.signed))

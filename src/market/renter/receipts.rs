@@ -44,9 +44,10 @@ impl Renter {
         let valid: Vec<KeptReceipt> = got
             .into_iter()
             .filter_map(|signed| {
-                let checked = signed.verify_from(&peer).ok().filter(|r| {
-                    r.lease_id == lease_id && r.renter == me && r.provider == provider
-                });
+                let checked = signed
+                    .verify_from(&peer)
+                    .ok()
+                    .filter(|r| r.lease_id == lease_id && r.renter == me && r.provider == provider);
                 if checked.is_none() {
                     tracing::warn!(%peer, lease_id, "provider sent an invalid receipt; skipped");
                 }
