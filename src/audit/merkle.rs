@@ -133,7 +133,7 @@ impl NodeSource for [Hash] {
 /// Root over leaves `[lo, hi)`, `lo < hi`, from perfect subtrees.
 pub fn subtree_root<S: NodeSource + ?Sized>(src: &S, lo: u64, hi: u64) -> Result<Hash, AuditError> {
     let n = hi - lo;
-    if n.is_power_of_two() && lo % n == 0 {
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
         return src.perfect(n.trailing_zeros() as u8, lo / n);
     }
     let k = split(n);
