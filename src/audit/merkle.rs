@@ -428,6 +428,50 @@ impl SignedTreeHead {
     }
 }
 
+impl SignedTreeHead {
+    /// The wire form (`head` of a `head` message).
+    pub fn to_wire(&self) -> crate::wire::WireHead {
+        crate::wire::WireHead {
+            size: self.head.size,
+            time_ms: self.head.time_ms,
+            root: self.head.root.to_vec(),
+            signer: self.signer.to_vec(),
+            sig: self.sig.to_vec(),
+        }
+    }
+
+    /// Reads the wire form and checks its signature.
+    ///
+    /// # Errors
+    /// [`ProofError::Malformed`] for wrong field lengths; [`ProofError::BadKey`] or
+    /// [`ProofError::BadSignature`].
+    pub fn from_wire(w: &crate::wire::WireHead) -> Result<Self, ProofError> {
+        let sth = SignedTreeHead {
+            head: TreeHead {
+                size: w.size,
+                time_ms: w.time_ms,
+                root: w
+                    .root
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ProofError::Malformed("root is not 32 bytes"))?,
+            },
+            signer: w
+                .signer
+                .as_slice()
+                .try_into()
+                .map_err(|_| ProofError::Malformed("signer is not 32 bytes"))?,
+            sig: w
+                .sig
+                .as_slice()
+                .try_into()
+                .map_err(|_| ProofError::Malformed("signature is not 64 bytes"))?,
+        };
+        sth.verify()?;
+        Ok(sth)
+    }
+}
+
 /// An inclusion proof of one leaf, as carried in certificates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InclusionProof {
@@ -605,6 +649,44 @@ impl MerkleStore {
     }
 }
 
+/// What a witness concludes from a peer's newer head and the proof that came with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadVerdict {
+    /// The new head extends the old one (or equals it): keep the new one.
+    Extends,
+    /// The two heads cannot both be true of one append-only log: the signer forked or
+    /// rewrote it (`reason` says how).
+    Fork {
+        /// Why.
+        reason: String,
+    },
+    /// The signer presented a head smaller than one it signed before: it lost or removed
+    /// entries (a rollback or truncation).
+    Rollback,
+}
+
+/// Compares a peer's `new` head with the `old` one a witness holds, given the consistency
+/// proof from `old.size` to `new.size` the peer sent. Both heads must already be verified
+/// and by the same signer (the caller checks that).
+pub fn judge_heads(old: &SignedTreeHead, new: &SignedTreeHead, proof: &[Hash]) -> HeadVerdict {
+    let (o, n) = (old.head, new.head);
+    if n.size < o.size {
+        return HeadVerdict::Rollback;
+    }
+    match verify_consistency(o.size, n.size, &o.root, &n.root, proof) {
+        Ok(()) => HeadVerdict::Extends,
+        Err(e) if n.size == o.size => HeadVerdict::Fork {
+            reason: format!("two heads of size {} with different roots ({e})", n.size),
+        },
+        Err(e) => HeadVerdict::Fork {
+            reason: format!(
+                "the head of size {} does not extend the head of size {}: {e}",
+                n.size, o.size
+            ),
+        },
+    }
+}
+
 /// Serde helpers: fixed-size byte arrays and lists of them as lowercase hex text.
 pub(crate) mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -776,6 +858,39 @@ mod tests {
         assert_eq!(store.root(11).unwrap(), root_of(&l));
         // Idempotent.
         assert_eq!(store.catch_up(log.tree()).unwrap(), 11);
+    }
+
+    #[test]
+    fn judging_heads_finds_forks_and_rollbacks() {
+        let key = test_key(3);
+        let l = leaves(9);
+        let head = |n: usize, leaves: &[Hash]| {
+            TreeHead {
+                size: n as u64,
+                time_ms: n as u64,
+                root: root_of(&leaves[..n]),
+            }
+            .sign(&key)
+        };
+        let old = head(5, &l);
+        let new = head(9, &l);
+        let proof = consistency_proof(l.as_slice(), 5, 9).unwrap();
+        assert_eq!(judge_heads(&old, &new, &proof), HeadVerdict::Extends);
+        assert_eq!(judge_heads(&old, &old, &[]), HeadVerdict::Extends);
+        assert_eq!(judge_heads(&new, &old, &[]), HeadVerdict::Rollback);
+        // A fork at leaf 3: its own history is self-consistent, but not with the old head.
+        let mut forked = l.clone();
+        forked[3] = leaf_hash(b"fork");
+        let fork_new = head(9, &forked);
+        let fork_proof = consistency_proof(forked.as_slice(), 5, 9).unwrap();
+        assert!(matches!(
+            judge_heads(&old, &fork_new, &fork_proof),
+            HeadVerdict::Fork { .. }
+        ));
+        assert!(matches!(
+            judge_heads(&old, &head(5, &forked), &[]),
+            HeadVerdict::Fork { .. }
+        ));
     }
 
     #[test]

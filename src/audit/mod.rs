@@ -60,7 +60,8 @@ mod writer;
 
 pub use export::{export_jsonl, show};
 pub use merkle::{
-    ConsistencyProof, InclusionProof, MerkleStore, ProofError, SignedTreeHead, TreeHead,
+    ConsistencyProof, HeadVerdict, InclusionProof, MerkleStore, ProofError, SignedTreeHead,
+    TreeHead,
 };
 pub use verify::{BadEntry, KeptHeadCheck, VerifyReport, verify, verify_with_heads};
 
@@ -271,6 +272,8 @@ audit_kinds! {
     /// A provider certified one of its leases for a third party (`lease export`): the
     /// entry a lease certificate's inclusion proof points to.
     LeaseCertified => "lease_certified",
+    /// Two signed heads of a peer's log that cannot both be true (a fork or a rollback).
+    LogForkDetected => "log_fork_detected",
 }
 
 impl fmt::Display for AuditKind {
@@ -942,6 +945,31 @@ impl AuditLog {
         })
     }
 
+    /// The answer to a peer's `headRequest`: the latest signed head and the consistency
+    /// proof to it from `since_size` (from 0, i.e. empty, when `since_size` is past the head:
+    /// the asker then sees the rollback itself).
+    ///
+    /// # Errors
+    /// Store errors reading the proof's nodes.
+    pub fn head_reply(&self, since_size: u64) -> Result<crate::wire::HeadReply, AuditError> {
+        let head = self.signed_head();
+        let since = if since_size > head.head.size {
+            0
+        } else {
+            since_size
+        };
+        let proof = self.consistency_proof(since, head.head.size)?;
+        Ok(crate::wire::HeadReply {
+            head: head.to_wire(),
+            since_size: since,
+            proof: proof
+                .path
+                .iter()
+                .map(|h| serde_bytes::ByteBuf::from(h.to_vec()))
+                .collect(),
+        })
+    }
+
     fn check_size(&self, size: u64) -> Result<(), AuditError> {
         let stored = self.inner.merkle.size()?;
         if size > stored {
@@ -1084,7 +1112,7 @@ pub(crate) mod tests {
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
             assert_eq!(kind.to_string(), name);
         }
-        assert_eq!(AuditKind::ALL.len(), 35);
+        assert_eq!(AuditKind::ALL.len(), 36);
         assert_eq!(AuditKind::LeaseReactivated.as_str(), "lease_reactivated");
         assert!(matches!(
             "LeaseIssued".parse::<AuditKind>(),

@@ -24,6 +24,7 @@ use crate::types::{Sats, Terms, WgKey};
 /// | `refundRequest` | `status` |
 /// | `offersRequest` | `offers` |
 /// | `receiptsRequest` | `receipts` |
+/// | `headRequest` | `head` |
 ///
 /// Any request may be answered with `error`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,6 +62,11 @@ pub enum Message {
     ReceiptsRequest(ReceiptsRequest),
     /// The answer to `receiptsRequest`: every receipt of the lease, oldest first.
     Receipts(Receipts),
+    /// Asks a node for its latest signed audit head, with a consistency proof from a size the
+    /// asker saw before.
+    HeadRequest(HeadRequest),
+    /// The answer to `headRequest`.
+    Head(HeadReply),
 }
 
 impl Message {
@@ -83,6 +89,8 @@ impl Message {
             Message::Offers(_) => "offers",
             Message::ReceiptsRequest(_) => "receiptsRequest",
             Message::Receipts(_) => "receipts",
+            Message::HeadRequest(_) => "headRequest",
+            Message::Head(_) => "head",
         }
     }
 }
@@ -602,4 +610,44 @@ pub struct Receipts {
     pub lease_id: String,
     /// The receipts.
     pub receipts: Vec<Signed<Receipt>>,
+}
+
+/// Asks for the answerer's latest signed tree head and a consistency proof to it from
+/// `since_size` (the size of the answerer's head the asker last saw; 0 for none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadRequest {
+    /// The size of the answerer's head the asker holds (0: none).
+    pub since_size: u64,
+}
+
+/// A signed tree head of an audit log on the wire (docs/PROTOCOL.md §18): the signer's
+/// Ed25519 signature over `"leasewire/audit-head/v1" || 0x00 || size || time_ms || root`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireHead {
+    /// Entries covered.
+    pub size: u64,
+    /// Signing time, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Merkle root (32 bytes).
+    #[serde(with = "serde_bytes")]
+    pub root: Vec<u8>,
+    /// Signer's Ed25519 public key (32 bytes).
+    #[serde(with = "serde_bytes")]
+    pub signer: Vec<u8>,
+    /// Signature (64 bytes).
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+/// The answerer's latest signed head and the consistency proof from the asked size to it
+/// (empty when that size is 0, equal to the head's, or larger: the asker judges that).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadReply {
+    /// The latest signed head of the answerer's audit log.
+    pub head: WireHead,
+    /// The size the proof starts from (the request's `since_size`, or 0 when larger than
+    /// the head).
+    pub since_size: u64,
+    /// RFC 9162 consistency proof from `since_size` to `head.size` (32-byte hashes).
+    pub proof: Vec<serde_bytes::ByteBuf>,
 }
