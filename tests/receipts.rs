@@ -132,6 +132,23 @@ async fn every_settled_payment_has_a_signed_receipt_the_renter_keeps() {
         kept.iter().map(|k| k.signed.clone()).collect::<Vec<_>>()
     );
 
+    // The renter witnesses the provider's audit log: a first head, then heads that extend it.
+    use leasewire::market::witness::Observation;
+    assert_eq!(
+        renter.witness_provider(market.provider.0).await.unwrap(),
+        Observation::First
+    );
+    renter.add_credit(&lease_id, 100).await.unwrap();
+    assert_eq!(
+        renter.witness_provider(market.provider.0).await.unwrap(),
+        Observation::Extends
+    );
+    renter.tick().await.unwrap();
+    let seen = renter.witness().peers().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].peer, market.provider.0.to_string());
+    assert!(renter.witness().evidence().unwrap().is_empty());
+
     // Nobody but the lease's renter gets them.
     let stranger = peer_id_of(&SigningKey::from_bytes(&[77; 32]).verifying_key());
     let reply = market

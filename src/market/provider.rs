@@ -522,6 +522,7 @@ impl Provider {
             Message::LeaseEnd(end) => self.on_lease_end(peer, end).await,
             Message::RefundRequest(r) => self.on_refund_request(peer, r).await,
             Message::ReceiptsRequest(r) => self.on_receipts_request(peer, &r),
+            Message::HeadRequest(r) => self.on_head_request(&r),
             other => err(
                 ErrorCode::Unsupported,
                 format!("a provider does not answer {}", other.name()),

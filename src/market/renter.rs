@@ -275,6 +275,8 @@ struct Inner {
     payments: Table<PaymentRecord>,
     /// Every receipt the providers signed, per lease id (see `receipts`).
     receipts: Table<Vec<KeptReceipt>>,
+    /// The providers' audit heads this renter has witnessed, and evidence against them.
+    witness: super::witness::Witness,
     /// What this renter has seen of each provider, by PeerId: deliveries and failures.
     providers: Table<ProviderHistory>,
     /// Per lease: one top-up, manual invoice or release at a time.
@@ -335,6 +337,7 @@ impl Renter {
                 rentals: Table::open(db, "renter_rentals")?,
                 payments: Table::open(db, "renter_payments")?,
                 receipts: Table::open(db, "renter_receipts")?,
+                witness: super::witness::Witness::open(db, p.audit.clone())?,
                 providers: Table::open(db, "renter_providers")?,
                 key: p.key,
                 peer_id,
@@ -505,6 +508,8 @@ impl Renter {
                 tracing::info!(lease_id = %id, error = %e, "refund not claimed yet; retrying later");
             }
         }
+        // Check each provider's audit log head against the one seen last time.
+        self.witness_providers().await;
         Ok(())
     }
 

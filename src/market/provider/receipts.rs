@@ -84,6 +84,18 @@ impl Provider {
         Ok(self.inner.receipts.get(lease_id)?.unwrap_or_default())
     }
 
+    /// Answers `headRequest`: this node's latest signed audit head, with the consistency
+    /// proof from the size the asker holds.
+    pub(super) fn on_head_request(&self, r: &crate::wire::HeadRequest) -> Message {
+        match self.inner.audit.head_reply(r.since_size) {
+            Ok(reply) => Message::Head(reply),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make a head reply");
+                err(ErrorCode::Unavailable, "audit log unreadable")
+            }
+        }
+    }
+
     /// Answers `receiptsRequest`: the lease's receipts, to its renter only.
     pub(super) fn on_receipts_request(&self, peer: PeerId, r: &ReceiptsRequest) -> Message {
         match self.inner.leases.get(&r.lease_id) {

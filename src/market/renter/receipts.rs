@@ -95,4 +95,62 @@ impl Renter {
         }
         Ok(out)
     }
+
+    /// The witness of this renter's providers' audit logs.
+    pub fn witness(&self) -> &crate::market::witness::Witness {
+        &self.inner.witness
+    }
+
+    /// Asks every provider of a lease not released for its latest audit head with a
+    /// consistency proof from the head seen last time, and checks it: a fork or a rollback
+    /// is kept as evidence and audited. Unreachable providers are asked again next time.
+    pub async fn witness_providers(&self) {
+        let rentals = match self.inner.rentals.all() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read rentals to witness providers");
+                return;
+            }
+        };
+        let mut providers: Vec<String> = rentals
+            .into_iter()
+            .filter(|(_, r)| r.state != LeaseState::Released)
+            .map(|(_, r)| r.lease.provider)
+            .collect();
+        providers.sort();
+        providers.dedup();
+        for p in providers {
+            let Ok(peer) = p.parse::<PeerId>() else {
+                continue;
+            };
+            if let Err(e) = self.witness_provider(peer).await {
+                tracing::debug!(provider = %p, error = %e, "provider head not witnessed");
+            }
+        }
+    }
+
+    /// One `headRequest` to `peer`, checked by the witness.
+    ///
+    /// # Errors
+    /// Network errors, refusals, a malformed or wrongly signed head, store errors.
+    pub async fn witness_provider(
+        &self,
+        peer: PeerId,
+    ) -> Result<crate::market::witness::Observation, MarketError> {
+        let since_size = self.inner.witness.since_size(&peer)?;
+        let msg = Message::HeadRequest(crate::wire::HeadRequest { since_size });
+        // Straight to the network, not through `ask`: a witness probe must not count as a
+        // delivery failure of the provider (the tick's status poll already does).
+        match self.inner.peers.request(peer, msg).await? {
+            (Message::Head(reply), _) => self.inner.witness.observe(&peer, &reply).await,
+            (Message::Error(e), _) => Err(MarketError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            (other, _) => Err(MarketError::Unexpected {
+                expected: "head",
+                got: other.name(),
+            }),
+        }
+    }
 }
