@@ -130,3 +130,67 @@ fn audit_verify_reports_a_truncated_log() {
     assert_eq!(v["kept_heads"][0]["size"], 6);
     assert_eq!(v["kept_heads"][0]["ok"], false);
 }
+
+#[test]
+fn audit_peers_and_evidence_list_what_the_witness_found() {
+    use leasewire::market::witness::{Observation, Witness};
+    use leasewire::wire::signed::peer_id_of;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = leasewire(dir, &["init", "--role", "renter"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    // A peer's log (key 0x11) and a fork of it; the node witnesses both heads.
+    let peer_key = ed25519_dalek::SigningKey::from_bytes(&[0x11; 32]);
+    let peer = peer_id_of(&peer_key.verifying_key());
+    let logs: Vec<_> = (0..2)
+        .map(|fork| {
+            let d = tempfile::tempdir().unwrap();
+            let db = sled::open(d.path().join("db")).unwrap();
+            let log = AuditLog::open(&db, peer_key.clone()).unwrap();
+            for i in 0..3 + fork {
+                log.append(AuditKind::Hello, &(i + 10 * fork)).unwrap();
+            }
+            (d, db, log)
+        })
+        .collect();
+    {
+        let key = Identity::load(dir).unwrap().signing_key;
+        let db = sled::open(dir.join("db")).unwrap();
+        let me = AuditLog::open(&db, key).unwrap();
+        let store: &dyn leasewire::market::store::Store = &db;
+        let w = Witness::open(store, me).unwrap();
+        db.flush().unwrap();
+        let out = leasewire(dir, &["audit", "evidence"]);
+        // The database is held by this process: the CLI asks the daemon, and there is none.
+        assert_eq!(out.status.code(), Some(1));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = logs[0].2.head_reply(0).unwrap();
+        assert_eq!(
+            rt.block_on(w.observe(&peer, &first)).unwrap(),
+            Observation::First
+        );
+        let forked = logs[1].2.head_reply(3).unwrap();
+        assert!(matches!(
+            rt.block_on(w.observe(&peer, &forked)).unwrap(),
+            Observation::Conflict(_)
+        ));
+    }
+    let out = leasewire(dir, &["audit", "peers", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(v[0]["peer"], peer.to_string());
+    assert_eq!(v[0]["head"]["size"], 3);
+    let out = leasewire(dir, &["audit", "evidence", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["kind"], "fork");
+    assert_eq!(v[0]["new"]["size"], 4);
+    let out = leasewire(dir, &["audit", "evidence"]);
+    assert!(
+        text(&out.stdout).contains(" fork "),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -263,6 +263,17 @@ enum AuditCommand {
         #[command(flatten)]
         out: Output,
     },
+    /// The audit heads of peers this node has witnessed
+    Peers {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Evidence of peers whose logs forked or rolled back (two signed heads that cannot both
+    /// be true)
+    Evidence {
+        #[command(flatten)]
+        out: Output,
+    },
     /// Write every entry as JSON lines to stdout (the daemon must be stopped)
     Export {
         /// Output format
@@ -346,6 +357,8 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
             match command {
                 AuditCommand::Verify { out } => audit::verify(&data_dir, out.json),
                 AuditCommand::Show { from, out } => audit::show(&data_dir, from, out.json),
+                AuditCommand::Peers { out } => audit::witness(&data_dir, false, out.json),
+                AuditCommand::Evidence { out } => audit::witness(&data_dir, true, out.json),
                 AuditCommand::Export {
                     format: ExportFormat::Jsonl,
                 } => audit::export(&data_dir),

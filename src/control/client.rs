@@ -237,4 +237,17 @@ impl ControlClient {
             .await?
             .into_inner())
     }
+
+    /// Calls `AuditWitness`.
+    ///
+    /// # Errors
+    /// As [`ControlClient::status`].
+    pub async fn audit_witness(&self) -> Result<pb::AuditWitnessReply, ControlError> {
+        Ok(self
+            .inner
+            .clone()
+            .audit_witness(pb::AuditWitnessRequest {})
+            .await?
+            .into_inner())
+    }
 }

@@ -154,6 +154,8 @@ pub trait ControlHandler: Send + Sync + 'static {
     async fn audit_verify(&self) -> Result<pb::AuditVerifyReply, ControlError>;
     /// Renter: the kept receipts.
     async fn receipts(&self, req: pb::ReceiptsRequest) -> Result<pb::ReceiptsReply, ControlError>;
+    /// Witnessed peer heads and evidence.
+    async fn audit_witness(&self) -> Result<pb::AuditWitnessReply, ControlError>;
     /// Provider: a lease certificate.
     async fn lease_certificate(
         &self,
@@ -279,6 +281,13 @@ impl pb::control_server::Control for Service {
         req: Request<pb::ReceiptsRequest>,
     ) -> Result<Response<pb::ReceiptsReply>, Status> {
         reply("receipts", self.handler.receipts(req.into_inner()).await)
+    }
+
+    async fn audit_witness(
+        &self,
+        _req: Request<pb::AuditWitnessRequest>,
+    ) -> Result<Response<pb::AuditWitnessReply>, Status> {
+        reply("audit_witness", self.handler.audit_witness().await)
     }
 
     async fn lease_certificate(
@@ -501,6 +510,10 @@ mod tests {
             _req: pb::ReceiptsRequest,
         ) -> Result<pb::ReceiptsReply, ControlError> {
             Ok(pb::ReceiptsReply::default())
+        }
+
+        async fn audit_witness(&self) -> Result<pb::AuditWitnessReply, ControlError> {
+            Ok(pb::AuditWitnessReply::default())
         }
 
         async fn lease_certificate(

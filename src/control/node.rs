@@ -577,6 +577,20 @@ impl ControlHandler for NodeControl {
         Ok(pb::ReceiptsReply { receipts })
     }
 
+    async fn audit_witness(&self) -> Result<pb::AuditWitnessReply, ControlError> {
+        let (peers, evidence) = match &self.renter {
+            Some(r) => (
+                r.witness().peers().map_err(market_err)?,
+                r.witness().evidence().map_err(market_err)?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let json =
+            serde_json::to_string(&serde_json::json!({"peers": peers, "evidence": evidence}))
+                .map_err(|e| ControlError::Internal(format!("cannot encode: {e}")))?;
+        Ok(pb::AuditWitnessReply { json })
+    }
+
     async fn lease_certificate(
         &self,
         req: pb::LeaseCertificateRequest,

@@ -203,6 +203,20 @@ impl Witness {
         Ok(self.evidence.all()?.into_iter().map(|(_, e)| e).collect())
     }
 
+    /// Reads the heads and evidence kept in `db` without opening a witness (for the CLI on a
+    /// stopped daemon's database).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn read(db: &dyn Store) -> Result<(Vec<WitnessedHead>, Vec<ForkEvidence>), MarketError> {
+        let heads: Table<WitnessedHead> = Table::open(db, "witness_heads")?;
+        let evidence: Table<ForkEvidence> = Table::open(db, "witness_evidence")?;
+        Ok((
+            heads.all()?.into_iter().map(|(_, w)| w).collect(),
+            evidence.all()?.into_iter().map(|(_, e)| e).collect(),
+        ))
+    }
+
     /// Whether `peer` has evidence against it (for ranking).
     ///
     /// # Errors
