@@ -26,13 +26,17 @@ use libp2p::PeerId;
 
 struct Market {
     provider: (PeerId, Provider),
+    /// More providers, for the ranking test.
+    others: Vec<(PeerId, Provider)>,
     renter: PeerId,
 }
 
 #[async_trait::async_trait]
 impl Peers for Market {
     async fn find_providers(&self) -> Result<Vec<PeerId>, MarketError> {
-        Ok(vec![self.provider.0])
+        Ok(std::iter::once(self.provider.0)
+            .chain(self.others.iter().map(|o| o.0))
+            .collect())
     }
 
     async fn request(
@@ -40,29 +44,25 @@ impl Peers for Market {
         peer: PeerId,
         msg: Message,
     ) -> Result<(Message, Duration), MarketError> {
-        assert_eq!(peer, self.provider.0);
-        Ok((
-            self.provider.1.handle(self.renter, msg).await,
-            Duration::from_millis(1),
-        ))
+        let p = std::iter::once(&self.provider)
+            .chain(self.others.iter())
+            .find(|p| p.0 == peer)
+            .expect("a known provider");
+        Ok((p.1.handle(self.renter, msg).await, Duration::from_millis(1)))
     }
 }
 
-#[tokio::test]
-async fn every_settled_payment_has_a_signed_receipt_the_renter_keeps() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = MemNetwork::new(&[("renter".into(), 1_000_000), ("prov".into(), 0)]).unwrap();
-    let clock = Arc::new(ManualClock::starting_now());
-    let prov = provider(dir.path(), "prov", 10, 50, &net, &clock);
-    prov.1.start().await.unwrap();
+/// A renter (key 30) over `market`'s providers.
+fn renter_for(
+    dir: &std::path::Path,
+    net: &MemNetwork,
+    clock: &Arc<ManualClock>,
+    market: Arc<Market>,
+) -> Renter {
     let key = SigningKey::from_bytes(&[30; 32]);
-    let db = sled::open(dir.path().join("renter").join("db")).unwrap();
+    let db = sled::open(dir.join("renter").join("db")).unwrap();
     let audit = AuditLog::open(&db, key.clone()).unwrap();
-    let market = Arc::new(Market {
-        provider: prov,
-        renter: peer_id_of(&key.verifying_key()),
-    });
-    let renter = Renter::with_clock(
+    Renter::with_clock(
         RenterParams {
             key,
             cfg: RenterConfig {
@@ -77,17 +77,33 @@ async fn every_settled_payment_has_a_signed_receipt_the_renter_keeps() {
             wg_public: WgKey([32; 32]),
             iface: "lwr".into(),
             keepalive: 25,
-            conf_dir: dir.path().join("renter").join("wireguard"),
+            conf_dir: dir.join("renter").join("wireguard"),
             etc_wireguard: None,
             ln: Arc::new(net.node("renter").unwrap()),
-            tunnel: Arc::new(FileTunnel::new(dir.path().join("renter").join("tunnel")).unwrap()),
+            tunnel: Arc::new(FileTunnel::new(dir.join("renter").join("tunnel")).unwrap()),
             audit,
-            peers: market.clone(),
+            peers: market,
             db,
         },
         clock.clone(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_settled_payment_has_a_signed_receipt_the_renter_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemNetwork::new(&[("renter".into(), 1_000_000), ("prov".into(), 0)]).unwrap();
+    let clock = Arc::new(ManualClock::starting_now());
+    let prov = provider(dir.path(), "prov", 10, 50, &net, &clock);
+    prov.1.start().await.unwrap();
+    let key = SigningKey::from_bytes(&[30; 32]);
+    let market = Arc::new(Market {
+        provider: prov,
+        others: Vec::new(),
+        renter: peer_id_of(&key.verifying_key()),
+    });
+    let renter = renter_for(dir.path(), &net, &clock, market.clone());
 
     renter.discover().await.unwrap();
     let rental = renter
@@ -162,4 +178,56 @@ async fn every_settled_payment_has_a_signed_receipt_the_renter_keeps() {
         )
         .await;
     assert!(matches!(reply, Message::Error(_)), "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_provider_whose_log_forked_is_demoted_in_ranking() {
+    use leasewire::audit::AuditKind;
+    use leasewire::market::witness::Observation;
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemNetwork::new(&[
+        ("renter".into(), 1_000_000),
+        ("cheap".into(), 0),
+        ("dear".into(), 0),
+    ])
+    .unwrap();
+    let clock = Arc::new(ManualClock::starting_now());
+    let cheap = provider(dir.path(), "cheap", 10, 50, &net, &clock);
+    let dear = provider(dir.path(), "dear", 20, 100, &net, &clock);
+    cheap.1.start().await.unwrap();
+    dear.1.start().await.unwrap();
+    let market = Arc::new(Market {
+        provider: cheap,
+        others: vec![dear],
+        renter: peer_id_of(&SigningKey::from_bytes(&[30; 32]).verifying_key()),
+    });
+    let renter = renter_for(dir.path(), &net, &clock, market.clone());
+    renter.discover().await.unwrap();
+    let cheap_id = market.provider.0.to_string();
+    assert_eq!(renter.offers(Some(1_000))[0].peer, cheap_id);
+
+    // The renter has seen the cheap provider's head; then a copy of its log with another
+    // history (same key: a copied data dir) answers.
+    assert_eq!(
+        renter.witness_provider(market.provider.0).await.unwrap(),
+        Observation::First
+    );
+    let seen = renter.witness().since_size(&market.provider.0).unwrap();
+    let fork_dir = tempfile::tempdir().unwrap();
+    let fork_db = sled::open(fork_dir.path().join("db")).unwrap();
+    let fork = AuditLog::open(&fork_db, SigningKey::from_bytes(&[10; 32])).unwrap();
+    for i in 0..seen + 2 {
+        fork.append(AuditKind::Hello, &i).unwrap();
+    }
+    let forked = fork.head_reply(seen).unwrap();
+    assert!(matches!(
+        renter
+            .witness()
+            .observe(&market.provider.0, &forked)
+            .await
+            .unwrap(),
+        Observation::Conflict(_)
+    ));
+    // Demoted: the dearer honest provider now ranks first.
+    assert_ne!(renter.offers(Some(1_000))[0].peer, cheap_id);
 }
