@@ -17,7 +17,7 @@ use leasewire::audit::merkle::{
     self, consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, root_of,
 };
 use leasewire::audit::{TreeHead, merkle::Hash};
-use leasewire::wire::{Receipt, Signed};
+use leasewire::wire::{HeadReply, HeadRequest, Message, Receipt, Signed};
 
 fn doc() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md");
@@ -118,6 +118,27 @@ fn computed() -> BTreeMap<String, String> {
     let signed = Signed::sign(&key, &receipt).unwrap();
     v.insert("receipt_body".into(), hex::encode(&signed.body));
     v.insert("receipt_sig".into(), hex::encode(&signed.sig));
+    // The head exchange: a request from size 3, and the answer with the head above and the
+    // consistency proof 3 -> 7.
+    let cbor = |m: &Message| {
+        let mut out = Vec::new();
+        ciborium::into_writer(m, &mut out).unwrap();
+        hex::encode(out)
+    };
+    v.insert(
+        "head_request.message".into(),
+        cbor(&Message::HeadRequest(HeadRequest { since_size: 3 })),
+    );
+    let reply = HeadReply {
+        head: head.sign(&key).to_wire(),
+        since_size: 3,
+        proof: consistency_proof(leaves.as_slice(), 3, 7)
+            .unwrap()
+            .iter()
+            .map(|h| serde_bytes::ByteBuf::from(h.to_vec()))
+            .collect(),
+    };
+    v.insert("head.message".into(), cbor(&Message::Head(reply)));
     v
 }
 
