@@ -164,45 +164,6 @@ impl<W: Write> Write for SkipLines<W> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn skip_lines_drops_exactly_the_first_lines_across_writes() {
-        let mut w = SkipLines {
-            inner: Vec::new(),
-            skip: 2,
-        };
-        w.write_all(b"zero\non").unwrap();
-        w.write_all(b"e\ntwo\n").unwrap();
-        w.write_all(b"three\n").unwrap();
-        assert_eq!(w.inner, b"two\nthree\n");
-
-        let mut none = SkipLines {
-            inner: Vec::new(),
-            skip: 0,
-        };
-        none.write_all(b"a\nb\n").unwrap();
-        assert_eq!(none.inner, b"a\nb\n");
-    }
-
-    #[test]
-    fn missing_database_is_reported_not_created() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = open_db(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("no audit log at"), "{err}");
-        assert!(!dir.path().join("db").exists());
-    }
-
-    #[test]
-    fn locked_database_is_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        let _held = sled::open(dir.path().join("db")).unwrap();
-        assert!(open_db(dir.path()).unwrap().is_none());
-    }
-}
-
 /// `audit peers` / `audit evidence`: the peers' heads this node witnessed, or the evidence of
 /// forks and rollbacks it found; from the database, or from the daemon while it runs.
 pub(super) fn witness(data_dir: &Path, evidence: bool, json: bool) -> anyhow::Result<()> {
@@ -261,4 +222,43 @@ pub(super) fn witness(data_dir: &Path, evidence: bool, json: bool) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_lines_drops_exactly_the_first_lines_across_writes() {
+        let mut w = SkipLines {
+            inner: Vec::new(),
+            skip: 2,
+        };
+        w.write_all(b"zero\non").unwrap();
+        w.write_all(b"e\ntwo\n").unwrap();
+        w.write_all(b"three\n").unwrap();
+        assert_eq!(w.inner, b"two\nthree\n");
+
+        let mut none = SkipLines {
+            inner: Vec::new(),
+            skip: 0,
+        };
+        none.write_all(b"a\nb\n").unwrap();
+        assert_eq!(none.inner, b"a\nb\n");
+    }
+
+    #[test]
+    fn missing_database_is_reported_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = open_db(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("no audit log at"), "{err}");
+        assert!(!dir.path().join("db").exists());
+    }
+
+    #[test]
+    fn locked_database_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = sled::open(dir.path().join("db")).unwrap();
+        assert!(open_db(dir.path()).unwrap().is_none());
+    }
 }

@@ -56,7 +56,7 @@ pub enum Observation {
     /// nothing changed.
     Unproven,
     /// Evidence was found (and kept, once).
-    Conflict(ForkEvidence),
+    Conflict(Box<ForkEvidence>),
 }
 
 /// Per-peer heads and evidence, on the node's store.
@@ -184,7 +184,7 @@ impl Witness {
                 tracing::error!(error = %e, "audit append failed");
             }
         }
-        Ok(Observation::Conflict(evidence))
+        Ok(Observation::Conflict(Box::new(evidence)))
     }
 
     /// Every head held, by peer.
