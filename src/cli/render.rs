@@ -298,6 +298,12 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
     if net.rejected_connections > 0 {
         pairs.push(("rejected connections", net.rejected_connections.to_string()));
     }
+    if !s.audit_root.is_empty() {
+        pairs.push((
+            "audit log",
+            format!("{} entries, root {}", s.audit_entries, s.audit_root),
+        ));
+    }
     if !net.refused_by.is_empty() {
         pairs.push(("refused by", join(&net.refused_by)));
     }
@@ -336,6 +342,9 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
                 writeln!(w, "refund {}: {line}", l.lease_id)?;
             }
         }
+    }
+    for c in &s.log_conflicts {
+        writeln!(w, "\nPEER LOG CONFLICT (see `audit evidence`): {c}")?;
     }
     for p in &s.open_payments {
         writeln!(
@@ -577,6 +586,9 @@ mod tests {
                 advice: "wait".into(),
                 ..Default::default()
             }],
+            audit_entries: 12,
+            audit_root: "ab".repeat(32),
+            log_conflicts: vec!["12D3KooWX: fork: two heads".into()],
         };
         let out = text(|w| status(w, &s, 1_000));
         assert!(
@@ -587,6 +599,11 @@ mod tests {
         assert!(out.contains("ISOLATED"), "{out}");
         assert!(out.contains("private (server)"), "{out}");
         assert!(out.contains("rejected connections: 7"), "{out}");
+        assert!(out.contains("12 entries, root abab"), "{out}");
+        assert!(
+            out.contains("PEER LOG CONFLICT (see `audit evidence`): 12D3KooWX: fork"),
+            "{out}"
+        );
         assert!(out.contains("refused by:"));
         assert!(!out.contains("refused:  "), "empty list omitted: {out}");
         assert!(out.contains("private"));

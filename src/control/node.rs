@@ -269,7 +269,21 @@ impl ControlHandler for NodeControl {
                 .collect(),
             None => Vec::new(),
         };
+        let head = self.audit.signed_head();
+        let log_conflicts = match &self.renter {
+            Some(r) => r
+                .witness()
+                .evidence()
+                .map_err(market_err)?
+                .into_iter()
+                .map(|e| format!("{}: {}: {}", e.peer, e.kind, e.reason))
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(pb::StatusReply {
+            audit_entries: head.head.size,
+            audit_root: hex::encode(head.head.root),
+            log_conflicts,
             open_payments,
             peer_id: self.peer_id.to_string(),
             roles: self
