@@ -413,6 +413,110 @@ fn bench_audit() -> anyhow::Result<()> {
     let elapsed = start.elapsed();
     ensure!(written == n, "export wrote {written} of {n} entries");
     println!("audit_export_per_sec: {:.0}", per_sec(n, elapsed));
+
+    // Proofs from the log's own stored Merkle nodes (sled reads).
+    let size = log.signed_head().head.size;
+    let start = Instant::now();
+    let mut proofs = Vec::new();
+    for i in 0..PROOF_OPS {
+        proofs.push(log.inclusion_proof((i * 7919) % size, size)?);
+    }
+    println!(
+        "audit_inclusion_make_us: {:.1} (log of {size}, stored nodes)",
+        start.elapsed().as_secs_f64() * 1e6 / PROOF_OPS as f64
+    );
+    bench_merkle_million()?;
+    Ok(())
+}
+
+/// Proofs made and verified per measurement.
+const PROOF_OPS: u64 = 1_000;
+/// Leaves of the in-memory tree of the proof bench.
+const MERKLE_LEAVES: u64 = 1_000_000;
+
+/// Every perfect-subtree root of a tree, level by level (level 0: the leaf hashes).
+struct Levels(Vec<Vec<audit::merkle::Hash>>);
+
+impl audit::merkle::NodeSource for Levels {
+    fn perfect(&self, level: u8, index: u64) -> Result<audit::merkle::Hash, audit::AuditError> {
+        self.0
+            .get(level as usize)
+            .and_then(|l| l.get(index as usize))
+            .copied()
+            .ok_or_else(|| audit::AuditError::Task(format!("no node {level}/{index}")))
+    }
+}
+
+/// Inclusion and consistency proofs, made and verified, in a tree of a million entries.
+fn bench_merkle_million() -> anyhow::Result<()> {
+    use audit::merkle::{
+        consistency_proof, inclusion_proof, leaf_hash, node_hash, root_at, verify_consistency,
+        verify_inclusion,
+    };
+    let start = Instant::now();
+    let mut levels = vec![
+        (0..MERKLE_LEAVES)
+            .map(|i| leaf_hash(&sha2::Sha256::digest(i.to_be_bytes())))
+            .collect::<Vec<_>>(),
+    ];
+    while levels.last().is_some_and(|l| l.len() > 1) {
+        let below = levels.last().expect("a level");
+        let up: Vec<_> = below
+            .chunks_exact(2)
+            .map(|p| node_hash(&p[0], &p[1]))
+            .collect();
+        levels.push(up);
+    }
+    let tree = Levels(levels);
+    let n = MERKLE_LEAVES;
+    let root = root_at(&tree, n)?;
+    println!("merkle_build_1m_ms: {}", start.elapsed().as_millis());
+
+    let start = Instant::now();
+    let proofs = (0..PROOF_OPS)
+        .map(|i| inclusion_proof(&tree, (i * 7919) % n, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!(
+        "merkle_inclusion_make_us: {:.1} (1M entries)",
+        start.elapsed().as_secs_f64() * 1e6 / PROOF_OPS as f64
+    );
+    let start = Instant::now();
+    for (i, p) in (0..PROOF_OPS).zip(&proofs) {
+        let index = (i * 7919) % n;
+        verify_inclusion(&tree.0[0][index as usize], index, n, p, &root)
+            .map_err(|e| anyhow::anyhow!("inclusion proof {index}: {e}"))?;
+    }
+    println!(
+        "merkle_inclusion_verify_us: {:.1} (1M entries, {} hashes)",
+        start.elapsed().as_secs_f64() * 1e6 / PROOF_OPS as f64,
+        proofs[0].len()
+    );
+
+    let olds: Vec<u64> = (0..PROOF_OPS)
+        .map(|i| 1 + (i * 104_729) % (n - 1))
+        .collect();
+    let old_roots = olds
+        .iter()
+        .map(|&m| root_at(&tree, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    let proofs = olds
+        .iter()
+        .map(|&m| consistency_proof(&tree, m, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!(
+        "merkle_consistency_make_us: {:.1} (1M entries)",
+        start.elapsed().as_secs_f64() * 1e6 / PROOF_OPS as f64
+    );
+    let start = Instant::now();
+    for ((m, old_root), p) in olds.iter().zip(&old_roots).zip(&proofs) {
+        verify_consistency(*m, n, old_root, &root, p)
+            .map_err(|e| anyhow::anyhow!("consistency proof from {m}: {e}"))?;
+    }
+    println!(
+        "merkle_consistency_verify_us: {:.1} (1M entries)",
+        start.elapsed().as_secs_f64() * 1e6 / PROOF_OPS as f64
+    );
     Ok(())
 }
 

@@ -274,7 +274,15 @@ impl Node {
             path: db_dir.clone(),
             reason: e.to_string(),
         })?;
-        let audit = AuditLog::open(&db, identity.signing_key.clone())?;
+        // The latest signed tree head is kept beside the database, where deleting sled
+        // entries cannot remove it (`audit verify` checks the log against it).
+        let audit = AuditLog::open_keeping_head(
+            &db,
+            identity.signing_key.clone(),
+            &data_dir
+                .root()
+                .join(crate::audit::head_file::HEAD_FILE_NAME),
+        )?;
 
         let secret = read_secret(&data_dir, &cfg)?;
         let topic_dir = data_dir.clone();

@@ -51,15 +51,23 @@
 //! (batch signature verification on all cores), [`export_jsonl`] and [`show`], all of which
 //! also work on a bare `sled::Tree` so the CLI can inspect a log without the node's key.
 
+pub mod certificate;
 mod export;
+pub mod head_file;
+pub mod merkle;
 mod verify;
 mod writer;
 
 pub use export::{export_jsonl, show};
-pub use verify::{BadEntry, VerifyReport, verify};
+pub use merkle::{
+    ConsistencyProof, HeadVerdict, InclusionProof, MerkleStore, ProofError, SignedTreeHead,
+    TreeHead,
+};
+pub use verify::{BadEntry, KeptHeadCheck, VerifyReport, verify, verify_with_heads};
 
 use std::fmt;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -261,6 +269,11 @@ audit_kinds! {
     PeerRefused => "peer_refused",
     /// An error worth keeping a record of.
     Error => "error",
+    /// A provider certified one of its leases for a third party (`lease export`): the
+    /// entry a lease certificate's inclusion proof points to.
+    LeaseCertified => "lease_certified",
+    /// Two signed heads of a peer's log that cannot both be true (a fork or a rollback).
+    LogForkDetected => "log_fork_detected",
 }
 
 impl fmt::Display for AuditKind {
@@ -495,6 +508,8 @@ pub fn stored_signer(db: &sled::Db) -> Result<Option<VerifyingKey>, AuditError> 
 /// What every handle shares; dropping the last handle stops the writer.
 struct Inner {
     tree: sled::Tree,
+    merkle: MerkleStore,
+    head_file: Option<PathBuf>,
     public: VerifyingKey,
     shared: Arc<writer::Shared>,
     /// `Some` until `Drop`, which takes it to disconnect the writer.
@@ -561,6 +576,32 @@ impl AuditLog {
     /// - [`AuditError::Sled`] on store failure.
     /// - [`AuditError::Io`] if the writer thread cannot be started.
     pub fn open(db: &sled::Db, key: SigningKey) -> Result<Self, AuditError> {
+        Self::open_with(db, key, None)
+    }
+
+    /// Like [`open`](AuditLog::open), and keeps the latest signed tree head in the file
+    /// `head_file` (see [`head_file`]), outside the database, so that a later truncation or
+    /// rewrite of the entries is detectable by [`verify_with_heads`]. When the log on disk
+    /// no longer extends the head kept there, that head is moved to
+    /// [`head_file::lost_path`] (an existing lost head is kept), logged as an error and
+    /// audited, and the log goes on from what it holds.
+    ///
+    /// # Errors
+    /// As [`open`](AuditLog::open); failures to read or write the head file are logged, not
+    /// returned (they must not stop a node).
+    pub fn open_keeping_head(
+        db: &sled::Db,
+        key: SigningKey,
+        head_file: &Path,
+    ) -> Result<Self, AuditError> {
+        Self::open_with(db, key, Some(head_file.to_path_buf()))
+    }
+
+    fn open_with(
+        db: &sled::Db,
+        key: SigningKey,
+        head_path: Option<PathBuf>,
+    ) -> Result<Self, AuditError> {
         let tree = db.open_tree(TREE_NAME)?;
         let meta = db.open_tree(META_TREE_NAME)?;
         let public = key.verifying_key();
@@ -620,27 +661,61 @@ impl AuditLog {
             "audit log opened"
         );
 
-        let shared = Arc::new(writer::Shared::new(state));
+        // Build (or migrate to) the Merkle tree of the entries, and sign the head.
+        let merkle = MerkleStore::open(db)?;
+        if merkle.size()? > state.next_seq {
+            // Nodes of entries that are gone: the entries were removed behind the log's back.
+            tracing::error!(
+                nodes = merkle.size()?,
+                entries = state.next_seq,
+                "audit merkle tree is longer than the log: entries were removed; rebuilding"
+            );
+            merkle.tree().clear()?;
+        }
+        let merkle_size = merkle.catch_up(&tree)?;
+        let sth = TreeHead {
+            size: merkle_size,
+            time_ms: now_ms(),
+            root: merkle.root(merkle_size)?,
+        }
+        .sign(&key);
+        let lost = head_path
+            .as_deref()
+            .and_then(|path| keep_or_set_aside(path, &merkle, merkle_size));
+
+        let shared = Arc::new(writer::Shared::new(state, sth));
         let (tx, rx) = mpsc::channel();
         let writer = writer::Writer {
             tree: tree.clone(),
             key,
             state,
             shared: Arc::clone(&shared),
+            merkle: merkle.clone(),
+            merkle_size,
+            head_file: head_path.clone(),
+            head_written: None,
+            // The head signed at open is written at once (with the first group or on stop).
+            head_dirty: head_path.is_some(),
         };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))?;
 
-        Ok(AuditLog {
+        let log = AuditLog {
             inner: Arc::new(Inner {
                 tree,
+                merkle,
+                head_file: head_path,
                 public,
                 shared,
                 tx: Some(tx),
                 thread: Some(thread),
             }),
-        })
+        };
+        if let Some(reason) = lost {
+            log.append(AuditKind::Error, &serde_json::json!({ "error": reason }))?;
+        }
+        Ok(log)
     }
 
     /// Appends one entry with `payload` CBOR-encoded, and returns its seq once it is durable.
@@ -812,16 +887,145 @@ impl AuditLog {
         &self.inner.tree
     }
 
-    /// Verifies the whole log against this handle's own key. See [`verify()`]. It reads and
-    /// checks on all cores and blocks until done; async code runs it on a blocking thread.
+    /// Verifies the whole log against this handle's own key, and against the heads kept in
+    /// the head file (if the log keeps one). See [`verify_with_heads`]. It reads and checks
+    /// on all cores and blocks until done; async code runs it on a blocking thread.
     pub fn verify(&self) -> VerifyReport {
-        verify(&self.inner.tree, &self.verifying_key())
+        let kept = match &self.inner.head_file {
+            Some(path) => head_file::load_all(path).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the kept audit head");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        verify_with_heads(&self.inner.tree, &self.verifying_key(), &kept)
+    }
+
+    /// The latest signed tree head: signed by the writer after every group of appends (and
+    /// at open), covering every entry whose append has completed.
+    pub fn signed_head(&self) -> SignedTreeHead {
+        self.inner.shared.signed_head()
+    }
+
+    /// The log's Merkle nodes (for proofs; see [`merkle`]).
+    pub fn merkle(&self) -> &MerkleStore {
+        &self.inner.merkle
+    }
+
+    /// Inclusion proof of entry `seq` in the tree of the first `size` entries.
+    ///
+    /// # Errors
+    /// [`AuditError::Decode`] when `seq >= size` or `size` is past the stored tree; store
+    /// errors.
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> Result<InclusionProof, AuditError> {
+        self.check_size(size)?;
+        Ok(InclusionProof {
+            leaf_index: seq,
+            tree_size: size,
+            path: merkle::inclusion_proof(&self.inner.merkle, seq, size)?,
+        })
+    }
+
+    /// Consistency proof that the first `old_size` entries are a prefix of the first
+    /// `new_size`.
+    ///
+    /// # Errors
+    /// [`AuditError::Decode`] when `old_size > new_size` or `new_size` is past the stored
+    /// tree; store errors.
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<ConsistencyProof, AuditError> {
+        self.check_size(new_size)?;
+        Ok(ConsistencyProof {
+            old_size,
+            new_size,
+            path: merkle::consistency_proof(&self.inner.merkle, old_size, new_size)?,
+        })
+    }
+
+    /// The answer to a peer's `headRequest`: the latest signed head and the consistency
+    /// proof to it from `since_size` (from 0, i.e. empty, when `since_size` is past the head:
+    /// the asker then sees the rollback itself).
+    ///
+    /// # Errors
+    /// Store errors reading the proof's nodes.
+    pub fn head_reply(&self, since_size: u64) -> Result<crate::wire::HeadReply, AuditError> {
+        let head = self.signed_head();
+        let since = if since_size > head.head.size {
+            0
+        } else {
+            since_size
+        };
+        let proof = self.consistency_proof(since, head.head.size)?;
+        Ok(crate::wire::HeadReply {
+            head: head.to_wire(),
+            since_size: since,
+            proof: proof
+                .path
+                .iter()
+                .map(|h| serde_bytes::ByteBuf::from(h.to_vec()))
+                .collect(),
+        })
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), AuditError> {
+        let stored = self.inner.merkle.size()?;
+        if size > stored {
+            return Err(AuditError::Decode {
+                what: "proof request".into(),
+                reason: format!("tree size {size} is past the {stored} entries in the tree"),
+            });
+        }
+        Ok(())
     }
 
     #[cfg(test)]
     fn hooks(&self) -> &writer::hooks::TestHooks {
         &self.inner.shared.hooks
     }
+}
+
+/// Checks the head kept at `path` against the opened log; when the log no longer extends
+/// it, moves it to the lost path and returns why (for the audit entry).
+fn keep_or_set_aside(path: &Path, merkle: &MerkleStore, size: u64) -> Option<String> {
+    let kept = match head_file::load(path) {
+        Ok(Some(kept)) => kept,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "unreadable kept audit head");
+            return None;
+        }
+    };
+    let reason = if kept.head.size > size {
+        format!(
+            "audit log truncated: it holds {size} entries, but a head signed at {} ms covered {}",
+            kept.head.time_ms, kept.head.size
+        )
+    } else {
+        match merkle.root(kept.head.size) {
+            Ok(root) if root == kept.head.root => return None,
+            Ok(_) => format!(
+                "audit log rewritten: its first {} entries do not match the head signed at {} ms",
+                kept.head.size, kept.head.time_ms
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the kept audit head");
+                return None;
+            }
+        }
+    };
+    tracing::error!(path = %path.display(), "{reason}");
+    let lost = head_file::lost_path(path);
+    if lost.exists() {
+        // The first evidence stays; the current file is replaced by the next head.
+        return Some(reason);
+    }
+    if let Err(e) = std::fs::rename(path, &lost) {
+        tracing::warn!(error = %e, "cannot set the lost audit head aside");
+    }
+    Some(reason)
 }
 
 /// The answer of the writer, or [`AuditError::Closed`] if it went away without one.
@@ -908,7 +1112,7 @@ pub(crate) mod tests {
             assert_eq!(serde_json::to_string(kind).unwrap(), format!("\"{name}\""));
             assert_eq!(kind.to_string(), name);
         }
-        assert_eq!(AuditKind::ALL.len(), 34);
+        assert_eq!(AuditKind::ALL.len(), 36);
         assert_eq!(AuditKind::LeaseReactivated.as_str(), "lease_reactivated");
         assert!(matches!(
             "LeaseIssued".parse::<AuditKind>(),
@@ -1318,5 +1522,147 @@ pub(crate) mod tests {
         assert_eq!(AuditEntry::decode(0, &bytes).unwrap(), e);
         bytes.push(0);
         assert!(AuditEntry::decode(0, &bytes).is_err());
+    }
+
+    #[test]
+    fn signed_head_covers_every_appended_entry_and_proofs_verify() {
+        let (_dir, _db, log) = filled_log(9);
+        let sth = log.signed_head();
+        sth.verify().unwrap();
+        assert_eq!(sth.signer, test_key(1).verifying_key().to_bytes());
+        assert_eq!(sth.head.size, 9);
+        let leaves: Vec<merkle::Hash> = log
+            .entries(0)
+            .map(|e| merkle::leaf_hash(&e.unwrap().hash))
+            .collect();
+        assert_eq!(sth.head.root, merkle::root_of(&leaves));
+        let proof = log.inclusion_proof(4, 9).unwrap();
+        merkle::verify_inclusion(&leaves[4], 4, 9, &proof.path, &sth.head.root).unwrap();
+        let old_root = log.merkle().root(5).unwrap();
+        let c = log.consistency_proof(5, 9).unwrap();
+        merkle::verify_consistency(5, 9, &old_root, &sth.head.root, &c.path).unwrap();
+        assert!(log.inclusion_proof(3, 10).is_err(), "past the tree");
+    }
+
+    /// A log opened with a kept head file, `n` entries, then closed (head file written).
+    fn kept_log(n: u64) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("db");
+        let head_path = dir.path().join(head_file::HEAD_FILE_NAME);
+        let db = sled::open(&db_path).unwrap();
+        let log = AuditLog::open_keeping_head(&db, test_key(1), &head_path).unwrap();
+        for i in 0..n {
+            log.append(AuditKind::PaymentSucceeded, &payment(i))
+                .unwrap();
+        }
+        futures::executor::block_on(log.close()).unwrap();
+        drop((log, db));
+        (dir, db_path, head_path)
+    }
+
+    #[test]
+    fn kept_head_follows_the_log_and_an_intact_log_passes() {
+        let (_dir, db_path, head_path) = kept_log(6);
+        let kept = head_file::load(&head_path).unwrap().unwrap();
+        assert_eq!(kept.head.size, 6);
+        kept.verify().unwrap();
+        let db = sled::open(&db_path).unwrap();
+        let tree = db.open_tree(TREE_NAME).unwrap();
+        let report = verify_with_heads(&tree, &test_key(1).verifying_key(), &[kept]);
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.kept_heads.len(), 1);
+        assert!(report.kept_heads[0].ok);
+        // Reopening an intact log keeps no lost head.
+        let log = AuditLog::open_keeping_head(&db, test_key(1), &head_path).unwrap();
+        assert!(!head_file::lost_path(&head_path).exists());
+        assert!(log.verify().ok);
+    }
+
+    #[test]
+    fn truncation_is_reported_against_the_kept_head() {
+        let (_dir, db_path, head_path) = kept_log(8);
+        let db = sled::open(&db_path).unwrap();
+        let tree = db.open_tree(TREE_NAME).unwrap();
+        // Remove the last three entries, as someone with the sled files could.
+        for seq in 5..8u64 {
+            tree.remove(seq.to_be_bytes()).unwrap();
+        }
+        // Offline (the CLI's path): plain verify says intact, the kept head says truncated.
+        assert!(verify(&tree, &test_key(1).verifying_key()).ok);
+        let kept = head_file::load_all(&head_path).unwrap();
+        let report = verify_with_heads(&tree, &test_key(1).verifying_key(), &kept);
+        assert!(!report.ok);
+        let bad = report.first_bad.unwrap();
+        assert_eq!(bad.seq, 5);
+        assert!(bad.reason.contains("truncated"), "{}", bad.reason);
+        // The node restarting on the truncated log sets the kept head aside, audits it, and
+        // its verify still reports the truncation.
+        let log = AuditLog::open_keeping_head(&db, test_key(1), &head_path).unwrap();
+        assert!(head_file::lost_path(&head_path).exists());
+        let last = log.entries(5).next().unwrap().unwrap();
+        assert_eq!(last.kind, "error");
+        let report = log.verify();
+        assert!(!report.ok, "{report:?}");
+        assert!(
+            report.kept_heads.iter().any(|k| !k.ok && k.size == 8),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_resigned_rewrite_is_reported_against_the_kept_head() {
+        let (_dir, db_path, head_path) = kept_log(5);
+        let db = sled::open(&db_path).unwrap();
+        let tree = db.open_tree(TREE_NAME).unwrap();
+        // The key holder rewrites history from entry 2 on and re-signs a valid chain.
+        let mut prev = AuditEntry::decode(1, &tree.get(1u64.to_be_bytes()).unwrap().unwrap())
+            .unwrap()
+            .hash;
+        for seq in 2..6u64 {
+            let e = AuditEntry::sign(seq, 1, "hello", vec![0xf6], prev, &test_key(1)).unwrap();
+            prev = e.hash;
+            tree.insert(seq.to_be_bytes(), e.encode().unwrap()).unwrap();
+        }
+        assert!(
+            verify(&tree, &test_key(1).verifying_key()).ok,
+            "the chain alone passes"
+        );
+        let kept = head_file::load_all(&head_path).unwrap();
+        let report = verify_with_heads(&tree, &test_key(1).verifying_key(), &kept);
+        assert!(!report.ok);
+        assert!(
+            report.first_bad.unwrap().reason.contains("rewritten"),
+            "{:?}",
+            report.kept_heads
+        );
+    }
+
+    #[test]
+    fn a_log_written_before_the_merkle_tree_migrates_on_open() {
+        // Entries written by the current append path, then the node tree dropped: what a log
+        // of the previous version holds.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let db = sled::open(&path).unwrap();
+            let log = AuditLog::open(&db, test_key(1)).unwrap();
+            for i in 0..20 {
+                log.append(AuditKind::LeaseIssued, &payment(i)).unwrap();
+            }
+            drop(log);
+            db.drop_tree(merkle::MERKLE_TREE_NAME).unwrap();
+        }
+        let db = sled::open(&path).unwrap();
+        let log = AuditLog::open(&db, test_key(1)).unwrap();
+        let sth = log.signed_head();
+        assert_eq!(sth.head.size, 20);
+        let leaves: Vec<merkle::Hash> = log
+            .entries(0)
+            .map(|e| merkle::leaf_hash(&e.unwrap().hash))
+            .collect();
+        assert_eq!(sth.head.root, merkle::root_of(&leaves));
+        // And it goes on growing.
+        log.append(AuditKind::Hello, &1).unwrap();
+        assert_eq!(log.signed_head().head.size, 21);
     }
 }

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ed25519_dalek::{Signature, VerifyingKey, verify_batch};
 use serde::Serialize;
 
-use super::{AuditEntry, GENESIS_PREV_HASH, key_seq, sig_message};
+use super::merkle::{Hash, SignedTreeHead, leaf_hash, node_hash};
+use super::{AuditEntry, GENESIS_PREV_HASH, entries_in, key_seq, sig_message};
 
 /// Entries read before the checks of a window start; bounds memory for long logs. (Small in
 /// tests, so that short logs exercise several windows, chunks and signature batches.)
@@ -50,6 +51,118 @@ pub struct VerifyReport {
     /// Hash of the last verified entry (hex), or all zeros for an empty log. Comparing it with
     /// a head recorded elsewhere detects truncation.
     pub head_hash: String,
+    /// The checks against kept signed heads ([`verify_with_heads`]); empty when none.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub kept_heads: Vec<KeptHeadCheck>,
+}
+
+/// The check of the log against one signed tree head kept outside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptHeadCheck {
+    /// Entries the head covers.
+    pub size: u64,
+    /// When the head was signed (ms since the Unix epoch).
+    pub time_ms: u64,
+    /// The head's Merkle root (hex).
+    pub root: String,
+    /// Whether the log extends this head.
+    pub ok: bool,
+    /// Why not (empty when `ok`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// [`verify`], then checks that the log extends every head in `kept` (signed tree heads
+/// kept outside the database, see [`super::head_file`]): each must be signed by `signer`,
+/// cover no more entries than the log holds (otherwise entries were removed from its end:
+/// truncation), and have the Merkle root of the log's first `size` entries, recomputed from
+/// the entries themselves (otherwise they were rewritten).
+///
+/// A failed head check makes the report fail with `first_bad` at the log's length (for a
+/// truncation) or at 0 (for a rewrite), unless an entry failed first.
+pub fn verify_with_heads(
+    tree: &sled::Tree,
+    signer: &VerifyingKey,
+    kept: &[SignedTreeHead],
+) -> VerifyReport {
+    let mut report = verify(tree, signer);
+    for sth in kept {
+        let head = sth.head;
+        let problem = if sth.signer != signer.to_bytes() || sth.verify().is_err() {
+            Some("kept head is not signed by the log's key".to_owned())
+        } else if head.size > report.entries {
+            Some(format!(
+                "log truncated: a head signed at {} ms covers {} entries, the log verifies {}",
+                head.time_ms, head.size, report.entries
+            ))
+        } else {
+            match root_from_entries(tree, head.size) {
+                Ok(root) if root == head.root => None,
+                Ok(_) => Some(format!(
+                    "log rewritten: its first {} entries do not have the root of the head signed at {} ms",
+                    head.size, head.time_ms
+                )),
+                Err(e) => Some(format!("cannot recompute the root: {e}")),
+            }
+        };
+        if let Some(reason) = &problem
+            && report.ok
+        {
+            tracing::warn!(%reason, "audit log does not extend a kept head");
+            report.ok = false;
+            let seq = if head.size > report.entries {
+                report.entries
+            } else {
+                0
+            };
+            report.first_bad = Some(BadEntry {
+                seq,
+                reason: reason.clone(),
+            });
+        }
+        report.kept_heads.push(KeptHeadCheck {
+            size: head.size,
+            time_ms: head.time_ms,
+            root: hex::encode(head.root),
+            ok: problem.is_none(),
+            reason: problem.unwrap_or_default(),
+        });
+    }
+    report
+}
+
+/// The Merkle root of the first `size` entries of `tree`, from their stored chain hashes
+/// (streaming, O(log n) memory; the stored Merkle nodes are not trusted).
+fn root_from_entries(tree: &sled::Tree, size: u64) -> Result<Hash, super::AuditError> {
+    // Perfect subtrees of decreasing height, left to right, as (height, root).
+    let mut stack: Vec<(u32, Hash)> = Vec::new();
+    let mut n = 0u64;
+    for entry in entries_in(tree, 0).take(usize::try_from(size).unwrap_or(usize::MAX)) {
+        let entry = entry?;
+        let mut item = (0u32, leaf_hash(&entry.hash));
+        while let Some(&(height, left)) = stack.last() {
+            if height != item.0 {
+                break;
+            }
+            stack.pop();
+            item = (height + 1, node_hash(&left, &item.1));
+        }
+        stack.push(item);
+        n += 1;
+    }
+    if n != size {
+        return Err(super::AuditError::Decode {
+            what: "entries".into(),
+            reason: format!("{n} readable entries, expected {size}"),
+        });
+    }
+    let Some((_, mut root)) = stack.pop() else {
+        return Ok(super::merkle::empty_root());
+    };
+    while let Some((_, left)) = stack.pop() {
+        root = node_hash(&left, &root);
+    }
+    Ok(root)
 }
 
 /// Verifies a whole audit tree: entries decode, seqs are contiguous from 0, every `prev_hash`
@@ -72,6 +185,7 @@ pub fn verify(tree: &sled::Tree, signer: &VerifyingKey) -> VerifyReport {
             entries: seq,
             first_bad: Some(BadEntry { seq, reason }),
             head_hash: hex::encode(prev_hash),
+            kept_heads: Vec::new(),
         }
     };
 
@@ -134,6 +248,7 @@ pub fn verify(tree: &sled::Tree, signer: &VerifyingKey) -> VerifyReport {
         entries: expected,
         first_bad: None,
         head_hash: hex::encode(prev_hash),
+        kept_heads: Vec::new(),
     }
 }
 
@@ -340,6 +455,7 @@ mod tests {
                 entries: 10,
                 first_bad: None,
                 head_hash: hex::encode(log.head().1),
+                kept_heads: Vec::new(),
             }
         );
         let (_dir2, db2) = temp_db();
@@ -484,6 +600,7 @@ mod tests {
             entries: seq,
             first_bad: Some(BadEntry { seq, reason }),
             head_hash: hex::encode(prev_hash),
+            kept_heads: Vec::new(),
         };
         for item in tree.iter() {
             let (k, v) = item.unwrap();
@@ -524,6 +641,7 @@ mod tests {
             entries: expected,
             first_bad: None,
             head_hash: hex::encode(prev_hash),
+            kept_heads: Vec::new(),
         }
     }
 
@@ -567,6 +685,7 @@ mod tests {
                     reason: SIG_REASON.to_owned()
                 }),
                 head_hash: hex::encode(hash_1336),
+                kept_heads: Vec::new(),
             }
         );
         assert_eq!(

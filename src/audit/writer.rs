@@ -9,13 +9,21 @@
 //! the fsync never runs on an async runtime's worker thread.
 
 use std::ops::Range;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use futures::channel::oneshot;
 
-use super::{AuditEntry, AuditError, AuditKind, entry_hash, now_ms, seq_key};
+use super::merkle::{MerkleStore, SignedTreeHead, TreeHead};
+use super::{AuditEntry, AuditError, AuditKind, entry_hash, head_file, now_ms, seq_key};
+
+/// The kept head file is rewritten at most this often (each write is two fsyncs); the last
+/// head is always written when the writer stops, and a pending one once this much time
+/// passed without a new group.
+const HEAD_FILE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Requests taken into one group stop being collected once the group holds this many entries
 /// (a single larger batch is still taken whole). It bounds the latency of the first waiter
@@ -67,14 +75,18 @@ pub(super) struct ChainState {
 pub(super) struct Shared {
     /// Head as of the last successful insert. Only the writer thread changes it.
     pub(super) head: Mutex<ChainState>,
+    /// The latest signed tree head (covers exactly `head.next_seq` entries once the Merkle
+    /// nodes of the last group are stored). Only the writer thread changes it.
+    pub(super) signed: Mutex<SignedTreeHead>,
     #[cfg(test)]
     pub(super) hooks: hooks::TestHooks,
 }
 
 impl Shared {
-    pub(super) fn new(head: ChainState) -> Self {
+    pub(super) fn new(head: ChainState, signed: SignedTreeHead) -> Self {
         Shared {
             head: Mutex::new(head),
+            signed: Mutex::new(signed),
             #[cfg(test)]
             hooks: hooks::TestHooks::default(),
         }
@@ -88,6 +100,14 @@ impl Shared {
     fn set_head(&self, state: ChainState) {
         *self.head.lock().unwrap_or_else(PoisonError::into_inner) = state;
     }
+
+    pub(super) fn signed_head(&self) -> SignedTreeHead {
+        *self.signed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_signed_head(&self, sth: SignedTreeHead) {
+        *self.signed.lock().unwrap_or_else(PoisonError::into_inner) = sth;
+    }
 }
 
 /// The writer thread's own state.
@@ -97,6 +117,16 @@ pub(super) struct Writer {
     /// Authoritative head; `shared.head` is a published copy.
     pub(super) state: ChainState,
     pub(super) shared: Arc<Shared>,
+    /// The Merkle nodes of the log.
+    pub(super) merkle: MerkleStore,
+    /// Leaves whose nodes are stored; behind `state.next_seq` only after a failed node write
+    /// (repaired by [`MerkleStore::catch_up`] before the next group).
+    pub(super) merkle_size: u64,
+    /// Where the latest signed head is kept outside sled (`None`: not kept).
+    pub(super) head_file: Option<PathBuf>,
+    /// When the head file was last written, and whether a newer head waits to be written.
+    pub(super) head_written: Option<Instant>,
+    pub(super) head_dirty: bool,
 }
 
 /// Requests collected for one commit.
@@ -153,7 +183,25 @@ impl Writer {
     pub(super) fn run(mut self, rx: Receiver<Request>) {
         // Requests in the previous group: the number of appenders that were waiting together.
         let mut previous = 0usize;
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = if self.head_dirty {
+                let due = self.head_written.map_or(Duration::ZERO, |t| {
+                    HEAD_FILE_INTERVAL.saturating_sub(t.elapsed())
+                });
+                match rx.recv_timeout(due) {
+                    Ok(req) => req,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.write_head_file();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(req) => req,
+                    Err(_) => break,
+                }
+            };
             #[cfg(test)]
             self.shared.hooks.wait_until_released();
             let mut group = Group::new(first);
@@ -180,11 +228,24 @@ impl Writer {
                 while let Ok(req) = rx.try_recv() {
                     refuse(req);
                 }
+                if self.head_dirty {
+                    self.write_head_file();
+                }
                 tracing::debug!(next_seq = self.state.next_seq, "audit writer closed");
                 return;
             }
+            if self.head_dirty
+                && self
+                    .head_written
+                    .is_none_or(|t| t.elapsed() >= HEAD_FILE_INTERVAL)
+            {
+                self.write_head_file();
+            }
         }
         // Every handle is gone; everything that was queued has been committed above.
+        if self.head_dirty {
+            self.write_head_file();
+        }
         tracing::debug!(next_seq = self.state.next_seq, "audit writer stopped");
     }
 
@@ -214,10 +275,13 @@ impl Writer {
         }
 
         if !unsigned.is_empty() {
+            let leaves: Vec<[u8; 32]> = unsigned.iter().map(|u| u.hash).collect();
             match self.insert(unsigned) {
                 Ok(()) => {
+                    let before = self.state.next_seq;
                     self.state = tentative;
                     self.shared.set_head(self.state);
+                    self.grow_tree(before, &leaves);
                 }
                 Err(e) => {
                     // The batch is atomic: nothing was inserted and the chain is unchanged.
@@ -270,8 +334,57 @@ impl Writer {
     fn flush(&self) -> Result<(), AuditError> {
         #[cfg(test)]
         self.shared.hooks.count_flush();
+        // One flush of the database makes both the entries and their Merkle nodes durable.
         self.tree.flush()?;
         Ok(())
+    }
+
+    /// Stores the Merkle nodes of the `leaves` just inserted after entry `before - 1`, and
+    /// signs and publishes the new tree head. The nodes are derived data: a failure is
+    /// logged and repaired from the entries before the next group (the published head then
+    /// stays at the last size whose nodes are stored).
+    fn grow_tree(&mut self, before: u64, leaves: &[[u8; 32]]) {
+        let grown = if self.merkle_size == before {
+            self.merkle
+                .append_batch(before, leaves)
+                .and_then(|(batch, n)| {
+                    self.merkle.tree().apply_batch(batch)?;
+                    Ok(n)
+                })
+        } else {
+            self.merkle.catch_up(&self.tree)
+        };
+        match grown {
+            Ok(n) => self.merkle_size = n,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit merkle node write failed; rebuilt later");
+                return;
+            }
+        }
+        match self.merkle.root(self.merkle_size) {
+            Ok(root) => {
+                let sth = TreeHead {
+                    size: self.merkle_size,
+                    time_ms: now_ms(),
+                    root,
+                }
+                .sign(&self.key);
+                self.shared.set_signed_head(sth);
+                self.head_dirty = self.head_file.is_some();
+            }
+            Err(e) => tracing::warn!(error = %e, "audit merkle root unreadable"),
+        }
+    }
+
+    /// Writes the latest signed head to the kept head file (atomically, durably).
+    fn write_head_file(&mut self) {
+        self.head_dirty = false;
+        self.head_written = Some(Instant::now());
+        if let Some(path) = &self.head_file
+            && let Err(e) = head_file::store(path, &self.shared.signed_head())
+        {
+            tracing::warn!(error = %e, path = %path.display(), "cannot keep the audit head");
+        }
     }
 }
 

@@ -58,7 +58,10 @@ pub(super) fn verify(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             hex::encode(key.as_bytes())
         )?;
     }
-    let report = audit::verify(&open_tree(&db)?, &key);
+    // The signed heads kept outside the database reveal a truncated or rewritten log.
+    let kept = audit::head_file::load_all(&data_dir.join(audit::head_file::HEAD_FILE_NAME))
+        .context("cannot read the kept audit head")?;
+    let report = audit::verify_with_heads(&open_tree(&db)?, &key, &kept);
     let mut out = io::stdout().lock();
     if json {
         print_json(&mut out, &report)?;
@@ -159,6 +162,66 @@ impl<W: Write> Write for SkipLines<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// `audit peers` / `audit evidence`: the peers' heads this node witnessed, or the evidence of
+/// forks and rollbacks it found; from the database, or from the daemon while it runs.
+pub(super) fn witness(data_dir: &Path, evidence: bool, json: bool) -> anyhow::Result<()> {
+    let value: serde_json::Value = match open_db(data_dir)? {
+        Some(db) => {
+            let (peers, found) = leasewire::market::witness::Witness::read(&db)?;
+            serde_json::json!({ "peers": peers, "evidence": found })
+        }
+        None => {
+            let mut text = String::new();
+            rpc::block_on(async {
+                text = rpc::connect(data_dir).await?.audit_witness().await?.json;
+                Ok(())
+            })?;
+            serde_json::from_str(&text).context("daemon sent bad JSON")?
+        }
+    };
+    let key = if evidence { "evidence" } else { "peers" };
+    let list = value[key].as_array().cloned().unwrap_or_default();
+    let mut out = io::stdout().lock();
+    if json {
+        return print_json(&mut out, &list);
+    }
+    if list.is_empty() {
+        writeln!(
+            out,
+            "{}",
+            if evidence {
+                "no evidence: every witnessed head extended the one before"
+            } else {
+                "no peer heads witnessed yet"
+            }
+        )?;
+        return Ok(());
+    }
+    for item in &list {
+        if evidence {
+            writeln!(
+                out,
+                "{}  {}  {} (head of {} then {})",
+                item["peer"].as_str().unwrap_or("?"),
+                item["kind"].as_str().unwrap_or("?"),
+                item["reason"].as_str().unwrap_or(""),
+                item["old"]["size"],
+                item["new"]["size"],
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{}  size {}  root {}  signed {}",
+                item["peer"].as_str().unwrap_or("?"),
+                item["head"]["size"],
+                item["head"]["root"].as_str().unwrap_or("?"),
+                item["head"]["time_ms"],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 mod audit;
 mod daemon;
 mod init;
+mod lease;
 mod pay;
 mod render;
 mod rpc;
@@ -156,6 +157,40 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Lease certificates: export one (provider) or check one offline (anyone)
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
+    /// Renter: the providers' signed receipts of every settled payment
+    Receipts {
+        /// Only this lease's receipts
+        #[arg(long, value_name = "ID")]
+        lease: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCommand {
+    /// Provider: write a lease certificate (the signed lease and offer, proven in this node's
+    /// audit log under a signed head)
+    Export {
+        /// Lease id
+        #[arg(long, value_name = "ID")]
+        lease: String,
+        /// Write it to this file [default: stdout]
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Check a lease certificate offline (no daemon, no network); exit 1 if it does not verify
+    Verify {
+        /// The certificate file
+        file: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
 }
 
 /// `rent` arguments; exactly one of `--offer` and `--auto`.
@@ -228,6 +263,17 @@ enum AuditCommand {
         #[command(flatten)]
         out: Output,
     },
+    /// The audit heads of peers this node has witnessed
+    Peers {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Evidence of peers whose logs forked or rolled back (two signed heads that cannot both
+    /// be true)
+    Evidence {
+        #[command(flatten)]
+        out: Output,
+    },
     /// Write every entry as JSON lines to stdout (the daemon must be stopped)
     Export {
         /// Output format
@@ -294,6 +340,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn dispatch(opts: Opts) -> anyhow::Result<()> {
+    // Offline: no data dir needed.
+    if let Command::Lease {
+        command: LeaseCommand::Verify { file, out },
+    } = &opts.command
+    {
+        client_logging();
+        return lease::verify(file, out.json);
+    }
     let data_dir = resolve_data_dir(opts.data_dir)?;
     match opts.command {
         Command::Init { role, force, out } => init::run(&data_dir, role, force, out.json),
@@ -303,10 +357,27 @@ fn dispatch(opts: Opts) -> anyhow::Result<()> {
             match command {
                 AuditCommand::Verify { out } => audit::verify(&data_dir, out.json),
                 AuditCommand::Show { from, out } => audit::show(&data_dir, from, out.json),
+                AuditCommand::Peers { out } => audit::witness(&data_dir, false, out.json),
+                AuditCommand::Evidence { out } => audit::witness(&data_dir, true, out.json),
                 AuditCommand::Export {
                     format: ExportFormat::Jsonl,
                 } => audit::export(&data_dir),
             }
+        }
+        Command::Lease { command } => {
+            client_logging();
+            match command {
+                LeaseCommand::Export { lease, output } => rpc::block_on(lease::export(
+                    &data_dir,
+                    lease::lease_arg(&lease)?,
+                    output.as_deref(),
+                )),
+                LeaseCommand::Verify { file, out } => lease::verify(&file, out.json),
+            }
+        }
+        Command::Receipts { lease, out } => {
+            client_logging();
+            rpc::block_on(lease::receipts(&data_dir, lease, out.json))
         }
         Command::Offers { out } => rpc::block_on(rpc::offers(&data_dir, out.json)),
         Command::Rent(args) => rpc::block_on(rpc::rent(

@@ -301,6 +301,12 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
     if net.banned > 0 {
         pairs.push(("banned peers", net.banned.to_string()));
     }
+    if !s.audit_root.is_empty() {
+        pairs.push((
+            "audit log",
+            format!("{} entries, root {}", s.audit_entries, s.audit_root),
+        ));
+    }
     if !net.refused_by.is_empty() {
         pairs.push(("refused by", join(&net.refused_by)));
     }
@@ -351,6 +357,9 @@ pub(super) fn status(w: &mut dyn Write, s: &pb::StatusReply, now: u64) -> io::Re
                 writeln!(w, "refund {}: {line}", l.lease_id)?;
             }
         }
+    }
+    for c in &s.log_conflicts {
+        writeln!(w, "\nPEER LOG CONFLICT (see `audit evidence`): {c}")?;
     }
     for p in &s.open_payments {
         writeln!(
@@ -605,6 +614,9 @@ mod tests {
             }],
             provider_disk: String::new(),
             tunnel_pending: Vec::new(),
+            audit_entries: 12,
+            audit_root: "ab".repeat(32),
+            log_conflicts: vec!["12D3KooWX: fork: two heads".into()],
         };
         let out = text(|w| status(w, &s, 1_000));
         assert!(
@@ -622,6 +634,11 @@ mod tests {
         assert!(
             out.lines()
                 .any(|l| l.starts_with("banned peers:") && l.ends_with(" 2")),
+            "{out}"
+        );
+        assert!(out.contains("12 entries, root abab"), "{out}");
+        assert!(
+            out.contains("PEER LOG CONFLICT (see `audit evidence`): 12D3KooWX: fork"),
             "{out}"
         );
         assert!(out.contains("refused by:"));

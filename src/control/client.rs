@@ -205,4 +205,49 @@ impl ControlClient {
             .await?
             .into_inner())
     }
+
+    /// Calls `Receipts`.
+    ///
+    /// # Errors
+    /// As [`ControlClient::status`].
+    pub async fn receipts(
+        &self,
+        lease_id: Option<String>,
+    ) -> Result<pb::ReceiptsReply, ControlError> {
+        Ok(self
+            .inner
+            .clone()
+            .receipts(pb::ReceiptsRequest { lease_id })
+            .await?
+            .into_inner())
+    }
+
+    /// Calls `LeaseCertificate`.
+    ///
+    /// # Errors
+    /// As [`ControlClient::status`].
+    pub async fn lease_certificate(
+        &self,
+        lease_id: String,
+    ) -> Result<pb::LeaseCertificateReply, ControlError> {
+        Ok(self
+            .inner
+            .clone()
+            .lease_certificate(pb::LeaseCertificateRequest { lease_id })
+            .await?
+            .into_inner())
+    }
+
+    /// Calls `AuditWitness`.
+    ///
+    /// # Errors
+    /// As [`ControlClient::status`].
+    pub async fn audit_witness(&self) -> Result<pb::AuditWitnessReply, ControlError> {
+        Ok(self
+            .inner
+            .clone()
+            .audit_witness(pb::AuditWitnessRequest {})
+            .await?
+            .into_inner())
+    }
 }

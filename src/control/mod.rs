@@ -152,6 +152,15 @@ pub trait ControlHandler: Send + Sync + 'static {
     async fn terminate(&self, req: pb::TerminateRequest) -> Result<pb::LeaseInfo, ControlError>;
     /// Verifies this node's audit log.
     async fn audit_verify(&self) -> Result<pb::AuditVerifyReply, ControlError>;
+    /// Renter: the kept receipts.
+    async fn receipts(&self, req: pb::ReceiptsRequest) -> Result<pb::ReceiptsReply, ControlError>;
+    /// Witnessed peer heads and evidence.
+    async fn audit_witness(&self) -> Result<pb::AuditWitnessReply, ControlError>;
+    /// Provider: a lease certificate.
+    async fn lease_certificate(
+        &self,
+        req: pb::LeaseCertificateRequest,
+    ) -> Result<pb::LeaseCertificateReply, ControlError>;
 }
 
 /// Adapts a [`ControlHandler`] to the generated tonic service trait.
@@ -265,6 +274,30 @@ impl pb::control_server::Control for Service {
         _req: Request<pb::AuditVerifyRequest>,
     ) -> Result<Response<pb::AuditVerifyReply>, Status> {
         reply("audit_verify", self.handler.audit_verify().await)
+    }
+
+    async fn receipts(
+        &self,
+        req: Request<pb::ReceiptsRequest>,
+    ) -> Result<Response<pb::ReceiptsReply>, Status> {
+        reply("receipts", self.handler.receipts(req.into_inner()).await)
+    }
+
+    async fn audit_witness(
+        &self,
+        _req: Request<pb::AuditWitnessRequest>,
+    ) -> Result<Response<pb::AuditWitnessReply>, Status> {
+        reply("audit_witness", self.handler.audit_witness().await)
+    }
+
+    async fn lease_certificate(
+        &self,
+        req: Request<pb::LeaseCertificateRequest>,
+    ) -> Result<Response<pb::LeaseCertificateReply>, Status> {
+        reply(
+            "lease_certificate",
+            self.handler.lease_certificate(req.into_inner()).await,
+        )
     }
 }
 
@@ -470,6 +503,24 @@ mod tests {
                 first_bad_seq: Some(2),
                 reason: "bad signature".into(),
             })
+        }
+
+        async fn receipts(
+            &self,
+            _req: pb::ReceiptsRequest,
+        ) -> Result<pb::ReceiptsReply, ControlError> {
+            Ok(pb::ReceiptsReply::default())
+        }
+
+        async fn audit_witness(&self) -> Result<pb::AuditWitnessReply, ControlError> {
+            Ok(pb::AuditWitnessReply::default())
+        }
+
+        async fn lease_certificate(
+            &self,
+            req: pb::LeaseCertificateRequest,
+        ) -> Result<pb::LeaseCertificateReply, ControlError> {
+            Err(ControlError::NotFound(format!("no lease {}", req.lease_id)))
         }
     }
 

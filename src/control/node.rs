@@ -284,7 +284,21 @@ impl ControlHandler for NodeControl {
             ),
             None => (String::new(), Vec::new()),
         };
+        let head = self.audit.signed_head();
+        let log_conflicts = match &self.renter {
+            Some(r) => r
+                .witness()
+                .evidence()
+                .map_err(market_err)?
+                .into_iter()
+                .map(|e| format!("{}: {}: {}", e.peer, e.kind, e.reason))
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(pb::StatusReply {
+            audit_entries: head.head.size,
+            audit_root: hex::encode(head.head.root),
+            log_conflicts,
             provider_disk,
             tunnel_pending,
             open_payments,
@@ -568,6 +582,65 @@ impl ControlHandler for NodeControl {
             first_bad_seq: report.first_bad.as_ref().map(|b| b.seq),
             reason: report.first_bad.map(|b| b.reason).unwrap_or_default(),
         })
+    }
+
+    async fn receipts(&self, req: pb::ReceiptsRequest) -> Result<pb::ReceiptsReply, ControlError> {
+        let r = self.renter.as_ref().ok_or_else(|| {
+            ControlError::FailedPrecondition("this node does not have the renter role".into())
+        })?;
+        let kept = r.receipts(req.lease_id.as_deref()).map_err(market_err)?;
+        let mut receipts = Vec::with_capacity(kept.len());
+        for k in kept {
+            let mut signed = Vec::new();
+            ciborium::into_writer(&k.signed, &mut signed)
+                .map_err(|e| ControlError::Internal(format!("cannot encode a receipt: {e}")))?;
+            let x = k.receipt;
+            receipts.push(pb::ReceiptInfo {
+                lease_id: x.lease_id,
+                provider: x.provider,
+                renter: x.renter,
+                payment_hash: x.payment_hash,
+                amount_sat: x.amount_sat,
+                paid_until: x.paid_until,
+                revision: x.revision,
+                log_seq: x.log_seq,
+                settled_at: x.settled_at,
+                signed,
+            });
+        }
+        Ok(pb::ReceiptsReply { receipts })
+    }
+
+    async fn audit_witness(&self) -> Result<pb::AuditWitnessReply, ControlError> {
+        let (peers, evidence) = match &self.renter {
+            Some(r) => (
+                r.witness().peers().map_err(market_err)?,
+                r.witness().evidence().map_err(market_err)?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let json =
+            serde_json::to_string(&serde_json::json!({"peers": peers, "evidence": evidence}))
+                .map_err(|e| ControlError::Internal(format!("cannot encode: {e}")))?;
+        Ok(pb::AuditWitnessReply { json })
+    }
+
+    async fn lease_certificate(
+        &self,
+        req: pb::LeaseCertificateRequest,
+    ) -> Result<pb::LeaseCertificateReply, ControlError> {
+        let p = self.provider.as_ref().ok_or_else(|| {
+            ControlError::FailedPrecondition(
+                "lease certificates are made by the lease's provider; this node is not one".into(),
+            )
+        })?;
+        let cert = p
+            .lease_certificate(&req.lease_id)
+            .await
+            .map_err(market_err)?;
+        let certificate_json = serde_json::to_string_pretty(&cert)
+            .map_err(|e| ControlError::Internal(format!("cannot encode the certificate: {e}")))?;
+        Ok(pb::LeaseCertificateReply { certificate_json })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod renter;
 pub mod select;
 pub mod sizes;
 pub mod store;
+pub mod witness;
 
 use std::time::Duration;
 

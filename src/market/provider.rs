@@ -31,6 +31,7 @@ pub mod config;
 mod disk;
 mod ending;
 mod metering;
+mod receipts;
 mod refund;
 mod requests;
 mod reservations;
@@ -195,6 +196,10 @@ struct Inner {
     pool: Pool,
     leases: Table<ProviderLease>,
     pending: Table<PendingInvoice>,
+    /// Signed receipts of settled payments, per lease id (see `receipts`).
+    receipts: Table<Vec<Signed<crate::wire::Receipt>>>,
+    /// The signed offers leases were made under, by offer id (see `receipts`).
+    lease_offers: Table<Signed<Offer>>,
     meta: Arc<dyn Tree>,
     offer: RwLock<Signed<Offer>>,
     /// Offers signed by this run, newest last, for [`Provider::accepts_offer`].
@@ -273,6 +278,8 @@ impl Provider {
                 pending,
                 reservations,
                 disk: disk::DiskGuard::default(),
+                receipts: Table::open(db, "provider_receipts")?,
+                lease_offers: Table::open(db, "provider_lease_offers")?,
                 key: p.key,
                 peer_id,
                 cfg: p.cfg,
@@ -581,6 +588,8 @@ impl Provider {
             Message::StatusRequest(r) => self.on_status(peer, r),
             Message::LeaseEnd(end) => self.on_lease_end(peer, end).await,
             Message::RefundRequest(r) => self.on_refund_request(peer, r).await,
+            Message::ReceiptsRequest(r) => self.on_receipts_request(peer, &r),
+            Message::HeadRequest(r) => self.on_head_request(&r),
             other => err(
                 ErrorCode::Unsupported,
                 format!("a provider does not answer {}", other.name()),

@@ -35,6 +35,7 @@ mod endpoint;
 mod failover;
 mod manual;
 mod payment;
+mod receipts;
 mod refund;
 mod rent;
 mod tunnel;
@@ -45,6 +46,7 @@ pub use failover::{FailoverRecord, LeaseHealth};
 pub use manual::ManualInvoice;
 pub use payment::OpenPayment;
 use payment::PaymentRecord;
+pub use receipts::KeptReceipt;
 pub use refund::{RenterRefund, refund_description_hash};
 use tunnel::lease_addresses;
 
@@ -277,6 +279,10 @@ struct Inner {
     refusals: super::offers::RefusalAudits,
     rentals: Table<Rental>,
     payments: Table<PaymentRecord>,
+    /// Every receipt the providers signed, per lease id (see `receipts`).
+    receipts: Table<Vec<KeptReceipt>>,
+    /// The providers' audit heads this renter has witnessed, and evidence against them.
+    witness: super::witness::Witness,
     /// What this renter has seen of each provider, by PeerId: deliveries and failures.
     providers: Table<ProviderHistory>,
     /// Per lease: one top-up, manual invoice or release at a time.
@@ -336,6 +342,8 @@ impl Renter {
             inner: Arc::new(Inner {
                 rentals: Table::open(db, "renter_rentals")?,
                 payments: Table::open(db, "renter_payments")?,
+                receipts: Table::open(db, "renter_receipts")?,
+                witness: super::witness::Witness::open(db, p.audit.clone())?,
                 providers: Table::open(db, "renter_providers")?,
                 key: p.key,
                 peer_id,
@@ -508,6 +516,8 @@ impl Renter {
                 tracing::info!(lease_id = %id, error = %e, "refund not claimed yet; retrying later");
             }
         }
+        // Check each provider's audit log head against the one seen last time.
+        self.witness_providers().await;
         Ok(())
     }
 

@@ -41,6 +41,9 @@ pub const MAX_SIGNED_BODY: usize = 8 * 1024;
 pub const SIGNER_LEN: usize = 32;
 /// Length of a signed object's `sig` (an ed25519 signature).
 pub const SIG_LEN: usize = 64;
+/// Most hashes in a consistency proof (its length is about log2 of the log's size: 64 covers
+/// any log that fits in a u64).
+pub const MAX_PROOF_HASHES: usize = 64;
 
 /// Checks one text field.
 fn text(field: &'static str, value: &str, max: usize) -> Result<(), WireError> {
@@ -50,6 +53,14 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<(), WireError> {
             len: value.len(),
             max,
         });
+    }
+    Ok(())
+}
+
+/// Checks the length of one byte field.
+fn bytes(field: &'static str, len: usize, max: usize) -> Result<(), WireError> {
+    if len > max {
+        return Err(WireError::FieldTooLong { field, len, max });
     }
     Ok(())
 }
@@ -137,6 +148,13 @@ fn refund_request(r: &RefundRequest) -> Result<(), WireError> {
     text("refundRequest.bolt11", &r.bolt11, MAX_BOLT11)
 }
 
+fn receipt(r: &super::messages::Receipt) -> Result<(), WireError> {
+    text("receipt.lease_id", &r.lease_id, MAX_ID)?;
+    text("receipt.provider", &r.provider, MAX_ID)?;
+    text("receipt.renter", &r.renter, MAX_ID)?;
+    text("receipt.payment_hash", &r.payment_hash, MAX_ID)
+}
+
 fn termination(t: &TerminationNotice) -> Result<(), WireError> {
     text("termination.lease_id", &t.lease_id, MAX_ID)?;
     text("termination.provider", &t.provider, MAX_ID)?;
@@ -199,6 +217,30 @@ pub fn check(msg: &Message) -> Result<(), WireError> {
             items("offersRequest.known", r.known.len(), MAX_KNOWN_SEQS)?;
             for k in &r.known {
                 text("offersRequest.known[].provider", &k.provider, MAX_ID)?;
+            }
+            Ok(())
+        }
+        Message::ReceiptsRequest(r) => text("receiptsRequest.lease_id", &r.lease_id, MAX_ID),
+        Message::Receipts(r) => {
+            text("receipts.lease_id", &r.lease_id, MAX_ID)?;
+            items(
+                "receipts.receipts",
+                r.receipts.len(),
+                super::messages::MAX_RECEIPTS_PER_ANSWER,
+            )?;
+            for s in &r.receipts {
+                signed("receipts.receipts[]", s, receipt)?;
+            }
+            Ok(())
+        }
+        Message::HeadRequest(_) => Ok(()),
+        Message::Head(h) => {
+            bytes("head.head.root", h.head.root.len(), 32)?;
+            bytes("head.head.signer", h.head.signer.len(), SIGNER_LEN)?;
+            bytes("head.head.sig", h.head.sig.len(), SIG_LEN)?;
+            items("head.proof", h.proof.len(), MAX_PROOF_HASHES)?;
+            for p in &h.proof {
+                bytes("head.proof[]", p.len(), 32)?;
             }
             Ok(())
         }

@@ -23,6 +23,8 @@ use crate::types::{Sats, Terms, WgKey};
 /// | `leaseEnd` | `status` |
 /// | `refundRequest` | `status` |
 /// | `offersRequest` | `offers` |
+/// | `receiptsRequest` | `receipts` |
+/// | `headRequest` | `head` |
 ///
 /// Any request may be answered with `error`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +58,15 @@ pub enum Message {
     OffersRequest(OffersRequest),
     /// The answer to `offersRequest`: offers as their providers signed them, one page.
     Offers(Offers),
+    /// A renter asks for the provider's signed receipts of a lease's settled payments.
+    ReceiptsRequest(ReceiptsRequest),
+    /// The answer to `receiptsRequest`: every receipt of the lease, oldest first.
+    Receipts(Receipts),
+    /// Asks a node for its latest signed audit head, with a consistency proof from a size the
+    /// asker saw before.
+    HeadRequest(HeadRequest),
+    /// The answer to `headRequest`.
+    Head(HeadReply),
 }
 
 impl Message {
@@ -76,6 +87,10 @@ impl Message {
             Message::RefundRequest(_) => "refundRequest",
             Message::OffersRequest(_) => "offersRequest",
             Message::Offers(_) => "offers",
+            Message::ReceiptsRequest(_) => "receiptsRequest",
+            Message::Receipts(_) => "receipts",
+            Message::HeadRequest(_) => "headRequest",
+            Message::Head(_) => "head",
         }
     }
 }
@@ -546,4 +561,93 @@ pub struct Offers {
     /// When the page is full: ask again with `after` set to this to get the rest. `None`: the
     /// range asked for is exhausted.
     pub next: Option<String>,
+}
+
+/// A provider's receipt for one settled payment: signed by the provider when its own node
+/// shows the invoice settled and the lease is credited, and kept by the renter as proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The lease paid for.
+    pub lease_id: String,
+    /// Provider PeerId; must equal the signer.
+    pub provider: String,
+    /// Renter PeerId.
+    pub renter: String,
+    /// Payment hash (hex) of the settled invoice.
+    pub payment_hash: String,
+    /// Amount settled, sat.
+    pub amount_sat: Sats,
+    /// The lease's `paid_until` after this payment.
+    pub paid_until: u64,
+    /// The lease revision this payment produced.
+    pub revision: u64,
+    /// Seq of the provider's `invoice_settled` audit entry for this payment: its position in
+    /// the provider's Merkle log.
+    pub log_seq: u64,
+    /// When the provider settled it (Unix seconds).
+    pub settled_at: u64,
+}
+
+impl SignedKind for Receipt {
+    const DOMAIN: &'static str = "leasewire/receipt/v1";
+}
+
+/// At most this many receipts in one [`Receipts`] answer (the newest are kept).
+pub const MAX_RECEIPTS_PER_ANSWER: usize = 64;
+
+/// Asks a provider for its receipts of one lease (only that lease's renter gets them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptsRequest {
+    /// The lease.
+    pub lease_id: String,
+}
+
+/// The provider's signed receipts of a lease, oldest first, at most
+/// [`MAX_RECEIPTS_PER_ANSWER`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipts {
+    /// The lease.
+    pub lease_id: String,
+    /// The receipts.
+    pub receipts: Vec<Signed<Receipt>>,
+}
+
+/// Asks for the answerer's latest signed tree head and a consistency proof to it from
+/// `since_size` (the size of the answerer's head the asker last saw; 0 for none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadRequest {
+    /// The size of the answerer's head the asker holds (0: none).
+    pub since_size: u64,
+}
+
+/// A signed tree head of an audit log on the wire (docs/PROTOCOL.md §18): the signer's
+/// Ed25519 signature over `"leasewire/audit-head/v1" || 0x00 || size || time_ms || root`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireHead {
+    /// Entries covered.
+    pub size: u64,
+    /// Signing time, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Merkle root (32 bytes).
+    #[serde(with = "serde_bytes")]
+    pub root: Vec<u8>,
+    /// Signer's Ed25519 public key (32 bytes).
+    #[serde(with = "serde_bytes")]
+    pub signer: Vec<u8>,
+    /// Signature (64 bytes).
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+/// The answerer's latest signed head and the consistency proof from the asked size to it
+/// (empty when that size is 0, equal to the head's, or larger: the asker judges that).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadReply {
+    /// The latest signed head of the answerer's audit log.
+    pub head: WireHead,
+    /// The size the proof starts from (the request's `since_size`, or 0 when larger than
+    /// the head).
+    pub since_size: u64,
+    /// RFC 9162 consistency proof from `since_size` to `head.size` (32-byte hashes).
+    pub proof: Vec<serde_bytes::ByteBuf>,
 }

@@ -167,12 +167,22 @@ impl Provider {
         }
         // No longer unpaid: its slot under the unpaid-invoice caps is free again.
         i.reservations.release(request_id);
-        self.audit(
-            AuditKind::InvoiceSettled,
-            json!({"request_id": request_id, "payment_hash": p.payment_hash,
+        let log_seq = self
+            .audit_seq(
+                AuditKind::InvoiceSettled,
+                json!({"request_id": request_id, "payment_hash": p.payment_hash,
                    "amount_paid_msat": status.amount_paid_msat, "lease_id": p.lease_id}),
-        )
-        .await;
+            )
+            .await;
+        if let Some(log_seq) = log_seq {
+            self.issue_receipt(
+                &rec,
+                &p.payment_hash,
+                status.amount_paid_msat / 1000,
+                log_seq,
+            )
+            .await;
+        }
         self.finish_issued(request_id, &settled).await?;
         Ok(Some(rec.signed))
     }

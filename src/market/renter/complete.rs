@@ -302,7 +302,17 @@ impl Renter {
             attempts += 1;
             let again = attempts < max;
             match self.ask(peer, msg.clone()).await {
-                Ok((Message::Lease(l), _)) => return Ok(l),
+                Ok((Message::Lease(l), _)) => {
+                    // The provider signed a receipt for this payment: keep it (and any we
+                    // missed). Not fatal: the lease stands without it, and the next payment
+                    // fetches the missing ones.
+                    if let Ok(lease) = l.verify()
+                        && let Err(e) = self.fetch_receipts(peer, &lease.lease_id).await
+                    {
+                        tracing::warn!(error = %e, request_id, "receipts not fetched");
+                    }
+                    return Ok(l);
+                }
                 Ok((Message::Error(e), _)) if e.code == ErrorCode::NotSettled && again => {}
                 Ok((Message::Error(e), _)) => {
                     return Err(MarketError::Refused {

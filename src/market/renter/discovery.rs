@@ -574,6 +574,17 @@ impl Renter {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read payments; ranking without them"),
         }
+        // A provider whose audit log forked or rolled back (witness evidence) is demoted like
+        // one that holds a payment without delivering.
+        match self.inner.witness.evidence() {
+            Ok(found) => {
+                for e in found {
+                    let h = out.entry(e.peer).or_default();
+                    h.undelivered = h.undelivered.max(1);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read witness evidence"),
+        }
         out
     }
 
