@@ -268,6 +268,15 @@ impl pb::control_server::Control for Service {
     }
 }
 
+/// The gRPC service [`serve`] runs for `handler`: a tower service taking HTTP/2 requests.
+/// [`serve`] is what the daemon uses; this is for driving the API without a socket (the
+/// control-request fuzz target in fuzz/ feeds it raw gRPC request bodies).
+pub fn grpc_service(
+    handler: Arc<dyn ControlHandler>,
+) -> pb::control_server::ControlServer<impl pb::control_server::Control> {
+    pb::control_server::ControlServer::new(Service { handler })
+}
+
 /// Serves the Control service on the Unix socket `socket` (mode 0600) until `shutdown` is
 /// cancelled, then removes the socket file and returns.
 ///
@@ -288,7 +297,7 @@ pub async fn serve(
     tracing::info!(socket = %socket.display(), "control API listening");
 
     let result = Server::builder()
-        .add_service(pb::control_server::ControlServer::new(Service { handler }))
+        .add_service(grpc_service(handler))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
         .await;
 
