@@ -275,7 +275,13 @@ pub fn grpc_service(
     handler: Arc<dyn ControlHandler>,
 ) -> pb::control_server::ControlServer<impl pb::control_server::Control> {
     pb::control_server::ControlServer::new(Service { handler })
+        .max_decoding_message_size(MAX_CONTROL_REQUEST)
 }
+
+/// Largest control request accepted, in bytes (the largest real one, a `rent` with allow and
+/// deny lists, is a few KiB). tonic reserves a buffer of the length a request announces before
+/// its bytes arrive, up to this limit (4 MiB by default; found by fuzz/ control_request).
+pub const MAX_CONTROL_REQUEST: usize = 64 * 1024;
 
 /// Serves the Control service on the Unix socket `socket` (mode 0600) until `shutdown` is
 /// cancelled, then removes the socket file and returns.
@@ -541,6 +547,38 @@ mod tests {
         token.cancel();
         server.await.unwrap().unwrap();
         assert!(!sock.exists());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_before_the_handler() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("big.sock");
+        let (token, server) = spawn_server(&sock);
+        wait_for_socket(&sock).await;
+        let c = ControlClient::connect(&sock).await.unwrap();
+        let e = c
+            .conf(pb::ConfRequest {
+                lease_id: "x".repeat(MAX_CONTROL_REQUEST + 1),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ControlError::InvalidArgument(m) if m.contains("too large")),
+            "{e:?}"
+        );
+        // Just under the limit the handler answers (the fake's own refusal).
+        let e = c
+            .conf(pb::ConfRequest {
+                lease_id: "x".repeat(MAX_CONTROL_REQUEST - 16),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ControlError::InvalidArgument(m) if m == "bad lease id"),
+            "{e:?}"
+        );
+        token.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]
