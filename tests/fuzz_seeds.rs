@@ -8,6 +8,10 @@
 //! LEASEWIRE_WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_seeds
 //! ```
 
+// Tests may unwrap: a panic is the failure report (clippy.toml allows it in #[test]
+// functions only, not in an integration test's helpers).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
