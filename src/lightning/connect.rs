@@ -217,11 +217,16 @@ fn parse_authority(authority: &str) -> Result<String, LightningError> {
     }
     let port = match port {
         None => DEFAULT_PORT,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| config_err(format!("bad port {p:?} in the URI")))?,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+            // Quote the port only when it is a short number: without its `?`, the text
+            // after the last `:` is the whole query with the macaroon in it (found by
+            // fuzz/ lndconnect), and errors never quote secrets.
+            if !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()) {
+                config_err(format!("bad port {p:?} in the URI"))
+            } else {
+                config_err("bad port in the URI: not a number from 1 to 65535")
+            }
+        })?,
     };
     Ok(format!("{host}:{port}"))
 }
@@ -415,6 +420,18 @@ mod tests {
             Err(LightningError::Config(m)) => m,
             other => panic!("expected a Config error for {uri}, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_uri_without_its_question_mark_does_not_quote_the_macaroon() {
+        // Regression (fuzz/ lndconnect): the text after the last `:` was quoted as the port.
+        let mac = secret_b64();
+        let cert = B64URL.encode(fake_der());
+        let m = parse_err(&format!("lndconnect://h:10009&cert={cert}&macaroon={mac}"));
+        assert!(m.contains("bad port"), "{m}");
+        assert!(!m.contains(&mac), "{m}");
+        let m = parse_err(&format!("lndconnect://h:99999?cert={cert}&macaroon={mac}"));
+        assert!(m.contains("\"99999\""), "{m}");
     }
 
     #[test]

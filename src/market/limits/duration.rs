@@ -16,7 +16,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, LimitsError> {
         value: s.to_owned(),
         reason,
     };
-    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+    // Split before the last character, not the last byte: a multi-byte last character (found
+    // by fuzzing the config: `"0ŗ"`) would otherwise make `split_at` panic.
+    let last = s.char_indices().next_back().map_or(0, |(i, _)| i);
+    let (digits, unit) = s.split_at(last);
     let unit_secs: u64 = match unit {
         "s" => 1,
         "m" => 60,
@@ -138,5 +141,25 @@ pub mod serde_duration {
                     .map_err(D::Error::custom),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multibyte_last_character_is_an_error_not_a_panic() {
+        // Regression: fuzz/ config_toml found `low_watermark = "0ŗ"` panicking in `split_at`.
+        for text in ["0ŗ", "ŗ", "5é", "1\u{1F600}", "10mß"] {
+            assert!(
+                matches!(
+                    parse_duration(text),
+                    Err(LimitsError::BadDuration { reason, .. }) if reason == "missing or unknown unit"
+                ),
+                "{text:?}"
+            );
+        }
+        assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5_400));
     }
 }
