@@ -163,7 +163,9 @@ fn audit_peers_and_evidence_list_what_the_witness_found() {
         let out = leasewire(dir, &["audit", "evidence"]);
         // The database is held by this process: the CLI asks the daemon, and there is none.
         assert_eq!(out.status.code(), Some(1));
+        // Timers on: the witness's durable writes are flushed with a time limit.
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
         let first = logs[0].2.head_reply(0).unwrap();

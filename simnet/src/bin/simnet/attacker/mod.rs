@@ -33,9 +33,10 @@ use tokio::io::AsyncWriteExt as _;
 
 use swarm::{Member, Outgoing, Reply, Step, Target};
 
-/// How far ahead replay-poisoning envelopes are dated: inside the 120 s window, as far out as
-/// it goes, so each entry stays in the cache as long as possible.
-pub const FUTURE_SECS: u64 = 110;
+/// How far ahead replay-poisoning envelopes are dated: just inside the receivers' time window
+/// (`envelope::TIME_WINDOW_SECS`), as far out as it goes, so the envelopes are valid and each
+/// entry stays in the replay cache as long as possible.
+pub const FUTURE_SECS: u64 = leasewire::wire::envelope::TIME_WINDOW_SECS - 5;
 /// Identities per target in `replay-poison`: 17 × 4096 (the per-sender cap) exceeds the
 /// 65 536-entry total of the shared cache.
 pub const IDS_PER_TARGET_POISON: usize = 17;
