@@ -78,6 +78,7 @@ fn terms() -> Terms {
         max_credit_sat: 100_000,
         reserve_days: 7,
         refund_unused: false,
+        reservation_secs: 0,
     }
 }
 
