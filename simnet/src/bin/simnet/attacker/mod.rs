@@ -667,9 +667,16 @@ mod tests {
                 panic!("a frame");
             };
             assert!(f.len() > OVERSIZED_BYTES && f.len() <= leasewire::wire::framing::MAX_FRAME);
-            match envelope::open(&f, &peer, &guard, now).unwrap().message {
-                Message::Hello(h) => assert_eq!(h.agent.len(), OVERSIZED_BYTES),
-                Message::RentRequest(r) => assert_eq!(r.offer_id.len(), OVERSIZED_BYTES),
+            // A well-formed, well-signed envelope that the receiver's field limits refuse,
+            // naming the field and its size.
+            match envelope::open(&f, &peer, &guard, now) {
+                Err(leasewire::wire::signed::WireError::FieldTooLong { field, len, .. }) => {
+                    assert!(
+                        ["hello.agent", "rentRequest.offer_id"].contains(&field),
+                        "{field}"
+                    );
+                    assert_eq!(len, OVERSIZED_BYTES);
+                }
                 other => panic!("{other:?}"),
             }
         }
