@@ -133,6 +133,26 @@ impl ControlHandler for Checker {
     async fn audit_verify(&self) -> Result<pb::AuditVerifyReply, ControlError> {
         Ok(pb::AuditVerifyReply::default())
     }
+    async fn receipts(&self, req: pb::ReceiptsRequest) -> Result<pb::ReceiptsReply, ControlError> {
+        match req.lease_id {
+            Some(id) => Err(ControlError::NotFound(format!(
+                "no receipts of lease {id:?}"
+            ))),
+            None => Ok(pb::ReceiptsReply::default()),
+        }
+    }
+    async fn audit_witness(&self) -> Result<pb::AuditWitnessReply, ControlError> {
+        Ok(pb::AuditWitnessReply::default())
+    }
+    async fn lease_certificate(
+        &self,
+        req: pb::LeaseCertificateRequest,
+    ) -> Result<pb::LeaseCertificateReply, ControlError> {
+        Err(ControlError::NotFound(format!(
+            "no lease {:?}",
+            req.lease_id
+        )))
+    }
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
