@@ -265,8 +265,9 @@ impl Dispatcher {
             .map_err(|wait| rate_refusal(kind, wait))
     }
 
-    /// A member was met: a renter learns its offers and then runs a discovery pass (only after
-    /// the first members it meets, see [`OfferCache::should_pull_on_meeting`]); a
+    /// A member was met: a renter learns its offers (from the first members it meets, see
+    /// [`OfferCache::should_pull_on_meeting`]) and runs a discovery pass at once if that
+    /// taught it nothing; a
     /// provider-only node fills its cache from it. Both ask only the first members met in a
     /// while ([`OfferCache::should_pull_on_meeting`]), in the background.
     fn met(self: &Arc<Self>, peer: PeerId, handlers: &TaskTracker, shutdown: &CancellationToken) {
@@ -274,13 +275,13 @@ impl Dispatcher {
             let notify = self.discover_now.clone();
             let shutdown = shutdown.clone();
             handlers.spawn(async move {
-                // A pass follows an exchange that happened: meeting the hundredth provider
-                // while its DHT walk dials them is no reason for another walk.
-                let asked = tokio::select! {
+                // A pass follows at once only when the member could not tell us the market
+                // (see `Renter::met`); otherwise the next timed pass walks the DHT.
+                let pass_now = tokio::select! {
                     _ = shutdown.cancelled() => false,
-                    asked = r.met(peer) => asked,
+                    pass_now = r.met(peer) => pass_now,
                 };
-                if asked {
+                if pass_now {
                     notify.notify_one();
                 }
             });

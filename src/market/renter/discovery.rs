@@ -136,17 +136,26 @@ impl Renter {
 
     /// We met `peer` (it passed the membership handshake): unless this node has just asked
     /// other members ([`OfferCache::should_pull_on_meeting`]), asks it for the offers it knows
-    /// and lists them at once. Returns whether it asked. The node then runs a discovery pass,
-    /// so a renter knows the market as soon as it meets its first member.
+    /// and lists them at once. Returns whether a discovery pass should follow now: when it
+    /// asked, learned nothing (the member failed, or knew no offer we lack) and lists no
+    /// offer, so the DHT is the way on. When the member did share offers, the DHT walk and the exchanges with other
+    /// members wait for the next timed pass (`discovery_interval_secs`): a renter that just
+    /// learned the market does not also dial every provider its walk meets, while every other
+    /// renter that started with it is still asking. A member that withheld offers is caught
+    /// at that pass, which asks two other members.
     pub async fn met(&self, peer: PeerId) -> bool {
         if !self.inner.offer_cache.should_pull_on_meeting(self.now()) {
             return false;
         }
-        if let Err(e) = self.pull_from(peer).await {
-            tracing::debug!(%peer, error = %e, "member did not share its offers");
-        }
+        let learned = match self.pull_from(peer).await {
+            Ok(report) => report.new + report.updated,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "member did not share its offers");
+                0
+            }
+        };
         self.learn_from_cache().await;
-        true
+        learned == 0 && self.known_offers().is_empty()
     }
 
     /// Lists the offers of the cache this renter does not list yet (or lists at a lower
@@ -186,7 +195,10 @@ impl Renter {
 
     /// One exchange with `peer`. Its failures do not count against it as a provider: it may
     /// be an older node that does not serve `offersRequest`, and its `hello` tells.
-    async fn pull_from(&self, peer: PeerId) -> Result<(), MarketError> {
+    async fn pull_from(
+        &self,
+        peer: PeerId,
+    ) -> Result<super::super::offers::PullReport, MarketError> {
         {
             let mut pulled = self.inner.pulled.lock().expect("pulled lock not poisoned");
             // Bounded like the offer cache: past it, the rotation simply starts over.
@@ -218,7 +230,7 @@ impl Renter {
             )
             .await;
         }
-        Ok(())
+        Ok(report)
     }
 
     /// Brings the offers of the cache into the offer list: a provider not listed yet, or
