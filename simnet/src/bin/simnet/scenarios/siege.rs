@@ -70,6 +70,14 @@ const NETNS_HELD_CREDIT_SAT: u64 = 150;
 const RENT_TIMEOUT_SECS: u64 = 20;
 /// Pause after an honest rent failed, so a refusing market is not hammered by its own renters.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Pause of an honest renter between a release and its next rent: a brisk but human pace
+/// (two rentals a second per renter), so that the store growth measured during an attack is
+/// mostly the attack's and not dozens of honest rentals a second.
+const HONEST_PACE: Duration = Duration::from_millis(500);
+/// The disk floor of the full-disk provider (`provider.min_free_disk_mib`): below the free
+/// space its [`TMPFS_MB`] MiB tmpfs keeps once the ballast is gone (the default 64 MiB floor is
+/// larger than the whole tmpfs, and would refuse every rent after the attack).
+const FULL_DISK_FLOOR_MIB: u64 = 8;
 /// Time after each attack before its after-figures are taken.
 const SETTLE: Duration = Duration::from_secs(2);
 /// How often every daemon's `/proc` is sampled.
@@ -271,6 +279,9 @@ pub fn tune(cfg: &mut Config, kind: Kind, index: usize) {
             // release dozens of times, more than the pools hold.
             t.reserve_days = 0;
             t.refund_unused = false;
+            if index == FULL_DISK_PROVIDER {
+                cfg.provider.min_free_disk_mib = FULL_DISK_FLOOR_MIB;
+            }
         }
         Kind::Renter | Kind::Intruder => {
             let a = &mut cfg.renter.autopay;
@@ -804,6 +815,7 @@ impl Siege<'_> {
                     if let Err(e) = cli.release(&renter.data_dir, &lease.lease_id).await {
                         tracing::warn!(renter = %renter.name, "release: {e:#}");
                     }
+                    tokio::time::sleep(HONEST_PACE).await;
                 }
                 Err(e) => {
                     let e = format!("{e:#}");
