@@ -1522,7 +1522,10 @@ mod tests {
 
     impl Drop for Tmpfs {
         fn drop(&mut self) {
+            // Lazy: sled's threads may still hold a file for a moment, and a plain umount
+            // would then fail with "busy" and leave the tmpfs mounted after the test.
             let _ = std::process::Command::new("umount")
+                .arg("-l")
                 .arg(self.dir.path())
                 .status();
         }
