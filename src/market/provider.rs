@@ -752,6 +752,36 @@ mod tests {
         pub(super) key: SigningKey,
     }
 
+    /// Parameters of a test provider: node key `key`, `cfg`, the Lightning key of `net`'s
+    /// "provider" node, WireGuard key `[wg; 32]` (public `[wg + 1; 32]`), interface `lwt0` on
+    /// port 51820, and its backends and store.
+    #[allow(clippy::too_many_arguments)]
+    fn params(
+        key: SigningKey,
+        cfg: ProviderConfig,
+        net: &MemNetwork,
+        wg: u8,
+        ln: Arc<dyn LightningNode>,
+        tunnel: Arc<dyn Tunnel>,
+        audit: &AuditLog,
+        db: &sled::Db,
+    ) -> ProviderParams {
+        ProviderParams {
+            key,
+            cfg,
+            network: "regtest".into(),
+            ln_pubkey: net.pubkey("provider").unwrap(),
+            wg_private: WgKey([wg; 32]),
+            wg_public: WgKey([wg + 1; 32]),
+            iface: "lwt0".into(),
+            listen_port: 51820,
+            ln,
+            tunnel,
+            audit: audit.clone(),
+            db: db.clone(),
+        }
+    }
+
     async fn harness() -> Harness {
         harness_with(ProviderConfig {
             ipv6_pools: Vec::new(),
@@ -783,20 +813,7 @@ mod tests {
         let audit = AuditLog::open(&db, key.clone()).unwrap();
         let clock = Arc::new(ManualClock::starting_now());
         let provider = Provider::with_clock(
-            ProviderParams {
-                key,
-                cfg,
-                network: "regtest".into(),
-                ln_pubkey: net.pubkey("provider").unwrap(),
-                wg_private: WgKey([1; 32]),
-                wg_public: WgKey([2; 32]),
-                iface: "lwt0".into(),
-                listen_port: 51820,
-                ln: ln.clone(),
-                tunnel: tunnel.clone(),
-                audit: audit.clone(),
-                db: db.clone(),
-            },
+            params(key, cfg, &net, 1, ln.clone(), tunnel.clone(), &audit, &db),
             clock.clone(),
         )
         .unwrap();
@@ -1278,20 +1295,16 @@ mod tests {
     /// `[wg; 32]` (public `[wg + 1; 32]`).
     async fn restarted(h: &Harness, cfg: ProviderConfig, wg: u8) -> Provider {
         let p = Provider::with_clock(
-            ProviderParams {
-                key: h.key.clone(),
+            params(
+                h.key.clone(),
                 cfg,
-                network: "regtest".into(),
-                ln_pubkey: h.net.pubkey("provider").unwrap(),
-                wg_private: WgKey([wg; 32]),
-                wg_public: WgKey([wg + 1; 32]),
-                iface: "lwt0".into(),
-                listen_port: 51820,
-                ln: h.ln.clone(),
-                tunnel: h.tunnel.clone(),
-                audit: h.audit.clone(),
-                db: h.db.clone(),
-            },
+                &h.net,
+                wg,
+                h.ln.clone(),
+                h.tunnel.clone(),
+                &h.audit,
+                &h.db,
+            ),
             h.clock.clone(),
         )
         .unwrap();
@@ -1549,24 +1562,20 @@ mod tests {
         let audit = AuditLog::open(&db, key.clone()).unwrap();
         let clock = Arc::new(ManualClock::starting_now());
         let p = Provider::with_clock(
-            ProviderParams {
+            params(
                 key,
-                cfg: ProviderConfig {
+                ProviderConfig {
                     ipv6_pools: Vec::new(),
                     min_free_disk_mib: 12,
                     ..ProviderConfig::default()
                 },
-                network: "regtest".into(),
-                ln_pubkey: net.pubkey("provider").unwrap(),
-                wg_private: WgKey([1; 32]),
-                wg_public: WgKey([2; 32]),
-                iface: "lwt0".into(),
-                listen_port: 51820,
+                &net,
+                1,
                 ln,
-                tunnel: tunnel.clone(),
-                audit: audit.clone(),
-                db: db.clone(),
-            },
+                tunnel.clone(),
+                &audit,
+                &db,
+            ),
             clock.clone(),
         )
         .unwrap();
@@ -1660,24 +1669,20 @@ mod tests {
         let key = SigningKey::from_bytes(&[7; 32]);
         let open = |db: &sled::Db, audit: &AuditLog| {
             let p = Provider::with_clock(
-                ProviderParams {
-                    key: key.clone(),
-                    cfg: ProviderConfig {
+                params(
+                    key.clone(),
+                    ProviderConfig {
                         ipv6_pools: Vec::new(),
                         min_free_disk_mib: 12,
                         ..ProviderConfig::default()
                     },
-                    network: "regtest".into(),
-                    ln_pubkey: net.pubkey("provider").unwrap(),
-                    wg_private: WgKey([1; 32]),
-                    wg_public: WgKey([2; 32]),
-                    iface: "lwt0".into(),
-                    listen_port: 51820,
-                    ln: ln.clone(),
-                    tunnel: tunnel.clone(),
-                    audit: audit.clone(),
-                    db: db.clone(),
-                },
+                    &net,
+                    1,
+                    ln.clone(),
+                    tunnel.clone(),
+                    audit,
+                    db,
+                ),
                 clock.clone(),
             )
             .unwrap();
